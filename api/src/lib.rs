@@ -1,0 +1,2 @@
+//! The `thitl` library behind the binary: the only crate that does IO.
+pub mod store;

@@ -1,0 +1,699 @@
+//! A T-HITL campaign over one or more associations, and its process manager.
+//!
+//! The campaign is an aggregate that records which stage it is in and which work (generation
+//! jobs, rounds, fine-tunes, model versions) belongs to each stage. The process manager is the
+//! pure function [`next`]: given the campaign and the facts the caller read about its linked
+//! work, it says what the campaign waits for or what it asks next. The runner in `api` turns
+//! each [`Request`] into commands with fresh ids, links the new work, and calls `next` again.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::{Aggregate, EventPayload};
+use crate::error::DomainError;
+use crate::fine_tune::{Arm, JobStatus, LoraConfig};
+use crate::generation::SamplerSettings;
+use crate::ids::{AssociationId, CampaignId, FineTuneId, GenerationId, ModelVersionId, PromptSetId, RoundId};
+use crate::round::{DEFAULT_QUALITY_THRESHOLD, DEFAULT_RATERS_PER_ITEM, RoundStatus};
+use crate::values::{Name, Quality, Sentence};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Probe images from the base model, rated for the concept: the rate before.
+    Baseline,
+    /// Training prompts generated, neutralised and reviewed.
+    Curation,
+    /// Candidate images from the neutral prompts (and a prior-preservation set).
+    Candidates,
+    /// Round 1: people screen candidates for quality.
+    Round1,
+    /// LoRA on the accepted candidates (and the traditional arm on all of them).
+    FineTune,
+    /// Round 2: held-out probes on base and fine-tuned versions, rated blind.
+    Round2,
+    /// Rates before and after, quality, win rates, agreement.
+    Evaluation,
+    /// A curator decides whether to promote the new version.
+    AwaitingPromotion,
+    Completed,
+    Failed,
+}
+
+impl Stage {
+    const ORDER: [Stage; 9] = [
+        Stage::Baseline,
+        Stage::Curation,
+        Stage::Candidates,
+        Stage::Round1,
+        Stage::FineTune,
+        Stage::Round2,
+        Stage::Evaluation,
+        Stage::AwaitingPromotion,
+        Stage::Completed,
+    ];
+
+    fn following(self) -> Option<Stage> {
+        let i = Self::ORDER.iter().position(|s| *s == self)?;
+        Self::ORDER.get(i + 1).copied()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CampaignSettings {
+    /// Probe images per association and per model, before and after.
+    pub probe_images_per_association: u32,
+    pub training_prompts_per_association: u32,
+    pub candidates_per_prompt: u32,
+    pub prior_preservation_images: u32,
+    /// Side-by-side pairs per association in round 2.
+    pub pairs_per_association: u32,
+    pub raters_per_item: u32,
+    pub quality_threshold: Quality,
+    /// Accept generated prompts and complete without waiting for a curator.
+    pub auto_accept: bool,
+    /// Also run traditional fine-tuning (no round 1) as a comparison arm.
+    pub traditional_arm: bool,
+    pub lora: LoraConfig,
+    pub sampler: SamplerSettings,
+    pub seed: u64,
+}
+
+impl Default for CampaignSettings {
+    fn default() -> Self {
+        CampaignSettings {
+            probe_images_per_association: 256,
+            training_prompts_per_association: 24,
+            candidates_per_prompt: 4,
+            prior_preservation_images: 64,
+            pairs_per_association: 32,
+            raters_per_item: DEFAULT_RATERS_PER_ITEM,
+            quality_threshold: Quality::new(DEFAULT_QUALITY_THRESHOLD).unwrap_or_else(|_| unreachable!()),
+            auto_accept: false,
+            traditional_arm: true,
+            lora: LoraConfig::default(),
+            sampler: SamplerSettings::default(),
+            seed: 0,
+        }
+    }
+}
+
+/// Work a campaign started, linked to the stage it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Work {
+    BaselineGeneration { generation_id: GenerationId },
+    BaselineRound { round_id: RoundId },
+    PromptSet { association_id: AssociationId, prompt_set_id: PromptSetId },
+    CandidateGeneration { generation_id: GenerationId },
+    PriorPreservationGeneration { generation_id: GenerationId },
+    Round1 { round_id: RoundId },
+    FineTune { arm: Arm, fine_tune_id: FineTuneId },
+    ModelVersion { arm: Arm, model_version_id: ModelVersionId },
+    /// `arm` None: the base model's images.
+    EvaluationGeneration { arm: Option<Arm>, generation_id: GenerationId },
+    Round2 { round_id: RoundId },
+}
+
+impl Work {
+    fn stage(&self) -> Stage {
+        match self {
+            Work::BaselineGeneration { .. } | Work::BaselineRound { .. } => Stage::Baseline,
+            Work::PromptSet { .. } => Stage::Curation,
+            Work::CandidateGeneration { .. } | Work::PriorPreservationGeneration { .. } => Stage::Candidates,
+            Work::Round1 { .. } => Stage::Round1,
+            Work::FineTune { .. } | Work::ModelVersion { .. } => Stage::FineTune,
+            Work::EvaluationGeneration { .. } | Work::Round2 { .. } => Stage::Round2,
+        }
+    }
+}
+
+/// A rate with its Wilson 95% interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RateEstimate {
+    pub positives: u32,
+    pub n: u32,
+    pub rate: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AssociationEvaluation {
+    pub association_id: AssociationId,
+    pub arm: Arm,
+    pub before: RateEstimate,
+    pub after: RateEstimate,
+    pub quality_before: f64,
+    pub quality_after: f64,
+    /// Share of side-by-side pairs where people preferred the fine-tuned image.
+    pub win_rate: Option<RateEstimate>,
+    /// Krippendorff's alpha of the concept-presence answers in round 2.
+    pub alpha: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+pub enum CampaignCommand {
+    Start {
+        campaign_id: CampaignId,
+        name: String,
+        associations: Vec<AssociationId>,
+        base_model: ModelVersionId,
+        settings: CampaignSettings,
+    },
+    Link { work: Work },
+    /// Moves to the next stage, if [`next`] says the current one is done.
+    Advance { facts: Facts },
+    RecordEvaluation { evaluations: Vec<AssociationEvaluation> },
+    /// Ends a campaign waiting for promotion: the curator decided (promoted or not).
+    Conclude { promoted: Option<ModelVersionId> },
+    Fail { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CampaignEvent {
+    CampaignStarted {
+        campaign_id: CampaignId,
+        name: String,
+        associations: Vec<AssociationId>,
+        base_model: ModelVersionId,
+        settings: CampaignSettings,
+    },
+    WorkLinked { campaign_id: CampaignId, stage: Stage, work: Work },
+    StageEntered { campaign_id: CampaignId, stage: Stage },
+    EvaluationRecorded { campaign_id: CampaignId, evaluations: Vec<AssociationEvaluation> },
+    CampaignCompleted { campaign_id: CampaignId, promoted: Option<ModelVersionId> },
+    CampaignFailed { campaign_id: CampaignId, stage: Stage, reason: String },
+}
+
+impl EventPayload for CampaignEvent {}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Campaign {
+    pub id: Option<CampaignId>,
+    pub name: String,
+    pub stage: Option<Stage>,
+    pub associations: Vec<AssociationId>,
+    pub base_model: Option<ModelVersionId>,
+    pub settings: CampaignSettings,
+    pub work: Vec<Work>,
+    pub evaluations: Vec<AssociationEvaluation>,
+}
+
+/// What the caller read about the campaign's linked work.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Facts {
+    pub generations: BTreeMap<GenerationId, JobStatus>,
+    pub rounds: BTreeMap<RoundId, RoundStatus>,
+    pub finalized_prompt_sets: BTreeSet<PromptSetId>,
+    pub fine_tunes: BTreeMap<FineTuneId, JobStatus>,
+}
+
+/// What the campaign needs someone to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    BaselineGeneration,
+    BaselineRound,
+    CuratePrompts { association_id: AssociationId },
+    CandidateGeneration,
+    PriorPreservationGeneration,
+    Round1,
+    FineTune { arm: Arm },
+    DeriveModel { arm: Arm, fine_tune_id: FineTuneId },
+    EvaluationGeneration { arm: Option<Arm> },
+    Round2,
+    RecordEvaluation,
+}
+
+/// What the campaign is waiting for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitingFor {
+    Generation(GenerationId),
+    Annotations(RoundId),
+    PromptReview(PromptSetId),
+    FineTune(FineTuneId),
+    Promotion,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    Ask(Request),
+    Wait(WaitingFor),
+    Advance(Stage),
+    Fail(String),
+    Finished,
+}
+
+impl Campaign {
+    pub fn arms(&self) -> Vec<Arm> {
+        if self.settings.traditional_arm { vec![Arm::Thitl, Arm::Traditional] } else { vec![Arm::Thitl] }
+    }
+
+    pub fn linked<'a, T>(&'a self, pick: impl Fn(&'a Work) -> Option<T> + 'a) -> impl Iterator<Item = T> + 'a {
+        self.work.iter().filter_map(pick)
+    }
+
+    fn live(&self, action: &'static str) -> Result<(CampaignId, Stage), DomainError> {
+        let id = self.id.ok_or(DomainError::NotFound { entity: "campaign", id: "(not started)".into() })?;
+        match self.stage {
+            Some(stage @ (Stage::Completed | Stage::Failed)) => Err(DomainError::wrong_state("campaign", stage, action)),
+            Some(stage) => Ok((id, stage)),
+            None => Err(DomainError::NotFound { entity: "campaign", id: id.to_string() }),
+        }
+    }
+}
+
+/// The process manager: what `campaign` waits for or asks next, given `facts` about its work.
+pub fn next(campaign: &Campaign, facts: &Facts) -> Next {
+    let Some(stage) = campaign.stage else { return Next::Finished };
+    // Waits on one job; fails the campaign if it failed; None once it completed.
+    let generation = |id: GenerationId| match facts.generations.get(&id) {
+        Some(JobStatus::Completed) => None,
+        Some(JobStatus::Failed) => Some(Next::Fail(format!("generation {id} failed"))),
+        _ => Some(Next::Wait(WaitingFor::Generation(id))),
+    };
+    let round = |id: RoundId| match facts.rounds.get(&id) {
+        Some(RoundStatus::Closed) => None,
+        _ => Some(Next::Wait(WaitingFor::Annotations(id))),
+    };
+    let generations_of = |pick: &dyn Fn(&Work) -> Option<GenerationId>| -> Vec<GenerationId> {
+        campaign.work.iter().filter_map(pick).collect()
+    };
+    match stage {
+        Stage::Baseline => {
+            let jobs = generations_of(&|w| match w {
+                Work::BaselineGeneration { generation_id } => Some(*generation_id),
+                _ => None,
+            });
+            if jobs.is_empty() {
+                return Next::Ask(Request::BaselineGeneration);
+            }
+            if let Some(waiting) = jobs.iter().find_map(|id| generation(*id)) {
+                return waiting;
+            }
+            let rounds: Vec<RoundId> = campaign
+                .linked(|w| match w {
+                    Work::BaselineRound { round_id } => Some(*round_id),
+                    _ => None,
+                })
+                .collect();
+            match rounds.first() {
+                None => Next::Ask(Request::BaselineRound),
+                Some(id) => round(*id).unwrap_or(Next::Advance(Stage::Curation)),
+            }
+        }
+        Stage::Curation => {
+            let sets: BTreeMap<AssociationId, PromptSetId> = campaign
+                .linked(|w| match w {
+                    Work::PromptSet { association_id, prompt_set_id } => Some((*association_id, *prompt_set_id)),
+                    _ => None,
+                })
+                .collect();
+            if let Some(missing) = campaign.associations.iter().find(|a| !sets.contains_key(a)) {
+                return Next::Ask(Request::CuratePrompts { association_id: *missing });
+            }
+            match sets.values().find(|set| !facts.finalized_prompt_sets.contains(set)) {
+                Some(set) => Next::Wait(WaitingFor::PromptReview(*set)),
+                None => Next::Advance(Stage::Candidates),
+            }
+        }
+        Stage::Candidates => {
+            let candidates = generations_of(&|w| match w {
+                Work::CandidateGeneration { generation_id } => Some(*generation_id),
+                _ => None,
+            });
+            let prior = generations_of(&|w| match w {
+                Work::PriorPreservationGeneration { generation_id } => Some(*generation_id),
+                _ => None,
+            });
+            if candidates.is_empty() {
+                return Next::Ask(Request::CandidateGeneration);
+            }
+            if prior.is_empty() && campaign.settings.prior_preservation_images > 0 {
+                return Next::Ask(Request::PriorPreservationGeneration);
+            }
+            candidates.iter().chain(&prior).find_map(|id| generation(*id)).unwrap_or(Next::Advance(Stage::Round1))
+        }
+        Stage::Round1 => {
+            match campaign.linked(|w| match w {
+                Work::Round1 { round_id } => Some(*round_id),
+                _ => None,
+            }).next() {
+                None => Next::Ask(Request::Round1),
+                Some(id) => round(id).unwrap_or(Next::Advance(Stage::FineTune)),
+            }
+        }
+        Stage::FineTune => {
+            for arm in campaign.arms() {
+                let job = campaign.linked(|w| match w {
+                    Work::FineTune { arm: a, fine_tune_id } if *a == arm => Some(*fine_tune_id),
+                    _ => None,
+                }).next();
+                let Some(job) = job else { return Next::Ask(Request::FineTune { arm }) };
+                match facts.fine_tunes.get(&job) {
+                    Some(JobStatus::Completed) => {}
+                    Some(JobStatus::Failed) => return Next::Fail(format!("fine-tune {job} ({arm:?}) failed")),
+                    _ => return Next::Wait(WaitingFor::FineTune(job)),
+                }
+                let derived = campaign.work.iter().any(|w| matches!(w, Work::ModelVersion { arm: a, .. } if *a == arm));
+                if !derived {
+                    return Next::Ask(Request::DeriveModel { arm, fine_tune_id: job });
+                }
+            }
+            Next::Advance(Stage::Round2)
+        }
+        Stage::Round2 => {
+            let subjects: Vec<Option<Arm>> =
+                std::iter::once(None).chain(campaign.arms().into_iter().map(Some)).collect();
+            for subject in subjects {
+                let job = campaign.linked(|w| match w {
+                    Work::EvaluationGeneration { arm, generation_id } if *arm == subject => Some(*generation_id),
+                    _ => None,
+                }).next();
+                match job {
+                    None => return Next::Ask(Request::EvaluationGeneration { arm: subject }),
+                    Some(id) => {
+                        if let Some(waiting) = generation(id) {
+                            return waiting;
+                        }
+                    }
+                }
+            }
+            match campaign.linked(|w| match w {
+                Work::Round2 { round_id } => Some(*round_id),
+                _ => None,
+            }).next() {
+                None => Next::Ask(Request::Round2),
+                Some(id) => round(id).unwrap_or(Next::Advance(Stage::Evaluation)),
+            }
+        }
+        Stage::Evaluation => {
+            if campaign.evaluations.is_empty() {
+                Next::Ask(Request::RecordEvaluation)
+            } else if campaign.settings.auto_accept {
+                Next::Advance(Stage::Completed)
+            } else {
+                Next::Advance(Stage::AwaitingPromotion)
+            }
+        }
+        Stage::AwaitingPromotion => Next::Wait(WaitingFor::Promotion),
+        Stage::Completed | Stage::Failed => Next::Finished,
+    }
+}
+
+impl Aggregate for Campaign {
+    type Command = CampaignCommand;
+    type Event = CampaignEvent;
+    const ENTITY: &'static str = "campaign";
+
+    fn exists(&self) -> bool {
+        self.id.is_some()
+    }
+
+    fn decide(&self, command: CampaignCommand) -> Result<Vec<CampaignEvent>, DomainError> {
+        match command {
+            CampaignCommand::Start { campaign_id, name, associations, base_model, settings } => {
+                if self.exists() {
+                    return Err(DomainError::AlreadyExists { entity: "campaign", id: campaign_id.to_string() });
+                }
+                let name = Name::parse("name", &name)?;
+                if associations.is_empty() {
+                    return Err(DomainError::invalid("associations", "must name at least one association"));
+                }
+                let unique: BTreeSet<_> = associations.iter().collect();
+                if unique.len() != associations.len() {
+                    return Err(DomainError::invalid("associations", "names an association twice"));
+                }
+                if settings.probe_images_per_association == 0 || settings.training_prompts_per_association == 0 || settings.candidates_per_prompt == 0 {
+                    return Err(DomainError::invalid(
+                        "settings",
+                        "probe images, training prompts and candidates per prompt must each be at least 1",
+                    ));
+                }
+                if !(1..=crate::round::MAX_RATERS_PER_ITEM).contains(&settings.raters_per_item) {
+                    return Err(DomainError::invalid("raters_per_item", "must be between 1 and 15"));
+                }
+                Ok(vec![
+                    CampaignEvent::CampaignStarted { campaign_id, name: name.into(), associations, base_model, settings },
+                    CampaignEvent::StageEntered { campaign_id, stage: Stage::Baseline },
+                ])
+            }
+            CampaignCommand::Link { work } => {
+                let (campaign_id, stage) = self.live("linking work")?;
+                if work.stage() != stage {
+                    return Err(DomainError::WrongState {
+                        entity: "campaign",
+                        state: format!("in stage {stage:?}"),
+                        action: "linking work of another stage",
+                    });
+                }
+                if self.work.contains(&work) {
+                    return Ok(vec![]);
+                }
+                Ok(vec![CampaignEvent::WorkLinked { campaign_id, stage, work }])
+            }
+            CampaignCommand::Advance { facts } => {
+                let (campaign_id, stage) = self.live("advancing")?;
+                match next(self, &facts) {
+                    Next::Advance(to) if Some(to) == stage.following() || to == Stage::Completed => {
+                        let mut events = vec![CampaignEvent::StageEntered { campaign_id, stage: to }];
+                        if to == Stage::Completed {
+                            events.push(CampaignEvent::CampaignCompleted { campaign_id, promoted: None });
+                        }
+                        Ok(events)
+                    }
+                    other => Err(DomainError::WrongState {
+                        entity: "campaign",
+                        state: format!("in stage {stage:?}, with next step {other:?}"),
+                        action: "advancing",
+                    }),
+                }
+            }
+            CampaignCommand::RecordEvaluation { evaluations } => {
+                let (campaign_id, stage) = self.live("recording an evaluation")?;
+                if stage != Stage::Evaluation {
+                    return Err(DomainError::wrong_state("campaign", stage, "recording an evaluation"));
+                }
+                if evaluations.is_empty() {
+                    return Err(DomainError::invalid("evaluations", "must hold at least one association's results"));
+                }
+                if let Some(stray) = evaluations.iter().find(|e| !self.associations.contains(&e.association_id)) {
+                    return Err(DomainError::invalid(
+                        "evaluations",
+                        format!("association {} is not part of this campaign", stray.association_id),
+                    ));
+                }
+                Ok(vec![CampaignEvent::EvaluationRecorded { campaign_id, evaluations }])
+            }
+            CampaignCommand::Conclude { promoted } => {
+                let (campaign_id, stage) = self.live("concluding")?;
+                if stage != Stage::AwaitingPromotion {
+                    return Err(DomainError::wrong_state("campaign", stage, "concluding (it is not awaiting promotion)"));
+                }
+                if let Some(model) = promoted {
+                    let ours = self.work.iter().any(|w| matches!(w, Work::ModelVersion { model_version_id, .. } if *model_version_id == model));
+                    if !ours {
+                        return Err(DomainError::invalid("promoted", "is not a model version this campaign produced"));
+                    }
+                }
+                Ok(vec![
+                    CampaignEvent::StageEntered { campaign_id, stage: Stage::Completed },
+                    CampaignEvent::CampaignCompleted { campaign_id, promoted },
+                ])
+            }
+            CampaignCommand::Fail { reason } => {
+                let (campaign_id, stage) = self.live("failing")?;
+                let reason = Sentence::parse("reason", &reason)?;
+                Ok(vec![CampaignEvent::CampaignFailed { campaign_id, stage, reason: reason.into() }])
+            }
+        }
+    }
+
+    fn evolve(&mut self, event: &CampaignEvent) {
+        match event {
+            CampaignEvent::CampaignStarted { campaign_id, name, associations, base_model, settings } => {
+                self.id = Some(*campaign_id);
+                self.name = name.clone();
+                self.associations = associations.clone();
+                self.base_model = Some(*base_model);
+                self.settings = settings.clone();
+            }
+            CampaignEvent::WorkLinked { work, .. } => self.work.push(work.clone()),
+            CampaignEvent::StageEntered { stage, .. } => self.stage = Some(*stage),
+            CampaignEvent::EvaluationRecorded { evaluations, .. } => self.evaluations = evaluations.clone(),
+            CampaignEvent::CampaignCompleted { .. } => self.stage = Some(Stage::Completed),
+            CampaignEvent::CampaignFailed { .. } => self.stage = Some(Stage::Failed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{ApplyAll, then_error};
+    use uuid::Uuid;
+
+    fn id(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+
+    fn started(auto_accept: bool) -> Campaign {
+        Campaign::default()
+            .then(CampaignCommand::Start {
+                campaign_id: CampaignId(id(1)),
+                name: "three associations".into(),
+                associations: vec![AssociationId(id(10)), AssociationId(id(11))],
+                base_model: ModelVersionId(id(2)),
+                settings: CampaignSettings { auto_accept, ..CampaignSettings::default() },
+            })
+            .0
+    }
+
+    fn link(campaign: Campaign, work: Work) -> Campaign {
+        campaign.then(CampaignCommand::Link { work }).0
+    }
+
+    fn advance(campaign: Campaign, facts: &Facts) -> Campaign {
+        campaign.then(CampaignCommand::Advance { facts: facts.clone() }).0
+    }
+
+    /// Walks a campaign through every stage, checking at each step what `next` asks for.
+    #[test]
+    fn the_process_manager_walks_every_stage_in_order() {
+        let mut facts = Facts::default();
+        let mut c = started(false);
+        assert_eq!(c.stage, Some(Stage::Baseline));
+        assert_eq!(next(&c, &facts), Next::Ask(Request::BaselineGeneration));
+        c = link(c, Work::BaselineGeneration { generation_id: GenerationId(id(20)) });
+        assert_eq!(next(&c, &facts), Next::Wait(WaitingFor::Generation(GenerationId(id(20)))));
+        facts.generations.insert(GenerationId(id(20)), JobStatus::Completed);
+        assert_eq!(next(&c, &facts), Next::Ask(Request::BaselineRound));
+        c = link(c, Work::BaselineRound { round_id: RoundId(id(21)) });
+        assert_eq!(next(&c, &facts), Next::Wait(WaitingFor::Annotations(RoundId(id(21)))));
+        // Advancing before the round closes is rejected.
+        then_error(c.decide(CampaignCommand::Advance { facts: facts.clone() }), |e| matches!(e, DomainError::WrongState { .. }));
+        facts.rounds.insert(RoundId(id(21)), RoundStatus::Closed);
+        assert_eq!(next(&c, &facts), Next::Advance(Stage::Curation));
+        c = advance(c, &facts);
+
+        assert_eq!(next(&c, &facts), Next::Ask(Request::CuratePrompts { association_id: AssociationId(id(10)) }));
+        c = link(c, Work::PromptSet { association_id: AssociationId(id(10)), prompt_set_id: PromptSetId(id(30)) });
+        assert_eq!(next(&c, &facts), Next::Ask(Request::CuratePrompts { association_id: AssociationId(id(11)) }));
+        c = link(c, Work::PromptSet { association_id: AssociationId(id(11)), prompt_set_id: PromptSetId(id(31)) });
+        assert_eq!(next(&c, &facts), Next::Wait(WaitingFor::PromptReview(PromptSetId(id(30)))));
+        facts.finalized_prompt_sets.extend([PromptSetId(id(30)), PromptSetId(id(31))]);
+        c = advance(c, &facts);
+
+        assert_eq!(next(&c, &facts), Next::Ask(Request::CandidateGeneration));
+        c = link(c, Work::CandidateGeneration { generation_id: GenerationId(id(40)) });
+        assert_eq!(next(&c, &facts), Next::Ask(Request::PriorPreservationGeneration));
+        c = link(c, Work::PriorPreservationGeneration { generation_id: GenerationId(id(41)) });
+        facts.generations.insert(GenerationId(id(40)), JobStatus::Completed);
+        assert_eq!(next(&c, &facts), Next::Wait(WaitingFor::Generation(GenerationId(id(41)))));
+        facts.generations.insert(GenerationId(id(41)), JobStatus::Completed);
+        c = advance(c, &facts);
+
+        assert_eq!(next(&c, &facts), Next::Ask(Request::Round1));
+        c = link(c, Work::Round1 { round_id: RoundId(id(50)) });
+        facts.rounds.insert(RoundId(id(50)), RoundStatus::Closed);
+        c = advance(c, &facts);
+
+        assert_eq!(next(&c, &facts), Next::Ask(Request::FineTune { arm: Arm::Thitl }));
+        c = link(c, Work::FineTune { arm: Arm::Thitl, fine_tune_id: FineTuneId(id(60)) });
+        assert_eq!(next(&c, &facts), Next::Wait(WaitingFor::FineTune(FineTuneId(id(60)))));
+        facts.fine_tunes.insert(FineTuneId(id(60)), JobStatus::Completed);
+        assert_eq!(next(&c, &facts), Next::Ask(Request::DeriveModel { arm: Arm::Thitl, fine_tune_id: FineTuneId(id(60)) }));
+        c = link(c, Work::ModelVersion { arm: Arm::Thitl, model_version_id: ModelVersionId(id(61)) });
+        assert_eq!(next(&c, &facts), Next::Ask(Request::FineTune { arm: Arm::Traditional }));
+        c = link(c, Work::FineTune { arm: Arm::Traditional, fine_tune_id: FineTuneId(id(62)) });
+        facts.fine_tunes.insert(FineTuneId(id(62)), JobStatus::Completed);
+        c = link(c, Work::ModelVersion { arm: Arm::Traditional, model_version_id: ModelVersionId(id(63)) });
+        c = advance(c, &facts);
+
+        assert_eq!(next(&c, &facts), Next::Ask(Request::EvaluationGeneration { arm: None }));
+        for (n, arm) in [(70, None), (71, Some(Arm::Thitl)), (72, Some(Arm::Traditional))] {
+            c = link(c, Work::EvaluationGeneration { arm, generation_id: GenerationId(id(n)) });
+            facts.generations.insert(GenerationId(id(n)), JobStatus::Completed);
+        }
+        assert_eq!(next(&c, &facts), Next::Ask(Request::Round2));
+        c = link(c, Work::Round2 { round_id: RoundId(id(80)) });
+        facts.rounds.insert(RoundId(id(80)), RoundStatus::Closed);
+        c = advance(c, &facts);
+
+        assert_eq!(next(&c, &facts), Next::Ask(Request::RecordEvaluation));
+        let estimate = RateEstimate { positives: 0, n: 10, rate: 0.0, ci_low: 0.0, ci_high: 0.28 };
+        let evaluation = AssociationEvaluation {
+            association_id: AssociationId(id(10)),
+            arm: Arm::Thitl,
+            before: estimate,
+            after: estimate,
+            quality_before: 4.0,
+            quality_after: 4.0,
+            win_rate: None,
+            alpha: None,
+        };
+        c = c.then(CampaignCommand::RecordEvaluation { evaluations: vec![evaluation] }).0;
+        c = advance(c, &facts);
+        assert_eq!(next(&c, &facts), Next::Wait(WaitingFor::Promotion));
+        then_error(
+            c.decide(CampaignCommand::Conclude { promoted: Some(ModelVersionId(id(99))) }),
+            |e| matches!(e, DomainError::Invalid { field: "promoted", .. }),
+        );
+        let (c, events) = c.then(CampaignCommand::Conclude { promoted: Some(ModelVersionId(id(61))) });
+        assert!(matches!(events.last(), Some(CampaignEvent::CampaignCompleted { promoted: Some(_), .. })));
+        assert_eq!(next(&c, &facts), Next::Finished);
+        then_error(c.decide(CampaignCommand::Fail { reason: "late".into() }), |e| matches!(e, DomainError::WrongState { .. }));
+    }
+
+    #[test]
+    fn work_links_only_to_the_current_stage_and_once() {
+        let c = started(true);
+        then_error(
+            c.decide(CampaignCommand::Link { work: Work::Round1 { round_id: RoundId(id(5)) } }),
+            |e| matches!(e, DomainError::WrongState { .. }),
+        );
+        let work = Work::BaselineGeneration { generation_id: GenerationId(id(5)) };
+        let c = link(c, work.clone());
+        assert_eq!(c.decide(CampaignCommand::Link { work }), Ok(vec![]));
+    }
+
+    #[test]
+    fn a_failed_job_fails_the_campaign() {
+        let c = link(started(true), Work::BaselineGeneration { generation_id: GenerationId(id(5)) });
+        let mut facts = Facts::default();
+        facts.generations.insert(GenerationId(id(5)), JobStatus::Failed);
+        assert!(matches!(next(&c, &facts), Next::Fail(_)));
+        let (c, events) = c.then(CampaignCommand::Fail { reason: "baseline generation failed".into() });
+        assert!(matches!(&events[..], [CampaignEvent::CampaignFailed { stage: Stage::Baseline, .. }]));
+        assert_eq!(c.apply_all(&[]).stage, Some(Stage::Failed));
+    }
+
+    #[test]
+    fn starting_validates_the_campaign() {
+        let start = |associations: Vec<AssociationId>, settings: CampaignSettings| {
+            Campaign::default().decide(CampaignCommand::Start {
+                campaign_id: CampaignId(id(1)),
+                name: "c".into(),
+                associations,
+                base_model: ModelVersionId(id(2)),
+                settings,
+            })
+        };
+        then_error(start(vec![], CampaignSettings::default()), |e| matches!(e, DomainError::Invalid { field: "associations", .. }));
+        then_error(start(vec![AssociationId(id(3)), AssociationId(id(3))], CampaignSettings::default()), |e| {
+            matches!(e, DomainError::Invalid { field: "associations", .. })
+        });
+        let zero = CampaignSettings { probe_images_per_association: 0, ..CampaignSettings::default() };
+        then_error(start(vec![AssociationId(id(3))], zero), |e| matches!(e, DomainError::Invalid { field: "settings", .. }));
+        let events = start(vec![AssociationId(id(3))], CampaignSettings::default()).unwrap();
+        assert!(matches!(&events[..], [CampaignEvent::CampaignStarted { .. }, CampaignEvent::StageEntered { stage: Stage::Baseline, .. }]));
+        then_error(started(false).decide(CampaignCommand::Start {
+            campaign_id: CampaignId(id(1)),
+            name: "c".into(),
+            associations: vec![AssociationId(id(3))],
+            base_model: ModelVersionId(id(2)),
+            settings: CampaignSettings::default(),
+        }), |e| matches!(e, DomainError::AlreadyExists { .. }));
+    }
+}

@@ -1,0 +1,361 @@
+//! A generation job: a model version asked for images from prompts with fixed seeds. Workers
+//! record each image (its blob's hash, never its bytes) and complete or fail the job explicitly.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::{Aggregate, EventPayload};
+use crate::error::DomainError;
+use crate::ids::{AssociationId, CampaignId, GenerationId, ImageId, ModelVersionId, PromptId};
+use crate::values::{BlobHash, Sentence};
+
+pub const MAX_IMAGES_PER_JOB: usize = 100_000;
+
+/// Why the images are made; decides where they go next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GenerationPurpose {
+    /// Probe prompts on the current model, to measure the association before.
+    Baseline,
+    /// Neutral training prompts with the concept as negative prompt: round 1's candidates.
+    Candidates,
+    /// Unrelated prompts on the base model, to keep what fine-tuning must not change.
+    PriorPreservation,
+    /// Held-out probe prompts on a model version, for round 2.
+    Evaluation,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SamplerSettings {
+    pub steps: u32,
+    pub guidance_scale: f32,
+    pub eta: f32,
+}
+
+impl Default for SamplerSettings {
+    fn default() -> Self {
+        SamplerSettings { steps: 25, guidance_scale: 4.0, eta: 0.0 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerationItem {
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    pub seed: u64,
+    /// The curated prompt this item came from, if any (candidates).
+    pub prompt_id: Option<PromptId>,
+    /// The association the item measures or mitigates, if any.
+    pub association_id: Option<AssociationId>,
+}
+
+#[derive(Debug, Clone)]
+pub enum GenerationCommand {
+    Request {
+        generation_id: GenerationId,
+        model_version: ModelVersionId,
+        purpose: GenerationPurpose,
+        items: Vec<GenerationItem>,
+        sampler: SamplerSettings,
+        campaign_id: Option<CampaignId>,
+    },
+    /// A worker takes the job (again, after a crash: images already recorded are kept).
+    Start { worker: String },
+    RecordImage { index: u32, image_id: ImageId, blob: BlobHash },
+    Complete,
+    Fail { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum GenerationEvent {
+    GenerationRequested {
+        generation_id: GenerationId,
+        model_version: ModelVersionId,
+        purpose: GenerationPurpose,
+        items: Vec<GenerationItem>,
+        sampler: SamplerSettings,
+        campaign_id: Option<CampaignId>,
+    },
+    GenerationStarted { generation_id: GenerationId, worker: String, already_done: u32 },
+    ImageGenerated {
+        generation_id: GenerationId,
+        index: u32,
+        image_id: ImageId,
+        blob: BlobHash,
+        model_version: ModelVersionId,
+        purpose: GenerationPurpose,
+        item: GenerationItem,
+    },
+    GenerationCompleted { generation_id: GenerationId, images: u32 },
+    GenerationFailed { generation_id: GenerationId, reason: String, images: u32 },
+}
+
+impl EventPayload for GenerationEvent {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    #[default]
+    NotRequested,
+    Requested,
+    Running,
+    Completed,
+    Failed,
+}
+
+impl JobStatus {
+    pub fn is_finished(self) -> bool {
+        matches!(self, JobStatus::Completed | JobStatus::Failed)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Generation {
+    pub id: Option<GenerationId>,
+    pub status: JobStatus,
+    pub model_version: Option<ModelVersionId>,
+    pub purpose: Option<GenerationPurpose>,
+    pub items: Vec<GenerationItem>,
+    pub sampler: SamplerSettings,
+    pub campaign_id: Option<CampaignId>,
+    pub images: BTreeMap<u32, (ImageId, BlobHash)>,
+    pub worker: Option<String>,
+}
+
+impl Generation {
+    fn unfinished_id(&self, action: &'static str) -> Result<GenerationId, DomainError> {
+        let id = self.id.ok_or(DomainError::NotFound { entity: "generation", id: "(not requested)".into() })?;
+        if self.status.is_finished() {
+            return Err(DomainError::wrong_state("generation", self.status, action));
+        }
+        Ok(id)
+    }
+
+    /// Indices still to generate, in order.
+    pub fn remaining(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.items.len() as u32).filter(|i| !self.images.contains_key(i))
+    }
+}
+
+impl Aggregate for Generation {
+    type Command = GenerationCommand;
+    type Event = GenerationEvent;
+    const ENTITY: &'static str = "generation";
+
+    fn exists(&self) -> bool {
+        self.id.is_some()
+    }
+
+    fn decide(&self, command: GenerationCommand) -> Result<Vec<GenerationEvent>, DomainError> {
+        match command {
+            GenerationCommand::Request { generation_id, model_version, purpose, items, sampler, campaign_id } => {
+                if self.exists() {
+                    return Err(DomainError::AlreadyExists { entity: "generation", id: generation_id.to_string() });
+                }
+                if items.is_empty() || items.len() > MAX_IMAGES_PER_JOB {
+                    return Err(DomainError::invalid(
+                        "items",
+                        format!("must hold 1 to {MAX_IMAGES_PER_JOB} images, not {}", items.len()),
+                    ));
+                }
+                for item in &items {
+                    Sentence::parse("prompt", &item.prompt)?;
+                    if let Some(negative) = &item.negative_prompt {
+                        Sentence::parse("negative_prompt", negative)?;
+                    }
+                }
+                if !(1..=1000).contains(&sampler.steps) {
+                    return Err(DomainError::invalid("steps", "must be between 1 and 1000"));
+                }
+                if !(sampler.guidance_scale.is_finite() && (0.0..=50.0).contains(&sampler.guidance_scale)) {
+                    return Err(DomainError::invalid("guidance_scale", "must be between 0 and 50"));
+                }
+                if !(sampler.eta.is_finite() && (0.0..=1.0).contains(&sampler.eta)) {
+                    return Err(DomainError::invalid("eta", "must be between 0 and 1"));
+                }
+                Ok(vec![GenerationEvent::GenerationRequested {
+                    generation_id,
+                    model_version,
+                    purpose,
+                    items,
+                    sampler,
+                    campaign_id,
+                }])
+            }
+            GenerationCommand::Start { worker } => {
+                let generation_id = self.unfinished_id("starting")?;
+                let worker = crate::values::Name::parse("worker", &worker)?;
+                Ok(vec![GenerationEvent::GenerationStarted {
+                    generation_id,
+                    worker: worker.into(),
+                    already_done: self.images.len() as u32,
+                }])
+            }
+            GenerationCommand::RecordImage { index, image_id, blob } => {
+                let generation_id = self.unfinished_id("recording images")?;
+                if self.status != JobStatus::Running {
+                    return Err(DomainError::wrong_state("generation", self.status, "recording images"));
+                }
+                let Some(item) = self.items.get(index as usize) else {
+                    return Err(DomainError::invalid(
+                        "index",
+                        format!("{index} is out of range: the job has {} images", self.items.len()),
+                    ));
+                };
+                match self.images.get(&index) {
+                    Some((existing, hash)) if *existing == image_id && *hash == blob => Ok(vec![]),
+                    Some(_) => Err(DomainError::AlreadyExists { entity: "image at index", id: index.to_string() }),
+                    None => Ok(vec![GenerationEvent::ImageGenerated {
+                        generation_id,
+                        index,
+                        image_id,
+                        blob,
+                        model_version: self.model_version.unwrap_or(ModelVersionId(uuid::Uuid::nil())),
+                        purpose: self.purpose.unwrap_or(GenerationPurpose::Baseline),
+                        item: item.clone(),
+                    }]),
+                }
+            }
+            GenerationCommand::Complete => {
+                let generation_id = self.unfinished_id("completing")?;
+                let missing = self.items.len() - self.images.len();
+                if missing > 0 {
+                    return Err(DomainError::WrongState {
+                        entity: "generation",
+                        state: format!("missing {missing} of {} images", self.items.len()),
+                        action: "completing",
+                    });
+                }
+                Ok(vec![GenerationEvent::GenerationCompleted { generation_id, images: self.images.len() as u32 }])
+            }
+            GenerationCommand::Fail { reason } => {
+                let generation_id = self.unfinished_id("failing")?;
+                let reason = Sentence::parse("reason", &reason)?;
+                Ok(vec![GenerationEvent::GenerationFailed {
+                    generation_id,
+                    reason: reason.into(),
+                    images: self.images.len() as u32,
+                }])
+            }
+        }
+    }
+
+    fn evolve(&mut self, event: &GenerationEvent) {
+        match event {
+            GenerationEvent::GenerationRequested { generation_id, model_version, purpose, items, sampler, campaign_id } => {
+                self.id = Some(*generation_id);
+                self.status = JobStatus::Requested;
+                self.model_version = Some(*model_version);
+                self.purpose = Some(*purpose);
+                self.items = items.clone();
+                self.sampler = sampler.clone();
+                self.campaign_id = *campaign_id;
+            }
+            GenerationEvent::GenerationStarted { worker, .. } => {
+                self.status = JobStatus::Running;
+                self.worker = Some(worker.clone());
+            }
+            GenerationEvent::ImageGenerated { index, image_id, blob, .. } => {
+                self.images.insert(*index, (*image_id, blob.clone()));
+            }
+            GenerationEvent::GenerationCompleted { .. } => self.status = JobStatus::Completed,
+            GenerationEvent::GenerationFailed { .. } => self.status = JobStatus::Failed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{ApplyAll, then_error};
+    use uuid::Uuid;
+
+    fn item(seed: u64) -> GenerationItem {
+        GenerationItem {
+            prompt: "a photo of a woman at the beach".into(),
+            negative_prompt: None,
+            seed,
+            prompt_id: None,
+            association_id: None,
+        }
+    }
+
+    fn request(items: Vec<GenerationItem>) -> GenerationCommand {
+        GenerationCommand::Request {
+            generation_id: GenerationId(Uuid::from_u128(1)),
+            model_version: ModelVersionId(Uuid::from_u128(2)),
+            purpose: GenerationPurpose::Baseline,
+            items,
+            sampler: SamplerSettings::default(),
+            campaign_id: None,
+        }
+    }
+
+    fn blob(c: char) -> BlobHash {
+        BlobHash::parse(&c.to_string().repeat(64)).unwrap()
+    }
+
+    fn image(index: u32, c: char) -> GenerationCommand {
+        GenerationCommand::RecordImage { index, image_id: ImageId(Uuid::from_u128(100 + index as u128)), blob: blob(c) }
+    }
+
+    #[test]
+    fn a_job_runs_from_request_to_completion() {
+        let (job, _) = Generation::default().then(request(vec![item(1), item(2)]));
+        let (job, started) = job.then(GenerationCommand::Start { worker: "worker-1".into() });
+        assert!(matches!(&started[..], [GenerationEvent::GenerationStarted { already_done: 0, .. }]));
+        let (job, events) = job.then(image(0, 'a'));
+        match &events[..] {
+            [GenerationEvent::ImageGenerated { item, purpose, .. }] => {
+                assert_eq!(item.seed, 1);
+                assert_eq!(*purpose, GenerationPurpose::Baseline);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // Recording the same image again (a retried request) changes nothing.
+        assert_eq!(job.decide(image(0, 'a')), Ok(vec![]));
+        then_error(job.decide(image(0, 'b')), |e| matches!(e, DomainError::AlreadyExists { .. }));
+        then_error(job.decide(GenerationCommand::Complete), |e| matches!(e, DomainError::WrongState { .. }));
+        let (job, _) = job.then(image(1, 'b'));
+        let (job, done) = job.then(GenerationCommand::Complete);
+        assert_eq!(done, vec![GenerationEvent::GenerationCompleted { generation_id: job.id.unwrap(), images: 2 }]);
+        then_error(job.decide(image(1, 'b')), |e| matches!(e, DomainError::WrongState { .. }));
+    }
+
+    #[test]
+    fn an_interrupted_job_is_resumed_where_it_stopped() {
+        let (job, _) = Generation::default().then(request(vec![item(1), item(2), item(3)]));
+        let (job, _) = job.then(GenerationCommand::Start { worker: "w1".into() });
+        let (job, _) = job.then(image(1, 'a'));
+        let (job, events) = job.then(GenerationCommand::Start { worker: "w2".into() });
+        assert!(matches!(&events[..], [GenerationEvent::GenerationStarted { already_done: 1, .. }]));
+        assert_eq!(job.remaining().collect::<Vec<_>>(), [0, 2]);
+    }
+
+    #[test]
+    fn bad_requests_and_indices_are_rejected() {
+        then_error(Generation::default().decide(request(vec![])), |e| matches!(e, DomainError::Invalid { field: "items", .. }));
+        let mut bad_steps = request(vec![item(1)]);
+        if let GenerationCommand::Request { sampler, .. } = &mut bad_steps {
+            sampler.steps = 0;
+        }
+        then_error(Generation::default().decide(bad_steps), |e| matches!(e, DomainError::Invalid { field: "steps", .. }));
+        let (job, _) = Generation::default().then(request(vec![item(1)]));
+        // Images are recorded only by a worker that started the job.
+        then_error(job.decide(image(0, 'a')), |e| matches!(e, DomainError::WrongState { .. }));
+        let (job, _) = job.then(GenerationCommand::Start { worker: "w".into() });
+        then_error(job.decide(image(5, 'a')), |e| matches!(e, DomainError::Invalid { field: "index", .. }));
+        then_error(job.clone().decide(request(vec![item(1)])), |e| matches!(e, DomainError::AlreadyExists { .. }));
+    }
+
+    #[test]
+    fn a_failed_job_is_final() {
+        let (job, _) = Generation::default().then(request(vec![item(1)]));
+        let (job, events) = job.then(GenerationCommand::Fail { reason: "out of GPU memory".into() });
+        assert!(matches!(&events[..], [GenerationEvent::GenerationFailed { images: 0, .. }]));
+        then_error(job.decide(GenerationCommand::Start { worker: "w".into() }), |e| matches!(e, DomainError::WrongState { .. }));
+        let job = job.apply_all(&[]);
+        assert_eq!(job.status, JobStatus::Failed);
+    }
+}

@@ -1,0 +1,1 @@
+//! thitl's read models.
