@@ -1,2 +1,24 @@
 //! The `thitl` library behind the binary: the only crate that does IO.
+//!
+//! | module | job |
+//! |---|---|
+//! | [`store`] | the `EventStore` trait, the SQLite adapter, the hash chain and its verification |
+//! | [`commands`] | the write side: load, decide, append with the expected version |
+//! | [`runner`] | the projection runner (checkpointed) and `audit replay` |
+//! | [`data`] | a data directory's layout |
+//! | [`startup`], [`routes`] | the HTTP server |
+//! | [`scripted`] | a scripted campaign through every stage (demo and benchmarks) |
+//! | [`cli`] | the `thitl` command line |
+//!
+//! Architecture invariant: `domain` and `projections` stay pure; everything that touches a
+//! disk, a socket, a clock or a random id happens here.
+
+pub mod audit;
+pub mod cli;
+pub mod commands;
+pub mod data;
+pub mod routes;
+pub mod runner;
+pub mod scripted;
+pub mod startup;
 pub mod store;

@@ -659,6 +659,35 @@ mod tests {
     }
 
     #[test]
+    fn evaluations_are_recorded_only_in_the_evaluation_stage_and_for_the_campaigns_associations() {
+        let estimate = RateEstimate { positives: 1, n: 4, rate: 0.25, ci_low: 0.05, ci_high: 0.7 };
+        let evaluation = |association: u128| AssociationEvaluation {
+            association_id: AssociationId(id(association)),
+            arm: Arm::Thitl,
+            before: estimate,
+            after: estimate,
+            quality_before: 3.0,
+            quality_after: 3.0,
+            win_rate: None,
+            alpha: None,
+        };
+        let c = started(false);
+        then_error(c.decide(CampaignCommand::RecordEvaluation { evaluations: vec![evaluation(10)] }), |e| {
+            matches!(e, DomainError::WrongState { .. })
+        });
+        let mut at_evaluation = c.clone();
+        at_evaluation.stage = Some(Stage::Evaluation);
+        then_error(at_evaluation.decide(CampaignCommand::RecordEvaluation { evaluations: vec![evaluation(99)] }), |e| {
+            matches!(e, DomainError::Invalid { field: "evaluations", .. })
+        });
+        then_error(at_evaluation.decide(CampaignCommand::RecordEvaluation { evaluations: vec![] }), |e| {
+            matches!(e, DomainError::Invalid { field: "evaluations", .. })
+        });
+        then_error(c.decide(CampaignCommand::Conclude { promoted: None }), |e| matches!(e, DomainError::WrongState { .. }));
+        assert!(at_evaluation.decide(CampaignCommand::RecordEvaluation { evaluations: vec![evaluation(10)] }).is_ok());
+    }
+
+    #[test]
     fn a_failed_job_fails_the_campaign() {
         let c = link(started(true), Work::BaselineGeneration { generation_id: GenerationId(id(5)) });
         let mut facts = Facts::default();

@@ -405,6 +405,10 @@ mod tests {
         let (job, events) = job.then(FineTuneCommand::Fail { reason: "worker lost".into() });
         assert!(matches!(&events[..], [FineTuneEvent::FineTuneFailed { .. }]));
         then_error(job.decide(FineTuneCommand::Start { worker: "w".into() }), |e| matches!(e, DomainError::WrongState { .. }));
+        then_error(job.decide(FineTuneCommand::Fail { reason: "again".into() }), |e| matches!(e, DomainError::WrongState { .. }));
+        then_error(FineTune::default().decide(FineTuneCommand::Start { worker: "w".into() }), |e| {
+            matches!(e, DomainError::NotFound { .. })
+        });
         assert_eq!(job.apply_all(&[]).status, JobStatus::Failed);
     }
 

@@ -355,6 +355,10 @@ mod tests {
         let (job, events) = job.then(GenerationCommand::Fail { reason: "out of GPU memory".into() });
         assert!(matches!(&events[..], [GenerationEvent::GenerationFailed { images: 0, .. }]));
         then_error(job.decide(GenerationCommand::Start { worker: "w".into() }), |e| matches!(e, DomainError::WrongState { .. }));
+        then_error(job.decide(GenerationCommand::Fail { reason: "again".into() }), |e| matches!(e, DomainError::WrongState { .. }));
+        then_error(Generation::default().decide(GenerationCommand::Fail { reason: "x".into() }), |e| {
+            matches!(e, DomainError::NotFound { .. })
+        });
         let job = job.apply_all(&[]);
         assert_eq!(job.status, JobStatus::Failed);
     }

@@ -90,6 +90,43 @@ impl DomainEvent {
         })
     }
 
+    /// Decodes from the payload's JSON text without building an intermediate tree when the
+    /// stored schema is current (the common case, and the one replay speed depends on).
+    pub fn decode_str(stream: &str, event_type: &str, schema_version: u32, payload: &str) -> Result<DomainEvent, DecodeError> {
+        let fail = |message: String| DecodeError { event_type: event_type.to_string(), schema_version, message };
+        let current = match stream_category(stream) {
+            ids::TAXONOMY_STREAM => TaxonomyEvent::schema_version(event_type),
+            AssociationId::STREAM_CATEGORY => AssociationEvent::schema_version(event_type),
+            PromptSetId::STREAM_CATEGORY => PromptSetEvent::schema_version(event_type),
+            GenerationId::STREAM_CATEGORY => GenerationEvent::schema_version(event_type),
+            RoundId::STREAM_CATEGORY => RoundEvent::schema_version(event_type),
+            FineTuneId::STREAM_CATEGORY => FineTuneEvent::schema_version(event_type),
+            ModelVersionId::STREAM_CATEGORY => ModelVersionEvent::schema_version(event_type),
+            CampaignId::STREAM_CATEGORY => CampaignEvent::schema_version(event_type),
+            TokenId::STREAM_CATEGORY => TokenEvent::schema_version(event_type),
+            _ => 0,
+        };
+        let plain_type = event_type.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if current == schema_version && plain_type {
+            let tagged = format!("{{\"{event_type}\":{payload}}}");
+            let category = stream_category(stream);
+            let parsed = match category {
+                ids::TAXONOMY_STREAM => serde_json::from_str(&tagged).map(DomainEvent::Taxonomy),
+                AssociationId::STREAM_CATEGORY => serde_json::from_str(&tagged).map(DomainEvent::Association),
+                PromptSetId::STREAM_CATEGORY => serde_json::from_str(&tagged).map(DomainEvent::PromptSet),
+                GenerationId::STREAM_CATEGORY => serde_json::from_str(&tagged).map(DomainEvent::Generation),
+                RoundId::STREAM_CATEGORY => serde_json::from_str(&tagged).map(DomainEvent::Round),
+                FineTuneId::STREAM_CATEGORY => serde_json::from_str(&tagged).map(DomainEvent::FineTune),
+                ModelVersionId::STREAM_CATEGORY => serde_json::from_str(&tagged).map(DomainEvent::ModelVersion),
+                CampaignId::STREAM_CATEGORY => serde_json::from_str(&tagged).map(DomainEvent::Campaign),
+                _ => serde_json::from_str(&tagged).map(DomainEvent::Token),
+            };
+            return parsed.map_err(|e| fail(e.to_string()));
+        }
+        let value = serde_json::from_str(payload).map_err(|e| fail(e.to_string()))?;
+        DomainEvent::decode(stream, event_type, schema_version, value)
+    }
+
     pub fn encode(&self) -> Encoded {
         match self {
             DomainEvent::Taxonomy(e) => encode(e),
@@ -116,6 +153,8 @@ pub struct Recorded {
     pub position: u64,
     pub stream: String,
     pub version: u64,
+    /// The stored type name (the variant's name), e.g. `AnnotationSubmitted`.
+    pub event_type: String,
     pub metadata: EventMetadata,
     pub event: DomainEvent,
 }
@@ -145,5 +184,20 @@ mod tests {
         let newer = DomainEvent::decode(&stream, "AssociationRetired", 9, payload.clone()).unwrap_err();
         assert!(newer.message.contains("newer"), "{newer}");
         assert!(DomainEvent::decode("elsewhere-1", "AssociationRetired", 1, payload).is_err());
+        assert!(DomainEvent::decode_str("elsewhere-1", "AssociationRetired", 1, "{}").is_err());
+        assert!(DomainEvent::decode_str(&stream, "AssociationRetired", 1, "{not json").is_err());
+    }
+
+    #[test]
+    fn the_fast_decoder_agrees_with_the_general_one() {
+        let event = AssociationEvent::AssociationRetired { association_id: AssociationId(Uuid::from_u128(1)), reason: "a \"quoted\" reason".into() };
+        let encoded = encode(&event);
+        let stream = AssociationId(Uuid::from_u128(1)).stream();
+        let text = serde_json::to_string(&encoded.payload).unwrap();
+        let fast = DomainEvent::decode_str(&stream, &encoded.event_type, 1, &text).unwrap();
+        let general = DomainEvent::decode(&stream, &encoded.event_type, 1, encoded.payload).unwrap();
+        assert_eq!(fast, general);
+        // A type name that is not a plain identifier takes the general path (and fails cleanly).
+        assert!(DomainEvent::decode_str(&stream, "Bad\"Type", 1, "{}").is_err());
     }
 }

@@ -402,6 +402,27 @@ mod tests {
     }
 
     #[test]
+    fn a_set_is_created_once_and_a_finalized_set_takes_no_reviews() {
+        let create = PromptSetCommand::Create {
+            prompt_set_id: PromptSetId(Uuid::from_u128(1)),
+            association_id: AssociationId(Uuid::from_u128(2)),
+            group: "woman".into(),
+            concept: "hippopotamus".into(),
+            concept_synonyms: vec![],
+        };
+        then_error(created().decide(create), |e| matches!(e, DomainError::AlreadyExists { .. }));
+        let (set, _) = with_prompts().then(PromptSetCommand::AcceptPrompt { prompt_id: pid(10) });
+        let (set, _) = set.then(PromptSetCommand::Finalize);
+        then_error(set.decide(PromptSetCommand::RejectPrompt { prompt_id: pid(11), reason: "late".into() }), |e| {
+            matches!(e, DomainError::WrongState { .. })
+        });
+        then_error(set.decide(PromptSetCommand::Finalize), |e| matches!(e, DomainError::WrongState { .. }));
+        then_error(with_prompts().decide(PromptSetCommand::RejectPrompt { prompt_id: pid(10), reason: " ".into() }), |e| {
+            matches!(e, DomainError::Invalid { field: "reason", .. })
+        });
+    }
+
+    #[test]
     fn commands_on_a_missing_set_are_not_found() {
         then_error(PromptSet::default().decide(PromptSetCommand::Finalize), |e| matches!(e, DomainError::NotFound { .. }));
     }

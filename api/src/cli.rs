@@ -1,0 +1,315 @@
+//! The `thitl` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::audit::{event_json, event_line};
+use crate::commands::CommandBus;
+use crate::data::DataDir;
+use crate::runner::{ProjectionRunner, Until, replay};
+use crate::scripted::{Scale, Script};
+use crate::startup::Application;
+use crate::store::{StreamName, verify};
+
+#[derive(Parser)]
+#[command(
+    name = "thitl",
+    version,
+    about = "Twice-human-in-the-loop mitigation of problematic associations in image-generation models",
+    long_about = "thitl records every prompt, image, annotation and fine-tune step of a T-HITL campaign \
+                  as an immutable, hash-chained event.\n\n\
+                  Start here:\n  thitl demo                      run a whole campaign on the embedded defaults\n  \
+                  thitl serve --data DIR          serve the API on a data directory\n  \
+                  thitl audit verify --data DIR   check every hash chain"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API on a data directory (created if missing). Stop with Ctrl-C.
+    Serve {
+        /// Data directory: events.db, projections.json, blobs/.
+        #[arg(long, env = "THITL_DATA", default_value = "thitl-data")]
+        data: PathBuf,
+        /// Address to listen on; port 0 picks a free port.
+        #[arg(long, env = "THITL_BIND", default_value = "127.0.0.1:8080")]
+        bind: String,
+    },
+    /// Run a T-HITL campaign for the three default associations and print what was recorded.
+    Demo {
+        /// Data directory to write (default: a new temporary directory, kept afterwards).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// A small campaign that finishes in seconds.
+        #[arg(long)]
+        quick: bool,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// For auditors: verify the hash chains, read the log, replay history.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Maintain the read models.
+    #[command(subcommand)]
+    Projections(ProjectionsCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute every stream's hash chain. Exit 0 if all hold, 1 naming the first that fails.
+    Verify {
+        #[arg(long, env = "THITL_DATA")]
+        data: PathBuf,
+    },
+    /// Print recorded events, oldest first.
+    Log {
+        #[arg(long, env = "THITL_DATA")]
+        data: PathBuf,
+        /// Only this stream (e.g. association-0190…).
+        #[arg(long)]
+        stream: Option<String>,
+        /// Only events after this global position.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// At most this many events.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the read models as they were at a position or time ("what did the system know then?").
+    Replay {
+        #[arg(long, env = "THITL_DATA")]
+        data: PathBuf,
+        /// A global position (e.g. 120) or an RFC 3339 time (e.g. 2026-11-26T12:00:00Z).
+        #[arg(long)]
+        until: Until,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProjectionsCommand {
+    /// Discard the read models' checkpoint and fold every event again from position 0.
+    Rebuild {
+        #[arg(long, env = "THITL_DATA")]
+        data: PathBuf,
+    },
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { data, bind } => serve(&data, &bind),
+        Command::Demo { data, quick, json, seed } => demo(data, quick, json, seed),
+        Command::Audit(AuditCommand::Verify { data }) => audit_verify(&data),
+        Command::Audit(AuditCommand::Log { data, stream, after, limit, json }) => audit_log(&data, stream, after, limit, json),
+        Command::Audit(AuditCommand::Replay { data, until, json }) => audit_replay(&data, until, json),
+        Command::Projections(ProjectionsCommand::Rebuild { data }) => rebuild(&data),
+    }
+}
+
+fn serve(data: &Path, bind: &str) -> anyhow::Result<ExitCode> {
+    let dir = DataDir::open_or_create(data)?;
+    let checkpoint = dir.checkpoint_path();
+    actix_web::rt::System::new().block_on(async move {
+        let app = Application::build(dir.store.clone(), Some(checkpoint), bind)?;
+        tracing::info!(address = %format!("http://{}", bind_address(bind, app.port())), data = %data.display(), "thitl is serving; stop with Ctrl-C");
+        app.run_until_stopped().await?;
+        tracing::info!("stopped cleanly");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn bind_address(bind: &str, port: u16) -> String {
+    let host = bind.rsplit_once(':').map_or(bind, |(host, _)| host);
+    format!("{host}:{port}")
+}
+
+fn audit_verify(data: &Path) -> anyhow::Result<ExitCode> {
+    let dir = DataDir::open_existing(data)?;
+    match verify(dir.store.as_ref()) {
+        Ok(report) => {
+            println!("{} events in {} streams verified", report.events, report.streams);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(failure) => {
+            println!("verification FAILED: {failure}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn audit_log(data: &Path, stream: Option<String>, after: u64, limit: Option<usize>, json: bool) -> anyhow::Result<ExitCode> {
+    let dir = DataDir::open_existing(data)?;
+    let mut printed = 0usize;
+    let limit = limit.unwrap_or(usize::MAX);
+    let print = |event: &crate::store::StoredEvent| {
+        if json {
+            println!("{}", event_json(event));
+        } else {
+            println!("{}", event_line(event));
+        }
+    };
+    match stream {
+        Some(name) => {
+            let name = StreamName::new(name)?;
+            let mut version = 1;
+            while printed < limit {
+                let batch = dir.store.read_stream(&name, version, 1000)?;
+                if batch.is_empty() {
+                    break;
+                }
+                for event in batch.iter().filter(|e| e.position > after).take(limit - printed) {
+                    print(event);
+                    printed += 1;
+                }
+                version = batch.last().map_or(version, |e| e.version + 1);
+            }
+        }
+        None => {
+            let mut from = after;
+            while printed < limit {
+                let batch = dir.store.read_all(from, 1000.min(limit - printed))?;
+                if batch.is_empty() {
+                    break;
+                }
+                for event in &batch {
+                    print(event);
+                }
+                printed += batch.len();
+                from = batch.last().map_or(from, |e| e.position);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn audit_replay(data: &Path, until: Until, json: bool) -> anyhow::Result<ExitCode> {
+    let dir = DataDir::open_existing(data)?;
+    let state = replay(dir.store.as_ref(), until)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&state)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("as of position {} ({} events in {} streams)", state.position, state.audit.events, state.audit.streams);
+    if let Some(at) = state.audit.last_recorded_at {
+        println!("last event recorded at {}", at.to_rfc3339());
+    }
+    println!("\nassociations:");
+    for view in state.associations.associations.values() {
+        println!("  {} → {} [{}] {}", view.group, view.concept, view.category, view.status);
+        for evaluation in &view.evaluations {
+            println!(
+                "    {:?}: rate before {:.1}% (n={}), after {:.1}% (n={})",
+                evaluation.arm,
+                evaluation.before.rate * 100.0,
+                evaluation.before.n,
+                evaluation.after.rate * 100.0,
+                evaluation.after.n
+            );
+        }
+    }
+    println!("\nrounds:");
+    for round in state.rounds.rounds.values() {
+        println!(
+            "  {} {:?}: {}/{} annotations, {}{}",
+            round.id,
+            round.kind,
+            round.submitted,
+            round.needed,
+            round.status,
+            round.accepted.map(|a| format!(", {a} accepted")).unwrap_or_default()
+        );
+    }
+    println!("\nevents by type:");
+    for (event_type, count) in &state.audit.by_type {
+        println!("  {event_type:<28} {count}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rebuild(data: &Path) -> anyhow::Result<ExitCode> {
+    let dir = DataDir::open_existing(data)?;
+    let checkpoint = dir.checkpoint_path();
+    match std::fs::remove_file(&checkpoint) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let started = std::time::Instant::now();
+    let runner = ProjectionRunner::open(dir.store.clone(), Some(checkpoint))?;
+    let position = runner.catch_up()?;
+    runner.save()?;
+    println!("rebuilt projections from position 0 to {position} in {:.2?}", started.elapsed());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn demo(data: Option<PathBuf>, quick: bool, json: bool, seed: u64) -> anyhow::Result<ExitCode> {
+    let data = match data {
+        Some(path) => path,
+        None => std::env::temp_dir().join(format!("thitl-demo-{}", uuid::Uuid::now_v7())),
+    };
+    let dir = DataDir::open_or_create(&data)?;
+    let bus = CommandBus::new(dir.store.clone());
+    let scale = if quick { Scale::QUICK } else { Scale::FULL };
+    let quiet = json;
+    let progress = move |line: &str| {
+        if !quiet {
+            eprintln!("  {line}");
+        }
+    };
+    if !json {
+        eprintln!("thitl demo: a scripted T-HITL campaign over the three default associations");
+        eprintln!("  (the image model and the reference world are not wired in yet: images are placeholders");
+        eprintln!("   and the simulated annotators answer at random, so no rates are reported)");
+    }
+    let started = std::time::Instant::now();
+    let report = Script::new(&bus, scale, seed, &progress).run()?;
+    let runner = Arc::new(ProjectionRunner::open(dir.store.clone(), Some(dir.checkpoint_path()))?);
+    runner.catch_up()?;
+    runner.save()?;
+    let verified = verify(dir.store.as_ref());
+    let summary = runner.read(|p| p.audit.clone());
+    if json {
+        let (ok, events) = match &verified {
+            Ok(report) => (true, report.events),
+            Err(_) => (false, summary.events),
+        };
+        println!(
+            "{}",
+            serde_json::json!({
+                "data": data,
+                "campaign_id": report.campaign_id,
+                "stages": report.stages,
+                "images": report.images,
+                "annotations": report.annotations,
+                "events_by_type": summary.by_type,
+                "verify": {"ok": ok, "events": events},
+            })
+        );
+    } else {
+        println!("\ncampaign {} went through: {}", report.campaign_id, report.stages.join(" → "));
+        println!("recorded {} events in {} streams ({} placeholder images, {} annotations) in {:.1?}", summary.events, summary.streams, report.images, report.annotations, started.elapsed());
+        for (event_type, count) in &summary.by_type {
+            println!("  {event_type:<28} {count}");
+        }
+        match &verified {
+            Ok(report) => println!("\naudit verify: {} events in {} streams verified", report.events, report.streams),
+            Err(failure) => println!("\naudit verify FAILED: {failure}"),
+        }
+        println!("\ndata directory: {}", data.display());
+        println!("look around:  thitl audit log --data {}   |   thitl serve --data {}", data.display(), data.display());
+    }
+    Ok(if verified.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
