@@ -1,4 +1,54 @@
 //! thitl's compute crate: a wgpu context, tensors, WGSL kernels, the DiT denoiser, DDIM sampling,
 //! LoRA training, and a CPU reference backend that every kernel is tested against.
 //!
-//! Architecture invariant: `gpu` knows nothing of events, HTTP or the reference world.
+//! Architecture invariant: `gpu` knows nothing of events, HTTP or the reference world. It takes
+//! weights, token ids, images and seeds, and returns images, losses and weights; its only IO is
+//! the optional on-disk Vulkan pipeline cache (`THITL_PIPELINE_CACHE_DIR`).
+//!
+//! Map:
+//! - [`context`]: device choice (`THITL_DEVICE=auto|wgpu|cpu`, `WGPU_ADAPTER_NAME`), the
+//!   [`GpuContext`] (device, queue, adapter limits, pipelines and bind-group layouts built once,
+//!   the driver's pipeline cache) and the [`context::Recorder`] that records many dispatches into
+//!   one command encoder.
+//! - [`tensor`]: a small f32 tensor over a storage buffer.
+//! - [`kernels`]: one `.wgsl` file per family next to its launcher (matmul, element-wise, rows,
+//!   adaLN, embeddings, patchify, reductions, AdamW, noise).
+//! - [`cpu`]: the plain-Rust reference of every kernel (generic over f32/f64 where a backward
+//!   exists, so gradients can be checked by finite differences in f64).
+//! - [`device`]: the [`device::Device`] trait the model is written against, implemented by
+//!   [`device::CpuDevice`] and [`device::WgpuDevice`].
+//! - [`model`]: the DiT, its backward, LoRA, training steps, the DDIM sampler, safetensors
+//!   weights and PEFT adapters.
+//! - [`engine`]: a model on whichever backend `THITL_DEVICE` chose, without generics.
+//! - [`mod@bench`]: `thitl bench gpu` / `gpu-bench`.
+//!
+//! Key design decisions in this crate:
+//! - The model is written once, generically over [`device::Device`]; the wgpu and CPU paths differ
+//!   only in their kernels, and each kernel has a test against its reference. The CPU backend is
+//!   the oracle and also the fallback where no GPU exists (matmuls through `matrixmultiply` with
+//!   threads).
+//! - One matmul kernel family serves every product: operands are (offset, row stride, column
+//!   stride, two batch strides) views, so transposes, per-head attention views into a packed
+//!   qkv buffer and weight gradients need no copies. A 128×128 workgroup-tiled kernel (8×8 per
+//!   invocation) runs on GPUs; a register-only 32×32 kernel runs tiny shapes and software
+//!   adapters; long-K products with small outputs are split along K.
+//! - Noise is counter-based and integer-only up to one exact conversion, so a seed gives the
+//!   same bits on the CPU and on every GPU: sampling is reproducible across backends.
+//! - The wgpu backend records into one command encoder, submits in batches, and keeps dropped
+//!   buffers in a pool keyed by length (zeroed on the GPU when reused), so a training or
+//!   sampling loop stops allocating after its first step.
+//! - Kernels check their own bounds, so shaders are compiled without naga's runtime checks
+//!   (`THITL_SHADER_CHECKS=1` turns them back on).
+
+pub mod bench;
+pub mod context;
+pub mod cpu;
+pub mod device;
+pub mod engine;
+pub mod kernels;
+pub mod model;
+pub mod tensor;
+
+pub use context::{Backend, DeviceChoice, GpuContext, GpuError};
+pub use engine::Engine;
+pub use tensor::Tensor;

@@ -1,0 +1,453 @@
+//! Benchmarks (`thitl bench gpu`, `gpu-bench`): medians after a warm-up, for the wgpu adapter at
+//! hand and for the CPU backend.
+
+use std::time::Instant;
+
+use std::sync::Arc;
+
+use crate::context::{GpuContext, GpuError};
+use crate::cpu::AdamW;
+use crate::device::{CpuDevice, Device, WgpuDevice};
+use crate::kernels::matmul::{Matmul, MatmulKernel};
+use crate::model::{
+    Dit, DitConfig, HostAdapter, HostWeights, LoraConfig, LoraTarget, SampleOptions, TrainBatch,
+    TrainMode,
+};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Square matmul sizes on the wgpu adapter.
+    pub gpu_sizes: Vec<usize>,
+    /// Square matmul sizes on the CPU backend.
+    pub cpu_sizes: Vec<usize>,
+    /// Timed repetitions per measurement (after one warm-up run).
+    pub repeats: usize,
+    /// Measure the wgpu adapter (fails without one).
+    pub gpu: bool,
+    /// Measure the CPU backend.
+    pub cpu: bool,
+    /// Check every GPU kernel against the CPU reference at this size first (0 = no check).
+    pub check_size: usize,
+    /// DiT configurations to time on the wgpu adapter (sampling and LoRA training).
+    pub gpu_models: Vec<(String, DitConfig)>,
+    /// DiT configurations to time on the CPU backend.
+    pub cpu_models: Vec<(String, DitConfig)>,
+    /// Images per sampling batch and per training batch.
+    pub model_batch: usize,
+    /// DDIM steps per sampled batch.
+    pub sample_steps: usize,
+    /// Timed repetitions of the model benchmarks.
+    pub model_repeats: usize,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            gpu_sizes: vec![1024, 4096],
+            cpu_sizes: vec![1024],
+            repeats: 10,
+            gpu: true,
+            cpu: true,
+            check_size: 1000,
+            gpu_models: vec![
+                ("small".to_string(), DitConfig::small()),
+                ("dit-s".to_string(), DitConfig::dit_s()),
+            ],
+            cpu_models: vec![("small".to_string(), DitConfig::small())],
+            model_batch: 64,
+            sample_steps: 25,
+            model_repeats: 3,
+        }
+    }
+}
+
+/// One measured figure.
+#[derive(Debug, Clone)]
+pub struct BenchRow {
+    /// Backend and kernel, e.g. "wgpu tiled bk16".
+    pub backend: String,
+    /// What was measured, e.g. "matmul f32 4096^3".
+    pub what: String,
+    /// The median.
+    pub median: f64,
+    /// Its unit, e.g. "TFLOP/s".
+    pub unit: &'static str,
+    /// How it was timed ("gpu timestamps", "wall clock submit+wait", "wall clock").
+    pub timing: &'static str,
+}
+
+/// Everything a run measured.
+#[derive(Debug, Clone, Default)]
+pub struct BenchReport {
+    /// The adapter's description, when one was measured.
+    pub adapter: Option<String>,
+    /// Correctness checks: (kernel, max relative error vs the CPU reference).
+    pub checks: Vec<(String, f64)>,
+    /// The figures.
+    pub rows: Vec<BenchRow>,
+}
+
+impl BenchReport {
+    /// A fixed-width table (the `RESULT` lines are [`BenchRow::result_line`]).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Some(adapter) = &self.adapter {
+            out.push_str(&format!("adapter: {adapter}\n"));
+        }
+        for (kernel, error) in &self.checks {
+            out.push_str(&format!(
+                "check {kernel}: max error vs CPU reference {error:.2e}\n"
+            ));
+        }
+        out.push_str(&format!(
+            "{:<26} {:<22} {:>12} {:<8} {}\n",
+            "backend", "what", "median", "unit", "timing"
+        ));
+        for row in &self.rows {
+            out.push_str(&format!(
+                "{:<26} {:<22} {:>12.4} {:<8} {}\n",
+                row.backend, row.what, row.median, row.unit, row.timing
+            ));
+        }
+        out
+    }
+}
+
+/// The median of some samples (sorted copy).
+pub fn median(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let middle = sorted.len() / 2;
+    if sorted.is_empty() {
+        f64::NAN
+    } else if sorted.len() % 2 == 1 {
+        sorted[middle]
+    } else {
+        0.5 * (sorted[middle - 1] + sorted[middle])
+    }
+}
+
+/// Runs the benchmarks in `options`.
+pub fn run(options: &BenchOptions) -> Result<BenchReport, GpuError> {
+    run_with_progress(options, &mut |_| {})
+}
+
+/// [`run`], calling `progress` with each line (adapter, checks, `RESULT` rows) as soon as it is
+/// known, so that a run cut short still reports what it measured.
+pub fn run_with_progress(
+    options: &BenchOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<BenchReport, GpuError> {
+    let mut report = Reporter {
+        report: BenchReport::default(),
+        progress,
+    };
+    let report = &mut report;
+    if options.gpu {
+        let context = GpuContext::new()?;
+        (report.progress)(&format!("adapter: {}", context.describe()));
+        report.report.adapter = Some(context.describe());
+        let kernels = [
+            ("tiled bk16", MatmulKernel::Tiled { bk: 16 }),
+            ("tiled bk8", MatmulKernel::Tiled { bk: 8 }),
+            ("tiled bk32", MatmulKernel::Tiled { bk: 32 }),
+            ("direct", MatmulKernel::Direct),
+        ];
+        let context = Arc::new(context);
+        if options.check_size > 0 {
+            for (name, kernel) in kernels {
+                let error = check_matmul(&context, kernel, options.check_size)?;
+                report.check(name, error);
+            }
+            report.check("split-k 384x8x16384", check_split_k(&context)?);
+        }
+        for &size in &options.gpu_sizes {
+            for (name, kernel) in kernels {
+                let (seconds, timing) = time_gpu_matmul(&context, kernel, size, options.repeats)?;
+                let spec = Matmul::new(size, size, size, false, false);
+                report.push(BenchRow {
+                    backend: format!("wgpu {name}"),
+                    what: format!("matmul f32 {size}^3"),
+                    median: spec.flops() / seconds / 1e12,
+                    unit: "TFLOP/s",
+                    timing,
+                });
+            }
+        }
+        let device = WgpuDevice::new(context.clone());
+        for (name, config) in &options.gpu_models {
+            bench_model(&device, "wgpu", name, config, options, report)?;
+        }
+        context.save_pipeline_cache().ok();
+    }
+    if options.cpu {
+        for &size in &options.cpu_sizes {
+            let seconds = time_cpu_matmul(size, options.repeats.min(5));
+            let spec = Matmul::new(size, size, size, false, false);
+            report.push(BenchRow {
+                backend: "cpu matrixmultiply".to_string(),
+                what: format!("matmul f32 {size}^3"),
+                median: spec.flops() / seconds / 1e9,
+                unit: "GFLOP/s",
+                timing: "wall clock",
+            });
+        }
+    }
+    if options.cpu {
+        let device = CpuDevice::<f32>::new();
+        for (name, config) in &options.cpu_models {
+            bench_model(&device, "cpu", name, config, options, report)?;
+        }
+    }
+    Ok(std::mem::take(&mut report.report))
+}
+
+struct Reporter<'a> {
+    report: BenchReport,
+    progress: &'a mut dyn FnMut(&str),
+}
+
+impl Reporter<'_> {
+    fn push(&mut self, row: BenchRow) {
+        (self.progress)(&row.result_line());
+        self.report.rows.push(row);
+    }
+
+    fn check(&mut self, kernel: &str, error: f64) {
+        (self.progress)(&format!(
+            "check {kernel}: max error vs CPU reference {error:.2e}"
+        ));
+        self.report.checks.push((kernel.to_string(), error));
+    }
+}
+
+impl BenchRow {
+    /// `RESULT<TAB>backend<TAB>what<TAB>median<TAB>unit`, for scripts.
+    pub fn result_line(&self) -> String {
+        format!(
+            "RESULT\t{}\t{}\t{}\t{}",
+            self.backend, self.what, self.median, self.unit
+        )
+    }
+}
+
+/// Sampling images/s (DDIM, guidance 4 with a negative prompt) and LoRA training steps/s
+/// (rank 8 on qkv/proj/fc1/fc2, AdamW) for one configuration, medians after a warm-up.
+fn bench_model<D: Device>(
+    device: &D,
+    backend: &str,
+    name: &str,
+    config: &DitConfig,
+    options: &BenchOptions,
+    report: &mut Reporter<'_>,
+) -> Result<(), GpuError> {
+    let batch = options.model_batch;
+    let weights = HostWeights::randomized(config, 1, 0.02);
+    let lora = LoraConfig {
+        rank: 8,
+        alpha: 8.0,
+        targets: vec![
+            LoraTarget::Qkv,
+            LoraTarget::Proj,
+            LoraTarget::Fc1,
+            LoraTarget::Fc2,
+        ],
+    };
+    let adapter = HostAdapter::init(config, &lora, 2);
+    let mut model = Dit::new(device, *config, &weights, Some(&adapter))
+        .map_err(|error| GpuError::Shape(error.to_string()))?;
+    let ids: Vec<u32> = (0..batch * config.max_tokens)
+        .map(|i| {
+            if i % config.max_tokens < 5 {
+                1 + (i as u32 * 7) % (config.vocabulary as u32 - 1)
+            } else {
+                0
+            }
+        })
+        .collect();
+    let negative: Vec<u32> = ids
+        .iter()
+        .map(|id| if *id == 0 { 0 } else { 1 + (id % 3) })
+        .collect();
+    let sample = |model: &Dit<D>, steps: usize| {
+        let options = SampleOptions {
+            steps,
+            eta: 0.0,
+            guidance_scale: 4.0,
+            seed: 3,
+        };
+        model.sample(device, &options, &ids, Some(&negative))
+    };
+    sample(&model, 2)?;
+    let mut samples = Vec::new();
+    for _ in 0..options.model_repeats.max(1) {
+        let start = Instant::now();
+        sample(&model, options.sample_steps)?;
+        samples.push(start.elapsed().as_secs_f64());
+    }
+    report.push(BenchRow {
+        backend: format!("{backend} dit"),
+        what: format!("{name} sample b{batch} {}st", options.sample_steps),
+        median: batch as f64 / median(&samples),
+        unit: "img/s",
+        timing: "wall clock",
+    });
+
+    model.set_trainable(device, TrainMode::Lora);
+    let data = TrainBatch {
+        images: (0..batch * config.image_len())
+            .map(|i| ((i % 97) as f32 / 48.0) - 1.0)
+            .collect(),
+        ids: ids.clone(),
+    };
+    let hyper = AdamW {
+        lr: 1e-4,
+        ..AdamW::default()
+    };
+    model.train_step(device, &data, TrainMode::Lora, &hyper, 0)?;
+    let mut steps = Vec::new();
+    for step in 0..(options.model_repeats.max(1) + 2) {
+        let start = Instant::now();
+        model.train_step(device, &data, TrainMode::Lora, &hyper, 1 + step as u64)?;
+        steps.push(start.elapsed().as_secs_f64());
+    }
+    report.push(BenchRow {
+        backend: format!("{backend} dit"),
+        what: format!("{name} lora train b{batch}"),
+        median: 1.0 / median(&steps),
+        unit: "steps/s",
+        timing: "wall clock",
+    });
+    Ok(())
+}
+
+fn pseudo_random(len: usize, seed: u32) -> Vec<f32> {
+    (0..len)
+        .map(|index| {
+            let bits = crate::kernels::noise::hash_u32(index as u32, seed);
+            (bits >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
+/// Max over outputs of |gpu − cpu| / (|cpu| + mean|cpu|) for a size³ matmul with B transposed.
+fn check_matmul(context: &GpuContext, kernel: MatmulKernel, size: usize) -> Result<f64, GpuError> {
+    let spec = Matmul::new(size, size + 3, size - 1, false, true);
+    let a = pseudo_random(spec.m * spec.k, 1);
+    let b = pseudo_random(spec.k * spec.n, 2);
+    let mut expected = vec![0.0; spec.m * spec.n];
+    spec.run_cpu(&a, &b, None, &mut expected);
+    let a_buffer = context.storage_buffer_with(&a);
+    let b_buffer = context.storage_buffer_with(&b);
+    let c_buffer = context.storage_buffer(spec.m * spec.n);
+    let mut recorder = context.recorder();
+    spec.record(&mut recorder, kernel, &a_buffer, &b_buffer, None, &c_buffer);
+    recorder.submit();
+    let actual: Vec<f32> = context.read_words(&c_buffer, spec.m * spec.n)?;
+    let mean = expected.iter().map(|v| v.abs() as f64).sum::<f64>() / expected.len() as f64;
+    Ok(actual
+        .iter()
+        .zip(&expected)
+        .map(|(a, e)| (*a as f64 - *e as f64).abs() / (e.abs() as f64 + mean))
+        .fold(0.0, f64::max))
+}
+
+/// Max relative error of a split-K product (a LoRA weight-gradient shape) vs the CPU reference.
+fn check_split_k(context: &Arc<GpuContext>) -> Result<f64, GpuError> {
+    let mut device = WgpuDevice::new(context.clone());
+    device.split_k = true;
+    let spec = Matmul::new(384, 8, 16384, true, false);
+    let a = pseudo_random(spec.m * spec.k, 5);
+    let b = pseudo_random(spec.k * spec.n, 6);
+    let mut expected = vec![0.0; spec.m * spec.n];
+    spec.run_cpu(&a, &b, None, &mut expected);
+    let (a_buffer, b_buffer, c_buffer) = (
+        device.upload(&a),
+        device.upload(&b),
+        device.zeros(spec.m * spec.n),
+    );
+    device.matmul(&spec, &a_buffer, &b_buffer, None, &c_buffer);
+    let actual = device.download(&c_buffer, spec.m * spec.n)?;
+    let mean = expected.iter().map(|v| v.abs() as f64).sum::<f64>() / expected.len() as f64;
+    Ok(actual
+        .iter()
+        .zip(&expected)
+        .map(|(a, e)| (*a as f64 - *e as f64).abs() / (e.abs() as f64 + mean))
+        .fold(0.0, f64::max))
+}
+
+/// Median seconds of one size³ matmul (A · B, both row-major).
+fn time_gpu_matmul(
+    context: &GpuContext,
+    kernel: MatmulKernel,
+    size: usize,
+    repeats: usize,
+) -> Result<(f64, &'static str), GpuError> {
+    let spec = Matmul::new(size, size, size, false, false);
+    let a = context.storage_buffer_with(&pseudo_random(size * size, 3));
+    let b = context.storage_buffer_with(&pseudo_random(size * size, 4));
+    let c = context.storage_buffer(size * size);
+    // Warm-up: compiles the pipeline and touches the memory.
+    let mut recorder = context.recorder();
+    spec.record(&mut recorder, kernel, &a, &b, None, &c);
+    recorder.submit();
+    context.wait()?;
+    let repeats = repeats.max(1);
+    if context.has_timestamps() {
+        let count = (2 * repeats) as u32;
+        let query_set = context.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("bench timestamps"),
+            ty: wgpu::QueryType::Timestamp,
+            count,
+        });
+        let resolved = context.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("resolved timestamps"),
+            size: count as u64 * 8,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let mut recorder = context.recorder();
+        for repeat in 0..repeats {
+            recorder.time_next_dispatch(&query_set, (2 * repeat) as u32);
+            spec.record(&mut recorder, kernel, &a, &b, None, &c);
+        }
+        recorder.resolve_timestamps(&query_set, count, &resolved);
+        recorder.submit();
+        let ticks: Vec<u64> = context.read_words(&resolved, count as usize)?;
+        let period_ns = context.queue.get_timestamp_period() as f64;
+        let samples: Vec<f64> = ticks
+            .chunks(2)
+            .map(|pair| pair[1].saturating_sub(pair[0]) as f64 * period_ns * 1e-9)
+            .collect();
+        if samples.iter().all(|seconds| *seconds > 0.0) {
+            return Ok((median(&samples), "gpu timestamps"));
+        }
+    }
+    let mut samples = Vec::with_capacity(repeats);
+    for _ in 0..repeats {
+        let start = Instant::now();
+        let mut recorder = context.recorder();
+        spec.record(&mut recorder, kernel, &a, &b, None, &c);
+        recorder.submit();
+        context.wait()?;
+        samples.push(start.elapsed().as_secs_f64());
+    }
+    Ok((median(&samples), "wall clock submit+wait"))
+}
+
+fn time_cpu_matmul(size: usize, repeats: usize) -> f64 {
+    let spec = Matmul::new(size, size, size, false, false);
+    let a = pseudo_random(size * size, 3);
+    let b = pseudo_random(size * size, 4);
+    let mut c = vec![0.0; size * size];
+    spec.run_cpu(&a, &b, None, &mut c);
+    let samples: Vec<f64> = (0..repeats.max(1))
+        .map(|_| {
+            let start = Instant::now();
+            spec.run_cpu(&a, &b, None, &mut c);
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    median(&samples)
+}

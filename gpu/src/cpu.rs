@@ -1,0 +1,594 @@
+//! The CPU reference backend: plain-Rust versions of every kernel. It is the test oracle and the
+//! fallback where no GPU adapter exists. The functions that have a backward are generic over
+//! [`Real`] so that finite-difference tests can run them in f64.
+
+use std::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub};
+
+/// f32 or f64.
+pub trait Real:
+    Copy
+    + PartialOrd
+    + Default
+    + std::fmt::Debug
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+    + AddAssign
+    + MulAssign
+    + DivAssign
+    + std::iter::Sum
+{
+    /// The constant `value` in this type.
+    fn of(value: f64) -> Self;
+    /// eˣ.
+    fn exp(self) -> Self;
+    /// √x.
+    fn sqrt(self) -> Self;
+    /// |x|.
+    fn abs(self) -> Self;
+    /// ±1.
+    fn signum(self) -> Self;
+    /// Larger of two.
+    fn max(self, other: Self) -> Self;
+    /// As f64.
+    fn to_f64(self) -> f64;
+    /// `c = alpha·op(A)·op(B)` (strided, matrixmultiply).
+    ///
+    /// # Safety
+    /// The strides must address only elements inside the pointed-to buffers.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    );
+}
+
+macro_rules! real {
+    ($t:ty, $gemm:path) => {
+        impl Real for $t {
+            fn of(value: f64) -> Self {
+                value as $t
+            }
+            fn exp(self) -> Self {
+                <$t>::exp(self)
+            }
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
+            fn abs(self) -> Self {
+                <$t>::abs(self)
+            }
+            fn signum(self) -> Self {
+                <$t>::signum(self)
+            }
+            fn max(self, other: Self) -> Self {
+                <$t>::max(self, other)
+            }
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            unsafe fn gemm(
+                m: usize,
+                k: usize,
+                n: usize,
+                a: *const Self,
+                rsa: isize,
+                csa: isize,
+                b: *const Self,
+                rsb: isize,
+                csb: isize,
+                c: *mut Self,
+                rsc: isize,
+                csc: isize,
+            ) {
+                // SAFETY: forwarded from the caller.
+                unsafe { $gemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, 0.0, c, rsc, csc) }
+            }
+        }
+    };
+}
+real!(f32, matrixmultiply::sgemm);
+real!(f64, matrixmultiply::dgemm);
+
+/// tanh that stays finite for large |x|, written like the WGSL one.
+pub fn stable_tanh<T: Real>(x: T) -> T {
+    let t = (T::of(-2.0) * x.abs()).exp();
+    x.signum() * (T::of(1.0) - t) / (T::of(1.0) + t)
+}
+
+const GELU_C: f64 = 0.797_884_560_802_865_4;
+
+/// GELU, tanh approximation.
+pub fn gelu<T: Real>(x: T) -> T {
+    T::of(0.5) * x * (T::of(1.0) + stable_tanh(T::of(GELU_C) * (x + T::of(0.044715) * x * x * x)))
+}
+
+/// SiLU: x · sigmoid(x).
+pub fn silu<T: Real>(x: T) -> T {
+    x / (T::of(1.0) + (-x).exp())
+}
+
+/// d gelu(x) / dx for the tanh approximation.
+pub fn gelu_derivative<T: Real>(x: T) -> T {
+    let c = T::of(GELU_C);
+    let t = stable_tanh(c * (x + T::of(0.044715) * x * x * x));
+    T::of(0.5) * (T::of(1.0) + t)
+        + T::of(0.5) * x * (T::of(1.0) - t * t) * c * (T::of(1.0) + T::of(3.0 * 0.044715) * x * x)
+}
+
+/// d silu(x) / dx.
+pub fn silu_derivative<T: Real>(x: T) -> T {
+    let s = T::of(1.0) / (T::of(1.0) + (-x).exp());
+    s * (T::of(1.0) + x * (T::of(1.0) - s))
+}
+
+/// Layer norm without affine parameters (eps 1e-6) over rows of `width`: writes the normalised
+/// rows to `out` and each row's 1/σ to `rstd`.
+pub fn layernorm<T: Real>(x: &[T], width: usize, out: &mut [T], rstd: &mut [T]) {
+    for (row, (input, output)) in x.chunks(width).zip(out.chunks_mut(width)).enumerate() {
+        let n = T::of(width as f64);
+        let mean = input.iter().copied().sum::<T>() / n;
+        let var = input.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / n;
+        let r = T::of(1.0) / (var + T::of(1e-6)).sqrt();
+        rstd[row] = r;
+        for (o, &v) in output.iter_mut().zip(input) {
+            *o = (v - mean) * r;
+        }
+    }
+}
+
+/// Backward of [`layernorm`]: `dx = rstd · (dy − mean(dy) − x̂ · mean(dy · x̂))`.
+pub fn layernorm_backward<T: Real>(
+    normalized: &[T],
+    rstd: &[T],
+    dy: &[T],
+    width: usize,
+    dx: &mut [T],
+) {
+    for (row, ((xhat, grad), out)) in normalized
+        .chunks(width)
+        .zip(dy.chunks(width))
+        .zip(dx.chunks_mut(width))
+        .enumerate()
+    {
+        let n = T::of(width as f64);
+        let mean_dy = grad.iter().copied().sum::<T>() / n;
+        let mean_dy_xhat = grad.iter().zip(xhat).map(|(&g, &h)| g * h).sum::<T>() / n;
+        for ((o, &g), &h) in out.iter_mut().zip(grad).zip(xhat) {
+            *o = rstd[row] * (g - mean_dy - h * mean_dy_xhat);
+        }
+    }
+}
+
+/// Softmax of `scale · x` over rows of `width`.
+pub fn softmax<T: Real>(x: &[T], width: usize, scale: T, out: &mut [T]) {
+    for (input, output) in x.chunks(width).zip(out.chunks_mut(width)) {
+        let max = input
+            .iter()
+            .fold(T::of(f64::NEG_INFINITY), |m, &v| m.max(scale * v));
+        let mut sum = T::of(0.0);
+        for (o, &v) in output.iter_mut().zip(input) {
+            *o = (scale * v - max).exp();
+            sum += *o;
+        }
+        for o in output.iter_mut() {
+            *o /= sum;
+        }
+    }
+}
+
+/// Backward of [`softmax`] given its output `y`: `dx = scale · y · (dy − Σ dy·y)`.
+pub fn softmax_backward<T: Real>(y: &[T], dy: &[T], width: usize, scale: T, dx: &mut [T]) {
+    for ((prob, grad), out) in y
+        .chunks(width)
+        .zip(dy.chunks(width))
+        .zip(dx.chunks_mut(width))
+    {
+        let dot: T = prob.iter().zip(grad).map(|(&p, &g)| p * g).sum();
+        for ((o, &p), &g) in out.iter_mut().zip(prob).zip(grad) {
+            *o = scale * p * (g - dot);
+        }
+    }
+}
+
+/// Where the per-sample adaLN vectors live: `values[b * stride + offset + d]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunk {
+    /// Offset of the chunk inside a sample's row.
+    pub offset: usize,
+    /// Length of a sample's row.
+    pub stride: usize,
+}
+
+/// adaLN modulate: `y[b,t,d] = x[b,t,d] · (1 + scale[b,d]) + shift[b,d]`, x being
+/// `[batch, tokens, width]`, shift and scale chunks of `modulation`.
+pub fn modulate<T: Real>(
+    x: &[T],
+    modulation: &[T],
+    shift: Chunk,
+    scale: Chunk,
+    tokens: usize,
+    width: usize,
+    y: &mut [T],
+) {
+    for (index, (out, &input)) in y.iter_mut().zip(x).enumerate() {
+        let b = index / (tokens * width);
+        let d = index % width;
+        *out = input * (T::of(1.0) + modulation[b * scale.stride + scale.offset + d])
+            + modulation[b * shift.stride + shift.offset + d];
+    }
+}
+
+/// Backward of [`modulate`]: writes `dx` and adds Σ_t of the shift and scale gradients into
+/// `dmodulation` (same layout as `modulation`).
+#[allow(clippy::too_many_arguments)]
+pub fn modulate_backward<T: Real>(
+    x: &[T],
+    modulation: &[T],
+    shift: Chunk,
+    scale: Chunk,
+    tokens: usize,
+    width: usize,
+    dy: &[T],
+    dx: &mut [T],
+    dmodulation: &mut [T],
+) {
+    let batch = x.len() / (tokens * width);
+    for b in 0..batch {
+        for d in 0..width {
+            let (mut dshift, mut dscale) = (T::of(0.0), T::of(0.0));
+            let s = modulation[b * scale.stride + scale.offset + d];
+            for t in 0..tokens {
+                let index = (b * tokens + t) * width + d;
+                dshift += dy[index];
+                dscale += dy[index] * x[index];
+                dx[index] = dy[index] * (T::of(1.0) + s);
+            }
+            dmodulation[b * shift.stride + shift.offset + d] += dshift;
+            dmodulation[b * scale.stride + scale.offset + d] += dscale;
+        }
+    }
+}
+
+/// Gated residual: `x[b,t,d] += gate[b,d] · y[b,t,d]`.
+pub fn gated_residual<T: Real>(
+    x: &mut [T],
+    y: &[T],
+    modulation: &[T],
+    gate: Chunk,
+    tokens: usize,
+    width: usize,
+) {
+    for (index, (out, &input)) in x.iter_mut().zip(y).enumerate() {
+        let b = index / (tokens * width);
+        let d = index % width;
+        *out += modulation[b * gate.stride + gate.offset + d] * input;
+    }
+}
+
+/// Backward of [`gated_residual`] (the residual's own gradient passes through unchanged): writes
+/// `dy = gate · dx` and adds `Σ_t dx · y` into the gate's chunk of `dmodulation`.
+#[allow(clippy::too_many_arguments)]
+pub fn gated_residual_backward<T: Real>(
+    y: &[T],
+    modulation: &[T],
+    gate: Chunk,
+    tokens: usize,
+    width: usize,
+    dx: &[T],
+    dy: &mut [T],
+    dmodulation: &mut [T],
+) {
+    let batch = y.len() / (tokens * width);
+    for b in 0..batch {
+        for d in 0..width {
+            let g = modulation[b * gate.stride + gate.offset + d];
+            let mut dgate = T::of(0.0);
+            for t in 0..tokens {
+                let index = (b * tokens + t) * width + d;
+                dgate += dx[index] * y[index];
+                dy[index] = g * dx[index];
+            }
+            dmodulation[b * gate.stride + gate.offset + d] += dgate;
+        }
+    }
+}
+
+/// Token id 0 is padding; pooling averages the embeddings of the other ids.
+pub const PAD_TOKEN: u32 = 0;
+
+/// Mean over the real (non-padding) tokens of each sample's embeddings: `ids` is
+/// `[batch, max_tokens]`, `table` `[vocabulary, width]`, `out` `[batch, width]`. A sample with no
+/// real token gets zeros.
+pub fn embed_mean<T: Real>(
+    ids: &[u32],
+    max_tokens: usize,
+    table: &[T],
+    width: usize,
+    out: &mut [T],
+) {
+    for (sample, pooled) in ids.chunks(max_tokens).zip(out.chunks_mut(width)) {
+        pooled.fill(T::of(0.0));
+        let real = sample.iter().filter(|id| **id != PAD_TOKEN).count();
+        for &id in sample.iter().filter(|id| **id != PAD_TOKEN) {
+            for (p, &e) in pooled
+                .iter_mut()
+                .zip(&table[id as usize * width..][..width])
+            {
+                *p += e;
+            }
+        }
+        if real > 0 {
+            for p in pooled.iter_mut() {
+                *p /= T::of(real as f64);
+            }
+        }
+    }
+}
+
+/// Backward of [`embed_mean`]: adds each sample's gradient / count into the rows of its ids.
+pub fn embed_mean_backward<T: Real>(
+    ids: &[u32],
+    max_tokens: usize,
+    dpooled: &[T],
+    width: usize,
+    dtable: &mut [T],
+) {
+    for (sample, grad) in ids.chunks(max_tokens).zip(dpooled.chunks(width)) {
+        let real = sample.iter().filter(|id| **id != PAD_TOKEN).count();
+        for &id in sample.iter().filter(|id| **id != PAD_TOKEN) {
+            for (t, &g) in dtable[id as usize * width..][..width].iter_mut().zip(grad) {
+                *t += g / T::of(real as f64);
+            }
+        }
+    }
+}
+
+/// Image geometry for patchify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Patches {
+    /// Images per batch.
+    pub batch: usize,
+    /// Channels.
+    pub channels: usize,
+    /// Height and width (square images).
+    pub size: usize,
+    /// Patch side.
+    pub patch: usize,
+}
+
+impl Patches {
+    /// Patches per side.
+    pub fn grid(&self) -> usize {
+        self.size / self.patch
+    }
+    /// Tokens per image.
+    pub fn tokens(&self) -> usize {
+        self.grid() * self.grid()
+    }
+    /// Values per patch.
+    pub fn patch_len(&self) -> usize {
+        self.channels * self.patch * self.patch
+    }
+    /// Values per batch of images.
+    pub fn len(&self) -> usize {
+        self.batch * self.channels * self.size * self.size
+    }
+    /// True for an empty batch.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Image index (NCHW) of element `e` of token `t` of image `b`, with the value order of a
+    /// flattened PyTorch conv weight: (c, i, j) for patchify ...
+    pub fn patchify_source(&self, b: usize, t: usize, e: usize) -> usize {
+        let (p, grid) = (self.patch, self.grid());
+        let (c, i, j) = (e / (p * p), (e / p) % p, e % p);
+        let (row, col) = ((t / grid) * p + i, (t % grid) * p + j);
+        ((b * self.channels + c) * self.size + row) * self.size + col
+    }
+    /// ... and (i, j, c) for unpatchify, as DiT's final layer orders them.
+    pub fn unpatchify_source(&self, b: usize, t: usize, e: usize) -> usize {
+        let (p, grid, channels) = (self.patch, self.grid(), self.channels);
+        let (i, j, c) = (e / (p * channels), (e / channels) % p, e % channels);
+        let (row, col) = ((t / grid) * p + i, (t % grid) * p + j);
+        ((b * channels + c) * self.size + row) * self.size + col
+    }
+}
+
+/// Images `[B, C, H, W]` → tokens `[B, T, C·p·p]`.
+pub fn patchify(geometry: Patches, images: &[f32], tokens: &mut [f32]) {
+    let (t_count, len) = (geometry.tokens(), geometry.patch_len());
+    for (index, out) in tokens.iter_mut().enumerate() {
+        let (b, t, e) = (
+            index / (t_count * len),
+            (index / len) % t_count,
+            index % len,
+        );
+        *out = images[geometry.patchify_source(b, t, e)];
+    }
+}
+
+/// Tokens `[B, T, p·p·C]` → images `[B, C, H, W]`.
+pub fn unpatchify(geometry: Patches, tokens: &[f32], images: &mut [f32]) {
+    let (t_count, len) = (geometry.tokens(), geometry.patch_len());
+    for (index, value) in tokens.iter().enumerate() {
+        let (b, t, e) = (
+            index / (t_count * len),
+            (index / len) % t_count,
+            index % len,
+        );
+        images[geometry.unpatchify_source(b, t, e)] = *value;
+    }
+}
+
+/// Sinusoidal timestep embedding as in DiT: `[cos(t·f_i), sin(t·f_i)]`,
+/// `f_i = exp(−ln(10000)·i/half)`.
+pub fn timestep_embedding(timesteps: &[f32], dim: usize, out: &mut [f32]) {
+    let half = dim / 2;
+    for (t, row) in timesteps.iter().zip(out.chunks_mut(dim)) {
+        row.fill(0.0);
+        for i in 0..half {
+            let freq = (-(10000f32.ln()) * i as f32 / half as f32).exp();
+            row[i] = (t * freq).cos();
+            row[half + i] = (t * freq).sin();
+        }
+    }
+}
+
+/// Mean squared error.
+pub fn mse<T: Real>(prediction: &[T], target: &[T]) -> T {
+    let sum: f64 = prediction
+        .iter()
+        .zip(target)
+        .map(|(&p, &t)| (p - t).to_f64().powi(2))
+        .sum();
+    T::of(sum / prediction.len().max(1) as f64)
+}
+
+/// d mse / d prediction = 2 (p − t) / n.
+pub fn mse_backward<T: Real>(prediction: &[T], target: &[T], dprediction: &mut [T]) {
+    let n = T::of(prediction.len().max(1) as f64);
+    for ((d, &p), &t) in dprediction.iter_mut().zip(prediction).zip(target) {
+        *d = T::of(2.0) * (p - t) / n;
+    }
+}
+
+/// Σ x².
+pub fn sum_of_squares(x: &[f32]) -> f32 {
+    x.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() as f32
+}
+
+/// Classifier-free guidance: `u + g (c − u)`.
+pub fn guidance(unconditional: &[f32], conditional: &[f32], scale: f32, out: &mut [f32]) {
+    for ((o, u), c) in out.iter_mut().zip(unconditional).zip(conditional) {
+        *o = u + scale * (c - u);
+    }
+}
+
+/// The coefficients of one DDIM step from ᾱ_t to ᾱ_prev with stochasticity `eta`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DdimStep {
+    /// ᾱ at the current step.
+    pub alpha_bar: f32,
+    /// ᾱ at the next (less noisy) step.
+    pub alpha_bar_prev: f32,
+    /// 0 = deterministic DDIM, 1 = DDPM-like.
+    pub eta: f32,
+}
+
+impl DdimStep {
+    /// σ_t = η √((1−ᾱ_prev)/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_prev).
+    pub fn sigma(&self) -> f32 {
+        let (a, ap) = (self.alpha_bar as f64, self.alpha_bar_prev as f64);
+        (self.eta as f64 * ((1.0 - ap) / (1.0 - a)).sqrt() * (1.0 - a / ap).max(0.0).sqrt()) as f32
+    }
+
+    /// (coefficient of x, coefficient of ε, coefficient of noise) so that
+    /// `x_prev = cx·x + ce·ε + cn·z`, from x̂₀ = (x − √(1−ᾱ) ε)/√ᾱ and
+    /// `x_prev = √ᾱ_prev x̂₀ + √(1−ᾱ_prev−σ²) ε + σ z`.
+    pub fn coefficients(&self) -> [f32; 3] {
+        let (a, ap) = (self.alpha_bar as f64, self.alpha_bar_prev as f64);
+        let sigma = self.sigma() as f64;
+        let cx = (ap / a).sqrt();
+        let direction = (1.0 - ap - sigma * sigma).max(0.0).sqrt();
+        let ce = direction - cx * (1.0 - a).sqrt();
+        [cx as f32, ce as f32, sigma as f32]
+    }
+}
+
+/// One DDIM update in place: `x ← cx·x + ce·ε + cn·z`.
+pub fn ddim_update(step: DdimStep, x: &mut [f32], epsilon: &[f32], noise: &[f32]) {
+    let [cx, ce, cn] = step.coefficients();
+    for ((v, e), z) in x.iter_mut().zip(epsilon).zip(noise) {
+        *v = cx * *v + ce * e + cn * z;
+    }
+}
+
+/// Forward diffusion for training: `x_t = √ᾱ_b x₀ + √(1−ᾱ_b) ε` with one ᾱ per sample.
+pub fn add_noise(x0: &[f32], noise: &[f32], alpha_bar: &[f32], out: &mut [f32]) {
+    let per_sample = x0.len() / alpha_bar.len().max(1);
+    for (index, ((o, x), e)) in out.iter_mut().zip(x0).zip(noise).enumerate() {
+        let a = alpha_bar[index / per_sample];
+        *o = a.sqrt() * x + (1.0 - a).sqrt() * e;
+    }
+}
+
+/// AdamW hyper-parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamW {
+    /// Learning rate.
+    pub lr: f32,
+    /// First-moment decay.
+    pub beta1: f32,
+    /// Second-moment decay.
+    pub beta2: f32,
+    /// Denominator epsilon.
+    pub eps: f32,
+    /// Decoupled weight decay.
+    pub weight_decay: f32,
+    /// Clip gradients to this global L2 norm (0 = no clipping).
+    pub max_grad_norm: f32,
+}
+
+impl Default for AdamW {
+    fn default() -> Self {
+        AdamW {
+            lr: 1e-4,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+        }
+    }
+}
+
+impl AdamW {
+    /// The factor gradients are multiplied by for a global gradient norm `norm`.
+    pub fn clip_factor(&self, norm: f32) -> f32 {
+        if self.max_grad_norm > 0.0 && norm > self.max_grad_norm {
+            self.max_grad_norm / (norm + 1e-6)
+        } else {
+            1.0
+        }
+    }
+
+    /// One step (`step` counts from 1) on one parameter tensor.
+    pub fn update(
+        &self,
+        step: u32,
+        clip: f32,
+        param: &mut [f32],
+        grad: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+    ) {
+        let correction1 = 1.0 - self.beta1.powi(step as i32);
+        let correction2 = 1.0 - self.beta2.powi(step as i32);
+        for (((p, g), m), v) in param
+            .iter_mut()
+            .zip(grad)
+            .zip(m.iter_mut())
+            .zip(v.iter_mut())
+        {
+            let g = g * clip;
+            *m = self.beta1 * *m + (1.0 - self.beta1) * g;
+            *v = self.beta2 * *v + (1.0 - self.beta2) * g * g;
+            let m_hat = *m / correction1;
+            let v_hat = *v / correction2;
+            *p -= self.lr * (m_hat / (v_hat.sqrt() + self.eps) + self.weight_decay * *p);
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Element-wise kernels (see `elementwise.wgsl`); references in [`crate::cpu`].
+
+use super::{R, W, launch_1d, word};
+use crate::context::Recorder;
+
+const SOURCE: &str = include_str!("elementwise.wgsl");
+
+/// An element-wise operation on `len` values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Elementwise {
+    /// `y = gelu(a)`.
+    Gelu,
+    /// `y = silu(a)`.
+    Silu,
+    /// `y = b · gelu'(a)` (a = forward input, b = output gradient).
+    GeluBackward,
+    /// `y = b · silu'(a)`.
+    SiluBackward,
+    /// `y[i] += a[i mod period]`.
+    AddBroadcast {
+        /// Length of the repeated vector.
+        period: usize,
+    },
+    /// `y = s0·a + s1·b` (guidance: s0 = 1 − g, s1 = g with a = unconditional, b = conditional).
+    Combine {
+        /// Weight of a.
+        s0: f32,
+        /// Weight of b.
+        s1: f32,
+    },
+    /// DDIM in place: `y = cx·y + ce·a + cn·b` (a = ε, b = noise), see [`crate::cpu::DdimStep`].
+    Ddim {
+        /// `[cx, ce, cn]`.
+        coefficients: [f32; 3],
+    },
+    /// `y = √ᾱ·a + √(1−ᾱ)·b` with `ᾱ = c[i / per_sample]` (forward diffusion).
+    AddNoise {
+        /// Values per sample.
+        per_sample: usize,
+    },
+    /// `y = scale · (a − b)` (MSE gradient with scale 2/n).
+    ScaledDifference {
+        /// The factor.
+        scale: f32,
+    },
+    /// `y[i] += a[i / period] · b[i mod period]`: adds the vector b (length `period`) to the rows
+    /// whose weight in a is non-zero (the learned null text into empty prompts).
+    MaskedRowAdd {
+        /// Row length.
+        period: usize,
+    },
+    /// Classifier-free guidance on a doubled batch `a = [conditional; unconditional]` (2·len
+    /// values): `y = u + scale · (c − u)`.
+    GuidanceHalves {
+        /// The guidance scale.
+        scale: f32,
+    },
+}
+
+impl Elementwise {
+    /// The CPU reference of the operation (same arguments as [`Elementwise::record`]).
+    pub fn run_cpu<T: crate::cpu::Real>(&self, a: &[T], b: &[T], c: &[T], y: &mut [T]) {
+        use crate::cpu;
+        let len = y.len();
+        let of = |v: f32| T::of(v as f64);
+        match *self {
+            Elementwise::Gelu => (0..len).for_each(|i| y[i] = cpu::gelu(a[i])),
+            Elementwise::Silu => (0..len).for_each(|i| y[i] = cpu::silu(a[i])),
+            Elementwise::GeluBackward => {
+                (0..len).for_each(|i| y[i] = b[i] * cpu::gelu_derivative(a[i]))
+            }
+            Elementwise::SiluBackward => {
+                (0..len).for_each(|i| y[i] = b[i] * cpu::silu_derivative(a[i]))
+            }
+            Elementwise::AddBroadcast { period } => (0..len).for_each(|i| y[i] += a[i % period]),
+            Elementwise::Combine { s0, s1 } => {
+                (0..len).for_each(|i| y[i] = of(s0) * a[i] + of(s1) * b[i])
+            }
+            Elementwise::Ddim {
+                coefficients: [cx, ce, cn],
+            } => (0..len).for_each(|i| y[i] = of(cx) * y[i] + of(ce) * a[i] + of(cn) * b[i]),
+            Elementwise::AddNoise { per_sample } => (0..len).for_each(|i| {
+                let alpha_bar = c[i / per_sample];
+                y[i] = alpha_bar.sqrt() * a[i] + (T::of(1.0) - alpha_bar).sqrt() * b[i];
+            }),
+            Elementwise::ScaledDifference { scale } => {
+                (0..len).for_each(|i| y[i] = of(scale) * (a[i] - b[i]))
+            }
+            Elementwise::MaskedRowAdd { period } => {
+                (0..len).for_each(|i| y[i] += a[i / period] * b[i % period])
+            }
+            Elementwise::GuidanceHalves { scale } => {
+                (0..len).for_each(|i| y[i] = a[i + len] + of(scale) * (a[i] - a[i + len]))
+            }
+        }
+    }
+
+    /// Records the operation; unused inputs may be any buffer (e.g. `context.unused_read()`).
+    pub fn record(
+        &self,
+        recorder: &mut Recorder<'_>,
+        a: &wgpu::Buffer,
+        b: &wgpu::Buffer,
+        c: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        len: usize,
+    ) {
+        let (op, period, per_sample, s) = match *self {
+            Elementwise::Gelu => (0, 1, 1, [0.0; 3]),
+            Elementwise::Silu => (1, 1, 1, [0.0; 3]),
+            Elementwise::GeluBackward => (2, 1, 1, [0.0; 3]),
+            Elementwise::SiluBackward => (3, 1, 1, [0.0; 3]),
+            Elementwise::AddBroadcast { period } => (4, period, 1, [0.0; 3]),
+            Elementwise::Combine { s0, s1 } => (5, 1, 1, [s0, s1, 0.0]),
+            Elementwise::Ddim { coefficients } => (6, 1, 1, coefficients),
+            Elementwise::AddNoise { per_sample } => (7, 1, per_sample, [0.0; 3]),
+            Elementwise::ScaledDifference { scale } => (8, 1, 1, [scale, 0.0, 0.0]),
+            Elementwise::MaskedRowAdd { period } => (9, period, period, [0.0; 3]),
+            Elementwise::GuidanceHalves { scale } => (10, 1, 1, [scale, 0.0, 0.0]),
+        };
+        let (a_len, b_len, c_len) = match *self {
+            Elementwise::Gelu | Elementwise::Silu => (len, 0, 0),
+            Elementwise::GeluBackward | Elementwise::SiluBackward => (len, len, 0),
+            Elementwise::AddBroadcast { period } => (period.min(len), 0, 0),
+            Elementwise::Combine { .. }
+            | Elementwise::Ddim { .. }
+            | Elementwise::ScaledDifference { .. } => (len, len, 0),
+            Elementwise::AddNoise { per_sample } => (len, len, len.div_ceil(per_sample.max(1))),
+            Elementwise::MaskedRowAdd { period } => {
+                (len.div_ceil(period.max(1)), period.min(len), 0)
+            }
+            Elementwise::GuidanceHalves { .. } => (2 * len, 0, 0),
+        };
+        super::require(a, a_len, "element-wise a");
+        super::require(b, b_len, "element-wise b");
+        super::require(c, c_len, "element-wise c");
+        super::require(y, len, "element-wise y");
+        let params = [
+            word(len),
+            op,
+            word(period.max(1)),
+            word(per_sample.max(1)),
+            s[0].to_bits(),
+            s[1].to_bits(),
+            s[2].to_bits(),
+            0,
+        ];
+        launch_1d(
+            recorder,
+            "elementwise",
+            SOURCE,
+            "main",
+            &[R, R, R, W],
+            &params,
+            &[a, b, c, y],
+            len,
+        );
+    }
+}

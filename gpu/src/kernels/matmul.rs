@@ -1,0 +1,375 @@
+//! Matrix multiplication with strided (hence transposable, batched) operands and a fused
+//! bias + activation epilogue: `C = act(alpha * op(A) op(B) + bias)`, or `C += …`.
+
+use crate::context::{Access, GpuContext, Recorder};
+use crate::cpu::Real;
+
+const SOURCE: &str = include_str!("matmul.wgsl");
+
+/// The activation applied in an epilogue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Identity.
+    None,
+    /// GELU, tanh approximation.
+    Gelu,
+    /// SiLU (x · sigmoid(x)).
+    Silu,
+}
+
+impl Activation {
+    fn code(self) -> u32 {
+        match self {
+            Activation::None => 0,
+            Activation::Gelu => 1,
+            Activation::Silu => 2,
+        }
+    }
+
+    /// Applies the activation to one value (the CPU reference).
+    pub fn apply<T: Real>(self, x: T) -> T {
+        match self {
+            Activation::None => x,
+            Activation::Gelu => crate::cpu::gelu(x),
+            Activation::Silu => crate::cpu::silu(x),
+        }
+    }
+}
+
+/// Where the elements of a matrix operand live in its buffer: element (row, col) of batch
+/// (outer, inner) is at `offset + outer*outer_stride + inner*inner_stride + row*row_stride +
+/// col*col_stride`. A transposed operand is a layout with the strides swapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// First element.
+    pub offset: usize,
+    /// Step between rows.
+    pub row_stride: usize,
+    /// Step between columns.
+    pub col_stride: usize,
+    /// Step between outer batches.
+    pub outer_stride: usize,
+    /// Step between inner batches.
+    pub inner_stride: usize,
+}
+
+impl Layout {
+    /// A `rows × cols` matrix stored row-major.
+    pub fn row_major(cols: usize) -> Self {
+        Layout {
+            offset: 0,
+            row_stride: cols,
+            col_stride: 1,
+            outer_stride: 0,
+            inner_stride: 0,
+        }
+    }
+
+    /// The transpose of a row-major matrix with `stored_cols` columns: the operand is viewed as
+    /// `stored_cols × stored_rows`.
+    pub fn transposed(stored_cols: usize) -> Self {
+        Layout {
+            offset: 0,
+            row_stride: 1,
+            col_stride: stored_cols,
+            outer_stride: 0,
+            inner_stride: 0,
+        }
+    }
+
+    /// Same layout with batch strides.
+    pub fn batched(self, outer_stride: usize, inner_stride: usize) -> Self {
+        Layout {
+            outer_stride,
+            inner_stride,
+            ..self
+        }
+    }
+
+    /// Same layout starting at `offset`.
+    pub fn at(self, offset: usize) -> Self {
+        Layout { offset, ..self }
+    }
+
+    fn index(&self, outer: usize, inner: usize, row: usize, col: usize) -> usize {
+        self.offset
+            + outer * self.outer_stride
+            + inner * self.inner_stride
+            + row * self.row_stride
+            + col * self.col_stride
+    }
+}
+
+/// Which WGSL kernel runs a matmul.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatmulKernel {
+    /// `Tiled` on hardware adapters when the output has enough 128×128 tiles, else `Direct`.
+    Auto,
+    /// Workgroup-memory tiled kernel, 128×128 per workgroup, K slices of `bk` (8, 16 or 32).
+    Tiled {
+        /// Depth of a staged K slice.
+        bk: u32,
+    },
+    /// Register-only kernel, 32×32 per workgroup.
+    Direct,
+}
+
+/// The K-slice depth `Auto` uses for the tiled kernel: 16, or `THITL_MATMUL_BK=8|32` (read once;
+/// `gpu-bench` reports both so the faster one can be chosen without a rebuild).
+fn auto_bk() -> u32 {
+    static BK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *BK.get_or_init(|| match std::env::var("THITL_MATMUL_BK").as_deref() {
+        Ok("8") => 8,
+        Ok("32") => 32,
+        _ => 16,
+    })
+}
+
+/// A batched matmul `C[b] = act(alpha * A[b] B[b] + bias)` (or `+=`), `A[b]` being `m × k`,
+/// `B[b]` `k × n`, `C[b]` `m × n` with unit column stride, `b` ranging over
+/// `batch_outer × batch_inner`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Matmul {
+    /// Rows of A and C.
+    pub m: usize,
+    /// Columns of B and C.
+    pub n: usize,
+    /// Columns of A, rows of B.
+    pub k: usize,
+    /// Number of outer batches.
+    pub batch_outer: usize,
+    /// Number of inner batches.
+    pub batch_inner: usize,
+    /// Layout of A (`m × k`).
+    pub a: Layout,
+    /// Layout of B (`k × n`).
+    pub b: Layout,
+    /// Layout of C (`m × n`; `col_stride` must be 1).
+    pub c: Layout,
+    /// Scale of the product.
+    pub alpha: f32,
+    /// Offset of the bias (one value per column of C) in its buffer, if there is a bias.
+    pub bias: Option<usize>,
+    /// Epilogue activation.
+    pub activation: Activation,
+    /// Add the result to C instead of overwriting it.
+    pub accumulate: bool,
+}
+
+impl Matmul {
+    /// `C = A · B` for row-major `A (m×k)`, `B (k×n)`; `transpose_a` reads A stored as `k×m`,
+    /// `transpose_b` reads B stored as `n×k` (a PyTorch `Linear` weight).
+    pub fn new(m: usize, n: usize, k: usize, transpose_a: bool, transpose_b: bool) -> Self {
+        Matmul {
+            m,
+            n,
+            k,
+            batch_outer: 1,
+            batch_inner: 1,
+            a: if transpose_a {
+                Layout::transposed(m)
+            } else {
+                Layout::row_major(k)
+            },
+            b: if transpose_b {
+                Layout::transposed(k)
+            } else {
+                Layout::row_major(n)
+            },
+            c: Layout::row_major(n),
+            alpha: 1.0,
+            bias: None,
+            activation: Activation::None,
+            accumulate: false,
+        }
+    }
+
+    /// With a bias (at offset 0 of the bias buffer) and an activation.
+    pub fn with_epilogue(self, bias: bool, activation: Activation) -> Self {
+        Matmul {
+            bias: bias.then_some(0),
+            activation,
+            ..self
+        }
+    }
+
+    /// Number of outputs written.
+    pub fn batches(&self) -> usize {
+        self.batch_outer * self.batch_inner
+    }
+
+    /// Floating-point operations (2·m·n·k per batch).
+    pub fn flops(&self) -> f64 {
+        2.0 * self.m as f64 * self.n as f64 * self.k as f64 * self.batches() as f64
+    }
+
+    fn params(&self) -> Vec<u32> {
+        let word = |value: usize| u32::try_from(value).expect("matmul index exceeds u32");
+        vec![
+            word(self.m),
+            word(self.n),
+            word(self.k),
+            word(self.batch_inner.max(1)),
+            word(self.a.offset),
+            word(self.a.row_stride),
+            word(self.a.col_stride),
+            word(self.a.outer_stride),
+            word(self.a.inner_stride),
+            word(self.b.offset),
+            word(self.b.row_stride),
+            word(self.b.col_stride),
+            word(self.b.outer_stride),
+            word(self.b.inner_stride),
+            word(self.c.offset),
+            word(self.c.row_stride),
+            word(self.c.outer_stride),
+            word(self.c.inner_stride),
+            self.alpha.to_bits(),
+            self.activation.code(),
+            u32::from(self.bias.is_some()),
+            u32::from(self.accumulate),
+            word(self.bias.unwrap_or(0)),
+            0,
+        ]
+    }
+
+    /// The CPU reference (also the CPU backend): `matrixmultiply` per batch, then the epilogue.
+    pub fn run_cpu<T: Real>(&self, a: &[T], b: &[T], bias: Option<&[T]>, c: &mut [T]) {
+        assert_eq!(self.c.col_stride, 1, "C must have unit column stride");
+        let mut product = vec![T::default(); self.m * self.n];
+        for outer in 0..self.batch_outer {
+            for inner in 0..self.batch_inner {
+                if self.m > 0 && self.n > 0 {
+                    let a_start = self.a.index(outer, inner, 0, 0);
+                    let b_start = self.b.index(outer, inner, 0, 0);
+                    // SAFETY: the strides address only elements inside the slices, which is
+                    // checked by the last-element index below.
+                    if self.k > 0 {
+                        let a_last = self.a.index(outer, inner, self.m - 1, self.k - 1);
+                        let b_last = self.b.index(outer, inner, self.k - 1, self.n - 1);
+                        assert!(
+                            a_last < a.len() && b_last < b.len(),
+                            "operand out of bounds"
+                        );
+                    }
+                    unsafe {
+                        T::gemm(
+                            self.m,
+                            self.k,
+                            self.n,
+                            a.as_ptr().add(a_start),
+                            self.a.row_stride as isize,
+                            self.a.col_stride as isize,
+                            b.as_ptr().add(b_start),
+                            self.b.row_stride as isize,
+                            self.b.col_stride as isize,
+                            product.as_mut_ptr(),
+                            self.n as isize,
+                            1,
+                        );
+                    }
+                }
+                for row in 0..self.m {
+                    for col in 0..self.n {
+                        let mut value = T::of(self.alpha as f64) * product[row * self.n + col];
+                        if let (Some(offset), Some(bias)) = (self.bias, bias) {
+                            value += bias[offset + col];
+                        }
+                        value = self.activation.apply(value);
+                        let index = self.c.index(outer, inner, row, col);
+                        if self.accumulate {
+                            c[index] += value;
+                        } else {
+                            c[index] = value;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Which kernel `Auto` means on this context.
+    pub fn choose_kernel(&self, context: &GpuContext) -> MatmulKernel {
+        let tiles = self.m.div_ceil(128) * self.n.div_ceil(128) * self.batches();
+        if context.is_hardware() && self.k >= 32 && tiles >= 32 {
+            MatmulKernel::Tiled { bk: auto_bk() }
+        } else {
+            MatmulKernel::Direct
+        }
+    }
+
+    /// Records the matmul. `bias` must be given when `self.bias` is set.
+    pub fn record(
+        &self,
+        recorder: &mut Recorder<'_>,
+        kernel: MatmulKernel,
+        a: &wgpu::Buffer,
+        b: &wgpu::Buffer,
+        bias: Option<&wgpu::Buffer>,
+        c: &wgpu::Buffer,
+    ) {
+        assert_eq!(self.c.col_stride, 1, "C must have unit column stride");
+        if self.m > 0 && self.n > 0 && self.batches() > 0 {
+            let (last_outer, last_inner) = (self.batch_outer - 1, self.batch_inner - 1);
+            if self.k > 0 {
+                let a_last = self.a.index(last_outer, last_inner, self.m - 1, self.k - 1);
+                let b_last = self.b.index(last_outer, last_inner, self.k - 1, self.n - 1);
+                super::require(a, a_last + 1, "matmul A");
+                super::require(b, b_last + 1, "matmul B");
+            }
+            super::require(
+                c,
+                self.c.index(last_outer, last_inner, self.m - 1, self.n - 1) + 1,
+                "matmul C",
+            );
+            if let (Some(offset), Some(bias)) = (self.bias, bias) {
+                super::require(bias, offset + self.n, "matmul bias");
+            }
+        }
+        assert_eq!(
+            self.bias.is_some(),
+            bias.is_some(),
+            "bias buffer iff bias offset"
+        );
+        let context = recorder.context();
+        let kernel = match kernel {
+            MatmulKernel::Auto => self.choose_kernel(context),
+            other => other,
+        };
+        let a_k_contiguous = self.a.col_stride == 1 && self.a.row_stride != 1;
+        let b_n_contiguous = self.b.col_stride == 1;
+        let (entry, bk) = match kernel {
+            MatmulKernel::Tiled { bk } => ("tiled", bk),
+            _ => ("direct", 8),
+        };
+        assert!(matches!(bk, 8 | 16 | 32), "bk must be 8, 16 or 32");
+        let key = format!(
+            "matmul.{entry}.bk{bk}.a{}.b{}",
+            a_k_contiguous as u8, b_n_contiguous as u8
+        );
+        let pipeline = context.pipeline(
+            &key,
+            entry,
+            &[Access::Read, Access::Read, Access::Read, Access::ReadWrite],
+            || {
+                format!(
+                    "const BK: u32 = {bk}u;\nconst A_K_CONTIGUOUS: bool = {a_k_contiguous};\n\
+                     const B_N_CONTIGUOUS: bool = {b_n_contiguous};\n{SOURCE}"
+                )
+            },
+        );
+        let tile = if entry == "tiled" { 128 } else { 32 };
+        let batches = u32::try_from(self.batches()).expect("too many batches");
+        let workgroups = [
+            self.n.div_ceil(tile) as u32,
+            self.m.div_ceil(tile) as u32,
+            batches,
+        ];
+        recorder.dispatch(
+            &pipeline,
+            &self.params(),
+            &[a, b, bias.unwrap_or(a), c],
+            workgroups,
+        );
+    }
+}

@@ -1,0 +1,69 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::sync::{Arc, OnceLock};
+
+use gpu::GpuContext;
+
+/// The wgpu context every GPU test uses. Fails (never skips) without an adapter.
+pub fn context() -> Arc<GpuContext> {
+    static CONTEXT: OnceLock<Arc<GpuContext>> = OnceLock::new();
+    CONTEXT
+        .get_or_init(|| match GpuContext::new() {
+            Ok(context) => {
+                eprintln!("wgpu adapter: {}", context.describe());
+                Arc::new(context)
+            }
+            Err(error) => panic!(
+                "these tests need a wgpu adapter and found none: {error}\n\
+                 install Mesa's software Vulkan driver: apt-get install mesa-vulkan-drivers"
+            ),
+        })
+        .clone()
+}
+
+/// A small deterministic generator for test inputs (SplitMix64).
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [-1, 1).
+    pub fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    pub fn vec(&mut self, len: usize) -> Vec<f32> {
+        (0..len).map(|_| self.uniform()).collect()
+    }
+
+    pub fn below(&mut self, bound: usize) -> usize {
+        (self.next_u64() % bound as u64) as usize
+    }
+}
+
+/// Asserts |actual − expected| ≤ rel · (|expected| + mean|expected|) elementwise: a relative error
+/// measured against the value itself or, where cancellation makes it tiny, against the typical
+/// magnitude of the output.
+pub fn assert_close(actual: &[f32], expected: &[f32], rel: f32, what: &str) {
+    assert_eq!(actual.len(), expected.len(), "{what}: lengths differ");
+    let mean = expected.iter().map(|v| v.abs() as f64).sum::<f64>() / expected.len().max(1) as f64;
+    let mean = mean as f32;
+    for (index, (a, e)) in actual.iter().zip(expected).enumerate() {
+        let bound = rel * (e.abs() + mean) + f32::MIN_POSITIVE;
+        assert!(
+            a.is_finite() == e.is_finite() && ((a - e).abs() <= bound || a == e),
+            "{what}: element {index}: got {a}, expected {e} (bound {bound})"
+        );
+    }
+}

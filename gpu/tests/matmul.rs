@@ -1,0 +1,174 @@
+//! The matmul kernels against the CPU reference (matrixmultiply), on awkward shapes.
+
+mod common;
+
+use common::{Rng, assert_close, context};
+use gpu::kernels::matmul::{Activation, Layout, Matmul, MatmulKernel};
+
+const KERNELS: [MatmulKernel; 4] = [
+    MatmulKernel::Direct,
+    MatmulKernel::Tiled { bk: 8 },
+    MatmulKernel::Tiled { bk: 16 },
+    MatmulKernel::Tiled { bk: 32 },
+];
+
+/// Runs `spec` on the GPU with `kernel` and on the CPU, from the same random inputs, and compares.
+fn check(spec: Matmul, kernel: MatmulKernel, a_len: usize, b_len: usize, c_len: usize, seed: u64) {
+    let context = context();
+    let mut rng = Rng::new(seed);
+    let a = rng.vec(a_len);
+    let b = rng.vec(b_len);
+    let bias = rng.vec(spec.n + spec.bias.unwrap_or(0));
+    let c0 = rng.vec(c_len);
+    let mut expected = c0.clone();
+    spec.run_cpu(&a, &b, spec.bias.map(|_| bias.as_slice()), &mut expected);
+
+    let a_buffer = context.storage_buffer_with(&a);
+    let b_buffer = context.storage_buffer_with(&b);
+    let bias_buffer = context.storage_buffer_with(&bias);
+    let c_buffer = context.storage_buffer_with(&c0);
+    let mut recorder = context.recorder();
+    spec.record(
+        &mut recorder,
+        kernel,
+        &a_buffer,
+        &b_buffer,
+        spec.bias.map(|_| &bias_buffer),
+        &c_buffer,
+    );
+    recorder.submit();
+    let actual: Vec<f32> = context.read_words(&c_buffer, c_len).unwrap();
+    // Sums of at most a few hundred products: f32 reassociation stays far below 1e-4.
+    assert_close(
+        &actual,
+        &expected,
+        1e-4,
+        &format!("{spec:?} with {kernel:?}"),
+    );
+}
+
+#[test]
+fn plain_and_transposed_operands_on_awkward_shapes() {
+    let shapes = [
+        (1, 1, 1),
+        (3, 5, 7),
+        (33, 17, 65),
+        (130, 129, 47),
+        (5, 140, 260),
+    ];
+    let mut seed = 1;
+    for &(m, n, k) in &shapes {
+        for transpose_a in [false, true] {
+            for transpose_b in [false, true] {
+                for kernel in KERNELS {
+                    let spec = Matmul::new(m, n, k, transpose_a, transpose_b);
+                    check(spec, kernel, m * k, k * n, m * n, seed);
+                    seed += 1;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn epilogue_bias_activations_alpha_and_accumulate() {
+    let (m, n, k) = (37, 70, 29);
+    let mut seed = 100;
+    for kernel in KERNELS {
+        for activation in [Activation::None, Activation::Gelu, Activation::Silu] {
+            for accumulate in [false, true] {
+                let mut spec = Matmul::new(m, n, k, false, true).with_epilogue(true, activation);
+                spec.alpha = 0.37;
+                spec.accumulate = accumulate;
+                spec.bias = Some(3);
+                check(spec, kernel, m * k, k * n, m * n, seed);
+                seed += 1;
+            }
+        }
+    }
+}
+
+#[test]
+fn batched_views_like_attention_heads() {
+    // q and k are column blocks of a packed [batch*tokens, 3*width] buffer; scores are
+    // [batch, heads, tokens, tokens]: S = q · kᵀ per (batch, head), without copying.
+    let (batch, heads, tokens, head_dim) = (2, 3, 19, 8);
+    let width = heads * head_dim;
+    let spec = Matmul {
+        m: tokens,
+        n: tokens,
+        k: head_dim,
+        batch_outer: batch,
+        batch_inner: heads,
+        a: Layout::row_major(3 * width).batched(tokens * 3 * width, head_dim),
+        b: Layout::transposed(3 * width)
+            .at(width)
+            .batched(tokens * 3 * width, head_dim),
+        c: Layout::row_major(tokens).batched(heads * tokens * tokens, tokens * tokens),
+        alpha: 1.0 / (head_dim as f32).sqrt(),
+        bias: None,
+        activation: Activation::None,
+        accumulate: false,
+    };
+    let packed = batch * tokens * 3 * width;
+    for (seed, kernel) in KERNELS.into_iter().enumerate() {
+        check(
+            spec,
+            kernel,
+            packed,
+            packed,
+            batch * heads * tokens * tokens,
+            200 + seed as u64,
+        );
+    }
+}
+
+#[test]
+fn cpu_reference_agrees_with_a_triple_loop_in_f64() {
+    // The CPU reference itself is checked against the definition.
+    let (m, n, k) = (9, 11, 13);
+    let mut rng = Rng::new(7);
+    let a = rng.vec(k * m); // stored transposed
+    let b = rng.vec(k * n);
+    let mut c = vec![0.0; m * n];
+    Matmul::new(m, n, k, true, false).run_cpu(&a, &b, None, &mut c);
+    for i in 0..m {
+        for j in 0..n {
+            let exact: f64 = (0..k)
+                .map(|p| a[p * m + i] as f64 * b[p * n + j] as f64)
+                .sum();
+            assert!((c[i * n + j] as f64 - exact).abs() < 1e-5, "({i},{j})");
+        }
+    }
+}
+
+#[test]
+fn split_k_for_long_k_and_small_outputs() {
+    use gpu::device::{Device, WgpuDevice};
+    let mut device = WgpuDevice::new(context());
+    device.split_k = true;
+    let mut rng = Rng::new(300);
+    for (m, n, k, transpose_a) in [(13, 9, 4096, true), (40, 3, 6144, false)] {
+        let mut spec = Matmul::new(m, n, k, transpose_a, false);
+        spec.alpha = 0.5;
+        spec.accumulate = true;
+        let (splits, _, _) = device.split_k(&spec).expect("this shape is split");
+        assert!(splits > 1);
+        let a = rng.vec(m * k);
+        let b = rng.vec(k * n);
+        let c0 = rng.vec(m * n);
+        let mut expected = c0.clone();
+        spec.run_cpu(&a, &b, None, &mut expected);
+        let (a_buffer, b_buffer, c_buffer) =
+            (device.upload(&a), device.upload(&b), device.upload(&c0));
+        device.matmul(&spec, &a_buffer, &b_buffer, None, &c_buffer);
+        let actual = device.download(&c_buffer, m * n).unwrap();
+        // Sums of 4096-6144 products in another order: f32 error ~√k·eps, still below 1e-4.
+        assert_close(
+            &actual,
+            &expected,
+            1e-4,
+            &format!("split-K {m}x{n}x{k} in {splits} slices"),
+        );
+    }
+}
