@@ -193,6 +193,30 @@ fn main() {
         })
         .collect();
     println!("replay into all projections:  median {:>10.0} events/s  (runs: {})", median(replay_rates.clone()), fmt(&replay_rates));
+
+    // Where replay's time goes: reading rows, then decoding them, then folding.
+    let read_rates: Vec<f64> = (0..runs.min(3)).map(|_| stage_rate(store.as_ref(), head, false)).collect();
+    println!("  of which read_all alone:    median {:>10.0} events/s", median(read_rates));
+    let decode_rates: Vec<f64> = (0..runs.min(3)).map(|_| stage_rate(store.as_ref(), head, true)).collect();
+    println!("  read_all + decode:          median {:>10.0} events/s", median(decode_rates));
+}
+
+fn stage_rate(store: &dyn EventStore, head: u64, decode: bool) -> f64 {
+    let started = Instant::now();
+    let mut after = 0;
+    let mut decoded = 0u64;
+    loop {
+        let batch = store.read_all(after, 5000).expect("read_all");
+        let Some(last) = batch.last() else { break };
+        after = last.position;
+        if decode {
+            for event in &batch {
+                decoded += thitl::commands::to_recorded(event).map(|r| r.version).unwrap_or(0).min(1);
+            }
+        }
+    }
+    assert!(!decode || decoded == head);
+    head as f64 / started.elapsed().as_secs_f64()
 }
 
 fn fmt(values: &[f64]) -> String {

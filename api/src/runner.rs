@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::commands::to_recorded;
 use crate::store::{EventStore, StoreError};
 
-const CHECKPOINT_FORMAT: u32 = 1;
+const CHECKPOINT_FORMAT: u32 = 2;
 const BATCH: usize = 5_000;
 /// Save the checkpoint after this many events (and on shutdown).
 const SAVE_EVERY: u64 = 50_000;
@@ -89,19 +89,14 @@ impl ProjectionRunner {
     /// Folds every event recorded after the current position; returns the new position.
     pub fn catch_up(&self) -> Result<u64, RunnerError> {
         let _folding = self.folding.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            let from = self.position();
-            let batch = self.store.read_all(from, BATCH)?;
-            if batch.is_empty() {
-                return Ok(from);
-            }
+        scan(self.store.as_ref(), self.position(), |batch| {
             let mut recorded = Vec::with_capacity(batch.len());
-            for stored in &batch {
+            for stored in batch {
                 recorded.push(
                     to_recorded(stored).map_err(|source| RunnerError::Decode { position: stored.position, source })?,
                 );
             }
-            let last = batch.last().map_or(from, |e| e.position);
+            let last = batch.last().map_or(0, |e| e.position);
             {
                 let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
                 for event in &recorded {
@@ -118,7 +113,9 @@ impl ProjectionRunner {
             if due {
                 self.save()?;
             }
-        }
+            Ok(true)
+        })?;
+        Ok(self.position())
     }
 
     /// Blocks until the read models reflect `position` or `timeout` passes; true if reached.
@@ -219,25 +216,63 @@ impl std::str::FromStr for Until {
 /// The read models as they were at `until`: a fresh fold of the log from position 0.
 pub fn replay(store: &dyn EventStore, until: Until) -> Result<Projections, RunnerError> {
     let mut state = Projections::default();
-    let mut from = 0;
-    loop {
-        let batch = store.read_all(from, BATCH)?;
-        if batch.is_empty() {
-            return Ok(state);
-        }
-        for stored in &batch {
+    scan(store, 0, |batch| {
+        for stored in batch {
             let past = match until {
                 Until::Position(p) => stored.position > p,
                 Until::Time(t) => stored.metadata.recorded_at > t,
             };
             if past {
-                return Ok(state);
+                return Ok(false);
             }
             let recorded = to_recorded(stored).map_err(|source| RunnerError::Decode { position: stored.position, source })?;
             state.apply(&recorded);
-            from = stored.position;
         }
-    }
+        Ok(true)
+    })?;
+    Ok(state)
+}
+
+/// Reads the log after `after` in batches on a second thread while `visit` folds the previous
+/// batch on this one (reading and decoding cost about the same, so replay runs on two cores).
+/// `visit` returns false to stop early.
+fn scan(
+    store: &dyn EventStore,
+    after: u64,
+    mut visit: impl FnMut(&[crate::store::StoredEvent]) -> Result<bool, RunnerError>,
+) -> Result<(), RunnerError> {
+    std::thread::scope(|scope| {
+        let (sender, receiver) = std::sync::mpsc::sync_channel(2);
+        scope.spawn(move || {
+            let mut from = after;
+            loop {
+                let batch = store.read_all(from, BATCH);
+                let done = match &batch {
+                    Ok(events) => match events.last() {
+                        Some(last) => {
+                            from = last.position;
+                            false
+                        }
+                        None => true,
+                    },
+                    Err(_) => true,
+                };
+                // A closed channel means the folder stopped early: stop reading.
+                if (!done || batch.is_err()) && sender.send(batch).is_err() {
+                    return;
+                }
+                if done {
+                    return;
+                }
+            }
+        });
+        for batch in receiver {
+            if !visit(&batch?)? {
+                break;
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Stops a background runner thread when dropped.

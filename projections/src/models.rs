@@ -26,7 +26,8 @@ pub struct AuditSummary {
     pub events: u64,
     pub streams: u64,
     pub by_type: BTreeMap<String, u64>,
-    pub by_actor: BTreeMap<String, u64>,
+    /// principal → role → events.
+    pub by_actor: BTreeMap<String, BTreeMap<domain::Role, u64>>,
     pub first_recorded_at: Option<DateTime<Utc>>,
     pub last_recorded_at: Option<DateTime<Utc>>,
 }
@@ -41,7 +42,12 @@ impl Projection for AuditSummary {
         }
         bump(&mut self.by_type, &event.event_type);
         let actor = &event.metadata.actor;
-        bump(&mut self.by_actor, &format!("{} ({})", actor.principal, actor.role));
+        match self.by_actor.get_mut(&actor.principal) {
+            Some(roles) => *roles.entry(actor.role).or_default() += 1,
+            None => {
+                self.by_actor.insert(actor.principal.clone(), BTreeMap::from([(actor.role, 1)]));
+            }
+        }
         self.first_recorded_at.get_or_insert(event.metadata.recorded_at);
         self.last_recorded_at = Some(event.metadata.recorded_at);
     }
@@ -236,7 +242,7 @@ impl Projection for RoundProgress {
             RoundEvent::AnnotationSubmitted { round_id, annotator, .. } => {
                 if let Some(view) = self.rounds.get_mut(round_id) {
                     view.submitted += 1;
-                    *view.annotators.entry(annotator.clone()).or_default() += 1;
+                    bump(&mut view.annotators, annotator);
                 }
             }
             RoundEvent::AnnotationWithdrawn { round_id, annotator, .. } => {
