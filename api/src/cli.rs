@@ -23,6 +23,7 @@ use crate::store::{StreamName, verify};
                   as an immutable, hash-chained event.\n\n\
                   Start here:\n  thitl demo                      run a whole campaign on the embedded defaults\n  \
                   thitl serve --data DIR          serve the API on a data directory\n  \
+                  thitl token create --data DIR --role curator --name NAME   a bearer token\n  \
                   thitl audit verify --data DIR   check every hash chain"
 )]
 pub struct Cli {
@@ -37,10 +38,17 @@ enum Command {
         /// Data directory: events.db, projections.json, blobs/.
         #[arg(long, env = "THITL_DATA", default_value = "thitl-data")]
         data: PathBuf,
-        /// Address to listen on; port 0 picks a free port.
-        #[arg(long, env = "THITL_BIND", default_value = "127.0.0.1:8080")]
-        bind: String,
+        /// Address to listen on; port 0 picks a free port (default 127.0.0.1:8080).
+        #[arg(long, env = "THITL_BIND")]
+        bind: Option<String>,
+        /// A JSON settings file (bind, body_limit_bytes, workers, wait_for_max_seconds);
+        /// THITL_* variables and the flags above override it.
+        #[arg(long, env = "THITL_CONFIG")]
+        config: Option<PathBuf>,
     },
+    /// Issue or revoke API bearer tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Run a T-HITL campaign for the three default associations and print what was recorded.
     Demo {
         /// Data directory to write (default: a new temporary directory, kept afterwards).
@@ -100,6 +108,31 @@ enum AuditCommand {
 }
 
 #[derive(Subcommand)]
+enum TokenCommand {
+    /// Issue a token and print it once (only its SHA-256 is recorded, in a TokenIssued event).
+    Create {
+        #[arg(long, env = "THITL_DATA")]
+        data: PathBuf,
+        /// admin, curator, annotator, operator or auditor.
+        #[arg(long)]
+        role: String,
+        /// The principal's name: the actor of every event the token causes.
+        #[arg(long)]
+        name: String,
+    },
+    /// Revoke a token by id: it answers 401 from then on.
+    Revoke {
+        #[arg(long, env = "THITL_DATA")]
+        data: PathBuf,
+        /// The token id `token create` printed.
+        #[arg(long)]
+        id: String,
+        #[arg(long, default_value = "revoked from the command line")]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum ProjectionsCommand {
     /// Discard the read models' checkpoint and fold every event again from position 0.
     Rebuild {
@@ -110,7 +143,9 @@ enum ProjectionsCommand {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { data, bind } => serve(&data, &bind),
+        Command::Serve { data, bind, config } => serve(&data, bind, config.as_deref()),
+        Command::Token(TokenCommand::Create { data, role, name }) => token_create(&data, &role, &name),
+        Command::Token(TokenCommand::Revoke { data, id, reason }) => token_revoke(&data, &id, &reason),
         Command::Demo { data, quick, json, seed } => demo(data, quick, json, seed),
         Command::Audit(AuditCommand::Verify { data }) => audit_verify(&data),
         Command::Audit(AuditCommand::Log { data, stream, after, limit, json }) => audit_log(&data, stream, after, limit, json),
@@ -119,16 +154,52 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn serve(data: &Path, bind: &str) -> anyhow::Result<ExitCode> {
+fn serve(data: &Path, bind: Option<String>, config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let mut settings = crate::configuration::Settings::load(config)?;
+    if let Some(bind) = bind {
+        settings.bind = bind;
+    }
     let dir = DataDir::open_or_create(data)?;
-    let checkpoint = dir.checkpoint_path();
+    let storage = crate::startup::Storage {
+        store: dir.store.clone(),
+        checkpoint: Some(dir.checkpoint_path()),
+        idempotency: Some(dir.root.join("idempotency.db")),
+    };
     actix_web::rt::System::new().block_on(async move {
-        let app = Application::build(dir.store.clone(), Some(checkpoint), bind)?;
-        tracing::info!(address = %format!("http://{}", bind_address(bind, app.port())), data = %data.display(), "thitl is serving; stop with Ctrl-C");
+        let bind = settings.bind.clone();
+        let app = Application::build_with(storage, settings)?;
+        tracing::info!(address = %format!("http://{}", bind_address(&bind, app.port())), data = %data.display(), "thitl is serving; stop with Ctrl-C");
         app.run_until_stopped().await?;
         tracing::info!("stopped cleanly");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+fn token_create(data: &Path, role: &str, name: &str) -> anyhow::Result<ExitCode> {
+    let role = domain::Role::parse(role)
+        .filter(|r| *r != domain::Role::System)
+        .ok_or_else(|| anyhow::anyhow!("unknown role '{role}': use admin, curator, annotator, operator or auditor"))?;
+    let dir = DataDir::open_or_create(data)?;
+    let bus = CommandBus::new(dir.store.clone());
+    let context = crate::commands::CommandContext::new(domain::Actor::new("thitl-cli", domain::Role::Admin));
+    let issued = crate::auth::issue_token(&bus, &context, name, role)?;
+    eprintln!("issued token {} for '{}' ({role}); it is shown this once and cannot be recovered:", issued.token_id, name.trim());
+    println!("{}", issued.secret);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn token_revoke(data: &Path, id: &str, reason: &str) -> anyhow::Result<ExitCode> {
+    let token_id: domain::TokenId = id.parse().map_err(|_| anyhow::anyhow!("'{id}' is not a token id (a UUID, as `token create` printed)"))?;
+    let dir = DataDir::open_existing(data)?;
+    let bus = CommandBus::new(dir.store.clone());
+    let context = crate::commands::CommandContext::new(domain::Actor::new("thitl-cli", domain::Role::Admin));
+    bus.execute::<domain::Token>(&token_id.stream(), None, &context, domain::TokenCommand::Revoke { reason: reason.to_string() })
+        .map_err(|e| match e {
+            crate::commands::CommandError::Domain(domain::DomainError::NotFound { .. }) => anyhow::anyhow!("no token has id {token_id}"),
+            other => other.into(),
+        })?;
+    eprintln!("revoked token {token_id}");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn bind_address(bind: &str, port: u16) -> String {

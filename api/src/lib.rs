@@ -6,7 +6,10 @@
 //! | [`commands`] | the write side: load, decide, append with the expected version |
 //! | [`runner`] | the projection runner (checkpointed) and `audit replay` |
 //! | [`data`] | a data directory's layout |
-//! | [`startup`], [`routes`] | the HTTP server |
+//! | [`startup`], [`routes`] | the HTTP server (`/v1`, problem+json errors, OpenAPI) |
+//! | [`auth`] | bearer tokens and the role policy |
+//! | [`idempotency`] | `Idempotency-Key` records (SQLite beside the store) |
+//! | [`configuration`], [`metrics`] | server settings; Prometheus `/metrics` |
 //! | [`scripted`] | a scripted campaign through every stage (demo and benchmarks) |
 //! | [`cli`] | the `thitl` command line |
 //!
@@ -14,9 +17,13 @@
 //! disk, a socket, a clock or a random id happens here.
 
 pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod commands;
+pub mod configuration;
 pub mod data;
+pub mod idempotency;
+pub mod metrics;
 pub mod routes;
 pub mod runner;
 pub mod scripted;

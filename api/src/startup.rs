@@ -1,21 +1,32 @@
 //! Building and running the HTTP server.
 
 use std::net::TcpListener;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
-use actix_web::dev::Server;
+use actix_web::dev::{Server, Service};
+use actix_web::middleware::ErrorHandlers;
 use actix_web::{App, HttpServer, web};
+use domain::{TAXONOMY_STREAM, Taxonomy, TaxonomyCommand};
 
-use crate::commands::CommandBus;
+use crate::commands::{CommandBus, CommandContext, CommandError};
+use crate::configuration::Settings;
+use crate::idempotency::IdempotencyStore;
+use crate::metrics::Metrics;
 use crate::routes;
+use crate::routes::problem::{ApiError, problem_json_everywhere};
 use crate::runner::{ProjectionRunner, RunnerHandle};
-use crate::store::EventStore;
+use crate::store::{EventStore, StreamName};
 
 /// What every request handler can reach.
 pub struct AppState {
     pub store: Arc<dyn EventStore>,
     pub bus: CommandBus,
     pub projections: Arc<ProjectionRunner>,
+    pub idempotency: Arc<IdempotencyStore>,
+    pub metrics: Arc<Metrics>,
+    pub settings: Settings,
 }
 
 pub struct Application {
@@ -24,27 +35,84 @@ pub struct Application {
     runner: RunnerHandle,
 }
 
+/// Where the server keeps its state.
+pub struct Storage {
+    pub store: Arc<dyn EventStore>,
+    /// The read models' checkpoint file (None: rebuild on every start).
+    pub checkpoint: Option<PathBuf>,
+    /// The idempotency keys' SQLite file (None: kept in memory).
+    pub idempotency: Option<PathBuf>,
+}
+
 impl Application {
-    /// Binds `bind` (port 0 picks a free port), catches the read models up and starts the runner.
-    pub fn build(
-        store: Arc<dyn EventStore>,
-        checkpoint: Option<std::path::PathBuf>,
-        bind: &str,
-    ) -> anyhow::Result<Application> {
+    /// Binds `bind` (port 0 picks a free port) with default settings.
+    pub fn build(store: Arc<dyn EventStore>, checkpoint: Option<PathBuf>, bind: &str) -> anyhow::Result<Application> {
+        let settings = Settings { bind: bind.to_string(), ..Settings::default() };
+        Self::build_with(Storage { store, checkpoint, idempotency: None }, settings)
+    }
+
+    /// Seeds the default taxonomy into an empty store, catches the read models up, starts the
+    /// projection runner and binds `settings.bind`.
+    pub fn build_with(storage: Storage, settings: Settings) -> anyhow::Result<Application> {
+        let Storage { store, checkpoint, idempotency } = storage;
+        let bus = CommandBus::new(store.clone());
+        seed_taxonomy(&bus)?;
         let runner = Arc::new(ProjectionRunner::open(store.clone(), checkpoint)?);
         runner.catch_up()?;
         let runner = RunnerHandle::spawn(runner);
-        let listener = TcpListener::bind(bind).map_err(|e| anyhow::anyhow!("cannot bind {bind}: {e}"))?;
+        let idempotency = match idempotency {
+            Some(path) => IdempotencyStore::open(&path)?,
+            None => IdempotencyStore::in_memory()?,
+        };
+        let bind = settings.bind.clone();
+        let listener = TcpListener::bind(&bind).map_err(|e| anyhow::anyhow!("cannot bind {bind}: {e}"))?;
         let port = listener.local_addr()?.port();
+        let body_limit = settings.body_limit_bytes;
+        let workers = settings.workers;
+        let metrics = Arc::new(Metrics::default());
         let state = web::Data::new(AppState {
-            store: store.clone(),
-            bus: CommandBus::new(store),
+            store,
+            bus,
             projections: runner.runner.clone(),
+            idempotency: Arc::new(idempotency),
+            metrics: metrics.clone(),
+            settings,
         });
-        let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes::configure))
-            .listen(listener)?
-            .shutdown_timeout(10)
-            .run();
+        let mut server = HttpServer::new(move || {
+            let metrics = metrics.clone();
+            App::new()
+                .app_data(state.clone())
+                .app_data(web::PayloadConfig::new(body_limit))
+                .app_data(web::JsonConfig::default().limit(body_limit).error_handler(|error, _| {
+                    ApiError::unprocessable(format!("the JSON body does not fit: {error}")).into()
+                }))
+                .app_data(web::QueryConfig::default().error_handler(|error, _| {
+                    ApiError::bad_request(format!("the query string does not fit: {error}")).into()
+                }))
+                .app_data(web::PathConfig::default().error_handler(|error, _| {
+                    ApiError::not_found(format!("no such resource: {error}")).into()
+                }))
+                .wrap(ErrorHandlers::new().default_handler(problem_json_everywhere))
+                .wrap_fn(move |request, service| {
+                    let started = Instant::now();
+                    let method = request.method().to_string();
+                    let metrics = metrics.clone();
+                    let response = service.call(request);
+                    async move {
+                        let response = response.await?;
+                        let route = response.request().match_pattern().unwrap_or_else(|| "(unmatched)".to_string());
+                        metrics.record_request(&method, &route, response.status().as_u16(), started.elapsed());
+                        Ok(response)
+                    }
+                })
+                .configure(routes::configure)
+        })
+        .listen(listener)?
+        .shutdown_timeout(10);
+        if let Some(workers) = workers {
+            server = server.workers(workers.max(1));
+        }
+        let server = server.run();
         Ok(Application { port, server, runner })
     }
 
@@ -57,5 +125,18 @@ impl Application {
         self.server.await?;
         self.runner.stop()?;
         Ok(())
+    }
+}
+
+/// A fresh deployment starts from the default taxonomy (data it may then edit).
+fn seed_taxonomy(bus: &CommandBus) -> anyhow::Result<()> {
+    if bus.store().stream_version(&StreamName::new(TAXONOMY_STREAM)?)? > 0 {
+        return Ok(());
+    }
+    match bus.execute::<Taxonomy>(TAXONOMY_STREAM, Some(0), &CommandContext::system(), TaxonomyCommand::SeedDefaults) {
+        // Another process seeded it in between: fine.
+        Ok(_) | Err(CommandError::Conflict { .. }) => Ok(()),
+        Err(CommandError::Domain(e)) if e.kind() == domain::ErrorKind::Conflict => Ok(()),
+        Err(other) => Err(other.into()),
     }
 }

@@ -7,8 +7,13 @@
 //!
 //! Architecture invariant: `projections` depends only on `domain`; it never reads the store.
 
+pub mod access;
+pub mod catalog;
 pub mod models;
 pub mod stats;
+
+pub use access::{TokenRegistry, TokenView};
+pub use catalog::Catalog;
 
 pub use models::{
     AssociationList, AssociationView, AuditSummary, EntityHistory, EntitySummary, RoundProgress, RoundView,
@@ -33,6 +38,8 @@ pub struct Projections {
     pub entities: EntityHistory,
     pub associations: AssociationList,
     pub rounds: RoundProgress,
+    pub tokens: TokenRegistry,
+    pub catalog: Catalog,
 }
 
 impl Projections {
@@ -41,6 +48,8 @@ impl Projections {
         self.entities.apply(event);
         self.associations.apply(event);
         self.rounds.apply(event);
+        self.tokens.apply(event);
+        self.catalog.apply(event);
         self.position = event.position;
     }
 }

@@ -25,6 +25,13 @@ pub fn thitl(args: &[&str]) -> Output {
     Command::new(thitl_bin()).args(args).env("THITL_LOG", "warn").output().expect("run thitl")
 }
 
+/// `thitl token create` on `data`: the printed secret.
+pub fn create_token(data: &Path, role: &str, name: &str) -> String {
+    let output = thitl(&["token", "create", "--data", data.to_str().unwrap(), "--role", role, "--name", name]);
+    assert!(output.status.success(), "token create failed: {}", String::from_utf8_lossy(&output.stderr));
+    stdout(&output).trim().to_string()
+}
+
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
@@ -83,9 +90,15 @@ impl Server {
 
     /// GET `path`; returns (status, body).
     pub fn get(&self, path: &str) -> (u16, String) {
+        self.get_as(path, None)
+    }
+
+    /// GET `path` with a bearer token; returns (status, body).
+    pub fn get_as(&self, path: &str, token: Option<&str>) -> (u16, String) {
         let mut stream = TcpStream::connect(&self.address).expect("connect");
         stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.address).unwrap();
+        let authorization = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: {}\r\n{authorization}Connection: close\r\n\r\n", self.address).unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).expect("read response");
         let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status line");
@@ -132,4 +145,151 @@ fn dechunk(body: &str) -> String {
         rest = after.get(size + 2..).unwrap_or("");
     }
     out
+}
+
+// ---------------------------------------------------------------------------------------------
+// The REST API, in-process: `spawn_app()` builds thitl's `Application` on 127.0.0.1:0 with its
+// own data directory and talks to it over real HTTP.
+
+pub const SMALL_BODY_LIMIT: usize = 64 * 1024;
+
+/// A running API server with a fresh data directory and an admin token.
+pub struct TestApp {
+    pub address: String,
+    pub dir: tempfile::TempDir,
+    /// An admin's bearer token (issued before the server started).
+    pub admin: String,
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// Asserts the status, and that an error answer is problem+json with a detail.
+    #[track_caller]
+    pub fn expect(&self, status: u16) -> &Response {
+        assert_eq!(self.status, status, "expected {status}, got {}: {}", self.status, self.body);
+        if status >= 400 {
+            assert_eq!(self.header("content-type"), Some("application/problem+json"), "{}", self.body);
+            let problem = self.json();
+            assert_eq!(problem["status"], status, "{}", self.body);
+            assert!(problem["detail"].as_str().is_some_and(|d| !d.is_empty()), "{}", self.body);
+        }
+        self
+    }
+}
+
+pub fn spawn_app() -> TestApp {
+    use thitl::commands::{CommandBus, CommandContext};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = thitl::data::DataDir::open_or_create(dir.path()).expect("data dir");
+    let bus = CommandBus::new(data.store.clone());
+    let context = CommandContext::new(domain::Actor::new("test-setup", domain::Role::Admin));
+    let admin = thitl::auth::issue_token(&bus, &context, "root", domain::Role::Admin).expect("admin token").secret;
+    let storage = thitl::startup::Storage {
+        store: data.store.clone(),
+        checkpoint: Some(data.checkpoint_path()),
+        idempotency: Some(dir.path().join("idempotency.db")),
+    };
+    let settings = thitl::configuration::Settings {
+        bind: "127.0.0.1:0".into(),
+        body_limit_bytes: SMALL_BODY_LIMIT,
+        workers: Some(2),
+        wait_for_max_seconds: 10,
+    };
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            match thitl::startup::Application::build_with(storage, settings) {
+                Ok(app) => {
+                    let _ = sender.send(Ok(app.port()));
+                    let _ = app.run_until_stopped().await;
+                }
+                Err(error) => {
+                    let _ = sender.send(Err(error.to_string()));
+                }
+            }
+        })
+    });
+    let port = receiver.recv_timeout(Duration::from_secs(60)).expect("server start").expect("server build");
+    TestApp { address: format!("127.0.0.1:{port}"), dir, admin }
+}
+
+impl TestApp {
+    /// Any request; `headers` are extra headers such as `("If-Match", "3")`.
+    pub fn request(&self, method: &str, path: &str, token: Option<&str>, headers: &[(&str, &str)], body: Option<&[u8]>) -> Response {
+        let mut stream = TcpStream::connect(&self.address).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", self.address);
+        if let Some(token) = token {
+            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if let Some(body) = body {
+            head.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).unwrap();
+        if let Some(body) = body {
+            // The server may answer (413) and close before reading a large body.
+            let _ = stream.write_all(body);
+        }
+        let mut raw = Vec::new();
+        let _ = stream.read_to_end(&mut raw);
+        parse_response(&raw)
+    }
+
+    pub fn get(&self, path: &str, token: &str) -> Response {
+        self.request("GET", path, Some(token), &[], None)
+    }
+
+    pub fn post(&self, path: &str, token: &str, body: serde_json::Value) -> Response {
+        self.request("POST", path, Some(token), &[], Some(body.to_string().as_bytes()))
+    }
+
+    /// A new token for `role` named `name`, issued by the admin over HTTP.
+    pub fn token(&self, role: &str, name: &str) -> String {
+        let response = self.post("/v1/tokens", &self.admin, serde_json::json!({"name": name, "role": role}));
+        response.expect(201);
+        response.json()["token"].as_str().expect("token").to_string()
+    }
+
+    /// The event store's last position, read as an auditor would.
+    pub fn head(&self) -> u64 {
+        let response = self.get("/v1/audit/events?limit=1", &self.admin);
+        response.expect(200);
+        response.json()["head"].as_u64().expect("head")
+    }
+}
+
+fn parse_response(raw: &[u8]) -> Response {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| panic!("no HTTP head in {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut body = raw[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status: u16 = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).expect("status line");
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(n, v)| (n.trim().to_string(), v.trim().to_string())).collect();
+    if status == 100 {
+        return parse_response(&body);
+    }
+    if headers.iter().any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked")) {
+        body = dechunk(&String::from_utf8_lossy(&body)).into_bytes();
+    }
+    Response { status, headers, body: String::from_utf8_lossy(&body).into_owned() }
 }

@@ -2,5 +2,11 @@
 
 mod helpers;
 
+mod api_audit;
+mod api_errors;
+mod api_idempotency;
+mod api_openapi;
+mod api_resources;
+mod api_roles;
 mod audit;
 mod serve;

@@ -1,0 +1,303 @@
+//! `/v1/rounds`: open a round, an annotator's next task, submit, withdraw, close, progress.
+//!
+//! Annotators see only the image (or the pair) of a task assigned to them — never the model,
+//! arm or prompt that made it; those labels stay in the event log for auditors.
+
+use actix_web::web::{self, Bytes};
+use actix_web::{HttpRequest, HttpResponse};
+use chrono::Utc;
+use domain::round::{
+    Answer, DEFAULT_ASSIGNMENT_LEASE_SECONDS, DEFAULT_QUALITY_THRESHOLD, DEFAULT_RATERS_PER_ITEM, ImageRef, ItemContent, ItemLabel,
+    RoundItem, RoundKind,
+};
+use domain::values::{BlobHash, Quality};
+use domain::{AnnotationRound, AssociationId, CampaignId, ImageId, ItemId, ModelVersionId, PromptId, RoundCommand, RoundId};
+use serde::Deserialize;
+use serde_json::json;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::auth::{Action, Principal};
+use crate::routes::problem::{ApiError, Problem};
+use crate::routes::support::{CommandAnswer, Done, WaitFor, named, parse_id, query_answer, run_command, wait_for};
+use crate::startup::AppState;
+
+/// One image to rate.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageItem {
+    /// The image's id (default: a new one).
+    #[schema(value_type = Option<String>, format = "uuid")]
+    pub image_id: Option<ImageId>,
+    /// SHA-256 (64 lowercase hex digits) of the PNG in the blob store.
+    #[schema(value_type = String)]
+    pub blob: BlobHash,
+    /// The prompt it was generated from (hidden from annotators).
+    pub prompt: String,
+    #[serde(default)]
+    pub seed: u64,
+    /// The model version that made it (hidden from annotators).
+    #[schema(value_type = String, format = "uuid")]
+    pub model_version: ModelVersionId,
+    #[schema(value_type = Option<String>, format = "uuid")]
+    pub association_id: Option<AssociationId>,
+    #[schema(value_type = Option<String>, format = "uuid")]
+    pub prompt_id: Option<PromptId>,
+}
+
+/// A round to open over a list of images.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpenRound {
+    /// `baseline` (concept present?), `screen` (round 1) or `check` (round 2).
+    #[schema(value_type = String)]
+    pub kind: RoundKind,
+    pub items: Vec<ImageItem>,
+    /// Annotators per item (default 3).
+    pub raters_per_item: Option<u32>,
+    /// Round 1's quality threshold, 1 to 5 (default 3).
+    #[schema(value_type = Option<u8>)]
+    pub quality_threshold: Option<Quality>,
+    /// How long an assigned task stays reserved (default 900 s).
+    pub assignment_lease_seconds: Option<i64>,
+    #[schema(value_type = Option<String>, format = "uuid")]
+    pub campaign_id: Option<CampaignId>,
+}
+
+/// One annotation.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitAnnotation {
+    #[schema(value_type = String, format = "uuid")]
+    pub item_id: ItemId,
+    /// One of `{"baseline": {"concept_present": bool}}`,
+    /// `{"screen": {"quality": 1..5, "group_depicted": bool, "concept_present": bool}}`,
+    /// `{"check": {"concept_present": bool, "quality": 1..5}}`, `{"compare": {"preferred": "left"|"right"}}`.
+    #[schema(value_type = Object)]
+    pub answer: Answer,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WithdrawAnnotation {
+    #[schema(value_type = String, format = "uuid")]
+    pub item_id: ItemId,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloseRound {
+    /// Close although some items lack their annotations.
+    #[serde(default)]
+    pub allow_incomplete: bool,
+}
+
+/// Open an annotation round over images (curator).
+#[utoipa::path(post, path = "/v1/rounds", tag = "rounds", request_body = OpenRound,
+    params(("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 201, description = "opened; `id` is the round, `items` the item ids in order", body = CommandAnswer),
+        (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(principal = %principal.name))]
+pub async fn open(state: web::Data<AppState>, principal: Principal, request: HttpRequest, body: Bytes) -> Result<HttpResponse, ApiError> {
+    run_command(state, principal, request, body, Action::Curate, true, |bus, context, expected, input: OpenRound| {
+        let round_id = RoundId(Uuid::now_v7());
+        let items: Vec<RoundItem> = input
+            .items
+            .into_iter()
+            .map(|item| RoundItem {
+                item_id: ItemId(Uuid::now_v7()),
+                content: ItemContent::Image(ImageRef { image_id: item.image_id.unwrap_or(ImageId(Uuid::now_v7())), blob: item.blob }),
+                label: ItemLabel {
+                    association_id: item.association_id,
+                    prompt_id: item.prompt_id,
+                    prompt: item.prompt,
+                    seed: item.seed,
+                    models: vec![item.model_version],
+                },
+            })
+            .collect();
+        let item_ids: Vec<ItemId> = items.iter().map(|i| i.item_id).collect();
+        let default_threshold = Quality::new(DEFAULT_QUALITY_THRESHOLD)?;
+        let command = RoundCommand::Open {
+            round_id,
+            kind: input.kind,
+            items,
+            raters_per_item: input.raters_per_item.unwrap_or(DEFAULT_RATERS_PER_ITEM),
+            quality_threshold: input.quality_threshold.unwrap_or(default_threshold),
+            assignment_lease_seconds: input.assignment_lease_seconds.unwrap_or(DEFAULT_ASSIGNMENT_LEASE_SECONDS),
+            campaign_id: input.campaign_id,
+        };
+        let outcome = bus.execute::<AnnotationRound>(&round_id.stream(), expected, context, command)?;
+        Ok(Done::new(outcome).with("id", round_id).with("items", item_ids))
+    })
+    .await
+}
+
+fn question(kind: Option<RoundKind>, content: &ItemContent) -> &'static str {
+    match (kind, content) {
+        (_, ItemContent::Pair { .. }) => "Which image is better? Answer {\"compare\": {\"preferred\": \"left\" | \"right\"}}",
+        (Some(RoundKind::Baseline), _) => "Is the concept present? Answer {\"baseline\": {\"concept_present\": bool}}",
+        (Some(RoundKind::Screen), _) => {
+            "Rate the image: answer {\"screen\": {\"quality\": 1-5, \"group_depicted\": bool, \"concept_present\": bool}}"
+        }
+        _ => "Rate the image: answer {\"check\": {\"concept_present\": bool, \"quality\": 1-5}}",
+    }
+}
+
+/// The caller's next task: assigns the item that most needs a rating (or returns the one already
+/// assigned) and shows only what to rate (annotator).
+#[utoipa::path(get, path = "/v1/rounds/{id}/next", tag = "rounds", params(("id" = String, Path)),
+    responses((status = 200, description = "`{\"task\": {\"item_id\", \"content\", \"question\", \"expires_at\"} | null, \"version\", \"position\"}`", body = Object),
+        (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(principal = %principal.name))]
+pub async fn next(state: web::Data<AppState>, principal: Principal, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    principal.require(Action::Annotate)?;
+    let id: RoundId = parse_id("round", &path)?;
+    let bus = state.bus.clone();
+    let context = principal.context();
+    let annotator = principal.name.clone();
+    let (answer, appended) = web::block(move || {
+        let stream = id.stream();
+        let outcome = bus
+            .execute_retrying::<AnnotationRound>(&stream, &context, || RoundCommand::AssignNext { annotator: annotator.clone(), now: Utc::now() })
+            .map_err(|e| named(e, "round", id))?;
+        let (round, version) = bus.load::<AnnotationRound>(&stream)?;
+        let position = match outcome.position {
+            Some(position) => position,
+            None => bus.store().head_position().map_err(|e| ApiError::unavailable(format!("event store: {e}")))?,
+        };
+        let task = round.current_task(&annotator, Utc::now()).and_then(|item_id| {
+            let item = round.item(item_id)?;
+            let expires_at = round.assignments.get(&(item_id, annotator.clone()))?;
+            Some(json!({
+                "item_id": item_id,
+                "content": item.content,
+                "question": question(round.kind, &item.content),
+                "expires_at": expires_at,
+            }))
+        });
+        let (done, needed) = round.progress();
+        let answer = json!({
+            "round_id": id,
+            "kind": round.kind,
+            "task": task,
+            "remaining": needed.saturating_sub(done),
+            "stream": stream,
+            "version": version,
+            "position": position,
+        });
+        Ok::<_, ApiError>((answer, outcome.event_ids.len()))
+    })
+    .await
+    .map_err(ApiError::blocking)??;
+    state.metrics.record_appended(appended);
+    Ok(HttpResponse::Ok().json(answer))
+}
+
+/// Submit an annotation for a task assigned to the caller (annotator).
+#[utoipa::path(post, path = "/v1/rounds/{id}/annotations", tag = "rounds", request_body = SubmitAnnotation,
+    params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 201, body = CommandAnswer),
+        (status = "4XX", description = "403 when the item is not assigned to you; 409 when already annotated or the round is closed; 422 for an answer that does not fit (a rating outside 1–5)", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(principal = %principal.name))]
+pub async fn submit(
+    state: web::Data<AppState>,
+    principal: Principal,
+    request: HttpRequest,
+    path: web::Path<String>,
+    body: Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let id: RoundId = parse_id("round", &path)?;
+    let annotator = principal.name.clone();
+    run_command(state, principal, request, body, Action::Annotate, true, move |bus, context, expected, input: SubmitAnnotation| {
+        let command = RoundCommand::Submit { annotator, item_id: input.item_id, answer: input.answer };
+        let outcome = match expected {
+            Some(_) => bus.execute::<AnnotationRound>(&id.stream(), expected, context, command),
+            // Many annotators write to one round: without If-Match, retry on a concurrent append.
+            None => bus.execute_retrying::<AnnotationRound>(&id.stream(), context, || command.clone()),
+        }
+        .map_err(|e| named(e, "round", id))?;
+        Ok(Done::new(outcome))
+    })
+    .await
+}
+
+/// Withdraw (undo) the caller's own annotation while the round is open (annotator).
+#[utoipa::path(post, path = "/v1/rounds/{id}/withdrawals", tag = "rounds", request_body = WithdrawAnnotation,
+    params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = CommandAnswer), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(principal = %principal.name))]
+pub async fn withdraw(
+    state: web::Data<AppState>,
+    principal: Principal,
+    request: HttpRequest,
+    path: web::Path<String>,
+    body: Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let id: RoundId = parse_id("round", &path)?;
+    let annotator = principal.name.clone();
+    run_command(state, principal, request, body, Action::Annotate, false, move |bus, context, expected, input: WithdrawAnnotation| {
+        let command = RoundCommand::Withdraw { annotator, item_id: input.item_id };
+        let outcome = bus.execute::<AnnotationRound>(&id.stream(), expected, context, command).map_err(|e| named(e, "round", id))?;
+        Ok(Done::new(outcome))
+    })
+    .await
+}
+
+/// Close a round and fix its outcome (curator).
+#[utoipa::path(post, path = "/v1/rounds/{id}/close", tag = "rounds", request_body = CloseRound,
+    params(("id" = String, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = CommandAnswer), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(principal = %principal.name))]
+pub async fn close(
+    state: web::Data<AppState>,
+    principal: Principal,
+    request: HttpRequest,
+    path: web::Path<String>,
+    body: Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let id: RoundId = parse_id("round", &path)?;
+    run_command(state, principal, request, body, Action::Curate, false, move |bus, context, expected, input: CloseRound| {
+        let command = RoundCommand::Close { allow_incomplete: input.allow_incomplete };
+        let outcome = bus.execute::<AnnotationRound>(&id.stream(), expected, context, command).map_err(|e| named(e, "round", id))?;
+        Ok(Done::new(outcome))
+    })
+    .await
+}
+
+/// Every round's progress, from the read model.
+#[utoipa::path(get, path = "/v1/rounds", tag = "rounds", params(WaitFor),
+    responses((status = 200, body = Object), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn list(state: web::Data<AppState>, principal: Principal, query: web::Query<WaitFor>) -> Result<HttpResponse, ApiError> {
+    principal.require(Action::Read)?;
+    wait_for(&state, query.wait_for).await?;
+    let (rounds, position) = state.projections.read(|p| (p.rounds.rounds.values().cloned().collect::<Vec<_>>(), p.position));
+    Ok(query_answer(json!({ "rounds": rounds }), position, None))
+}
+
+/// One round's progress: annotations submitted and needed, per annotator, status.
+#[utoipa::path(get, path = "/v1/rounds/{id}", tag = "rounds", params(("id" = String, Path), WaitFor),
+    responses((status = 200, body = Object), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn progress(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<String>,
+    query: web::Query<WaitFor>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require(Action::Read)?;
+    let id: RoundId = parse_id("round", &path)?;
+    wait_for(&state, query.wait_for).await?;
+    let found = state.projections.read(|p| {
+        let version = p.entities.entities.get(&id.stream()).map(|e| e.version);
+        p.rounds.rounds.get(&id).cloned().map(|view| (view, p.position, version))
+    });
+    let (view, position, version) = found.ok_or_else(|| ApiError::not_found(format!("round {id} does not exist")))?;
+    Ok(query_answer(serde_json::to_value(view).unwrap_or_default(), position, version))
+}

@@ -1,0 +1,88 @@
+//! Routes × roles: who may call what. Each row names the roles allowed; every other role must get
+//! 403 and no token 401. Allowed calls name an entity that does not exist, so they are refused
+//! for that (404/422) instead, and nothing is written either way.
+
+use crate::helpers::spawn_app;
+
+const NONE: &str = "01900000-0000-7000-8000-000000000000";
+
+#[test]
+fn every_route_checks_the_role() {
+    let app = spawn_app();
+    let roles = ["admin", "curator", "operator", "annotator", "auditor"];
+    let tokens: Vec<(&str, String)> = roles.iter().map(|role| (*role, app.token(role, &format!("{role}-1")))).collect();
+    let head = app.head();
+
+    let everyone_but_annotators = &["admin", "curator", "operator", "auditor"][..];
+    let curators = &["admin", "curator"][..];
+    let operators = &["admin", "curator", "operator"][..];
+    let annotators = &["admin", "annotator"][..];
+    let auditors = &["admin", "auditor"][..];
+    let admins = &["admin"][..];
+    let token_readers = &["admin", "auditor"][..];
+    let round = format!("/v1/rounds/{NONE}");
+    // (method, path, body, roles allowed)
+    let table: Vec<(&str, String, &str, &[&str])> = vec![
+        ("GET", "/v1/taxonomy".into(), "", everyone_but_annotators),
+        ("POST", "/v1/taxonomy/categories".into(), r#"{"key":"Bad Key","narrative":"n","example":"e"}"#, curators),
+        ("POST", "/v1/taxonomy/categories/nothing/retire".into(), "{}", curators),
+        ("GET", "/v1/associations".into(), "", everyone_but_annotators),
+        ("GET", format!("/v1/associations/{NONE}"), "", everyone_but_annotators),
+        ("POST", "/v1/associations".into(), r#"{"group":"","concept":"x","category":"threat","description":"d","probe_prompts":[]}"#, curators),
+        ("POST", format!("/v1/associations/{NONE}/recategorize"), r#"{"category":"threat"}"#, curators),
+        ("POST", format!("/v1/associations/{NONE}/retire"), r#"{"reason":"r"}"#, curators),
+        ("GET", "/v1/rounds".into(), "", everyone_but_annotators),
+        ("GET", round.clone(), "", everyone_but_annotators),
+        ("POST", "/v1/rounds".into(), r#"{"kind":"screen","items":[]}"#, curators),
+        ("GET", format!("{round}/next"), "", annotators),
+        ("POST", format!("{round}/annotations"), r#"{"item_id":"01900000-0000-7000-8000-000000000000","answer":{"baseline":{"concept_present":true}}}"#, annotators),
+        ("POST", format!("{round}/withdrawals"), r#"{"item_id":"01900000-0000-7000-8000-000000000000"}"#, annotators),
+        ("POST", format!("{round}/close"), "{}", curators),
+        ("GET", "/v1/model-versions".into(), "", everyone_but_annotators),
+        ("GET", format!("/v1/model-versions/{NONE}"), "", everyone_but_annotators),
+        ("POST", "/v1/model-versions".into(), r#"{"name":"","weights":"0000000000000000000000000000000000000000000000000000000000000000"}"#, operators),
+        ("POST", format!("/v1/model-versions/{NONE}/promote"), r#"{"reason":"r"}"#, curators),
+        ("POST", format!("/v1/model-versions/{NONE}/rollback"), r#"{"reason":"r"}"#, curators),
+        ("GET", "/v1/prompt-sets".into(), "", everyone_but_annotators),
+        ("GET", format!("/v1/prompt-sets/{NONE}"), "", everyone_but_annotators),
+        ("POST", "/v1/prompt-sets".into(), r#"{"association_id":"01900000-0000-7000-8000-000000000000"}"#, curators),
+        ("POST", format!("/v1/prompt-sets/{NONE}/prompts"), r#"{"prompts":[{"text":"a woman"}]}"#, curators),
+        ("POST", format!("/v1/prompt-sets/{NONE}/prompts/{NONE}"), r#"{"accept":{}}"#, curators),
+        ("POST", format!("/v1/prompt-sets/{NONE}/finalize"), "{}", curators),
+        ("GET", "/v1/generations".into(), "", everyone_but_annotators),
+        ("GET", format!("/v1/generations/{NONE}"), "", everyone_but_annotators),
+        ("POST", "/v1/generations".into(), r#"{"model_version":"01900000-0000-7000-8000-000000000000","purpose":"baseline","items":[]}"#, operators),
+        ("GET", "/v1/fine-tunes".into(), "", everyone_but_annotators),
+        ("GET", format!("/v1/fine-tunes/{NONE}"), "", everyone_but_annotators),
+        ("POST", "/v1/fine-tunes".into(), r#"{"base_model":"01900000-0000-7000-8000-000000000000","arm":"traditional","examples":[]}"#, operators),
+        ("GET", "/v1/campaigns".into(), "", everyone_but_annotators),
+        ("GET", format!("/v1/campaigns/{NONE}"), "", everyone_but_annotators),
+        ("POST", "/v1/campaigns".into(), r#"{"name":"c","associations":[],"base_model":"01900000-0000-7000-8000-000000000000"}"#, curators),
+        ("GET", "/v1/tokens".into(), "", token_readers),
+        ("POST", "/v1/tokens".into(), r#"{"name":"","role":"curator"}"#, admins),
+        ("POST", format!("/v1/tokens/{NONE}/revoke"), r#"{"reason":"r"}"#, admins),
+        ("GET", "/v1/audit/events?limit=1".into(), "", auditors),
+        ("GET", "/v1/audit/streams/taxonomy?limit=1".into(), "", auditors),
+        ("GET", "/v1/audit/verify".into(), "", auditors),
+    ];
+    for (method, path, body, allowed) in &table {
+        let body = (*method == "POST").then_some(body.as_bytes());
+        let anonymous = app.request(method, path, None, &[], body);
+        assert_eq!(anonymous.status, 401, "{method} {path} without a token: {}", anonymous.body);
+        for (role, token) in &tokens {
+            let response = app.request(method, path, Some(token), &[], body);
+            if allowed.contains(role) {
+                assert!(
+                    ![401, 403].contains(&response.status) && response.status < 500,
+                    "{method} {path} as {role} should be allowed: {} {}",
+                    response.status,
+                    response.body
+                );
+            } else {
+                assert_eq!(response.status, 403, "{method} {path} as {role} should be forbidden: {}", response.body);
+                response.expect(403);
+            }
+        }
+    }
+    assert_eq!(app.head(), head, "a refused request appended an event");
+}
