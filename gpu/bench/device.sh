@@ -53,7 +53,7 @@ if [ -x "$BIN" ]; then
 fi
 
 echo "== PyTorch =="
-timeout 120 python3 gpu/bench/torch_matmul.py ${SIZES//,/ } | tee -a "$RESULTS"
+timeout 120 python3 gpu/bench/torch_matmul.py ${SIZES//,/ } 16384x1536x384 16384x384x1536 | tee -a "$RESULTS"
 timeout 300 python3 gpu/reference/dit.py --bench --batch "$BATCH" --steps 25 | tee -a "$RESULTS"
 
 echo "== gpu-bench: CPU backend (last: it is the least important; CPU=0 skips it) =="

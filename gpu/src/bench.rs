@@ -17,8 +17,11 @@ use crate::model::{
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
-    /// Square matmul sizes on the wgpu adapter.
+    /// Square matmul sizes on the wgpu adapter (`A · B`, both row-major).
     pub gpu_sizes: Vec<usize>,
+    /// Linear-layer matmul shapes `(m, n, k)` on the wgpu adapter: `x · Wᵀ` with `W` stored
+    /// `n × k`, as the DiT's layers run them.
+    pub gpu_linear_shapes: Vec<(usize, usize, usize)>,
     /// Square matmul sizes on the CPU backend.
     pub cpu_sizes: Vec<usize>,
     /// Timed repetitions per measurement (after one warm-up run).
@@ -45,6 +48,8 @@ impl Default for BenchOptions {
     fn default() -> Self {
         BenchOptions {
             gpu_sizes: vec![1024, 4096],
+            // DiT-S at batch 64 (16384 tokens of width 384): fc1 and fc2.
+            gpu_linear_shapes: vec![(16384, 1536, 384), (16384, 384, 1536)],
             cpu_sizes: vec![1024],
             repeats: 10,
             gpu: true,
@@ -101,12 +106,12 @@ impl BenchReport {
             ));
         }
         out.push_str(&format!(
-            "{:<26} {:<22} {:>12} {:<8} {}\n",
+            "{:<26} {:<26} {:>12} {:<8} {}\n",
             "backend", "what", "median", "unit", "timing"
         ));
         for row in &self.rows {
             out.push_str(&format!(
-                "{:<26} {:<22} {:>12.4} {:<8} {}\n",
+                "{:<26} {:<26} {:>12.4} {:<8} {}\n",
                 row.backend, row.what, row.median, row.unit, row.timing
             ));
         }
@@ -149,26 +154,72 @@ pub fn run_with_progress(
         (report.progress)(&format!("adapter: {}", context.describe()));
         report.report.adapter = Some(context.describe());
         let kernels = [
-            ("tiled bk16", MatmulKernel::Tiled { bk: 16 }),
-            ("tiled bk8", MatmulKernel::Tiled { bk: 8 }),
-            ("tiled bk32", MatmulKernel::Tiled { bk: 32 }),
-            ("direct", MatmulKernel::Direct),
+            MatmulKernel::Auto,
+            MatmulKernel::Vec4 {
+                bm: 128,
+                bn: 128,
+                bk: 8,
+            },
+            MatmulKernel::Vec4 {
+                bm: 128,
+                bn: 128,
+                bk: 16,
+            },
+            MatmulKernel::Vec4 {
+                bm: 128,
+                bn: 64,
+                bk: 16,
+            },
+            MatmulKernel::Vec4 {
+                bm: 64,
+                bn: 64,
+                bk: 16,
+            },
+            MatmulKernel::Tiled { bk: 8 },
+            MatmulKernel::Tiled { bk: 16 },
+            MatmulKernel::Tiled { bk: 32 },
+            MatmulKernel::Direct,
         ];
         let context = Arc::new(context);
         if options.check_size > 0 {
-            for (name, kernel) in kernels {
-                let error = check_matmul(&context, kernel, options.check_size)?;
-                report.check(name, error);
+            for (layout, error) in check_matmuls(&context, &kernels, options.check_size)? {
+                report.check(&layout, error);
             }
             report.check("split-k 384x8x16384", check_split_k(&context)?);
         }
-        for &size in &options.gpu_sizes {
-            for (name, kernel) in kernels {
-                let (seconds, timing) = time_gpu_matmul(&context, kernel, size, options.repeats)?;
-                let spec = Matmul::new(size, size, size, false, false);
+        let shapes = options
+            .gpu_sizes
+            .iter()
+            .map(|&size| {
+                (
+                    format!("matmul f32 {size}^3"),
+                    Matmul::new(size, size, size, false, false),
+                )
+            })
+            .chain(options.gpu_linear_shapes.iter().map(|&(m, n, k)| {
+                (
+                    format!("linear f32 {m}x{n}x{k}"),
+                    Matmul::new(m, n, k, false, true),
+                )
+            }));
+        for (what, spec) in shapes {
+            // One set of operands per shape, shared by every kernel.
+            let a = context.storage_buffer_with(&pseudo_random(spec.m * spec.k, 3));
+            let b = context.storage_buffer_with(&pseudo_random(spec.k * spec.n, 4));
+            let c = context.storage_buffer(spec.m * spec.n);
+            let operands = [&a, &b, &c];
+            for kernel in kernels {
+                let (seconds, timing) =
+                    time_gpu_matmul(&context, kernel, &spec, operands, options.repeats)?;
+                let name = match kernel {
+                    MatmulKernel::Auto => {
+                        format!("auto={}", spec.resolve_kernel(&context, kernel).name())
+                    }
+                    other => other.name(),
+                };
                 report.push(BenchRow {
                     backend: format!("wgpu {name}"),
-                    what: format!("matmul f32 {size}^3"),
+                    what: what.clone(),
                     median: spec.flops() / seconds / 1e12,
                     unit: "TFLOP/s",
                     timing,
@@ -331,26 +382,59 @@ fn pseudo_random(len: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
-/// Max over outputs of |gpu − cpu| / (|cpu| + mean|cpu|) for a size³ matmul with B transposed.
-fn check_matmul(context: &GpuContext, kernel: MatmulKernel, size: usize) -> Result<f64, GpuError> {
-    let spec = Matmul::new(size, size + 3, size - 1, false, true);
-    let a = pseudo_random(spec.m * spec.k, 1);
-    let b = pseudo_random(spec.k * spec.n, 2);
-    let mut expected = vec![0.0; spec.m * spec.n];
-    spec.run_cpu(&a, &b, None, &mut expected);
-    let a_buffer = context.storage_buffer_with(&a);
-    let b_buffer = context.storage_buffer_with(&b);
-    let c_buffer = context.storage_buffer(spec.m * spec.n);
-    let mut recorder = context.recorder();
-    spec.record(&mut recorder, kernel, &a_buffer, &b_buffer, None, &c_buffer);
-    recorder.submit();
-    let actual: Vec<f32> = context.read_words(&c_buffer, spec.m * spec.n)?;
-    let mean = expected.iter().map(|v| v.abs() as f64).sum::<f64>() / expected.len() as f64;
-    Ok(actual
-        .iter()
-        .zip(&expected)
-        .map(|(a, e)| (*a as f64 - *e as f64).abs() / (e.abs() as f64 + mean))
-        .fold(0.0, f64::max))
+/// Max over outputs of |gpu − cpu| / (|cpu| + mean|cpu|), for every kernel, on two shapes near
+/// `size` that are not multiples of any tile: `A · Bᵀ` (a linear layer) and `Aᵀ · B` (a weight
+/// gradient), both vec4-aligned so the vec4 kernels run rather than fall back.
+fn check_matmuls(
+    context: &GpuContext,
+    kernels: &[MatmulKernel],
+    size: usize,
+) -> Result<Vec<(String, f64)>, GpuError> {
+    let four = size.div_ceil(4) * 4;
+    let shapes = [
+        (
+            "x.wT",
+            Matmul::new(size + 1, size + 3, four + 4, false, true),
+        ),
+        (
+            "aT.b",
+            Matmul::new(four + 4, four + 8, size + 1, true, false),
+        ),
+    ];
+    let mut errors = Vec::new();
+    for (label, spec) in shapes {
+        let a = pseudo_random(spec.m * spec.k, 1);
+        let b = pseudo_random(spec.k * spec.n, 2);
+        let mut expected = vec![0.0; spec.m * spec.n];
+        spec.run_cpu(&a, &b, None, &mut expected);
+        let mean = expected.iter().map(|v| v.abs() as f64).sum::<f64>() / expected.len() as f64;
+        let a_buffer = context.storage_buffer_with(&a);
+        let b_buffer = context.storage_buffer_with(&b);
+        let c_buffer = context.storage_buffer(spec.m * spec.n);
+        for &kernel in kernels {
+            let mut recorder = context.recorder();
+            recorder.clear(&c_buffer, spec.m * spec.n);
+            spec.record(&mut recorder, kernel, &a_buffer, &b_buffer, None, &c_buffer);
+            recorder.submit();
+            let actual: Vec<f32> = context.read_words(&c_buffer, spec.m * spec.n)?;
+            let error = actual
+                .iter()
+                .zip(&expected)
+                .map(|(a, e)| (*a as f64 - *e as f64).abs() / (e.abs() as f64 + mean))
+                .fold(0.0, f64::max);
+            let ran = spec.resolve_kernel(context, kernel);
+            let name = if ran == kernel {
+                kernel.name()
+            } else {
+                format!("{}={}", kernel.name(), ran.name())
+            };
+            errors.push((
+                format!("{name} {label} {}x{}x{}", spec.m, spec.n, spec.k),
+                error,
+            ));
+        }
+    }
+    Ok(errors)
 }
 
 /// Max relative error of a split-K product (a LoRA weight-gradient shape) vs the CPU reference.
@@ -377,23 +461,31 @@ fn check_split_k(context: &Arc<GpuContext>) -> Result<f64, GpuError> {
         .fold(0.0, f64::max))
 }
 
-/// Median seconds of one size³ matmul (A · B, both row-major).
+/// Median seconds of one `spec` matmul on `[a, b, c]`. Before timing, the kernel runs for about 0.1 s so that
+/// the GPU's clocks are up (a short burst after idling measures a slower clock), and at least
+/// about 0.05 s of work is timed.
 fn time_gpu_matmul(
     context: &GpuContext,
     kernel: MatmulKernel,
-    size: usize,
+    spec: &Matmul,
+    [a, b, c]: [&wgpu::Buffer; 3],
     repeats: usize,
 ) -> Result<(f64, &'static str), GpuError> {
-    let spec = Matmul::new(size, size, size, false, false);
-    let a = context.storage_buffer_with(&pseudo_random(size * size, 3));
-    let b = context.storage_buffer_with(&pseudo_random(size * size, 4));
-    let c = context.storage_buffer(size * size);
-    // Warm-up: compiles the pipeline and touches the memory.
-    let mut recorder = context.recorder();
-    spec.record(&mut recorder, kernel, &a, &b, None, &c);
-    recorder.submit();
-    context.wait()?;
-    let repeats = repeats.max(1);
+    let run = |count: usize| -> Result<f64, GpuError> {
+        let start = Instant::now();
+        let mut recorder = context.recorder();
+        for _ in 0..count {
+            spec.record(&mut recorder, kernel, a, b, None, c);
+        }
+        recorder.submit();
+        context.wait()?;
+        Ok(start.elapsed().as_secs_f64())
+    };
+    // Compiles the pipeline and touches the memory, then estimates one run and warms up.
+    run(1)?;
+    let once = run(1)?.max(1e-6);
+    run(((0.1 / once).ceil() as usize).clamp(1, 200))?;
+    let repeats = ((0.05 / once).ceil() as usize).clamp(repeats.max(1), 200);
     if context.has_timestamps() {
         let count = (2 * repeats) as u32;
         let query_set = context.device.create_query_set(&wgpu::QuerySetDescriptor {
@@ -410,7 +502,7 @@ fn time_gpu_matmul(
         let mut recorder = context.recorder();
         for repeat in 0..repeats {
             recorder.time_next_dispatch(&query_set, (2 * repeat) as u32);
-            spec.record(&mut recorder, kernel, &a, &b, None, &c);
+            spec.record(&mut recorder, kernel, a, b, None, c);
         }
         recorder.resolve_timestamps(&query_set, count, &resolved);
         recorder.submit();
@@ -428,7 +520,7 @@ fn time_gpu_matmul(
     for _ in 0..repeats {
         let start = Instant::now();
         let mut recorder = context.recorder();
-        spec.record(&mut recorder, kernel, &a, &b, None, &c);
+        spec.record(&mut recorder, kernel, a, b, None, c);
         recorder.submit();
         context.wait()?;
         samples.push(start.elapsed().as_secs_f64());

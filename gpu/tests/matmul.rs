@@ -12,6 +12,35 @@ const KERNELS: [MatmulKernel; 4] = [
     MatmulKernel::Tiled { bk: 32 },
 ];
 
+/// Every vec4 variant (they run only on vec4-aligned layouts; others fall back to `Tiled`).
+const VEC4_KERNELS: [MatmulKernel; 5] = [
+    MatmulKernel::Vec4 {
+        bm: 128,
+        bn: 128,
+        bk: 8,
+    },
+    MatmulKernel::Vec4 {
+        bm: 128,
+        bn: 128,
+        bk: 16,
+    },
+    MatmulKernel::Vec4 {
+        bm: 128,
+        bn: 64,
+        bk: 16,
+    },
+    MatmulKernel::Vec4 {
+        bm: 64,
+        bn: 64,
+        bk: 16,
+    },
+    MatmulKernel::Vec4 {
+        bm: 64,
+        bn: 64,
+        bk: 32,
+    },
+];
+
 /// Runs `spec` on the GPU with `kernel` and on the CPU, from the same random inputs, and compares.
 fn check(spec: Matmul, kernel: MatmulKernel, a_len: usize, b_len: usize, c_len: usize, seed: u64) {
     let context = context();
@@ -71,6 +100,112 @@ fn plain_and_transposed_operands_on_awkward_shapes() {
 }
 
 #[test]
+fn vec4_kernels_on_aligned_awkward_shapes() {
+    // Contiguous dimensions are multiples of 4 (the vec4 kernels' condition) but no dimension is
+    // a multiple of a tile or of a K slice; K = 4 is shorter than every slice.
+    let shapes = [(4, 4, 4), (36, 20, 12), (132, 136, 44), (68, 8, 100)];
+    let mut seed = 1000;
+    for &(m, n, k) in &shapes {
+        for transpose_a in [false, true] {
+            for transpose_b in [false, true] {
+                let spec = Matmul::new(m, n, k, transpose_a, transpose_b);
+                assert!(spec.vec4_aligned(), "{m}x{n}x{k} is vec4-aligned");
+                for kernel in VEC4_KERNELS {
+                    check(spec, kernel, m * k, k * n, m * n, seed);
+                    seed += 1;
+                }
+            }
+        }
+    }
+    // Odd row strides (a view of every other column block) are not aligned: Vec4 falls back.
+    let mut spec = Matmul::new(9, 12, 8, false, false);
+    spec.a.row_stride = 9;
+    assert!(!spec.vec4_aligned());
+    for kernel in [VEC4_KERNELS[0], VEC4_KERNELS[3]] {
+        check(spec, kernel, 9 * 9, 8 * 12, 9 * 12, seed);
+        seed += 1;
+    }
+}
+
+#[test]
+fn vec4_alignment_rules() {
+    let plain = Matmul::new(64, 64, 64, false, false);
+    assert!(plain.vec4_aligned());
+    // The contiguous dimension must be a multiple of 4 ...
+    assert!(!Matmul::new(64, 64, 62, false, true).vec4_aligned()); // k for A and Bᵀ
+    assert!(!Matmul::new(62, 64, 64, true, false).vec4_aligned()); // m for Aᵀ
+    assert!(!Matmul::new(64, 62, 64, false, false).vec4_aligned()); // n for B
+    // ... but the others need not be.
+    assert!(Matmul::new(61, 63, 64, false, true).vec4_aligned());
+    assert!(Matmul::new(64, 64, 61, true, false).vec4_aligned());
+    // Offsets and batch strides in use must be multiples of 4.
+    let mut shifted = plain;
+    shifted.b.offset = 2;
+    assert!(!shifted.vec4_aligned());
+    let mut batched = plain;
+    batched.batch_inner = 2;
+    batched.a.inner_stride = 4098;
+    assert!(!batched.vec4_aligned());
+    batched.a.inner_stride = 4096;
+    assert!(batched.vec4_aligned());
+    // A matrix with neither stride 1 (a strided view) is never vec4-aligned.
+    let mut strided = plain;
+    strided.a.col_stride = 2;
+    assert!(!strided.vec4_aligned());
+}
+
+#[test]
+fn auto_chooses_by_adapter_shape_and_layout() {
+    let vec4_128 = MatmulKernel::Vec4 {
+        bm: 128,
+        bn: 128,
+        bk: 8,
+    };
+    let vec4_tall = MatmulKernel::Vec4 {
+        bm: 128,
+        bn: 64,
+        bk: 16,
+    };
+    let vec4_64 = MatmulKernel::Vec4 {
+        bm: 64,
+        bn: 64,
+        bk: 16,
+    };
+    let choose = |m, n, k, transpose_b| {
+        Matmul::new(m, n, k, false, transpose_b).choose_kernel_for(true, true)
+    };
+    // Software adapters always run the register-only kernel.
+    let big = Matmul::new(4096, 4096, 4096, false, false);
+    assert_eq!(big.choose_kernel_for(false, true), MatmulKernel::Direct);
+    // Large outputs: 128×128 tiles; mid-sized ones (fewer than 256 such tiles): 64×64.
+    assert_eq!(choose(4096, 4096, 4096, false), vec4_128);
+    assert_eq!(choose(2048, 2048, 2048, false), vec4_128);
+    assert_eq!(choose(16384, 1536, 384, true), vec4_128);
+    assert_eq!(choose(16384, 384, 1536, true), vec4_128);
+    assert_eq!(choose(1024, 1024, 1024, false), vec4_64);
+    assert_eq!(choose(2048, 1024, 1024, false), vec4_tall);
+    // 128-wide tiles that would be half padding (n = 64: attention values per head) are not.
+    assert_eq!(choose(65536, 64, 256, false), vec4_tall);
+    assert_eq!(choose(16384, 320, 384, true), vec4_tall);
+    assert_eq!(choose(512, 512, 512, true), vec4_64);
+    // Small outputs or short K: register-only.
+    assert_eq!(choose(256, 256, 4096, false), MatmulKernel::Direct);
+    assert_eq!(choose(4096, 4096, 16, false), MatmulKernel::Direct);
+    // Layouts the vec4 kernels cannot read: the scalar tiled kernel (BK 8 unless
+    // THITL_MATMUL_BK says otherwise), or register-only when even 128×128 tiles are few.
+    assert!(matches!(
+        choose(4096, 4096, 4095, true),
+        MatmulKernel::Tiled { .. }
+    ));
+    assert_eq!(choose(510, 510, 510, true), MatmulKernel::Direct);
+    // THITL_MATMUL_VEC4=0 (the `false` here) keeps Auto on the scalar kernels.
+    assert!(matches!(
+        big.choose_kernel_for(true, false),
+        MatmulKernel::Tiled { .. }
+    ));
+}
+
+#[test]
 fn epilogue_bias_activations_alpha_and_accumulate() {
     let (m, n, k) = (37, 70, 29);
     let mut seed = 100;
@@ -84,6 +219,19 @@ fn epilogue_bias_activations_alpha_and_accumulate() {
                 check(spec, kernel, m * k, k * n, m * n, seed);
                 seed += 1;
             }
+        }
+    }
+    // The vec4 kernels share the epilogue; on an aligned shape.
+    let (m, n, k) = (37, 68, 28);
+    for kernel in [VEC4_KERNELS[0], VEC4_KERNELS[2], VEC4_KERNELS[3]] {
+        for activation in [Activation::Gelu, Activation::Silu] {
+            let mut spec = Matmul::new(m, n, k, false, true).with_epilogue(true, activation);
+            spec.alpha = 0.37;
+            spec.accumulate = activation == Activation::Silu;
+            spec.bias = Some(3);
+            assert!(spec.vec4_aligned());
+            check(spec, kernel, m * k, k * n, m * n, seed);
+            seed += 1;
         }
     }
 }
@@ -111,7 +259,9 @@ fn batched_views_like_attention_heads() {
         accumulate: false,
     };
     let packed = batch * tokens * 3 * width;
-    for (seed, kernel) in KERNELS.into_iter().enumerate() {
+    // Head dims of 8 and offsets of whole heads: aligned, so the vec4 kernels run it too.
+    assert!(spec.vec4_aligned());
+    for (seed, kernel) in KERNELS.into_iter().chain(VEC4_KERNELS).enumerate() {
         check(
             spec,
             kernel,

@@ -2,11 +2,14 @@
 //! at hand and on the CPU backend. Run it `--release`.
 //!
 //! ```text
-//! gpu-bench [--sizes 1024,4096] [--cpu-sizes 1024] [--repeats 10] [--check-size 1000]
+//! gpu-bench [--sizes 1024,4096] [--linear 16384x1536x384,16384x384x1536] [--cpu-sizes 1024]
+//!           [--repeats 10] [--check-size 1000]
 //!           [--models small,dit-s] [--cpu-models small] [--batch 64] [--steps 25]
 //!           [--model-repeats 3] [--no-gpu] [--no-cpu] [--dump DIR]
 //! ```
-//! `--dump DIR` writes a comparison case for `gpu/reference/dit.py --check DIR` (weights, a LoRA
+//! Every matmul kernel variant (and what `Auto` picks) is timed on each square size (`A · B`) and
+//! each linear shape `MxNxK` (`x · Wᵀ`, `W` stored `N × K`, as the DiT's layers; `none` for
+//! none). `--dump DIR` writes a comparison case for `gpu/reference/dit.py --check DIR` (weights, a LoRA
 //! adapter in PEFT's format, inputs, and this crate's outputs) instead of benchmarking.
 
 use std::path::Path;
@@ -28,6 +31,19 @@ fn parse_sizes(text: &str) -> Result<Vec<usize>, String> {
         .collect()
 }
 
+fn parse_shapes(text: &str) -> Result<Vec<(usize, usize, usize)>, String> {
+    text.split(',')
+        .filter(|part| !part.is_empty() && *part != "none")
+        .map(|part| {
+            let dims = parse_sizes(&part.replace('x', ","))?;
+            match dims[..] {
+                [m, n, k] => Ok((m, n, k)),
+                _ => Err(format!("not a shape MxNxK: {part:?}")),
+            }
+        })
+        .collect()
+}
+
 fn parse_models(text: &str) -> Result<Vec<(String, DitConfig)>, String> {
     text.split(',')
         .filter(|part| !part.is_empty() && *part != "none")
@@ -42,7 +58,8 @@ fn parse_models(text: &str) -> Result<Vec<(String, DitConfig)>, String> {
         .collect()
 }
 
-const USAGE: &str = "usage: gpu-bench [--sizes 1024,4096] [--cpu-sizes 1024] [--repeats 10] \
+const USAGE: &str = "usage: gpu-bench [--sizes 1024,4096] \
+[--linear 16384x1536x384,16384x384x1536] [--cpu-sizes 1024] [--repeats 10] \
 [--check-size 1000] [--models small,dit-s] [--cpu-models small] [--batch 64] [--steps 25] \
 [--model-repeats 3] [--no-gpu] [--no-cpu] [--dump DIR]";
 
@@ -58,6 +75,7 @@ fn parse(args: &[String]) -> Result<(BenchOptions, Option<String>), String> {
         };
         match arg.as_str() {
             "--sizes" => options.gpu_sizes = parse_sizes(&value()?)?,
+            "--linear" => options.gpu_linear_shapes = parse_shapes(&value()?)?,
             "--cpu-sizes" => options.cpu_sizes = parse_sizes(&value()?)?,
             "--repeats" => options.repeats = number(value()?)?,
             "--check-size" => options.check_size = number(value()?)?,

@@ -4,7 +4,9 @@
 use crate::context::{Access, GpuContext, Recorder};
 use crate::cpu::Real;
 
-const SOURCE: &str = include_str!("matmul.wgsl");
+const COMMON: &str = include_str!("matmul_common.wgsl");
+const SCALAR: &str = include_str!("matmul.wgsl");
+const VEC4: &str = include_str!("matmul_vec4.wgsl");
 
 /// The activation applied in an epilogue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,10 +105,24 @@ impl Layout {
 /// Which WGSL kernel runs a matmul.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MatmulKernel {
-    /// `Tiled` on hardware adapters when the output has enough 128×128 tiles, else `Direct`.
+    /// Chosen by shape, layout and adapter: see [`Matmul::choose_kernel`].
     Auto,
-    /// Workgroup-memory tiled kernel, 128×128 per workgroup, K slices of `bk` (8, 16 or 32).
+    /// Workgroup-memory tiled kernel with scalar loads, 128×128 per workgroup, K slices of `bk`
+    /// (8, 16 or 32): any layout.
     Tiled {
+        /// Depth of a staged K slice.
+        bk: u32,
+    },
+    /// Workgroup-memory tiled kernel with vec4 loads and double-buffered slices (one barrier per
+    /// slice), a `bm`×`bn` output tile per workgroup of 256 invocations: 128×128 (8×8 per
+    /// invocation) with `bk` 8 or 16, 128×64 (8×4) with `bk` 16, or 64×64 (4×4) with `bk` 16
+    /// or 32. Only for layouts that [`Matmul::vec4_aligned`] accepts; others run
+    /// `Tiled { bk: 8 }` instead.
+    Vec4 {
+        /// Rows of the output tile of a workgroup.
+        bm: u32,
+        /// Columns of the output tile of a workgroup.
+        bn: u32,
         /// Depth of a staged K slice.
         bk: u32,
     },
@@ -114,16 +130,41 @@ pub enum MatmulKernel {
     Direct,
 }
 
-/// The K-slice depth `Auto` uses for the tiled kernel: 16, or `THITL_MATMUL_BK=8|32` (read once;
-/// `gpu-bench` reports both so the faster one can be chosen without a rebuild).
+impl MatmulKernel {
+    /// A short name for tables, e.g. `vec4 128 bk8`.
+    pub fn name(&self) -> String {
+        match self {
+            MatmulKernel::Auto => "auto".to_string(),
+            MatmulKernel::Tiled { bk } => format!("tiled bk{bk}"),
+            MatmulKernel::Vec4 { bm, bn, bk } => format!("vec4 {bm}x{bn} bk{bk}"),
+            MatmulKernel::Direct => "direct".to_string(),
+        }
+    }
+}
+
+/// The K-slice depth `Auto` uses for the scalar tiled kernel: 8 (the fastest measured on an
+/// H100), or `THITL_MATMUL_BK=16|32` (read once).
 fn auto_bk() -> u32 {
     static BK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     *BK.get_or_init(|| match std::env::var("THITL_MATMUL_BK").as_deref() {
-        Ok("8") => 8,
+        Ok("16") => 16,
         Ok("32") => 32,
-        _ => 16,
+        _ => 8,
     })
 }
+
+/// Whether `Auto` may pick the vec4 kernels: yes, unless `THITL_MATMUL_VEC4=0` (read once).
+fn auto_vec4() -> bool {
+    static VEC4: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *VEC4.get_or_init(|| std::env::var("THITL_MATMUL_VEC4").map_or(true, |value| value != "0"))
+}
+
+/// `Auto` uses the largest vec4 tile (128×128, then 128×64) of which the output has at least
+/// this many (about two workgroups per multiprocessor on a 132-SM H100), else 64×64 tiles.
+const LARGE_TILES: usize = 256;
+/// `Auto` uses a workgroup-memory kernel only when the output has at least this many 64×64
+/// tiles; smaller products run the register-only kernel.
+const SMALL_TILES: usize = 32;
 
 /// A batched matmul `C[b] = act(alpha * A[b] B[b] + bias)` (or `+=`), `A[b]` being `m × k`,
 /// `B[b]` `k × n`, `C[b]` `m × n` with unit column stride, `b` ranging over
@@ -288,13 +329,93 @@ impl Matmul {
         }
     }
 
-    /// Which kernel `Auto` means on this context.
+    /// True when the vec4 kernels can read A and B: each operand is contiguous along one of its
+    /// dimensions (unit stride), that dimension's size, the other stride, the offset and the
+    /// batch strides in use are multiples of 4 (so every vec4 lies inside one row or column of
+    /// the operand, aligned).
+    pub fn vec4_aligned(&self) -> bool {
+        let four = |value: usize| value.is_multiple_of(4);
+        let batch_ok = |layout: &Layout| {
+            four(layout.offset)
+                && (self.batch_outer <= 1 || four(layout.outer_stride))
+                && (self.batch_inner <= 1 || four(layout.inner_stride))
+        };
+        // The kernel's view: A is k-contiguous when its column stride is 1 and its row stride is
+        // not, else it is taken as m-contiguous; B is n-contiguous when its column stride is 1,
+        // else it is taken as k-contiguous.
+        let a_ok = if self.a.col_stride == 1 && self.a.row_stride != 1 {
+            four(self.k) && four(self.a.row_stride)
+        } else {
+            self.a.row_stride == 1 && four(self.m) && four(self.a.col_stride)
+        };
+        let b_ok = if self.b.col_stride == 1 {
+            four(self.n) && four(self.b.row_stride)
+        } else {
+            self.b.row_stride == 1 && four(self.k) && four(self.b.col_stride)
+        };
+        // K > 0 also guarantees each operand holds at least one vec4 (bound as an array of them).
+        self.k > 0 && a_ok && b_ok && batch_ok(&self.a) && batch_ok(&self.b)
+    }
+
+    /// Which kernel `Auto` means on this context. Software adapters and products with K < 32
+    /// or fewer than 32 64×64 output tiles run `Direct` (barriers cost more than they save
+    /// there). Otherwise vec4-aligned layouts run a `Vec4` kernel: 128×128 tiles (bk 8) when
+    /// the output has at least 256 of them (about two workgroups per multiprocessor on an H100)
+    /// and they waste little more padding than 64×64 tiles would, else 128×64 tiles (bk 16) on
+    /// the same conditions, else 64×64 tiles (bk 16). Other layouts run `Tiled { bk: 8 }`
+    /// (`THITL_MATMUL_BK` changes its bk), or `Direct` when the output has fewer than 32
+    /// 128×128 tiles. `THITL_MATMUL_VEC4=0` keeps `Auto` off the vec4 kernels.
     pub fn choose_kernel(&self, context: &GpuContext) -> MatmulKernel {
-        let tiles = self.m.div_ceil(128) * self.n.div_ceil(128) * self.batches();
-        if context.is_hardware() && self.k >= 32 && tiles >= 32 {
+        self.choose_kernel_for(context.is_hardware(), auto_vec4())
+    }
+
+    /// [`Matmul::choose_kernel`] for an adapter that is (`hardware`) or is not a GPU, with or
+    /// without the vec4 kernels.
+    pub fn choose_kernel_for(&self, hardware: bool, vec4: bool) -> MatmulKernel {
+        let tiles =
+            |bm: usize, bn: usize| self.m.div_ceil(bm) * self.n.div_ceil(bn) * self.batches();
+        // Outputs computed, padding included, relative to 64×64 tiles.
+        let padded = |bm: usize, bn: usize| {
+            (self.m.div_ceil(bm) * bm * self.n.div_ceil(bn) * bn) as f64
+                / (self.m.div_ceil(64) * 64 * self.n.div_ceil(64) * 64) as f64
+        };
+        let fits = |bm: usize, bn: usize| tiles(bm, bn) >= LARGE_TILES && padded(bm, bn) <= 1.125;
+        if !hardware || self.k < 32 || tiles(64, 64) < SMALL_TILES {
+            MatmulKernel::Direct
+        } else if vec4 && self.vec4_aligned() {
+            if fits(128, 128) {
+                MatmulKernel::Vec4 {
+                    bm: 128,
+                    bn: 128,
+                    bk: 8,
+                }
+            } else if fits(128, 64) {
+                MatmulKernel::Vec4 {
+                    bm: 128,
+                    bn: 64,
+                    bk: 16,
+                }
+            } else {
+                MatmulKernel::Vec4 {
+                    bm: 64,
+                    bn: 64,
+                    bk: 16,
+                }
+            }
+        } else if tiles(128, 128) >= 32 {
             MatmulKernel::Tiled { bk: auto_bk() }
         } else {
             MatmulKernel::Direct
+        }
+    }
+
+    /// The kernel that actually runs for `kernel`: `Auto` resolved, and `Vec4` replaced by
+    /// `Tiled { bk: 8 }` where the layout is not vec4-aligned.
+    pub fn resolve_kernel(&self, context: &GpuContext, kernel: MatmulKernel) -> MatmulKernel {
+        match kernel {
+            MatmulKernel::Auto => self.choose_kernel(context),
+            MatmulKernel::Vec4 { .. } if !self.vec4_aligned() => MatmulKernel::Tiled { bk: 8 },
+            other => other,
         }
     }
 
@@ -332,19 +453,30 @@ impl Matmul {
             "bias buffer iff bias offset"
         );
         let context = recorder.context();
-        let kernel = match kernel {
-            MatmulKernel::Auto => self.choose_kernel(context),
-            other => other,
-        };
+        let kernel = self.resolve_kernel(context, kernel);
         let a_k_contiguous = self.a.col_stride == 1 && self.a.row_stride != 1;
         let b_n_contiguous = self.b.col_stride == 1;
-        let (entry, bk) = match kernel {
-            MatmulKernel::Tiled { bk } => ("tiled", bk),
-            _ => ("direct", 8),
+        let (entry, bm, bn, bk) = match kernel {
+            MatmulKernel::Tiled { bk } => {
+                assert!(matches!(bk, 8 | 16 | 32), "tiled bk must be 8, 16 or 32");
+                ("tiled", 128, 128, bk)
+            }
+            MatmulKernel::Vec4 { bm, bn, bk } => {
+                let entry = match (bm, bn, bk) {
+                    (128, 128, 8 | 16) => "wide",
+                    (128, 64, 16) => "wide_tall",
+                    (64, 64, 16 | 32) => "wide_small",
+                    _ => panic!(
+                        "vec4 tiles are 128x128 (bk 8, 16), 128x64 (bk 16) or 64x64 (bk 16, 32), \
+                         not {bm}x{bn} bk {bk}"
+                    ),
+                };
+                (entry, bm, bn, bk)
+            }
+            MatmulKernel::Direct | MatmulKernel::Auto => ("direct", 32, 32, 8),
         };
-        assert!(matches!(bk, 8 | 16 | 32), "bk must be 8, 16 or 32");
         let key = format!(
-            "matmul.{entry}.bk{bk}.a{}.b{}",
+            "matmul.{entry}.{bm}x{bn}.bk{bk}.a{}.b{}",
             a_k_contiguous as u8, b_n_contiguous as u8
         );
         let pipeline = context.pipeline(
@@ -352,17 +484,22 @@ impl Matmul {
             entry,
             &[Access::Read, Access::Read, Access::Read, Access::ReadWrite],
             || {
+                let body = if entry.starts_with("wide") {
+                    VEC4
+                } else {
+                    SCALAR
+                };
                 format!(
-                    "const BK: u32 = {bk}u;\nconst A_K_CONTIGUOUS: bool = {a_k_contiguous};\n\
-                     const B_N_CONTIGUOUS: bool = {b_n_contiguous};\n{SOURCE}"
+                    "const BM: u32 = {bm}u;\nconst BN: u32 = {bn}u;\nconst BK: u32 = {bk}u;\n\
+                     const A_K_CONTIGUOUS: bool = {a_k_contiguous};\n\
+                     const B_N_CONTIGUOUS: bool = {b_n_contiguous};\n{COMMON}\n{body}"
                 )
             },
         );
-        let tile = if entry == "tiled" { 128 } else { 32 };
         let batches = u32::try_from(self.batches()).expect("too many batches");
         let workgroups = [
-            self.n.div_ceil(tile) as u32,
-            self.m.div_ceil(tile) as u32,
+            self.n.div_ceil(bn as usize) as u32,
+            self.m.div_ceil(bm as usize) as u32,
             batches,
         ];
         recorder.dispatch(

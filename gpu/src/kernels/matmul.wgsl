@@ -2,13 +2,14 @@
 // arbitrary element strides for A and B, so transposes and views into packed tensors (attention
 // heads inside a qkv buffer) need no copy.
 //
-// The launcher (matmul.rs) prepends three constants before compiling:
+// The launcher (matmul.rs) prepends these constants and matmul_common.wgsl before compiling:
+//   const BM: u32; const BN: u32;  the output tile of `tiled`: 128x128
 //   const BK: u32;                 depth of a K slice staged in workgroup memory (tiled only)
 //   const A_K_CONTIGUOUS: bool;    A's elements are contiguous along k (else along m)
 //   const B_N_CONTIGUOUS: bool;    B's elements are contiguous along n (else along k)
 // They only choose which global loads are coalesced; the strides themselves are runtime values.
 //
-// Entry points:
+// Entry points (the vec4 kernels for aligned layouts are in matmul_vec4.wgsl):
 //   tiled:  128x128 output tile per workgroup of 16x16 invocations, 8x8 outputs per invocation
 //           (rows ty*4+{0..3} and 64+ty*4+{0..3}, same split for columns, so the inner loop reads
 //           whole vec4s from workgroup memory), A and B slices of BK staged in workgroup memory
@@ -16,54 +17,13 @@
 //   direct: register-only, 4x4 outputs per invocation, 8x8 invocations: for tiny shapes and for
 //           software adapters, where workgroup barriers are expensive.
 
-struct Params {
-    m: u32, n: u32, k: u32, batch_inner: u32,
-    a_offset: u32, a_row: u32, a_col: u32, a_outer: u32,
-    a_inner: u32, b_offset: u32, b_row: u32, b_col: u32,
-    b_outer: u32, b_inner: u32, c_offset: u32, c_row: u32,
-    c_outer: u32, c_inner: u32, alpha: f32, activation: u32,
-    has_bias: u32, accumulate: u32, bias_offset: u32, pad0: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
+// The parameter block, the bias and C bindings and the epilogue are in matmul_common.wgsl.
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> c: array<f32>;
-
-// tanh that stays finite for large |x| (exp overflow would give inf/inf).
-fn stable_tanh(x: f32) -> f32 {
-    let t = exp(-2.0 * abs(x));
-    return sign(x) * (1.0 - t) / (1.0 + t);
-}
-
-fn activate(x: f32) -> f32 {
-    switch p.activation {
-        case 1u: { // GELU, tanh approximation
-            return 0.5 * x * (1.0 + stable_tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
-        }
-        case 2u: { // SiLU
-            return x / (1.0 + exp(-x));
-        }
-        default: { return x; }
-    }
-}
-
-fn store(c_base: u32, row: u32, col: u32, sum: f32) {
-    if (row < p.m && col < p.n) {
-        var value = p.alpha * sum;
-        if (p.has_bias != 0u) { value += bias[p.bias_offset + col]; }
-        value = activate(value);
-        let index = c_base + row * p.c_row + col;
-        if (p.accumulate != 0u) { value += c[index]; }
-        c[index] = value;
-    }
-}
 
 // ---------------------------------------------------------------- tiled
 
-const BM: u32 = 128u;
-const BN: u32 = 128u;
+// BM and BN (128 here) are prepended by the launcher.
 const THREADS: u32 = 256u;
 // Rows of the staged slices are padded by one vec4 so that scalar stores along k do not all hit
 // the same memory bank.
