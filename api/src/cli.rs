@@ -69,6 +69,9 @@ enum Command {
     /// Maintain the read models.
     #[command(subcommand)]
     Projections(ProjectionsCommand),
+    /// Measure throughput on this machine.
+    #[command(subcommand)]
+    Bench(BenchCommand),
 }
 
 #[derive(Subcommand)]
@@ -133,6 +136,30 @@ enum TokenCommand {
 }
 
 #[derive(Subcommand)]
+enum BenchCommand {
+    /// Matmul TFLOP/s, DiT sampling images/s and LoRA training steps/s on the GPU adapter at hand
+    /// (a software adapter such as lavapipe included) and on the CPU backend. Sizes default to
+    /// what the adapter can do in a minute or two.
+    Gpu {
+        /// Square matmul sizes, e.g. 1024,4096 (default: 1024,4096 on a GPU, 256 on a software adapter).
+        #[arg(long, value_delimiter = ',')]
+        sizes: Vec<usize>,
+        /// DiT configurations to time: tiny, small, dit-s (default: small,dit-s on a GPU, tiny otherwise).
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        /// Images per sampling and training batch (default 64 on a GPU, 4 otherwise).
+        #[arg(long)]
+        batch: Option<usize>,
+        /// Skip the wgpu adapter (CPU backend only).
+        #[arg(long)]
+        no_gpu: bool,
+        /// Skip the CPU backend.
+        #[arg(long)]
+        no_cpu: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum ProjectionsCommand {
     /// Discard the read models' checkpoint and fold every event again from position 0.
     Rebuild {
@@ -151,7 +178,60 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(AuditCommand::Log { data, stream, after, limit, json }) => audit_log(&data, stream, after, limit, json),
         Command::Audit(AuditCommand::Replay { data, until, json }) => audit_replay(&data, until, json),
         Command::Projections(ProjectionsCommand::Rebuild { data }) => rebuild(&data),
+        Command::Bench(BenchCommand::Gpu { sizes, models, batch, no_gpu, no_cpu }) => {
+            bench_gpu(sizes, models, batch, !no_gpu, !no_cpu)
+        }
     }
+}
+
+fn bench_gpu(sizes: Vec<usize>, models: Vec<String>, batch: Option<usize>, gpu: bool, cpu: bool) -> anyhow::Result<ExitCode> {
+    use gpu::bench::{BenchOptions, run_with_progress};
+    use gpu::model::DitConfig;
+    // Size the run to the adapter: a software adapter is hundreds of times slower than a GPU.
+    let hardware = gpu && gpu::context::GpuContext::new().map(|c| c.is_hardware()).unwrap_or(false);
+    let config = |name: &str| -> anyhow::Result<(String, DitConfig)> {
+        let config = match name {
+            "tiny" => DitConfig::tiny(),
+            "small" => DitConfig::small(),
+            "dit-s" => DitConfig::dit_s(),
+            other => anyhow::bail!("unknown model '{other}': choose tiny, small or dit-s"),
+        };
+        Ok((name.to_string(), config))
+    };
+    let model_names = if !models.is_empty() {
+        models
+    } else if hardware {
+        vec!["small".into(), "dit-s".into()]
+    } else {
+        vec!["tiny".into()]
+    };
+    let gpu_models = model_names.iter().map(|name| config(name)).collect::<anyhow::Result<Vec<_>>>()?;
+    let options = BenchOptions {
+        gpu_sizes: if !sizes.is_empty() { sizes.clone() } else if hardware { vec![1024, 4096] } else { vec![256] },
+        cpu_sizes: if !sizes.is_empty() { sizes } else { vec![512] },
+        repeats: if hardware { 10 } else { 3 },
+        gpu,
+        cpu,
+        check_size: if hardware { 1000 } else { 64 },
+        cpu_models: gpu_models.clone(),
+        gpu_models,
+        model_batch: batch.unwrap_or(if hardware { 64 } else { 4 }),
+        sample_steps: if hardware { 25 } else { 5 },
+        model_repeats: if hardware { 3 } else { 1 },
+        // The DiT-S-shaped products take seconds each on a software adapter.
+        gpu_linear_shapes: if hardware { BenchOptions::default().gpu_linear_shapes } else { vec![] },
+    };
+    eprintln!(
+        "thitl bench gpu: matmul {:?}, models {:?}, batch {}, {} DDIM steps (medians after a warm-up)",
+        options.gpu_sizes, model_names, options.model_batch, options.sample_steps
+    );
+    let report = run_with_progress(&options, &mut |line| {
+        if !line.starts_with("RESULT") {
+            eprintln!("  {line}");
+        }
+    })?;
+    println!("{}", report.render());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn serve(data: &Path, bind: Option<String>, config: Option<&Path>) -> anyhow::Result<ExitCode> {

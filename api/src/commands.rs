@@ -4,7 +4,9 @@
 //! every event gets the same metadata (UUIDv7 id, UTC time, actor, correlation and causation)
 //! and every append is checked against the version the decision was made on.
 
-use std::sync::Arc;
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 use domain::{Actor, Aggregate, DecodeError, DomainError, EventMetadata, decode, encode};
@@ -54,17 +56,56 @@ pub enum CommandError {
 }
 
 /// Runs commands against an event store.
+///
+/// A key design decision: the bus keeps recently used aggregate states in memory with the
+/// version they reflect, and loading one reads only the events recorded after that version.
+/// That is safe because events are immutable — a cached prefix of a stream never changes, and
+/// whatever another writer appended is read and folded before every decision. Without it,
+/// every annotation would re-read and re-decode its whole round.
 #[derive(Clone)]
 pub struct CommandBus {
     store: Arc<dyn EventStore>,
+    cache: Arc<Mutex<HashMap<(TypeId, String), Cached>>>,
+}
+
+struct Cached {
+    state: Box<dyn Any + Send + Sync>,
+    version: u64,
 }
 
 /// How many events to read per batch when loading an aggregate.
 const LOAD_BATCH: usize = 10_000;
+/// How many aggregate states the bus keeps; past this it forgets them all and starts again
+/// (simple, and a reload costs only a stream read).
+const CACHE_CAPACITY: usize = 4096;
 
 impl CommandBus {
     pub fn new(store: Arc<dyn EventStore>) -> Self {
-        CommandBus { store }
+        CommandBus { store, cache: Arc::new(Mutex::new(HashMap::new())) }
+    }
+
+    fn cached<A: Aggregate>(&self, stream: &str) -> (A, u64) {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        match cache.get(&(TypeId::of::<A>(), stream.to_string())) {
+            Some(entry) => match entry.state.downcast_ref::<A>() {
+                Some(state) => (state.clone(), entry.version),
+                None => (A::default(), 0),
+            },
+            None => (A::default(), 0),
+        }
+    }
+
+    fn remember<A: Aggregate>(&self, stream: &str, state: &A, version: u64) {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (TypeId::of::<A>(), stream.to_string());
+        // Never replace a newer state with an older one (two commands may finish out of order).
+        if cache.get(&key).is_some_and(|entry| entry.version >= version) {
+            return;
+        }
+        if cache.len() >= CACHE_CAPACITY {
+            cache.clear();
+        }
+        cache.insert(key, Cached { state: Box::new(state.clone()), version });
     }
 
     pub fn store(&self) -> &Arc<dyn EventStore> {
@@ -74,8 +115,8 @@ impl CommandBus {
     /// The aggregate's current state and version.
     pub fn load<A: Aggregate>(&self, stream: &str) -> Result<(A, u64), CommandError> {
         let name = StreamName::new(stream)?;
-        let mut state = A::default();
-        let mut version = 0;
+        let (mut state, mut version) = self.cached::<A>(stream);
+        let cached_version = version;
         loop {
             let batch = self.store.read_stream(&name, version + 1, LOAD_BATCH)?;
             let done = batch.len() < LOAD_BATCH;
@@ -90,6 +131,9 @@ impl CommandBus {
                 version = stored.version;
             }
             if done {
+                if version > cached_version {
+                    self.remember(stream, &state, version);
+                }
                 return Ok((state, version));
             }
         }
@@ -111,7 +155,15 @@ impl CommandBus {
             return Err(CommandError::Conflict { stream: stream.to_string(), expected, actual: version });
         }
         let events = state.decide(command)?;
-        self.append::<A>(stream, version, context, &events)
+        let outcome = self.append::<A>(stream, version, context, &events)?;
+        if !events.is_empty() {
+            let mut state = state;
+            for event in &events {
+                state.evolve(event);
+            }
+            self.remember(stream, &state, outcome.stream_version);
+        }
+        Ok(outcome)
     }
 
     /// Like [`execute`](Self::execute) with no expected version, retrying when another writer
@@ -180,13 +232,18 @@ impl CommandBus {
 
 /// Decodes a stored event into what projections fold.
 pub fn to_recorded(stored: &crate::store::StoredEvent) -> Result<domain::Recorded, DecodeError> {
+    into_recorded(stored.clone())
+}
+
+/// [`to_recorded`] without copying the event's strings (replay owns its batches).
+pub fn into_recorded(stored: crate::store::StoredEvent) -> Result<domain::Recorded, DecodeError> {
     let event = domain::DomainEvent::decode_str(stored.stream.as_str(), &stored.event_type, stored.schema_version, &stored.payload)?;
     Ok(domain::Recorded {
         position: stored.position,
-        stream: stored.stream.as_str().to_string(),
+        stream: String::from(stored.stream),
         version: stored.version,
-        event_type: stored.event_type.clone(),
-        metadata: stored.metadata.clone(),
+        event_type: stored.event_type,
+        metadata: stored.metadata,
         event,
     })
 }

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use projections::Projections;
 use serde::{Deserialize, Serialize};
 
-use crate::commands::to_recorded;
+use crate::commands::into_recorded;
 use crate::store::{EventStore, StoreError};
 
 const CHECKPOINT_FORMAT: u32 = 2;
@@ -90,13 +90,13 @@ impl ProjectionRunner {
     pub fn catch_up(&self) -> Result<u64, RunnerError> {
         let _folding = self.folding.lock().unwrap_or_else(|e| e.into_inner());
         scan(self.store.as_ref(), self.position(), |batch| {
+            let count = batch.len() as u64;
+            let last = batch.last().map_or(0, |e| e.position);
             let mut recorded = Vec::with_capacity(batch.len());
             for stored in batch {
-                recorded.push(
-                    to_recorded(stored).map_err(|source| RunnerError::Decode { position: stored.position, source })?,
-                );
+                let position = stored.position;
+                recorded.push(into_recorded(stored).map_err(|source| RunnerError::Decode { position, source })?);
             }
-            let last = batch.last().map_or(0, |e| e.position);
             {
                 let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
                 for event in &recorded {
@@ -107,7 +107,7 @@ impl ProjectionRunner {
             self.advanced.notify_all();
             let due = {
                 let mut unsaved = self.unsaved.lock().unwrap_or_else(|e| e.into_inner());
-                *unsaved += batch.len() as u64;
+                *unsaved += count;
                 *unsaved >= SAVE_EVERY
             };
             if due {
@@ -225,7 +225,8 @@ pub fn replay(store: &dyn EventStore, until: Until) -> Result<Projections, Runne
             if past {
                 return Ok(false);
             }
-            let recorded = to_recorded(stored).map_err(|source| RunnerError::Decode { position: stored.position, source })?;
+            let position = stored.position;
+            let recorded = into_recorded(stored).map_err(|source| RunnerError::Decode { position, source })?;
             state.apply(&recorded);
         }
         Ok(true)
@@ -239,7 +240,7 @@ pub fn replay(store: &dyn EventStore, until: Until) -> Result<Projections, Runne
 fn scan(
     store: &dyn EventStore,
     after: u64,
-    mut visit: impl FnMut(&[crate::store::StoredEvent]) -> Result<bool, RunnerError>,
+    mut visit: impl FnMut(Vec<crate::store::StoredEvent>) -> Result<bool, RunnerError>,
 ) -> Result<(), RunnerError> {
     std::thread::scope(|scope| {
         let (sender, receiver) = std::sync::mpsc::sync_channel(2);
@@ -267,7 +268,7 @@ fn scan(
             }
         });
         for batch in receiver {
-            if !visit(&batch?)? {
+            if !visit(batch?)? {
                 break;
             }
         }

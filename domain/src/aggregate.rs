@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::error::DomainError;
 
-pub trait Aggregate: Default + Clone {
+pub trait Aggregate: Default + Clone + Send + Sync + 'static {
     type Command;
     type Event: EventPayload;
 
