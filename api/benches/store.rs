@@ -57,7 +57,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 fn store_in(dir: &tempfile::TempDir, name: &str) -> Arc<dyn EventStore> {
-    Arc::new(SqliteStore::open(&dir.path().join(name)).expect("open store"))
+    Arc::new(SqliteStore::open(dir.path().join(name)).expect("open store"))
 }
 
 /// Durable single-event appends per second, one writer.

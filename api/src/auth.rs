@@ -37,6 +37,9 @@ pub enum Action {
     Audit,
     /// Issue and revoke tokens.
     Administer,
+    /// Fetch a blob's bytes by its hash. Every role: a hash names content only, and annotators
+    /// learn hashes only from their own tasks, so the bytes reveal no model, arm or prompt.
+    FetchBlob,
 }
 
 /// The role policy. `admin` may do everything; `auditor` reads everything and changes nothing.
@@ -44,10 +47,10 @@ pub fn allows(role: Role, action: Action) -> bool {
     use Action::*;
     match role {
         Role::Admin => true,
-        Role::Curator => matches!(action, Read | Curate | Operate),
-        Role::Operator => matches!(action, Read | Operate),
-        Role::Annotator => matches!(action, Annotate),
-        Role::Auditor => matches!(action, Read | Audit),
+        Role::Curator => matches!(action, Read | Curate | Operate | FetchBlob),
+        Role::Operator => matches!(action, Read | Operate | FetchBlob),
+        Role::Annotator => matches!(action, Annotate | FetchBlob),
+        Role::Auditor => matches!(action, Read | Audit | FetchBlob),
         // The system role is thitl itself; no token can carry it (the Token aggregate refuses).
         Role::System => false,
     }
@@ -193,10 +196,11 @@ mod tests {
     #[test]
     fn admin_does_everything_auditor_changes_nothing_annotator_only_annotates() {
         use Action::*;
-        let all = [Read, Curate, Operate, Annotate, Audit, Administer];
+        let all = [Read, Curate, Operate, Annotate, Audit, Administer, FetchBlob];
         assert!(all.iter().all(|a| allows(Role::Admin, *a)));
-        assert_eq!(all.iter().filter(|a| allows(Role::Auditor, **a)).copied().collect::<Vec<_>>(), [Read, Audit]);
-        assert_eq!(all.iter().filter(|a| allows(Role::Annotator, **a)).copied().collect::<Vec<_>>(), [Annotate]);
+        assert_eq!(all.iter().filter(|a| allows(Role::Auditor, **a)).copied().collect::<Vec<_>>(), [Read, Audit, FetchBlob]);
+        // Annotators never read metadata (Read): image metadata names the model and the prompt.
+        assert_eq!(all.iter().filter(|a| allows(Role::Annotator, **a)).copied().collect::<Vec<_>>(), [Annotate, FetchBlob]);
         assert!(all.iter().all(|a| !allows(Role::System, *a)));
     }
 }

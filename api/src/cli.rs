@@ -247,7 +247,8 @@ fn serve(data: &Path, bind: Option<String>, config: Option<&Path>) -> anyhow::Re
     };
     actix_web::rt::System::new().block_on(async move {
         let bind = settings.bind.clone();
-        let app = Application::build_with(storage, settings)?;
+        let blobs = std::sync::Arc::new(crate::blobs::LocalBlobStore::open(&dir.root.join("blobs"))?);
+        let app = Application::build_with_blobs(storage, settings, blobs)?;
         tracing::info!(address = %format!("http://{}", bind_address(&bind, app.port())), data = %data.display(), "thitl is serving; stop with Ctrl-C");
         app.run_until_stopped().await?;
         tracing::info!("stopped cleanly");
@@ -289,16 +290,23 @@ fn bind_address(bind: &str, port: u16) -> String {
 
 fn audit_verify(data: &Path) -> anyhow::Result<ExitCode> {
     let dir = DataDir::open_existing(data)?;
-    match verify(dir.store.as_ref()) {
+    let chains_ok = match verify(dir.store.as_ref()) {
         Ok(report) => {
             println!("{} events in {} streams verified", report.events, report.streams);
-            Ok(ExitCode::SUCCESS)
+            true
         }
         Err(failure) => {
             println!("verification FAILED: {failure}");
-            Ok(ExitCode::from(1))
+            false
         }
+    };
+    // Blobs are named by their SHA-256: rehash each one.
+    let blobs = crate::blobs::verify_blobs(data)?;
+    println!("{}", blobs.summary());
+    for problem in &blobs.problems {
+        println!("blob verification FAILED: {problem}");
     }
+    Ok(if chains_ok && blobs.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn audit_log(data: &Path, stream: Option<String>, after: u64, limit: Option<usize>, json: bool) -> anyhow::Result<ExitCode> {

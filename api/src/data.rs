@@ -48,7 +48,7 @@ impl DataDir {
     }
 
     fn open_store(root: &Path) -> Result<Self, DataDirError> {
-        let store = SqliteStore::open(&Self::events_path(root))
+        let store = SqliteStore::open(Self::events_path(root))
             .map_err(|source| DataDirError::Store { path: root.display().to_string(), source })?;
         Ok(DataDir { root: root.to_path_buf(), store: Arc::new(store) })
     }

@@ -6,6 +6,7 @@
 //! | [`commands`] | the write side: load, decide, append with the expected version |
 //! | [`runner`] | the projection runner (checkpointed) and `audit replay` |
 //! | [`data`] | a data directory's layout |
+//! | [`blobs`] | the content-addressed blob store (images, weights) and its verification |
 //! | [`startup`], [`routes`] | the HTTP server (`/v1`, problem+json errors, OpenAPI) |
 //! | [`auth`] | bearer tokens and the role policy |
 //! | [`idempotency`] | `Idempotency-Key` records (SQLite beside the store) |
@@ -18,6 +19,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod blobs;
 pub mod cli;
 pub mod commands;
 pub mod configuration;

@@ -10,11 +10,13 @@ use actix_web::middleware::ErrorHandlers;
 use actix_web::{App, HttpServer, web};
 use domain::{TAXONOMY_STREAM, Taxonomy, TaxonomyCommand};
 
+use crate::blobs::{BlobStore, LocalBlobStore, MemoryBlobStore, blobs_dir};
 use crate::commands::{CommandBus, CommandContext, CommandError};
 use crate::configuration::Settings;
 use crate::idempotency::IdempotencyStore;
 use crate::metrics::Metrics;
 use crate::routes;
+use crate::routes::images::ImageCatalog;
 use crate::routes::problem::{ApiError, problem_json_everywhere};
 use crate::runner::{ProjectionRunner, RunnerHandle};
 use crate::store::{EventStore, StreamName};
@@ -23,6 +25,9 @@ use crate::store::{EventStore, StreamName};
 pub struct AppState {
     pub store: Arc<dyn EventStore>,
     pub bus: CommandBus,
+    pub blobs: Arc<dyn BlobStore>,
+    /// Image metadata by id (see `routes::images`).
+    pub images: Arc<ImageCatalog>,
     pub projections: Arc<ProjectionRunner>,
     pub idempotency: Arc<IdempotencyStore>,
     pub metrics: Arc<Metrics>,
@@ -51,9 +56,20 @@ impl Application {
         Self::build_with(Storage { store, checkpoint, idempotency: None }, settings)
     }
 
+    /// Like [`build_with_blobs`](Self::build_with_blobs), with the blobs of the data directory
+    /// that holds the checkpoint (`DIR/blobs/`, the layout of `data::DataDir`), or in memory
+    /// when there is no checkpoint file.
+    pub fn build_with(storage: Storage, settings: Settings) -> anyhow::Result<Application> {
+        let blobs: Arc<dyn BlobStore> = match storage.checkpoint.as_deref().and_then(std::path::Path::parent) {
+            Some(data_dir) => Arc::new(LocalBlobStore::open(&blobs_dir(data_dir))?),
+            None => Arc::new(MemoryBlobStore::default()),
+        };
+        Self::build_with_blobs(storage, settings, blobs)
+    }
+
     /// Seeds the default taxonomy into an empty store, catches the read models up, starts the
     /// projection runner and binds `settings.bind`.
-    pub fn build_with(storage: Storage, settings: Settings) -> anyhow::Result<Application> {
+    pub fn build_with_blobs(storage: Storage, settings: Settings, blobs: Arc<dyn BlobStore>) -> anyhow::Result<Application> {
         let Storage { store, checkpoint, idempotency } = storage;
         let bus = CommandBus::new(store.clone());
         seed_taxonomy(&bus)?;
@@ -73,6 +89,8 @@ impl Application {
         let state = web::Data::new(AppState {
             store,
             bus,
+            blobs,
+            images: Arc::new(ImageCatalog::default()),
             projections: runner.runner.clone(),
             idempotency: Arc::new(idempotency),
             metrics: metrics.clone(),

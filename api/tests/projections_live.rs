@@ -13,7 +13,7 @@ use thitl::store::{EventStore, SqliteStore};
 #[test]
 fn live_projections_equal_a_rebuild_from_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(&dir.path().join("events.db")).unwrap());
+    let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(dir.path().join("events.db")).unwrap());
     let checkpoint = dir.path().join("projections.json");
 
     // Follow the store from the start, while the campaign runs.
@@ -49,7 +49,7 @@ fn live_projections_equal_a_rebuild_from_zero() {
 #[test]
 fn a_checkpoint_from_another_store_is_ignored() {
     let dir = tempfile::tempdir().unwrap();
-    let first: Arc<dyn EventStore> = Arc::new(SqliteStore::open(&dir.path().join("a.db")).unwrap());
+    let first: Arc<dyn EventStore> = Arc::new(SqliteStore::open(dir.path().join("a.db")).unwrap());
     let checkpoint = dir.path().join("projections.json");
     Script::new(&CommandBus::new(first.clone()), Scale::QUICK, 1, &|_| {}).run().unwrap();
     let runner = ProjectionRunner::open(first.clone(), Some(checkpoint.clone())).unwrap();
@@ -57,7 +57,7 @@ fn a_checkpoint_from_another_store_is_ignored() {
     runner.save().unwrap();
 
     // A different store with as many events: the checkpoint's last hash does not match.
-    let second: Arc<dyn EventStore> = Arc::new(SqliteStore::open(&dir.path().join("b.db")).unwrap());
+    let second: Arc<dyn EventStore> = Arc::new(SqliteStore::open(dir.path().join("b.db")).unwrap());
     Script::new(&CommandBus::new(second.clone()), Scale::QUICK, 2, &|_| {}).run().unwrap();
     let runner = ProjectionRunner::open(second.clone(), Some(checkpoint)).unwrap();
     assert_eq!(runner.position(), 0, "a foreign checkpoint must not be trusted");

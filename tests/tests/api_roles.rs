@@ -20,6 +20,7 @@ fn every_route_checks_the_role() {
     let auditors = &["admin", "auditor"][..];
     let admins = &["admin"][..];
     let token_readers = &["admin", "auditor"][..];
+    let everyone = &["admin", "curator", "operator", "annotator", "auditor"][..];
     let round = format!("/v1/rounds/{NONE}");
     // (method, path, body, roles allowed)
     let table: Vec<(&str, String, &str, &[&str])> = vec![
@@ -38,6 +39,9 @@ fn every_route_checks_the_role() {
         ("POST", format!("{round}/annotations"), r#"{"item_id":"01900000-0000-7000-8000-000000000000","answer":{"baseline":{"concept_present":true}}}"#, annotators),
         ("POST", format!("{round}/withdrawals"), r#"{"item_id":"01900000-0000-7000-8000-000000000000"}"#, annotators),
         ("POST", format!("{round}/close"), "{}", curators),
+        ("GET", format!("/v1/images/{NONE}"), "", everyone_but_annotators),
+        ("GET", format!("/v1/blobs/{}", "0".repeat(64)), "", everyone),
+        ("POST", "/v1/blobs".into(), "", operators),
         ("GET", "/v1/model-versions".into(), "", everyone_but_annotators),
         ("GET", format!("/v1/model-versions/{NONE}"), "", everyone_but_annotators),
         ("POST", "/v1/model-versions".into(), r#"{"name":"","weights":"0000000000000000000000000000000000000000000000000000000000000000"}"#, operators),

@@ -20,8 +20,9 @@ fn verify_passes_on_an_untouched_campaign() {
     let dir = campaign_copy();
     let (code, out) = verify(dir.path());
     assert_eq!(code, 0, "{out}");
-    let line = out.trim();
+    let line = out.lines().next().unwrap_or_default();
     assert!(line.ends_with("streams verified"), "{line}");
+    assert!(out.contains("0 blobs (0.0 MB) verified"), "{out}");
     let events: u64 = line.split_whitespace().next().unwrap().parse().unwrap();
     let rows: i64 = db(dir.path()).query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0)).unwrap();
     assert_eq!(events, rows as u64);
@@ -168,4 +169,25 @@ fn log_prints_one_stream_or_the_global_log_as_json() {
     assert_eq!(positions, [11, 12, 13, 14, 15]);
     let output = thitl(&["audit", "log", "--data", dir.path().to_str().unwrap(), "--stream", "no spaces allowed"]);
     assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn verify_rehashes_every_blob() {
+    use thitl::blobs::{BlobStore, LocalBlobStore};
+    let dir = campaign_copy();
+    let stored = LocalBlobStore::open(&dir.path().join("blobs")).unwrap().put(b"\x89PNG\r\n\x1a\n not really an image").unwrap();
+    let (code, out) = verify(dir.path());
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1 blobs"), "{out}");
+
+    // Change one byte of the stored blob: its name no longer matches its content.
+    let hash = stored.hash.as_str().to_string();
+    let path = dir.path().join("blobs").join(&hash[..2]).join(&hash);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[10] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let (code, out) = verify(dir.path());
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("streams verified"), "the chains still verify: {out}");
+    assert!(out.contains(&format!("blob {hash} is corrupt")), "{out}");
 }

@@ -166,7 +166,9 @@ pub struct TestApp {
 pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
+    /// The body as text (lossy for binary bodies: see `bytes`).
     pub body: String,
+    pub bytes: Vec<u8>,
 }
 
 impl Response {
@@ -193,8 +195,12 @@ impl Response {
 }
 
 pub fn spawn_app() -> TestApp {
+    spawn_app_in(tempfile::tempdir().expect("tempdir"))
+}
+
+/// A server over an existing data directory (e.g. a `campaign_copy()`), with a new admin token.
+pub fn spawn_app_in(dir: tempfile::TempDir) -> TestApp {
     use thitl::commands::{CommandBus, CommandContext};
-    let dir = tempfile::tempdir().expect("tempdir");
     let data = thitl::data::DataDir::open_or_create(dir.path()).expect("data dir");
     let bus = CommandBus::new(data.store.clone());
     let context = CommandContext::new(domain::Actor::new("test-setup", domain::Role::Admin));
@@ -241,7 +247,10 @@ impl TestApp {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
         if let Some(body) = body {
-            head.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+            if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("content-type")) {
+                head.push_str("Content-Type: application/json\r\n");
+            }
+            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
         }
         head.push_str("\r\n");
         stream.write_all(head.as_bytes()).unwrap();
@@ -260,6 +269,11 @@ impl TestApp {
 
     pub fn post(&self, path: &str, token: &str, body: serde_json::Value) -> Response {
         self.request("POST", path, Some(token), &[], Some(body.to_string().as_bytes()))
+    }
+
+    /// POSTs raw bytes to `/v1/blobs`.
+    pub fn upload(&self, token: &str, bytes: &[u8]) -> Response {
+        self.request("POST", "/v1/blobs", Some(token), &[("Content-Type", "application/octet-stream")], Some(bytes))
     }
 
     /// A new token for `role` named `name`, issued by the admin over HTTP.
@@ -291,5 +305,5 @@ fn parse_response(raw: &[u8]) -> Response {
     if headers.iter().any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked")) {
         body = dechunk(&String::from_utf8_lossy(&body)).into_bytes();
     }
-    Response { status, headers, body: String::from_utf8_lossy(&body).into_owned() }
+    Response { status, headers, body: String::from_utf8_lossy(&body).into_owned(), bytes: body }
 }

@@ -5,6 +5,7 @@ mod helpers;
 mod api_audit;
 mod api_errors;
 mod api_idempotency;
+mod api_images;
 mod api_openapi;
 mod api_resources;
 mod api_roles;

@@ -4,6 +4,7 @@
 pub mod associations;
 pub mod audit;
 mod health;
+pub mod images;
 pub mod openapi;
 pub mod problem;
 pub mod rounds;
@@ -40,6 +41,9 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 .route("/rounds/{id}/annotations", web::post().to(rounds::submit))
                 .route("/rounds/{id}/withdrawals", web::post().to(rounds::withdraw))
                 .route("/rounds/{id}/close", web::post().to(rounds::close))
+                .route("/images/{id}", web::get().to(images::image))
+                .route("/blobs", web::post().to(images::upload))
+                .route("/blobs/{sha256}", web::get().to(images::blob))
                 .route("/model-versions", web::post().to(work::register_model))
                 .route("/model-versions", web::get().to(work::list_model_versions))
                 .route("/model-versions/{id}", web::get().to(work::model_version))

@@ -7,7 +7,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{associations, audit, health, problem, rounds, support, tokens, work};
+use super::{associations, audit, health, images, problem, rounds, support, tokens, work};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,6 +20,7 @@ use super::{associations, audit, health, problem, rounds, support, tokens, work}
         associations::taxonomy, associations::define_category, associations::retire_category,
         associations::register, associations::list, associations::detail, associations::recategorize, associations::retire,
         rounds::open, rounds::list, rounds::progress, rounds::next, rounds::submit, rounds::withdraw, rounds::close,
+        images::image, images::blob, images::upload,
         work::register_model, work::list_model_versions, work::model_version, work::promote, work::roll_back,
         work::create_prompt_set, work::list_prompt_sets, work::prompt_set, work::add_prompts, work::review_prompt, work::finalize,
         work::request_generation, work::list_generations, work::generation,
@@ -31,9 +32,11 @@ use super::{associations, audit, health, problem, rounds, support, tokens, work}
         problem::Problem, support::CommandAnswer,
         tokens::CreateToken, associations::RegisterAssociation, associations::Recategorize, associations::Reason,
         associations::DefineCategory, associations::Empty,
-        rounds::OpenRound, rounds::ImageItem, rounds::SubmitAnnotation, rounds::WithdrawAnnotation, rounds::CloseRound,
+        rounds::OpenRound, rounds::RoundItemInput, rounds::ImageItem, rounds::PairItem, rounds::PairSides, rounds::PairImage,
+        rounds::SubmitAnnotation, rounds::WithdrawAnnotation, rounds::CloseRound,
         work::RegisterBaseModel, work::CreatePromptSet, work::AddPrompts, work::PromptText, work::PromptReview,
         work::RequestGeneration, work::RequestFineTune, work::StartCampaign,
+        images::ImageRecord, images::StoredBlob, images::BlobBytes,
     )),
     modifiers(&BearerAuth),
 )]

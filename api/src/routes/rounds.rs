@@ -3,6 +3,8 @@
 //! Annotators see only the image (or the pair) of a task assigned to them — never the model,
 //! arm or prompt that made it; those labels stay in the event log for auditors.
 
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
 use chrono::Utc;
@@ -21,6 +23,20 @@ use crate::auth::{Action, Principal};
 use crate::routes::problem::{ApiError, Problem};
 use crate::routes::support::{CommandAnswer, Done, WaitFor, named, parse_id, query_answer, run_command, wait_for};
 use crate::startup::AppState;
+
+/// Commands on one round run one at a time in this process.
+///
+/// Many annotators write to one round stream. Without this, concurrent commands would each
+/// load and decide on the same version, and all but one would lose the append race and start
+/// over (wasted work that grows with the number of annotators, and 409s once the retries run
+/// out). Optimistic concurrency still guards against writers in other processes. The locks are
+/// striped by round id: two rounds rarely share one, and sharing costs only some waiting.
+fn round_lock(id: RoundId) -> MutexGuard<'static, ()> {
+    const STRIPES: usize = 64;
+    static LOCKS: [Mutex<()>; STRIPES] = [const { Mutex::new(()) }; STRIPES];
+    // UUIDv7 ends in random bits.
+    LOCKS[(id.0.as_u128() % STRIPES as u128) as usize].lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// One image to rate.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -45,14 +61,109 @@ pub struct ImageItem {
     pub prompt_id: Option<PromptId>,
 }
 
-/// A round to open over a list of images.
+/// One image of a side-by-side pair.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PairImage {
+    /// The image's id (default: a new one).
+    #[schema(value_type = Option<String>, format = "uuid")]
+    pub image_id: Option<ImageId>,
+    /// SHA-256 (64 lowercase hex digits) of the PNG in the blob store.
+    #[schema(value_type = String)]
+    pub blob: BlobHash,
+    /// The model version that made it (hidden from annotators).
+    #[schema(value_type = String, format = "uuid")]
+    pub model_version: ModelVersionId,
+}
+
+/// The two images of a pair, in the order annotators will see them.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PairSides {
+    pub left: PairImage,
+    pub right: PairImage,
+}
+
+/// Two images of one prompt and seed (e.g. base and fine-tuned model) for annotators to compare,
+/// round 2 only. The server keeps the left/right order given: put the models on random sides,
+/// so that position tells an annotator nothing.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PairItem {
+    pub pair: PairSides,
+    /// The prompt both were generated from (hidden from annotators).
+    pub prompt: String,
+    #[serde(default)]
+    pub seed: u64,
+    #[schema(value_type = Option<String>, format = "uuid")]
+    pub association_id: Option<AssociationId>,
+    #[schema(value_type = Option<String>, format = "uuid")]
+    pub prompt_id: Option<PromptId>,
+}
+
+/// An item of a round: one image to rate, or (round 2) `{"pair": {"left", "right"}, "prompt", …}`.
+#[derive(Debug, ToSchema)]
+#[serde(untagged)]
+pub enum RoundItemInput {
+    Image(ImageItem),
+    Pair(PairItem),
+}
+
+impl<'de> Deserialize<'de> for RoundItemInput {
+    /// An object with a `pair` key is a pair, any other an image; serde's error for the one
+    /// chosen says what is wrong (an untagged enum would say only "no variant matched").
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = serde_json::Value::deserialize(deserializer)?;
+        if value.get("pair").is_some() {
+            PairItem::deserialize(value).map(RoundItemInput::Pair).map_err(|e| D::Error::custom(format!("a pair item: {e}")))
+        } else {
+            ImageItem::deserialize(value).map(RoundItemInput::Image).map_err(|e| D::Error::custom(format!("an image item: {e}")))
+        }
+    }
+}
+
+impl RoundItemInput {
+    fn into_round_item(self) -> RoundItem {
+        let image = |image_id: Option<ImageId>, blob| ImageRef { image_id: image_id.unwrap_or(ImageId(Uuid::now_v7())), blob };
+        match self {
+            RoundItemInput::Image(item) => RoundItem {
+                item_id: ItemId(Uuid::now_v7()),
+                content: ItemContent::Image(image(item.image_id, item.blob)),
+                label: ItemLabel {
+                    association_id: item.association_id,
+                    prompt_id: item.prompt_id,
+                    prompt: item.prompt,
+                    seed: item.seed,
+                    models: vec![item.model_version],
+                },
+            },
+            RoundItemInput::Pair(item) => {
+                let PairSides { left, right } = item.pair;
+                RoundItem {
+                    item_id: ItemId(Uuid::now_v7()),
+                    label: ItemLabel {
+                        association_id: item.association_id,
+                        prompt_id: item.prompt_id,
+                        prompt: item.prompt,
+                        seed: item.seed,
+                        models: vec![left.model_version, right.model_version],
+                    },
+                    content: ItemContent::Pair { left: image(left.image_id, left.blob), right: image(right.image_id, right.blob) },
+                }
+            }
+        }
+    }
+}
+
+/// A round to open over a list of images (and, in round 2, pairs).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpenRound {
     /// `baseline` (concept present?), `screen` (round 1) or `check` (round 2).
     #[schema(value_type = String)]
     pub kind: RoundKind,
-    pub items: Vec<ImageItem>,
+    pub items: Vec<RoundItemInput>,
     /// Annotators per item (default 3).
     pub raters_per_item: Option<u32>,
     /// Round 1's quality threshold, 1 to 5 (default 3).
@@ -102,21 +213,7 @@ pub struct CloseRound {
 pub async fn open(state: web::Data<AppState>, principal: Principal, request: HttpRequest, body: Bytes) -> Result<HttpResponse, ApiError> {
     run_command(state, principal, request, body, Action::Curate, true, |bus, context, expected, input: OpenRound| {
         let round_id = RoundId(Uuid::now_v7());
-        let items: Vec<RoundItem> = input
-            .items
-            .into_iter()
-            .map(|item| RoundItem {
-                item_id: ItemId(Uuid::now_v7()),
-                content: ItemContent::Image(ImageRef { image_id: item.image_id.unwrap_or(ImageId(Uuid::now_v7())), blob: item.blob }),
-                label: ItemLabel {
-                    association_id: item.association_id,
-                    prompt_id: item.prompt_id,
-                    prompt: item.prompt,
-                    seed: item.seed,
-                    models: vec![item.model_version],
-                },
-            })
-            .collect();
+        let items: Vec<RoundItem> = input.items.into_iter().map(RoundItemInput::into_round_item).collect();
         let item_ids: Vec<ItemId> = items.iter().map(|i| i.item_id).collect();
         let default_threshold = Quality::new(DEFAULT_QUALITY_THRESHOLD)?;
         let command = RoundCommand::Open {
@@ -134,6 +231,17 @@ pub async fn open(state: web::Data<AppState>, principal: Principal, request: Htt
     .await
 }
 
+/// What an annotator is shown of an item: the blob of each image and where to fetch it. Not the
+/// image ids either: they are UUIDv7s, whose timestamps could tell an annotator which of two
+/// images a later job (a fine-tuned model) made.
+fn blind_content(content: &ItemContent) -> serde_json::Value {
+    let image = |image: &ImageRef| json!({"blob": image.blob, "url": format!("/v1/blobs/{}", image.blob)});
+    match content {
+        ItemContent::Image(one) => json!({"image": image(one)}),
+        ItemContent::Pair { left, right } => json!({"pair": {"left": image(left), "right": image(right)}}),
+    }
+}
+
 fn question(kind: Option<RoundKind>, content: &ItemContent) -> &'static str {
     match (kind, content) {
         (_, ItemContent::Pair { .. }) => "Which image is better? Answer {\"compare\": {\"preferred\": \"left\" | \"right\"}}",
@@ -148,7 +256,9 @@ fn question(kind: Option<RoundKind>, content: &ItemContent) -> &'static str {
 /// The caller's next task: assigns the item that most needs a rating (or returns the one already
 /// assigned) and shows only what to rate (annotator).
 #[utoipa::path(get, path = "/v1/rounds/{id}/next", tag = "rounds", params(("id" = String, Path)),
-    responses((status = 200, description = "`{\"task\": {\"item_id\", \"content\", \"question\", \"expires_at\"} | null, \"version\", \"position\"}`", body = Object),
+    responses((status = 200, description = "`{\"task\": {\"item_id\", \"content\", \"question\", \"expires_at\"} | null, \"version\", \"position\"}`; \
+        `content` is `{\"image\": {\"blob\", \"url\"}}` or, for a pair, `{\"pair\": {\"left\": {\"blob\", \"url\"}, \"right\": {…}}}`: \
+        fetch the bytes from `url` (`/v1/blobs/{blob}`)", body = Object),
         (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(principal = %principal.name))]
@@ -159,6 +269,7 @@ pub async fn next(state: web::Data<AppState>, principal: Principal, path: web::P
     let context = principal.context();
     let annotator = principal.name.clone();
     let (answer, appended) = web::block(move || {
+        let _serialized = round_lock(id);
         let stream = id.stream();
         let outcome = bus
             .execute_retrying::<AnnotationRound>(&stream, &context, || RoundCommand::AssignNext { annotator: annotator.clone(), now: Utc::now() })
@@ -173,7 +284,7 @@ pub async fn next(state: web::Data<AppState>, principal: Principal, path: web::P
             let expires_at = round.assignments.get(&(item_id, annotator.clone()))?;
             Some(json!({
                 "item_id": item_id,
-                "content": item.content,
+                "content": blind_content(&item.content),
                 "question": question(round.kind, &item.content),
                 "expires_at": expires_at,
             }))
@@ -214,6 +325,7 @@ pub async fn submit(
     let annotator = principal.name.clone();
     run_command(state, principal, request, body, Action::Annotate, true, move |bus, context, expected, input: SubmitAnnotation| {
         let command = RoundCommand::Submit { annotator, item_id: input.item_id, answer: input.answer };
+        let _serialized = round_lock(id);
         let outcome = match expected {
             Some(_) => bus.execute::<AnnotationRound>(&id.stream(), expected, context, command),
             // Many annotators write to one round: without If-Match, retry on a concurrent append.
@@ -242,6 +354,7 @@ pub async fn withdraw(
     let annotator = principal.name.clone();
     run_command(state, principal, request, body, Action::Annotate, false, move |bus, context, expected, input: WithdrawAnnotation| {
         let command = RoundCommand::Withdraw { annotator, item_id: input.item_id };
+        let _serialized = round_lock(id);
         let outcome = bus.execute::<AnnotationRound>(&id.stream(), expected, context, command).map_err(|e| named(e, "round", id))?;
         Ok(Done::new(outcome))
     })
@@ -264,6 +377,7 @@ pub async fn close(
     let id: RoundId = parse_id("round", &path)?;
     run_command(state, principal, request, body, Action::Curate, false, move |bus, context, expected, input: CloseRound| {
         let command = RoundCommand::Close { allow_incomplete: input.allow_incomplete };
+        let _serialized = round_lock(id);
         let outcome = bus.execute::<AnnotationRound>(&id.stream(), expected, context, command).map_err(|e| named(e, "round", id))?;
         Ok(Done::new(outcome))
     })
