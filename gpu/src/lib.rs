@@ -29,9 +29,12 @@
 //!   threads).
 //! - One matmul kernel family serves every product: operands are (offset, row stride, column
 //!   stride, two batch strides) views, so transposes, per-head attention views into a packed
-//!   qkv buffer and weight gradients need no copies. A 128×128 workgroup-tiled kernel (8×8 per
-//!   invocation) runs on GPUs; a register-only 32×32 kernel runs tiny shapes and software
-//!   adapters; long-K products with small outputs are split along K.
+//!   qkv buffer and weight gradients need no copies. Where every operand is 4-aligned, a vec4
+//!   kernel with two workgroup-memory slabs (tiles 128×128, 128×64 or 64×64, chosen from the
+//!   output size) runs on GPUs; other layouts use a scalar 128×128 tiled kernel (8×8 per
+//!   invocation, BK 8); a register-only 32×32 kernel runs tiny shapes and software adapters;
+//!   long-K products with small outputs are split along K. `THITL_MATMUL_VEC4=0` and
+//!   `THITL_MATMUL_BK` override the choice without a rebuild.
 //! - Noise is counter-based and integer-only up to one exact conversion, so a seed gives the
 //!   same bits on the CPU and on every GPU: sampling is reproducible across backends.
 //! - The wgpu backend records into one command encoder, submits in batches, and keeps dropped
