@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::auth::{Action, Principal};
 use crate::routes::problem::{ApiError, Problem};
-use crate::routes::support::{CommandAnswer, Done, WaitFor, load, named, parse_id, query_answer, run_command, wait_for};
+use crate::routes::support::{CommandAnswer, Done, WaitFor, entity_answer, load, named, parse_id, query_answer, run_command, wait_for};
 use crate::startup::AppState;
 
 /// A problematic association to register.
@@ -161,12 +161,7 @@ pub async fn detail(
     principal.require(Action::Read)?;
     let id: AssociationId = parse_id("association", &path)?;
     wait_for(&state, query.wait_for).await?;
-    let found = state.projections.read(|p| {
-        let version = p.entities.entities.get(&id.stream()).map(|e| e.version);
-        p.associations.associations.get(&id).cloned().map(|view| (view, p.position, version))
-    });
-    let (view, position, version) = found.ok_or_else(|| ApiError::not_found(format!("association {id} does not exist")))?;
-    Ok(query_answer(serde_json::to_value(view).unwrap_or_default(), position, version))
+    entity_answer(&state, "association", id, &id.stream(), |p| p.associations.associations.get(&id).cloned())
 }
 
 /// The taxonomy of problematic associations (seeded with the default four on first start).

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::auth::{Action, Principal};
 use crate::routes::problem::{ApiError, Problem};
-use crate::routes::support::{CommandAnswer, Done, WaitFor, named, parse_id, query_answer, run_command, wait_for};
+use crate::routes::support::{CommandAnswer, Done, WaitFor, entity_answer, named, parse_id, query_answer, run_command, wait_for};
 use crate::startup::AppState;
 
 /// Commands on one round run one at a time in this process.
@@ -408,10 +408,5 @@ pub async fn progress(
     principal.require(Action::Read)?;
     let id: RoundId = parse_id("round", &path)?;
     wait_for(&state, query.wait_for).await?;
-    let found = state.projections.read(|p| {
-        let version = p.entities.entities.get(&id.stream()).map(|e| e.version);
-        p.rounds.rounds.get(&id).cloned().map(|view| (view, p.position, version))
-    });
-    let (view, position, version) = found.ok_or_else(|| ApiError::not_found(format!("round {id} does not exist")))?;
-    Ok(query_answer(serde_json::to_value(view).unwrap_or_default(), position, version))
+    entity_answer(&state, "round", id, &id.stream(), |p| p.rounds.rounds.get(&id).cloned())
 }

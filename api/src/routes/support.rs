@@ -238,6 +238,23 @@ pub async fn wait_for(state: &web::Data<AppState>, wait_for: Option<u64>) -> Res
 
 /// A query's answer: `value`'s fields plus the `position` it reflects, with an ETag when the
 /// entity has a stream version.
+/// One entity's view from the read models, answered with the position it reflects and its stream
+/// version (also as the `ETag`, for `If-Match`); 404 naming `entity` and `id` when it is not there.
+pub fn entity_answer<T: Serialize>(
+    state: &AppState,
+    entity: &str,
+    id: impl std::fmt::Display,
+    stream: &str,
+    pick: impl FnOnce(&projections::Projections) -> Option<T>,
+) -> Result<HttpResponse, ApiError> {
+    let found = state.projections.read(|p| {
+        let version = p.entities.entities.get(stream).map(|e| e.version);
+        pick(p).map(|view| (serde_json::to_value(view).unwrap_or_default(), p.position, version))
+    });
+    let (view, position, version) = found.ok_or_else(|| ApiError::not_found(format!("{entity} {id} does not exist")))?;
+    Ok(query_answer(view, position, version))
+}
+
 pub fn query_answer(mut value: Value, position: u64, version: Option<u64>) -> HttpResponse {
     if let Value::Object(map) = &mut value {
         map.insert("position".into(), json!(position));
