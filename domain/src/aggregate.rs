@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::error::DomainError;
 
 pub trait Aggregate: Default + Clone + Send + Sync + 'static {
-    type Command;
+    type Command: Clone + Send + 'static;
     type Event: EventPayload;
 
     /// The entity's name in errors and its stream category (`association`, `round`, …).

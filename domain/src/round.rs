@@ -6,7 +6,7 @@
 //! are given the item that most needs a rating (balanced assignment); they see only the image,
 //! never the model or arm that made it (the label stays in the event log for auditors).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
@@ -177,6 +177,15 @@ pub struct AnnotationRound {
     /// item → annotator → answer.
     pub submissions: BTreeMap<ItemId, BTreeMap<String, Answer>>,
     pub outcomes: Vec<ItemOutcome>,
+    /// Derived from the fields above by `evolve` (never stored), so that assigning and
+    /// submitting cost the same in a round of ten items or of a hundred thousand.
+    load: Vec<u32>,
+    /// annotator → item position → lease end, of assignments not yet rated (lapsed ones too).
+    open: BTreeMap<String, BTreeMap<usize, DateTime<Utc>>>,
+    /// The same assignments ordered by when their lease ends.
+    expiries: BTreeSet<(DateTime<Utc>, usize, String)>,
+    /// Annotations submitted (and not withdrawn).
+    done: u64,
 }
 
 impl AnnotationRound {
@@ -204,27 +213,77 @@ impl AnnotationRound {
         self.submissions.get(&item_id).is_some_and(|s| s.contains_key(annotator))
     }
 
-    /// The item assigned to `annotator` and not yet rated, if its lease still runs.
+    /// The item assigned to `annotator` and not yet rated, if its lease still runs (the first in
+    /// the round's order when there are several).
     pub fn current_task(&self, annotator: &str, now: DateTime<Utc>) -> Option<ItemId> {
-        self.assignments
-            .iter()
-            .filter(|((item, who), expires)| who == annotator && **expires > now && !self.has_submitted(*item, who))
-            .map(|((item, _), _)| *item)
-            .min_by_key(|item| self.index.get(item).copied().unwrap_or(usize::MAX))
+        let open = self.open.get(annotator)?;
+        open.iter().find(|(_, expires)| **expires > now).map(|(&position, _)| self.items[position].item_id)
     }
 
     /// Annotations submitted, and annotations the round needs in all.
     pub fn progress(&self) -> (u64, u64) {
-        let done: usize = self.submissions.values().map(BTreeMap::len).sum();
-        (done as u64, self.items.len() as u64 * u64::from(self.raters_per_item))
+        (self.done, self.items.len() as u64 * u64::from(self.raters_per_item))
     }
 
-    fn live_assignments(&self, item_id: ItemId, now: DateTime<Utc>) -> usize {
-        self.assignments
-            .range((item_id, String::new())..)
-            .take_while(|((item, _), _)| *item == item_id)
-            .filter(|((item, who), expires)| **expires > now && !self.has_submitted(*item, who))
-            .count()
+    /// The item `annotator` should rate next: among items they have not rated that still need
+    /// raters, the one with the fewest ratings plus live assignments, the earliest on a tie.
+    fn next_item(&self, annotator: &str, now: DateTime<Utc>) -> Option<usize> {
+        let needed = self.raters_per_item;
+        // `load` counts every open assignment; lapsed ones no longer hold their item.
+        let mut lapsed: BTreeMap<usize, u32> = BTreeMap::new();
+        for (_, position, _) in self.expiries.iter().take_while(|(expires, _, _)| *expires <= now) {
+            *lapsed.entry(*position).or_default() += 1;
+        }
+        let eligible = |position: usize| !self.has_submitted(self.items[position].item_id, annotator);
+        let mut best: Option<(u32, usize)> = None;
+        for (&position, &count) in &lapsed {
+            let taken = self.load[position] - count;
+            if taken < needed && best.is_none_or(|b| (taken, position) < b) && eligible(position) {
+                best = Some((taken, position));
+            }
+        }
+        for (position, &taken) in self.load.iter().enumerate() {
+            if taken >= needed || lapsed.contains_key(&position) || best.is_some_and(|b| (taken, position) >= b) {
+                continue;
+            }
+            if eligible(position) {
+                best = Some((taken, position));
+                if taken == 0 {
+                    break;
+                }
+            }
+        }
+        best.map(|(_, position)| position)
+    }
+
+    /// Removes what the (item, annotator) pair adds to the indexes; `index_pair` adds it back.
+    fn unindex_pair(&mut self, item_id: ItemId, annotator: &str) {
+        let Some(&position) = self.index.get(&item_id) else { return };
+        if self.has_submitted(item_id, annotator) {
+            self.load[position] -= 1;
+            self.done -= 1;
+        } else if let Some(&expires) = self.assignments.get(&(item_id, annotator.to_string())) {
+            self.load[position] -= 1;
+            if let Some(open) = self.open.get_mut(annotator) {
+                open.remove(&position);
+                if open.is_empty() {
+                    self.open.remove(annotator);
+                }
+            }
+            self.expiries.remove(&(expires, position, annotator.to_string()));
+        }
+    }
+
+    fn index_pair(&mut self, item_id: ItemId, annotator: &str) {
+        let Some(&position) = self.index.get(&item_id) else { return };
+        if self.has_submitted(item_id, annotator) {
+            self.load[position] += 1;
+            self.done += 1;
+        } else if let Some(&expires) = self.assignments.get(&(item_id, annotator.to_string())) {
+            self.load[position] += 1;
+            self.open.entry(annotator.to_string()).or_default().insert(position, expires);
+            self.expiries.insert((expires, position, annotator.to_string()));
+        }
     }
 
     fn answer_fits(&self, item: &RoundItem, answer: &Answer) -> bool {
@@ -379,20 +438,9 @@ impl Aggregate for AnnotationRound {
                 if self.current_task(&annotator, now).is_some() {
                     return Ok(vec![]);
                 }
-                let needed = self.raters_per_item as usize;
-                let next = self
-                    .items
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, item)| !self.has_submitted(item.item_id, &annotator))
-                    .map(|(position, item)| {
-                        let taken = self.submitted(item.item_id) + self.live_assignments(item.item_id, now);
-                        (taken, position, item.item_id)
-                    })
-                    .filter(|(taken, _, _)| *taken < needed)
-                    .min();
+                let next = self.next_item(&annotator, now).map(|position| self.items[position].item_id);
                 Ok(next
-                    .map(|(_, _, item_id)| RoundEvent::TaskAssigned {
+                    .map(|item_id| RoundEvent::TaskAssigned {
                         round_id,
                         item_id,
                         annotator,
@@ -476,21 +524,28 @@ impl Aggregate for AnnotationRound {
                 self.kind = Some(*kind);
                 self.index = items.iter().enumerate().map(|(i, item)| (item.item_id, i)).collect();
                 self.items = items.clone();
+                self.load = vec![0; items.len()];
                 self.raters_per_item = *raters_per_item;
                 self.quality_threshold = Some(*quality_threshold);
                 self.lease = Duration::seconds(*assignment_lease_seconds);
                 self.campaign_id = *campaign_id;
             }
             RoundEvent::TaskAssigned { item_id, annotator, expires_at, .. } => {
+                self.unindex_pair(*item_id, annotator);
                 self.assignments.insert((*item_id, annotator.clone()), *expires_at);
+                self.index_pair(*item_id, annotator);
             }
             RoundEvent::AnnotationSubmitted { item_id, annotator, answer, .. } => {
+                self.unindex_pair(*item_id, annotator);
                 self.submissions.entry(*item_id).or_default().insert(annotator.clone(), *answer);
+                self.index_pair(*item_id, annotator);
             }
             RoundEvent::AnnotationWithdrawn { item_id, annotator, .. } => {
+                self.unindex_pair(*item_id, annotator);
                 if let Some(answers) = self.submissions.get_mut(item_id) {
                     answers.remove(annotator);
                 }
+                self.index_pair(*item_id, annotator);
             }
             RoundEvent::RoundClosed { outcomes, .. } => {
                 self.status = RoundStatus::Closed;
@@ -554,6 +609,89 @@ pub(crate) mod tests {
         let (round, _) = round.then(RoundCommand::AssignNext { annotator: annotator.into(), now: t(now) });
         let item_id = round.current_task(annotator, t(now)).expect("a task");
         round.then(RoundCommand::Submit { annotator: annotator.into(), item_id, answer }).0
+    }
+
+    /// The assignment rule written plainly over the round's public fields: the reference the
+    /// indexed implementation must agree with.
+    fn reference_next(round: &AnnotationRound, annotator: &str, now: DateTime<Utc>) -> Option<ItemId> {
+        let rated = |item: ItemId, who: &str| round.submissions.get(&item).is_some_and(|s| s.contains_key(who));
+        round
+            .items
+            .iter()
+            .enumerate()
+            .filter(|(_, item)| !rated(item.item_id, annotator))
+            .map(|(position, item)| {
+                let submitted = round.submissions.get(&item.item_id).map_or(0, BTreeMap::len);
+                let live = round
+                    .assignments
+                    .iter()
+                    .filter(|((i, who), expires)| *i == item.item_id && **expires > now && !rated(*i, who))
+                    .count();
+                (submitted + live, position, item.item_id)
+            })
+            .filter(|(taken, _, _)| *taken < round.raters_per_item as usize)
+            .min()
+            .map(|(_, _, item_id)| item_id)
+    }
+
+    fn reference_current(round: &AnnotationRound, annotator: &str, now: DateTime<Utc>) -> Option<ItemId> {
+        let rated = |item: ItemId| round.submissions.get(&item).is_some_and(|s| s.contains_key(annotator));
+        round
+            .assignments
+            .iter()
+            .filter(|((item, who), expires)| who == annotator && **expires > now && !rated(*item))
+            .map(|((item, _), _)| *item)
+            .min_by_key(|item| round.items.iter().position(|i| i.item_id == *item))
+    }
+
+    #[test]
+    fn indexed_assignment_agrees_with_the_plain_rule_over_random_histories() {
+        // A small LCG: many interleavings of assignments, submissions, withdrawals and lapsed
+        // leases (10-minute leases, clock moving 0–7 minutes per step).
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = |n: u64| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let annotators = ["ann", "bob", "cat", "dan", "eve"];
+        for _history in 0..40 {
+            let items: Vec<RoundItem> = (1..=7).map(image_item).collect();
+            let k = 1 + next(3) as u32;
+            let mut round = open(RoundKind::Screen, items, k);
+            let mut clock = 0i64;
+            for _step in 0..120 {
+                clock += next(8) as i64;
+                let now = t(clock);
+                let who = annotators[next(annotators.len() as u64) as usize];
+                assert_eq!(round.current_task(who, now), reference_current(&round, who, now));
+                let command = match next(10) {
+                    0..=4 => RoundCommand::AssignNext { annotator: who.into(), now },
+                    5..=8 => match round.current_task(who, now).or_else(|| {
+                        // Sometimes submit on a lapsed assignment (still allowed) or an unassigned item.
+                        let item = item(1 + u128::from(next(7)));
+                        Some(item)
+                    }) {
+                        Some(item_id) => RoundCommand::Submit { annotator: who.into(), item_id, answer: screen(4, true, false) },
+                        None => continue,
+                    },
+                    _ => RoundCommand::Withdraw { annotator: who.into(), item_id: item(1 + u128::from(next(7))) },
+                };
+                let expected_next = reference_next(&round, who, now);
+                let held = reference_current(&round, who, now);
+                if let Ok(events) = round.decide(command.clone()) {
+                    if let RoundCommand::AssignNext { .. } = command {
+                        let assigned = events.iter().find_map(|e| match e {
+                            RoundEvent::TaskAssigned { item_id, .. } => Some(*item_id),
+                            _ => None,
+                        });
+                        assert_eq!(assigned, if held.is_some() { None } else { expected_next }, "history {_history} step {_step}");
+                    }
+                    round = round.apply_all(&events);
+                }
+                let submitted: usize = round.submissions.values().map(BTreeMap::len).sum();
+                assert_eq!(round.progress().0, submitted as u64);
+            }
+        }
     }
 
     #[test]

@@ -21,52 +21,87 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(health::metrics))
         .route("/openapi.json", web::get().to(openapi::document))
         .service(openapi::swagger_ui())
+        // Families of routes in their own scopes: a request is matched against its family's few
+        // patterns only (each `{id}` pattern is a regular expression), hot routes first.
         .service(
             web::scope("/v1")
-                .route("/tokens", web::post().to(tokens::create))
-                .route("/tokens", web::get().to(tokens::list))
-                .route("/tokens/{id}/revoke", web::post().to(tokens::revoke))
-                .route("/taxonomy", web::get().to(associations::taxonomy))
-                .route("/taxonomy/categories", web::post().to(associations::define_category))
-                .route("/taxonomy/categories/{key}/retire", web::post().to(associations::retire_category))
-                .route("/associations", web::post().to(associations::register))
-                .route("/associations", web::get().to(associations::list))
-                .route("/associations/{id}", web::get().to(associations::detail))
-                .route("/associations/{id}/recategorize", web::post().to(associations::recategorize))
-                .route("/associations/{id}/retire", web::post().to(associations::retire))
-                .route("/rounds", web::post().to(rounds::open))
-                .route("/rounds", web::get().to(rounds::list))
-                .route("/rounds/{id}", web::get().to(rounds::progress))
-                .route("/rounds/{id}/next", web::get().to(rounds::next))
-                .route("/rounds/{id}/annotations", web::post().to(rounds::submit))
-                .route("/rounds/{id}/withdrawals", web::post().to(rounds::withdraw))
-                .route("/rounds/{id}/close", web::post().to(rounds::close))
+                .service(
+                    web::scope("/rounds")
+                        .route("/{id}/next", web::get().to(rounds::next))
+                        .route("/{id}/annotations", web::post().to(rounds::submit))
+                        .route("", web::post().to(rounds::open))
+                        .route("", web::get().to(rounds::list))
+                        .route("/{id}", web::get().to(rounds::progress))
+                        .route("/{id}/withdrawals", web::post().to(rounds::withdraw))
+                        .route("/{id}/close", web::post().to(rounds::close)),
+                )
+                .service(
+                    web::scope("/blobs")
+                        .route("", web::post().to(images::upload))
+                        .route("/{sha256}", web::get().to(images::blob)),
+                )
                 .route("/images/{id}", web::get().to(images::image))
-                .route("/blobs", web::post().to(images::upload))
-                .route("/blobs/{sha256}", web::get().to(images::blob))
-                .route("/model-versions", web::post().to(work::register_model))
-                .route("/model-versions", web::get().to(work::list_model_versions))
-                .route("/model-versions/{id}", web::get().to(work::model_version))
-                .route("/model-versions/{id}/promote", web::post().to(work::promote))
-                .route("/model-versions/{id}/rollback", web::post().to(work::roll_back))
-                .route("/prompt-sets", web::post().to(work::create_prompt_set))
-                .route("/prompt-sets", web::get().to(work::list_prompt_sets))
-                .route("/prompt-sets/{id}", web::get().to(work::prompt_set))
-                .route("/prompt-sets/{id}/prompts", web::post().to(work::add_prompts))
-                .route("/prompt-sets/{id}/prompts/{prompt_id}", web::post().to(work::review_prompt))
-                .route("/prompt-sets/{id}/finalize", web::post().to(work::finalize))
-                .route("/generations", web::post().to(work::request_generation))
-                .route("/generations", web::get().to(work::list_generations))
-                .route("/generations/{id}", web::get().to(work::generation))
-                .route("/fine-tunes", web::post().to(work::request_fine_tune))
-                .route("/fine-tunes", web::get().to(work::list_fine_tunes))
-                .route("/fine-tunes/{id}", web::get().to(work::fine_tune))
-                .route("/campaigns", web::post().to(work::start_campaign))
-                .route("/campaigns", web::get().to(work::list_campaigns))
-                .route("/campaigns/{id}", web::get().to(work::campaign))
-                .route("/audit/events", web::get().to(audit::events))
-                .route("/audit/streams/{stream}", web::get().to(audit::stream_history))
-                .route("/audit/verify", web::get().to(audit::verify))
-                .route("/audit/feed", web::get().to(audit::feed)),
+                .service(
+                    web::scope("/tokens")
+                        .route("", web::post().to(tokens::create))
+                        .route("", web::get().to(tokens::list))
+                        .route("/{id}/revoke", web::post().to(tokens::revoke)),
+                )
+                .service(
+                    web::scope("/taxonomy")
+                        .route("", web::get().to(associations::taxonomy))
+                        .route("/categories", web::post().to(associations::define_category))
+                        .route("/categories/{key}/retire", web::post().to(associations::retire_category)),
+                )
+                .service(
+                    web::scope("/associations")
+                        .route("", web::post().to(associations::register))
+                        .route("", web::get().to(associations::list))
+                        .route("/{id}", web::get().to(associations::detail))
+                        .route("/{id}/recategorize", web::post().to(associations::recategorize))
+                        .route("/{id}/retire", web::post().to(associations::retire)),
+                )
+                .service(
+                    web::scope("/model-versions")
+                        .route("", web::post().to(work::register_model))
+                        .route("", web::get().to(work::list_model_versions))
+                        .route("/{id}", web::get().to(work::model_version))
+                        .route("/{id}/promote", web::post().to(work::promote))
+                        .route("/{id}/rollback", web::post().to(work::roll_back)),
+                )
+                .service(
+                    web::scope("/prompt-sets")
+                        .route("", web::post().to(work::create_prompt_set))
+                        .route("", web::get().to(work::list_prompt_sets))
+                        .route("/{id}", web::get().to(work::prompt_set))
+                        .route("/{id}/prompts", web::post().to(work::add_prompts))
+                        .route("/{id}/prompts/{prompt_id}", web::post().to(work::review_prompt))
+                        .route("/{id}/finalize", web::post().to(work::finalize)),
+                )
+                .service(
+                    web::scope("/generations")
+                        .route("", web::post().to(work::request_generation))
+                        .route("", web::get().to(work::list_generations))
+                        .route("/{id}", web::get().to(work::generation)),
+                )
+                .service(
+                    web::scope("/fine-tunes")
+                        .route("", web::post().to(work::request_fine_tune))
+                        .route("", web::get().to(work::list_fine_tunes))
+                        .route("/{id}", web::get().to(work::fine_tune)),
+                )
+                .service(
+                    web::scope("/campaigns")
+                        .route("", web::post().to(work::start_campaign))
+                        .route("", web::get().to(work::list_campaigns))
+                        .route("/{id}", web::get().to(work::campaign)),
+                )
+                .service(
+                    web::scope("/audit")
+                        .route("/events", web::get().to(audit::events))
+                        .route("/streams/{stream}", web::get().to(audit::stream_history))
+                        .route("/verify", web::get().to(audit::verify))
+                        .route("/feed", web::get().to(audit::feed)),
+                ),
         );
 }

@@ -3,8 +3,6 @@
 //! Annotators see only the image (or the pair) of a task assigned to them — never the model,
 //! arm or prompt that made it; those labels stay in the event log for auditors.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
-
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
 use chrono::Utc;
@@ -21,22 +19,10 @@ use uuid::Uuid;
 
 use crate::auth::{Action, Principal};
 use crate::routes::problem::{ApiError, Problem};
-use crate::routes::support::{CommandAnswer, Done, WaitFor, entity_answer, named, parse_id, query_answer, run_command, wait_for};
+use crate::routes::support::{
+    CommandAnswer, Done, WaitFor, entity_answer, head_position, named, parse_id, query_answer, run_command, run_command_async, wait_for,
+};
 use crate::startup::AppState;
-
-/// Commands on one round run one at a time in this process.
-///
-/// Many annotators write to one round stream. Without this, concurrent commands would each
-/// load and decide on the same version, and all but one would lose the append race and start
-/// over (wasted work that grows with the number of annotators, and 409s once the retries run
-/// out). Optimistic concurrency still guards against writers in other processes. The locks are
-/// striped by round id: two rounds rarely share one, and sharing costs only some waiting.
-fn round_lock(id: RoundId) -> MutexGuard<'static, ()> {
-    const STRIPES: usize = 64;
-    static LOCKS: [Mutex<()>; STRIPES] = [const { Mutex::new(()) }; STRIPES];
-    // UUIDv7 ends in random bits.
-    LOCKS[(id.0.as_u128() % STRIPES as u128) as usize].lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// One image to rate.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -268,41 +254,46 @@ pub async fn next(state: web::Data<AppState>, principal: Principal, path: web::P
     let bus = state.bus.clone();
     let context = principal.context();
     let annotator = principal.name.clone();
-    let (answer, appended) = web::block(move || {
-        let _serialized = round_lock(id);
-        let stream = id.stream();
-        let outcome = bus
-            .execute_retrying::<AnnotationRound>(&stream, &context, || RoundCommand::AssignNext { annotator: annotator.clone(), now: Utc::now() })
-            .map_err(|e| named(e, "round", id))?;
-        let (round, version) = bus.load::<AnnotationRound>(&stream)?;
-        let position = match outcome.position {
-            Some(position) => position,
-            None => bus.store().head_position().map_err(|e| ApiError::unavailable(format!("event store: {e}")))?,
-        };
-        let task = round.current_task(&annotator, Utc::now()).and_then(|item_id| {
-            let item = round.item(item_id)?;
-            let expires_at = round.assignments.get(&(item_id, annotator.clone()))?;
-            Some(json!({
-                "item_id": item_id,
-                "content": blind_content(&item.content),
-                "question": question(round.kind, &item.content),
-                "expires_at": expires_at,
-            }))
-        });
-        let (done, needed) = round.progress();
-        let answer = json!({
-            "round_id": id,
-            "kind": round.kind,
-            "task": task,
-            "remaining": needed.saturating_sub(done),
-            "stream": stream,
-            "version": version,
-            "position": position,
-        });
-        Ok::<_, ApiError>((answer, outcome.event_ids.len()))
-    })
-    .await
-    .map_err(ApiError::blocking)??;
+    let stream = id.stream();
+    let now = Utc::now();
+    // The task is read from the state this assignment left, inside the round's writer.
+    let (outcome, (task, remaining, kind)) = bus
+        .execute_then_async::<AnnotationRound, _>(
+            &stream,
+            None,
+            &context,
+            RoundCommand::AssignNext { annotator: annotator.clone(), now },
+            move |round, _| {
+                let task = round.current_task(&annotator, now).and_then(|item_id| {
+                    let item = round.item(item_id)?;
+                    let expires_at = round.assignments.get(&(item_id, annotator.clone()))?;
+                    Some(json!({
+                        "item_id": item_id,
+                        "content": blind_content(&item.content),
+                        "question": question(round.kind, &item.content),
+                        "expires_at": expires_at,
+                    }))
+                });
+                let (done, needed) = round.progress();
+                (task, needed.saturating_sub(done), round.kind)
+            },
+        )
+        .await
+        .map_err(|e| named(e, "round", id))?;
+    let position = match outcome.position {
+        Some(position) => position,
+        None => head_position(&state).await?,
+    };
+    let answer = json!({
+        "round_id": id,
+        "kind": kind,
+        "task": task,
+        "remaining": remaining,
+        "stream": stream,
+        "version": outcome.stream_version,
+        "position": position,
+    });
+    let appended = outcome.event_ids.len();
     state.metrics.record_appended(appended);
     Ok(HttpResponse::Ok().json(answer))
 }
@@ -323,15 +314,10 @@ pub async fn submit(
 ) -> Result<HttpResponse, ApiError> {
     let id: RoundId = parse_id("round", &path)?;
     let annotator = principal.name.clone();
-    run_command(state, principal, request, body, Action::Annotate, true, move |bus, context, expected, input: SubmitAnnotation| {
+    run_command_async(state, principal, request, body, Action::Annotate, true, async move |bus, context, expected, input: SubmitAnnotation| {
         let command = RoundCommand::Submit { annotator, item_id: input.item_id, answer: input.answer };
-        let _serialized = round_lock(id);
-        let outcome = match expected {
-            Some(_) => bus.execute::<AnnotationRound>(&id.stream(), expected, context, command),
-            // Many annotators write to one round: without If-Match, retry on a concurrent append.
-            None => bus.execute_retrying::<AnnotationRound>(&id.stream(), context, || command.clone()),
-        }
-        .map_err(|e| named(e, "round", id))?;
+        let outcome =
+            bus.execute_async::<AnnotationRound>(&id.stream(), expected, &context, command).await.map_err(|e| named(e, "round", id))?;
         Ok(Done::new(outcome))
     })
     .await
@@ -354,7 +340,6 @@ pub async fn withdraw(
     let annotator = principal.name.clone();
     run_command(state, principal, request, body, Action::Annotate, false, move |bus, context, expected, input: WithdrawAnnotation| {
         let command = RoundCommand::Withdraw { annotator, item_id: input.item_id };
-        let _serialized = round_lock(id);
         let outcome = bus.execute::<AnnotationRound>(&id.stream(), expected, context, command).map_err(|e| named(e, "round", id))?;
         Ok(Done::new(outcome))
     })
@@ -377,7 +362,6 @@ pub async fn close(
     let id: RoundId = parse_id("round", &path)?;
     run_command(state, principal, request, body, Action::Curate, false, move |bus, context, expected, input: CloseRound| {
         let command = RoundCommand::Close { allow_incomplete: input.allow_incomplete };
-        let _serialized = round_lock(id);
         let outcome = bus.execute::<AnnotationRound>(&id.stream(), expected, context, command).map_err(|e| named(e, "round", id))?;
         Ok(Done::new(outcome))
     })

@@ -107,6 +107,27 @@ where
     B: DeserializeOwned + Send + 'static,
     F: FnOnce(&CommandBus, &CommandContext, Option<u64>, B) -> Result<Done, ApiError> + Send + 'static,
 {
+    run_command_async(state, principal, request, body, action, created, async move |bus, context, expected, input| {
+        web::block(move || execute(&bus, &context, expected, input)).await.map_err(ApiError::blocking)?
+    })
+    .await
+}
+
+/// [`run_command`] for an `execute` that awaits the command bus itself
+/// ([`CommandBus::execute_async`]) rather than holding a blocking thread: the hot paths.
+pub async fn run_command_async<B, F>(
+    state: web::Data<AppState>,
+    principal: Principal,
+    request: HttpRequest,
+    body: Bytes,
+    action: Action,
+    created: bool,
+    execute: F,
+) -> Result<HttpResponse, ApiError>
+where
+    B: DeserializeOwned + Send + 'static,
+    F: AsyncFnOnce(CommandBus, CommandContext, Option<u64>, B) -> Result<Done, ApiError>,
+{
     principal.require(action)?;
     let expected = if_match(&request)?;
     let key = idempotency_key(&request)?;
@@ -146,7 +167,7 @@ where
             }
         }
     }
-    let result = execute_blocking(&state, principal, expected, body, execute)
+    let result = answer_command(&state, principal, expected, body, execute)
         .await
         .map(|(status, text)| (if created && status == StatusCode::OK { StatusCode::CREATED } else { status }, text));
     if let Some(key) = key {
@@ -166,7 +187,7 @@ where
     Ok(HttpResponse::build(status).content_type("application/json").body(text))
 }
 
-async fn execute_blocking<B, F>(
+async fn answer_command<B, F>(
     state: &web::Data<AppState>,
     principal: Principal,
     expected: Option<u64>,
@@ -175,22 +196,14 @@ async fn execute_blocking<B, F>(
 ) -> Result<(StatusCode, String), ApiError>
 where
     B: DeserializeOwned + Send + 'static,
-    F: FnOnce(&CommandBus, &CommandContext, Option<u64>, B) -> Result<Done, ApiError> + Send + 'static,
+    F: AsyncFnOnce(CommandBus, CommandContext, Option<u64>, B) -> Result<Done, ApiError>,
 {
     let input: B = parse_json(&body)?;
-    let bus = state.bus.clone();
-    let context = principal.context();
-    let done = web::block(move || {
-        let done = execute(&bus, &context, expected, input)?;
-        let position = match done.outcome.position {
-            Some(position) => position,
-            None => bus.store().head_position().map_err(|e| ApiError::unavailable(format!("event store: {e}")))?,
-        };
-        Ok::<_, ApiError>((done, position))
-    })
-    .await
-    .map_err(ApiError::blocking)??;
-    let (done, position) = done;
+    let done = execute(state.bus.clone(), principal.context(), expected, input).await?;
+    let position = match done.outcome.position {
+        Some(position) => position,
+        None => head_position(state).await?,
+    };
     state.metrics.record_appended(done.outcome.event_ids.len());
     let mut answer = Map::new();
     answer.insert("stream".into(), json!(done.outcome.stream));
@@ -198,6 +211,14 @@ where
     answer.insert("position".into(), json!(position));
     answer.extend(done.extra);
     Ok((StatusCode::OK, Value::Object(answer).to_string()))
+}
+
+/// The log's end, read off the async workers.
+pub async fn head_position(state: &web::Data<AppState>) -> Result<u64, ApiError> {
+    let store = state.store.clone();
+    web::block(move || store.head_position().map_err(|e| ApiError::unavailable(format!("event store: {e}"))))
+        .await
+        .map_err(ApiError::blocking)?
 }
 
 /// `?wait_for=POS`: read-your-writes for queries.

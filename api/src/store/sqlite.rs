@@ -671,7 +671,9 @@ fn query_events(
 ) -> Result<Vec<StoredEvent>, StoreError> {
     let mut statement = connection.prepare_cached(sql).map_err(backend)?;
     let mut rows = statement.query(params).map_err(backend)?;
-    let mut events = Vec::with_capacity(limit.min(1024));
+    // Usually a few rows (a catch-up read, a live subscription): grow as they come rather than
+    // reserve `limit` up front (a large allocation per call is far from free).
+    let mut events = Vec::with_capacity(limit.min(16));
     while let Some(row) = rows.next().map_err(backend)? {
         events.push(decode_row(row, known_stream)?);
     }
