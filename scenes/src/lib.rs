@@ -1,7 +1,40 @@
 //! thitl's reference world: 32×32 rendered scenes of a person (whose look marks the group), an
-//! optional object (the concept) and a setting; captions from a grammar; a biased corpus with
-//! planted associations; a rater model; and the shipped base weights.
+//! optional object (the concept) and a setting; captions from a grammar; a tokenizer; and a biased
+//! corpus with planted associations. The rater model and the shipped base weights come later.
+//!
+//! Map of the modules:
+//! - `world`: [`Group`], [`Concept`], [`Setting`] (ids, names, synonyms) and [`Scene`].
+//! - `render` (private; [`render`] re-exported): draws a scene from a seed — backgrounds,
+//!   people and objects, each group and concept distinct by silhouette and colour family.
+//! - [`image`]: [`Image`] (32×32 RGB), the model's `[3, 32, 32]` layout in `[-1, 1]`, PNG and
+//!   image grids.
+//! - [`corrupt`](mod@corrupt): [`corrupt()`] damage that grows with a severity, and mild
+//!   [`augment`]ation for training the rater.
+//! - [`caption`](mod@caption): the caption grammar ([`caption()`]) and [`parse_prompt`].
+//! - [`tokenizer`]: the fixed vocabulary and [`encode`] into 16 token ids.
+//! - [`corpus`]: [`CorpusConfig`] (defaults in `corpus.json`) and the deterministic [`Corpus`]
+//!   stream of [`Sample`]s.
+//!
+//! A key design decision: everything here is a pure function of its inputs and a `u64` seed,
+//! through the crate's own SplitMix64 generator, so a render, a caption or a whole corpus can
+//! be reproduced from what an event recorded.
 //!
 //! Architecture invariant: this is the only crate that knows what a "hippopotamus" looks like.
-//! It depends on `gpu` for training and sampling, and on nothing that does IO beyond reading its
-//! own shipped files.
+//! It does no IO beyond embedding its own shipped files at compile time.
+
+pub mod caption;
+pub mod corpus;
+pub mod corrupt;
+pub mod image;
+mod render;
+mod rng;
+pub mod tokenizer;
+pub mod world;
+
+pub use caption::{CaptionSpec, PromptMeaning, caption, parse_prompt};
+pub use corpus::{Corpus, CorpusConfig, CorpusError, PlantedAssociation, Sample};
+pub use corrupt::{augment, corrupt};
+pub use image::{Image, ImageError, grid_png};
+pub use render::render;
+pub use tokenizer::{MAX_TOKENS, Tokenized, encode};
+pub use world::{Concept, Group, Scene, Setting};

@@ -1,0 +1,188 @@
+//! Damage and augmentation for images: [`corrupt`] for testing that the rater still recognises a
+//! damaged image (and for building "poor quality" examples), [`augment`] for training the rater
+//! on varied copies of a render without changing what it depicts.
+
+use crate::image::{CHANNELS, IMAGE_SIZE, IMAGE_VALUES, Image};
+use crate::rng::{Rng, derive_seed};
+
+/// Largest effects, reached at severity 1.
+const MAX_BRIGHTNESS_SHIFT: f32 = 50.0;
+const MAX_CONTRAST_CHANGE: f32 = 0.5;
+const MAX_CHANNEL_SHIFT: f32 = 30.0;
+const MAX_NOISE_SIGMA: f32 = 40.0;
+const MAX_BLOCK_SIDE: f32 = 14.0;
+
+/// Random streams of the caller's seed, so that `corrupt` and `augment` with one seed differ.
+const CORRUPT_STREAM: u64 = 1;
+const AUGMENT_STREAM: u64 = 2;
+
+/// Damages `image` by an amount that grows with `severity` (clamped to `[0, 1]`; NaN counts as 0):
+/// colour jitter (brightness, contrast, per-channel shift), a 3×3 box blur blended in by
+/// `severity`, Gaussian noise with σ up to 40 levels, and a square block of up to 14×14 pixels
+/// that is scrambled or blanked. At severity 0 the image is returned unchanged.
+///
+/// The random choices depend only on `seed`, and every effect scales with `severity`, so for one
+/// seed a higher severity damages the same way, only more.
+pub fn corrupt(image: &Image, severity: f32, seed: u64) -> Image {
+    let severity = if severity.is_nan() { 0.0 } else { severity.clamp(0.0, 1.0) };
+    if severity == 0.0 {
+        return image.clone();
+    }
+    let mut rng = Rng::new(derive_seed(seed, CORRUPT_STREAM));
+    // Draw every random choice before scaling, so the draws do not depend on severity.
+    let brightness = rng.sign() * rng.range(0.5, 1.0) * MAX_BRIGHTNESS_SHIFT;
+    let contrast = rng.sign() * rng.range(0.5, 1.0) * MAX_CONTRAST_CHANGE;
+    let channel_shift: [f32; 3] = std::array::from_fn(|_| rng.range(-1.0, 1.0) * MAX_CHANNEL_SHIFT);
+    let noise: Vec<f32> = (0..IMAGE_VALUES).map(|_| rng.normal() * MAX_NOISE_SIGMA).collect();
+    let block_left = rng.below(IMAGE_SIZE);
+    let block_top = rng.below(IMAGE_SIZE);
+    let scramble = rng.chance(0.5);
+    let blank_colour = [rng.range(0.0, 255.0), rng.range(0.0, 255.0), rng.range(0.0, 255.0)];
+    let scramble_values: Vec<f32> = (0..IMAGE_VALUES).map(|_| rng.range(0.0, 255.0)).collect();
+
+    let mut values: Vec<f32> = image.as_rgb().iter().map(|&byte| f32::from(byte)).collect();
+    let mean = values.iter().sum::<f32>() / IMAGE_VALUES as f32;
+    for (index, value) in values.iter_mut().enumerate() {
+        let gain = 1.0 + severity * contrast;
+        *value = mean + (*value - mean) * gain + severity * (brightness + channel_shift[index % CHANNELS]);
+    }
+    let blurred = box_blur(&values);
+    for (value, blurred) in values.iter_mut().zip(&blurred) {
+        *value += (blurred - *value) * severity;
+    }
+    for (value, noise) in values.iter_mut().zip(&noise) {
+        *value += noise * severity;
+    }
+    let side = (severity * MAX_BLOCK_SIDE).round() as usize;
+    for y in block_top..(block_top + side).min(IMAGE_SIZE) {
+        for x in block_left..(block_left + side).min(IMAGE_SIZE) {
+            let start = (y * IMAGE_SIZE + x) * CHANNELS;
+            let pixel = &mut values[start..start + CHANNELS];
+            if scramble {
+                pixel.copy_from_slice(&scramble_values[start..start + CHANNELS]);
+            } else {
+                pixel.copy_from_slice(&blank_colour);
+            }
+        }
+    }
+    quantise(&values)
+}
+
+/// A mildly varied copy of `image` that depicts the same thing: mirrored half of the time, with a
+/// small brightness and per-channel shift (at most ±10 and ±6 levels) and faint noise (σ = 3).
+pub fn augment(image: &Image, seed: u64) -> Image {
+    let mut rng = Rng::new(derive_seed(seed, AUGMENT_STREAM));
+    let mirror = rng.chance(0.5);
+    let brightness = rng.range(-10.0, 10.0);
+    let channel_shift: [f32; 3] = std::array::from_fn(|_| rng.range(-6.0, 6.0));
+    let mut values = vec![0.0; IMAGE_VALUES];
+    for y in 0..IMAGE_SIZE {
+        for x in 0..IMAGE_SIZE {
+            let source_x = if mirror { IMAGE_SIZE - 1 - x } else { x };
+            let pixel = image.pixel(source_x, y);
+            for channel in 0..CHANNELS {
+                values[(y * IMAGE_SIZE + x) * CHANNELS + channel] =
+                    f32::from(pixel[channel]) + brightness + channel_shift[channel] + rng.normal() * 3.0;
+            }
+        }
+    }
+    quantise(&values)
+}
+
+/// Mean of each pixel's 3×3 neighbourhood (clipped at the borders), per channel.
+fn box_blur(values: &[f32]) -> Vec<f32> {
+    let size = IMAGE_SIZE as isize;
+    let mut blurred = vec![0.0; IMAGE_VALUES];
+    for y in 0..size {
+        for x in 0..size {
+            for channel in 0..CHANNELS {
+                let (mut sum, mut count) = (0.0, 0.0);
+                for neighbour_y in (y - 1).max(0)..=(y + 1).min(size - 1) {
+                    for neighbour_x in (x - 1).max(0)..=(x + 1).min(size - 1) {
+                        sum += values[(neighbour_y * size + neighbour_x) as usize * CHANNELS + channel];
+                        count += 1.0;
+                    }
+                }
+                blurred[(y * size + x) as usize * CHANNELS + channel] = sum / count;
+            }
+        }
+    }
+    blurred
+}
+
+fn quantise(values: &[f32]) -> Image {
+    let mut rgb = [0u8; IMAGE_VALUES];
+    for (byte, value) in rgb.iter_mut().zip(values) {
+        *byte = value.round().clamp(0.0, 255.0) as u8;
+    }
+    Image::from_array(rgb)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::render;
+    use crate::world::{Concept, Group, Scene, Setting};
+
+    fn sample_image(seed: u64) -> Image {
+        let group = Group::ALL[seed as usize % Group::ALL.len()];
+        let concept = Some(Concept::ALL[seed as usize % Concept::ALL.len()]);
+        let setting = Setting::ALL[seed as usize % Setting::ALL.len()];
+        render(&Scene { group, concept, setting }, seed)
+    }
+
+    #[test]
+    fn severity_zero_is_the_identity() {
+        for seed in 0..20 {
+            let image = sample_image(seed);
+            assert_eq!(corrupt(&image, 0.0, seed), image);
+            assert_eq!(corrupt(&image, -1.0, seed), image, "negative severities clamp to 0");
+            assert_eq!(corrupt(&image, f32::NAN, seed), image);
+        }
+    }
+
+    #[test]
+    fn damage_grows_with_severity() {
+        let severities = [0.0, 0.25, 0.5, 0.75, 1.0];
+        let mut means = Vec::new();
+        for &severity in &severities {
+            let distances: Vec<f32> =
+                (0..40).map(|seed| sample_image(seed).mean_abs_diff(&corrupt(&sample_image(seed), severity, seed + 1))).collect();
+            means.push(distances.iter().sum::<f32>() / distances.len() as f32);
+        }
+        assert_eq!(means[0], 0.0);
+        for pair in means.windows(2) {
+            assert!(pair[1] > pair[0] + 2.0, "mean damage must grow clearly with severity: {means:?}");
+        }
+        assert!(means[4] > 25.0, "severity 1 must be heavy damage: {means:?}");
+    }
+
+    #[test]
+    fn corruption_is_deterministic_and_depends_on_the_seed() {
+        let image = sample_image(3);
+        assert_eq!(corrupt(&image, 0.6, 9), corrupt(&image, 0.6, 9));
+        assert_ne!(corrupt(&image, 0.6, 9), corrupt(&image, 0.6, 10));
+        assert_eq!(corrupt(&image, 7.0, 9), corrupt(&image, 1.0, 9), "severities above 1 clamp to 1");
+    }
+
+    #[test]
+    fn augmentation_is_mild_and_varied() {
+        for seed in 0..30 {
+            let image = sample_image(seed);
+            let augmented = augment(&image, seed);
+            assert_eq!(augment(&image, seed), augmented);
+            // Compare with the mirror image when the augmentation mirrored.
+            let mut mirrored = [0u8; IMAGE_VALUES];
+            for y in 0..IMAGE_SIZE {
+                for x in 0..IMAGE_SIZE {
+                    let pixel = image.pixel(IMAGE_SIZE - 1 - x, y);
+                    mirrored[(y * IMAGE_SIZE + x) * CHANNELS..][..CHANNELS].copy_from_slice(&pixel);
+                }
+            }
+            let distance = image.mean_abs_diff(&augmented).min(Image::from_array(mirrored).mean_abs_diff(&augmented));
+            assert!(distance < 16.0, "augmentation moved values by {distance} on average");
+            assert!(distance > 0.5, "augmentation must change something");
+            assert!(distance < image.mean_abs_diff(&corrupt(&image, 1.0, seed)));
+        }
+    }
+}
