@@ -5,6 +5,7 @@
 //! cargo bench -p thitl-api --bench annotations -- --quick      # 1 small run, a smoke test
 //! cargo bench -p thitl-api --bench annotations -- --clients 16 --runs 5 --submissions 5000
 //! cargo bench -p thitl-api --bench annotations -- --data-in /dev/shm   # tmpfs: fsync costs nothing
+//! cargo bench -p thitl-api --bench annotations -- --chained     # one POST per annotation ("next": true)
 //! ```
 //!
 //! Each run starts the server in-process on 127.0.0.1:0 over a fresh temporary data directory
@@ -26,6 +27,11 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use domain::{Actor, Role};
+
+/// The same allocator as the `thitl` binary, so the server measured here is the one deployed.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use serde_json::{Value, json};
 use thitl::commands::{CommandBus, CommandContext};
 use thitl::configuration::Settings;
@@ -43,12 +49,24 @@ struct Options {
     max_seconds: u64,
     /// Where to make the temporary data directories (default: the system's temp dir).
     data_in: Option<std::path::PathBuf>,
+    /// Each submission asks for the next task (`"next": true`) instead of a separate GET.
+    chained: bool,
 }
 
 impl Options {
     fn parse() -> Options {
         let mut options =
-            Options { clients: 8, items: 2_000, raters: 3, warmup: 25, submissions: 4_000, runs: 3, max_seconds: 120, data_in: None };
+            Options {
+                clients: 8,
+                items: 2_000,
+                raters: 3,
+                warmup: 25,
+                submissions: 4_000,
+                runs: 3,
+                max_seconds: 120,
+                data_in: None,
+                chained: false,
+            };
         let args: Vec<String> = std::env::args().skip(1).collect();
         let mut i = 0;
         while i < args.len() {
@@ -56,6 +74,11 @@ impl Options {
             match args[i].as_str() {
                 "--quick" => {
                     options = Options { clients: 4, items: 300, raters: 3, warmup: 10, submissions: 600, runs: 1, max_seconds: 60, ..options };
+                    i += 1;
+                    continue;
+                }
+                "--chained" => {
+                    options.chained = true;
                     i += 1;
                     continue;
                 }
@@ -194,6 +217,8 @@ struct ClientResult {
     refused: usize,
     /// Requests the server refused with 409 for a write race (and the client sent again).
     races: usize,
+    /// In chained mode: the task the last submission's answer assigned.
+    next_task: Option<String>,
 }
 
 /// Whether an answer is the server giving up on a write race ("changed since version …"):
@@ -215,16 +240,33 @@ fn send_retrying(connection: &mut Connection, method: &str, path: &str, token: &
 
 /// One GET /next + POST cycle; false when there was no task left. Latency counts from the
 /// first try to the final answer, races included.
-fn annotate_once(connection: &mut Connection, round: &str, token: &str, name: &str, result: &mut ClientResult, timed: bool) -> bool {
-    let started = Instant::now();
-    let (status, body) = send_retrying(connection, "GET", &format!("/v1/rounds/{round}/next"), token, None, &mut result.races);
-    if timed {
-        result.get_latencies.push(started.elapsed());
-    }
-    assert_eq!(status, 200, "next: {body}");
-    let next: Value = serde_json::from_str(&body).expect("json");
-    let Some(item) = next["task"]["item_id"].as_str() else { return false };
-    let answer = json!({"item_id": item, "answer": {"screen": {"quality": 4, "group_depicted": true, "concept_present": false}}}).to_string();
+fn annotate_once(
+    connection: &mut Connection,
+    round: &str,
+    token: &str,
+    name: &str,
+    result: &mut ClientResult,
+    timed: bool,
+    chained: bool,
+) -> bool {
+    let item = match result.next_task.take() {
+        Some(item) => item,
+        None => {
+            let started = Instant::now();
+            let (status, body) = send_retrying(connection, "GET", &format!("/v1/rounds/{round}/next"), token, None, &mut result.races);
+            if timed {
+                result.get_latencies.push(started.elapsed());
+            }
+            assert_eq!(status, 200, "next: {body}");
+            let next: Value = serde_json::from_str(&body).expect("json");
+            let Some(item) = next["task"]["item_id"].as_str() else { return false };
+            item.to_string()
+        }
+    };
+    let item = item.as_str();
+    let answer =
+        json!({"item_id": item, "answer": {"screen": {"quality": 4, "group_depicted": true, "concept_present": false}}, "next": chained})
+            .to_string();
     let started = Instant::now();
     let path = format!("/v1/rounds/{round}/annotations");
     let (status, body) = send_retrying(connection, "POST", &path, token, Some(&answer), &mut result.races);
@@ -232,6 +274,17 @@ fn annotate_once(connection: &mut Connection, round: &str, token: &str, name: &s
     if status == 201 {
         let answer: Value = serde_json::from_str(&body).expect("json");
         result.max_position = result.max_position.max(answer["position"].as_u64().expect("position"));
+        if chained {
+            let Some(next) = answer["next"]["task"]["item_id"].as_str() else {
+                result.acknowledged.push((item.to_string(), name.to_string()));
+                if timed {
+                    result.post_latencies.push(elapsed);
+                    result.timed_acknowledged += 1;
+                }
+                return false;
+            };
+            result.next_task = Some(next.to_string());
+        }
         result.acknowledged.push((item.to_string(), name.to_string()));
         if timed {
             result.post_latencies.push(elapsed);
@@ -254,6 +307,19 @@ struct RunResult {
     refused: usize,
     races: usize,
     verified: usize,
+    /// CPU time (user + system, server and clients together) per acknowledged submission.
+    cpu_per_submission: Duration,
+}
+
+/// CPU time this process has used, from `/proc/self/stat` (Linux; zero elsewhere).
+fn process_cpu_time() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return Duration::ZERO };
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name; the
+    // kernel counts them in USER_HZ, 100 on every Linux architecture that matters here.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -276,17 +342,17 @@ fn run(options: &Options) -> RunResult {
         .cloned()
         .map(|(token, name)| {
             let (address, round, barrier) = (server.address.clone(), round.clone(), barrier.clone());
-            let warmup = options.warmup;
+            let (warmup, chained) = (options.warmup, options.chained);
             std::thread::spawn(move || {
                 let mut connection = Connection::open(&address);
                 let mut result = ClientResult::default();
                 for _ in 0..warmup {
-                    annotate_once(&mut connection, &round, &token, &name, &mut result, false);
+                    annotate_once(&mut connection, &round, &token, &name, &mut result, false, chained);
                 }
                 barrier.wait();
                 let deadline = Instant::now() + deadline_after;
                 while result.timed_acknowledged < per_client && Instant::now() < deadline {
-                    if !annotate_once(&mut connection, &round, &token, &name, &mut result, true) {
+                    if !annotate_once(&mut connection, &round, &token, &name, &mut result, true, chained) {
                         break;
                     }
                 }
@@ -296,8 +362,10 @@ fn run(options: &Options) -> RunResult {
         .collect();
     barrier.wait();
     let started = Instant::now();
+    let cpu_before = process_cpu_time();
     let results: Vec<ClientResult> = handles.into_iter().map(|h| h.join().expect("client")).collect();
     let seconds = started.elapsed().as_secs_f64();
+    let cpu = process_cpu_time().saturating_sub(cpu_before);
 
     let mut posts: Vec<Duration> = results.iter().flat_map(|r| r.post_latencies.iter().copied()).collect();
     let mut gets: Vec<Duration> = results.iter().flat_map(|r| r.get_latencies.iter().copied()).collect();
@@ -319,6 +387,7 @@ fn run(options: &Options) -> RunResult {
         refused,
         races,
         verified,
+        cpu_per_submission: cpu / timed.max(1) as u32,
     }
 }
 
@@ -375,7 +444,7 @@ fn main() {
     let options = Options::parse();
     println!(
         "REST API: annotation submissions — {} clients (keep-alive, loopback), round of {} items × {} raters, \
-         {} timed submissions per run after {} warm-up per client, {} run(s), {} CPU(s), data in {}",
+         {} timed submissions per run after {} warm-up per client, {} run(s), {} CPU(s), data in {}, {}",
         options.clients,
         options.items,
         options.raters,
@@ -384,15 +453,16 @@ fn main() {
         options.runs,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         options.data_in.as_deref().unwrap_or(&std::env::temp_dir()).display(),
+        if options.chained { "one POST per annotation (\"next\": true)" } else { "GET /next + POST per annotation" },
     );
     println!();
-    println!("| run | acknowledged | seconds | submissions/s | POST p50 ms | POST p99 ms | GET /next p50 ms | GET /next p99 ms | 409 races | refused | verified present |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| run | acknowledged | seconds | submissions/s | POST p50 ms | POST p99 ms | GET /next p50 ms | GET /next p99 ms | CPU µs per submission | 409 races | refused | verified present |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut results = vec![];
     for run_number in 1..=options.runs {
         let result = run(&options);
         println!(
-            "| {run_number} | {} | {:.2} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {run_number} | {} | {:.2} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
             result.acknowledged,
             result.seconds,
             result.per_second,
@@ -400,6 +470,7 @@ fn main() {
             ms(result.post_p99),
             ms(result.get_p50),
             ms(result.get_p99),
+            result.cpu_per_submission.as_micros(),
             result.races,
             result.refused,
             result.verified
@@ -410,11 +481,12 @@ fn main() {
     let p50 = median(results.iter().map(|r| r.post_p50).collect());
     let p99 = median(results.iter().map(|r| r.post_p99).collect());
     println!(
-        "| median | | | {per_second:.0} | {} | {} | {} | {} | | | |",
+        "| median | | | {per_second:.0} | {} | {} | {} | {} | {} | | | |",
         ms(p50),
         ms(p99),
         ms(median(results.iter().map(|r| r.get_p50).collect())),
         ms(median(results.iter().map(|r| r.get_p99).collect())),
+        median(results.iter().map(|r| r.cpu_per_submission).collect()).as_micros(),
     );
     println!();
     let met = per_second >= 5_000.0 && p99 <= Duration::from_millis(20);

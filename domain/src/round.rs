@@ -186,6 +186,9 @@ pub struct AnnotationRound {
     expiries: BTreeSet<(DateTime<Utc>, usize, String)>,
     /// Annotations submitted (and not withdrawn).
     done: u64,
+    /// For each load below `raters_per_item`, the positions of the items with that load: the
+    /// candidates for assignment in the order the rule prefers them.
+    by_load: Vec<BTreeSet<usize>>,
 }
 
 impl AnnotationRound {
@@ -242,14 +245,15 @@ impl AnnotationRound {
                 best = Some((taken, position));
             }
         }
-        for (position, &taken) in self.load.iter().enumerate() {
-            if taken >= needed || lapsed.contains_key(&position) || best.is_some_and(|b| (taken, position) >= b) {
-                continue;
-            }
-            if eligible(position) {
-                best = Some((taken, position));
-                if taken == 0 {
-                    break;
+        'levels: for (taken, positions) in self.by_load.iter().enumerate() {
+            let taken = taken as u32;
+            for &position in positions {
+                if best.is_some_and(|b| (taken, position) >= b) {
+                    break 'levels;
+                }
+                if !lapsed.contains_key(&position) && eligible(position) {
+                    best = Some((taken, position));
+                    break 'levels;
                 }
             }
         }
@@ -260,10 +264,10 @@ impl AnnotationRound {
     fn unindex_pair(&mut self, item_id: ItemId, annotator: &str) {
         let Some(&position) = self.index.get(&item_id) else { return };
         if self.has_submitted(item_id, annotator) {
-            self.load[position] -= 1;
+            self.set_load(position, self.load[position] - 1);
             self.done -= 1;
         } else if let Some(&expires) = self.assignments.get(&(item_id, annotator.to_string())) {
-            self.load[position] -= 1;
+            self.set_load(position, self.load[position] - 1);
             if let Some(open) = self.open.get_mut(annotator) {
                 open.remove(&position);
                 if open.is_empty() {
@@ -276,11 +280,25 @@ impl AnnotationRound {
 
     fn index_pair(&mut self, item_id: ItemId, annotator: &str) {
         let Some(&position) = self.index.get(&item_id) else { return };
+        self.index_pair_at(position, item_id, annotator);
+    }
+
+    fn set_load(&mut self, position: usize, load: u32) {
+        let old = std::mem::replace(&mut self.load[position], load);
+        if let Some(bucket) = self.by_load.get_mut(old as usize) {
+            bucket.remove(&position);
+        }
+        if let Some(bucket) = self.by_load.get_mut(load as usize) {
+            bucket.insert(position);
+        }
+    }
+
+    fn index_pair_at(&mut self, position: usize, item_id: ItemId, annotator: &str) {
         if self.has_submitted(item_id, annotator) {
-            self.load[position] += 1;
+            self.set_load(position, self.load[position] + 1);
             self.done += 1;
         } else if let Some(&expires) = self.assignments.get(&(item_id, annotator.to_string())) {
-            self.load[position] += 1;
+            self.set_load(position, self.load[position] + 1);
             self.open.entry(annotator.to_string()).or_default().insert(position, expires);
             self.expiries.insert((expires, position, annotator.to_string()));
         }
@@ -525,6 +543,10 @@ impl Aggregate for AnnotationRound {
                 self.index = items.iter().enumerate().map(|(i, item)| (item.item_id, i)).collect();
                 self.items = items.clone();
                 self.load = vec![0; items.len()];
+                self.by_load = (0..*raters_per_item).map(|_| BTreeSet::new()).collect();
+                if let Some(unrated) = self.by_load.first_mut() {
+                    unrated.extend(0..items.len());
+                }
                 self.raters_per_item = *raters_per_item;
                 self.quality_threshold = Some(*quality_threshold);
                 self.lease = Duration::seconds(*assignment_lease_seconds);

@@ -141,6 +141,35 @@ fn an_annotator_gets_blind_tasks_submits_withdraws_and_the_curator_closes() {
 }
 
 #[test]
+fn a_submission_can_ask_for_the_next_task_in_the_same_request() {
+    let app = spawn_app();
+    let curator = app.token("curator", "cora");
+    let operator = app.token("operator", "otto");
+    let ann = app.token("annotator", "ann");
+    let model = base_model(&app, &operator);
+    let (round, items) = open_round(&app, &curator, &model, 2, 1);
+    let screen = json!({"screen": {"quality": 4, "group_depicted": true, "concept_present": false}});
+
+    let first = app.get(&format!("/v1/rounds/{round}/next"), &ann).json()["task"]["item_id"].as_str().unwrap().to_string();
+    let chained = app.post(&format!("/v1/rounds/{round}/annotations"), &ann, json!({"item_id": first, "answer": screen, "next": true}));
+    chained.expect(201);
+    let answer = chained.json();
+    let second = answer["next"]["task"]["item_id"].as_str().expect("a next task").to_string();
+    assert_ne!(second, first);
+    assert!(items.contains(&second));
+    assert!(!chained.body.contains(&model), "the next task reveals the model: {}", chained.body);
+    // The assignment is real: GET /next now answers the same task, appending nothing.
+    let held = app.get(&format!("/v1/rounds/{round}/next"), &ann).json();
+    assert_eq!(held["task"]["item_id"], second.as_str());
+    assert_eq!(held["version"], answer["next"]["version"]);
+    // The last item rated with `next`: no task left, and the round says so.
+    let last = app.post(&format!("/v1/rounds/{round}/annotations"), &ann, json!({"item_id": second, "answer": screen, "next": true}));
+    last.expect(201);
+    assert_eq!(last.json()["next"]["task"], serde_json::Value::Null);
+    assert_eq!(last.json()["next"]["remaining"], 0);
+}
+
+#[test]
 fn model_versions_prompt_sets_jobs_and_campaigns() {
     let app = spawn_app();
     let curator = app.token("curator", "cora");

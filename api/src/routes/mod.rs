@@ -16,11 +16,6 @@ use actix_web::web;
 
 pub fn configure(config: &mut web::ServiceConfig) {
     config
-        .route("/healthz", web::get().to(health::healthz))
-        .route("/readyz", web::get().to(health::readyz))
-        .route("/metrics", web::get().to(health::metrics))
-        .route("/openapi.json", web::get().to(openapi::document))
-        .service(openapi::swagger_ui())
         // Families of routes in their own scopes: a request is matched against its family's few
         // patterns only (each `{id}` pattern is a regular expression), hot routes first.
         .service(
@@ -103,5 +98,11 @@ pub fn configure(config: &mut web::ServiceConfig) {
                         .route("/verify", web::get().to(audit::verify))
                         .route("/feed", web::get().to(audit::feed)),
                 ),
-        );
+        )
+        .route("/healthz", web::get().to(health::healthz))
+        .route("/readyz", web::get().to(health::readyz))
+        .route("/metrics", web::get().to(health::metrics))
+        .route("/openapi.json", web::get().to(openapi::document))
+        // Last: its `/docs/{_:.*}` pattern would otherwise be tried on every request.
+        .service(openapi::swagger_ui());
 }

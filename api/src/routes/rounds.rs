@@ -172,6 +172,10 @@ pub struct SubmitAnnotation {
     /// `{"check": {"concept_present": bool, "quality": 1..5}}`, `{"compare": {"preferred": "left"|"right"}}`.
     #[schema(value_type = Object)]
     pub answer: Answer,
+    /// Also assign the caller's next task and answer it as `next` (the same object
+    /// `GET /v1/rounds/{id}/next` answers): one request per annotation instead of two.
+    #[serde(default)]
+    pub next: bool,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -251,17 +255,22 @@ fn question(kind: Option<RoundKind>, content: &ItemContent) -> &'static str {
 pub async fn next(state: web::Data<AppState>, principal: Principal, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     principal.require(Action::Annotate)?;
     let id: RoundId = parse_id("round", &path)?;
-    let bus = state.bus.clone();
-    let context = principal.context();
+    let answer = assign_next(&state, &principal, id).await?;
+    Ok(HttpResponse::Ok().json(answer))
+}
+
+/// Assigns the caller's next task (or finds the one they hold) and describes it blind.
+async fn assign_next(state: &web::Data<AppState>, principal: &Principal, id: RoundId) -> Result<serde_json::Value, ApiError> {
     let annotator = principal.name.clone();
     let stream = id.stream();
     let now = Utc::now();
     // The task is read from the state this assignment left, inside the round's writer.
-    let (outcome, (task, remaining, kind)) = bus
+    let (outcome, (task, remaining, kind)) = state
+        .bus
         .execute_then_async::<AnnotationRound, _>(
             &stream,
             None,
-            &context,
+            &principal.context(),
             RoundCommand::AssignNext { annotator: annotator.clone(), now },
             move |round, _| {
                 let task = round.current_task(&annotator, now).and_then(|item_id| {
@@ -280,11 +289,12 @@ pub async fn next(state: web::Data<AppState>, principal: Principal, path: web::P
         )
         .await
         .map_err(|e| named(e, "round", id))?;
+    state.metrics.record_appended(outcome.event_ids.len());
     let position = match outcome.position {
         Some(position) => position,
-        None => head_position(&state).await?,
+        None => head_position(state).await?,
     };
-    let answer = json!({
+    Ok(json!({
         "round_id": id,
         "kind": kind,
         "task": task,
@@ -292,16 +302,14 @@ pub async fn next(state: web::Data<AppState>, principal: Principal, path: web::P
         "stream": stream,
         "version": outcome.stream_version,
         "position": position,
-    });
-    let appended = outcome.event_ids.len();
-    state.metrics.record_appended(appended);
-    Ok(HttpResponse::Ok().json(answer))
+    }))
 }
 
 /// Submit an annotation for a task assigned to the caller (annotator).
 #[utoipa::path(post, path = "/v1/rounds/{id}/annotations", tag = "rounds", request_body = SubmitAnnotation,
     params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 201, body = CommandAnswer),
+    responses((status = 201, description = "stored; with `\"next\": true` in the body the answer also holds `next`, \
+        the caller's next task as `GET /v1/rounds/{id}/next` describes it", body = CommandAnswer),
         (status = "4XX", description = "403 when the item is not assigned to you; 409 when already annotated or the round is closed; 422 for an answer that does not fit (a rating outside 1–5)", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(principal = %principal.name))]
@@ -314,11 +322,20 @@ pub async fn submit(
 ) -> Result<HttpResponse, ApiError> {
     let id: RoundId = parse_id("round", &path)?;
     let annotator = principal.name.clone();
+    let (data, caller) = (state.clone(), principal.clone());
     run_command_async(state, principal, request, body, Action::Annotate, true, async move |bus, context, expected, input: SubmitAnnotation| {
         let command = RoundCommand::Submit { annotator, item_id: input.item_id, answer: input.answer };
         let outcome =
             bus.execute_async::<AnnotationRound>(&id.stream(), expected, &context, command).await.map_err(|e| named(e, "round", id))?;
-        Ok(Done::new(outcome))
+        let done = Done::new(outcome);
+        if !input.next {
+            return Ok(done);
+        }
+        // The annotation is stored whatever happens next; a failure to assign says so.
+        Ok(match assign_next(&data, &caller, id).await {
+            Ok(next) => done.with("next", next),
+            Err(error) => done.with("next", json!({"error": error.to_string()})),
+        })
     })
     .await
 }
