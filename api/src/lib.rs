@@ -26,6 +26,7 @@ pub mod configuration;
 pub mod data;
 pub mod idempotency;
 pub mod metrics;
+pub mod prompts;
 pub mod routes;
 pub mod runner;
 pub mod scripted;
