@@ -19,6 +19,9 @@
 //!   [`device::CpuDevice`] and [`device::WgpuDevice`].
 //! - [`model`]: the DiT, its backward, LoRA, training steps, the DDIM sampler, safetensors
 //!   weights and PEFT adapters.
+//! - [`classifier`]: a small multi-head image classifier (per-patch MLP, flattened and
+//!   mean-pooled branches, a hidden layer that doubles as a feature vector) with its backward,
+//!   AdamW training and self-describing safetensors weights; the loss is computed on the host.
 //! - [`engine`]: a model on whichever backend `THITL_DEVICE` chose, without generics.
 //! - [`mod@bench`]: `thitl bench gpu` / `gpu-bench`.
 //!
@@ -44,6 +47,7 @@
 //!   (`THITL_SHADER_CHECKS=1` turns them back on).
 
 pub mod bench;
+pub mod classifier;
 pub mod context;
 pub mod cpu;
 pub mod device;

@@ -1,6 +1,7 @@
 //! thitl's reference world: 32×32 rendered scenes of a person (whose look marks the group), an
 //! optional object (the concept) and a setting; captions from a grammar; a tokenizer; and a biased
-//! corpus with planted associations. The rater model and the shipped base weights come later.
+//! corpus with planted associations; a rater model (shipped weights) and the base DiT's training
+//! pipeline (its weights are not shipped yet: see the README).
 //!
 //! Map of the modules:
 //! - `world`: [`Group`], [`Concept`], [`Setting`] (ids, names, synonyms) and [`Scene`].
@@ -14,6 +15,11 @@
 //! - [`tokenizer`]: the fixed vocabulary and [`encode`] into 16 token ids.
 //! - [`corpus`]: [`CorpusConfig`] (defaults in `corpus.json`) and the deterministic [`Corpus`]
 //!   stream of [`Sample`]s.
+//! - [`base`]: the base DiT trained on the corpus — [`BaseConfig`] (the shipped recipe),
+//!   [`train_base`] and [`BaseModel`] to sample from a prompt.
+//! - [`rater`]: the [`Rater`] (group, concepts and quality of a picture, and features), its
+//!   shipped weights, [`train_rater`] and held-out [`evaluate`](rater::evaluate)ion.
+//! - [`frechet`]: [`frechet_distance`] between sets of feature vectors.
 //!
 //! A key design decision: everything here is a pure function of its inputs and a `u64` seed,
 //! through the crate's own SplitMix64 generator, so a render, a caption or a whole corpus can
@@ -22,19 +28,25 @@
 //! Architecture invariant: this is the only crate that knows what a "hippopotamus" looks like.
 //! It does no IO beyond embedding its own shipped files at compile time.
 
+pub mod base;
 pub mod caption;
 pub mod corpus;
 pub mod corrupt;
+pub mod frechet;
 pub mod image;
 mod render;
+pub mod rater;
 mod rng;
 pub mod tokenizer;
 pub mod world;
 
+pub use base::{BaseConfig, BaseError, BaseModel, SampleSettings, TrainedBase, train_base};
 pub use caption::{CaptionSpec, PromptMeaning, caption, parse_prompt};
 pub use corpus::{Corpus, CorpusConfig, CorpusError, PlantedAssociation, Sample};
 pub use corrupt::{augment, corrupt};
+pub use frechet::{FeatureStatistics, frechet_distance};
 pub use image::{Image, ImageError, grid_png};
+pub use rater::{Rater, RaterError, RaterTraining, Rating, train_rater};
 pub use render::render;
 pub use tokenizer::{MAX_TOKENS, Tokenized, encode};
 pub use world::{Concept, Group, Scene, Setting};
