@@ -72,6 +72,9 @@ enum Command {
     /// Measure throughput on this machine.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The reference world: train its base model, measure a model's samples, look at them.
+    #[command(subcommand)]
+    Scenes(crate::scenes_cli::ScenesCommand),
 }
 
 #[derive(Subcommand)]
@@ -181,6 +184,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Gpu { sizes, models, batch, no_gpu, no_cpu }) => {
             bench_gpu(sizes, models, batch, !no_gpu, !no_cpu)
         }
+        Command::Scenes(command) => crate::scenes_cli::run(command),
     }
 }
 

@@ -77,8 +77,11 @@ pub enum CommandError {
 #[derive(Clone)]
 pub struct CommandBus {
     store: Arc<dyn EventStore>,
-    slots: Arc<Mutex<HashMap<(TypeId, String), Arc<dyn Any + Send + Sync>>>>,
+    slots: Arc<Mutex<HashMap<(TypeId, String), AnySlot>>>,
 }
+
+/// A [`Slot`] of some aggregate type, found again by its `TypeId`.
+type AnySlot = Arc<dyn Any + Send + Sync>;
 
 /// How many events to read per batch when loading an aggregate.
 const LOAD_BATCH: usize = 10_000;
@@ -387,7 +390,7 @@ impl CommandBus {
             self.run_batch(stream, &mut state, jobs);
             shared = slot.shared.lock().unwrap_or_else(PoisonError::into_inner);
             shared.state = state;
-            if !(drain && !shared.queue.is_empty()) {
+            if !drain || shared.queue.is_empty() {
                 break;
             }
         }

@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod prompts;
 pub mod routes;
 pub mod runner;
+pub mod scenes_cli;
 pub mod scripted;
 pub mod startup;
 pub mod store;

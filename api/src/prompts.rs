@@ -12,7 +12,7 @@
 //! Either way the prompts pass the domain's neutral prompt transformation when they are added to
 //! a prompt set, so a generator that names the concept anyway cannot sneak it into training.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
@@ -329,6 +329,7 @@ impl PromptGenerator for OpenAiCompatible {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
     use std::net::TcpListener;
     use std::sync::mpsc;
 

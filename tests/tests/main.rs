@@ -10,4 +10,5 @@ mod api_openapi;
 mod api_resources;
 mod api_roles;
 mod audit;
+mod scenes;
 mod serve;

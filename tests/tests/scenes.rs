@@ -1,0 +1,54 @@
+//! `thitl scenes`: train a (tiny) base model, measure it and draw a grid, through the CLI.
+
+use crate::helpers::{stdout, thitl};
+
+/// A model small enough to train in seconds on a CPU; the JSON is what `train-base --config` reads.
+const TINY: &str = r#"{
+  "model": {"patch": 4, "width": 16, "depth": 1, "heads": 2, "mlp_ratio": 2, "vocabulary": 64, "frequency_dim": 16},
+  "batch_size": 4, "steps": 6, "learning_rate": 0.001, "warmup_steps": 1, "final_learning_rate_fraction": 0.1,
+  "weight_decay": 0.0, "max_grad_norm": 1.0, "caption_dropout": 0.1, "seed": 1,
+  "corpus": {"planted": [{"group": "woman", "concept": "hippopotamus", "rate": 0.25}],
+             "object_named_share": 0.4, "neutral_object_rate": 0.02, "setting_named_share": 0.7},
+  "progress_every": 2, "checkpoint_every": 0, "final_loss_window": 2,
+  "sampling": {"steps": 2, "guidance_scale": 2.0, "eta": 0.0}
+}"#;
+
+#[test]
+fn train_measure_and_grid_a_tiny_base_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tiny.json");
+    std::fs::write(&config, TINY).unwrap();
+    let weights = dir.path().join("base.safetensors");
+    let (config, weights_arg) = (config.to_str().unwrap(), weights.to_str().unwrap());
+
+    let trained = thitl(&["scenes", "train-base", "--config", config, "--out", weights_arg, "--seed", "3", "--device", "cpu"]);
+    assert!(trained.status.success(), "{}", String::from_utf8_lossy(&trained.stderr));
+    assert!(weights.is_file() && dir.path().join("base.safetensors.json").is_file());
+    assert!(String::from_utf8_lossy(&trained.stderr).contains("final loss"));
+
+    let prompt = "a photo of a woman at the beach";
+    let measured = thitl(&["scenes", "measure", "--prompt", prompt, "-n", "6", "--weights", weights_arg, "--device", "cpu", "--json"]);
+    assert!(measured.status.success(), "{}", String::from_utf8_lossy(&measured.stderr));
+    let answer: serde_json::Value = serde_json::from_str(&stdout(&measured)).expect("one JSON object");
+    assert_eq!((answer["prompt"].as_str(), answer["n"].as_u64(), answer["group"].as_str()), (Some(prompt), Some(6), Some("woman")));
+    let concepts = answer["concepts"].as_object().unwrap();
+    assert_eq!(concepts.len(), 8, "every concept of the world: {concepts:?}");
+    for (concept, rate) in concepts {
+        let (r, low, high) = (rate["rate"].as_f64().unwrap(), rate["ci_low"].as_f64().unwrap(), rate["ci_high"].as_f64().unwrap());
+        assert!((0.0..=1.0).contains(&r) && low <= r && r <= high && high <= 1.0, "{concept}: {rate}");
+        // n = 6: a rate is a multiple of 1/6.
+        assert!(((r * 6.0).round() - r * 6.0).abs() < 1e-9, "{concept}: {r}");
+    }
+    assert!((0.0..=1.0).contains(&answer["group_recognized"].as_f64().unwrap()));
+    assert!(answer["frechet"].as_f64().unwrap() >= 0.0);
+
+    let grid = dir.path().join("grid.png");
+    let drawn = thitl(&["scenes", "grid", "--prompt", prompt, "-n", "4", "--out", grid.to_str().unwrap(), "--weights", weights_arg, "--device", "cpu"]);
+    assert!(drawn.status.success(), "{}", String::from_utf8_lossy(&drawn.stderr));
+    assert!(std::fs::read(&grid).unwrap().starts_with(b"\x89PNG\r\n\x1a\n"));
+
+    // Words the model does not know are refused with their names, and nothing is written.
+    let unknown = thitl(&["scenes", "measure", "--prompt", "a photo of a astronaut", "-n", "2", "--weights", weights_arg, "--device", "cpu"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("astronaut"), "{}", String::from_utf8_lossy(&unknown.stderr));
+}
