@@ -5,7 +5,7 @@
 //! shipped rater recognises group, concepts and quality in every sample.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -226,8 +226,19 @@ fn train_base(out: &Path, seed: u64, steps: Option<usize>, config: Option<PathBu
     let trained = scenes::base::train_base(&config, &backend, checkpoint.as_ref(), |event| {
         match event {
             TrainEvent::Progress(progress) => {
+                let message = format!("loss {:.4}, {:.0} samples/s", progress.loss, progress.samples_per_second);
+                if !std::io::stderr().is_terminal() {
+                    // Not a terminal (a log file, CI): a line per report instead of a bar.
+                    eprintln!(
+                        "step {}/{}: {message}, {:.0} s elapsed, {:.0} s left",
+                        progress.step,
+                        progress.steps,
+                        progress.elapsed.as_secs_f64(),
+                        progress.eta.as_secs_f64()
+                    );
+                }
                 bar.set_position(progress.step as u64);
-                bar.set_message(format!("loss {:.4}, {:.0} samples/s", progress.loss, progress.samples_per_second));
+                bar.set_message(message);
             }
             TrainEvent::Checkpoint(checkpoint) => {
                 if let Err(error) = checkpoint.to_bytes().map_err(anyhow::Error::from).and_then(|bytes| {
