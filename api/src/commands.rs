@@ -97,6 +97,15 @@ type ReadResult = Box<dyn Any + Send>;
 type Reader<A> = Box<dyn Fn(&A, &Outcome) -> ReadResult + Send>;
 type JobResult = Result<(Outcome, Option<ReadResult>), CommandError>;
 
+fn boxed_reader<A: Aggregate, R: Send + 'static>(read: impl Fn(&A, &Outcome) -> R + Send + 'static) -> Reader<A> {
+    Box::new(move |state, outcome| Box::new(read(state, outcome)))
+}
+
+/// The value of a job that had a reader (its type is the reader's, by construction).
+fn unbox<R: 'static>(value: Option<ReadResult>) -> R {
+    *value.and_then(|v| v.downcast::<R>().ok()).expect("a job with a reader answers with its value")
+}
+
 /// One stream's writer: its state, the commands waiting, and whether a leader is running them.
 struct Slot<A: Aggregate> {
     shared: Mutex<Shared<A>>,
@@ -219,9 +228,9 @@ impl CommandBus {
         read: impl Fn(&A, u64) -> R + Send + 'static,
     ) -> Result<R, CommandError> {
         StreamName::new(stream)?;
-        let reader: Reader<A> = Box::new(move |state, outcome| Box::new(read(state, outcome.stream_version)));
+        let reader = boxed_reader(move |state: &A, outcome: &Outcome| read(state, outcome.stream_version));
         let (_, value) = self.submit::<A>(stream, None, None, CommandContext::system(), Some(reader))?;
-        Ok(*value.and_then(|v| v.downcast::<R>().ok()).expect("a read job answers with its reader's value"))
+        Ok(unbox(value))
     }
 
     /// Decides `command` on the current state and appends the events. With `expected` set
@@ -248,9 +257,8 @@ impl CommandBus {
         read: impl Fn(&A, &Outcome) -> R + Send + 'static,
     ) -> Result<(Outcome, R), CommandError> {
         StreamName::new(stream)?;
-        let reader: Reader<A> = Box::new(move |state, outcome| Box::new(read(state, outcome)));
-        let (outcome, value) = self.submit::<A>(stream, Some(command), expected, context.clone(), Some(reader))?;
-        Ok((outcome, *value.and_then(|v| v.downcast::<R>().ok()).expect("a job with a reader answers with its value")))
+        let (outcome, value) = self.submit::<A>(stream, Some(command), expected, context.clone(), Some(boxed_reader(read)))?;
+        Ok((outcome, unbox(value)))
     }
 
     /// [`execute`](Self::execute) for async callers (HTTP handlers): awaits the stream's writer
@@ -276,9 +284,9 @@ impl CommandBus {
         read: impl Fn(&A, &Outcome) -> R + Send + 'static,
     ) -> Result<(Outcome, R), CommandError> {
         StreamName::new(stream)?;
-        let reader: Reader<A> = Box::new(move |state, outcome| Box::new(read(state, outcome)));
-        let (outcome, value) = self.submit_async::<A>(stream, Some(command), expected, context.clone(), Some(reader)).await?;
-        Ok((outcome, *value.and_then(|v| v.downcast::<R>().ok()).expect("a job with a reader answers with its value")))
+        let (outcome, value) =
+            self.submit_async::<A>(stream, Some(command), expected, context.clone(), Some(boxed_reader(read))).await?;
+        Ok((outcome, unbox(value)))
     }
 
     /// [`execute`](Self::execute) with no expected version. (Every command without an expected
