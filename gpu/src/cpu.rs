@@ -34,7 +34,8 @@ pub trait Real:
     fn max(self, other: Self) -> Self;
     /// As f64.
     fn to_f64(self) -> f64;
-    /// `c = alpha·op(A)·op(B)` (strided, matrixmultiply).
+    /// `c = alpha·op(A)·op(B) + beta·c` (strided, matrixmultiply; with beta 0, c is only
+    /// written).
     ///
     /// # Safety
     /// The strides must address only elements inside the pointed-to buffers.
@@ -43,12 +44,14 @@ pub trait Real:
         m: usize,
         k: usize,
         n: usize,
+        alpha: Self,
         a: *const Self,
         rsa: isize,
         csa: isize,
         b: *const Self,
         rsb: isize,
         csb: isize,
+        beta: Self,
         c: *mut Self,
         rsc: isize,
         csc: isize,
@@ -83,18 +86,20 @@ macro_rules! real {
                 m: usize,
                 k: usize,
                 n: usize,
+                alpha: Self,
                 a: *const Self,
                 rsa: isize,
                 csa: isize,
                 b: *const Self,
                 rsb: isize,
                 csb: isize,
+                beta: Self,
                 c: *mut Self,
                 rsc: isize,
                 csc: isize,
             ) {
                 // SAFETY: forwarded from the caller.
-                unsafe { $gemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, 0.0, c, rsc, csc) }
+                unsafe { $gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
             }
         }
     };

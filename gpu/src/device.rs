@@ -205,20 +205,106 @@ pub trait Device {
 }
 
 /// The CPU reference backend in `T` (f32 for use, f64 for gradient checks).
+///
+/// Large buffers are recycled: a training step allocates the same few dozen activation buffers
+/// every time, and fresh multi-megabyte allocations cost page faults that took about a third of
+/// a step. A dropped buffer goes back to its device's pool, keyed by length, and the next
+/// [`Device::zeros`] of that length reuses it (cleared).
 #[derive(Debug, Clone, Default)]
 pub struct CpuDevice<T = f32> {
-    _values: std::marker::PhantomData<T>,
+    pool: Arc<CpuPool<T>>,
 }
 
-/// A CPU buffer (shared, so handles can be cloned like GPU buffers).
-pub type CpuBuffer<T> = Arc<RwLock<Vec<T>>>;
+/// Recycled vectors by length.
+#[derive(Debug)]
+struct CpuPool<T> {
+    free: Mutex<HashMap<usize, Vec<Vec<T>>>>,
+}
+
+impl<T> Default for CpuPool<T> {
+    fn default() -> Self {
+        CpuPool {
+            free: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// Buffers shorter than this are allocated afresh (small allocations are cheap).
+const POOLED_MIN_LEN: usize = 4096;
+/// At most this many free buffers of one length are kept.
+const POOLED_PER_LEN: usize = 64;
+
+/// A CPU buffer: a shared handle (cloned like a GPU buffer) to values behind a lock.
+#[derive(Debug)]
+pub struct CpuBuffer<T>(Arc<CpuStorage<T>>);
+
+impl<T> Clone for CpuBuffer<T> {
+    fn clone(&self) -> Self {
+        CpuBuffer(self.0.clone())
+    }
+}
+
+impl<T> std::ops::Deref for CpuBuffer<T> {
+    type Target = RwLock<Vec<T>>;
+    fn deref(&self) -> &Self::Target {
+        &self.0.values
+    }
+}
+
+#[derive(Debug)]
+struct CpuStorage<T> {
+    values: RwLock<Vec<T>>,
+    pool: Option<std::sync::Weak<CpuPool<T>>>,
+}
+
+impl<T> Drop for CpuStorage<T> {
+    fn drop(&mut self) {
+        let Some(pool) = self.pool.as_ref().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
+        let values = std::mem::take(self.values.get_mut().unwrap_or_else(|e| e.into_inner()));
+        let mut free = pool.free.lock().unwrap_or_else(|e| e.into_inner());
+        let list = free.entry(values.len()).or_default();
+        if list.len() < POOLED_PER_LEN {
+            list.push(values);
+        }
+    }
+}
 
 impl<T: Real> CpuDevice<T> {
     /// A CPU device.
     pub fn new() -> Self {
         CpuDevice {
-            _values: std::marker::PhantomData,
+            pool: Arc::new(CpuPool::default()),
         }
+    }
+
+    /// A buffer of `len` values, from the pool when one is free (its contents are stale: the
+    /// caller overwrites or clears them).
+    fn take(&self, len: usize, fill: impl FnOnce(&mut Vec<T>)) -> CpuBuffer<T> {
+        if len < POOLED_MIN_LEN {
+            let mut values = Vec::with_capacity(len);
+            fill(&mut values);
+            return CpuBuffer(Arc::new(CpuStorage {
+                values: RwLock::new(values),
+                pool: None,
+            }));
+        }
+        let recycled = self
+            .pool
+            .free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&len)
+            .and_then(Vec::pop);
+        let mut values = recycled.unwrap_or_default();
+        values.clear();
+        fill(&mut values);
+        debug_assert_eq!(values.len(), len);
+        CpuBuffer(Arc::new(CpuStorage {
+            values: RwLock::new(values),
+            pool: Some(Arc::downgrade(&self.pool)),
+        }))
     }
 }
 
@@ -231,6 +317,11 @@ fn write<T>(buffer: &CpuBuffer<T>) -> std::sync::RwLockWriteGuard<'_, Vec<T>> {
     buffer
         .try_write()
         .expect("an operation's output buffer is also one of its inputs")
+}
+
+/// The values behind an optional read guard (empty when there is none).
+fn guarded_slice<'a, T>(guard: &'a Option<std::sync::RwLockReadGuard<'_, Vec<T>>>) -> &'a [T] {
+    guard.as_deref().map(Vec::as_slice).unwrap_or(&[])
 }
 
 fn to_f32<T: Real>(values: &[T]) -> Vec<f32> {
@@ -246,10 +337,12 @@ impl<T: Real + Send + Sync> Device for CpuDevice<T> {
     type Ids = Vec<u32>;
 
     fn zeros(&self, len: usize) -> Self::Buffer {
-        Arc::new(RwLock::new(vec![T::default(); len]))
+        self.take(len, |values| values.resize(len, T::default()))
     }
     fn upload(&self, data: &[f32]) -> Self::Buffer {
-        Arc::new(RwLock::new(from_f32(data)))
+        self.take(data.len(), |values| {
+            values.extend(data.iter().map(|v| T::of(f64::from(*v))))
+        })
     }
     fn upload_ids(&self, ids: &[u32]) -> Self::Ids {
         ids.to_vec()
@@ -292,10 +385,24 @@ impl<T: Real + Send + Sync> Device for CpuDevice<T> {
         y: &Self::Buffer,
         len: usize,
     ) {
-        let host =
-            |buffer: Option<&Self::Buffer>| buffer.map(|b| read(b).clone()).unwrap_or_default();
-        let (a, b, c) = (host(a), host(b), host(c));
-        op.run_cpu(&a, &b, &c, &mut write(y)[..len]);
+        // Inputs are read in place unless one of them is the output (then it is copied first).
+        let aliased = [a, b, c]
+            .iter()
+            .any(|input| input.is_some_and(|input| Arc::ptr_eq(&input.0, &y.0)));
+        if aliased {
+            let host =
+                |buffer: Option<&Self::Buffer>| buffer.map(|b| read(b).clone()).unwrap_or_default();
+            let (a, b, c) = (host(a), host(b), host(c));
+            op.run_cpu(&a, &b, &c, &mut write(y)[..len]);
+            return;
+        }
+        let (a, b, c) = (a.map(read), b.map(read), c.map(read));
+        op.run_cpu(
+            guarded_slice(&a),
+            guarded_slice(&b),
+            guarded_slice(&c),
+            &mut write(y)[..len],
+        );
     }
     fn layernorm(
         &self,

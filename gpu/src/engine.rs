@@ -5,7 +5,7 @@ use crate::context::{Backend, GpuError};
 use crate::cpu::AdamW;
 use crate::device::{CpuDevice, WgpuDevice};
 use crate::model::{
-    Dit, DitConfig, HostAdapter, HostWeights, SampleOptions, TrainBatch, TrainMode, WeightsError,
+    Dit, DitConfig, HostAdapter, HostWeights, LossWeighting, SampleOptions, TrainBatch, TrainMode, WeightsError,
 };
 
 /// A model and the device it lives on.
@@ -86,6 +86,11 @@ impl Engine {
     /// See [`Dit::set_trainable`].
     pub fn set_trainable(&mut self, mode: TrainMode) {
         on_device!(self, |device, model| model.set_trainable(device, mode))
+    }
+
+    /// Sets [`Dit::loss_weighting`] for the following training steps.
+    pub fn set_loss_weighting(&mut self, weighting: LossWeighting) {
+        on_device!(self, |_device, model| model.loss_weighting = weighting)
     }
 
     /// See [`Dit::train_step`].

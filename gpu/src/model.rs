@@ -619,6 +619,37 @@ pub struct Dit<D: Device> {
     final_linear: Linear,
     pos_embed: D::Buffer,
     step: u32,
+    /// How training weighs each sample's ε-error (see [`LossWeighting`]).
+    pub loss_weighting: LossWeighting,
+}
+
+/// How [`Dit::loss_and_gradients`] weighs each sample's squared ε-error: the loss is the
+/// weighted mean, and its gradient is what training follows.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum LossWeighting {
+    /// Every timestep counts the same (the DDPM "simple" loss).
+    #[default]
+    Uniform,
+    /// Min-SNR-γ (Hang et al., 2023): a sample at signal-to-noise ratio `snr = ᾱ/(1−ᾱ)` weighs
+    /// `min(snr, γ)/snr`, so nearly clean timesteps, whose ε is hardest to guess and matters least
+    /// for the picture's layout, stop dominating the gradient.
+    MinSnr {
+        /// The clamp γ (5 in the paper).
+        gamma: f32,
+    },
+}
+
+impl LossWeighting {
+    /// The weight of a sample whose noise level is `alpha_bar`.
+    pub fn weight(&self, alpha_bar: f64) -> f32 {
+        match *self {
+            LossWeighting::Uniform => 1.0,
+            LossWeighting::MinSnr { gamma } => {
+                let snr = alpha_bar / (1.0 - alpha_bar).max(1e-12);
+                (snr.min(f64::from(gamma)) / snr) as f32
+            }
+        }
+    }
 }
 
 /// The fixed 2-D sin-cos position embedding of DiT, `[tokens, width]`: for token (row i,
@@ -836,6 +867,7 @@ impl<D: Device> Dit<D> {
             parameters,
             index,
             step: 0,
+            loss_weighting: LossWeighting::Uniform,
         })
     }
 
@@ -1845,7 +1877,8 @@ impl<D: Device> Dit<D> {
     }
 
     /// The DDPM loss (ε-prediction, MSE) of `batch` and the gradients of the trained parameters
-    /// (left in each parameter's gradient buffer). Timesteps and noise come from `seed`. Returns
+    /// (left in each parameter's gradient buffer); each sample's squared error is weighted by
+    /// [`Dit::loss_weighting`]. Timesteps and noise come from `seed`. Returns
     /// the one-value loss buffer.
     pub fn loss_and_gradients(
         &self,
@@ -1881,26 +1914,63 @@ impl<D: Device> Dit<D> {
         let (epsilon, cache) = self.forward_internal(device, &xt, &timesteps, &batch.ids, true);
         let cache = cache.expect("cache kept");
         let loss = device.zeros(1);
-        device.sum_of_squares(
-            &epsilon,
-            Some(&noise),
-            len,
-            1.0 / len as f32,
-            &loss,
-            0,
-            false,
-        );
         let depsilon = device.zeros(len);
-        device.elementwise(
-            Elementwise::ScaledDifference {
-                scale: 2.0 / len as f32,
-            },
-            Some(&epsilon),
-            Some(&noise),
-            None,
-            &depsilon,
-            len,
-        );
+        match self.loss_weighting {
+            LossWeighting::Uniform => {
+                device.sum_of_squares(
+                    &epsilon,
+                    Some(&noise),
+                    len,
+                    1.0 / len as f32,
+                    &loss,
+                    0,
+                    false,
+                );
+                device.elementwise(
+                    Elementwise::ScaledDifference {
+                        scale: 2.0 / len as f32,
+                    },
+                    Some(&epsilon),
+                    Some(&noise),
+                    None,
+                    &depsilon,
+                    len,
+                );
+            }
+            weighting => {
+                // r = √w·(ε̂ − ε); loss = Σ r²/n; gradient = 2/n · √w · r = 2/n · w · (ε̂ − ε).
+                let root_weights: Vec<f32> = timesteps
+                    .iter()
+                    .map(|t| weighting.weight(bars[*t as usize]).sqrt())
+                    .collect();
+                let root_weights = device.upload(&root_weights);
+                let per_sample = config.image_len();
+                let residual = device.zeros(len);
+                device.elementwise(
+                    Elementwise::WeightedDifference {
+                        per_sample,
+                        scale: 1.0,
+                    },
+                    Some(&epsilon),
+                    Some(&noise),
+                    Some(&root_weights),
+                    &residual,
+                    len,
+                );
+                device.sum_of_squares(&residual, None, len, 1.0 / len as f32, &loss, 0, false);
+                device.elementwise(
+                    Elementwise::WeightedDifference {
+                        per_sample,
+                        scale: 2.0 / len as f32,
+                    },
+                    Some(&residual),
+                    Some(&device.zeros(len)),
+                    Some(&root_weights),
+                    &depsilon,
+                    len,
+                );
+            }
+        }
         self.backward(device, &cache, &depsilon, mode);
         Ok(loss)
     }

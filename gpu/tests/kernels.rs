@@ -98,6 +98,16 @@ fn elementwise_ops() {
                     out
                 },
             ),
+            // c holds one weight per sample of `per_sample` values.
+            (
+                Elementwise::WeightedDifference {
+                    per_sample,
+                    scale: 0.75,
+                },
+                (0..len)
+                    .map(|i| 0.75 * alpha_bar[i / per_sample] * (a[i] - b[i]))
+                    .collect(),
+            ),
             // a's first values act as per-row weights, b's first `period` values as the vector.
             (
                 Elementwise::MaskedRowAdd { period },

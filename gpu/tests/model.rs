@@ -7,7 +7,7 @@ use common::{Rng, assert_close, context};
 use gpu::cpu::AdamW;
 use gpu::device::{CpuDevice, Device, WgpuDevice};
 use gpu::model::{
-    Dit, DitConfig, HostAdapter, HostWeights, LoraConfig, LoraTarget, SampleOptions, TrainBatch,
+    Dit, DitConfig, HostAdapter, HostWeights, LoraConfig, LossWeighting, LoraTarget, SampleOptions, TrainBatch,
     TrainMode,
 };
 
@@ -187,9 +187,14 @@ fn whole_model_gradients_match_finite_differences_in_f64() {
     let adapter = trained_adapter(&config, 9);
     let data = batch(&config, 2, 10);
     let device = CpuDevice::<f64>::new();
-    for mode in [TrainMode::Full, TrainMode::Lora] {
+    for (mode, weighting) in [
+        (TrainMode::Full, LossWeighting::Uniform),
+        (TrainMode::Lora, LossWeighting::Uniform),
+        (TrainMode::Full, LossWeighting::MinSnr { gamma: 0.05 }),
+    ] {
         let mut model = Dit::new(&device, config, &weights, Some(&adapter)).unwrap();
         model.set_trainable(&device, mode);
+        model.loss_weighting = weighting;
         let loss_of = |model: &Dit<CpuDevice<f64>>| {
             model
                 .loss_and_gradients(&device, &data, mode, 11)
@@ -197,7 +202,18 @@ fn whole_model_gradients_match_finite_differences_in_f64() {
                 .read()
                 .unwrap()[0]
         };
-        loss_of(&model);
+        let weighted = loss_of(&model);
+        if weighting != LossWeighting::Uniform {
+            // The weighting must bite on this batch, or the check below proves nothing about it.
+            model.loss_weighting = LossWeighting::Uniform;
+            let plain = loss_of(&model);
+            model.loss_weighting = weighting;
+            assert!(
+                weighted < plain - 1e-3 * plain,
+                "weighted loss {weighted} vs plain {plain}"
+            );
+            loss_of(&model);
+        }
         let mut rng = Rng::new(12);
         let trained: Vec<usize> = (0..model.parameters.len())
             .filter(|i| model.parameters[*i].training.is_some())
@@ -221,13 +237,23 @@ fn whole_model_gradients_match_finite_differences_in_f64() {
                 let numeric = (up - down) / (2.0 * h);
                 assert!(
                     (numeric - analytic[element]).abs() <= 1e-6 + 1e-5 * analytic[element].abs(),
-                    "{mode:?} {}[{element}]: numeric {numeric} vs analytic {}",
+                    "{mode:?} {weighting:?} {}[{element}]: numeric {numeric} vs analytic {}",
                     parameter.name,
                     analytic[element]
                 );
             }
         }
     }
+}
+
+#[test]
+fn min_snr_weights_by_hand() {
+    let weighting = LossWeighting::MinSnr { gamma: 5.0 };
+    // ᾱ = 0.5: snr 1 < γ, full weight; ᾱ = 0.9: snr 9, weight 5/9; ᾱ = 0.01: snr ≈ 0.0101.
+    assert_eq!(weighting.weight(0.5), 1.0);
+    assert!((weighting.weight(0.9) - 5.0 / 9.0).abs() < 1e-6);
+    assert_eq!(weighting.weight(0.01), 1.0);
+    assert_eq!(LossWeighting::Uniform.weight(0.9), 1.0);
 }
 
 #[test]

@@ -43,6 +43,13 @@ pub enum Elementwise {
         /// The factor.
         scale: f32,
     },
+    /// `y = scale · c[i / per_sample] · (a − b)`: a per-sample weighted MSE gradient.
+    WeightedDifference {
+        /// Values per sample.
+        per_sample: usize,
+        /// The common factor.
+        scale: f32,
+    },
     /// `y[i] += a[i / period] · b[i mod period]`: adds the vector b (length `period`) to the rows
     /// whose weight in a is non-zero (the learned null text into empty prompts).
     MaskedRowAdd {
@@ -86,6 +93,8 @@ impl Elementwise {
             Elementwise::ScaledDifference { scale } => {
                 (0..len).for_each(|i| y[i] = of(scale) * (a[i] - b[i]))
             }
+            Elementwise::WeightedDifference { per_sample, scale } => (0..len)
+                .for_each(|i| y[i] = of(scale) * c[i / per_sample] * (a[i] - b[i])),
             Elementwise::MaskedRowAdd { period } => {
                 (0..len).for_each(|i| y[i] += a[i / period] * b[i % period])
             }
@@ -117,6 +126,9 @@ impl Elementwise {
             Elementwise::ScaledDifference { scale } => (8, 1, 1, [scale, 0.0, 0.0]),
             Elementwise::MaskedRowAdd { period } => (9, period, period, [0.0; 3]),
             Elementwise::GuidanceHalves { scale } => (10, 1, 1, [scale, 0.0, 0.0]),
+            Elementwise::WeightedDifference { per_sample, scale } => {
+                (11, 1, per_sample, [scale, 0.0, 0.0])
+            }
         };
         let (a_len, b_len, c_len) = match *self {
             Elementwise::Gelu | Elementwise::Silu => (len, 0, 0),
@@ -125,7 +137,10 @@ impl Elementwise {
             Elementwise::Combine { .. }
             | Elementwise::Ddim { .. }
             | Elementwise::ScaledDifference { .. } => (len, len, 0),
-            Elementwise::AddNoise { per_sample } => (len, len, len.div_ceil(per_sample.max(1))),
+            Elementwise::AddNoise { per_sample }
+            | Elementwise::WeightedDifference { per_sample, .. } => {
+                (len, len, len.div_ceil(per_sample.max(1)))
+            }
             Elementwise::MaskedRowAdd { period } => {
                 (len.div_ceil(period.max(1)), period.min(len), 0)
             }

@@ -55,6 +55,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) g
         case 8u: { y[i] = p.s0 * (a[i] - b[i]); }
         case 9u: { y[i] += a[i / p.per_sample] * b[i % p.period]; }
         case 10u: { y[i] = a[i + p.len] + p.s0 * (a[i] - a[i + p.len]); }
+        case 11u: { y[i] = p.s0 * c[i / p.per_sample] * (a[i] - b[i]); }
         default: {}
     }
 }

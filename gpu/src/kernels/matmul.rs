@@ -277,43 +277,81 @@ impl Matmul {
     /// The CPU reference (also the CPU backend): `matrixmultiply` per batch, then the epilogue.
     pub fn run_cpu<T: Real>(&self, a: &[T], b: &[T], bias: Option<&[T]>, c: &mut [T]) {
         assert_eq!(self.c.col_stride, 1, "C must have unit column stride");
-        let mut product = vec![T::default(); self.m * self.n];
+        if self.m == 0 || self.n == 0 {
+            return;
+        }
+        let bias = self.bias.zip(bias);
+        // The product goes straight into C (gemm's β = 1 accumulates) unless an activation must
+        // apply to the product alone before it is added to C.
+        let direct = self.k > 0 && (!self.accumulate || self.activation == Activation::None);
+        let mut product = if direct {
+            Vec::new()
+        } else {
+            vec![T::default(); self.m * self.n]
+        };
         for outer in 0..self.batch_outer {
             for inner in 0..self.batch_inner {
-                if self.m > 0 && self.n > 0 {
+                let c_start = self.c.index(outer, inner, 0, 0);
+                let c_last = self.c.index(outer, inner, self.m - 1, self.n - 1);
+                assert!(c_last < c.len(), "result out of bounds");
+                if self.k > 0 {
                     let a_start = self.a.index(outer, inner, 0, 0);
                     let b_start = self.b.index(outer, inner, 0, 0);
+                    let a_last = self.a.index(outer, inner, self.m - 1, self.k - 1);
+                    let b_last = self.b.index(outer, inner, self.k - 1, self.n - 1);
+                    assert!(
+                        a_last < a.len() && b_last < b.len(),
+                        "operand out of bounds"
+                    );
+                    let (target, row_stride, beta) = if direct {
+                        let beta = if self.accumulate { 1.0 } else { 0.0 };
+                        // SAFETY: C's last element is in bounds (checked above).
+                        (unsafe { c.as_mut_ptr().add(c_start) }, self.c.row_stride, beta)
+                    } else {
+                        (product.as_mut_ptr(), self.n, 0.0)
+                    };
                     // SAFETY: the strides address only elements inside the slices, which is
-                    // checked by the last-element index below.
-                    if self.k > 0 {
-                        let a_last = self.a.index(outer, inner, self.m - 1, self.k - 1);
-                        let b_last = self.b.index(outer, inner, self.k - 1, self.n - 1);
-                        assert!(
-                            a_last < a.len() && b_last < b.len(),
-                            "operand out of bounds"
-                        );
-                    }
+                    // checked by the last-element indices above.
                     unsafe {
                         T::gemm(
                             self.m,
                             self.k,
                             self.n,
+                            T::of(self.alpha as f64),
                             a.as_ptr().add(a_start),
                             self.a.row_stride as isize,
                             self.a.col_stride as isize,
                             b.as_ptr().add(b_start),
                             self.b.row_stride as isize,
                             self.b.col_stride as isize,
-                            product.as_mut_ptr(),
-                            self.n as isize,
+                            T::of(beta),
+                            target,
+                            row_stride as isize,
                             1,
                         );
                     }
                 }
+                if direct {
+                    // C holds α·AB (+ C when accumulating): add the bias, then the activation
+                    // (only when not accumulating, see `direct`).
+                    if bias.is_none() && self.activation == Activation::None {
+                        continue;
+                    }
+                    for row in 0..self.m {
+                        let start = c_start + row * self.c.row_stride;
+                        for (col, value) in c[start..start + self.n].iter_mut().enumerate() {
+                            if let Some((offset, bias)) = bias {
+                                *value += bias[offset + col];
+                            }
+                            *value = self.activation.apply(*value);
+                        }
+                    }
+                    continue;
+                }
                 for row in 0..self.m {
                     for col in 0..self.n {
-                        let mut value = T::of(self.alpha as f64) * product[row * self.n + col];
-                        if let (Some(offset), Some(bias)) = (self.bias, bias) {
+                        let mut value = product[row * self.n + col];
+                        if let Some((offset, bias)) = bias {
                             value += bias[offset + col];
                         }
                         value = self.activation.apply(value);
