@@ -83,6 +83,19 @@ impl Engine {
             ))?)
     }
 
+    /// See [`Dit::sample_seeded`].
+    pub fn sample_seeded(
+        &self,
+        options: &SampleOptions,
+        ids: &[u32],
+        negative: Option<&[u32]>,
+        seeds: &[u64],
+        progress: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<Vec<f32>, EngineError> {
+        Ok(on_device!(self, |device, model| model
+            .sample_seeded(device, options, ids, negative, seeds, progress))?)
+    }
+
     /// See [`Dit::set_trainable`].
     pub fn set_trainable(&mut self, mode: TrainMode) {
         on_device!(self, |device, model| model.set_trainable(device, mode))

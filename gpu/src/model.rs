@@ -2041,24 +2041,71 @@ impl<D: Device> Dit<D> {
         negative: Option<&[u32]>,
         progress: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Result<Vec<f32>, GpuError> {
+        let len = self.check_prompts(ids, negative)? * self.config.image_len();
+        let x = device.zeros(len);
+        device.noise(NoiseStream::new(options.seed), 0, &x, len);
+        self.denoise(device, options, x, ids, negative, progress)
+    }
+
+    /// [`Dit::sample_with_progress`] with each image's starting noise drawn from its own seed
+    /// (`seeds[b]` for image `b`), so an image depends only on its prompt and seed, whatever else
+    /// is in the batch. `options.seed` still drives η's noise.
+    pub fn sample_seeded(
+        &self,
+        device: &D,
+        options: &SampleOptions,
+        ids: &[u32],
+        negative: Option<&[u32]>,
+        seeds: &[u64],
+        progress: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<Vec<f32>, GpuError> {
         let config = &self.config;
-        let batch = ids.len() / config.max_tokens;
-        let check = TrainBatch {
-            images: vec![0.0; batch * config.image_len()],
-            ids: ids.to_vec(),
-        };
-        check.samples(config)?;
-        if let Some(negative) = negative {
+        let batch = self.check_prompts(ids, negative)?;
+        if seeds.len() != batch {
+            return Err(GpuError::Shape(format!(
+                "{} seeds for a batch of {batch} prompts",
+                seeds.len()
+            )));
+        }
+        let per_image = config.image_len();
+        let mut start = vec![0.0f32; batch * per_image];
+        for (image, seed) in start.chunks_exact_mut(per_image).zip(seeds) {
+            NoiseStream::new(*seed).fill(0, 1.0, image);
+        }
+        let x = device.upload(&start);
+        self.denoise(device, options, x, ids, negative, progress)
+    }
+
+    /// The batch size of `ids`, after checking them and the negative prompts (same count,
+    /// ids inside the vocabulary).
+    fn check_prompts(&self, ids: &[u32], negative: Option<&[u32]>) -> Result<usize, GpuError> {
+        let config = &self.config;
+        let batch = ids.len() / config.max_tokens.max(1);
+        let images = vec![0.0; batch * config.image_len()];
+        for prompts in std::iter::once(ids).chain(negative) {
             TrainBatch {
-                images: check.images.clone(),
-                ids: negative.to_vec(),
+                images: images.clone(),
+                ids: prompts.to_vec(),
             }
             .samples(config)?;
         }
+        Ok(batch)
+    }
+
+    /// DDIM with guidance from the starting noise `x` (checked prompts; `x` is consumed).
+    fn denoise(
+        &self,
+        device: &D,
+        options: &SampleOptions,
+        x: D::Buffer,
+        ids: &[u32],
+        negative: Option<&[u32]>,
+        progress: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<Vec<f32>, GpuError> {
+        let config = &self.config;
+        let batch = ids.len() / config.max_tokens;
         let len = batch * config.image_len();
         let stream = NoiseStream::new(options.seed);
-        let x = device.zeros(len);
-        device.noise(stream, 0, &x, len);
         let guided = options.guidance_scale != 1.0;
         let mut all_ids = ids.to_vec();
         if guided {
