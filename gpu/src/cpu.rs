@@ -7,6 +7,8 @@ use std::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub};
 /// f32 or f64.
 pub trait Real:
     Copy
+    + Send
+    + Sync
     + PartialOrd
     + Default
     + std::fmt::Debug
@@ -106,6 +108,68 @@ macro_rules! real {
 }
 real!(f32, matrixmultiply::sgemm);
 real!(f64, matrixmultiply::dgemm);
+
+/// Outputs shorter than this are computed on the calling thread.
+const PARALLEL_MIN_LEN: usize = 1 << 15;
+
+/// How many threads the CPU backend splits an operation over (the machine's parallelism, at
+/// most 8).
+fn parallelism() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(8)
+    })
+}
+
+/// Runs `work(first_unit, part_a, part_b)` on disjoint parts of `a` and `b`, cut at the same
+/// unit boundaries (`a_unit` values of `a` and `b_unit` of `b` per unit), one part per thread.
+/// Small outputs run inline. The parts cover everything once, so the result is the same as one
+/// call over the whole.
+pub(crate) fn in_parts2<T: Send, U: Send>(
+    a: &mut [T],
+    a_unit: usize,
+    b: &mut [U],
+    b_unit: usize,
+    work: impl Fn(usize, &mut [T], &mut [U]) + Sync,
+) {
+    let units = a.len() / a_unit.max(1);
+    let parts = parallelism().min(units).max(1);
+    if parts == 1 || a.len() < PARALLEL_MIN_LEN {
+        work(0, a, b);
+        return;
+    }
+    let per = units.div_ceil(parts);
+    std::thread::scope(|scope| {
+        let (mut rest_a, mut rest_b, mut first) = (a, b, 0);
+        while !rest_a.is_empty() {
+            let (head_a, tail_a) = rest_a.split_at_mut((per * a_unit).min(rest_a.len()));
+            let (head_b, tail_b) = rest_b.split_at_mut((per * b_unit).min(rest_b.len()));
+            (rest_a, rest_b) = (tail_a, tail_b);
+            let work = &work;
+            if rest_a.is_empty() {
+                work(first, head_a, head_b);
+            } else {
+                scope.spawn(move || work(first, head_a, head_b));
+            }
+            first += per;
+        }
+    });
+}
+
+/// The length below which operations stay on one thread (for tests that must exceed it).
+#[cfg(test)]
+pub(crate) fn tests_parallel_min_len() -> usize {
+    PARALLEL_MIN_LEN
+}
+
+/// [`in_parts2`] for one output.
+pub(crate) fn in_parts<T: Send>(out: &mut [T], unit: usize, work: impl Fn(usize, &mut [T]) + Sync) {
+    in_parts2(out, unit, &mut [] as &mut [u8], 0, |first, part, _| {
+        work(first, part)
+    });
+}
 
 /// tanh that stays finite for large |x|, written like the WGSL one.
 pub fn stable_tanh<T: Real>(x: T) -> T {
@@ -228,11 +292,18 @@ pub fn modulate<T: Real>(
     width: usize,
     y: &mut [T],
 ) {
-    for (index, (out, &input)) in y.iter_mut().zip(x).enumerate() {
-        let b = index / (tokens * width);
-        let d = index % width;
-        *out = input * (T::of(1.0) + modulation[b * scale.stride + scale.offset + d])
-            + modulation[b * shift.stride + shift.offset + d];
+    for (b, (out, input)) in y
+        .chunks_mut(tokens * width)
+        .zip(x.chunks(tokens * width))
+        .enumerate()
+    {
+        let scale = &modulation[b * scale.stride + scale.offset..][..width];
+        let shift = &modulation[b * shift.stride + shift.offset..][..width];
+        for (out, input) in out.chunks_mut(width).zip(input.chunks(width)) {
+            for d in 0..width {
+                out[d] = input[d] * (T::of(1.0) + scale[d]) + shift[d];
+            }
+        }
     }
 }
 
@@ -276,10 +347,17 @@ pub fn gated_residual<T: Real>(
     tokens: usize,
     width: usize,
 ) {
-    for (index, (out, &input)) in x.iter_mut().zip(y).enumerate() {
-        let b = index / (tokens * width);
-        let d = index % width;
-        *out += modulation[b * gate.stride + gate.offset + d] * input;
+    for (b, (out, input)) in x
+        .chunks_mut(tokens * width)
+        .zip(y.chunks(tokens * width))
+        .enumerate()
+    {
+        let gate = &modulation[b * gate.stride + gate.offset..][..width];
+        for (out, input) in out.chunks_mut(width).zip(input.chunks(width)) {
+            for d in 0..width {
+                out[d] += gate[d] * input[d];
+            }
+        }
     }
 }
 

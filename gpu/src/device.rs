@@ -397,12 +397,10 @@ impl<T: Real + Send + Sync> Device for CpuDevice<T> {
             return;
         }
         let (a, b, c) = (a.map(read), b.map(read), c.map(read));
-        op.run_cpu(
-            guarded_slice(&a),
-            guarded_slice(&b),
-            guarded_slice(&c),
-            &mut write(y)[..len],
-        );
+        let (a, b, c) = (guarded_slice(&a), guarded_slice(&b), guarded_slice(&c));
+        cpu::in_parts(&mut write(y)[..len], 1, |start, part| {
+            op.run_cpu_part(a, b, c, part, start, len);
+        });
     }
     fn layernorm(
         &self,
@@ -412,11 +410,16 @@ impl<T: Real + Send + Sync> Device for CpuDevice<T> {
         rows: usize,
         width: usize,
     ) {
-        cpu::layernorm(
-            &read(x)[..rows * width],
-            width,
+        let x = read(x);
+        cpu::in_parts2(
             &mut write(normalized)[..rows * width],
+            width,
             &mut write(rstd)[..rows],
+            1,
+            |first, normalized, rstd| {
+                let x = &x[first * width..][..normalized.len()];
+                cpu::layernorm(x, width, normalized, rstd);
+            },
         );
     }
     fn layernorm_backward(
@@ -438,13 +441,15 @@ impl<T: Real + Send + Sync> Device for CpuDevice<T> {
         );
     }
     fn softmax(&self, x: &Self::Buffer, y: &Self::Buffer, rows: usize, width: usize, scale: f32) {
-        let len = rows * width;
-        cpu::softmax(
-            &read(x)[..len],
-            width,
-            T::of(scale as f64),
-            &mut write(y)[..len],
-        );
+        let x = read(x);
+        cpu::in_parts(&mut write(y)[..rows * width], width, |first, y| {
+            cpu::softmax(
+                &x[first * width..][..y.len()],
+                width,
+                T::of(scale as f64),
+                y,
+            );
+        });
     }
     fn softmax_backward(
         &self,
@@ -473,16 +478,20 @@ impl<T: Real + Send + Sync> Device for CpuDevice<T> {
         scale: Chunk,
         y: &Self::Buffer,
     ) {
-        let len = shape.batch * shape.tokens * shape.width;
-        cpu::modulate(
-            &read(x)[..len],
-            &read(modulation),
-            shift,
-            scale,
-            shape.tokens,
-            shape.width,
-            &mut write(y)[..len],
-        );
+        let sample = shape.tokens * shape.width;
+        let (x, modulation) = (read(x), read(modulation));
+        debug_assert_eq!(shift.stride, scale.stride, "one modulation row per sample");
+        cpu::in_parts(&mut write(y)[..shape.batch * sample], sample, |first, y| {
+            cpu::modulate(
+                &x[first * sample..][..y.len()],
+                &modulation[first * shift.stride..],
+                shift,
+                scale,
+                shape.tokens,
+                shape.width,
+                y,
+            );
+        });
     }
     fn modulate_backward(
         &self,
@@ -516,15 +525,18 @@ impl<T: Real + Send + Sync> Device for CpuDevice<T> {
         modulation: &Self::Buffer,
         gate: Chunk,
     ) {
-        let len = shape.batch * shape.tokens * shape.width;
-        cpu::gated_residual(
-            &mut write(x)[..len],
-            &read(y)[..len],
-            &read(modulation),
-            gate,
-            shape.tokens,
-            shape.width,
-        );
+        let sample = shape.tokens * shape.width;
+        let (y, modulation) = (read(y), read(modulation));
+        cpu::in_parts(&mut write(x)[..shape.batch * sample], sample, |first, x| {
+            cpu::gated_residual(
+                x,
+                &y[first * sample..][..x.len()],
+                &modulation[first * gate.stride..],
+                gate,
+                shape.tokens,
+                shape.width,
+            );
+        });
     }
     fn gated_residual_backward(
         &self,
@@ -1152,5 +1164,113 @@ impl Device for WgpuDevice {
     fn synchronize(&self) -> Result<(), GpuError> {
         self.flush();
         self.context.wait()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-1, 1).
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut out = vec![0.0; len];
+        NoiseStream::new(seed).fill(0, 0.5, &mut out);
+        out
+    }
+
+    /// The CPU device splits large operations over threads; each must equal the serial
+    /// reference on an output large enough to be split (and with a ragged last part).
+    #[test]
+    fn operations_split_over_threads_equal_the_serial_reference() {
+        let device = CpuDevice::<f32>::new();
+        let (batch, tokens, width) = (13, 61, 96);
+        let len = batch * tokens * width;
+        assert!(len >= 2 * super::cpu::tests_parallel_min_len());
+        let (x, y) = (values(len, 1), values(len, 2));
+        let modulation = values(batch * 6 * width, 3);
+        let shape = AdaLn {
+            batch,
+            tokens,
+            width,
+        };
+        let (shift, scale) = (
+            Chunk {
+                offset: 0,
+                stride: 6 * width,
+            },
+            Chunk {
+                offset: width,
+                stride: 6 * width,
+            },
+        );
+        let upload = |v: &[f32]| device.upload(v);
+        let (xb, yb, mb) = (upload(&x), upload(&y), upload(&modulation));
+
+        let out = device.zeros(len);
+        device.modulate(shape, &xb, &mb, shift, scale, &out);
+        let mut expected = vec![0.0; len];
+        cpu::modulate(&x, &modulation, shift, scale, tokens, width, &mut expected);
+        assert_eq!(device.download(&out, len).unwrap(), expected, "modulate");
+
+        let residual = upload(&x);
+        device.gated_residual(shape, &residual, &yb, &mb, scale);
+        let mut expected = x.clone();
+        cpu::gated_residual(&mut expected, &y, &modulation, scale, tokens, width);
+        assert_eq!(
+            device.download(&residual, len).unwrap(),
+            expected,
+            "gated residual"
+        );
+
+        let rows = batch * tokens;
+        let (normalized, rstd) = (device.zeros(len), device.zeros(rows));
+        device.layernorm(&xb, &normalized, &rstd, rows, width);
+        let (mut expected, mut expected_rstd) = (vec![0.0; len], vec![0.0; rows]);
+        cpu::layernorm(&x, width, &mut expected, &mut expected_rstd);
+        assert_eq!(
+            device.download(&normalized, len).unwrap(),
+            expected,
+            "layernorm"
+        );
+        assert_eq!(
+            device.download(&rstd, rows).unwrap(),
+            expected_rstd,
+            "layernorm rstd"
+        );
+
+        device.softmax(&xb, &out, rows, width, 0.7);
+        let mut expected = vec![0.0; len];
+        cpu::softmax(&x, width, 0.7, &mut expected);
+        assert_eq!(device.download(&out, len).unwrap(), expected, "softmax");
+
+        for op in [
+            Elementwise::Gelu,
+            Elementwise::AddBroadcast { period: 37 },
+            Elementwise::Ddim {
+                coefficients: [0.9, -0.3, 0.1],
+            },
+        ] {
+            let target = upload(&y);
+            device.elementwise(op, Some(&xb), Some(&yb), None, &target, len);
+            let mut expected = y.clone();
+            op.run_cpu(&x, &y, &[], &mut expected);
+            assert_eq!(device.download(&target, len).unwrap(), expected, "{op:?}");
+        }
+        let doubled: Vec<f32> = x.iter().chain(&y).copied().collect();
+        let target = device.zeros(len);
+        device.elementwise(
+            Elementwise::GuidanceHalves { scale: 2.5 },
+            Some(&upload(&doubled)),
+            None,
+            None,
+            &target,
+            len,
+        );
+        let expected: Vec<f32> = (0..len).map(|i| y[i] + 2.5 * (x[i] - y[i])).collect();
+        assert_eq!(
+            device.download(&target, len).unwrap(),
+            expected,
+            "guidance halves"
+        );
     }
 }

@@ -5,7 +5,8 @@ use crate::context::{Backend, GpuError};
 use crate::cpu::AdamW;
 use crate::device::{CpuDevice, WgpuDevice};
 use crate::model::{
-    Dit, DitConfig, HostAdapter, HostWeights, LossWeighting, SampleOptions, TrainBatch, TrainMode, WeightsError,
+    Dit, DitConfig, HostAdapter, HostWeights, LossWeighting, SampleOptions, TrainBatch, TrainMode,
+    WeightsError,
 };
 
 /// A model and the device it lives on.
@@ -92,8 +93,9 @@ impl Engine {
         seeds: &[u64],
         progress: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Result<Vec<f32>, EngineError> {
-        Ok(on_device!(self, |device, model| model
-            .sample_seeded(device, options, ids, negative, seeds, progress))?)
+        Ok(on_device!(self, |device, model| model.sample_seeded(
+            device, options, ids, negative, seeds, progress
+        ))?)
     }
 
     /// See [`Dit::set_trainable`].

@@ -7,8 +7,8 @@ use common::{Rng, assert_close, context};
 use gpu::cpu::AdamW;
 use gpu::device::{CpuDevice, Device, WgpuDevice};
 use gpu::model::{
-    Dit, DitConfig, HostAdapter, HostWeights, LoraConfig, LossWeighting, LoraTarget, SampleOptions, TrainBatch,
-    TrainMode,
+    Dit, DitConfig, HostAdapter, HostWeights, LoraConfig, LoraTarget, LossWeighting, SampleOptions,
+    TrainBatch, TrainMode,
 };
 
 fn wgpu_device() -> WgpuDevice {
@@ -617,26 +617,63 @@ fn seeded_sampling_does_not_depend_on_the_batch() {
     let model = Dit::new(&cpu, config, &weights, None).unwrap();
     let negative = vec![0u32; data.ids.len()];
     let all = model
-        .sample_seeded(&cpu, &options, &data.ids, Some(&negative), &[5, 6, 7], &mut |_, _| true)
+        .sample_seeded(
+            &cpu,
+            &options,
+            &data.ids,
+            Some(&negative),
+            &[5, 6, 7],
+            &mut |_, _| true,
+        )
         .unwrap();
     for (b, seed) in [5u64, 6, 7].into_iter().enumerate() {
         let ids = &data.ids[b * config.max_tokens..(b + 1) * config.max_tokens];
         let alone = model
-            .sample_seeded(&cpu, &options, ids, Some(&negative[..ids.len()]), &[seed], &mut |_, _| true)
+            .sample_seeded(
+                &cpu,
+                &options,
+                ids,
+                Some(&negative[..ids.len()]),
+                &[seed],
+                &mut |_, _| true,
+            )
             .unwrap();
-        assert_close(&all[b * image..(b + 1) * image], &alone, 1e-5, &format!("image {b}"));
+        assert_close(
+            &all[b * image..(b + 1) * image],
+            &alone,
+            1e-5,
+            &format!("image {b}"),
+        );
     }
     // Another seed, another picture; the wgpu backend agrees.
     let swapped = model
-        .sample_seeded(&cpu, &options, &data.ids, Some(&negative), &[5, 9, 7], &mut |_, _| true)
+        .sample_seeded(
+            &cpu,
+            &options,
+            &data.ids,
+            Some(&negative),
+            &[5, 9, 7],
+            &mut |_, _| true,
+        )
         .unwrap();
     assert_ne!(&swapped[image..2 * image], &all[image..2 * image]);
     assert_close(&swapped[..image], &all[..image], 1e-5, "image 0 kept");
     let gpu = wgpu_device();
     let on_gpu = Dit::new(&gpu, config, &weights, None).unwrap();
     let gpu_all = on_gpu
-        .sample_seeded(&gpu, &options, &data.ids, Some(&negative), &[5, 6, 7], &mut |_, _| true)
+        .sample_seeded(
+            &gpu,
+            &options,
+            &data.ids,
+            Some(&negative),
+            &[5, 6, 7],
+            &mut |_, _| true,
+        )
         .unwrap();
     assert_close(&gpu_all, &all, 1e-3, "wgpu vs cpu");
-    assert!(model.sample_seeded(&cpu, &options, &data.ids, None, &[1, 2], &mut |_, _| true).is_err());
+    assert!(
+        model
+            .sample_seeded(&cpu, &options, &data.ids, None, &[1, 2], &mut |_, _| true)
+            .is_err()
+    );
 }

@@ -67,39 +67,51 @@ pub enum Elementwise {
 impl Elementwise {
     /// The CPU reference of the operation (same arguments as [`Elementwise::record`]).
     pub fn run_cpu<T: crate::cpu::Real>(&self, a: &[T], b: &[T], c: &[T], y: &mut [T]) {
-        use crate::cpu;
         let len = y.len();
+        self.run_cpu_part(a, b, c, y, 0, len);
+    }
+
+    /// [`Elementwise::run_cpu`] on the output values `start .. start + y.len()` of an operation
+    /// over `len` values (inputs are whole), so that parts can run on separate threads.
+    pub fn run_cpu_part<T: crate::cpu::Real>(
+        &self,
+        a: &[T],
+        b: &[T],
+        c: &[T],
+        y: &mut [T],
+        start: usize,
+        len: usize,
+    ) {
+        use crate::cpu;
         let of = |v: f32| T::of(v as f64);
+        let each = |y: &mut [T], f: &dyn Fn(usize, T) -> T| {
+            for (k, out) in y.iter_mut().enumerate() {
+                *out = f(start + k, *out);
+            }
+        };
         match *self {
-            Elementwise::Gelu => (0..len).for_each(|i| y[i] = cpu::gelu(a[i])),
-            Elementwise::Silu => (0..len).for_each(|i| y[i] = cpu::silu(a[i])),
-            Elementwise::GeluBackward => {
-                (0..len).for_each(|i| y[i] = b[i] * cpu::gelu_derivative(a[i]))
-            }
-            Elementwise::SiluBackward => {
-                (0..len).for_each(|i| y[i] = b[i] * cpu::silu_derivative(a[i]))
-            }
-            Elementwise::AddBroadcast { period } => (0..len).for_each(|i| y[i] += a[i % period]),
-            Elementwise::Combine { s0, s1 } => {
-                (0..len).for_each(|i| y[i] = of(s0) * a[i] + of(s1) * b[i])
-            }
+            Elementwise::Gelu => each(y, &|i, _| cpu::gelu(a[i])),
+            Elementwise::Silu => each(y, &|i, _| cpu::silu(a[i])),
+            Elementwise::GeluBackward => each(y, &|i, _| b[i] * cpu::gelu_derivative(a[i])),
+            Elementwise::SiluBackward => each(y, &|i, _| b[i] * cpu::silu_derivative(a[i])),
+            Elementwise::AddBroadcast { period } => each(y, &|i, y| y + a[i % period]),
+            Elementwise::Combine { s0, s1 } => each(y, &|i, _| of(s0) * a[i] + of(s1) * b[i]),
             Elementwise::Ddim {
                 coefficients: [cx, ce, cn],
-            } => (0..len).for_each(|i| y[i] = of(cx) * y[i] + of(ce) * a[i] + of(cn) * b[i]),
-            Elementwise::AddNoise { per_sample } => (0..len).for_each(|i| {
+            } => each(y, &|i, y| of(cx) * y + of(ce) * a[i] + of(cn) * b[i]),
+            Elementwise::AddNoise { per_sample } => each(y, &|i, _| {
                 let alpha_bar = c[i / per_sample];
-                y[i] = alpha_bar.sqrt() * a[i] + (T::of(1.0) - alpha_bar).sqrt() * b[i];
+                alpha_bar.sqrt() * a[i] + (T::of(1.0) - alpha_bar).sqrt() * b[i]
             }),
-            Elementwise::ScaledDifference { scale } => {
-                (0..len).for_each(|i| y[i] = of(scale) * (a[i] - b[i]))
+            Elementwise::ScaledDifference { scale } => each(y, &|i, _| of(scale) * (a[i] - b[i])),
+            Elementwise::WeightedDifference { per_sample, scale } => {
+                each(y, &|i, _| of(scale) * c[i / per_sample] * (a[i] - b[i]))
             }
-            Elementwise::WeightedDifference { per_sample, scale } => (0..len)
-                .for_each(|i| y[i] = of(scale) * c[i / per_sample] * (a[i] - b[i])),
             Elementwise::MaskedRowAdd { period } => {
-                (0..len).for_each(|i| y[i] += a[i / period] * b[i % period])
+                each(y, &|i, y| y + a[i / period] * b[i % period])
             }
             Elementwise::GuidanceHalves { scale } => {
-                (0..len).for_each(|i| y[i] = a[i + len] + of(scale) * (a[i] - a[i + len]))
+                each(y, &|i, _| a[i + len] + of(scale) * (a[i] - a[i + len]))
             }
         }
     }

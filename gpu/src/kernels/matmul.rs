@@ -306,7 +306,11 @@ impl Matmul {
                     let (target, row_stride, beta) = if direct {
                         let beta = if self.accumulate { 1.0 } else { 0.0 };
                         // SAFETY: C's last element is in bounds (checked above).
-                        (unsafe { c.as_mut_ptr().add(c_start) }, self.c.row_stride, beta)
+                        (
+                            unsafe { c.as_mut_ptr().add(c_start) },
+                            self.c.row_stride,
+                            beta,
+                        )
                     } else {
                         (product.as_mut_ptr(), self.n, 0.0)
                     };
@@ -337,13 +341,24 @@ impl Matmul {
                     if bias.is_none() && self.activation == Activation::None {
                         continue;
                     }
-                    for row in 0..self.m {
-                        let start = c_start + row * self.c.row_stride;
-                        for (col, value) in c[start..start + self.n].iter_mut().enumerate() {
+                    let epilogue = |row: &mut [T]| {
+                        for (col, value) in row.iter_mut().enumerate() {
                             if let Some((offset, bias)) = bias {
                                 *value += bias[offset + col];
                             }
                             *value = self.activation.apply(*value);
+                        }
+                    };
+                    if self.c.row_stride == self.n {
+                        // Contiguous rows: split them over threads.
+                        let rows = &mut c[c_start..c_start + self.m * self.n];
+                        crate::cpu::in_parts(rows, self.n, |_, part| {
+                            part.chunks_mut(self.n).for_each(epilogue);
+                        });
+                    } else {
+                        for row in 0..self.m {
+                            let start = c_start + row * self.c.row_stride;
+                            epilogue(&mut c[start..start + self.n]);
                         }
                     }
                     continue;
