@@ -32,6 +32,7 @@ pub mod base;
 pub mod caption;
 pub mod corpus;
 pub mod corrupt;
+pub mod finetune;
 pub mod frechet;
 pub mod image;
 mod render;
@@ -40,10 +41,13 @@ mod rng;
 pub mod tokenizer;
 pub mod world;
 
-pub use base::{BaseConfig, BaseError, BaseModel, SampleSettings, TrainedBase, train_base};
+pub use base::{
+    BaseConfig, BaseError, BaseModel, Flow, SampleItem, SampleSettings, TrainedBase, train_base,
+};
 pub use caption::{CaptionSpec, PromptMeaning, caption, parse_prompt};
 pub use corpus::{Corpus, CorpusConfig, CorpusError, PlantedAssociation, Sample};
 pub use corrupt::{augment, corrupt};
+pub use finetune::{Example, FineTuneSettings, FineTuned, fine_tune};
 pub use frechet::{FeatureStatistics, frechet_distance};
 pub use image::{Image, ImageError, grid_png};
 pub use rater::{Rater, RaterError, RaterTraining, Rating, train_rater};
