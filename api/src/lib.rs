@@ -33,3 +33,4 @@ pub mod scenes_cli;
 pub mod scripted;
 pub mod startup;
 pub mod store;
+pub mod workers;

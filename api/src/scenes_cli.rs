@@ -87,8 +87,8 @@ impl DeviceArg {
 
 #[derive(clap::Args, Clone)]
 pub struct ModelArgs {
-    /// Base weights (safetensors; default: the shipped base model). A configuration is read
-    /// from WEIGHTS.json when present.
+    /// Base weights (safetensors, required until base weights are shipped). The configuration
+    /// is read from WEIGHTS.json when present, else from the weights' metadata.
     #[arg(long)]
     weights: Option<PathBuf>,
     /// DDIM steps (default: the model's recipe).
@@ -111,15 +111,15 @@ impl ModelArgs {
             Some(path) => {
                 let bytes = std::fs::read(path).with_context(|| format!("cannot read weights {}", path.display()))?;
                 let config_path = config_path(path);
-                let config = if config_path.exists() {
+                if config_path.exists() {
                     let text = std::fs::read_to_string(&config_path)?;
-                    BaseConfig::from_json(&text).with_context(|| format!("{} is not a base configuration", config_path.display()))?
+                    let config = BaseConfig::from_json(&text).with_context(|| format!("{} is not a base configuration", config_path.display()))?;
+                    BaseModel::load(&bytes, &config, &backend)?
                 } else {
-                    BaseConfig::default()
-                };
-                BaseModel::load(&bytes, &config, &backend)?
+                    BaseModel::load_with_metadata(&bytes, &backend).with_context(|| format!("loading {}", path.display()))?
+                }
             }
-            None => anyhow::bail!("no base weights are shipped yet: pass --weights (see `thitl scenes train-base`)"),
+            None => anyhow::bail!("no base weights are shipped yet (no recipe trained so far draws recognisable people): pass --weights, made by `thitl scenes train-base`"),
         };
         let mut settings = model.default_settings().clone();
         if let Some(steps) = self.steps {
