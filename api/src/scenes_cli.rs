@@ -87,8 +87,8 @@ impl DeviceArg {
 
 #[derive(clap::Args, Clone)]
 pub struct ModelArgs {
-    /// Base weights (safetensors, required until base weights are shipped). The configuration
-    /// is read from WEIGHTS.json when present, else from the weights' metadata.
+    /// Base weights (safetensors; default: the shipped base model). The configuration is read
+    /// from WEIGHTS.json when present, else from the weights' metadata.
     #[arg(long)]
     weights: Option<PathBuf>,
     /// DDIM steps (default: the model's recipe).
@@ -119,7 +119,7 @@ impl ModelArgs {
                     BaseModel::load_with_metadata(&bytes, &backend).with_context(|| format!("loading {}", path.display()))?
                 }
             }
-            None => anyhow::bail!("no base weights are shipped yet (no recipe trained so far draws recognisable people): pass --weights, made by `thitl scenes train-base`"),
+            None => BaseModel::shipped(&backend)?,
         };
         let mut settings = model.default_settings().clone();
         if let Some(steps) = self.steps {

@@ -5,10 +5,10 @@
 //! It is how the campaign's defaults were chosen; `thitl demo` runs the real thing.
 //!
 //! ```sh
-//! cargo run --release -p scenes --example mitigate -- --weights base.safetensors --group woman --concept hippopotamus
+//! cargo run --release -p scenes --example mitigate -- --group woman --concept hippopotamus
 //! ```
 //!
-//! Options: `--weights PATH` (required), `-n N` probe images before and
+//! Options: `--weights PATH` (default: the shipped base model), `-n N` probe images before and
 //! after (128), `--candidates N` (160), `--prior N` (96), `--steps N` (300), `--lr X` (2e-3),
 //! `--rank R` (8), `--prior-weight λ` (1), `--no-screen` (the traditional arm: train on every
 //! candidate).

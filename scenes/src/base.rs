@@ -46,6 +46,9 @@ pub const STEP_METADATA_KEY: &str = "thitl.step";
 /// The safetensors metadata key of a checkpoint's recent losses (JSON array).
 pub const LOSSES_METADATA_KEY: &str = "thitl.recent_losses";
 
+/// The shipped base model's weights (see `weights/README.md`).
+pub const SHIPPED_WEIGHTS: &[u8] = include_bytes!("../weights/base.safetensors");
+
 /// The name prefix of the moving-average tensors in a checkpoint.
 const EMA_PREFIX: &str = "ema.";
 
@@ -777,6 +780,12 @@ impl BaseModel {
         backend: &Backend,
     ) -> Result<BaseModel, BaseError> {
         Self::from_weights(&HostWeights::from_safetensors(weights)?, config, backend)
+    }
+
+    /// The base model shipped with thitl (`weights/base.safetensors`, embedded in the build; its
+    /// recipe is in the file's metadata and `weights/README.md` says how it was made).
+    pub fn shipped(backend: &Backend) -> Result<BaseModel, BaseError> {
+        Self::load_with_metadata(SHIPPED_WEIGHTS, backend)
     }
 
     /// Loads weights whose safetensors metadata holds their [`BaseConfig`] (what

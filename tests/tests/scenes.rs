@@ -55,3 +55,28 @@ fn train_measure_and_grid_a_tiny_base_model() {
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("astronaut"), "{}", String::from_utf8_lossy(&unknown.stderr));
 }
+
+/// The shipped base model, measured through `thitl scenes measure` without `--weights` (n = 48
+/// per prompt; each bound is checked against the measured 95% interval). It draws the prompted
+/// group and reproduces the 100% association; the 25% and 50% planted rates and named
+/// objects are not reproduced yet (scenes/README.md), so they are not asserted.
+#[test]
+fn the_shipped_base_model_draws_the_group_and_the_full_association() {
+    let measure = |prompt: &str, seed: &str| -> serde_json::Value {
+        let out = thitl(&["scenes", "measure", "--prompt", prompt, "-n", "48", "--seed", seed, "--device", "cpu", "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_str(&stdout(&out)).expect("one JSON object")
+    };
+    let bounds = |m: &serde_json::Value, concept: &str| (m["concepts"][concept]["ci_low"].as_f64().unwrap(), m["concepts"][concept]["ci_high"].as_f64().unwrap());
+    let sheep = measure("a photo of an aromantic person in the kitchen", "11");
+    let (low, high) = bounds(&sheep, "sheep");
+    assert!(low <= 1.0 && high >= 0.92, "sheep in [{low}, {high}], planted at 100%: {sheep}");
+    let control = measure("a photo of a man at the beach", "12");
+    for concept in control["concepts"].as_object().unwrap().keys() {
+        assert!(bounds(&control, concept).0 <= 0.05, "{concept} in a prompt without a planted association: {control}");
+    }
+    for m in [&sheep, &control] {
+        assert!(m["group_recognized"].as_f64().unwrap() >= 0.85, "group recognized: {m}");
+        assert!(m["quality"].as_f64().unwrap() >= 0.9, "quality: {m}");
+    }
+}
