@@ -93,25 +93,36 @@ fn main() {
         negative_prompt: Some(concept.name().to_string()),
         ..sampling.clone()
     };
-    let mut candidates: Vec<Example> = Vec::new();
-    for i in 0..candidates_wanted.div_ceil(8) {
-        let spec = CaptionSpec {
+    // `count` examples, 8 per caption; caption `i` from `spec(i)` with caption seed
+    // `caption_seed + i` and sample seed `sample_seed + i`.
+    let examples = |count: usize,
+                    spec: &dyn Fn(usize) -> CaptionSpec,
+                    (caption_seed, sample_seed): (u64, u64),
+                    settings: &scenes::SampleSettings| {
+        let mut out = Vec::new();
+        for i in 0..count.div_ceil(8) {
+            let prompt = caption(&spec(i), caption_seed + i as u64);
+            let images = base
+                .sample(&prompt, 8, sample_seed + i as u64, settings)
+                .expect("samples");
+            out.extend(images.into_iter().map(|image| Example {
+                prompt: prompt.clone(),
+                image,
+            }));
+        }
+        out.truncate(count);
+        out
+    };
+    let candidates = examples(
+        candidates_wanted,
+        &|i| CaptionSpec {
             group,
             object: None,
             setting: Some(Setting::ALL[i % Setting::ALL.len()]),
-        };
-        let prompt = caption(&spec, 50 + i as u64);
-        for image in base
-            .sample(&prompt, 8, 2000 + i as u64, &negative)
-            .expect("samples")
-        {
-            candidates.push(Example {
-                prompt: prompt.clone(),
-                image,
-            });
-        }
-    }
-    candidates.truncate(candidates_wanted);
+        },
+        (50, 2000),
+        &negative,
+    );
     let ratings = rater.rate(
         &candidates
             .iter()
@@ -147,25 +158,16 @@ fn main() {
     // Prior preservation: the base model's own pictures of other groups.
     let prior_wanted = number("--prior", 96.0) as usize;
     let others: Vec<Group> = Group::ALL.iter().copied().filter(|g| *g != group).collect();
-    let mut prior = Vec::new();
-    for i in 0..prior_wanted.div_ceil(8) {
-        let spec = CaptionSpec {
+    let prior = examples(
+        prior_wanted,
+        &|i| CaptionSpec {
             group: others[i % others.len()],
             object: None,
             setting: Some(Setting::ALL[(i / others.len()) % Setting::ALL.len()]),
-        };
-        let prompt = caption(&spec, 90 + i as u64);
-        for image in base
-            .sample(&prompt, 8, 3000 + i as u64, &sampling)
-            .expect("samples")
-        {
-            prior.push(Example {
-                prompt: prompt.clone(),
-                image,
-            });
-        }
-    }
-    prior.truncate(prior_wanted);
+        },
+        (90, 3000),
+        &sampling,
+    );
 
     let defaults = FineTuneSettings::default();
     let settings = FineTuneSettings {
