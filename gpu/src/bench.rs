@@ -298,12 +298,7 @@ fn bench_model<D: Device>(
     let lora = LoraConfig {
         rank: 8,
         alpha: 8.0,
-        targets: vec![
-            LoraTarget::Qkv,
-            LoraTarget::Proj,
-            LoraTarget::Fc1,
-            LoraTarget::Fc2,
-        ],
+        targets: LoraTarget::ALL.to_vec(),
     };
     let adapter = HostAdapter::init(config, &lora, 2);
     let mut model = Dit::new(device, *config, &weights, Some(&adapter))

@@ -193,6 +193,14 @@ pub enum LoraTarget {
 }
 
 impl LoraTarget {
+    /// Every module an adapter can target, in block order.
+    pub const ALL: [LoraTarget; 4] = [
+        LoraTarget::Qkv,
+        LoraTarget::Proj,
+        LoraTarget::Fc1,
+        LoraTarget::Fc2,
+    ];
+
     /// The module name inside a block.
     pub fn module(self) -> &'static str {
         match self {

@@ -616,28 +616,16 @@ fn seeded_sampling_does_not_depend_on_the_batch() {
     let cpu = CpuDevice::<f32>::new();
     let model = Dit::new(&cpu, config, &weights, None).unwrap();
     let negative = vec![0u32; data.ids.len()];
-    let all = model
-        .sample_seeded(
-            &cpu,
-            &options,
-            &data.ids,
-            Some(&negative),
-            &[5, 6, 7],
-            &mut |_, _| true,
-        )
-        .unwrap();
+    let sample = |ids: &[u32], seeds: &[u64]| {
+        let negative = &negative[..ids.len()];
+        model
+            .sample_seeded(&cpu, &options, ids, Some(negative), seeds, &mut |_, _| true)
+            .unwrap()
+    };
+    let all = sample(&data.ids, &[5, 6, 7]);
     for (b, seed) in [5u64, 6, 7].into_iter().enumerate() {
         let ids = &data.ids[b * config.max_tokens..(b + 1) * config.max_tokens];
-        let alone = model
-            .sample_seeded(
-                &cpu,
-                &options,
-                ids,
-                Some(&negative[..ids.len()]),
-                &[seed],
-                &mut |_, _| true,
-            )
-            .unwrap();
+        let alone = sample(ids, &[seed]);
         assert_close(
             &all[b * image..(b + 1) * image],
             &alone,
@@ -646,16 +634,7 @@ fn seeded_sampling_does_not_depend_on_the_batch() {
         );
     }
     // Another seed, another picture; the wgpu backend agrees.
-    let swapped = model
-        .sample_seeded(
-            &cpu,
-            &options,
-            &data.ids,
-            Some(&negative),
-            &[5, 9, 7],
-            &mut |_, _| true,
-        )
-        .unwrap();
+    let swapped = sample(&data.ids, &[5, 9, 7]);
     assert_ne!(&swapped[image..2 * image], &all[image..2 * image]);
     assert_close(&swapped[..image], &all[..image], 1e-5, "image 0 kept");
     let gpu = wgpu_device();

@@ -72,12 +72,7 @@ impl Default for FineTuneSettings {
             lora: LoraConfig {
                 rank: 8,
                 alpha: 8.0,
-                targets: vec![
-                    LoraTarget::Qkv,
-                    LoraTarget::Proj,
-                    LoraTarget::Fc1,
-                    LoraTarget::Fc2,
-                ],
+                targets: LoraTarget::ALL.to_vec(),
             },
             steps: 300,
             batch_size: 32,
@@ -365,8 +360,13 @@ mod tests {
         // Stored as one blob and read back, it is the same adapter.
         let bytes = adapter_to_safetensors(&tuned.adapter).expect("serialises");
         let back = adapter_from_safetensors(&bytes).expect("reads back");
-        assert_eq!((back.weights, back.config), (tuned.adapter.weights.clone(), tuned.adapter.config.clone()));
-        assert!(adapter_from_safetensors(&tuned.adapter.weights.to_safetensors(None).unwrap()).is_err());
+        assert_eq!(
+            (back.weights, back.config),
+            (tuned.adapter.weights.clone(), tuned.adapter.config.clone())
+        );
+        assert!(
+            adapter_from_safetensors(&tuned.adapter.weights.to_safetensors(None).unwrap()).is_err()
+        );
         // The same inputs give the same adapter.
         let again =
             fine_tune(&base, &chosen, &prior, &settings(), |_| Flow::Continue).expect("again");

@@ -102,12 +102,7 @@ fn dump_case<D: Device>(device: &D, directory: &Path) -> Result<(), Box<dyn std:
     let lora = LoraConfig {
         rank: 4,
         alpha: 8.0,
-        targets: vec![
-            LoraTarget::Qkv,
-            LoraTarget::Proj,
-            LoraTarget::Fc1,
-            LoraTarget::Fc2,
-        ],
+        targets: LoraTarget::ALL.to_vec(),
     };
     let mut adapter = HostAdapter::init(&config, &lora, 6);
     for (name, (_, values)) in adapter.weights.tensors.iter_mut() {
