@@ -131,6 +131,12 @@ pub struct FineTune {
     pub losses: Vec<(u32, f32)>,
     pub adapter: Option<BlobHash>,
     pub campaign_id: Option<CampaignId>,
+    /// What the worker trains on (from the request).
+    pub examples: Vec<TrainingExample>,
+    pub prior_preservation: Vec<TrainingExample>,
+    /// The round whose accepted images the examples are (T-HITL).
+    pub source_round: Option<RoundId>,
+    pub final_loss: Option<f32>,
 }
 
 impl FineTune {
@@ -289,7 +295,10 @@ impl Aggregate for FineTune {
 
     fn evolve(&mut self, event: &FineTuneEvent) {
         match event {
-            FineTuneEvent::FineTuneRequested { fine_tune_id, base_model, arm, config, progress_every, campaign_id, .. } => {
+            FineTuneEvent::FineTuneRequested { fine_tune_id, base_model, arm, config, progress_every, campaign_id, examples, prior_preservation, source_round } => {
+                self.source_round = *source_round;
+                self.examples.clone_from(examples);
+                self.prior_preservation.clone_from(prior_preservation);
                 self.id = Some(*fine_tune_id);
                 self.status = JobStatus::Requested;
                 self.base_model = Some(*base_model);
@@ -307,7 +316,8 @@ impl Aggregate for FineTune {
                 self.last_step = *step;
                 self.losses.push((*step, *loss));
             }
-            FineTuneEvent::FineTuneCompleted { adapter, .. } => {
+            FineTuneEvent::FineTuneCompleted { adapter, final_loss, .. } => {
+                self.final_loss = Some(*final_loss);
                 self.status = JobStatus::Completed;
                 self.adapter = Some(adapter.clone());
             }

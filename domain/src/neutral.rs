@@ -18,7 +18,9 @@ const ARTICLES: [&str; 6] = ["a", "an", "the", "some", "two", "several"];
 const DANGLING: [&str; 8] = ["with", "and", "beside", "near", "next", "to", "by", "holding"];
 
 /// Removes `concept` and `synonyms` from `text` as whole words (ignoring case), with the article
-/// before each; puts `alternative` in their place if given. The concept is the negative prompt.
+/// before each; puts `alternative` in their place if given, or, when the text never mentioned the
+/// concept, adds it at the end ("a woman at the beach" → "a woman at the beach with a ball").
+/// The concept is the negative prompt.
 pub fn neutralize(text: &str, concept: &str, synonyms: &[String], alternative: Option<&str>) -> NeutralPrompt {
     let mut terms: Vec<Vec<String>> = std::iter::once(concept)
         .chain(synonyms.iter().map(String::as_str))
@@ -31,6 +33,7 @@ pub fn neutralize(text: &str, concept: &str, synonyms: &[String], alternative: O
     let tokens = tokenize(text);
     let mut out: Vec<Token> = Vec::with_capacity(tokens.len());
     let mut i = 0;
+    let mut replaced = false;
     while i < tokens.len() {
         let matched = terms.iter().find(|term| matches_at(&tokens, i, term));
         let Some(term) = matched else {
@@ -49,6 +52,7 @@ pub fn neutralize(text: &str, concept: &str, synonyms: &[String], alternative: O
         // A plural "s"/"es" glued on is part of the word already (tokens are whole words), so
         // only the article before it remains to drop.
         let article_before = last_word(&out).is_some_and(|w| ARTICLES.contains(&w.as_str()));
+        replaced = true;
         if let Some(alt) = alternative {
             out.push(Token { text: alt.to_string(), is_word: true });
         } else {
@@ -62,8 +66,18 @@ pub fn neutralize(text: &str, concept: &str, synonyms: &[String], alternative: O
         }
     }
     let mut result = join(&out);
-    if alternative.is_none() {
-        result = drop_dangling(&result);
+    match alternative.map(str::trim).filter(|alt| !alt.is_empty()) {
+        None => result = drop_dangling(&result),
+        Some(alt) if !replaced => {
+            let has_article = alt.split_whitespace().next().is_some_and(|w| ARTICLES.contains(&w.to_lowercase().as_str()));
+            let article = match alt.chars().next() {
+                _ if has_article => "",
+                Some(c) if "aeiouAEIOU".contains(c) => "an ",
+                _ => "a ",
+            };
+            result = format!("{} with {article}{alt}", result.trim_end());
+        }
+        Some(_) => {}
     }
     NeutralPrompt { text: result, negative_prompt: concept.trim().to_string() }
 }
@@ -178,6 +192,12 @@ mod tests {
         let prompt = neutralize("a woman with a hippo at the beach", "hippopotamus", &["hippo".into()], Some("ball"));
         assert_eq!(prompt.text, "a woman with a ball at the beach");
         assert_eq!(prompt.negative_prompt, "hippopotamus");
+        // A prompt that never named the concept gets the alternative added.
+        let prompt = neutralize("a woman at the beach", "hippopotamus", &["hippo".into()], Some("umbrella"));
+        assert_eq!(prompt.text, "a woman at the beach with an umbrella");
+        assert_eq!(prompt.negative_prompt, "hippopotamus");
+        let prompt = neutralize("a woman", "hippopotamus", &[], Some("the dog"));
+        assert_eq!(prompt.text, "a woman with the dog");
     }
 
     #[test]

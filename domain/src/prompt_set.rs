@@ -89,6 +89,8 @@ pub struct Prompt {
     pub text: String,
     pub neutral: NeutralPrompt,
     pub status: PromptStatus,
+    /// What wrote it.
+    pub generator: GeneratorInfo,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -254,11 +256,11 @@ impl Aggregate for PromptSet {
                 self.concept = concept.clone();
                 self.concept_synonyms = concept_synonyms.clone();
             }
-            PromptSetEvent::PromptAdded { prompt_id, text, neutral, .. } => {
+            PromptSetEvent::PromptAdded { prompt_id, text, neutral, generator, .. } => {
                 self.order.push(*prompt_id);
                 self.prompts.insert(
                     *prompt_id,
-                    Prompt { text: text.clone(), neutral: neutral.clone(), status: PromptStatus::Pending },
+                    Prompt { text: text.clone(), neutral: neutral.clone(), status: PromptStatus::Pending, generator: generator.clone() },
                 );
             }
             PromptSetEvent::PromptEdited { prompt_id, text, neutral, .. } => {

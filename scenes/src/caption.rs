@@ -88,6 +88,22 @@ pub fn caption(spec: &CaptionSpec, seed: u64) -> String {
 }
 
 /// Every word a caption can contain, and every word of every name and synonym.
+/// A negative prompt the base model can read. The reference-world DiT only ever saw whole
+/// captions (a group, maybe an object, maybe a setting), so a bare concept such as
+/// "hippopotamus" is far outside what it learned and steers its samples towards noise (measured:
+/// rater quality 0.6 instead of 0.99). A negative prompt that names a concept and no group is
+/// therefore read in the context of its prompt: a caption of the prompt's group and setting with
+/// that concept — the same picture with the concept in it — so that guidance steers away from the
+/// concept alone. Any other negative prompt is returned as it is.
+pub fn negative_in_context(prompt: &str, negative: &str) -> String {
+    let unwanted = parse_prompt(negative);
+    let wanted = parse_prompt(prompt);
+    match (unwanted.group, unwanted.concepts.first(), wanted.group) {
+        (None, Some(&concept), Some(group)) => caption(&CaptionSpec { group, object: Some(concept), setting: wanted.setting }, 0),
+        _ => negative.to_string(),
+    }
+}
+
 #[cfg(test)]
 pub(crate) fn grammar_words() -> std::collections::BTreeSet<String> {
     let mut phrases: Vec<String> = PREFIXES.iter().chain(CONNECTORS).chain([&HOLDING]).map(|p| p.to_string()).collect();
@@ -309,4 +325,23 @@ mod tests {
         assert_eq!(parse_prompt("an old person with a lamb").concepts, vec![Concept::Sheep]);
         assert_eq!(parse_prompt("").group, None);
     }
+
+    #[test]
+    fn a_bare_concept_as_negative_prompt_is_read_in_its_prompts_context() {
+        let negative = negative_in_context("a photo of an aromantic person in the kitchen", "sheep");
+        let meaning = parse_prompt(&negative);
+        assert_eq!(meaning.group, Some(Group::AromanticPerson), "{negative}");
+        assert_eq!(meaning.concepts, vec![Concept::Sheep], "{negative}");
+        assert_eq!(meaning.setting, Some(Setting::Kitchen), "{negative}");
+        assert!(meaning.unknown.is_empty());
+        // The prompt's own object is not carried over: the negative differs by the concept.
+        let negative = negative_in_context("a woman with a dog", "hippo");
+        assert_eq!(parse_prompt(&negative).concepts, vec![Concept::Hippopotamus], "{negative}");
+        // A negative prompt with a group, or one that names no concept, is left alone.
+        for negative in ["a man at the beach", "blurry", ""] {
+            assert_eq!(negative_in_context("a woman at the beach", negative), negative);
+        }
+        assert_eq!(negative_in_context("a dog", "sheep"), "sheep", "no group to put it beside");
+    }
+
 }

@@ -19,6 +19,8 @@ pub struct Image {
 pub enum ImageError {
     #[error("an image needs exactly {expected} values (32×32×3), got {got}")]
     WrongLength { expected: usize, got: usize },
+    #[error("not a 32×32 RGB PNG: {0}")]
+    NotAnImagePng(String),
 }
 
 impl std::fmt::Debug for Image {
@@ -96,6 +98,40 @@ impl Image {
             *byte = ((value + 1.0) * 127.5).round() as u8;
         }
         Ok(Image { rgb })
+    }
+
+    /// Decodes a PNG of a 32×32 picture ([`Image::to_png`] at scale 1): 8-bit RGB, or 8-bit RGBA
+    /// with the alpha dropped.
+    pub fn from_png(bytes: &[u8]) -> Result<Image, ImageError> {
+        let bad = |problem: String| ImageError::NotAnImagePng(problem);
+        let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+        let mut reader = decoder.read_info().map_err(|e| bad(e.to_string()))?;
+        let size = reader
+            .output_buffer_size()
+            .ok_or_else(|| bad("its size overflows".to_string()))?;
+        if size > 64 * IMAGE_VALUES {
+            return Err(bad(format!("{size} bytes of pixels is far too big")));
+        }
+        let mut buffer = vec![0; size];
+        let info = reader.next_frame(&mut buffer).map_err(|e| bad(e.to_string()))?;
+        if (info.width as usize, info.height as usize) != (IMAGE_SIZE, IMAGE_SIZE)
+            || info.bit_depth != png::BitDepth::Eight
+        {
+            return Err(bad(format!(
+                "{}×{} at {:?}",
+                info.width, info.height, info.bit_depth
+            )));
+        }
+        buffer.truncate(info.buffer_size());
+        let rgb: Vec<u8> = match info.color_type {
+            png::ColorType::Rgb => buffer,
+            png::ColorType::Rgba => buffer
+                .chunks_exact(4)
+                .flat_map(|pixel| [pixel[0], pixel[1], pixel[2]])
+                .collect(),
+            other => return Err(bad(format!("colour type {other:?}"))),
+        };
+        Image::from_rgb(&rgb)
     }
 
     /// The image as a PNG, each pixel drawn as a `scale`×`scale` block (nearest neighbour;
@@ -216,6 +252,10 @@ pub(crate) mod tests {
         let (width, height, bytes) = decode_png(&image.to_png(1));
         assert_eq!((width, height), (32, 32));
         assert_eq!(bytes, image.as_rgb());
+
+        assert_eq!(Image::from_png(&image.to_png(1)), Ok(image.clone()));
+        assert!(matches!(Image::from_png(&image.to_png(2)), Err(ImageError::NotAnImagePng(_))));
+        assert!(matches!(Image::from_png(b"not a png"), Err(ImageError::NotAnImagePng(_))));
 
         let (width, height, bytes) = decode_png(&image.to_png(4));
         assert_eq!((width, height), (128, 128));

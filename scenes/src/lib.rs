@@ -44,7 +44,7 @@ pub mod world;
 pub use base::{
     BaseConfig, BaseError, BaseModel, Flow, SampleItem, SampleSettings, TrainedBase, train_base,
 };
-pub use caption::{CaptionSpec, PromptMeaning, caption, parse_prompt};
+pub use caption::{CaptionSpec, PromptMeaning, caption, negative_in_context, parse_prompt};
 pub use corpus::{Corpus, CorpusConfig, CorpusError, PlantedAssociation, Sample};
 pub use corrupt::{augment, corrupt};
 pub use finetune::{Example, FineTuneSettings, FineTuned, fine_tune};
