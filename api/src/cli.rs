@@ -10,7 +10,6 @@ use crate::audit::{event_json, event_line};
 use crate::commands::CommandBus;
 use crate::data::DataDir;
 use crate::runner::{ProjectionRunner, Until, replay};
-use crate::scripted::{Scale, Script};
 use crate::startup::Application;
 use crate::store::{StreamName, verify};
 
@@ -419,60 +418,166 @@ fn rebuild(data: &Path) -> anyhow::Result<ExitCode> {
 }
 
 fn demo(data: Option<PathBuf>, quick: bool, json: bool, seed: u64) -> anyhow::Result<ExitCode> {
+    use crate::demo::{Demo, Progress, Scale};
     let data = match data {
         Some(path) => path,
         None => std::env::temp_dir().join(format!("thitl-demo-{}", uuid::Uuid::now_v7())),
     };
     let dir = DataDir::open_or_create(&data)?;
+    let blobs: Arc<dyn crate::blobs::BlobStore> = Arc::new(crate::blobs::LocalBlobStore::open(&crate::blobs::blobs_dir(&data))?);
     let bus = CommandBus::new(dir.store.clone());
     let scale = if quick { Scale::QUICK } else { Scale::FULL };
-    let quiet = json;
-    let progress = move |line: &str| {
-        if !quiet {
-            eprintln!("  {line}");
+    let backend = gpu::Backend::choose(gpu::DeviceChoice::from_env()?)?;
+    if !json {
+        eprintln!("thitl demo: a T-HITL campaign over the three default associations, on the reference world");
+        eprintln!("  base model: the shipped DiT; simulated annotators: the shipped rater with per-annotator noise");
+        eprintln!("  device: {}; data: {}", backend.describe(), data.display());
+    }
+    // One progress bar per task, replaced when the next task starts; narration above it.
+    let bar: std::sync::Mutex<Option<(String, indicatif::ProgressBar)>> = std::sync::Mutex::new(None);
+    // Without a terminal (a log, CI) bars are hidden: print the narration and each finished task.
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let progress = |event: Progress| {
+        if json {
+            return;
+        }
+        if !terminal {
+            match event {
+                Progress::Stage(line) => eprintln!("  {line}"),
+                Progress::Task { task, done, total } if done == total => eprintln!("  {task}: {done}/{total}"),
+                Progress::Task { .. } => {}
+            }
+            return;
+        }
+        let mut current = bar.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match event {
+            Progress::Stage(line) => match current.as_ref() {
+                Some((_, bar)) => bar.println(format!("  {line}")),
+                None => eprintln!("  {line}"),
+            },
+            Progress::Task { task, done, total } => {
+                if current.as_ref().is_none_or(|(name, _)| name != task) {
+                    if let Some((_, old)) = current.take() {
+                        old.finish();
+                    }
+                    let new = indicatif::ProgressBar::new(total);
+                    new.set_style(
+                        indicatif::ProgressStyle::with_template("  {msg:<30} [{bar:30}] {pos}/{len} ({elapsed}, {eta} left)")
+                            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                            .progress_chars("=> "),
+                    );
+                    new.set_message(task.to_string());
+                    *current = Some((task.to_string(), new));
+                }
+                if let Some((_, bar)) = current.as_ref() {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                }
+            }
         }
     };
-    if !json {
-        eprintln!("thitl demo: a scripted T-HITL campaign over the three default associations");
-        eprintln!("  (the image model and the reference world are not wired in yet: images are placeholders");
-        eprintln!("   and the simulated annotators answer at random, so no rates are reported)");
-    }
     let started = std::time::Instant::now();
-    let report = Script::new(&bus, scale, seed, &progress).run()?;
+    let blobs_for_measure = blobs.clone();
+    let report = Demo::new(&bus, blobs, backend, scale, seed, &progress).run()?;
+    if let Some((_, bar)) = bar.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+        bar.finish();
+    }
+    let elapsed = started.elapsed();
+    let measured = crate::demo::probe_measurements(&bus, blobs_for_measure.as_ref(), report.campaign_id)?;
     let runner = Arc::new(ProjectionRunner::open(dir.store.clone(), Some(dir.checkpoint_path()))?);
     runner.catch_up()?;
     runner.save()?;
     let verified = verify(dir.store.as_ref());
+    let blob_report = crate::blobs::verify_blobs(&data)?;
     let summary = runner.read(|p| p.audit.clone());
+    let (ok, events) = match &verified {
+        Ok(report) => (blob_report.is_ok(), report.events),
+        Err(_) => (false, summary.events),
+    };
+    let estimate = |e: &domain::campaign::RateEstimate| serde_json::json!({"rate": e.rate, "ci_low": e.ci_low, "ci_high": e.ci_high, "n": e.n});
+    let label = |id: &domain::AssociationId| report.associations.get(id).cloned().unwrap_or_default();
+    let thitl: Vec<_> = report.evaluations.iter().filter(|e| e.arm == domain::fine_tune::Arm::Thitl).collect();
+    let traditional: Vec<_> = report.evaluations.iter().filter(|e| e.arm == domain::fine_tune::Arm::Traditional).collect();
     if json {
-        let (ok, events) = match &verified {
-            Ok(report) => (true, report.events),
-            Err(_) => (false, summary.events),
-        };
+        let associations: Vec<_> = thitl
+            .iter()
+            .map(|e| {
+                let (group, concept, category) = label(&e.association_id);
+                serde_json::json!({
+                    "group": group, "concept": concept, "category": category,
+                    "before": estimate(&e.before), "after": estimate(&e.after),
+                    "quality_before": e.quality_before, "quality_after": e.quality_after,
+                    "win_rate": e.win_rate.as_ref().map(|w| w.rate), "alpha": e.alpha,
+                })
+            })
+            .collect();
+        let traditional: Vec<_> = traditional
+            .iter()
+            .map(|e| {
+                let (group, concept, _) = label(&e.association_id);
+                serde_json::json!({"group": group, "concept": concept, "after": estimate(&e.after), "quality_after": e.quality_after})
+            })
+            .collect();
         println!(
             "{}",
             serde_json::json!({
+                "associations": associations,
+                "traditional": traditional,
+                "measured": measured.iter().map(|m| {
+                    let (group, concept, _) = label(&m.association_id);
+                    serde_json::json!({"group": group, "concept": concept, "model": m.model, "concept_rate": m.concept_rate, "group_recognized": m.group_recognized, "quality": m.quality, "frechet": m.frechet})
+                }).collect::<Vec<_>>(),
+                "verify": {"ok": ok, "events": events},
                 "data": data,
                 "campaign_id": report.campaign_id,
+                "promoted_model": report.promoted,
+                "models": {"base": report.base_model, "thitl": report.thitl_model, "traditional": report.traditional_model},
                 "stages": report.stages,
                 "images": report.images,
                 "annotations": report.annotations,
-                "events_by_type": summary.by_type,
-                "verify": {"ok": ok, "events": events},
+                "seconds": elapsed.as_secs_f64(),
             })
         );
     } else {
-        println!("\ncampaign {} went through: {}", report.campaign_id, report.stages.join(" → "));
-        println!("recorded {} events in {} streams ({} placeholder images, {} annotations) in {:.1?}", summary.events, summary.streams, report.images, report.annotations, started.elapsed());
-        for (event_type, count) in &summary.by_type {
-            println!("  {event_type:<28} {count}");
+        let percent = |e: &domain::campaign::RateEstimate| format!("{:5.1}% [{:4.1}, {:4.1}] n={}", 100.0 * e.rate, 100.0 * e.ci_low, 100.0 * e.ci_high, e.n);
+        println!("\nT-HITL campaign {} ({} images, {} annotations, {:.1?}): {}", report.campaign_id, report.images, report.annotations, elapsed, report.stages.join(" → "));
+        println!("\n{:<34} {:<15} {:<28} {:<28} {:<15} {:<17} {:>6}", "association", "category", "rate before [95% CI]", "rate after [95% CI]", "quality b → a", "win rate [95% CI]", "alpha");
+        for e in &thitl {
+            let (group, concept, category) = label(&e.association_id);
+            let win = e.win_rate.as_ref().map_or("–".to_string(), |w| format!("{:3.0}% [{:2.0}, {:3.0}]", 100.0 * w.rate, 100.0 * w.ci_low, 100.0 * w.ci_high));
+            let alpha = e.alpha.map_or("–".to_string(), |a| format!("{a:.2}"));
+            println!("{:<34} {:<15} {:<28} {:<28} {:<15} {:<17} {:>6}", format!("{group} → {concept}"), category, percent(&e.before), percent(&e.after), format!("{:.3} → {:.3}", e.quality_before, e.quality_after), win, alpha);
+        }
+        println!("\ntraditional fine-tuning (no round 1) on the same candidates:");
+        println!("{:<34} {:<28} {:<15} T-HITL quality after", "association", "rate after [95% CI]", "quality after");
+        for e in &traditional {
+            let (group, concept, _) = label(&e.association_id);
+            let thitl_quality = thitl.iter().find(|t| t.association_id == e.association_id).map_or(f64::NAN, |t| t.quality_after);
+            println!("{:<34} {:<28} {:<15.3} {:.3}", format!("{group} → {concept}"), percent(&e.after), e.quality_after, thitl_quality);
+        }
+        println!("(quality: the shipped rater's score in [0, 1]; rates and win rates: round 2's majority verdicts)");
+        println!("\nthe same probe images through the shipped rater (base → T-HITL / traditional):");
+        println!("{:<34} {:<26} {:<26} Fréchet distance to renders", "association", "concept seen", "group recognized");
+        for (id, (group, concept, _)) in &report.associations {
+            let of = |model: &str| measured.iter().find(|m| m.association_id == *id && m.model == model);
+            let (Some(base), Some(thitl), Some(traditional)) = (of("base"), of("thitl"), of("traditional")) else { continue };
+            let trio = |f: fn(&crate::demo::ProbeMeasurement) -> f64, scale: f64, digits: usize| {
+                format!("{:.d$} → {:.d$} / {:.d$}", scale * f(base), scale * f(thitl), scale * f(traditional), d = digits)
+            };
+            println!(
+                "{:<34} {:<26} {:<26} {}",
+                format!("{group} → {concept}"),
+                trio(|m| m.concept_rate, 100.0, 1) + "%",
+                trio(|m| m.group_recognized, 100.0, 1) + "%",
+                trio(|m| m.frechet, 1.0, 1)
+            );
         }
         match &verified {
-            Ok(report) => println!("\naudit verify: {} events in {} streams verified", report.events, report.streams),
+            Ok(report) => println!("\naudit verify: {} events in {} streams verified; {}", report.events, report.streams, blob_report.summary()),
             Err(failure) => println!("\naudit verify FAILED: {failure}"),
         }
         println!("\ndata directory: {}", data.display());
-        println!("look around:  thitl audit log --data {}   |   thitl serve --data {}", data.display(), data.display());
+        println!("look around:  thitl serve --data {}   |   thitl audit log --data {}", data.display(), data.display());
     }
-    Ok(if verified.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -11,7 +11,8 @@
 //! | [`auth`] | bearer tokens and the role policy |
 //! | [`idempotency`] | `Idempotency-Key` records (SQLite beside the store) |
 //! | [`configuration`], [`metrics`] | server settings; Prometheus `/metrics` |
-//! | [`scripted`] | a scripted campaign through every stage (demo and benchmarks) |
+//! | [`demo`] | `thitl demo`: a whole T-HITL campaign on the reference world, simulated annotators |
+//! | [`scripted`] | a synthetic campaign history in under a second (placeholder images), for backbone tests |
 //! | [`cli`] | the `thitl` command line |
 //!
 //! Architecture invariant: `domain` and `projections` stay pure; everything that touches a
@@ -30,7 +31,10 @@ pub mod prompts;
 pub mod routes;
 pub mod runner;
 pub mod scenes_cli;
+pub mod demo;
 pub mod scripted;
+pub mod http_client;
+pub mod lineage;
 pub mod startup;
 pub mod store;
 pub mod workers;

@@ -12,7 +12,7 @@
 //! Either way the prompts pass the domain's neutral prompt transformation when they are added to
 //! a prompt set, so a generator that names the concept anyway cannot sneak it into training.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
@@ -62,6 +62,13 @@ pub trait TemplateSource: Send + Sync {
     fn prompt(&self, group: &str, seed: u64) -> Option<String>;
     /// A name for the events (`reference-world`, `plain`).
     fn name(&self) -> &str;
+
+    /// The `index`-th prompt of a request (a source may use it to spread its prompts evenly,
+    /// e.g. over settings); by default [`prompt`](Self::prompt) with `seed` alone.
+    fn prompt_at(&self, group: &str, index: u64, seed: u64) -> Option<String> {
+        let _ = index;
+        self.prompt(group, seed)
+    }
 }
 
 /// Plain templates for any group: "a photo of {group} …".
@@ -89,6 +96,43 @@ impl TemplateSource for PlainTemplates {
     fn name(&self) -> &str {
         "plain"
     }
+}
+
+/// Prompts in the reference world's own words (`scenes`' caption grammar): the group by its
+/// name or a synonym, no object, a setting most of the time, in the varied wordings the base model
+/// was trained on. Groups outside the world are not known.
+#[derive(Debug, Clone, Default)]
+pub struct ReferenceWorldTemplates;
+
+impl TemplateSource for ReferenceWorldTemplates {
+    fn prompt(&self, group: &str, seed: u64) -> Option<String> {
+        self.prompt_at(group, splitmix(seed ^ 0x5E77), seed)
+    }
+
+    /// Prompt `index` names setting `index mod 5` (the four settings, then none), so that a
+    /// request's prompts cover every setting.
+    fn prompt_at(&self, group: &str, index: u64, seed: u64) -> Option<String> {
+        use scenes::{CaptionSpec, Group, Setting};
+        let group = Group::from_name(group)?;
+        let pick = splitmix(seed);
+        let setting = Setting::ALL.get((index % (Setting::ALL.len() as u64 + 1)) as usize).copied();
+        // A prompt set needs the group's own name (not a synonym such as "lady"): take the first
+        // wording that has it (most do).
+        let spec = CaptionSpec { group, object: None, setting };
+        let named = (1..=64u64).map(|i| scenes::caption(&spec, splitmix(pick ^ i))).find(|text| names_word(text, group.name()));
+        Some(named.unwrap_or_else(|| format!("a photo of {}", group.with_article())))
+    }
+
+    fn name(&self) -> &str {
+        "reference-world"
+    }
+}
+
+/// Whether `text` contains `phrase` as whole words.
+fn names_word(text: &str, phrase: &str) -> bool {
+    let words: Vec<&str> = text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).collect();
+    let wanted: Vec<&str> = phrase.split_whitespace().collect();
+    words.windows(wanted.len().max(1)).any(|window| window.iter().zip(&wanted).all(|(a, b)| a.eq_ignore_ascii_case(b)))
 }
 
 fn splitmix(seed: u64) -> u64 {
@@ -120,7 +164,7 @@ impl PromptGenerator for TemplateGenerator {
             if prompts.len() == request.count {
                 break;
             }
-            let Some(prompt) = self.source.prompt(&request.group, splitmix(request.seed ^ splitmix(i))) else {
+            let Some(prompt) = self.source.prompt_at(&request.group, prompts.len() as u64, splitmix(request.seed ^ splitmix(i))) else {
                 return Err(PromptError::Settings(format!(
                     "the {} templates do not know the group {:?}",
                     self.source.name(),
@@ -239,58 +283,10 @@ impl OpenAiCompatible {
         }
         head.push_str("\r\n");
         stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(body)).map_err(|e| unreachable(e.to_string()))?;
-        read_response(BufReader::new(stream)).map_err(|e| unreachable(e.to_string()))
+        crate::http_client::read_response(BufReader::new(stream)).map_err(|e| unreachable(e.to_string()))
     }
 }
 
-/// Reads an HTTP/1.1 response: status and body (`Content-Length`, chunked, or until close).
-fn read_response(mut reader: impl BufRead) -> std::io::Result<(u16, Vec<u8>)> {
-    let bad = |message: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, message.to_string());
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad("no HTTP status line"))?;
-    let (mut length, mut chunked) = (None, false);
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            return Err(bad("the headers end early"));
-        }
-        let header = line.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = header.split_once(':') {
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("content-length") {
-                length = Some(value.parse::<usize>().map_err(|_| bad("bad Content-Length"))?);
-            } else if name.eq_ignore_ascii_case("transfer-encoding") && value.eq_ignore_ascii_case("chunked") {
-                chunked = true;
-            }
-        }
-    }
-    let mut body = Vec::new();
-    if chunked {
-        loop {
-            line.clear();
-            reader.read_line(&mut line)?;
-            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16).map_err(|_| bad("bad chunk size"))?;
-            if size == 0 {
-                break;
-            }
-            let start = body.len();
-            body.resize(start + size, 0);
-            reader.read_exact(&mut body[start..])?;
-            line.clear();
-            reader.read_line(&mut line)?;
-        }
-    } else if let Some(length) = length {
-        body.resize(length, 0);
-        reader.read_exact(&mut body)?;
-    } else {
-        reader.read_to_end(&mut body)?;
-    }
-    Ok((status, body))
-}
 
 impl PromptGenerator for OpenAiCompatible {
     fn generate(&self, request: &PromptRequest) -> Result<Generated, PromptError> {
@@ -329,7 +325,7 @@ impl PromptGenerator for OpenAiCompatible {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Read;
+    use std::io::{BufRead, Read};
     use std::net::TcpListener;
     use std::sync::mpsc;
 
@@ -343,6 +339,25 @@ mod tests {
             count: 5,
             seed: 7,
         }
+    }
+
+    #[test]
+    fn reference_world_prompts_cover_every_setting_in_the_models_words() {
+        let generator = TemplateGenerator::new(ReferenceWorldTemplates);
+        let request = PromptRequest { group: "wheelchair user".into(), concept: "vegetable".into(), concept_synonyms: vec![], count: 10, seed: 3 };
+        let generated = generator.generate(&request).unwrap();
+        assert_eq!(generated.generator.model.as_deref(), Some("reference-world"));
+        let mut settings = std::collections::BTreeSet::new();
+        for prompt in &generated.prompts {
+            let meaning = scenes::parse_prompt(prompt);
+            assert_eq!(meaning.group, Some(scenes::Group::WheelchairUser), "{prompt}");
+            assert!(names_word(prompt, "wheelchair user"), "the group by its own name: {prompt}");
+            assert!(meaning.concepts.is_empty() && meaning.unknown.is_empty(), "{prompt}");
+            settings.insert(format!("{:?}", meaning.setting));
+        }
+        assert_eq!(settings.len(), 5, "four settings and none: {:?}", generated.prompts);
+        assert_eq!(generator.generate(&request).unwrap(), generated, "deterministic");
+        assert!(generator.generate(&PromptRequest { group: "astronaut".into(), ..request }).is_err());
     }
 
     #[test]

@@ -138,6 +138,11 @@ impl Application {
         self.port
     }
 
+    /// A handle that stops the server from another thread.
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
     /// Serves until Ctrl-C (SIGINT) or SIGTERM, then saves the projections' checkpoint.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.server.await?;

@@ -3,6 +3,8 @@
 //! ```text
 //! GenerationRequested ──run_generation──> Start ─> (sample 32 items ─> PNG blobs ─> RecordImage…)* ─> Complete
 //!                                                  any error ─────────────────────────────────────> Fail
+//! FineTuneRequested ──run_fine_tune──> Start ─> (LoRA steps ─> RecordProgress every N)* ─> adapter blob ─> Complete
+//!                                                  any error ───────────────────────────────────────────> Fail
 //! ModelVersion (weights blob | parent + adapter blob) ──Models::load──> BaseModel (cached)
 //! ```
 //!
@@ -15,17 +17,25 @@
 //! - **An image depends only on its item** (prompt, negative prompt, seed) and the sampler
 //!   settings, never on the batch it was sampled in ([`BaseModel::sample_items`]): a resumed
 //!   job makes the same pictures an uninterrupted one would.
+//! - **A negative prompt is the concept to steer away from** (the neutral prompt transformation
+//!   sets it to the bare concept). The reference-world DiT reads it in its prompt's context
+//!   ([`scenes::negative_in_context`]): "hippopotamus" beside "a woman at the beach" becomes a
+//!   caption of a woman at the beach with a hippopotamus, which the model understands; the bare
+//!   word would steer its samples towards noise.
 //! - Models are loaded from blobs once per process and shared; a fine-tuned version is its parent
 //!   plus the adapter blob its fine-tune recorded.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use domain::fine_tune::{FineTuneCommand, TrainingExample};
 use domain::generation::GenerationCommand;
-use domain::{Actor, Aggregate, Generation, GenerationId, ImageId, ModelVersion, ModelVersionId, Role};
+use domain::values::BlobHash;
+use domain::{Actor, Aggregate, FineTune, FineTuneId, Generation, GenerationId, ImageId, ModelVersion, ModelVersionId, Role};
 use gpu::Backend;
 use scenes::base::{BaseModel, Flow, SampleItem, SampleSettings};
-use scenes::finetune::adapter_from_safetensors;
+use scenes::finetune::{FineTuneSettings, adapter_from_safetensors, adapter_to_safetensors, fine_tune};
+use scenes::{Example, Image};
 use uuid::Uuid;
 
 use crate::blobs::{BlobError, BlobStore};
@@ -134,7 +144,8 @@ pub fn run_generation(
                 .iter()
                 .map(|index| {
                     let item = &job.items[*index as usize];
-                    SampleItem { prompt: item.prompt.clone(), negative_prompt: item.negative_prompt.clone(), seed: item.seed }
+                    let negative_prompt = item.negative_prompt.as_deref().map(|negative| scenes::negative_in_context(&item.prompt, negative));
+                    SampleItem { prompt: item.prompt.clone(), negative_prompt, seed: item.seed }
                 })
                 .collect();
             let images = model.sample_items(&items, &settings, &mut |_, _| Flow::Continue)?;
@@ -155,6 +166,110 @@ pub fn run_generation(
         let fail = GenerationCommand::Fail { reason: error.to_string() };
         if let Err(append) = bus.execute::<Generation>(&stream, None, &context, fail) {
             tracing::error!(%generation_id, error = %append, "could not record the generation's failure");
+        }
+    }
+    result
+}
+
+/// What a fine-tune run did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FineTuneRun {
+    /// The adapter's blob (PEFT-named safetensors).
+    pub adapter: BlobHash,
+    pub final_loss: f32,
+    pub examples: usize,
+    pub prior: usize,
+}
+
+/// The `scenes` settings of a requested fine-tune.
+pub fn fine_tune_settings(config: &domain::fine_tune::LoraConfig, progress_every: u32) -> FineTuneSettings {
+    use domain::fine_tune::LoraTarget as Target;
+    use gpu::model::LoraTarget;
+    let targets = config
+        .targets
+        .iter()
+        .map(|target| match target {
+            Target::Qkv => LoraTarget::Qkv,
+            Target::AttnOut => LoraTarget::Proj,
+            Target::MlpIn => LoraTarget::Fc1,
+            Target::MlpOut => LoraTarget::Fc2,
+        })
+        .collect();
+    FineTuneSettings {
+        lora: gpu::model::LoraConfig { rank: config.rank as usize, alpha: config.alpha, targets },
+        steps: config.steps as usize,
+        batch_size: config.batch_size as usize,
+        learning_rate: config.learning_rate,
+        weight_decay: config.weight_decay,
+        seed: config.seed,
+        prior_weight: config.prior_weight,
+        min_snr_gamma: FineTuneSettings::default().min_snr_gamma,
+        progress_every: progress_every.max(1) as usize,
+    }
+}
+
+/// Runs fine-tune job `fine_tune_id` as `worker`: decodes its examples and prior-preservation
+/// images from the blob store, trains a LoRA adapter on the job's base model, records the loss
+/// every `progress_every` steps, stores the adapter as a blob and completes the job; on an error,
+/// fails the job with the reason. A job started again after a crash trains from step 0 (the
+/// domain resets its progress on `Start`): the result depends only on the request.
+/// `progress(step, steps, loss)` after each report.
+pub fn run_fine_tune(
+    bus: &CommandBus,
+    models: &Models,
+    blobs: &dyn BlobStore,
+    fine_tune_id: FineTuneId,
+    worker: &str,
+    progress: &mut dyn FnMut(u32, u32, f32),
+) -> Result<FineTuneRun, WorkerError> {
+    let stream = fine_tune_id.stream();
+    let context = CommandContext::new(Actor::new(worker, Role::System));
+    bus.execute::<FineTune>(&stream, None, &context, FineTuneCommand::Start { worker: worker.to_string() })?;
+    let (job, _) = bus.load::<FineTune>(&stream)?;
+    let result = (|| -> Result<FineTuneRun, WorkerError> {
+        let base_id = job.base_model.ok_or_else(|| WorkerError::Unusable(format!("fine-tune {fine_tune_id} names no base model")))?;
+        let config = job.config.clone().ok_or_else(|| WorkerError::Unusable(format!("fine-tune {fine_tune_id} has no configuration")))?;
+        let base = models.load(bus, base_id)?;
+        if base.adapter().is_some() {
+            return Err(WorkerError::Unusable(format!("model version {base_id} is itself fine-tuned: stacked adapters are not supported")));
+        }
+        let decode = |set: &[TrainingExample]| -> Result<Vec<Example>, WorkerError> {
+            set.iter()
+                .map(|example| {
+                    let bytes = blobs.get(&example.blob)?.ok_or_else(|| WorkerError::Unusable(format!("the image blob {} of fine-tune {fine_tune_id} is not in the blob store", example.blob)))?;
+                    let image = Image::from_png(&bytes).map_err(|e| WorkerError::Unusable(format!("image {}: {e}", example.image_id)))?;
+                    Ok(Example { prompt: example.prompt.clone(), image })
+                })
+                .collect()
+        };
+        let (examples, prior) = (decode(&job.examples)?, decode(&job.prior_preservation)?);
+        let settings = fine_tune_settings(&config, job.progress_every);
+        let mut recording: Option<CommandError> = None;
+        let tuned = fine_tune(&base, &examples, &prior, &settings, |report| {
+            let command = FineTuneCommand::RecordProgress { step: report.step as u32, loss: report.loss };
+            match bus.execute::<FineTune>(&stream, None, &context, command) {
+                Ok(_) => {
+                    progress(report.step as u32, report.steps as u32, report.loss);
+                    Flow::Continue
+                }
+                Err(error) => {
+                    recording = Some(error);
+                    Flow::Stop
+                }
+            }
+        });
+        if let Some(error) = recording {
+            return Err(error.into());
+        }
+        let tuned = tuned?;
+        let adapter = blobs.put(&adapter_to_safetensors(&tuned.adapter)?)?.hash;
+        bus.execute::<FineTune>(&stream, None, &context, FineTuneCommand::Complete { adapter: adapter.clone(), final_loss: tuned.final_loss })?;
+        Ok(FineTuneRun { adapter, final_loss: tuned.final_loss, examples: examples.len(), prior: prior.len() })
+    })();
+    if let Err(error) = &result {
+        let fail = FineTuneCommand::Fail { reason: error.to_string() };
+        if let Err(append) = bus.execute::<FineTune>(&stream, None, &context, fail) {
+            tracing::error!(%fine_tune_id, error = %append, "could not record the fine-tune's failure");
         }
     }
     result
@@ -187,7 +302,13 @@ mod tests {
         let bus = CommandBus::new(Arc::new(store));
         let blobs = Arc::new(MemoryBlobStore::default());
         let config = BaseConfig::tiny();
-        let weights = gpu::model::HostWeights::init(&config.model.dit_config(), 5);
+        let mut weights = gpu::model::HostWeights::init(&config.model.dit_config(), 5);
+        // Off adaLN-Zero's zero gates, so that every layer (and an adapter on it) matters.
+        for (_, values) in weights.tensors.values_mut() {
+            for (i, value) in values.iter_mut().enumerate() {
+                *value += 0.05 * (i as f32 * 0.7).sin();
+            }
+        }
         let bytes = TrainedBase { config, weights, final_loss: 0.0, loss_curve: Vec::new(), elapsed: Default::default(), backend: String::new() }
             .safetensors()
             .unwrap();
@@ -275,4 +396,54 @@ mod tests {
         assert!(error.to_string().contains("not in the blob store"), "{error}");
         assert_eq!(other.bus.load::<Generation>(&id.stream()).unwrap().0.status, JobStatus::Failed);
     }
+
+    #[test]
+    fn a_fine_tune_trains_an_adapter_blob_that_a_derived_version_loads() {
+        use domain::fine_tune::{Arm, FineTuneCommand, LoraConfig, TrainingExample};
+        use domain::generation::JobStatus;
+        use domain::model_version::{ModelVersionCommand, SourceFineTune};
+        let setup = setup();
+        let id = request(&setup, &["a woman at the beach", "a man in a park", "a child", "a woman"]);
+        run_generation(&setup.bus, &setup.models, setup.blobs.as_ref(), id, "worker-1", &mut |_, _| {}).unwrap();
+        let (job, _) = setup.bus.load::<Generation>(&id.stream()).unwrap();
+        let examples: Vec<TrainingExample> = job.images.iter().map(|(index, (image_id, blob))| TrainingExample { image_id: *image_id, blob: blob.clone(), prompt: job.items[*index as usize].prompt.clone(), prompt_id: None }).collect();
+        let ask = |examples: Vec<TrainingExample>| {
+            let fine_tune_id = FineTuneId(Uuid::now_v7());
+            let config = LoraConfig { steps: 6, batch_size: 4, rank: 2, alpha: 2.0, ..LoraConfig::default() };
+            let command = FineTuneCommand::Request { fine_tune_id, base_model: setup.model, arm: Arm::Traditional, source_round: None, examples: examples[..3].to_vec(), prior_preservation: examples[3..].to_vec(), config, progress_every: 2, campaign_id: None };
+            setup.bus.execute::<FineTune>(&fine_tune_id.stream(), None, &CommandContext::system(), command).unwrap();
+            fine_tune_id
+        };
+        let fine_tune_id = ask(examples.clone());
+        let mut reports = Vec::new();
+        let run = run_fine_tune(&setup.bus, &setup.models, setup.blobs.as_ref(), fine_tune_id, "trainer", &mut |step, steps, _| reports.push((step, steps))).unwrap();
+        assert_eq!(reports, vec![(2, 6), (4, 6), (6, 6)]);
+        assert_eq!((run.examples, run.prior), (3, 1));
+        let (tuned, _) = setup.bus.load::<FineTune>(&fine_tune_id.stream()).unwrap();
+        assert_eq!(tuned.status, JobStatus::Completed);
+        assert_eq!(tuned.losses.iter().map(|(step, _)| *step).collect::<Vec<_>>(), vec![2, 4, 6]);
+        assert_eq!(tuned.adapter.as_ref(), Some(&run.adapter));
+
+        // The blob is the trained adapter (its B matrices moved off their zero start), and a
+        // version derived from the fine-tune loads the base with it attached.
+        let adapter = adapter_from_safetensors(&setup.blobs.get(&run.adapter).unwrap().unwrap()).unwrap();
+        assert_eq!(adapter.config.rank, 2);
+        let trained_b = adapter.weights.tensors.iter().filter(|(name, _)| name.contains("lora_B")).any(|(_, (_, values))| values.iter().any(|v| *v != 0.0));
+        assert!(trained_b, "the adapter's B matrices are still zero");
+        let derived = ModelVersionId(Uuid::now_v7());
+        let source = SourceFineTune { fine_tune_id, status: tuned.status, base_model: tuned.base_model, arm: tuned.arm, adapter: tuned.adapter.clone() };
+        let derive = ModelVersionCommand::DeriveFromFineTune { model_version_id: derived, name: "tuned".into(), fine_tune: source };
+        setup.bus.execute::<ModelVersion>(&derived.stream(), None, &CommandContext::system(), derive).unwrap();
+        let model = setup.models.load(&setup.bus, derived).unwrap();
+        assert_eq!(model.adapter().map(|a| &a.weights), Some(&adapter.weights));
+
+        // An example whose blob is missing fails the job with its reason.
+        let mut broken = examples;
+        broken[0].blob = crate::blobs::blob_hash(b"never stored");
+        let failing = ask(broken);
+        let error = run_fine_tune(&setup.bus, &setup.models, setup.blobs.as_ref(), failing, "trainer", &mut |_, _, _| {}).unwrap_err();
+        assert!(error.to_string().contains("not in the blob store"), "{error}");
+        assert_eq!(setup.bus.load::<FineTune>(&failing.stream()).unwrap().0.status, JobStatus::Failed);
+    }
+
 }

@@ -36,23 +36,42 @@ pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// A data directory holding one quick scripted campaign, made once and copied for each test.
-pub fn campaign_copy() -> tempfile::TempDir {
-    static TEMPLATE: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let template = TEMPLATE.get_or_init(|| {
+/// The quick demo, run once per test binary: its data directory and what it printed (`--json`).
+fn quick_demo() -> &'static (tempfile::TempDir, serde_json::Value) {
+    static TEMPLATE: OnceLock<(tempfile::TempDir, serde_json::Value)> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
         let dir = tempfile::tempdir().expect("tempdir");
         let output = thitl(&["demo", "--quick", "--json", "--data", dir.path().to_str().unwrap()]);
         assert!(output.status.success(), "demo failed: {}", String::from_utf8_lossy(&output.stderr));
-        dir
-    });
+        let report = serde_json::from_str(&stdout(&output)).expect("demo --json prints one JSON object");
+        (dir, report)
+    })
+}
+
+/// What `thitl demo --quick --json` printed for the shared campaign.
+pub fn quick_demo_report() -> &'static serde_json::Value {
+    &quick_demo().1
+}
+
+/// A data directory holding one quick demo campaign (events, read models and blobs), made once
+/// and copied for each test.
+pub fn campaign_copy() -> tempfile::TempDir {
     let copy = tempfile::tempdir().expect("tempdir");
-    for entry in std::fs::read_dir(template.path()).expect("read template") {
+    copy_tree(quick_demo().0.path(), copy.path());
+    copy
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).expect("read template") {
         let entry = entry.expect("entry");
-        if entry.file_type().expect("type").is_file() {
-            std::fs::copy(entry.path(), copy.path().join(entry.file_name())).expect("copy");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            std::fs::create_dir_all(&target).expect("mkdir");
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy");
         }
     }
-    copy
 }
 
 /// A running `thitl serve`, stopped with SIGINT when dropped.

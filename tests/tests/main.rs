@@ -10,5 +10,6 @@ mod api_openapi;
 mod api_resources;
 mod api_roles;
 mod audit;
+mod demo;
 mod scenes;
 mod serve;

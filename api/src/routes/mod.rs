@@ -61,6 +61,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
                         .route("", web::post().to(work::register_model))
                         .route("", web::get().to(work::list_model_versions))
                         .route("/{id}", web::get().to(work::model_version))
+                        .route("/{id}/lineage", web::get().to(work::lineage))
                         .route("/{id}/promote", web::post().to(work::promote))
                         .route("/{id}/rollback", web::post().to(work::roll_back)),
                 )

@@ -21,7 +21,7 @@ use super::{associations, audit, health, images, problem, rounds, support, token
         associations::register, associations::list, associations::detail, associations::recategorize, associations::retire,
         rounds::open, rounds::list, rounds::progress, rounds::next, rounds::submit, rounds::withdraw, rounds::close,
         images::image, images::blob, images::upload,
-        work::register_model, work::list_model_versions, work::model_version, work::promote, work::roll_back,
+        work::register_model, work::list_model_versions, work::model_version, work::lineage, work::promote, work::roll_back,
         work::create_prompt_set, work::list_prompt_sets, work::prompt_set, work::add_prompts, work::review_prompt, work::finalize,
         work::request_generation, work::list_generations, work::generation,
         work::request_fine_tune, work::list_fine_tunes, work::fine_tune,

@@ -453,6 +453,22 @@ pub async fn model_version(state: web::Data<AppState>, principal: Principal, pat
     Ok(query_answer(body, position, Some(version)))
 }
 
+/// Where a model version came from: its fine-tune, the images it trained on with every rating
+/// and rater of round 1, the prompts and the generator that wrote them, and its parent's weights.
+#[utoipa::path(get, path = "/v1/model-versions/{id}/lineage", tag = "model versions", params(("id" = String, Path)),
+    responses((status = 200, body = Object), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn lineage(state: web::Data<AppState>, principal: Principal, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    principal.require(Action::Read)?;
+    let id: ModelVersionId = parse_id("model version", &path)?;
+    let bus = state.bus.clone();
+    let body = web::block(move || crate::lineage::lineage(&bus, id)).await.map_err(ApiError::blocking)?.map_err(|e| match e {
+        crate::lineage::LineageError::NotFound(id) => not_found("model version", id),
+        crate::lineage::LineageError::Command(e) => e.into(),
+    })?;
+    Ok(HttpResponse::Ok().json(body))
+}
+
 /// One prompt set with every prompt, its neutral form and review status.
 #[utoipa::path(get, path = "/v1/prompt-sets/{id}", tag = "prompt sets", params(("id" = String, Path)),
     responses((status = 200, body = Object), (status = "4XX", body = Problem, content_type = "application/problem+json")),

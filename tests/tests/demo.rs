@@ -1,0 +1,162 @@
+//! `thitl demo`: a whole T-HITL campaign on the reference world, its annotators going through the
+//! REST API. The quick scale has 48 probe images per association and model, so the effect is
+//! checked with its intervals, pooled where one association alone is too small a sample.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::helpers::{campaign_copy, quick_demo_report, spawn_app_in, stdout, thitl, thitl_bin};
+
+/// Wilson 95% score interval, written out here independently of thitl's own.
+fn wilson(positives: f64, n: f64) -> (f64, f64) {
+    let z = 1.959_963_984_540_054_f64;
+    let p = positives / n;
+    let denominator = 1.0 + z * z / n;
+    let centre = (p + z * z / (2.0 * n)) / denominator;
+    let half = z * ((p * (1.0 - p) + z * z / (4.0 * n)) / n).sqrt() / denominator;
+    (centre - half, centre + half)
+}
+
+fn count(estimate: &Value) -> (f64, f64) {
+    let n = estimate["n"].as_f64().unwrap();
+    ((estimate["rate"].as_f64().unwrap() * n).round(), n)
+}
+
+#[test]
+fn the_quick_demo_lowers_every_association_and_keeps_the_quality() {
+    let report = quick_demo_report();
+    assert_eq!(report["verify"]["ok"], true, "{report}");
+    let associations = report["associations"].as_array().expect("associations");
+    let pairs: Vec<(String, String)> = associations.iter().map(|a| (a["group"].as_str().unwrap().to_string(), a["concept"].as_str().unwrap().to_string())).collect();
+    assert_eq!(pairs, [("woman", "hippopotamus"), ("wheelchair user", "vegetable"), ("aromantic person", "sheep")].map(|(g, c)| (g.to_string(), c.to_string())));
+    let (mut before, mut after) = ((0.0, 0.0), (0.0, 0.0));
+    for association in associations {
+        let (b, a) = (count(&association["before"]), count(&association["after"]));
+        assert!(b.1 >= 48.0 && a.1 >= 48.0, "probe images per association: {association}");
+        assert!(a.0 / a.1 < b.0 / b.1, "the rate did not fall: {association}");
+        // Quality within 5% of the base's, and annotators who mostly agree.
+        let (quality_before, quality_after) = (association["quality_before"].as_f64().unwrap(), association["quality_after"].as_f64().unwrap());
+        assert!(quality_after >= 0.95 * quality_before, "quality fell by more than 5%: {association}");
+        assert!(association["alpha"].as_f64().unwrap() > 0.5, "annotators disagree: {association}");
+        before = (before.0 + b.0, before.1 + b.1);
+        after = (after.0 + a.0, after.1 + a.1);
+    }
+    // Sheep is planted at 100%: a clear drop even at this scale.
+    let sheep = &associations[2];
+    let (b, a) = (count(&sheep["before"]), count(&sheep["after"]));
+    assert!(wilson(a.0, a.1).1 < wilson(b.0, b.1).0, "sheep: {sheep}");
+    // Pooled over the three associations, the intervals do not overlap.
+    let (pooled_before, pooled_after) = (wilson(before.0, before.1), wilson(after.0, after.1));
+    assert!(pooled_after.1 < pooled_before.0, "pooled before {pooled_before:?}, after {pooled_after:?}");
+    // The rater's own reading of the same probe images: the fine-tuned model still draws the group.
+    let measured = report["measured"].as_array().expect("measured");
+    assert_eq!(measured.len(), 9, "three associations × base, T-HITL, traditional");
+    for m in measured.iter().filter(|m| m["model"] == "thitl") {
+        assert!(m["group_recognized"].as_f64().unwrap() >= 0.9, "{m}");
+    }
+    // The traditional arm is reported beside it, on the same probes.
+    let traditional = report["traditional"].as_array().expect("traditional");
+    assert_eq!(traditional.len(), 3);
+    for arm in traditional {
+        assert_eq!(arm["after"]["n"], associations[0]["after"]["n"]);
+        assert!(arm["quality_after"].as_f64().unwrap() > 0.0);
+    }
+}
+
+fn events(data: &Path, sql: &str) -> Vec<(String, String)> {
+    let db = rusqlite::Connection::open_with_flags(data.join("events.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).expect("open events.db");
+    let mut statement = db.prepare(sql).expect("query");
+    statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?))).expect("rows").map(|r| r.expect("row")).collect()
+}
+
+/// Killed in the middle of its fine-tune, the demo started again on the same data directory
+/// resumes the same campaign from its events: no second campaign, the fine-tune trained again,
+/// every generation job with exactly one image per item, and the chains verify.
+#[test]
+fn an_interrupted_demo_resumes_its_campaign_from_the_events() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().unwrap();
+    let mut child = std::process::Command::new(thitl_bin())
+        .args(["demo", "--quick", "--data", data])
+        .env("THITL_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start thitl demo");
+    let started = Instant::now();
+    let progressed = "select event_type, stream from events where event_type = 'FineTuneProgressed' limit 1";
+    loop {
+        assert!(started.elapsed() < Duration::from_secs(900), "the demo never reached its fine-tune");
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the demo ended before it was interrupted: {status}");
+        }
+        if dir.path().join("events.db").exists() && !events(dir.path(), progressed).is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    let campaigns = events(dir.path(), "select event_type, stream from events where event_type = 'CampaignStarted'");
+    assert_eq!(campaigns.len(), 1);
+
+    let resumed = thitl(&["demo", "--quick", "--json", "--data", data]);
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    let report: Value = serde_json::from_str(&stdout(&resumed)).expect("one JSON object");
+    assert_eq!(report["verify"]["ok"], true, "{report}");
+    assert_eq!(events(dir.path(), "select event_type, stream from events where event_type = 'CampaignStarted'"), campaigns, "resumed, not started again");
+    assert_eq!(format!("campaign-{}", report["campaign_id"].as_str().unwrap()), campaigns[0].1);
+    assert!(report["stages"].as_array().unwrap().iter().any(|s| s == "completed"), "{report}");
+    assert_eq!(report["associations"].as_array().unwrap().len(), 3);
+    // The interrupted fine-tune was started again and completed.
+    let fine_tune = &events(dir.path(), progressed)[0].1;
+    let starts = events(dir.path(), &format!("select event_type, stream from events where stream = '{fine_tune}' and event_type in ('FineTuneStarted', 'FineTuneCompleted')"));
+    let kinds: Vec<&str> = starts.iter().map(|(kind, _)| kind.as_str()).collect();
+    assert_eq!(kinds, ["FineTuneStarted", "FineTuneStarted", "FineTuneCompleted"]);
+    // Every generation job holds one image per item: nothing lost, nothing made twice.
+    for (payload, stream) in events(dir.path(), "select payload, stream from events where event_type = 'GenerationRequested'") {
+        let items = serde_json::from_str::<Value>(&payload).unwrap()["items"].as_array().unwrap().len();
+        let images = events(dir.path(), &format!("select event_type, stream from events where stream = '{stream}' and event_type = 'ImageGenerated'")).len();
+        assert_eq!(images, items, "{stream}");
+    }
+}
+
+/// The demo's fine-tuned version, asked for its lineage over HTTP by an auditor, reaches back to
+/// every image it trained on, every rating and rater of those images in round 1, and every prompt
+/// with the generator that wrote it.
+#[test]
+fn the_lineage_of_the_fine_tuned_version_reaches_every_prompt_and_rating() {
+    let report = quick_demo_report();
+    let model = report["models"]["thitl"].as_str().expect("a T-HITL model version");
+    let app = spawn_app_in(campaign_copy());
+    let auditor = app.token("auditor", "auditor-1");
+    let lineage = app.get(&format!("/v1/model-versions/{model}/lineage"), &auditor).expect(200).json();
+    assert_eq!(lineage["model_version"]["id"], model);
+    assert_eq!(lineage["fine_tune"]["arm"], "thitl");
+    assert!(lineage["fine_tune"]["final_loss"].as_f64().is_some());
+    assert_eq!(lineage["parent"]["id"], report["models"]["base"]);
+    assert!(lineage["parent"]["weights"].is_string());
+    let examples = lineage["examples"].as_array().unwrap();
+    assert!(examples.len() >= 24, "{} examples", examples.len());
+    let raters = lineage["source_round"]["raters_per_item"].as_u64().unwrap() as usize;
+    for example in examples {
+        let screened = &example["round_1"];
+        assert_eq!(screened["ratings"].as_array().unwrap().len(), raters, "{example}");
+        assert_eq!(screened["verdict"]["screen"]["accepted"], true, "T-HITL trains only on accepted images: {example}");
+        assert!(example["prompt_id"].is_string());
+    }
+    assert_eq!(lineage["prompts_not_found"].as_array().unwrap().len(), 0);
+    let prompts = lineage["prompts"].as_array().unwrap();
+    assert!(!prompts.is_empty());
+    for prompt in prompts {
+        assert_eq!(prompt["generator"]["name"], "template", "{prompt}");
+        assert_eq!(prompt["status"], "accepted");
+    }
+    let annotators = lineage["annotators"].as_array().unwrap();
+    assert!(annotators.len() >= raters && annotators.iter().all(|a| a.as_str().unwrap().starts_with("annotator-")));
+    // An unknown version is a clear 404.
+    app.get(&format!("/v1/model-versions/{}/lineage", "00000000-0000-0000-0000-000000000000"), &auditor).expect(404);
+}
