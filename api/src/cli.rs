@@ -30,6 +30,14 @@ pub struct Cli {
     command: Command,
 }
 
+impl Cli {
+    /// The log filter when `THITL_LOG` is unset: `info`, but `warn` for the demo, whose progress
+    /// bars share stderr.
+    pub fn default_log_filter(&self) -> &'static str {
+        if matches!(self.command, Command::Demo { .. }) { "warn" } else { "info" }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve the HTTP API on a data directory (created if missing). Stop with Ctrl-C.
@@ -48,12 +56,13 @@ enum Command {
     /// Issue or revoke API bearer tokens.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Run a T-HITL campaign for the three default associations and print what was recorded.
+    /// Run a whole T-HITL campaign for the three default associations on the reference world
+    /// (about 15 minutes on 2 cores; resumes an unfinished one in --data) and print the evaluation.
     Demo {
         /// Data directory to write (default: a new temporary directory, kept afterwards).
         #[arg(long)]
         data: Option<PathBuf>,
-        /// A small campaign that finishes in seconds.
+        /// A small campaign (48 probe images per association): about 3 minutes.
         #[arg(long)]
         quick: bool,
         /// Print one JSON object instead of text.
