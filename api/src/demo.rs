@@ -394,12 +394,6 @@ impl<'a> Demo<'a> {
 
     /// Registers the base model and the default associations and starts a campaign over them.
     fn start(&mut self) -> Result<CampaignId, DemoError> {
-        let (taxonomy, version) = self.bus.load::<Taxonomy>(ids::TAXONOMY_STREAM)?;
-        if version == 0 {
-            self.bus.execute::<Taxonomy>(ids::TAXONOMY_STREAM, Some(0), &self.curator, TaxonomyCommand::SeedDefaults)?;
-        }
-        let taxonomy = if version == 0 { self.bus.load::<Taxonomy>(ids::TAXONOMY_STREAM)?.0 } else { taxonomy };
-
         let base = ModelVersionId(Uuid::now_v7());
         let weights = self.blobs.put(SHIPPED_WEIGHTS)?.hash;
         let operator = CommandContext::new(Actor::new("operator", Role::Operator));
@@ -416,28 +410,8 @@ impl<'a> Demo<'a> {
             },
         )?;
 
-        let mut association_ids = Vec::new();
-        for default in &DEFAULT_ASSOCIATIONS {
-            let id = AssociationId(Uuid::now_v7());
-            self.bus.execute::<Association>(
-                &id.stream(),
-                None,
-                &self.curator,
-                AssociationCommand::Register {
-                    association_id: id,
-                    group: default.group.into(),
-                    concept: default.concept.into(),
-                    concept_synonyms: default.synonyms.iter().map(|s| s.to_string()).collect(),
-                    category: default.category.into(),
-                    description: default.description.into(),
-                    probe_prompts: default.probes.iter().map(|s| s.to_string()).collect(),
-                    taxonomy: taxonomy.clone(),
-                },
-            )?;
-            association_ids.push(id);
-            let (state, _) = self.bus.load::<Association>(&id.stream())?;
-            self.associations.insert(id, state);
-        }
+        self.associations = register_default_associations(self.bus, &self.curator)?;
+        let association_ids: Vec<AssociationId> = self.associations.keys().copied().collect();
 
         let campaign_id = CampaignId(Uuid::now_v7());
         let sampling = config.sampling.clone();
@@ -1182,6 +1156,33 @@ fn model_of(campaign: &Campaign, arm: Option<Arm>) -> Option<ModelVersionId> {
         Work::ModelVersion { arm: a, model_version_id } if Some(*a) == arm => Some(*model_version_id),
         _ => None,
     })
+}
+
+/// Seeds the default taxonomy into an empty store and registers the three default associations
+/// (in order: their ids are time-ordered UUIDs), as `curator`.
+pub(crate) fn register_default_associations(bus: &CommandBus, curator: &CommandContext) -> Result<BTreeMap<AssociationId, Association>, CommandError> {
+    let (_, version) = bus.load::<Taxonomy>(ids::TAXONOMY_STREAM)?;
+    if version == 0 {
+        bus.execute::<Taxonomy>(ids::TAXONOMY_STREAM, Some(0), curator, TaxonomyCommand::SeedDefaults)?;
+    }
+    let (taxonomy, _) = bus.load::<Taxonomy>(ids::TAXONOMY_STREAM)?;
+    let mut associations = BTreeMap::new();
+    for default in &DEFAULT_ASSOCIATIONS {
+        let id = AssociationId(Uuid::now_v7());
+        let register = AssociationCommand::Register {
+            association_id: id,
+            group: default.group.into(),
+            concept: default.concept.into(),
+            concept_synonyms: default.synonyms.iter().map(|s| s.to_string()).collect(),
+            category: default.category.into(),
+            description: default.description.into(),
+            probe_prompts: default.probes.iter().map(|s| s.to_string()).collect(),
+            taxonomy: taxonomy.clone(),
+        };
+        bus.execute::<Association>(&id.stream(), None, curator, register)?;
+        associations.insert(id, bus.load::<Association>(&id.stream())?.0);
+    }
+    Ok(associations)
 }
 
 /// What the process manager needs to know about a campaign's linked work.

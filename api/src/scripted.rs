@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::commands::{CommandBus, CommandContext, CommandError};
 
-use crate::demo::{DEFAULT_ASSOCIATIONS, generations};
+use crate::demo::{generations, register_default_associations};
 
 /// How big the scripted campaign is.
 #[derive(Debug, Clone, Copy)]
@@ -111,12 +111,6 @@ impl<'a> Script<'a> {
 
     /// Registers the default associations and runs one campaign over them to the end.
     pub fn run(mut self) -> Result<ScriptedReport, CommandError> {
-        let (taxonomy, version) = self.bus.load::<Taxonomy>(ids::TAXONOMY_STREAM)?;
-        if version == 0 {
-            self.bus.execute::<Taxonomy>(ids::TAXONOMY_STREAM, Some(0), &self.curator, TaxonomyCommand::SeedDefaults)?;
-        }
-        let taxonomy = if version == 0 { self.bus.load::<Taxonomy>(ids::TAXONOMY_STREAM)?.0 } else { taxonomy };
-
         let base = ModelVersionId(self.id());
         self.bus.execute::<ModelVersion>(
             &base.stream(),
@@ -130,28 +124,8 @@ impl<'a> Script<'a> {
             },
         )?;
 
-        let mut association_ids = Vec::new();
-        for default in &DEFAULT_ASSOCIATIONS {
-            let id = AssociationId(self.id());
-            self.bus.execute::<Association>(
-                &id.stream(),
-                None,
-                &self.curator,
-                AssociationCommand::Register {
-                    association_id: id,
-                    group: default.group.into(),
-                    concept: default.concept.into(),
-                    concept_synonyms: default.synonyms.iter().map(|s| s.to_string()).collect(),
-                    category: default.category.into(),
-                    description: default.description.into(),
-                    probe_prompts: default.probes.iter().map(|s| s.to_string()).collect(),
-                    taxonomy: taxonomy.clone(),
-                },
-            )?;
-            association_ids.push(id);
-            let (state, _) = self.bus.load::<Association>(&id.stream())?;
-            self.associations.insert(id, state);
-        }
+        self.associations = register_default_associations(self.bus, &self.curator)?;
+        let association_ids: Vec<AssociationId> = self.associations.keys().copied().collect();
 
         let campaign_id = CampaignId(self.id());
         let settings = CampaignSettings {
