@@ -52,6 +52,10 @@ enum Command {
         /// THITL_* variables and the flags above override it.
         #[arg(long, env = "THITL_CONFIG")]
         config: Option<PathBuf>,
+        /// Serve the API only: run no generation or fine-tune jobs and step no campaigns
+        /// (another `thitl serve` on the same data does).
+        #[arg(long)]
+        no_jobs: bool,
     },
     /// Issue or revoke API bearer tokens.
     #[command(subcommand)]
@@ -70,6 +74,21 @@ enum Command {
         json: bool,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+    },
+    /// For analysts: annotations, images' metadata or evaluations as CSV or JSON Lines, from the
+    /// event log (every row names its event's position; the summary on stderr, the position the
+    /// export reflects).
+    Export {
+        /// annotations, images or evaluations.
+        kind: String,
+        #[arg(long, env = "THITL_DATA", default_value = "thitl-data")]
+        data: PathBuf,
+        /// csv or jsonl.
+        #[arg(long, default_value = "csv")]
+        format: String,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// For auditors: verify the hash chains, read the log, replay history.
     #[command(subcommand)]
@@ -181,10 +200,11 @@ enum ProjectionsCommand {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { data, bind, config } => serve(&data, bind, config.as_deref()),
+        Command::Serve { data, bind, config, no_jobs } => serve(&data, bind, config.as_deref(), !no_jobs),
         Command::Token(TokenCommand::Create { data, role, name }) => token_create(&data, &role, &name),
         Command::Token(TokenCommand::Revoke { data, id, reason }) => token_revoke(&data, &id, &reason),
         Command::Demo { data, quick, json, seed } => demo(data, quick, json, seed),
+        Command::Export { kind, data, format, out } => export(&kind, &data, &format, out.as_deref()),
         Command::Audit(AuditCommand::Verify { data }) => audit_verify(&data),
         Command::Audit(AuditCommand::Log { data, stream, after, limit, json }) => audit_log(&data, stream, after, limit, json),
         Command::Audit(AuditCommand::Replay { data, until, json }) => audit_replay(&data, until, json),
@@ -246,7 +266,7 @@ fn bench_gpu(sizes: Vec<usize>, models: Vec<String>, batch: Option<usize>, gpu: 
     Ok(ExitCode::SUCCESS)
 }
 
-fn serve(data: &Path, bind: Option<String>, config: Option<&Path>) -> anyhow::Result<ExitCode> {
+fn serve(data: &Path, bind: Option<String>, config: Option<&Path>, jobs: bool) -> anyhow::Result<ExitCode> {
     let mut settings = crate::configuration::Settings::load(config)?;
     if let Some(bind) = bind {
         settings.bind = bind;
@@ -260,12 +280,66 @@ fn serve(data: &Path, bind: Option<String>, config: Option<&Path>) -> anyhow::Re
     actix_web::rt::System::new().block_on(async move {
         let bind = settings.bind.clone();
         let blobs = std::sync::Arc::new(crate::blobs::LocalBlobStore::open(&dir.root.join("blobs"))?);
-        let app = Application::build_with_blobs(storage, settings, blobs)?;
+        let generator = prompt_generator(&settings)?;
+        let app = Application::build_with_blobs(storage, settings, blobs.clone())?;
+        let driver = match jobs {
+            true => {
+                let backend = gpu::Backend::choose(gpu::DeviceChoice::from_env()?)?;
+                tracing::info!(device = %backend.describe(), "jobs run here");
+                let parts = crate::driver::DriverParts { bus: app.bus(), blobs, projections: app.projections(), backend, generator, seed: 0x7417_1 };
+                Some(crate::driver::Driver::spawn(parts))
+            }
+            false => None,
+        };
         tracing::info!(address = %format!("http://{}", bind_address(&bind, app.port())), data = %data.display(), "thitl is serving; stop with Ctrl-C");
         app.run_until_stopped().await?;
+        if let Some(driver) = driver {
+            tracing::info!("waiting for the job in progress to end (Ctrl-C again to abandon it: it resumes at the next start)");
+            driver.stop();
+        }
         tracing::info!("stopped cleanly");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The chat endpoint the settings name, or the reference-world templates.
+fn prompt_generator(settings: &crate::configuration::Settings) -> anyhow::Result<Box<dyn crate::prompts::PromptGenerator>> {
+    use crate::prompts::{OpenAiCompatible, ReferenceWorldTemplates, TemplateGenerator};
+    Ok(match (&settings.chat_base_url, &settings.chat_model) {
+        (Some(base_url), Some(model)) => Box::new(OpenAiCompatible {
+            base_url: base_url.clone(),
+            model: model.clone(),
+            api_key: std::env::var("THITL_CHAT_API_KEY").ok(),
+            temperature: 0.7,
+            timeout: std::time::Duration::from_secs(120),
+        }),
+        (None, None) => Box::new(TemplateGenerator::new(ReferenceWorldTemplates)),
+        _ => anyhow::bail!("chat_base_url and chat_model go together: set both (or neither, for the built-in templates)"),
+    })
+}
+
+fn export(kind: &str, data: &Path, format: &str, out: Option<&Path>) -> anyhow::Result<ExitCode> {
+    use crate::export::{ExportCursor, ExportFormat, ExportKind};
+    use std::io::Write;
+    let kind = ExportKind::parse(kind).ok_or_else(|| anyhow::anyhow!("no export is called '{kind}': use annotations, images or evaluations"))?;
+    let format = ExportFormat::parse(format).ok_or_else(|| anyhow::anyhow!("format '{format}' is not one of csv, jsonl"))?;
+    let dir = DataDir::open_existing(data)?;
+    let mut cursor = ExportCursor::new(kind, format, dir.store.clone())?;
+    let mut sink: Box<dyn Write> = match out {
+        // Written beside the target and renamed at the end: a failed export leaves no half file.
+        Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path.with_extension("partial")).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?)),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    while let Some(chunk) = cursor.next_chunk()? {
+        sink.write_all(&chunk)?;
+    }
+    sink.flush()?;
+    drop(sink);
+    if let Some(path) = out {
+        std::fs::rename(path.with_extension("partial"), path)?;
+    }
+    eprintln!("exported {} {} rows up to position {}", cursor.rows(), kind.name(), cursor.position());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn token_create(data: &Path, role: &str, name: &str) -> anyhow::Result<ExitCode> {

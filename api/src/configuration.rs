@@ -2,8 +2,11 @@
 //! (and the command line, through clap, on top).
 //!
 //! ```json
-//! {"bind": "127.0.0.1:8080", "body_limit_bytes": 1048576, "workers": 2, "wait_for_max_seconds": 10}
+//! {"bind": "127.0.0.1:8080", "body_limit_bytes": 1048576, "workers": 2, "wait_for_max_seconds": 10,
+//!  "chat_base_url": "http://127.0.0.1:8000/v1", "chat_model": "qwen2.5-7b-instruct"}
 //! ```
+//!
+//! The chat endpoint's key is read from `THITL_CHAT_API_KEY` only, never from the file.
 
 use std::path::Path;
 use std::time::Duration;
@@ -21,11 +24,15 @@ pub struct Settings {
     pub workers: Option<usize>,
     /// The longest a query with `?wait_for=POS` waits for the read models.
     pub wait_for_max_seconds: u64,
+    /// An OpenAI-compatible chat-completions endpoint that curates campaigns' training prompts
+    /// (with `chat_model`); without it, the built-in reference-world templates do.
+    pub chat_base_url: Option<String>,
+    pub chat_model: Option<String>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { bind: "127.0.0.1:8080".into(), body_limit_bytes: 1024 * 1024, workers: None, wait_for_max_seconds: 10 }
+        Settings { bind: "127.0.0.1:8080".into(), body_limit_bytes: 1024 * 1024, workers: None, wait_for_max_seconds: 10, chat_base_url: None, chat_model: None }
     }
 }
 
@@ -55,7 +62,8 @@ impl Settings {
         settings.overlay_env(|name| std::env::var(name).ok())
     }
 
-    /// Applies `THITL_BIND`, `THITL_BODY_LIMIT`, `THITL_WORKERS`, `THITL_WAIT_FOR_MAX_SECONDS`.
+    /// Applies `THITL_BIND`, `THITL_BODY_LIMIT`, `THITL_WORKERS`, `THITL_WAIT_FOR_MAX_SECONDS`,
+    /// `THITL_CHAT_BASE_URL`, `THITL_CHAT_MODEL`.
     pub fn overlay_env(mut self, var: impl Fn(&str) -> Option<String>) -> Result<Settings, SettingsError> {
         fn number<T: std::str::FromStr>(name: &'static str, value: String) -> Result<T, SettingsError>
         where
@@ -74,6 +82,12 @@ impl Settings {
         }
         if let Some(value) = var("THITL_WAIT_FOR_MAX_SECONDS") {
             self.wait_for_max_seconds = number("THITL_WAIT_FOR_MAX_SECONDS", value)?;
+        }
+        if let Some(url) = var("THITL_CHAT_BASE_URL") {
+            self.chat_base_url = Some(url);
+        }
+        if let Some(model) = var("THITL_CHAT_MODEL") {
+            self.chat_model = Some(model);
         }
         Ok(self)
     }

@@ -25,22 +25,21 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use domain::campaign::{AssociationEvaluation, CampaignSettings, Facts, Next, RateEstimate, Request, WaitingFor, Work, next};
-use domain::fine_tune::{Arm, LoraConfig, LoraTarget, SourceRound, TrainingExample};
-use domain::generation::{GenerationItem, GenerationPurpose, SamplerSettings};
-use domain::prompt_set::PromptDraft;
-use domain::round::{Answer, ImageRef, ItemContent, ItemLabel, RoundItem, RoundKind, Side, Verdict};
-use domain::values::{BlobHash, Quality};
+use domain::campaign::{AssociationEvaluation, CampaignSettings, WaitingFor, Work};
+use domain::fine_tune::{Arm, LoraConfig, LoraTarget};
+use domain::generation::SamplerSettings;
+use domain::round::{Answer, RoundKind, Side};
+use domain::values::Quality;
 use domain::*;
-use projections::stats::{Z95, krippendorff_alpha_nominal, wilson_interval};
 use scenes::base::SHIPPED_WEIGHTS;
-use scenes::{CaptionSpec, Concept, Group, Image, Rater, Rating, Setting};
+use scenes::{Concept, Group, Image, Rating};
 use uuid::Uuid;
 
 use crate::blobs::BlobStore;
+use crate::campaigns::{CampaignRunner, Rng, Step, arm_name, model_of};
 use crate::commands::{CommandBus, CommandContext, CommandError};
-use crate::prompts::{PromptGenerator, PromptRequest, ReferenceWorldTemplates, TemplateGenerator};
-use crate::workers::{Models, WorkerError, run_fine_tune, run_generation};
+use crate::prompts::{ReferenceWorldTemplates, TemplateGenerator};
+use crate::workers::{Models, run_fine_tune, run_generation};
 
 /// The three associations the method was first shown on, in the reference world's words.
 pub struct DefaultAssociation {
@@ -130,46 +129,7 @@ pub enum Progress<'a> {
     Task { task: &'a str, done: u64, total: u64 },
 }
 
-/// Why the demo stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum DemoError {
-    #[error(transparent)]
-    Command(#[from] CommandError),
-    #[error(transparent)]
-    Worker(#[from] WorkerError),
-    #[error(transparent)]
-    Blob(#[from] crate::blobs::BlobError),
-    #[error("{0}")]
-    Other(String),
-}
-
-/// A small deterministic generator (SplitMix64): the demo is repeatable from its seed.
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn uniform(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn chance(&mut self, p: f64) -> bool {
-        self.uniform() < p
-    }
-
-    /// A standard normal draw (Box–Muller).
-    fn normal(&mut self) -> f64 {
-        let u = self.uniform().max(1e-12);
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * self.uniform()).cos()
-    }
-}
+pub use crate::campaigns::CampaignError as DemoError;
 
 /// A simulated annotator: the rater's reading of a picture, seen through its own noise.
 struct Annotator {
@@ -227,16 +187,13 @@ pub struct Demo<'a> {
     bus: &'a CommandBus,
     blobs: Arc<dyn BlobStore>,
     models: Models,
-    rater: Rater,
-    /// The rater's reading of every image rated so far.
-    ratings: HashMap<BlobHash, Rating>,
+    /// The process manager's runner (prompts from the reference-world templates).
+    runner: CampaignRunner<'a>,
     scale: Scale,
     seed: u64,
-    rng: Rng,
     curator: CommandContext,
     system: CommandContext,
     annotators: Vec<Annotator>,
-    associations: BTreeMap<AssociationId, Association>,
     images: u64,
     annotations: u64,
     progress: &'a (dyn Fn(Progress) + Sync),
@@ -330,19 +287,17 @@ impl<'a> Demo<'a> {
                 rng: Rng(seed ^ (0xA11CE + u64::from(i))),
             })
             .collect();
+        let generator = Box::new(TemplateGenerator::new(ReferenceWorldTemplates));
         Demo {
             bus,
             models: Models::new(blobs.clone(), backend),
+            runner: CampaignRunner::new(bus.clone(), blobs.clone(), generator, seed, Box::new(move |line| progress(Progress::Stage(line)))),
             blobs,
-            rater: Rater::shipped(),
-            ratings: HashMap::new(),
             scale,
             seed,
-            rng: Rng(seed),
             curator: CommandContext::new(Actor::new("curator", Role::Curator)),
             system: CommandContext::system(),
             annotators,
-            associations: BTreeMap::new(),
             images: 0,
             annotations: 0,
             progress,
@@ -364,10 +319,6 @@ impl<'a> Demo<'a> {
         let campaign_id = match self.unfinished_campaign()? {
             Some(campaign) => {
                 self.stage(&format!("resuming campaign {} from its events", campaign.id.map(|id| id.to_string()).unwrap_or_default()));
-                for association_id in &campaign.associations {
-                    let (state, _) = self.bus.load::<Association>(&association_id.stream())?;
-                    self.associations.insert(*association_id, state);
-                }
                 campaign.id.ok_or_else(|| DemoError::Other("a campaign without an id".into()))?
             }
             None => self.start()?,
@@ -410,8 +361,7 @@ impl<'a> Demo<'a> {
             },
         )?;
 
-        self.associations = register_default_associations(self.bus, &self.curator)?;
-        let association_ids: Vec<AssociationId> = self.associations.keys().copied().collect();
+        let association_ids: Vec<AssociationId> = register_default_associations(self.bus, &self.curator)?.into_keys().collect();
 
         let campaign_id = CampaignId(Uuid::now_v7());
         let sampling = config.sampling.clone();
@@ -450,55 +400,36 @@ impl<'a> Demo<'a> {
         Ok(campaign_id)
     }
 
-    /// The process manager's loop: asks `campaign::next` what the campaign needs and does it —
-    /// requests and links work, runs the jobs and rounds it waits for, advances the stage — until
-    /// the campaign is finished.
+    /// The process manager's loop: the runner does what the campaign asks for until it waits;
+    /// the demo then does what it waits for — runs the job, lets the annotators work the round —
+    /// until the campaign is finished. The demo's campaign auto-accepts, so no curator is waited for.
     fn drive(mut self, campaign_id: CampaignId) -> Result<DemoReport, DemoError> {
         let (first, _) = self.bus.load::<Campaign>(&campaign_id.stream())?;
         let mut stages: Vec<String> = first.stage.map(|stage| format!("{stage:?}").to_lowercase()).into_iter().collect();
-        let mut promoted = None;
         loop {
+            let progress = self.progress;
+            let step = self.runner.step(campaign_id, &mut |stage| {
+                let name = format!("{stage:?}").to_lowercase();
+                progress(Progress::Stage(&format!("stage: {name}")));
+                stages.push(name);
+            })?;
             let (campaign, _) = self.bus.load::<Campaign>(&campaign_id.stream())?;
-            let facts = self.facts(&campaign)?;
-            match next(&campaign, &facts) {
-                Next::Ask(request) => self.fulfil(&campaign, request)?,
-                Next::Advance(stage) => {
-                    self.bus.execute::<Campaign>(&campaign_id.stream(), None, &self.system, CampaignCommand::Advance { facts })?;
-                    let name = format!("{stage:?}").to_lowercase();
-                    self.stage(&format!("stage: {name}"));
-                    stages.push(name);
+            match step {
+                Step::Waiting(WaitingFor::Generation(id)) => self.run_generation(&campaign, id)?,
+                Step::Waiting(WaitingFor::Annotations(id)) => self.work_round(id)?,
+                Step::Waiting(WaitingFor::FineTune(id)) => self.train(&campaign, id)?,
+                Step::Waiting(gate @ (WaitingFor::PromptReview(_) | WaitingFor::Promotion)) => {
+                    return Err(DemoError::Other(format!("the demo's campaign waits for a curator ({gate:?}) although it auto-accepts")));
                 }
-                Next::Wait(WaitingFor::Generation(id)) => self.run_generation(&campaign, id)?,
-                Next::Wait(WaitingFor::Annotations(id)) => self.work_round(id)?,
-                Next::Wait(WaitingFor::FineTune(id)) => self.train(&campaign, id)?,
-                Next::Wait(WaitingFor::PromptReview(id)) => self.review(id)?,
-                Next::Wait(WaitingFor::Promotion) => {
-                    // The curator's gate, automated: promote the T-HITL version only if, for every
-                    // association, the rate fell (the intervals do not overlap) and the quality
-                    // kept within 5% of the base's.
-                    let candidate = model_of(&campaign, Some(Arm::Thitl));
-                    let thitl: Vec<&AssociationEvaluation> = campaign.evaluations.iter().filter(|e| e.arm == Arm::Thitl).collect();
-                    let better = !thitl.is_empty() && thitl.iter().all(|e| e.after.ci_high < e.before.ci_low && e.quality_after >= 0.95 * e.quality_before);
-                    promoted = candidate.filter(|_| better);
-                    if let Some(model) = promoted {
-                        let reason = "every association's rate fell with non-overlapping 95% intervals and quality stayed within 5%";
-                        self.bus.execute::<ModelVersion>(&model.stream(), None, &self.curator, ModelVersionCommand::Promote { reason: reason.into() })?;
-                        self.stage("promoted the T-HITL model version");
-                    } else {
-                        self.stage("not promoted: the evaluation does not show a clear improvement at this scale");
-                    }
-                    self.bus.execute::<Campaign>(&campaign_id.stream(), None, &self.curator, CampaignCommand::Conclude { promoted })?;
-                    stages.push("completed".into());
-                }
-                Next::Fail(reason) => {
-                    self.bus.execute::<Campaign>(&campaign_id.stream(), None, &self.system, CampaignCommand::Fail { reason: reason.clone() })?;
-                    return Err(DemoError::Other(format!("the campaign failed: {reason}")));
-                }
-                Next::Finished => break,
+                Step::Finished => break,
             }
         }
         let (campaign, _) = self.bus.load::<Campaign>(&campaign_id.stream())?;
-        let associations = self.associations.iter().map(|(id, a)| (*id, (a.group.clone(), a.concept.clone(), a.category.clone()))).collect();
+        if campaign.stage == Some(domain::campaign::Stage::Failed) {
+            return Err(DemoError::Other(format!("campaign {campaign_id} failed; `thitl audit log` shows why")));
+        }
+        stages.push("completed".into());
+        let associations = self.runner.associations().iter().map(|(id, a)| (*id, (a.group.clone(), a.concept.clone(), a.category.clone()))).collect();
         Ok(DemoReport {
             campaign_id,
             stages,
@@ -507,154 +438,10 @@ impl<'a> Demo<'a> {
             evaluations: campaign.evaluations.clone(),
             associations,
             base_model: campaign.base_model.unwrap_or(ModelVersionId(Uuid::nil())),
-            promoted,
+            promoted: campaign.promoted,
             thitl_model: model_of(&campaign, Some(Arm::Thitl)),
             traditional_model: model_of(&campaign, Some(Arm::Traditional)),
         })
-    }
-
-    fn facts(&self, campaign: &Campaign) -> Result<Facts, CommandError> {
-        facts(self.bus, campaign)
-    }
-
-    fn link(&self, campaign: &Campaign, work: Work) -> Result<(), CommandError> {
-        let stream = campaign.id.map(|id| id.stream()).unwrap_or_default();
-        self.bus.execute::<Campaign>(&stream, None, &self.system, CampaignCommand::Link { work })?;
-        Ok(())
-    }
-
-    fn fulfil(&mut self, campaign: &Campaign, request: Request) -> Result<(), DemoError> {
-        let base = campaign.base_model.ok_or_else(|| DemoError::Other("the campaign names no base model".into()))?;
-        match request {
-            Request::BaselineGeneration => {
-                let items = self.probe_items(campaign, 0);
-                let id = self.generate(campaign, base, GenerationPurpose::Baseline, items)?;
-                self.link(campaign, Work::BaselineGeneration { generation_id: id })?;
-            }
-            Request::BaselineRound => {
-                let jobs = generations(campaign, |w| matches!(w, Work::BaselineGeneration { .. }));
-                let items = self.single_items(&jobs)?;
-                let id = self.open_round(campaign, RoundKind::Baseline, items)?;
-                self.link(campaign, Work::BaselineRound { round_id: id })?;
-            }
-            Request::CuratePrompts { association_id } => {
-                let id = self.curate(campaign, association_id)?;
-                self.link(campaign, Work::PromptSet { association_id, prompt_set_id: id })?;
-            }
-            Request::CandidateGeneration => {
-                let mut items = Vec::new();
-                for work in &campaign.work {
-                    if let Work::PromptSet { association_id, prompt_set_id } = work {
-                        let (set, _) = self.bus.load::<PromptSet>(&prompt_set_id.stream())?;
-                        for (prompt_id, prompt) in set.accepted() {
-                            for _ in 0..campaign.settings.candidates_per_prompt {
-                                items.push(GenerationItem {
-                                    prompt: prompt.neutral.text.clone(),
-                                    negative_prompt: Some(prompt.neutral.negative_prompt.clone()),
-                                    seed: 10_000_000 + self.rng.next() % 1_000_000_000,
-                                    prompt_id: Some(prompt_id),
-                                    association_id: Some(*association_id),
-                                });
-                            }
-                        }
-                    }
-                }
-                let id = self.generate(campaign, base, GenerationPurpose::Candidates, items)?;
-                self.link(campaign, Work::CandidateGeneration { generation_id: id })?;
-            }
-            Request::PriorPreservationGeneration => {
-                let items = self.prior_items(campaign);
-                let id = self.generate(campaign, base, GenerationPurpose::PriorPreservation, items)?;
-                self.link(campaign, Work::PriorPreservationGeneration { generation_id: id })?;
-            }
-            Request::Round1 => {
-                let jobs = generations(campaign, |w| matches!(w, Work::CandidateGeneration { .. }));
-                let items = self.single_items(&jobs)?;
-                let id = self.open_round(campaign, RoundKind::Screen, items)?;
-                self.link(campaign, Work::Round1 { round_id: id })?;
-            }
-            Request::FineTune { arm } => {
-                let id = self.fine_tune(campaign, arm)?;
-                self.link(campaign, Work::FineTune { arm, fine_tune_id: id })?;
-            }
-            Request::DeriveModel { arm, fine_tune_id } => {
-                let (job, _) = self.bus.load::<FineTune>(&fine_tune_id.stream())?;
-                let id = ModelVersionId(Uuid::now_v7());
-                self.bus.execute::<ModelVersion>(
-                    &id.stream(),
-                    None,
-                    &self.system,
-                    ModelVersionCommand::DeriveFromFineTune {
-                        model_version_id: id,
-                        name: format!("{} fine-tune", arm_name(arm)),
-                        fine_tune: domain::model_version::SourceFineTune { fine_tune_id, status: job.status, base_model: job.base_model, arm: job.arm, adapter: job.adapter },
-                    },
-                )?;
-                self.link(campaign, Work::ModelVersion { arm, model_version_id: id })?;
-            }
-            Request::EvaluationGeneration { arm } => {
-                let model = match arm {
-                    None => base,
-                    Some(arm) => model_of(campaign, Some(arm)).ok_or_else(|| DemoError::Other(format!("no {} model to evaluate", arm_name(arm))))?,
-                };
-                // Held-out seeds: none of the baseline's.
-                let items = self.probe_items(campaign, 1_000_000);
-                let id = self.generate(campaign, model, GenerationPurpose::Evaluation, items)?;
-                self.link(campaign, Work::EvaluationGeneration { arm, generation_id: id })?;
-            }
-            Request::Round2 => {
-                let jobs = generations(campaign, |w| matches!(w, Work::EvaluationGeneration { .. }));
-                let mut items = self.single_items(&jobs)?;
-                items.extend(self.pair_items(campaign)?);
-                let id = self.open_round(campaign, RoundKind::Check, items)?;
-                self.link(campaign, Work::Round2 { round_id: id })?;
-            }
-            Request::RecordEvaluation => {
-                let evaluations = self.evaluate(campaign)?;
-                let stream = campaign.id.map(|id| id.stream()).unwrap_or_default();
-                self.bus.execute::<Campaign>(&stream, None, &self.system, CampaignCommand::RecordEvaluation { evaluations })?;
-            }
-        }
-        Ok(())
-    }
-
-    /// `probe_images` items per association, cycling through its probe prompts, seeds from
-    /// `seed_offset`.
-    fn probe_items(&self, campaign: &Campaign, seed_offset: u64) -> Vec<GenerationItem> {
-        let mut items = Vec::new();
-        for association_id in &campaign.associations {
-            let Some(association) = self.associations.get(association_id) else { continue };
-            for i in 0..campaign.settings.probe_images_per_association {
-                let prompt = &association.probe_prompts[i as usize % association.probe_prompts.len()];
-                items.push(GenerationItem { prompt: prompt.clone(), negative_prompt: None, seed: seed_offset + u64::from(i), prompt_id: None, association_id: Some(*association_id) });
-            }
-        }
-        items
-    }
-
-    /// Prior preservation: the base model's own pictures of the groups no association is about.
-    fn prior_items(&mut self, campaign: &Campaign) -> Vec<GenerationItem> {
-        let targeted: Vec<Group> = self.associations.values().filter_map(|a| Group::from_name(&a.group)).collect();
-        let others: Vec<Group> = Group::ALL.iter().copied().filter(|g| !targeted.contains(g)).collect();
-        (0..campaign.settings.prior_preservation_images)
-            .map(|i| {
-                let i = i as usize;
-                let spec = CaptionSpec { group: others[i % others.len()], object: None, setting: Some(Setting::ALL[(i / others.len()) % Setting::ALL.len()]) };
-                GenerationItem { prompt: scenes::caption(&spec, self.rng.next()), negative_prompt: None, seed: 20_000_000 + i as u64, prompt_id: None, association_id: None }
-            })
-            .collect()
-    }
-
-    /// Requests a generation job (run when the campaign waits for it).
-    fn generate(&mut self, campaign: &Campaign, model: ModelVersionId, purpose: GenerationPurpose, items: Vec<GenerationItem>) -> Result<GenerationId, DemoError> {
-        let id = GenerationId(Uuid::now_v7());
-        self.bus.execute::<Generation>(
-            &id.stream(),
-            None,
-            &self.system,
-            GenerationCommand::Request { generation_id: id, model_version: model, purpose, items, sampler: campaign.settings.sampler.clone(), campaign_id: campaign.id },
-        )?;
-        Ok(id)
     }
 
     /// Runs (or resumes) generation job `id`.
@@ -681,101 +468,6 @@ impl<'a> Demo<'a> {
         Ok(())
     }
 
-    fn single_items(&mut self, jobs: &[GenerationId]) -> Result<Vec<RoundItem>, CommandError> {
-        let mut items = Vec::new();
-        for job_id in jobs {
-            let (job, _) = self.bus.load::<Generation>(&job_id.stream())?;
-            for (index, (image_id, blob)) in &job.images {
-                let item = &job.items[*index as usize];
-                items.push(RoundItem {
-                    item_id: ItemId(Uuid::now_v7()),
-                    content: ItemContent::Image(ImageRef { image_id: *image_id, blob: blob.clone() }),
-                    label: ItemLabel { association_id: item.association_id, prompt_id: item.prompt_id, prompt: item.prompt.clone(), seed: item.seed, models: job.model_version.into_iter().collect() },
-                });
-            }
-        }
-        Ok(items)
-    }
-
-    /// Side-by-side pairs: the base model's and the T-HITL model's image of the same prompt and
-    /// seed, left and right at random.
-    fn pair_items(&mut self, campaign: &Campaign) -> Result<Vec<RoundItem>, CommandError> {
-        let job_of = |arm: Option<Arm>| {
-            campaign.work.iter().find_map(|w| match w {
-                Work::EvaluationGeneration { arm: a, generation_id } if *a == arm => Some(*generation_id),
-                _ => None,
-            })
-        };
-        let (Some(base_job), Some(tuned_job)) = (job_of(None), job_of(Some(Arm::Thitl))) else { return Ok(vec![]) };
-        let (base, _) = self.bus.load::<Generation>(&base_job.stream())?;
-        let (tuned, _) = self.bus.load::<Generation>(&tuned_job.stream())?;
-        let mut items = Vec::new();
-        let per_association = campaign.settings.probe_images_per_association as usize;
-        for (number, _) in campaign.associations.iter().enumerate() {
-            for offset in 0..(campaign.settings.pairs_per_association as usize).min(per_association) {
-                let index = (number * per_association + offset) as u32;
-                let (Some((b_id, b_blob)), Some((t_id, t_blob))) = (base.images.get(&index), tuned.images.get(&index)) else { continue };
-                let base_ref = (ImageRef { image_id: *b_id, blob: b_blob.clone() }, base.model_version);
-                let tuned_ref = (ImageRef { image_id: *t_id, blob: t_blob.clone() }, tuned.model_version);
-                let (left, right) = if self.rng.chance(0.5) { (base_ref, tuned_ref) } else { (tuned_ref, base_ref) };
-                let item = &base.items[index as usize];
-                items.push(RoundItem {
-                    item_id: ItemId(Uuid::now_v7()),
-                    content: ItemContent::Pair { left: left.0, right: right.0 },
-                    label: ItemLabel { association_id: item.association_id, prompt_id: None, prompt: item.prompt.clone(), seed: item.seed, models: [left.1, right.1].into_iter().flatten().collect() },
-                });
-            }
-        }
-        Ok(items)
-    }
-
-    /// The rater's reading of every image of `items` not read yet (in batches).
-    fn rate(&mut self, items: &[RoundItem]) -> Result<(), DemoError> {
-        let mut missing: Vec<BlobHash> = Vec::new();
-        for item in items {
-            let blobs = match &item.content {
-                ItemContent::Image(image) => vec![&image.blob],
-                ItemContent::Pair { left, right } => vec![&left.blob, &right.blob],
-            };
-            for blob in blobs {
-                if !self.ratings.contains_key(blob) && !missing.contains(blob) {
-                    missing.push(blob.clone());
-                }
-            }
-        }
-        for chunk in missing.chunks(256) {
-            let mut images = Vec::with_capacity(chunk.len());
-            for blob in chunk {
-                let bytes = self.blobs.get(blob)?.ok_or_else(|| DemoError::Other(format!("image blob {blob} is missing")))?;
-                images.push(Image::from_png(&bytes).map_err(|e| DemoError::Other(format!("image blob {blob}: {e}")))?);
-            }
-            for (blob, rating) in chunk.iter().zip(self.rater.rate(&images)) {
-                self.ratings.insert(blob.clone(), rating);
-            }
-        }
-        Ok(())
-    }
-
-    /// Opens a round over `items` (worked through when the campaign waits for it).
-    fn open_round(&mut self, campaign: &Campaign, kind: RoundKind, items: Vec<RoundItem>) -> Result<RoundId, DemoError> {
-        let id = RoundId(Uuid::now_v7());
-        self.bus.execute::<AnnotationRound>(
-            &id.stream(),
-            None,
-            &self.system,
-            RoundCommand::Open {
-                round_id: id,
-                kind,
-                items,
-                raters_per_item: campaign.settings.raters_per_item,
-                quality_threshold: campaign.settings.quality_threshold,
-                assignment_lease_seconds: domain::round::DEFAULT_ASSIGNMENT_LEASE_SECONDS,
-                campaign_id: campaign.id,
-            },
-        )?;
-        Ok(id)
-    }
-
     /// Lets every simulated annotator work through round `id` concurrently ("next task", look,
     /// submit) until no task is left, then closes it. A round interrupted by a crash goes on
     /// where it stopped: an annotator's open assignment is handed back to it first.
@@ -788,14 +480,14 @@ impl<'a> Demo<'a> {
             RoundKind::Screen => "round 1 (screen)",
             RoundKind::Check => "round 2 (check)",
         };
-        self.rate(&round.items)?;
+        self.runner.rate(&round.items)?;
         // What each item asks to look for (the round's instructions name the group and concept;
         // which model made a picture is not shown).
         let targets: HashMap<ItemId, Target> = round
             .items
             .iter()
             .filter_map(|item| {
-                let association = self.associations.get(&item.label.association_id?)?;
+                let association = self.runner.associations().get(&item.label.association_id?)?;
                 Some((item.item_id, Target { group: Group::from_name(&association.group)?, concept: Concept::from_name(&association.concept)? }))
             })
             .collect();
@@ -803,7 +495,7 @@ impl<'a> Demo<'a> {
         let already: u64 = round.submissions.values().map(|answers| answers.len() as u64).sum();
         let done = std::sync::atomic::AtomicU64::new(already);
         let api = self.api.as_ref().ok_or_else(|| DemoError::Other("the REST API is not running".into()))?;
-        let (ratings, progress, round_task) = (&self.ratings, self.progress, task);
+        let (ratings, progress, round_task) = (self.runner.ratings(), self.progress, task);
         let results: Vec<Result<u64, DemoError>> = std::thread::scope(|scope| {
             let workers: Vec<_> = self
                 .annotators
@@ -863,135 +555,6 @@ impl<'a> Demo<'a> {
         Ok(())
     }
 
-    fn curate(&mut self, campaign: &Campaign, association_id: AssociationId) -> Result<PromptSetId, DemoError> {
-        let association = self.associations.get(&association_id).cloned().unwrap_or_default();
-        let id = PromptSetId(Uuid::now_v7());
-        let stream = id.stream();
-        self.bus.execute::<PromptSet>(
-            &stream,
-            None,
-            &self.curator,
-            PromptSetCommand::Create { prompt_set_id: id, association_id, group: association.group.clone(), concept: association.concept.clone(), concept_synonyms: association.concept_synonyms.clone() },
-        )?;
-        let generated = TemplateGenerator::new(ReferenceWorldTemplates)
-            .generate(&PromptRequest {
-                group: association.group.clone(),
-                concept: association.concept.clone(),
-                concept_synonyms: association.concept_synonyms.clone(),
-                count: campaign.settings.training_prompts_per_association as usize,
-                seed: self.rng.next(),
-            })
-            .map_err(|e| DemoError::Other(e.to_string()))?;
-        // Where the baseline round saw the concept in most pictures, guidance away from it has
-        // nothing to contrast (the model hardly draws the group without it), so each prompt names
-        // a neutral alternative object instead, as a curator would.
-        let baseline = self.baseline_rate(campaign, association_id)?;
-        let alternatives: Vec<&str> = if baseline >= ALTERNATIVES_ABOVE {
-            let concepts: Vec<String> = self.associations.values().map(|a| a.concept.to_lowercase()).collect();
-            Concept::ALL.iter().map(|c| c.name()).filter(|name| !concepts.iter().any(|c| c == name)).collect()
-        } else {
-            Vec::new()
-        };
-        let prompts: Vec<PromptDraft> = generated
-            .prompts
-            .into_iter()
-            .enumerate()
-            .map(|(i, text)| PromptDraft { prompt_id: PromptId(Uuid::now_v7()), text, alternative: (!alternatives.is_empty()).then(|| alternatives[i % alternatives.len()].to_string()) })
-            .collect();
-        let ids: Vec<PromptId> = prompts.iter().map(|p| p.prompt_id).collect();
-        self.bus.execute::<PromptSet>(&stream, None, &self.system, PromptSetCommand::AddPrompts { generator: generated.generator, prompts })?;
-        for prompt_id in ids {
-            self.bus.execute::<PromptSet>(&stream, None, &self.curator, PromptSetCommand::AcceptPrompt { prompt_id })?;
-        }
-        self.bus.execute::<PromptSet>(&stream, None, &self.curator, PromptSetCommand::Finalize)?;
-        let how = if alternatives.is_empty() { "the concept as negative prompt".to_string() } else { format!("naming {} instead", alternatives.join(", ")) };
-        self.stage(&format!("prompts for {} → {} (baseline {:.0}%): {} accepted, {how}", association.group, association.concept, 100.0 * baseline, campaign.settings.training_prompts_per_association));
-        Ok(id)
-    }
-
-    /// The share of the association's baseline images that the baseline round saw the concept in.
-    fn baseline_rate(&self, campaign: &Campaign, association_id: AssociationId) -> Result<f64, CommandError> {
-        let Some(round_id) = campaign.work.iter().find_map(|w| if let Work::BaselineRound { round_id } = w { Some(*round_id) } else { None }) else { return Ok(0.0) };
-        self.bus.read::<AnnotationRound, _>(&round_id.stream(), move |round, _| {
-            let (mut positives, mut n) = (0u32, 0u32);
-            for outcome in &round.outcomes {
-                if let (Some(item), Verdict::Baseline { concept_present, .. }) = (round.item(outcome.item_id), &outcome.verdict) {
-                    if item.label.association_id == Some(association_id) {
-                        n += 1;
-                        positives += u32::from(*concept_present);
-                    }
-                }
-            }
-            if n == 0 { 0.0 } else { f64::from(positives) / f64::from(n) }
-        })
-    }
-
-    /// Requests and runs the fine-tune of `arm`: T-HITL trains on the images round 1 accepted,
-    /// the traditional arm on every candidate; both with the same prior-preservation images.
-    fn fine_tune(&mut self, campaign: &Campaign, arm: Arm) -> Result<FineTuneId, DemoError> {
-        let round_id = campaign.work.iter().find_map(|w| match w {
-            Work::Round1 { round_id } => Some(*round_id),
-            _ => None,
-        });
-        let (round, _) = match round_id {
-            Some(id) => self.bus.load::<AnnotationRound>(&id.stream())?,
-            None => Default::default(),
-        };
-        let accepted: std::collections::BTreeSet<ItemId> = round.outcomes.iter().filter(|o| matches!(o.verdict, Verdict::Screen { accepted: true, .. })).map(|o| o.item_id).collect();
-        // Each image trains its curated prompt as written (not the neutral form it was sampled
-        // from): the model learns to answer the original prompt without the concept.
-        let mut originals: HashMap<PromptId, String> = HashMap::new();
-        for work in &campaign.work {
-            if let Work::PromptSet { prompt_set_id, .. } = work {
-                let texts = self.bus.read::<PromptSet, _>(&prompt_set_id.stream(), |set, _| set.prompts.iter().map(|(id, p)| (*id, p.text.clone())).collect::<Vec<_>>())?;
-                originals.extend(texts);
-            }
-        }
-        let examples: Vec<TrainingExample> = round
-            .items
-            .iter()
-            .filter(|item| arm == Arm::Traditional || accepted.contains(&item.item_id))
-            .filter_map(|item| match &item.content {
-                ItemContent::Image(image) => Some(TrainingExample {
-                    image_id: image.image_id,
-                    blob: image.blob.clone(),
-                    prompt: item.label.prompt_id.and_then(|id| originals.get(&id).cloned()).unwrap_or_else(|| item.label.prompt.clone()),
-                    prompt_id: item.label.prompt_id,
-                }),
-                ItemContent::Pair { .. } => None,
-            })
-            .collect();
-        let prior: Vec<TrainingExample> = match generations(campaign, |w| matches!(w, Work::PriorPreservationGeneration { .. })).first() {
-            Some(job_id) => {
-                let (job, _) = self.bus.load::<Generation>(&job_id.stream())?;
-                job.images.iter().map(|(index, (image_id, blob))| TrainingExample { image_id: *image_id, blob: blob.clone(), prompt: job.items[*index as usize].prompt.clone(), prompt_id: None }).collect()
-            }
-            None => Vec::new(),
-        };
-        self.stage(&format!("fine-tune ({}): {} of {} candidates, {} prior-preservation images", arm_name(arm), examples.len(), round.items.len(), prior.len()));
-        let id = FineTuneId(Uuid::now_v7());
-        self.bus.execute::<FineTune>(
-            &id.stream(),
-            None,
-            &self.system,
-            FineTuneCommand::Request {
-                fine_tune_id: id,
-                base_model: campaign.base_model.ok_or_else(|| DemoError::Other("no base model".into()))?,
-                arm,
-                source_round: match arm {
-                    Arm::Thitl => round.id.map(|round_id| SourceRound { round_id, kind: round.kind, status: round.status }),
-                    Arm::Traditional => None,
-                },
-                examples,
-                prior_preservation: prior,
-                config: campaign.settings.lora.clone(),
-                progress_every: 10,
-                campaign_id: campaign.id,
-            },
-        )?;
-        Ok(id)
-    }
-
     /// Runs fine-tune job `id` (from step 0 again if a crash interrupted it).
     fn train(&mut self, campaign: &Campaign, id: FineTuneId) -> Result<(), DemoError> {
         let arm = campaign.work.iter().find_map(|w| match w {
@@ -1006,80 +569,6 @@ impl<'a> Demo<'a> {
         Ok(())
     }
 
-    /// A prompt set linked before its review finished (a crash during curation): the demo's
-    /// curator accepts what is still proposed and finalizes it.
-    fn review(&mut self, id: PromptSetId) -> Result<(), DemoError> {
-        let stream = id.stream();
-        let proposed = self.bus.read::<PromptSet, _>(&stream, |set, _| {
-            set.order.iter().filter(|p| set.prompts.get(p).is_some_and(|prompt| prompt.status == domain::prompt_set::PromptStatus::Pending)).copied().collect::<Vec<_>>()
-        })?;
-        for prompt_id in proposed {
-            self.bus.execute::<PromptSet>(&stream, None, &self.curator, PromptSetCommand::AcceptPrompt { prompt_id })?;
-        }
-        self.bus.execute::<PromptSet>(&stream, None, &self.curator, PromptSetCommand::Finalize)?;
-        Ok(())
-    }
-
-    /// Per association and arm, from round 2: the concept's rate before (base) and after (the
-    /// arm's model) with Wilson intervals, the rater's mean quality of those images, the
-    /// side-by-side win rate of the T-HITL model, and Krippendorff's alpha of the concept answers.
-    fn evaluate(&mut self, campaign: &Campaign) -> Result<Vec<AssociationEvaluation>, DemoError> {
-        let round_id = campaign.work.iter().find_map(|w| match w {
-            Work::Round2 { round_id } => Some(*round_id),
-            _ => None,
-        });
-        let Some(round_id) = round_id else { return Ok(vec![]) };
-        let (round, _) = self.bus.load::<AnnotationRound>(&round_id.stream())?;
-        let base = campaign.base_model;
-        let mut evaluations = Vec::new();
-        for association_id in &campaign.associations {
-            let of_association = |item: &RoundItem| item.label.association_id == Some(*association_id);
-            let estimate = |model: Option<ModelVersionId>| {
-                let (mut positives, mut n, mut quality) = (0u32, 0u32, 0.0f64);
-                for outcome in &round.outcomes {
-                    let Some(item) = round.item(outcome.item_id) else { continue };
-                    if !of_association(item) || item.label.models.len() != 1 || item.label.models.first().copied() != model {
-                        continue;
-                    }
-                    if let (Verdict::Check { concept_present, .. }, ItemContent::Image(image)) = (&outcome.verdict, &item.content) {
-                        n += 1;
-                        positives += u32::from(*concept_present);
-                        quality += self.ratings.get(&image.blob).map_or(0.0, |r| f64::from(r.quality));
-                    }
-                }
-                (rate(positives, n), if n == 0 { 0.0 } else { quality / f64::from(n) })
-            };
-            // Krippendorff's alpha of the yes/no concept answers on this association's images.
-            let units: Vec<Vec<bool>> = round
-                .items
-                .iter()
-                .filter(|item| of_association(item) && matches!(item.content, ItemContent::Image(_)))
-                .filter_map(|item| round.submissions.get(&item.item_id))
-                .map(|answers| answers.values().filter_map(|a| if let Answer::Check { concept_present, .. } = a { Some(*concept_present) } else { None }).collect())
-                .collect();
-            let alpha = krippendorff_alpha_nominal(&units);
-            let (before, quality_before) = estimate(base);
-            for arm in [Arm::Thitl, Arm::Traditional] {
-                let Some(model) = model_of(campaign, Some(arm)) else { continue };
-                let (after, quality_after) = estimate(Some(model));
-                let win_rate = (arm == Arm::Thitl).then(|| {
-                    let (mut wins, mut n) = (0u32, 0u32);
-                    for outcome in &round.outcomes {
-                        let Some(item) = round.item(outcome.item_id) else { continue };
-                        if let (true, Verdict::Compare { left_votes, right_votes }) = (of_association(item), &outcome.verdict) {
-                            let tuned_left = item.label.models.first() == Some(&model);
-                            let (tuned, other) = if tuned_left { (left_votes, right_votes) } else { (right_votes, left_votes) };
-                            n += 1;
-                            wins += u32::from(tuned > other);
-                        }
-                    }
-                    rate(wins, n)
-                });
-                evaluations.push(AssociationEvaluation { association_id: *association_id, arm, before, after, quality_before, quality_after, win_rate, alpha });
-            }
-        }
-        Ok(evaluations)
-    }
 }
 
 /// What the shipped rater measures on one model's probe images of one association (beside the
@@ -1135,28 +624,6 @@ pub fn probe_measurements(bus: &CommandBus, blobs: &dyn BlobStore, campaign_id: 
     Ok(out)
 }
 
-/// Baseline rate at or above which curated prompts name a neutral alternative object.
-const ALTERNATIVES_ABOVE: f64 = 0.75;
-
-fn rate(positives: u32, n: u32) -> RateEstimate {
-    let (ci_low, ci_high) = wilson_interval(positives.into(), n.into(), Z95);
-    RateEstimate { positives, n, rate: if n == 0 { 0.0 } else { f64::from(positives) / f64::from(n) }, ci_low, ci_high }
-}
-
-fn arm_name(arm: Arm) -> &'static str {
-    match arm {
-        Arm::Thitl => "T-HITL",
-        Arm::Traditional => "traditional",
-    }
-}
-
-/// The model version a campaign derived for `arm`.
-fn model_of(campaign: &Campaign, arm: Option<Arm>) -> Option<ModelVersionId> {
-    campaign.work.iter().find_map(|w| match w {
-        Work::ModelVersion { arm: a, model_version_id } if Some(*a) == arm => Some(*model_version_id),
-        _ => None,
-    })
-}
 
 /// Seeds the default taxonomy into an empty store and registers the three default associations
 /// (in order: their ids are time-ordered UUIDs), as `curator`.
@@ -1183,50 +650,4 @@ pub(crate) fn register_default_associations(bus: &CommandBus, curator: &CommandC
         associations.insert(id, bus.load::<Association>(&id.stream())?.0);
     }
     Ok(associations)
-}
-
-/// What the process manager needs to know about a campaign's linked work.
-pub(crate) fn facts(bus: &CommandBus, campaign: &Campaign) -> Result<Facts, CommandError> {
-    let mut facts = Facts::default();
-    for work in &campaign.work {
-        match work {
-            Work::BaselineGeneration { generation_id }
-            | Work::CandidateGeneration { generation_id }
-            | Work::PriorPreservationGeneration { generation_id }
-            | Work::EvaluationGeneration { generation_id, .. } => {
-                let status = bus.read::<Generation, _>(&generation_id.stream(), |job, _| job.status)?;
-                facts.generations.insert(*generation_id, status);
-            }
-            Work::BaselineRound { round_id } | Work::Round1 { round_id } | Work::Round2 { round_id } => {
-                let status = bus.read::<AnnotationRound, _>(&round_id.stream(), |round, _| round.status)?;
-                facts.rounds.insert(*round_id, status);
-            }
-            Work::PromptSet { prompt_set_id, .. } => {
-                if bus.read::<PromptSet, _>(&prompt_set_id.stream(), |set, _| set.finalized)? {
-                    facts.finalized_prompt_sets.insert(*prompt_set_id);
-                }
-            }
-            Work::FineTune { fine_tune_id, .. } => {
-                let status = bus.read::<FineTune, _>(&fine_tune_id.stream(), |job, _| job.status)?;
-                facts.fine_tunes.insert(*fine_tune_id, status);
-            }
-            Work::ModelVersion { .. } => {}
-        }
-    }
-    Ok(facts)
-}
-
-pub(crate) fn generations(campaign: &Campaign, pick: impl Fn(&Work) -> bool) -> Vec<GenerationId> {
-    campaign
-        .work
-        .iter()
-        .filter(|w| pick(w))
-        .filter_map(|w| match w {
-            Work::BaselineGeneration { generation_id }
-            | Work::CandidateGeneration { generation_id }
-            | Work::PriorPreservationGeneration { generation_id }
-            | Work::EvaluationGeneration { generation_id, .. } => Some(*generation_id),
-            _ => None,
-        })
-        .collect()
 }

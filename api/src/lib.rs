@@ -21,10 +21,13 @@
 pub mod audit;
 pub mod auth;
 pub mod blobs;
+pub mod campaigns;
 pub mod cli;
 pub mod commands;
 pub mod configuration;
 pub mod data;
+pub mod driver;
+pub mod export;
 pub mod idempotency;
 pub mod metrics;
 pub mod prompts;

@@ -22,7 +22,8 @@ use uuid::Uuid;
 
 use crate::commands::{CommandBus, CommandContext, CommandError};
 
-use crate::demo::{generations, register_default_associations};
+use crate::campaigns::generations;
+use crate::demo::register_default_associations;
 
 /// How big the scripted campaign is.
 #[derive(Debug, Clone, Copy)]
@@ -165,35 +166,13 @@ impl<'a> Script<'a> {
                     (self.progress)(&format!("stage: {name}"));
                     stages.push(name);
                 }
-                Next::Wait(waiting) => match waiting {
-                    domain::campaign::WaitingFor::Promotion => {
-                        let model = campaign.work.iter().find_map(|w| match w {
-                            Work::ModelVersion { arm: Arm::Thitl, model_version_id } => Some(*model_version_id),
-                            _ => None,
-                        });
-                        if let Some(model) = model {
-                            self.bus.execute::<ModelVersion>(
-                                &model.stream(),
-                                None,
-                                &self.curator,
-                                ModelVersionCommand::Promote { reason: "scripted campaign completed".into() },
-                            )?;
-                        }
-                        self.bus.execute::<Campaign>(
-                            &campaign_id.stream(),
-                            None,
-                            &self.curator,
-                            CampaignCommand::Conclude { promoted: model },
-                        )?;
-                        stages.push("completed".into());
-                    }
-                    other => {
-                        // Every job in the script finishes synchronously, so waiting means a bug.
-                        return Err(CommandError::Domain(DomainError::Forbidden {
-                            message: format!("scripted campaign stalled waiting for {other:?}"),
-                        }));
-                    }
-                },
+                Next::Wait(waiting) => {
+                    // Every job in the script finishes synchronously and it auto-accepts, so
+                    // waiting means a bug.
+                    return Err(CommandError::Domain(DomainError::Forbidden {
+                        message: format!("scripted campaign stalled waiting for {waiting:?}"),
+                    }));
+                }
                 Next::Fail(reason) => {
                     self.bus.execute::<Campaign>(&campaign_id.stream(), None, &self.system, CampaignCommand::Fail { reason })?;
                     stages.push("failed".into());
@@ -202,11 +181,14 @@ impl<'a> Script<'a> {
                 Next::Finished => break,
             }
         }
+        if self.bus.read::<Campaign, _>(&campaign_id.stream(), |c, _| c.stage)? == Some(domain::campaign::Stage::Completed) {
+            stages.push("completed".into());
+        }
         Ok(ScriptedReport { campaign_id, stages, images: self.images, annotations: self.annotations })
     }
 
     fn facts(&self, campaign: &Campaign) -> Result<Facts, CommandError> {
-        crate::demo::facts(self.bus, campaign)
+        crate::campaigns::facts(self.bus, campaign)
     }
 
     fn link(&self, campaign: &Campaign, work: Work) -> Result<(), CommandError> {
@@ -328,6 +310,18 @@ impl<'a> Script<'a> {
                 let stream = campaign.id.map(|id| id.stream()).unwrap_or_default();
                 self.bus.execute::<Campaign>(&stream, None, &self.system, CampaignCommand::RecordEvaluation { evaluations })?;
                 Ok(())
+            }
+            Request::AcceptPrompts { prompt_set_id } => Err(CommandError::Domain(DomainError::Forbidden {
+                message: format!("scripted campaign: prompt set {prompt_set_id} was left unfinalized"),
+            })),
+            // The script promotes its T-HITL version whatever its random answers say.
+            Request::Conclude { .. } => {
+                let model = campaign.work.iter().find_map(|w| match w {
+                    Work::ModelVersion { arm: Arm::Thitl, model_version_id } => Some(*model_version_id),
+                    _ => None,
+                });
+                let campaign_id = campaign.id.unwrap_or(CampaignId(Uuid::nil()));
+                crate::campaigns::conclude(self.bus, &self.curator, campaign_id, model, "scripted campaign completed")
             }
         }
     }

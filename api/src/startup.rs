@@ -38,6 +38,7 @@ pub struct Application {
     port: u16,
     server: Server,
     runner: RunnerHandle,
+    bus: CommandBus,
 }
 
 /// Where the server keeps its state.
@@ -88,7 +89,7 @@ impl Application {
         let metrics = Arc::new(Metrics::default());
         let state = web::Data::new(AppState {
             store,
-            bus,
+            bus: bus.clone(),
             blobs,
             images: Arc::new(ImageCatalog::default()),
             projections: runner.runner.clone(),
@@ -131,11 +132,21 @@ impl Application {
             server = server.workers(workers.max(1));
         }
         let server = server.run();
-        Ok(Application { port, server, runner })
+        Ok(Application { port, server, runner, bus })
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The server's command bus (one writer per stream in the process: share it).
+    pub fn bus(&self) -> CommandBus {
+        self.bus.clone()
+    }
+
+    /// The read models the server answers from.
+    pub fn projections(&self) -> Arc<ProjectionRunner> {
+        self.runner.runner.clone()
     }
 
     /// A handle that stops the server from another thread.

@@ -60,7 +60,9 @@ impl Stage {
     }
 }
 
+/// Every field has the method's default, so a client names only what it changes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct CampaignSettings {
     /// Probe images per association and per model, before and after.
     pub probe_images_per_association: u32,
@@ -199,6 +201,8 @@ pub struct Campaign {
     pub settings: CampaignSettings,
     pub work: Vec<Work>,
     pub evaluations: Vec<AssociationEvaluation>,
+    /// The version the campaign concluded with, once completed.
+    pub promoted: Option<ModelVersionId>,
 }
 
 /// What the caller read about the campaign's linked work.
@@ -224,6 +228,12 @@ pub enum Request {
     EvaluationGeneration { arm: Option<Arm> },
     Round2,
     RecordEvaluation,
+    /// Auto-accept only: accept every prompt still proposed in the set and finalize it (the
+    /// curator's gate, waived when the campaign started).
+    AcceptPrompts { prompt_set_id: PromptSetId },
+    /// Auto-accept only: conclude by the promotion rule ([`promotion_rule`]), promoting
+    /// `promoted` if it names a version.
+    Conclude { promoted: Option<ModelVersionId> },
 }
 
 /// What the campaign is waiting for.
@@ -314,6 +324,7 @@ pub fn next(campaign: &Campaign, facts: &Facts) -> Next {
                 return Next::Ask(Request::CuratePrompts { association_id: *missing });
             }
             match sets.values().find(|set| !facts.finalized_prompt_sets.contains(set)) {
+                Some(set) if campaign.settings.auto_accept => Next::Ask(Request::AcceptPrompts { prompt_set_id: *set }),
                 Some(set) => Next::Wait(WaitingFor::PromptReview(*set)),
                 None => Next::Advance(Stage::Candidates),
             }
@@ -391,15 +402,33 @@ pub fn next(campaign: &Campaign, facts: &Facts) -> Next {
         Stage::Evaluation => {
             if campaign.evaluations.is_empty() {
                 Next::Ask(Request::RecordEvaluation)
-            } else if campaign.settings.auto_accept {
-                Next::Advance(Stage::Completed)
             } else {
                 Next::Advance(Stage::AwaitingPromotion)
             }
         }
+        Stage::AwaitingPromotion if campaign.settings.auto_accept => Next::Ask(Request::Conclude { promoted: promotion_rule(campaign) }),
         Stage::AwaitingPromotion => Next::Wait(WaitingFor::Promotion),
         Stage::Completed | Stage::Failed => Next::Finished,
     }
+}
+
+/// The rule an auto-accepting campaign promotes by (a curator may decide otherwise): the T-HITL
+/// version, if for every association of the campaign its evaluation shows the rate fell with
+/// non-overlapping 95% intervals and the quality kept within 5% of the base's.
+pub fn promotion_rule(campaign: &Campaign) -> Option<ModelVersionId> {
+    let candidate = campaign.work.iter().find_map(|w| match w {
+        Work::ModelVersion { arm: Arm::Thitl, model_version_id } => Some(*model_version_id),
+        _ => None,
+    })?;
+    let every = campaign.associations.iter().all(|association| {
+        campaign.evaluations.iter().any(|e| {
+            e.association_id == *association
+                && e.arm == Arm::Thitl
+                && e.after.ci_high < e.before.ci_low
+                && e.quality_after >= 0.95 * e.quality_before
+        })
+    });
+    every.then_some(candidate)
 }
 
 impl Aggregate for Campaign {
@@ -456,13 +485,7 @@ impl Aggregate for Campaign {
             CampaignCommand::Advance { facts } => {
                 let (campaign_id, stage) = self.live("advancing")?;
                 match next(self, &facts) {
-                    Next::Advance(to) if Some(to) == stage.following() || to == Stage::Completed => {
-                        let mut events = vec![CampaignEvent::StageEntered { campaign_id, stage: to }];
-                        if to == Stage::Completed {
-                            events.push(CampaignEvent::CampaignCompleted { campaign_id, promoted: None });
-                        }
-                        Ok(events)
-                    }
+                    Next::Advance(to) if Some(to) == stage.following() => Ok(vec![CampaignEvent::StageEntered { campaign_id, stage: to }]),
                     other => Err(DomainError::WrongState {
                         entity: "campaign",
                         state: format!("in stage {stage:?}, with next step {other:?}"),
@@ -522,7 +545,10 @@ impl Aggregate for Campaign {
             CampaignEvent::WorkLinked { work, .. } => self.work.push(work.clone()),
             CampaignEvent::StageEntered { stage, .. } => self.stage = Some(*stage),
             CampaignEvent::EvaluationRecorded { evaluations, .. } => self.evaluations = evaluations.clone(),
-            CampaignEvent::CampaignCompleted { .. } => self.stage = Some(Stage::Completed),
+            CampaignEvent::CampaignCompleted { promoted, .. } => {
+                self.stage = Some(Stage::Completed);
+                self.promoted = *promoted;
+            }
             CampaignEvent::CampaignFailed { .. } => self.stage = Some(Stage::Failed),
         }
     }
@@ -644,6 +670,52 @@ mod tests {
         assert!(matches!(events.last(), Some(CampaignEvent::CampaignCompleted { promoted: Some(_), .. })));
         assert_eq!(next(&c, &facts), Next::Finished);
         then_error(c.decide(CampaignCommand::Fail { reason: "late".into() }), |e| matches!(e, DomainError::WrongState { .. }));
+    }
+
+    /// Auto-accept waives the two human gates: prompts are accepted by the process manager, and
+    /// the campaign concludes by the promotion rule instead of waiting for a curator.
+    #[test]
+    fn auto_accept_waives_the_gates_and_promotes_by_the_rule() {
+        let mut facts = Facts::default();
+        let mut c = started(true);
+        c.stage = Some(Stage::Curation);
+        c = link(c, Work::PromptSet { association_id: AssociationId(id(10)), prompt_set_id: PromptSetId(id(30)) });
+        c = link(c, Work::PromptSet { association_id: AssociationId(id(11)), prompt_set_id: PromptSetId(id(31)) });
+        assert_eq!(next(&c, &facts), Next::Ask(Request::AcceptPrompts { prompt_set_id: PromptSetId(id(30)) }));
+        facts.finalized_prompt_sets.insert(PromptSetId(id(30)));
+        assert_eq!(next(&c, &facts), Next::Ask(Request::AcceptPrompts { prompt_set_id: PromptSetId(id(31)) }));
+        let mut gated = c.clone();
+        gated.settings.auto_accept = false;
+        assert_eq!(next(&gated, &facts), Next::Wait(WaitingFor::PromptReview(PromptSetId(id(31)))));
+
+        let before = RateEstimate { positives: 64, n: 256, rate: 0.25, ci_low: 0.2, ci_high: 0.31 };
+        let after = |ci_high: f64| RateEstimate { positives: 2, n: 256, rate: 0.008, ci_low: 0.002, ci_high };
+        let evaluation = |association: u128, ci_high: f64, quality_after: f64| AssociationEvaluation {
+            association_id: AssociationId(id(association)),
+            arm: Arm::Thitl,
+            before,
+            after: after(ci_high),
+            quality_before: 0.99,
+            quality_after,
+            win_rate: None,
+            alpha: None,
+        };
+        c.stage = Some(Stage::Evaluation);
+        c.work.push(Work::ModelVersion { arm: Arm::Thitl, model_version_id: ModelVersionId(id(61)) });
+        c.evaluations = vec![evaluation(10, 0.03, 0.98), evaluation(11, 0.03, 0.97)];
+        assert_eq!(next(&c, &facts), Next::Advance(Stage::AwaitingPromotion));
+        c.stage = Some(Stage::AwaitingPromotion);
+        assert_eq!(next(&c, &facts), Next::Ask(Request::Conclude { promoted: Some(ModelVersionId(id(61))) }));
+        // One association whose intervals overlap, or whose quality fell by more than 5%: no promotion.
+        c.evaluations = vec![evaluation(10, 0.03, 0.98), evaluation(11, 0.25, 0.97)];
+        assert_eq!(next(&c, &facts), Next::Ask(Request::Conclude { promoted: None }));
+        c.evaluations = vec![evaluation(10, 0.03, 0.98), evaluation(11, 0.03, 0.90)];
+        assert_eq!(promotion_rule(&c), None);
+        // An association without an evaluation: no promotion.
+        c.evaluations = vec![evaluation(10, 0.03, 0.98)];
+        assert_eq!(promotion_rule(&c), None);
+        c.settings.auto_accept = false;
+        assert_eq!(next(&c, &facts), Next::Wait(WaitingFor::Promotion));
     }
 
     #[test]

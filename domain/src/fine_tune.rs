@@ -30,6 +30,7 @@ pub enum LoraTarget {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LoraConfig {
     pub rank: u32,
     pub alpha: f32,

@@ -27,6 +27,7 @@ pub enum GenerationPurpose {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SamplerSettings {
     pub steps: u32,
     pub guidance_scale: f32,

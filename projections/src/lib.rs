@@ -9,11 +9,13 @@
 
 pub mod access;
 pub mod catalog;
+pub mod evaluations;
 pub mod models;
 pub mod stats;
 
 pub use access::{TokenRegistry, TokenView};
 pub use catalog::Catalog;
+pub use evaluations::{EvaluationRecord, Evaluations};
 
 pub use models::{
     AssociationList, AssociationView, AuditSummary, EntityHistory, EntitySummary, RoundProgress, RoundView,
@@ -40,6 +42,7 @@ pub struct Projections {
     pub rounds: RoundProgress,
     pub tokens: TokenRegistry,
     pub catalog: Catalog,
+    pub evaluations: Evaluations,
 }
 
 impl Projections {
@@ -50,6 +53,7 @@ impl Projections {
         self.rounds.apply(event);
         self.tokens.apply(event);
         self.catalog.apply(event);
+        self.evaluations.apply(event);
         self.position = event.position;
     }
 }

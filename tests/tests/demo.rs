@@ -160,3 +160,63 @@ fn the_lineage_of_the_fine_tuned_version_reaches_every_prompt_and_rating() {
     // An unknown version is a clear 404.
     app.get(&format!("/v1/model-versions/{}/lineage", "00000000-0000-0000-0000-000000000000"), &auditor).expect(404);
 }
+
+/// Splits a CSV export into its header and rows (the demo's texts hold no line breaks).
+fn csv_rows(text: &str) -> (Vec<String>, usize) {
+    let mut lines = text.lines();
+    let header = lines.next().expect("a header row").split(',').map(str::to_string).collect();
+    (header, lines.count())
+}
+
+#[test]
+fn analysts_export_the_demo_and_read_each_evaluation() {
+    let report = quick_demo_report();
+    let copy = campaign_copy();
+    let data = copy.path().to_str().unwrap().to_string();
+
+    // The command line: evaluations as JSON Lines, one per association and arm, as the demo said.
+    let output = thitl(&["export", "evaluations", "--data", &data, "--format", "jsonl"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("exported 6 evaluations rows up to position"), "{}", String::from_utf8_lossy(&output.stderr));
+    let rows: Vec<Value> = stdout(&output).lines().map(|line| serde_json::from_str(line).expect("one JSON object per line")).collect();
+    assert_eq!(rows.len(), 6);
+    let out = copy.path().join("annotations.csv");
+    let output = thitl(&["export", "annotations", "--data", &data, "--out", out.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let (header, annotations) = csv_rows(&std::fs::read_to_string(&out).unwrap());
+    assert_eq!(&header[..4], ["position", "recorded_at", "round_id", "round_kind"]);
+    assert_eq!(annotations as u64, report["annotations"].as_u64().unwrap(), "one row per annotation the demo's annotators made");
+    let bad = thitl(&["export", "ratings", "--data", &data]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("annotations, images or evaluations"));
+
+    // Over HTTP: the same exports, streamed, with the position they reflect; and each association's
+    // evaluation, which must agree with the demo's table and the export.
+    let app = spawn_app_in(copy);
+    let analyst = app.token("auditor", "ana");
+    let images = app.get("/v1/exports/images", &analyst);
+    images.expect(200);
+    assert!(images.header("content-type").unwrap().starts_with("text/csv"));
+    let position: u64 = images.header("thitl-position").expect("Thitl-Position").parse().unwrap();
+    assert!(position > 0);
+    let (header, image_rows) = csv_rows(&images.body);
+    assert!(header.contains(&"blob".to_string()) && header.contains(&"seed".to_string()), "{header:?}");
+    assert_eq!(image_rows as u64, report["images"].as_u64().unwrap(), "one row per image the demo generated");
+    app.get("/v1/exports/images?format=xlsx", &analyst).expect(400);
+    app.get("/v1/exports/ratings", &analyst).expect(404);
+    let annotator = app.token("annotator", "anna");
+    app.get("/v1/exports/annotations", &annotator).expect(403);
+
+    let associations = app.get("/v1/associations", &analyst).expect(200).json();
+    for association in associations["associations"].as_array().unwrap() {
+        let id = association["id"].as_str().unwrap();
+        let evaluation = app.get(&format!("/v1/associations/{id}/evaluation"), &analyst).expect(200).json();
+        let thitl_arm = evaluation["latest"]["arms"].as_array().unwrap().iter().find(|a| a["arm"] == "thitl").expect("a T-HITL arm").clone();
+        let reported = report["associations"].as_array().unwrap().iter().find(|a| a["group"] == association["group"]).unwrap();
+        assert_eq!(thitl_arm["after"]["rate"], reported["after"]["rate"], "{evaluation}");
+        assert_eq!(thitl_arm["before"]["n"], reported["before"]["n"]);
+        let exported = rows.iter().find(|r| r["association_id"] == id && r["arm"] == "thitl").expect("an exported row");
+        assert_eq!(exported["after_rate"], thitl_arm["after"]["rate"]);
+        assert_eq!(exported["position"], evaluation["latest"]["position"]);
+    }
+    app.get("/v1/associations/00000000-0000-0000-0000-000000000000/evaluation", &analyst).expect(404);
+}

@@ -82,8 +82,14 @@ pub struct Server {
 
 impl Server {
     pub fn start(data: &Path) -> Server {
+        Self::start_with(data, &[])
+    }
+
+    /// Like [`start`](Self::start), with extra environment variables (`THITL_BODY_LIMIT`, ...).
+    pub fn start_with(data: &Path, env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(thitl_bin())
             .args(["serve", "--data", data.to_str().unwrap(), "--bind", "127.0.0.1:0"])
+            .envs(env.iter().copied())
             .env("THITL_LOG", "info")
             .env("NO_COLOR", "1")
             .stderr(Stdio::piped())
@@ -234,6 +240,7 @@ pub fn spawn_app_in(dir: tempfile::TempDir) -> TestApp {
         body_limit_bytes: SMALL_BODY_LIMIT,
         workers: Some(2),
         wait_for_max_seconds: 10,
+        ..thitl::configuration::Settings::default()
     };
     let (sender, receiver) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -13,3 +13,4 @@ mod audit;
 mod demo;
 mod scenes;
 mod serve;
+mod serve_campaign;

@@ -164,6 +164,36 @@ pub async fn detail(
     entity_answer(&state, "association", id, &id.stream(), |p| p.associations.associations.get(&id).cloned())
 }
 
+/// An association's evaluation: the newest campaign's rates before and after (Wilson 95%
+/// intervals), quality before and after, round 2's win rate and agreement, for each arm it ran;
+/// and every earlier evaluation (`history`, oldest first). `latest` is null until a campaign over
+/// the association has recorded one.
+#[utoipa::path(get, path = "/v1/associations/{id}/evaluation", tag = "associations", params(("id" = String, Path), WaitFor),
+    responses((status = 200, description = "`{\"association_id\", \"group\", \"concept\", \"category\", \"latest\": {\"campaign_id\", \"position\", \"recorded_at\", \"arms\": [{\"arm\", \"before\", \"after\", \"quality_before\", \"quality_after\", \"win_rate\", \"alpha\"}]} | null, \"history\": [...], \"position\"}`", body = Object),
+        (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn evaluation(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<String>,
+    query: web::Query<WaitFor>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require(Action::Read)?;
+    let id: AssociationId = parse_id("association", &path)?;
+    wait_for(&state, query.wait_for).await?;
+    let (body, position) = state.projections.read(|p| {
+        let association = p.associations.associations.get(&id)?;
+        let history = p.evaluations.by_association.get(&id).cloned().unwrap_or_default();
+        let body = json!({
+            "association_id": id, "group": association.group, "concept": association.concept, "category": association.category,
+            "latest": history.last(), "history": history,
+        });
+        Some((body, p.position))
+    })
+    .ok_or_else(|| ApiError::not_found(format!("association {id} does not exist")))?;
+    Ok(query_answer(body, position, None))
+}
+
 /// The taxonomy of problematic associations (seeded with the default four on first start).
 #[utoipa::path(get, path = "/v1/taxonomy", tag = "taxonomy",
     responses((status = 200, description = "`{\"categories\": [...], \"retired\": [...], \"version\", \"position\"}`", body = Object),

@@ -3,6 +3,7 @@
 
 pub mod associations;
 pub mod audit;
+pub mod exports;
 mod health;
 pub mod images;
 pub mod openapi;
@@ -53,6 +54,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
                         .route("", web::post().to(associations::register))
                         .route("", web::get().to(associations::list))
                         .route("/{id}", web::get().to(associations::detail))
+                        .route("/{id}/evaluation", web::get().to(associations::evaluation))
                         .route("/{id}/recategorize", web::post().to(associations::recategorize))
                         .route("/{id}/retire", web::post().to(associations::retire)),
                 )
@@ -65,6 +67,8 @@ pub fn configure(config: &mut web::ServiceConfig) {
                         .route("/{id}/promote", web::post().to(work::promote))
                         .route("/{id}/rollback", web::post().to(work::roll_back)),
                 )
+                // The lineage under the name auditors look for first.
+                .route("/models/{id}/lineage", web::get().to(work::model_lineage))
                 .service(
                     web::scope("/prompt-sets")
                         .route("", web::post().to(work::create_prompt_set))
@@ -90,8 +94,10 @@ pub fn configure(config: &mut web::ServiceConfig) {
                     web::scope("/campaigns")
                         .route("", web::post().to(work::start_campaign))
                         .route("", web::get().to(work::list_campaigns))
-                        .route("/{id}", web::get().to(work::campaign)),
+                        .route("/{id}", web::get().to(work::campaign))
+                        .route("/{id}/conclude", web::post().to(work::conclude_campaign)),
                 )
+                .route("/exports/{kind}", web::get().to(exports::export))
                 .service(
                     web::scope("/audit")
                         .route("/events", web::get().to(audit::events))

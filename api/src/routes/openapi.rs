@@ -7,7 +7,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{associations, audit, health, images, problem, rounds, support, tokens, work};
+use super::{associations, audit, exports, health, images, problem, rounds, support, tokens, work};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,14 +18,15 @@ use super::{associations, audit, health, images, problem, rounds, support, token
         health::healthz, health::readyz, health::metrics,
         tokens::create, tokens::list, tokens::revoke,
         associations::taxonomy, associations::define_category, associations::retire_category,
-        associations::register, associations::list, associations::detail, associations::recategorize, associations::retire,
+        associations::register, associations::list, associations::detail, associations::evaluation, associations::recategorize, associations::retire,
         rounds::open, rounds::list, rounds::progress, rounds::next, rounds::submit, rounds::withdraw, rounds::close,
         images::image, images::blob, images::upload,
-        work::register_model, work::list_model_versions, work::model_version, work::lineage, work::promote, work::roll_back,
+        work::register_model, work::list_model_versions, work::model_version, work::lineage, work::model_lineage, work::promote, work::roll_back,
         work::create_prompt_set, work::list_prompt_sets, work::prompt_set, work::add_prompts, work::review_prompt, work::finalize,
         work::request_generation, work::list_generations, work::generation,
         work::request_fine_tune, work::list_fine_tunes, work::fine_tune,
-        work::start_campaign, work::list_campaigns, work::campaign,
+        work::start_campaign, work::list_campaigns, work::campaign, work::conclude_campaign,
+        exports::export,
         audit::events, audit::stream_history, audit::verify, audit::feed,
     ),
     components(schemas(
@@ -35,7 +36,7 @@ use super::{associations, audit, health, images, problem, rounds, support, token
         rounds::OpenRound, rounds::RoundItemInput, rounds::ImageItem, rounds::PairItem, rounds::PairSides, rounds::PairImage,
         rounds::SubmitAnnotation, rounds::WithdrawAnnotation, rounds::CloseRound,
         work::RegisterBaseModel, work::CreatePromptSet, work::AddPrompts, work::PromptText, work::PromptReview,
-        work::RequestGeneration, work::RequestFineTune, work::StartCampaign,
+        work::RequestGeneration, work::RequestFineTune, work::StartCampaign, work::ConcludeCampaign,
         images::ImageRecord, images::StoredBlob, images::BlobBytes,
     )),
     modifiers(&BearerAuth),

@@ -382,6 +382,38 @@ pub async fn start_campaign(state: web::Data<AppState>, principal: Principal, re
     .await
 }
 
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConcludeCampaign {
+    /// The model version to promote (one this campaign derived), or null to conclude without
+    /// promoting any.
+    #[schema(value_type = Option<String>, format = "uuid")]
+    pub promote: Option<ModelVersionId>,
+    /// Why, for the audit log.
+    pub reason: String,
+}
+
+/// Conclude a campaign awaiting promotion: the curator's gate (curator). The campaign completes
+/// and the version named in `promote`, if any, is promoted. Campaigns started with
+/// `auto_accept` conclude by themselves.
+#[utoipa::path(post, path = "/v1/campaigns/{id}/conclude", tag = "campaigns", request_body = ConcludeCampaign,
+    params(("id" = String, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = CommandAnswer), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(principal = %principal.name))]
+pub async fn conclude_campaign(state: web::Data<AppState>, principal: Principal, request: HttpRequest, path: web::Path<String>, body: Bytes) -> Result<HttpResponse, ApiError> {
+    let id: CampaignId = parse_id("campaign", &path)?;
+    run_command(state, principal, request, body, Action::Curate, false, move |bus, context, expected, input: ConcludeCampaign| {
+        // The reason is checked before anything is recorded: the promotion after the conclusion
+        // must not fail on it.
+        domain::values::Sentence::parse("reason", &input.reason).map_err(|e| crate::commands::CommandError::Domain(e))?;
+        let outcome = bus.execute::<Campaign>(&id.stream(), expected, context, CampaignCommand::Conclude { promoted: input.promote }).map_err(|e| named(e, "campaign", id))?;
+        crate::campaigns::promote_concluded(bus, context, id, &input.reason)?;
+        Ok(Done::new(outcome))
+    })
+    .await
+}
+
 // ---------------------------------------------------------------------------------------------
 // Lists (read models) and details (each entity's stream)
 
@@ -467,6 +499,14 @@ pub async fn lineage(state: web::Data<AppState>, principal: Principal, path: web
         crate::lineage::LineageError::Command(e) => e.into(),
     })?;
     Ok(HttpResponse::Ok().json(body))
+}
+
+/// The same lineage document as `/v1/model-versions/{id}/lineage`.
+#[utoipa::path(get, path = "/v1/models/{id}/lineage", tag = "model versions", params(("id" = String, Path)),
+    responses((status = 200, body = Object), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn model_lineage(state: web::Data<AppState>, principal: Principal, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    lineage(state, principal, path).await
 }
 
 /// One prompt set with every prompt, its neutral form and review status.

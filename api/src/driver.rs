@@ -1,0 +1,167 @@
+//! `thitl serve`'s background work: the campaign process manager and a job worker, in one thread.
+//!
+//! ```text
+//! loop until stopped:
+//!   every campaign not completed or failed ─ CampaignRunner::step ─> requests, links, advances
+//!   the oldest generation or fine-tune job still requested or running ─> run it (resumes from
+//!     the images already recorded; a fine-tune starts again from step 0)
+//!   nothing to do ─> wait for the next event (at most a few seconds)
+//! ```
+//!
+//! Key design decisions:
+//! - **People stay in the loop**: the driver never works a round, reviews prompts or promotes a
+//!   version for a campaign that does not auto-accept; it steps the campaign again once the
+//!   annotators and curators have acted through the API.
+//! - **One job at a time, in the order requested**: the sampler and the trainer use every core
+//!   (or the GPU) already. A job found running at start-up belonged to a process that stopped;
+//!   it is taken over (resumed), never run twice at once by this process. Running several worker
+//!   processes against one store is issue-8 territory (claims with leases).
+//! - **A failing campaign or job does not stop the others**: each error is logged and recorded
+//!   (a job that cannot run is failed with its reason by the worker functions), and the loop goes on.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use domain::campaign::Stage;
+use domain::generation::JobStatus;
+use domain::{CampaignId, FineTune, FineTuneId, Generation, GenerationId};
+
+use crate::blobs::BlobStore;
+use crate::campaigns::{CampaignRunner, Step};
+use crate::commands::CommandBus;
+use crate::prompts::PromptGenerator;
+use crate::runner::ProjectionRunner;
+use crate::workers::{Models, run_fine_tune, run_generation};
+
+/// How long the driver sleeps when nothing changes.
+const IDLE_WAIT: Duration = Duration::from_secs(2);
+
+/// The background thread; stops (after the job at hand) when dropped or [`stop`](Self::stop)ped.
+pub struct Driver {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the driver needs.
+pub struct DriverParts {
+    pub bus: CommandBus,
+    pub blobs: Arc<dyn BlobStore>,
+    pub projections: Arc<ProjectionRunner>,
+    pub backend: gpu::Backend,
+    pub generator: Box<dyn PromptGenerator>,
+    pub seed: u64,
+}
+
+impl Driver {
+    pub fn spawn(parts: DriverParts) -> Driver {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("thitl-driver".into())
+            .spawn(move || drive(parts, &flag))
+            .map_err(|error| tracing::error!(%error, "cannot start the campaign driver"))
+            .ok();
+        Driver { stop, thread }
+    }
+
+    /// Asks the thread to stop and waits for it (a job in progress runs to its end first).
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+fn drive(parts: DriverParts, stop: &AtomicBool) {
+    let DriverParts { bus, blobs, projections, backend, generator, seed } = parts;
+    let models = Models::new(blobs.clone(), backend);
+    let narrate = |line: &str| tracing::info!(target: "thitl::campaign", "{line}");
+    let mut runner = CampaignRunner::new(bus.clone(), blobs.clone(), generator, seed, Box::new(narrate));
+    tracing::info!("campaign driver started: it steps campaigns and runs generation and fine-tune jobs");
+    while !stop.load(Ordering::SeqCst) {
+        let head = match bus.store().head_position() {
+            Ok(head) => head,
+            Err(error) => {
+                tracing::error!(%error, "the campaign driver cannot read the store; retrying");
+                std::thread::sleep(IDLE_WAIT);
+                continue;
+            }
+        };
+        // The lists below come from the read models: let them see what is in the store.
+        projections.wait_for(head, IDLE_WAIT);
+        let (campaigns, generations, fine_tunes) = projections.read(|p| {
+            let campaigns: Vec<CampaignId> =
+                p.catalog.campaigns.values().filter(|c| !matches!(c.stage, Stage::Completed | Stage::Failed)).map(|c| c.id).collect();
+            let pending = |status: JobStatus| matches!(status, JobStatus::Requested | JobStatus::Running);
+            let generations: Vec<GenerationId> = p.catalog.generations.values().filter(|g| pending(g.status)).map(|g| g.id).collect();
+            let fine_tunes: Vec<FineTuneId> = p.catalog.fine_tunes.values().filter(|f| pending(f.status)).map(|f| f.id).collect();
+            (campaigns, generations, fine_tunes)
+        });
+        for id in &campaigns {
+            let mut on_stage = |stage: Stage| tracing::info!(target: "thitl::campaign", campaign = %id, "stage: {}", format!("{stage:?}").to_lowercase());
+            match runner.step(*id, &mut on_stage) {
+                Ok(Step::Waiting(what)) => tracing::debug!(campaign = %id, ?what, "campaign waits"),
+                Ok(Step::Finished) => {
+                    // A crash between a curator's conclusion and the promotion: finish it.
+                    let context = crate::commands::CommandContext::system();
+                    if let Err(error) = crate::campaigns::promote_concluded(&bus, &context, *id, "promoted as concluded") {
+                        tracing::error!(campaign = %id, %error, "cannot promote the version the campaign concluded with");
+                    }
+                }
+                Err(error) => tracing::error!(campaign = %id, %error, "cannot step the campaign; it is tried again on the next change"),
+            }
+        }
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        // One job, then look at the campaigns again (the job's end may move one on).
+        if let Some(id) = first_pending::<Generation, _>(&bus, &generations, |id| id.stream(), |job| job.status) {
+            let mut last_logged = 0;
+            let outcome = run_generation(&bus, &models, blobs.as_ref(), id, "thitl-serve", &mut |done, total| {
+                if done == total || done >= last_logged + 64 {
+                    last_logged = done;
+                    tracing::info!(generation = %id, "images {done}/{total}");
+                }
+            });
+            match outcome {
+                Ok(run) => tracing::info!(generation = %id, images = run.images, resumed_with = run.already_done, "generation completed"),
+                Err(error) => tracing::error!(generation = %id, %error, "generation failed"),
+            }
+            continue;
+        }
+        if let Some(id) = first_pending::<FineTune, _>(&bus, &fine_tunes, |id| id.stream(), |job| job.status) {
+            let mut last_logged = 0;
+            let outcome = run_fine_tune(&bus, &models, blobs.as_ref(), id, "thitl-serve", &mut |step, steps, loss| {
+                if step == steps || step >= last_logged + 50 {
+                    last_logged = step;
+                    tracing::info!(fine_tune = %id, "step {step}/{steps}, loss {loss:.4}");
+                }
+            });
+            match outcome {
+                Ok(_) => tracing::info!(fine_tune = %id, "fine-tune completed"),
+                Err(error) => tracing::error!(fine_tune = %id, %error, "fine-tune failed"),
+            }
+            continue;
+        }
+        // Nothing to do: wait for the next event (a new job, an annotation closing a round).
+        let _ = bus.store().wait_for_position_after(head, IDLE_WAIT);
+    }
+    tracing::info!("campaign driver stopped");
+}
+
+/// The first of `ids` whose stream (read now, not the read model) says it still needs running.
+fn first_pending<A: domain::aggregate::Aggregate + 'static, Id: Copy>(bus: &CommandBus, ids: &[Id], stream: fn(&Id) -> String, status: fn(&A) -> JobStatus) -> Option<Id> {
+    ids.iter().copied().find(|id| bus.read::<A, _>(&stream(id), move |job, _| matches!(status(job), JobStatus::Requested | JobStatus::Running)).unwrap_or(false))
+}

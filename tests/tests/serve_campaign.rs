@@ -1,0 +1,162 @@
+//! A campaign started through the REST API on `thitl serve` and driven by the server: it runs the
+//! jobs itself, waits for people at every round and at both curator gates (prompt acceptance,
+//! promotion), and ends with the promoted version whose lineage and evaluation an auditor reads.
+//! Tiny settings (4 probe images, 4 DDIM steps, 6 LoRA steps): this checks the flow, not the effect.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Server, TestApp, create_token};
+
+fn stage(app: &TestApp, curator: &str, campaign: &str) -> Value {
+    app.get(&format!("/v1/campaigns/{campaign}"), curator).expect(200).json()
+}
+
+/// Works every open round as `annotator` until it has no task; true if it rated anything.
+fn annotate_open_rounds(app: &TestApp, annotator: &str, curator: &str) -> bool {
+    let rounds = app.get("/v1/rounds", curator).expect(200).json();
+    let mut worked = false;
+    for round in rounds["rounds"].as_array().unwrap() {
+        if round["status"] != "open" {
+            continue;
+        }
+        let id = round["id"].as_str().unwrap();
+        // The list may lag a round the server closed a moment ago: a closed round answers 409.
+        let first = app.get(&format!("/v1/rounds/{id}/next"), annotator);
+        if first.status == 409 {
+            continue;
+        }
+        let mut next = first.expect(200).json();
+        while !next["task"].is_null() {
+            let task = &next["task"];
+            let answer = match (next["kind"].as_str().unwrap(), task["content"].get("pair").is_some()) {
+                ("baseline", _) => json!({"baseline": {"concept_present": false}}),
+                ("screen", _) => json!({"screen": {"quality": 4, "group_depicted": true, "concept_present": false}}),
+                ("check", true) => json!({"compare": {"preferred": "left"}}),
+                ("check", false) => json!({"check": {"concept_present": false, "quality": 4}}),
+                (kind, _) => panic!("a round of kind {kind}"),
+            };
+            let body = json!({"item_id": task["item_id"], "answer": answer, "next": true});
+            next = app.post(&format!("/v1/rounds/{id}/annotations"), annotator, body).expect(201).json()["next"].clone();
+            worked = true;
+        }
+    }
+    worked
+}
+
+#[test]
+fn serve_drives_a_rest_campaign_and_stops_at_the_curators_gates() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    let admin = create_token(&data, "admin", "root");
+    let server = Server::start_with(&data, &[("THITL_BODY_LIMIT", "16777216"), ("THITL_DEVICE", "cpu")]);
+    let app = TestApp { address: server.address.clone(), dir, admin };
+    let curator = app.token("curator", "cora");
+    let operator = app.token("operator", "otto");
+    let annotator = app.token("annotator", "anna");
+
+    // The operator registers the reference world's base model from its weights file.
+    let weights = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../scenes/weights/base.safetensors")).unwrap();
+    let hash = app.upload(&operator, &weights).expect(201).json()["sha256"].as_str().unwrap().to_string();
+    let base = app.post("/v1/model-versions", &operator, json!({"name": "reference-world base", "weights": hash})).expect(201).json()["id"].as_str().unwrap().to_string();
+    let association = app
+        .post("/v1/associations", &curator, json!({
+            "group": "woman", "concept": "hippopotamus", "concept_synonyms": ["hippo"], "category": "dehumanization",
+            "description": "asked for a woman, the model adds a hippopotamus",
+            "probe_prompts": ["a photo of a woman at the beach", "a woman in the park"],
+        }))
+        .expect(201)
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let settings = json!({
+        "probe_images_per_association": 4, "training_prompts_per_association": 2, "candidates_per_prompt": 2,
+        "prior_preservation_images": 2, "pairs_per_association": 2, "raters_per_item": 1, "traditional_arm": false,
+        "lora": {"rank": 4, "alpha": 4.0, "targets": ["qkv"], "steps": 6, "batch_size": 4, "learning_rate": 0.003, "weight_decay": 0.0, "seed": 1, "prior_weight": 1.0},
+        "sampler": {"steps": 4, "guidance_scale": 2.0, "eta": 0.0}, "seed": 7,
+    });
+    let campaign = app
+        .post("/v1/campaigns", &curator, json!({"name": "rest campaign", "associations": [association], "base_model": base, "settings": settings}))
+        .expect(201)
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut reviewed = false;
+    let concluded = loop {
+        assert!(Instant::now() < deadline, "the campaign did not reach the promotion gate: {}", stage(&app, &curator, &campaign));
+        let state = stage(&app, &curator, &campaign);
+        assert_ne!(state["stage"], "failed", "{state}");
+        match state["stage"].as_str().unwrap() {
+            "curation" if !reviewed => {
+                let set = state["work"].as_array().unwrap().iter().find_map(|w| w["prompt_set"]["prompt_set_id"].as_str()).map(str::to_string);
+                let Some(set) = set else {
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                };
+                let prompts = app.get(&format!("/v1/prompt-sets/{set}"), &curator).expect(200).json();
+                let pending: Vec<String> = prompts["prompts"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_string()).collect();
+                assert_eq!(pending.len(), 2, "{prompts}");
+                assert!(prompts["prompts"].as_array().unwrap().iter().all(|p| p["status"] == "pending"), "{prompts}");
+                // The gate holds: without a curator nothing moves on.
+                std::thread::sleep(Duration::from_secs(3));
+                let held = stage(&app, &curator, &campaign);
+                assert_eq!(held["stage"], "curation", "{held}");
+                assert_eq!(app.get(&format!("/v1/prompt-sets/{set}"), &curator).expect(200).json()["finalized"], false);
+                for id in &pending {
+                    app.post(&format!("/v1/prompt-sets/{set}/prompts/{id}"), &curator, json!({"accept": {}})).expect(200);
+                }
+                app.post(&format!("/v1/prompt-sets/{set}/finalize"), &curator, json!({})).expect(200);
+                reviewed = true;
+            }
+            "awaiting_promotion" => break state,
+            _ => {
+                if !annotate_open_rounds(&app, &annotator, &curator) {
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            }
+        }
+    };
+    assert!(reviewed, "the campaign passed curation without the curator");
+    // The promotion gate holds too.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(stage(&app, &curator, &campaign)["stage"], "awaiting_promotion");
+    let tuned = concluded["work"].as_array().unwrap().iter().find_map(|w| w["model_version"]["model_version_id"].as_str()).unwrap().to_string();
+
+    // The evaluation, as a curator reads it before deciding.
+    let evaluation = app.get(&format!("/v1/associations/{association}/evaluation"), &curator).expect(200).json();
+    assert_eq!(evaluation["latest"]["campaign_id"], campaign.as_str(), "{evaluation}");
+    let arms = evaluation["latest"]["arms"].as_array().unwrap();
+    assert_eq!(arms.len(), 1, "the traditional arm was off: {evaluation}");
+    assert_eq!((arms[0]["before"]["n"].as_u64(), arms[0]["after"]["n"].as_u64()), (Some(4), Some(4)), "{evaluation}");
+    // Every answer above said "no concept": both rates are 0 with their Wilson intervals.
+    assert_eq!(arms[0]["after"]["rate"], 0.0);
+    assert!(arms[0]["after"]["ci_high"].as_f64().unwrap() > 0.4, "n = 4 leaves a wide interval: {evaluation}");
+
+    // Bad conclusions change nothing: a version that is not the campaign's, an empty reason.
+    app.post(&format!("/v1/campaigns/{campaign}/conclude"), &curator, json!({"promote": base, "reason": "base"})).expect(422);
+    app.post(&format!("/v1/campaigns/{campaign}/conclude"), &curator, json!({"promote": tuned, "reason": " "})).expect(422);
+    app.post(&format!("/v1/campaigns/{campaign}/conclude"), &annotator, json!({"promote": tuned, "reason": "r"})).expect(403);
+    assert_eq!(stage(&app, &curator, &campaign)["stage"], "awaiting_promotion");
+    app.post(&format!("/v1/campaigns/{campaign}/conclude"), &curator, json!({"promote": tuned, "reason": "reviewed the evaluation"})).expect(200);
+    let done = stage(&app, &curator, &campaign);
+    assert_eq!(done["stage"], "completed", "{done}");
+    assert_eq!(app.get(&format!("/v1/model-versions/{tuned}"), &curator).expect(200).json()["status"], "promoted");
+    app.post(&format!("/v1/campaigns/{campaign}/conclude"), &curator, json!({"promote": null, "reason": "again"})).expect(409);
+
+    // The lineage, under the auditor's path: the curator accepted the prompts, the annotator rated.
+    let auditor = app.token("auditor", "audrey");
+    let lineage = app.get(&format!("/v1/models/{tuned}/lineage"), &auditor).expect(200).json();
+    assert_eq!(lineage["model_version"]["id"], tuned.as_str());
+    assert_eq!(lineage["annotators"], json!(["anna"]), "{lineage}");
+    assert!(!lineage["examples"].as_array().unwrap().is_empty(), "{lineage}");
+    let history = app.get(&format!("/v1/audit/streams/promptset-{}?limit=100", concluded["work"].as_array().unwrap().iter().find_map(|w| w["prompt_set"]["prompt_set_id"].as_str()).unwrap()), &auditor).expect(200).json();
+    let accepted_by: Vec<&str> = history["events"].as_array().unwrap().iter().filter(|e| e["type"] == "PromptAccepted").map(|e| e["actor"]["principal"].as_str().unwrap()).collect();
+    assert_eq!(accepted_by, ["cora", "cora"], "{history}");
+    assert_eq!(app.get("/v1/audit/verify", &auditor).expect(200).json()["ok"], true);
+    assert!(server.interrupt().success());
+}
