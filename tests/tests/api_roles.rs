@@ -24,6 +24,7 @@ fn every_route_checks_the_role() {
     let round = format!("/v1/rounds/{NONE}");
     // (method, path, body, roles allowed)
     let table: Vec<(&str, String, &str, &[&str])> = vec![
+        ("GET", "/v1/me".into(), "", everyone),
         ("GET", "/v1/taxonomy".into(), "", everyone_but_annotators),
         ("POST", "/v1/taxonomy/categories".into(), r#"{"key":"Bad Key","narrative":"n","example":"e"}"#, curators),
         ("POST", "/v1/taxonomy/categories/nothing/retire".into(), "{}", curators),

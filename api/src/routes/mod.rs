@@ -11,6 +11,7 @@ pub mod problem;
 pub mod rounds;
 pub mod support;
 pub mod tokens;
+pub mod pages;
 pub mod work;
 
 use actix_web::web;
@@ -21,6 +22,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
         // patterns only (each `{id}` pattern is a regular expression), hot routes first.
         .service(
             web::scope("/v1")
+                .route("/me", web::get().to(pages::me))
                 .service(
                     web::scope("/rounds")
                         .route("/{id}/next", web::get().to(rounds::next))
@@ -106,6 +108,8 @@ pub fn configure(config: &mut web::ServiceConfig) {
                         .route("/feed", web::get().to(audit::feed)),
                 ),
         )
+        .route("/annotate", web::get().to(pages::annotate))
+        .route("/web/{file}", web::get().to(pages::asset))
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .route("/metrics", web::get().to(health::metrics))

@@ -7,7 +7,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{associations, audit, exports, health, images, problem, rounds, support, tokens, work};
+use super::{associations, audit, exports, health, images, pages, problem, rounds, support, tokens, work};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,7 +16,7 @@ use super::{associations, audit, exports, health, images, problem, rounds, suppo
         Errors are RFC 7807 `application/problem+json`. POSTs accept `Idempotency-Key`; commands on an existing entity accept `If-Match: <version>`."),
     paths(
         health::healthz, health::readyz, health::metrics,
-        tokens::create, tokens::list, tokens::revoke,
+        tokens::create, tokens::list, tokens::revoke, pages::me,
         associations::taxonomy, associations::define_category, associations::retire_category,
         associations::register, associations::list, associations::detail, associations::evaluation, associations::recategorize, associations::retire,
         rounds::open, rounds::list, rounds::progress, rounds::next, rounds::submit, rounds::withdraw, rounds::close,

@@ -246,7 +246,7 @@ fn question(kind: Option<RoundKind>, content: &ItemContent) -> &'static str {
 /// The caller's next task: assigns the item that most needs a rating (or returns the one already
 /// assigned) and shows only what to rate (annotator).
 #[utoipa::path(get, path = "/v1/rounds/{id}/next", tag = "rounds", params(("id" = String, Path)),
-    responses((status = 200, description = "`{\"task\": {\"item_id\", \"content\", \"question\", \"expires_at\"} | null, \"version\", \"position\"}`; \
+    responses((status = 200, description = "`{\"task\": {\"item_id\", \"content\", \"question\", \"look_for\": {\"group\", \"concept\"} | null, \"expires_at\"} | null, \"version\", \"position\"}`; \
         `content` is `{\"image\": {\"blob\", \"url\"}}` or, for a pair, `{\"pair\": {\"left\": {\"blob\", \"url\"}, \"right\": {…}}}`: \
         fetch the bytes from `url` (`/v1/blobs/{blob}`)", body = Object),
         (status = "4XX", body = Problem, content_type = "application/problem+json")),
@@ -281,6 +281,7 @@ async fn assign_next(state: &web::Data<AppState>, principal: &Principal, id: Rou
                         "content": blind_content(&item.content),
                         "question": question(round.kind, &item.content),
                         "expires_at": expires_at,
+                        "association_id": item.label.association_id,
                     }))
                 });
                 let (done, needed) = round.progress();
@@ -289,6 +290,17 @@ async fn assign_next(state: &web::Data<AppState>, principal: &Principal, id: Rou
         )
         .await
         .map_err(|e| named(e, "round", id))?;
+    // What to look for: the association's group and concept (the same for every image an
+    // annotator is shown, so it says nothing about which model made one).
+    let task = task.map(|mut task| {
+        let association = task.get("association_id").and_then(|a| serde_json::from_value::<Option<domain::AssociationId>>(a.clone()).ok()).flatten();
+        let look_for = association.and_then(|a| state.projections.read(|p| p.associations.associations.get(&a).map(|view| json!({"group": view.group, "concept": view.concept}))));
+        if let serde_json::Value::Object(map) = &mut task {
+            map.remove("association_id");
+            map.insert("look_for".into(), look_for.unwrap_or(serde_json::Value::Null));
+        }
+        task
+    });
     state.metrics.record_appended(outcome.event_ids.len());
     let position = match outcome.position {
         Some(position) => position,
