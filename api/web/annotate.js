@@ -2,7 +2,7 @@
 // one), then rate task after task with the keyboard. Every answer goes through the same REST
 // endpoints any client uses: GET /v1/rounds/{id}/next, POST …/annotations {"next": true},
 // POST …/withdrawals (undo).
-import { api, ApiError, el, imageUrl, kbd, setToken, token } from "./common.js";
+import { api, ApiError, el, imageUrl, kbd, setToken, signIn } from "./common.js";
 
 const view = document.getElementById("view");
 const message = document.getElementById("message");
@@ -41,39 +41,12 @@ document.addEventListener("keydown", (event) => {
 
 function showSignIn() {
   state.onKey = null;
-  who.textContent = "";
-  const input = el("input", { type: "password", id: "token", placeholder: "thitl_…", autocomplete: "off", "aria-label": "annotator token" });
-  const form = el("form", { class: "card" },
-    el("h2", {}, "Sign in"),
-    el("p", { class: "muted" }, "Paste the annotator token you were given, then press ", kbd("Enter"), "."),
-    input);
-  form.addEventListener("submit", (event) => {
-    event.preventDefault();
-    setToken(input.value);
-    start();
-  });
-  view.replaceChildren(form);
-  input.focus();
+  return signIn({ view, message, who, roles: ["annotator", "admin"], purpose: "annotators", onReady: (me) => { state.me = me; state.onKey = null; return showRounds(); } });
 }
 
-async function start() {
-  if (!token()) return showSignIn();
-  try {
-    state.me = await api("GET", "/v1/me");
-  } catch (error) {
-    return explain(error);
-  }
-  who.textContent = `${state.me.name} (${state.me.role}) · `;
-  const out = el("a", { href: "#", id: "sign-out" }, "sign out");
-  out.addEventListener("click", (event) => { event.preventDefault(); setToken(null); say(""); showSignIn(); });
-  who.append(out);
-  if (!["annotator", "admin"].includes(state.me.role)) {
-    state.onKey = null;
-    view.replaceChildren();
-    return say(`This token belongs to ${state.me.name}, a ${state.me.role}: the annotation queue is for annotators. Sign out and use an annotator token.`, "error");
-  }
-  say("");
-  showRounds();
+function start() {
+  state.onKey = null;
+  return showSignIn();
 }
 
 // ---- rounds --------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ export function el(tag, attributes = {}, ...children) {
     if (name === "style") node.style.cssText = value;
     else node.setAttribute(name, value === true ? "" : value);
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -61,4 +61,68 @@ export function el(tag, attributes = {}, ...children) {
 
 export function kbd(key) {
   return el("kbd", {}, key);
+}
+
+/**
+ * Signs the page in: with no token (or a rejected one) shows the sign-in form in `view`; with a
+ * token of a role the page is not for, says so in `message`; otherwise shows who is signed in in
+ * `who` and calls `onReady(me)` (`me` from GET /v1/me).
+ */
+export async function signIn({ view, message, who, roles, purpose, onReady }) {
+  const say = (text, kind) => message.replaceChildren(text ? el("p", { class: `message ${kind}` }, text) : "");
+  const form = () => {
+    who.textContent = "";
+    const input = el("input", { type: "password", id: "token", placeholder: "thitl_…", autocomplete: "off", "aria-label": "token" });
+    const card = el("form", { class: "card" },
+      el("h2", {}, "Sign in"),
+      el("p", { class: "muted" }, `Paste your token (${purpose}), then press `, kbd("Enter"), "."),
+      input);
+    card.addEventListener("submit", (event) => {
+      event.preventDefault();
+      setToken(input.value);
+      signIn({ view, message, who, roles, purpose, onReady });
+    });
+    view.replaceChildren(card);
+    input.focus();
+  };
+  if (!token()) return form();
+  let me;
+  try {
+    me = await api("GET", "/v1/me");
+  } catch (error) {
+    if (error.status === 401) {
+      setToken(null);
+      say("This token is not valid: it is mistyped or was revoked. Ask an administrator for a token.", "error");
+      return form();
+    }
+    return say(error.message, "error");
+  }
+  who.textContent = `${me.name} (${me.role}) · `;
+  const out = el("a", { href: "#", id: "sign-out" }, "sign out");
+  out.addEventListener("click", (event) => { event.preventDefault(); setToken(null); say(""); form(); });
+  who.append(out);
+  if (!roles.includes(me.role)) {
+    view.replaceChildren();
+    return say(`This token belongs to ${me.name}, a ${me.role}: this page is for ${purpose}. Sign out and use such a token.`, "error");
+  }
+  say("");
+  return onReady(me);
+}
+
+/** `rate` as a percentage with one decimal. */
+export function percent(rate) {
+  return `${(100 * rate).toFixed(1)}%`;
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+
+/** An SVG element: svg("rect", {x: 1, ...}, children...). */
+export function svg(tag, attributes = {}, ...children) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
+  for (const child of children.flat(Infinity)) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
 }

@@ -35,6 +35,54 @@ pub fn krippendorff_alpha_interval(units: &[Vec<f64>]) -> Option<f64> {
     alpha(&keyed, |a, b| (a.0 - b.0).powi(2))
 }
 
+/// Krippendorff's alpha of each question a round asks, over the answers submitted so far:
+/// `concept_present`, `group_depicted` and `preferred` (nominal), `quality` (interval). A
+/// question no item has two answers to, or with no variation at all, is None.
+pub fn round_agreement(submissions: &BTreeMap<domain::ItemId, BTreeMap<String, domain::round::Answer>>) -> BTreeMap<&'static str, Option<f64>> {
+    use domain::round::{Answer, Side};
+    let mut concept: Vec<Vec<bool>> = Vec::new();
+    let mut group: Vec<Vec<bool>> = Vec::new();
+    let mut preferred: Vec<Vec<bool>> = Vec::new();
+    let mut quality: Vec<Vec<f64>> = Vec::new();
+    for answers in submissions.values() {
+        let (mut c, mut g, mut p, mut q) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for answer in answers.values() {
+            match answer {
+                Answer::Baseline { concept_present } => c.push(*concept_present),
+                Answer::Screen { quality: value, group_depicted, concept_present } => {
+                    c.push(*concept_present);
+                    g.push(*group_depicted);
+                    q.push(f64::from(value.get()));
+                }
+                Answer::Check { concept_present, quality: value } => {
+                    c.push(*concept_present);
+                    q.push(f64::from(value.get()));
+                }
+                Answer::Compare { preferred: side } => p.push(*side == Side::Left),
+            }
+        }
+        concept.push(c);
+        group.push(g);
+        preferred.push(p);
+        quality.push(q);
+    }
+    let mut out = BTreeMap::new();
+    let asked = |units: &[Vec<bool>]| units.iter().any(|u| !u.is_empty());
+    if asked(&concept) {
+        out.insert("concept_present", krippendorff_alpha_nominal(&concept));
+    }
+    if asked(&group) {
+        out.insert("group_depicted", krippendorff_alpha_nominal(&group));
+    }
+    if asked(&preferred) {
+        out.insert("preferred", krippendorff_alpha_nominal(&preferred));
+    }
+    if quality.iter().any(|u| !u.is_empty()) {
+        out.insert("quality", krippendorff_alpha_interval(&quality));
+    }
+    out
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct OrdF64(f64);
 impl Eq for OrdF64 {}
@@ -88,6 +136,27 @@ fn alpha<V: Ord + Clone>(units: &[Vec<V>], distance: impl Fn(&V, &V) -> f64) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rounds_agreement_is_per_question() {
+        use domain::round::Answer;
+        use domain::values::Quality;
+        let item = |n: u128| domain::ItemId(uuid::Uuid::from_u128(n));
+        let check = |c: bool, q: u8| Answer::Check { concept_present: c, quality: Quality::new(q).unwrap() };
+        let mut submissions = BTreeMap::new();
+        // Two raters agree on every concept answer (one yes item, one no item) and on quality
+        // exactly: alpha 1 for both; nothing about groups or pairs was asked.
+        submissions.insert(item(1), BTreeMap::from([("a".to_string(), check(true, 4)), ("b".to_string(), check(true, 4))]));
+        submissions.insert(item(2), BTreeMap::from([("a".to_string(), check(false, 2)), ("b".to_string(), check(false, 2))]));
+        let agreement = round_agreement(&submissions);
+        assert_eq!(agreement.keys().copied().collect::<Vec<_>>(), ["concept_present", "quality"]);
+        assert!(close(agreement["concept_present"].unwrap(), 1.0, 1e-12));
+        assert!(close(agreement["quality"].unwrap(), 1.0, 1e-12));
+        // They disagree on every concept answer: alpha below 0.
+        submissions.insert(item(1), BTreeMap::from([("a".to_string(), check(true, 4)), ("b".to_string(), check(false, 4))]));
+        submissions.insert(item(2), BTreeMap::from([("a".to_string(), check(false, 2)), ("b".to_string(), check(true, 2))]));
+        assert!(round_agreement(&submissions)["concept_present"].unwrap() < 0.0);
+    }
 
     fn close(a: f64, b: f64, tolerance: f64) -> bool {
         (a - b).abs() <= tolerance

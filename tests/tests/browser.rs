@@ -106,12 +106,40 @@ fn an_annotator_works_a_round_with_the_keyboard_alone() {
     let withdrawn = events["events"].as_array().unwrap().iter().filter(|e| e["type"] == "AnnotationWithdrawn").count();
     assert_eq!(withdrawn, 1);
 
+    // Round 2: one picture to check, then a side-by-side pair (← left, → right).
+    let blob = |png: &[u8]| app.upload(&operator, png).json()["sha256"].clone();
+    let (one, two) = (blob(&pictures[1]), blob(&pictures[0]));
+    let other = "01900000-0000-7000-8000-00000000000b";
+    let check = json!({"kind": "check", "raters_per_item": 1, "items": [
+        {"blob": one, "prompt": "a photo of a woman at the beach", "model_version": model, "association_id": association},
+        {"pair": {"left": {"blob": one, "model_version": other}, "right": {"blob": two, "model_version": model}}, "prompt": "a photo of a woman at the beach", "association_id": association},
+    ]});
+    let round_2 = app.post("/v1/rounds", &curator, check).expect(201).json()["id"].as_str().unwrap().to_string();
+    browser.press(&["r"]);
+    browser.wait_until("round 2's first task", "return document.querySelector('#task') !== null && document.querySelector('#task').dataset.kind === 'check'");
+    let first_is_pair = browser.run("return document.querySelectorAll('#task img').length === 2", json!([])) == Value::Bool(true);
+    let answer_image = ["n", "4", ENTER];
+    let answer_pair = ["\u{E012}", ENTER];
+    browser.press(if first_is_pair { &answer_pair[..] } else { &answer_image[..] });
+    browser.wait_until("round 2's second task", "return document.querySelector('#progress') !== null && document.querySelector('#progress').innerText.startsWith('1 of 2')");
+    let pair_page = browser.text("#task");
+    assert!(pair_page.contains(if first_is_pair { "Is there a hippopotamus" } else { "Which picture is better" }), "{pair_page}");
+    if !first_is_pair {
+        keep_screenshot("annotate-pair.png", &browser.screenshot());
+    }
+    browser.press(if first_is_pair { &answer_image[..] } else { &answer_pair[..] });
+    browser.wait_until("the empty queue", "return document.querySelector('#empty') !== null");
+    let events = app.get(&format!("/v1/audit/streams/round-{round_2}?limit=100"), &app.admin).expect(200).json();
+    let mut answers: Vec<Value> = events["events"].as_array().unwrap().iter().filter(|e| e["type"] == "AnnotationSubmitted").map(|e| e["payload"]["answer"].clone()).collect();
+    answers.sort_by_key(|a| a.to_string());
+    assert_eq!(answers, [json!({"check": {"concept_present": false, "quality": 4}}), json!({"compare": {"preferred": "left"}})], "{events}");
+
     // A curator's token does not open the queue.
     browser.run("sessionStorage.clear(); location.reload(); return true", json!([]));
     browser.wait_until("the sign-in form", "return document.querySelector('#token') !== null");
     browser.type_into("#token", &format!("{curator}{ENTER}"));
     browser.wait_until("the refusal", "return document.querySelector('#message .error') !== null");
-    assert!(browser.text("#message").contains("the annotation queue is for annotators"), "{}", browser.text("body"));
+    assert!(browser.text("#message").contains("this page is for annotators"), "{}", browser.text("body"));
     assert!(browser.run("return document.querySelector('#task') === null", json!([])) == Value::Bool(true));
     // A mistyped token is told so.
     browser.run("sessionStorage.clear(); location.reload(); return true", json!([]));
@@ -119,6 +147,93 @@ fn an_annotator_works_a_round_with_the_keyboard_alone() {
     browser.type_into("#token", &format!("thitl_not-a-token{ENTER}"));
     browser.wait_until("the refusal", "return document.querySelector('#message .error') !== null");
     assert!(browser.text("#message").contains("not valid"), "{}", browser.text("body"));
+    drop(browser);
+    assert!(server.interrupt().success());
+}
+
+/// True when `shown` starts with `rate` as a percentage to one decimal (JavaScript and Rust round
+/// a half differently, so within 0.05 points).
+fn shows_percent(shown: &str, rate: f64) -> bool {
+    let number = shown.split('%').next().and_then(|n| n.trim().parse::<f64>().ok());
+    number.is_some_and(|n| (n - 100.0 * rate).abs() <= 0.051)
+}
+
+#[test]
+fn the_dashboard_and_the_audit_timeline_show_a_finished_campaign() {
+    let dir = crate::helpers::campaign_copy();
+    let auditor = create_token(dir.path(), "auditor", "audrey");
+    let annotator = create_token(dir.path(), "annotator", "anna");
+    let admin = create_token(dir.path(), "admin", "root");
+    let server = Server::start(dir.path());
+    let address = server.address.clone();
+    let app = TestApp { address: address.clone(), dir, admin };
+
+    let browser = Browser::start();
+    browser.open(&format!("http://{address}/dashboard"));
+    browser.wait_until("the sign-in form", "return document.querySelector('#token') !== null");
+    browser.type_into("#token", &format!("{auditor}{ENTER}"));
+    browser.wait_until("the associations", "return document.querySelectorAll('.association').length === 3");
+    // Each association's card shows the evaluation the API serves: rates with intervals and a chart.
+    let associations = app.get("/v1/associations", &auditor).expect(200).json();
+    for association in associations["associations"].as_array().unwrap() {
+        let id = association["id"].as_str().unwrap();
+        let evaluation = app.get(&format!("/v1/associations/{id}/evaluation"), &auditor).expect(200).json();
+        for arm in evaluation["latest"]["arms"].as_array().unwrap() {
+            let name = arm["arm"].as_str().unwrap();
+            let after = browser.text(&format!(".association[data-association='{id}'] tr[data-arm='{name}'] .after"));
+            assert!(shows_percent(&after, arm["after"]["rate"].as_f64().unwrap()), "{name} after: {after} vs {arm}");
+            let before = browser.text(&format!(".association[data-association='{id}'] tr[data-arm='{name}'] .before"));
+            assert!(shows_percent(&before, arm["before"]["rate"].as_f64().unwrap()), "{name} before: {before} vs {arm}");
+        }
+        let bars = browser.run("return document.querySelectorAll(`.association[data-association='${arguments[0]}'] svg.rates .bar`).length", json!([id]));
+        assert_eq!(bars, json!(3), "before, T-HITL after and traditional after");
+    }
+    assert!(browser.text("#campaigns").contains("completed"), "{}", browser.text("#campaigns"));
+    let curves = browser.run("return document.querySelectorAll('#fine-tunes svg.loss polyline').length", json!([]));
+    assert_eq!(curves, json!(2), "one loss curve per arm");
+    let rounds = browser.text("#rounds");
+    assert!(rounds.contains("concept present") && rounds.contains("closed"), "{rounds}");
+    keep_screenshot("dashboard.png", &browser.screenshot());
+
+    // The audit timeline: verify the chains, read the log, follow the lineage.
+    browser.open(&format!("http://{address}/audit"));
+    browser.wait_until("the event log", "return document.querySelectorAll('#event-table tr.event').length > 0");
+    browser.press(&["v"]);
+    browser.wait_until("the verification", "return document.querySelector('#verify-result') !== null");
+    let verified = app.get("/v1/audit/verify", &auditor).expect(200).json();
+    let result = browser.text("#verify-result");
+    assert!(result.starts_with("OK:"), "{result}");
+    // The page verified before this call, which added nothing to the log.
+    assert!(result.contains(&format!("{} events", verified["events"])), "{result} vs {verified}");
+    let thitl = browser.run("return [...document.querySelectorAll('#lineage-model option')].map(o => o.textContent)", json!([]));
+    let model = app.get("/v1/model-versions", &auditor).expect(200).json()["model_versions"].as_array().unwrap().iter().find(|m| m["arm"] == "thitl").unwrap()["id"].as_str().unwrap().to_string();
+    assert!(thitl.as_array().unwrap().iter().any(|o| o.as_str().unwrap().contains(&model)), "{thitl}");
+    browser.run("document.querySelector('#lineage-model').value = arguments[0]; document.querySelector('#lineage-button').click(); return true", json!([model]));
+    browser.wait_until("the lineage tree", "return document.querySelector('#lineage-examples') !== null");
+    let lineage = app.get(&format!("/v1/models/{model}/lineage"), &auditor).expect(200).json();
+    let examples = browser.run("return document.querySelectorAll('#lineage-examples > details.example').length", json!([]));
+    assert_eq!(examples.as_u64(), Some(lineage["examples"].as_array().unwrap().len() as u64));
+    assert!(browser.text("#lineage-prompts").contains(&format!("{} prompts", lineage["prompts"].as_array().unwrap().len())));
+    // An example opened shows its picture and every round-1 rating with its rater.
+    browser.run("const d = document.querySelector('#lineage-examples > details.example'); d.open = true; document.querySelector('#lineage-examples').open = true; return true", json!([]));
+    browser.wait_until("the example's picture", "const img = document.querySelector('#lineage-examples img.thumb'); return img.src !== '' && img.complete && img.naturalWidth === 32");
+    assert!(browser.text("#lineage-examples details.example").contains("annotator-"), "{}", browser.text("#lineage-examples details.example"));
+    // One entity's history: the first stream named in the log.
+    browser.run("document.querySelector('#event-table a.stream').click(); return true", json!([]));
+    browser.wait_until("the history", "return document.querySelector('#history-table') !== null");
+    keep_screenshot("audit.png", &browser.screenshot());
+    // The live feed: an event recorded now appears on top of the log.
+    browser.run("document.querySelector('#follow').click(); return true", json!([]));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    app.token("annotator", "late-joiner");
+    browser.wait_until("the live event", "const row = document.querySelector('#event-table tbody tr.event'); return row !== null && row.innerText.includes('TokenIssued')");
+
+    // An annotator's token opens neither page.
+    browser.run("sessionStorage.clear(); location.reload(); return true", json!([]));
+    browser.wait_until("the sign-in form", "return document.querySelector('#token') !== null");
+    browser.type_into("#token", &format!("{annotator}{ENTER}"));
+    browser.wait_until("the refusal", "return document.querySelector('#message .error') !== null");
+    assert!(browser.text("#message").contains("this page is for auditors"), "{}", browser.text("#message"));
     drop(browser);
     assert!(server.interrupt().success());
 }

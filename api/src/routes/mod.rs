@@ -109,6 +109,8 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 ),
         )
         .route("/annotate", web::get().to(pages::annotate))
+        .route("/dashboard", web::get().to(pages::dashboard))
+        .route("/audit", web::get().to(pages::audit))
         .route("/web/{file}", web::get().to(pages::asset))
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))

@@ -1,5 +1,6 @@
 //! The pages people use, served from assets compiled into the binary (no CDN: works offline):
-//! `/annotate` for annotators. Plain HTML, CSS and JavaScript modules under `api/web/`; each page
+//! `/annotate` for annotators, `/dashboard` for curators, analysts and auditors, `/audit` for
+//! auditors. One HTML shell here, CSS and JavaScript modules under `api/web/`; each page
 //! calls the same REST API as any client, with the token the person signs in with (kept in the
 //! tab's session storage). Also `GET /v1/me`, which tells a page who its token belongs to.
 
@@ -18,11 +19,42 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("thitl.css", "text/css; charset=utf-8", include_str!("../../web/thitl.css")),
     ("common.js", "text/javascript; charset=utf-8", include_str!("../../web/common.js")),
     ("annotate.js", "text/javascript; charset=utf-8", include_str!("../../web/annotate.js")),
+    ("dashboard.js", "text/javascript; charset=utf-8", include_str!("../../web/dashboard.js")),
+    ("audit.js", "text/javascript; charset=utf-8", include_str!("../../web/audit.js")),
 ];
 
-const ANNOTATE: &str = include_str!("../../web/annotate.html");
+/// A page: the shared head and header, the page's module script, and the two places every
+/// page fills (`#message` for what it has to say, `#view` for its content).
+fn shell(title: &str, script: &str, aside: &str) -> String {
+    format!(
+        r#"<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <meta name="viewport" content="width=device-width, initial-scale=1">
+  <title>thitl · {title}</title>
+  <link rel="stylesheet" href="/web/thitl.css">
+  <script type="module" src="/web/{script}"></script>
+</head>
+<body>
+  <header class="bar">
+    <h1>thitl · {title}</h1>
+    {aside}
+    <span class="who" id="who"></span>
+  </header>
+  <main>
+    <div id="message" role="status" aria-live="polite"></div>
+    <div id="view"><p class="muted">Loading…</p></div>
+  </main>
+</body>
+</html>
+"#
+    )
+}
 
-fn page(html: &'static str) -> HttpResponse {
+const NAV: &str = r#"<nav><a href="/dashboard">dashboard</a> · <a href="/audit">audit</a> · <a href="/annotate">annotate</a></nav>"#;
+
+fn page(html: String) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
@@ -33,7 +65,17 @@ fn page(html: &'static str) -> HttpResponse {
 
 /// The annotation page.
 pub async fn annotate() -> HttpResponse {
-    page(ANNOTATE)
+    page(shell("annotate", "annotate.js", r#"<span class="muted">rate what you see; the page never says which model made a picture</span>"#))
+}
+
+/// The dashboard: evaluations, campaigns, rounds, fine-tunes.
+pub async fn dashboard() -> HttpResponse {
+    page(shell("dashboard", "dashboard.js", NAV))
+}
+
+/// The auditor's timeline: the log, histories, the live feed, verification, lineage.
+pub async fn audit() -> HttpResponse {
+    page(shell("audit", "audit.js", NAV))
 }
 
 /// A page's script or style sheet.

@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::auth::{Action, Principal};
 use crate::routes::problem::{ApiError, Problem};
 use crate::routes::support::{
-    CommandAnswer, Done, WaitFor, entity_answer, head_position, named, parse_id, query_answer, run_command, run_command_async, wait_for,
+    CommandAnswer, Done, WaitFor, head_position, named, parse_id, query_answer, run_command, run_command_async, wait_for,
 };
 use crate::startup::AppState;
 
@@ -408,7 +408,9 @@ pub async fn list(state: web::Data<AppState>, principal: Principal, query: web::
     Ok(query_answer(json!({ "rounds": rounds }), position, None))
 }
 
-/// One round's progress: annotations submitted and needed, per annotator, status.
+/// One round's progress: annotations submitted and needed, per annotator, status, and the
+/// agreement so far (`{"concept_present": alpha, "quality": alpha, ...}`, Krippendorff's alpha of
+/// each question asked; null where undefined).
 #[utoipa::path(get, path = "/v1/rounds/{id}", tag = "rounds", params(("id" = String, Path), WaitFor),
     responses((status = 200, body = Object), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
@@ -421,5 +423,15 @@ pub async fn progress(
     principal.require(Action::Read)?;
     let id: RoundId = parse_id("round", &path)?;
     wait_for(&state, query.wait_for).await?;
-    entity_answer(&state, "round", id, &id.stream(), |p| p.rounds.rounds.get(&id).cloned())
+    let (view, position, version) = state
+        .projections
+        .read(|p| p.rounds.rounds.get(&id).cloned().map(|view| (view, p.position, p.entities.entities.get(&id.stream()).map(|e| e.version))))
+        .ok_or_else(|| ApiError::not_found(format!("round {id} does not exist")))?;
+    // Agreement from the round's own stream (the read model keeps counts, not answers).
+    let (round, _, _) = crate::routes::support::load::<AnnotationRound>(&state, id.stream()).await?;
+    let mut body = serde_json::to_value(view).unwrap_or_default();
+    if let serde_json::Value::Object(map) = &mut body {
+        map.insert("agreement".into(), json!(projections::stats::round_agreement(&round.submissions)));
+    }
+    Ok(query_answer(body, position, version))
 }
