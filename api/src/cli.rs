@@ -96,6 +96,9 @@ enum Command {
     /// Maintain the read models.
     #[command(subcommand)]
     Projections(ProjectionsCommand),
+    /// Move a whole event store (and its blobs) to another one.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Measure throughput on this machine.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -190,6 +193,18 @@ enum BenchCommand {
 }
 
 #[derive(Subcommand)]
+enum StoreCommand {
+    /// Copy every stream, chain intact, into an empty store, and verify the copy.
+    /// Stores are named `sqlite:DIR` (a data directory; a bare path means the same).
+    Copy {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ProjectionsCommand {
     /// Discard the read models' checkpoint and fold every event again from position 0.
     Rebuild {
@@ -209,6 +224,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(AuditCommand::Log { data, stream, after, limit, json }) => audit_log(&data, stream, after, limit, json),
         Command::Audit(AuditCommand::Replay { data, until, json }) => audit_replay(&data, until, json),
         Command::Projections(ProjectionsCommand::Rebuild { data }) => rebuild(&data),
+        Command::Store(StoreCommand::Copy { from, to }) => store_copy(&from, &to),
         Command::Bench(BenchCommand::Gpu { sizes, models, batch, no_gpu, no_cpu }) => {
             bench_gpu(sizes, models, batch, !no_gpu, !no_cpu)
         }
@@ -340,6 +356,66 @@ fn export(kind: &str, data: &Path, format: &str, out: Option<&Path>) -> anyhow::
     }
     eprintln!("exported {} {} rows up to position {}", cursor.rows(), kind.name(), cursor.position());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The data directory a store URL names: `sqlite:DIR` or a bare `DIR`.
+fn sqlite_dir(url: &str) -> anyhow::Result<PathBuf> {
+    match url.split_once("://").map(|(scheme, _)| scheme).or_else(|| url.split_once(':').map(|(scheme, _)| scheme).filter(|s| s.len() > 1)) {
+        None => Ok(PathBuf::from(url)),
+        Some("sqlite") => Ok(PathBuf::from(url.trim_start_matches("sqlite:").trim_start_matches("//"))),
+        Some(scheme @ ("esdb" | "esdb+discover" | "kurrentdb")) => {
+            anyhow::bail!("{scheme}:// stores are not supported by this build yet: only sqlite:DIR (EventStoreDB is planned)")
+        }
+        Some(other) => anyhow::bail!("'{url}': unknown store kind '{other}'; name a store as sqlite:DIR"),
+    }
+}
+
+fn store_copy(from: &str, to: &str) -> anyhow::Result<ExitCode> {
+    let (from_dir, to_dir) = (sqlite_dir(from)?, sqlite_dir(to)?);
+    if from_dir.canonicalize().ok().is_some_and(|a| to_dir.canonicalize().ok().as_ref() == Some(&a)) {
+        anyhow::bail!("--from and --to name the same data directory");
+    }
+    let source = DataDir::open_existing(&from_dir)?;
+    let target = DataDir::open_or_create(&to_dir)?;
+    let started = std::time::Instant::now();
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(indicatif::ProgressStyle::with_template("  copying events [{bar:30}] {pos}/{len} ({elapsed})").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()).progress_chars("=> "));
+    let report = crate::store::copy::copy_store(source.store.as_ref(), target.store.as_ref(), &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    let report = report?;
+    println!("copied {} events in {} streams (positions 1 to {}), every chain verified, in {:.1?}", report.events, report.streams, report.head, started.elapsed());
+    // The blobs the events name, by hash: copied file by file, then rehashed.
+    let copied = copy_tree(&crate::blobs::blobs_dir(&from_dir), &crate::blobs::blobs_dir(&to_dir))?;
+    let blobs = crate::blobs::verify_blobs(&to_dir)?;
+    println!("copied {copied} blob files; {}", blobs.summary());
+    for problem in &blobs.problems {
+        println!("blob verification FAILED: {problem}");
+    }
+    Ok(if blobs.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Copies the files under `from` to the same places under `to` (existing ones are kept: blobs
+/// are named by their content); answers how many were copied.
+fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<u64> {
+    let mut copied = 0;
+    if !from.is_dir() {
+        return Ok(0);
+    }
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copied += copy_tree(&entry.path(), &target)?;
+        } else if !target.exists() {
+            std::fs::copy(entry.path(), &target)?;
+            copied += 1;
+        }
+    }
+    Ok(copied)
 }
 
 fn token_create(data: &Path, role: &str, name: &str) -> anyhow::Result<ExitCode> {

@@ -15,4 +15,5 @@ mod demo;
 mod scenes;
 mod serve;
 mod serve_campaign;
+mod store_copy;
 mod webdriver;

@@ -31,6 +31,7 @@
 
 pub mod chain;
 pub mod contract;
+pub mod copy;
 pub mod sqlite;
 pub mod subscription;
 
