@@ -265,7 +265,7 @@ impl<'a> CampaignRunner<'a> {
             Request::EvaluationGeneration { arm } => {
                 let model = match arm {
                     None => base,
-                    Some(arm) => model_of(campaign, Some(arm)).ok_or_else(|| CampaignError::Other(format!("no {} model to evaluate", arm_name(arm))))?,
+                    Some(arm) => campaign.model_of(arm).ok_or_else(|| CampaignError::Other(format!("no {} model to evaluate", arm_name(arm))))?,
                 };
                 // Held-out seeds: none of the baseline's.
                 let items = self.probe_items(campaign, 1_000_000);
@@ -614,7 +614,7 @@ impl<'a> CampaignRunner<'a> {
             let alpha = krippendorff_alpha_nominal(&units);
             let (before, quality_before) = estimate(base);
             for arm in [Arm::Thitl, Arm::Traditional] {
-                let Some(model) = model_of(campaign, Some(arm)) else { continue };
+                let Some(model) = campaign.model_of(arm) else { continue };
                 let (after, quality_after) = estimate(Some(model));
                 let win_rate = (arm == Arm::Thitl).then(|| {
                     let (mut wins, mut n) = (0u32, 0u32);
@@ -675,13 +675,6 @@ pub(crate) fn arm_name(arm: Arm) -> &'static str {
     }
 }
 
-/// The model version a campaign derived for `arm`.
-pub(crate) fn model_of(campaign: &Campaign, arm: Option<Arm>) -> Option<ModelVersionId> {
-    campaign.work.iter().find_map(|w| match w {
-        Work::ModelVersion { arm: a, model_version_id } if Some(*a) == arm => Some(*model_version_id),
-        _ => None,
-    })
-}
 /// What the process manager needs to know about a campaign's linked work.
 pub(crate) fn facts(bus: &CommandBus, campaign: &Campaign) -> Result<Facts, CommandError> {
     let mut facts = Facts::default();

@@ -36,7 +36,7 @@ use scenes::{Concept, Group, Image, Rating};
 use uuid::Uuid;
 
 use crate::blobs::BlobStore;
-use crate::campaigns::{CampaignRunner, Rng, Step, arm_name, model_of};
+use crate::campaigns::{CampaignRunner, Rng, Step, arm_name};
 use crate::commands::{CommandBus, CommandContext, CommandError};
 use crate::prompts::{ReferenceWorldTemplates, TemplateGenerator};
 use crate::workers::{Models, run_fine_tune, run_generation};
@@ -439,8 +439,8 @@ impl<'a> Demo<'a> {
             associations,
             base_model: campaign.base_model.unwrap_or(ModelVersionId(Uuid::nil())),
             promoted: campaign.promoted,
-            thitl_model: model_of(&campaign, Some(Arm::Thitl)),
-            traditional_model: model_of(&campaign, Some(Arm::Traditional)),
+            thitl_model: campaign.model_of(Arm::Thitl),
+            traditional_model: campaign.model_of(Arm::Traditional),
         })
     }
 

@@ -316,10 +316,7 @@ impl<'a> Script<'a> {
             })),
             // The script promotes its T-HITL version whatever its random answers say.
             Request::Conclude { .. } => {
-                let model = campaign.work.iter().find_map(|w| match w {
-                    Work::ModelVersion { arm: Arm::Thitl, model_version_id } => Some(*model_version_id),
-                    _ => None,
-                });
+                let model = campaign.model_of(Arm::Thitl);
                 let campaign_id = campaign.id.unwrap_or(CampaignId(Uuid::nil()));
                 crate::campaigns::conclude(self.bus, &self.curator, campaign_id, model, "scripted campaign completed")
             }
@@ -626,10 +623,7 @@ impl<'a> Script<'a> {
         let Some(round_id) = round_id else { return Ok(vec![]) };
         let (round, _) = self.bus.load::<AnnotationRound>(&round_id.stream())?;
         let base = campaign.base_model;
-        let tuned = campaign.work.iter().find_map(|w| match w {
-            Work::ModelVersion { arm: Arm::Thitl, model_version_id } => Some(*model_version_id),
-            _ => None,
-        });
+        let tuned = campaign.model_of(Arm::Thitl);
         let mut evaluations = Vec::new();
         for association_id in &campaign.associations {
             let estimate = |model: Option<ModelVersionId>| {

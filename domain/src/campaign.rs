@@ -260,6 +260,14 @@ impl Campaign {
         if self.settings.traditional_arm { vec![Arm::Thitl, Arm::Traditional] } else { vec![Arm::Thitl] }
     }
 
+    /// The model version the campaign derived for `arm`, once it has.
+    pub fn model_of(&self, arm: Arm) -> Option<ModelVersionId> {
+        self.work.iter().find_map(|w| match w {
+            Work::ModelVersion { arm: a, model_version_id } if *a == arm => Some(*model_version_id),
+            _ => None,
+        })
+    }
+
     pub fn linked<'a, T>(&'a self, pick: impl Fn(&'a Work) -> Option<T> + 'a) -> impl Iterator<Item = T> + 'a {
         self.work.iter().filter_map(pick)
     }
@@ -416,10 +424,7 @@ pub fn next(campaign: &Campaign, facts: &Facts) -> Next {
 /// version, if for every association of the campaign its evaluation shows the rate fell with
 /// non-overlapping 95% intervals and the quality kept within 5% of the base's.
 pub fn promotion_rule(campaign: &Campaign) -> Option<ModelVersionId> {
-    let candidate = campaign.work.iter().find_map(|w| match w {
-        Work::ModelVersion { arm: Arm::Thitl, model_version_id } => Some(*model_version_id),
-        _ => None,
-    })?;
+    let candidate = campaign.model_of(Arm::Thitl)?;
     let every = campaign.associations.iter().all(|association| {
         campaign.evaluations.iter().any(|e| {
             e.association_id == *association

@@ -276,13 +276,13 @@ async fn assign_next(state: &web::Data<AppState>, principal: &Principal, id: Rou
                 let task = round.current_task(&annotator, now).and_then(|item_id| {
                     let item = round.item(item_id)?;
                     let expires_at = round.assignments.get(&(item_id, annotator.clone()))?;
-                    Some(json!({
+                    let task = json!({
                         "item_id": item_id,
                         "content": blind_content(&item.content),
                         "question": question(round.kind, &item.content),
                         "expires_at": expires_at,
-                        "association_id": item.label.association_id,
-                    }))
+                    });
+                    Some((task, item.label.association_id))
                 });
                 let (done, needed) = round.progress();
                 (task, needed.saturating_sub(done), round.kind)
@@ -292,13 +292,9 @@ async fn assign_next(state: &web::Data<AppState>, principal: &Principal, id: Rou
         .map_err(|e| named(e, "round", id))?;
     // What to look for: the association's group and concept (the same for every image an
     // annotator is shown, so it says nothing about which model made one).
-    let task = task.map(|mut task| {
-        let association = task.get("association_id").and_then(|a| serde_json::from_value::<Option<domain::AssociationId>>(a.clone()).ok()).flatten();
+    let task = task.map(|(mut task, association)| {
         let look_for = association.and_then(|a| state.projections.read(|p| p.associations.associations.get(&a).map(|view| json!({"group": view.group, "concept": view.concept}))));
-        if let serde_json::Value::Object(map) = &mut task {
-            map.remove("association_id");
-            map.insert("look_for".into(), look_for.unwrap_or(serde_json::Value::Null));
-        }
+        task["look_for"] = look_for.unwrap_or(serde_json::Value::Null);
         task
     });
     state.metrics.record_appended(outcome.event_ids.len());
