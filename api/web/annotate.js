@@ -18,7 +18,16 @@ const state = {
   last: null, // {task, answers}: the last submission, for undo
   busy: false,
   onKey: null,
+  poll: null, // the timer that looks for new rounds while the queue is empty
 };
+
+/** How often an empty queue looks for new rounds by itself. */
+const POLL_MS = 4000;
+
+function stopPolling() {
+  clearTimeout(state.poll);
+  state.poll = null;
+}
 
 function say(text, kind = "info") {
   message.replaceChildren(text ? el("p", { class: `message ${kind}` }, text) : "");
@@ -40,6 +49,7 @@ document.addEventListener("keydown", (event) => {
 // ---- sign in -------------------------------------------------------------------------------
 
 function showSignIn() {
+  stopPolling();
   state.onKey = null;
   return signIn({ view, message, who, roles: ["annotator", "admin"], purpose: "annotators", onReady: (me) => { state.me = me; state.onKey = null; return showRounds(); } });
 }
@@ -54,6 +64,7 @@ function start() {
 const KIND_NAMES = { baseline: "baseline: is the concept there?", screen: "round 1: screen candidates", check: "round 2: check and compare" };
 
 async function showRounds() {
+  stopPolling();
   state.round = null;
   try {
     state.me = await api("GET", "/v1/me");
@@ -64,9 +75,12 @@ async function showRounds() {
   if (open.length === 1) return openRound(open[0]);
   if (open.length === 0) {
     state.onKey = (event) => { if (event.key === "r") { event.preventDefault(); showRounds(); } };
+    // A curator may open a round at any moment: look again by itself, quietly.
+    const poll = setTimeout(() => { if (state.poll === poll) showRounds(); }, POLL_MS);
+    state.poll = poll;
     return view.replaceChildren(el("div", { class: "card", id: "empty" },
       el("h2", {}, "Nothing to rate right now"),
-      el("p", {}, "No open round needs ratings. Thank you! Press ", kbd("R"), " to look again.")));
+      el("p", {}, "No open round needs ratings. Thank you! This page looks again every few seconds; press ", kbd("R"), " to look now.")));
   }
   const rows = open.slice(0, 9).map((round, i) => el("tr", {},
     el("td", {}, kbd(String(i + 1))), el("td", {}, KIND_NAMES[round.kind] || round.kind),
@@ -80,6 +94,8 @@ async function showRounds() {
 }
 
 async function openRound(round) {
+  stopPolling();
+  say("");
   state.round = round;
   state.last = null;
   state.held = null;

@@ -114,7 +114,11 @@ fn an_annotator_works_a_round_with_the_keyboard_alone() {
         {"blob": one, "prompt": "a photo of a woman at the beach", "model_version": model, "association_id": association},
         {"pair": {"left": {"blob": one, "model_version": other}, "right": {"blob": two, "model_version": model}}, "prompt": "a photo of a woman at the beach", "association_id": association},
     ]});
-    let round_2 = app.post("/v1/rounds", &curator, check).expect(201).json()["id"].as_str().unwrap().to_string();
+    let created = app.post("/v1/rounds", &curator, check).expect(201).json();
+    let round_2 = created["id"].as_str().unwrap().to_string();
+    // The page reads the read models, which follow the log: let them reach the new round before
+    // asking the page to look (it would also find it by itself within a few seconds).
+    app.get(&format!("/v1/rounds/{round_2}?wait_for={}", created["position"]), &curator).expect(200);
     browser.press(&["r"]);
     browser.wait_until("round 2's first task", "return document.querySelector('#task') !== null && document.querySelector('#task').dataset.kind === 'check'");
     let first_is_pair = browser.run("return document.querySelectorAll('#task img').length === 2", json!([])) == Value::Bool(true);
