@@ -57,6 +57,23 @@ enum Command {
         #[arg(long)]
         no_jobs: bool,
     },
+    /// Run generation and fine-tune jobs on a data directory's store, beside `thitl serve` (which
+    /// may then run with --no-jobs) and other workers: each job is claimed with a lease, so no two
+    /// workers run the same one and a dead worker's job is taken over once its lease expires.
+    /// Stop with Ctrl-C (the job at hand runs to its end; Ctrl-C again abandons it).
+    Worker {
+        /// Data directory written by `thitl serve` or `thitl demo` (events.db, blobs/).
+        #[arg(long, env = "THITL_DATA", default_value = "thitl-data")]
+        data: PathBuf,
+        /// This worker's name: unique among the processes sharing the store (default
+        /// worker@HOST-PID). A worker restarted under its old name resumes its own job at once.
+        #[arg(long)]
+        name: Option<String>,
+        /// How long a claim holds without renewal; the worker renews it every third of that.
+        #[arg(long, env = "THITL_JOB_LEASE_SECONDS", default_value_t = crate::workers::DEFAULT_LEASE_SECONDS,
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(domain::lease::MAX_LEASE_SECONDS)))]
+        lease_seconds: u32,
+    },
     /// Issue or revoke API bearer tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -216,6 +233,9 @@ enum ProjectionsCommand {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { data, bind, config, no_jobs } => serve(&data, bind, config.as_deref(), !no_jobs),
+        Command::Worker { data, name, lease_seconds } => {
+            worker(&data, crate::workers::Worker { name: name.unwrap_or_else(|| crate::workers::Worker::default_name("worker", true)), lease_seconds })
+        }
         Command::Token(TokenCommand::Create { data, role, name }) => token_create(&data, &role, &name),
         Command::Token(TokenCommand::Revoke { data, id, reason }) => token_revoke(&data, &id, &reason),
         Command::Demo { data, quick, json, seed } => demo(data, quick, json, seed),
@@ -230,6 +250,56 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Scenes(command) => crate::scenes_cli::run(command),
     }
+}
+
+fn worker(data: &Path, worker: crate::workers::Worker) -> anyhow::Result<ExitCode> {
+    if let Err(error) = domain::values::Name::parse("worker", &worker.name) {
+        anyhow::bail!("--name: {error}");
+    }
+    let dir = DataDir::open_existing(data)?;
+    let blobs = std::sync::Arc::new(crate::blobs::LocalBlobStore::open(&dir.root.join("blobs"))?);
+    // Its own read models, in memory (the checkpoint file is the server's): they list the jobs.
+    let projections = std::sync::Arc::new(crate::runner::ProjectionRunner::open(dir.store.clone(), None)?);
+    projections.catch_up()?;
+    let runner = crate::runner::RunnerHandle::spawn(projections.clone());
+    let backend = gpu::Backend::choose(gpu::DeviceChoice::from_env()?)?;
+    tracing::info!(device = %backend.describe(), data = %data.display(), "jobs run here");
+    let bus = crate::commands::CommandBus::new(dir.store.clone());
+    let driver = crate::driver::Driver::spawn(crate::driver::DriverParts { bus, blobs, projections, backend, campaigns: None, worker });
+    actix_web::rt::System::new().block_on(async {
+        stop_signal().await;
+        tracing::info!("stopping: the job in progress runs to its end (Ctrl-C again abandons it; another worker or a restart resumes it)");
+        actix_web::rt::spawn(async {
+            stop_signal().await;
+            tracing::warn!("abandoning the job in progress");
+            std::process::exit(130);
+        });
+        actix_web::rt::task::spawn_blocking(move || driver.stop()).await.ok();
+    });
+    drop(runner);
+    tracing::info!("worker stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    let notify = std::sync::Arc::new(tokio::sync::Notify::new());
+    let on_interrupt = notify.clone();
+    actix_web::rt::spawn(async move {
+        if actix_web::rt::signal::ctrl_c().await.is_ok() {
+            on_interrupt.notify_one();
+        }
+    });
+    #[cfg(unix)]
+    if let Ok(mut terminate) = actix_web::rt::signal::unix::signal(actix_web::rt::signal::unix::SignalKind::terminate()) {
+        let on_terminate = notify.clone();
+        actix_web::rt::spawn(async move {
+            if terminate.recv().await.is_some() {
+                on_terminate.notify_one();
+            }
+        });
+    }
+    notify.notified().await;
 }
 
 fn bench_gpu(sizes: Vec<usize>, models: Vec<String>, batch: Option<usize>, gpu: bool, cpu: bool) -> anyhow::Result<ExitCode> {
@@ -302,7 +372,8 @@ fn serve(data: &Path, bind: Option<String>, config: Option<&Path>, jobs: bool) -
             true => {
                 let backend = gpu::Backend::choose(gpu::DeviceChoice::from_env()?)?;
                 tracing::info!(device = %backend.describe(), "jobs run here");
-                let parts = crate::driver::DriverParts { bus: app.bus(), blobs, projections: app.projections(), backend, generator, seed: 0x7417_1 };
+                let worker = crate::workers::Worker::from_env(crate::workers::Worker::default_name("serve", false)).map_err(|e| anyhow::anyhow!(e))?;
+                let parts = crate::driver::DriverParts { bus: app.bus(), blobs, projections: app.projections(), backend, campaigns: Some((generator, 0x7417_1)), worker };
                 Some(crate::driver::Driver::spawn(parts))
             }
             false => None,

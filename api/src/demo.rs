@@ -39,7 +39,7 @@ use crate::blobs::BlobStore;
 use crate::campaigns::{CampaignRunner, Rng, Step, arm_name};
 use crate::commands::{CommandBus, CommandContext, CommandError};
 use crate::prompts::{ReferenceWorldTemplates, TemplateGenerator};
-use crate::workers::{Models, run_fine_tune, run_generation};
+use crate::workers::{Models, Worker, WorkerError, run_fine_tune, run_generation};
 
 /// The three associations the method was first shown on, in the reference world's words.
 pub struct DefaultAssociation {
@@ -458,7 +458,8 @@ impl<'a> Demo<'a> {
             })
             .unwrap_or_else(|| "images".to_string());
         let progress = self.progress;
-        let run = run_generation(self.bus, &self.models, self.blobs.as_ref(), id, "demo-worker", &mut |done, total| {
+        let worker = Worker::from_env("demo-worker").map_err(WorkerError::Unusable)?;
+        let run = run_generation(self.bus, &self.models, self.blobs.as_ref(), id, &worker, &mut |done, total| {
             progress(Progress::Task { task: &task, done: done.into(), total: total.into() });
         })?;
         if run.already_done > 0 {
@@ -563,7 +564,8 @@ impl<'a> Demo<'a> {
         });
         let progress = self.progress;
         let task = format!("fine-tune ({})", arm.map_or("?", arm_name));
-        run_fine_tune(self.bus, &self.models, self.blobs.as_ref(), id, "demo-trainer", &mut |step, steps, _| {
+        let worker = Worker::from_env("demo-trainer").map_err(WorkerError::Unusable)?;
+        run_fine_tune(self.bus, &self.models, self.blobs.as_ref(), id, &worker, &mut |step, steps, _| {
             progress(Progress::Task { task: &task, done: step.into(), total: steps.into() });
         })?;
         Ok(())

@@ -1,10 +1,12 @@
-//! `thitl serve`'s background work: the campaign process manager and a job worker, in one thread.
+//! `thitl serve`'s background work — the campaign process manager and a job worker, in one
+//! thread — and `thitl worker`'s, which is the job worker alone.
 //!
 //! ```text
 //! loop until stopped:
-//!   every campaign not completed or failed ─ CampaignRunner::step ─> requests, links, advances
-//!   the oldest generation or fine-tune job still requested or running ─> run it (resumes from
-//!     the images already recorded; a fine-tune starts again from step 0)
+//!   (serve) every campaign not completed or failed ─ CampaignRunner::step ─> requests, links, advances
+//!   the oldest generation or fine-tune job still requested, or running under an expired lease
+//!     or this worker's own ─> claim it and run it (resumes from the images already recorded;
+//!     a fine-tune starts again from step 0); another worker's claim ─> the next job
 //!   nothing to do ─> wait for the next event (at most a few seconds)
 //! ```
 //!
@@ -12,10 +14,11 @@
 //! - **People stay in the loop**: the driver never works a round, reviews prompts or promotes a
 //!   version for a campaign that does not auto-accept; it steps the campaign again once the
 //!   annotators and curators have acted through the API.
-//! - **One job at a time, in the order requested**: the sampler and the trainer use every core
-//!   (or the GPU) already. A job found running at start-up belonged to a process that stopped;
-//!   it is taken over (resumed), never run twice at once by this process. Running several worker
-//!   processes against one store is issue-8 territory (claims with leases).
+//! - **One job at a time per process, in the order requested**: the sampler and the trainer use
+//!   every core (or the GPU) already. Several processes (`thitl worker` on other machines, or
+//!   beside `thitl serve`) share the jobs as competing consumers: each claims a job with a lease
+//!   ([`crate::workers`]), so two never run the same one, and a dead worker's job is taken over
+//!   once its lease expires. A process restarted under its old name resumes its own job at once.
 //! - **A failing campaign or job does not stop the others**: each error is logged and recorded
 //!   (a job that cannot run is failed with its reason by the worker functions), and the loop goes on.
 
@@ -25,6 +28,7 @@ use std::time::Duration;
 
 use domain::campaign::Stage;
 use domain::generation::JobStatus;
+use domain::lease::Lease;
 use domain::{CampaignId, FineTune, FineTuneId, Generation, GenerationId};
 
 use crate::blobs::BlobStore;
@@ -32,7 +36,7 @@ use crate::campaigns::{CampaignRunner, Step};
 use crate::commands::CommandBus;
 use crate::prompts::PromptGenerator;
 use crate::runner::ProjectionRunner;
-use crate::workers::{Models, run_fine_tune, run_generation};
+use crate::workers::{Models, Worker, run_fine_tune, run_generation};
 
 /// How long the driver sleeps when nothing changes.
 const IDLE_WAIT: Duration = Duration::from_secs(2);
@@ -49,8 +53,10 @@ pub struct DriverParts {
     pub blobs: Arc<dyn BlobStore>,
     pub projections: Arc<ProjectionRunner>,
     pub backend: gpu::Backend,
-    pub generator: Box<dyn PromptGenerator>,
-    pub seed: u64,
+    /// The prompt generator and seed the campaigns use; `None` runs jobs only (`thitl worker`).
+    pub campaigns: Option<(Box<dyn PromptGenerator>, u64)>,
+    /// Who claims the jobs.
+    pub worker: Worker,
 }
 
 impl Driver {
@@ -85,11 +91,14 @@ impl Drop for Driver {
 }
 
 fn drive(parts: DriverParts, stop: &AtomicBool) {
-    let DriverParts { bus, blobs, projections, backend, generator, seed } = parts;
+    let DriverParts { bus, blobs, projections, backend, campaigns, worker } = parts;
     let models = Models::new(blobs.clone(), backend);
     let narrate = |line: &str| tracing::info!(target: "thitl::campaign", "{line}");
-    let mut runner = CampaignRunner::new(bus.clone(), blobs.clone(), generator, seed, Box::new(narrate));
-    tracing::info!("campaign driver started: it steps campaigns and runs generation and fine-tune jobs");
+    let mut runner = campaigns.map(|(generator, seed)| CampaignRunner::new(bus.clone(), blobs.clone(), generator, seed, Box::new(narrate)));
+    match runner {
+        Some(_) => tracing::info!(worker = %worker.name, lease_seconds = worker.lease_seconds, "campaign driver started: it steps campaigns and runs generation and fine-tune jobs"),
+        None => tracing::info!(worker = %worker.name, lease_seconds = worker.lease_seconds, "worker started: it runs generation and fine-tune jobs"),
+    }
     while !stop.load(Ordering::SeqCst) {
         let head = match bus.store().head_position() {
             Ok(head) => head,
@@ -109,7 +118,8 @@ fn drive(parts: DriverParts, stop: &AtomicBool) {
             let fine_tunes: Vec<FineTuneId> = p.catalog.fine_tunes.values().filter(|f| pending(f.status)).map(|f| f.id).collect();
             (campaigns, generations, fine_tunes)
         });
-        for id in &campaigns {
+        for id in runner.as_ref().map_or(&[][..], |_| &campaigns[..]) {
+            let Some(runner) = runner.as_mut() else { break };
             let mut on_stage = |stage: Stage| tracing::info!(target: "thitl::campaign", campaign = %id, "stage: {}", format!("{stage:?}").to_lowercase());
             match runner.step(*id, &mut on_stage) {
                 Ok(Step::Waiting(what)) => tracing::debug!(campaign = %id, ?what, "campaign waits"),
@@ -127,32 +137,7 @@ fn drive(parts: DriverParts, stop: &AtomicBool) {
             break;
         }
         // One job, then look at the campaigns again (the job's end may move one on).
-        if let Some(id) = first_pending::<Generation, _>(&bus, &generations, |id| id.stream(), |job| job.status) {
-            let mut last_logged = 0;
-            let outcome = run_generation(&bus, &models, blobs.as_ref(), id, "thitl-serve", &mut |done, total| {
-                if done == total || done >= last_logged + 64 {
-                    last_logged = done;
-                    tracing::info!(generation = %id, "images {done}/{total}");
-                }
-            });
-            match outcome {
-                Ok(run) => tracing::info!(generation = %id, images = run.images, resumed_with = run.already_done, "generation completed"),
-                Err(error) => tracing::error!(generation = %id, %error, "generation failed"),
-            }
-            continue;
-        }
-        if let Some(id) = first_pending::<FineTune, _>(&bus, &fine_tunes, |id| id.stream(), |job| job.status) {
-            let mut last_logged = 0;
-            let outcome = run_fine_tune(&bus, &models, blobs.as_ref(), id, "thitl-serve", &mut |step, steps, loss| {
-                if step == steps || step >= last_logged + 50 {
-                    last_logged = step;
-                    tracing::info!(fine_tune = %id, "step {step}/{steps}, loss {loss:.4}");
-                }
-            });
-            match outcome {
-                Ok(_) => tracing::info!(fine_tune = %id, "fine-tune completed"),
-                Err(error) => tracing::error!(fine_tune = %id, %error, "fine-tune failed"),
-            }
+        if run_one_job(&bus, &models, blobs.as_ref(), &worker, &generations, &fine_tunes) {
             continue;
         }
         // Nothing to do: wait for the next event (a new job, an annotation closing a round).
@@ -161,7 +146,69 @@ fn drive(parts: DriverParts, stop: &AtomicBool) {
     tracing::info!("campaign driver stopped");
 }
 
-/// The first of `ids` whose stream (read now, not the read model) says it still needs running.
-fn first_pending<A: domain::aggregate::Aggregate + 'static, Id: Copy>(bus: &CommandBus, ids: &[Id], stream: fn(&Id) -> String, status: fn(&A) -> JobStatus) -> Option<Id> {
-    ids.iter().copied().find(|id| bus.read::<A, _>(&stream(id), move |job, _| matches!(status(job), JobStatus::Requested | JobStatus::Running)).unwrap_or(false))
+/// Runs the first job of `generations`, then of `fine_tunes`, that this worker may claim;
+/// false when there was none.
+fn run_one_job(bus: &CommandBus, models: &Models, blobs: &dyn BlobStore, worker: &Worker, generations: &[GenerationId], fine_tunes: &[FineTuneId]) -> bool {
+    for id in claimable::<Generation, _>(bus, worker, generations, |id| id.stream(), |job| (job.status, job.lease.clone())) {
+        let mut last_logged = 0;
+        let outcome = run_generation(bus, models, blobs, id, worker, &mut |done, total| {
+            if done == total || done >= last_logged + 64 {
+                last_logged = done;
+                tracing::info!(generation = %id, "images {done}/{total}");
+            }
+        });
+        match outcome {
+            Ok(run) => tracing::info!(generation = %id, images = run.images, resumed_with = run.already_done, "generation completed"),
+            Err(error) if error.is_other_workers() => {
+                tracing::info!(generation = %id, %error, "the job is another worker's");
+                continue;
+            }
+            Err(error) => tracing::error!(generation = %id, %error, "generation failed"),
+        }
+        return true;
+    }
+    for id in claimable::<FineTune, _>(bus, worker, fine_tunes, |id| id.stream(), |job| (job.status, job.lease.clone())) {
+        let mut last_logged = 0;
+        let outcome = run_fine_tune(bus, models, blobs, id, worker, &mut |step, steps, loss| {
+            if step == steps || step >= last_logged + 50 {
+                last_logged = step;
+                tracing::info!(fine_tune = %id, "step {step}/{steps}, loss {loss:.4}");
+            }
+        });
+        match outcome {
+            Ok(_) => tracing::info!(fine_tune = %id, "fine-tune completed"),
+            Err(error) if error.is_other_workers() => {
+                tracing::info!(fine_tune = %id, %error, "the job is another worker's");
+                continue;
+            }
+            Err(error) => tracing::error!(fine_tune = %id, %error, "fine-tune failed"),
+        }
+        return true;
+    }
+    false
+}
+
+/// Those of `ids` whose stream (read now, not the read model) says they still need running and
+/// are not held by another worker's unexpired lease. (`Start` checks the lease again: this only
+/// spares the log a refused claim.)
+fn claimable<A: domain::aggregate::Aggregate + 'static, Id: Copy>(
+    bus: &CommandBus,
+    worker: &Worker,
+    ids: &[Id],
+    stream: fn(&Id) -> String,
+    state: fn(&A) -> (JobStatus, Option<Lease>),
+) -> Vec<Id> {
+    let now = chrono::Utc::now();
+    let me = worker.name.clone();
+    ids.iter()
+        .copied()
+        .filter(|id| {
+            let me = me.clone();
+            bus.read::<A, _>(&stream(id), move |job, _| {
+                let (status, lease) = state(job);
+                matches!(status, JobStatus::Requested | JobStatus::Running) && Lease::check_start(lease.as_ref(), A::ENTITY, &me, now).is_ok()
+            })
+            .unwrap_or(false)
+        })
+        .collect()
 }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::commands::into_recorded;
 use crate::store::{EventStore, StoreError};
 
-const CHECKPOINT_FORMAT: u32 = 3;
+const CHECKPOINT_FORMAT: u32 = 4;
 const BATCH: usize = 5_000;
 /// Save the checkpoint after this many events (and on shutdown).
 const SAVE_EVERY: u64 = 50_000;

@@ -364,14 +364,14 @@ impl<'a> Script<'a> {
                 campaign_id: campaign.id,
             },
         )?;
-        self.bus.execute::<Generation>(&stream, None, &self.operator, GenerationCommand::Start { worker: "scripted-worker".into() })?;
+        self.bus.execute::<Generation>(&stream, None, &self.operator, GenerationCommand::Start { worker: "scripted-worker".into(), now: Utc::now(), lease_seconds: 60 })?;
         for index in 0..count as u32 {
             let image_id = ImageId(self.id());
             let blob = placeholder_hash(&format!("placeholder image {image_id}"));
-            self.bus.execute::<Generation>(&stream, None, &self.operator, GenerationCommand::RecordImage { index, image_id, blob })?;
+            self.bus.execute::<Generation>(&stream, None, &self.operator, GenerationCommand::RecordImage { worker: "scripted-worker".into(), index, image_id, blob })?;
             self.images += 1;
         }
-        self.bus.execute::<Generation>(&stream, None, &self.operator, GenerationCommand::Complete)?;
+        self.bus.execute::<Generation>(&stream, None, &self.operator, GenerationCommand::Complete { worker: "scripted-worker".into() })?;
         Ok(id)
     }
 
@@ -600,16 +600,16 @@ impl<'a> Script<'a> {
                 campaign_id: campaign.id,
             },
         )?;
-        self.bus.execute::<FineTune>(&stream, None, &self.operator, FineTuneCommand::Start { worker: "scripted-worker".into() })?;
+        self.bus.execute::<FineTune>(&stream, None, &self.operator, FineTuneCommand::Start { worker: "scripted-worker".into(), now: Utc::now(), lease_seconds: 60 })?;
         for step in (5..=steps).step_by(5) {
             let loss = 0.5 / (1.0 + step as f32 / 10.0);
-            self.bus.execute::<FineTune>(&stream, None, &self.operator, FineTuneCommand::RecordProgress { step, loss })?;
+            self.bus.execute::<FineTune>(&stream, None, &self.operator, FineTuneCommand::RecordProgress { worker: "scripted-worker".into(), step, loss })?;
         }
         self.bus.execute::<FineTune>(
             &stream,
             None,
             &self.operator,
-            FineTuneCommand::Complete { adapter: placeholder_hash(&format!("placeholder adapter {id}")), final_loss: 0.1 },
+            FineTuneCommand::Complete { worker: "scripted-worker".into(), adapter: placeholder_hash(&format!("placeholder adapter {id}")), final_loss: 0.1 },
         )?;
         Ok(id)
     }

@@ -24,14 +24,23 @@
 //!   word would steer its samples towards noise.
 //! - Models are loaded from blobs once per process and shared; a fine-tuned version is its parent
 //!   plus the adapter blob its fine-tune recorded.
+//! - **Jobs are leased** ([`domain::lease`]): `Start` claims the job for [`Worker::lease`], a
+//!   heartbeat thread renews the lease every third of it while the job runs, and only the holder's
+//!   records are accepted. Several worker processes can share one store: a job another worker
+//!   holds is refused at `Start` (the caller moves on to another job), a dead worker's job is
+//!   taken over once its lease expires, and the old holder, should it come back, stops at its next
+//!   record without failing the job.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use domain::fine_tune::{FineTuneCommand, TrainingExample};
 use domain::generation::GenerationCommand;
 use domain::values::BlobHash;
-use domain::{Actor, Aggregate, FineTune, FineTuneId, Generation, GenerationId, ImageId, ModelVersion, ModelVersionId, Role};
+use domain::{Actor, Aggregate, DomainError, FineTune, FineTuneId, Generation, GenerationId, ImageId, ModelVersion, ModelVersionId, Role};
 use gpu::Backend;
 use scenes::base::{BaseModel, Flow, SampleItem, SampleSettings};
 use scenes::finetune::{FineTuneSettings, adapter_from_safetensors, adapter_to_safetensors, fine_tune};
@@ -40,6 +49,9 @@ use uuid::Uuid;
 
 use crate::blobs::{BlobError, BlobStore};
 use crate::commands::{CommandBus, CommandContext, CommandError};
+
+/// The lease a worker takes when `THITL_JOB_LEASE_SECONDS` does not say.
+pub const DEFAULT_LEASE_SECONDS: u32 = 60;
 
 /// Items sampled per batch (and recorded before the next batch starts).
 const BATCH: usize = 32;
@@ -55,6 +67,121 @@ pub enum WorkerError {
     Model(#[from] scenes::BaseError),
     #[error("{0}")]
     Unusable(String),
+    /// Another worker took the job over (this one's lease had expired): it stopped, and the
+    /// job goes on there.
+    #[error("{0}")]
+    TakenOver(String),
+}
+
+impl WorkerError {
+    /// The job is another worker's: its lease is running (at `Start`) or it took the job over.
+    /// Not a failure of the job.
+    pub fn is_other_workers(&self) -> bool {
+        matches!(
+            self,
+            WorkerError::TakenOver(_)
+                | WorkerError::Command(CommandError::Domain(DomainError::LeaseHeld { .. } | DomainError::NotLeaseHolder { .. }))
+        )
+    }
+}
+
+/// Who runs jobs, and for how long a claim holds without renewal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Worker {
+    /// Unique among the processes that share a store (see [`domain::lease`]).
+    pub name: String,
+    pub lease_seconds: u32,
+}
+
+impl Worker {
+    /// `name` with the lease `THITL_JOB_LEASE_SECONDS` gives (default [`DEFAULT_LEASE_SECONDS`]).
+    pub fn from_env(name: impl Into<String>) -> Result<Worker, String> {
+        let lease_seconds = match std::env::var("THITL_JOB_LEASE_SECONDS") {
+            Ok(text) => text
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|s| (1..=domain::lease::MAX_LEASE_SECONDS).contains(s))
+                .ok_or_else(|| format!("THITL_JOB_LEASE_SECONDS={text:?} is not a whole number of seconds from 1 to {}", domain::lease::MAX_LEASE_SECONDS))?,
+            Err(_) => DEFAULT_LEASE_SECONDS,
+        };
+        Ok(Worker { name: name.into(), lease_seconds })
+    }
+
+    /// `{role}@{host}`, or `{role}@{host}-{pid}` with `per_process`: a name no other process on
+    /// another machine uses.
+    pub fn default_name(role: &str, per_process: bool) -> String {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')).collect::<String>())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        if per_process { format!("{role}@{host}-{}", std::process::id()) } else { format!("{role}@{host}") }
+    }
+
+    fn context(&self) -> CommandContext {
+        CommandContext::new(Actor::new(&self.name, Role::System))
+    }
+}
+
+/// Renews a job's lease from its own thread while the job runs, every third of the lease; notes
+/// when another worker took the job over. Stops when dropped.
+struct Heartbeat {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    lost: Arc<Mutex<Option<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    fn start<A: Aggregate>(bus: &CommandBus, stream: &str, worker: &Worker, renew: fn(String, DateTime<Utc>, u32) -> A::Command) -> Heartbeat {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let lost = Arc::new(Mutex::new(None));
+        let period = Duration::from_millis(u64::from(worker.lease_seconds) * 1000 / 3).max(Duration::from_millis(200));
+        let (bus, stream, worker, flag, lost_by) = (bus.clone(), stream.to_string(), worker.clone(), stop.clone(), lost.clone());
+        let thread = std::thread::Builder::new()
+            .name("thitl-lease".into())
+            .spawn(move || {
+                let context = worker.context();
+                loop {
+                    let (lock, wake) = &*flag;
+                    let stopped = lock.lock().unwrap_or_else(PoisonError::into_inner);
+                    let (stopped, _) = wake.wait_timeout_while(stopped, period, |stopped| !*stopped).unwrap_or_else(PoisonError::into_inner);
+                    if *stopped {
+                        return;
+                    }
+                    drop(stopped);
+                    match bus.execute::<A>(&stream, None, &context, renew(worker.name.clone(), Utc::now(), worker.lease_seconds)) {
+                        Ok(_) => {}
+                        Err(CommandError::Domain(error @ (DomainError::NotLeaseHolder { .. } | DomainError::WrongState { .. }))) => {
+                            *lost_by.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.to_string());
+                            return;
+                        }
+                        // The store may be busy for a moment: the lease has two more periods to go.
+                        Err(error) => tracing::warn!(%stream, %error, "cannot renew the job's lease; trying again"),
+                    }
+                }
+            })
+            .map_err(|error| tracing::error!(%error, "cannot start the lease heartbeat: the job's lease will lapse"))
+            .ok();
+        Heartbeat { stop, lost, thread }
+    }
+
+    /// Why the job is no longer this worker's, if it is not.
+    fn lost(&self) -> Option<String> {
+        self.lost.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        let (lock, wake) = &*self.stop;
+        *lock.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        wake.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Model versions loaded from the blob store, shared by the jobs of a process.
@@ -109,21 +236,24 @@ pub struct GenerationRun {
     pub already_done: u32,
 }
 
-/// Runs (or resumes) generation job `generation_id` as `worker`: samples every item not yet
-/// recorded, stores each image as a PNG blob, records it, and completes the job; on an error,
-/// fails the job with the reason and returns the error. `progress(images, total)` after each
-/// batch.
+/// Runs (or resumes) generation job `generation_id` as `worker`: claims it, samples every item
+/// not yet recorded, stores each image as a PNG blob, records it, and completes the job; on an
+/// error, fails the job with the reason and returns the error. A job another worker holds is
+/// refused (an error for which [`WorkerError::is_other_workers`] is true, the job untouched).
+/// `progress(images, total)` after each batch.
 pub fn run_generation(
     bus: &CommandBus,
     models: &Models,
     blobs: &dyn BlobStore,
     generation_id: GenerationId,
-    worker: &str,
+    worker: &Worker,
     progress: &mut dyn FnMut(u32, u32),
 ) -> Result<GenerationRun, WorkerError> {
     let stream = generation_id.stream();
-    let context = CommandContext::new(Actor::new(worker, Role::System));
-    bus.execute::<Generation>(&stream, None, &context, GenerationCommand::Start { worker: worker.to_string() })?;
+    let context = worker.context();
+    let name = worker.name.clone();
+    bus.execute::<Generation>(&stream, None, &context, GenerationCommand::Start { worker: name.clone(), now: Utc::now(), lease_seconds: worker.lease_seconds })?;
+    let heartbeat = Heartbeat::start::<Generation>(bus, &stream, worker, |worker, now, lease_seconds| GenerationCommand::Renew { worker, now, lease_seconds });
     let (job, _) = bus.load::<Generation>(&stream)?;
     let total = job.items.len() as u32;
     let already_done = job.images.len() as u32;
@@ -140,6 +270,9 @@ pub fn run_generation(
         let mut done = total - remaining.len() as u32;
         progress(done, total);
         for batch in remaining.chunks(BATCH) {
+            if let Some(why) = heartbeat.lost() {
+                return Err(WorkerError::TakenOver(why));
+            }
             let items: Vec<SampleItem> = batch
                 .iter()
                 .map(|index| {
@@ -151,19 +284,23 @@ pub fn run_generation(
             let images = model.sample_items(&items, &settings, &mut |_, _| Flow::Continue)?;
             for (index, image) in batch.iter().zip(images) {
                 let blob = blobs.put(&image.to_png(1))?.hash;
-                let command = GenerationCommand::RecordImage { index: *index, image_id: ImageId(Uuid::now_v7()), blob };
+                let command = GenerationCommand::RecordImage { worker: name.clone(), index: *index, image_id: ImageId(Uuid::now_v7()), blob };
                 bus.execute::<Generation>(&stream, None, &context, command)?;
                 done += 1;
             }
             progress(done, total);
         }
-        bus.execute::<Generation>(&stream, None, &context, GenerationCommand::Complete)?;
+        bus.execute::<Generation>(&stream, None, &context, GenerationCommand::Complete { worker: name.clone() })?;
         Ok(GenerationRun { images: done, already_done })
     })();
-    if let Err(error) = &result {
+    drop(heartbeat);
+    if let Err(error) = &result
+        && !error.is_other_workers()
+    {
         // The job must not stay "running" behind a worker that gave up on it. If even this
-        // append fails, the job stays running and a restart resumes it.
-        let fail = GenerationCommand::Fail { reason: error.to_string() };
+        // append fails, the job stays running and, once its lease expires, another worker (or
+        // this one, restarted) resumes it.
+        let fail = GenerationCommand::Fail { worker: name, reason: error.to_string() };
         if let Err(append) = bus.execute::<Generation>(&stream, None, &context, fail) {
             tracing::error!(%generation_id, error = %append, "could not record the generation's failure");
         }
@@ -219,12 +356,14 @@ pub fn run_fine_tune(
     models: &Models,
     blobs: &dyn BlobStore,
     fine_tune_id: FineTuneId,
-    worker: &str,
+    worker: &Worker,
     progress: &mut dyn FnMut(u32, u32, f32),
 ) -> Result<FineTuneRun, WorkerError> {
     let stream = fine_tune_id.stream();
-    let context = CommandContext::new(Actor::new(worker, Role::System));
-    bus.execute::<FineTune>(&stream, None, &context, FineTuneCommand::Start { worker: worker.to_string() })?;
+    let context = worker.context();
+    let name = worker.name.clone();
+    bus.execute::<FineTune>(&stream, None, &context, FineTuneCommand::Start { worker: name.clone(), now: Utc::now(), lease_seconds: worker.lease_seconds })?;
+    let heartbeat = Heartbeat::start::<FineTune>(bus, &stream, worker, |worker, now, lease_seconds| FineTuneCommand::Renew { worker, now, lease_seconds });
     let (job, _) = bus.load::<FineTune>(&stream)?;
     let result = (|| -> Result<FineTuneRun, WorkerError> {
         let base_id = job.base_model.ok_or_else(|| WorkerError::Unusable(format!("fine-tune {fine_tune_id} names no base model")))?;
@@ -244,30 +383,38 @@ pub fn run_fine_tune(
         };
         let (examples, prior) = (decode(&job.examples)?, decode(&job.prior_preservation)?);
         let settings = fine_tune_settings(&config, job.progress_every);
-        let mut recording: Option<CommandError> = None;
+        // Why training stopped early: a record refused, or the job taken over.
+        let mut stopped: Option<WorkerError> = None;
         let tuned = fine_tune(&base, &examples, &prior, &settings, |report| {
-            let command = FineTuneCommand::RecordProgress { step: report.step as u32, loss: report.loss };
+            if let Some(why) = heartbeat.lost() {
+                stopped = Some(WorkerError::TakenOver(why));
+                return Flow::Stop;
+            }
+            let command = FineTuneCommand::RecordProgress { worker: name.clone(), step: report.step as u32, loss: report.loss };
             match bus.execute::<FineTune>(&stream, None, &context, command) {
                 Ok(_) => {
                     progress(report.step as u32, report.steps as u32, report.loss);
                     Flow::Continue
                 }
                 Err(error) => {
-                    recording = Some(error);
+                    stopped = Some(error.into());
                     Flow::Stop
                 }
             }
         });
-        if let Some(error) = recording {
-            return Err(error.into());
+        if let Some(error) = stopped {
+            return Err(error);
         }
         let tuned = tuned?;
         let adapter = blobs.put(&adapter_to_safetensors(&tuned.adapter)?)?.hash;
-        bus.execute::<FineTune>(&stream, None, &context, FineTuneCommand::Complete { adapter: adapter.clone(), final_loss: tuned.final_loss })?;
+        bus.execute::<FineTune>(&stream, None, &context, FineTuneCommand::Complete { worker: name.clone(), adapter: adapter.clone(), final_loss: tuned.final_loss })?;
         Ok(FineTuneRun { adapter, final_loss: tuned.final_loss, examples: examples.len(), prior: prior.len() })
     })();
-    if let Err(error) = &result {
-        let fail = FineTuneCommand::Fail { reason: error.to_string() };
+    drop(heartbeat);
+    if let Err(error) = &result
+        && !error.is_other_workers()
+    {
+        let fail = FineTuneCommand::Fail { worker: name, reason: error.to_string() };
         if let Err(append) = bus.execute::<FineTune>(&stream, None, &context, fail) {
             tracing::error!(%fine_tune_id, error = %append, "could not record the fine-tune's failure");
         }
@@ -321,6 +468,10 @@ mod tests {
         Setup { _dir: dir, bus, blobs, models, model }
     }
 
+    fn worker(name: &str) -> Worker {
+        Worker { name: name.into(), lease_seconds: 60 }
+    }
+
     fn request(setup: &Setup, prompts: &[&str]) -> GenerationId {
         let id = GenerationId(Uuid::now_v7());
         let items = prompts
@@ -340,7 +491,7 @@ mod tests {
         let prompts: Vec<&str> = ["a woman at the beach", "a man with a dog", "a child in a park"].into_iter().cycle().take(35).collect();
         let id = request(&setup, &prompts);
         let mut reports = Vec::new();
-        let run = run_generation(&setup.bus, &setup.models, setup.blobs.as_ref(), id, "worker-1", &mut |done, total| reports.push((done, total))).unwrap();
+        let run = run_generation(&setup.bus, &setup.models, setup.blobs.as_ref(), id, &worker("worker-1"), &mut |done, total| reports.push((done, total))).unwrap();
         assert_eq!(run, GenerationRun { images: 35, already_done: 0 });
         assert_eq!(reports, vec![(0, 35), (32, 35), (35, 35)]);
         let (job, _) = setup.bus.load::<Generation>(&id.stream()).unwrap();
@@ -352,7 +503,7 @@ mod tests {
         }
         // The same item gives the same picture in another job.
         let again = request(&setup, &prompts[..2]);
-        run_generation(&setup.bus, &setup.models, setup.blobs.as_ref(), again, "worker-2", &mut |_, _| {}).unwrap();
+        run_generation(&setup.bus, &setup.models, setup.blobs.as_ref(), again, &worker("worker-2"), &mut |_, _| {}).unwrap();
         let (second, _) = setup.bus.load::<Generation>(&again.stream()).unwrap();
         assert_eq!(second.images[&0].1, job.images[&0].1, "same prompt and seed, same blob");
         assert_eq!(second.images[&1].1, job.images[&1].1);
@@ -362,17 +513,18 @@ mod tests {
     fn an_interrupted_job_resumes_where_it_stopped() {
         let setup = setup();
         let id = request(&setup, &["a woman at the beach", "a child in a park", "a man", "an elderly person"]);
-        // A worker recorded two images, then died.
+        // A worker recorded two images, then died (two minutes ago: its lease has expired).
         let context = CommandContext::new(Actor::new("worker-1", Role::System));
-        setup.bus.execute::<Generation>(&id.stream(), None, &context, GenerationCommand::Start { worker: "worker-1".into() }).unwrap();
+        let long_ago = Utc::now() - chrono::TimeDelta::seconds(120);
+        setup.bus.execute::<Generation>(&id.stream(), None, &context, GenerationCommand::Start { worker: "worker-1".into(), now: long_ago, lease_seconds: 60 }).unwrap();
         let uninterrupted = request(&setup, &["a woman at the beach", "a child in a park", "a man", "an elderly person"]);
-        run_generation(&setup.bus, &setup.models, setup.blobs.as_ref(), uninterrupted, "worker-0", &mut |_, _| {}).unwrap();
+        run_generation(&setup.bus, &setup.models, setup.blobs.as_ref(), uninterrupted, &worker("worker-0"), &mut |_, _| {}).unwrap();
         let (reference, _) = setup.bus.load::<Generation>(&uninterrupted.stream()).unwrap();
         for index in [0u32, 1] {
             let blob = reference.images[&index].1.clone();
-            setup.bus.execute::<Generation>(&id.stream(), None, &context, GenerationCommand::RecordImage { index, image_id: ImageId(Uuid::now_v7()), blob }).unwrap();
+            setup.bus.execute::<Generation>(&id.stream(), None, &context, GenerationCommand::RecordImage { worker: "worker-1".into(), index, image_id: ImageId(Uuid::now_v7()), blob }).unwrap();
         }
-        let run = run_generation(&setup.bus, &setup.models, setup.blobs.as_ref(), id, "worker-2", &mut |_, _| {}).unwrap();
+        let run = run_generation(&setup.bus, &setup.models, setup.blobs.as_ref(), id, &worker("worker-2"), &mut |_, _| {}).unwrap();
         assert_eq!(run, GenerationRun { images: 4, already_done: 2 });
         let (job, _) = setup.bus.load::<Generation>(&id.stream()).unwrap();
         assert_eq!(job.status, JobStatus::Completed);
@@ -381,10 +533,53 @@ mod tests {
     }
 
     #[test]
+    fn a_job_another_worker_holds_is_left_alone() {
+        let setup = setup();
+        let id = request(&setup, &["a woman at the beach"]);
+        let context = CommandContext::new(Actor::new("worker-1", Role::System));
+        setup.bus.execute::<Generation>(&id.stream(), None, &context, GenerationCommand::Start { worker: "worker-1".into(), now: Utc::now(), lease_seconds: 60 }).unwrap();
+        let version = setup.bus.load::<Generation>(&id.stream()).unwrap().1;
+        let error = run_generation(&setup.bus, &setup.models, setup.blobs.as_ref(), id, &worker("worker-2"), &mut |_, _| {}).unwrap_err();
+        assert!(error.is_other_workers(), "{error}");
+        assert!(error.to_string().contains("leased to worker worker-1"), "{error}");
+        let (job, after) = setup.bus.load::<Generation>(&id.stream()).unwrap();
+        assert_eq!((job.status, after), (JobStatus::Running, version), "the refused worker recorded nothing, not even a failure");
+        // Its holder (restarted under the same name) resumes it at once.
+        run_generation(&setup.bus, &setup.models, setup.blobs.as_ref(), id, &worker("worker-1"), &mut |_, _| {}).unwrap();
+        assert_eq!(setup.bus.load::<Generation>(&id.stream()).unwrap().0.status, JobStatus::Completed);
+    }
+
+    #[test]
+    fn the_heartbeat_keeps_the_lease_and_notices_a_takeover() {
+        let setup = setup();
+        let id = request(&setup, &["a woman at the beach"]);
+        let short = Worker { name: "worker-1".into(), lease_seconds: 1 };
+        let context = short.context();
+        setup.bus.execute::<Generation>(&id.stream(), None, &context, GenerationCommand::Start { worker: short.name.clone(), now: Utc::now(), lease_seconds: 1 }).unwrap();
+        let heartbeat = Heartbeat::start::<Generation>(&setup.bus, &id.stream(), &short, |worker, now, lease_seconds| GenerationCommand::Renew { worker, now, lease_seconds });
+        std::thread::sleep(Duration::from_millis(1500));
+        // Past the first lease's end, it is still worker-1's: the heartbeat renewed it.
+        let other = CommandContext::new(Actor::new("worker-2", Role::System));
+        let take = |now| GenerationCommand::Start { worker: "worker-2".into(), now, lease_seconds: 60 };
+        let refused = setup.bus.execute::<Generation>(&id.stream(), None, &other, take(Utc::now())).unwrap_err();
+        assert!(matches!(refused, CommandError::Domain(DomainError::LeaseHeld { .. })), "{refused}");
+        assert!(heartbeat.lost().is_none());
+        // worker-2 takes it over (as it would once worker-1 stopped renewing); worker-1's next
+        // renewal is refused and the heartbeat says so.
+        setup.bus.execute::<Generation>(&id.stream(), None, &other, take(Utc::now() + chrono::TimeDelta::seconds(10))).unwrap();
+        std::thread::sleep(Duration::from_millis(800));
+        let lost = heartbeat.lost().expect("the heartbeat noticed the takeover");
+        assert!(lost.contains("taken over"), "{lost}");
+        drop(heartbeat);
+        let renewals = setup.bus.store().read_stream(&crate::store::StreamName::new(id.stream()).unwrap(), 1, 100).unwrap().iter().filter(|e| e.event_type == "GenerationLeaseRenewed").count();
+        assert!(renewals >= 3, "{renewals} renewals in 1.5 s of a 1 s lease");
+    }
+
+    #[test]
     fn a_job_that_cannot_run_fails_with_its_reason() {
         let setup = setup();
         let id = request(&setup, &["a woman riding a giraffe"]);
-        let error = run_generation(&setup.bus, &setup.models, setup.blobs.as_ref(), id, "worker-1", &mut |_, _| {}).unwrap_err();
+        let error = run_generation(&setup.bus, &setup.models, setup.blobs.as_ref(), id, &worker("worker-1"), &mut |_, _| {}).unwrap_err();
         assert!(error.to_string().contains("giraffe"), "{error}");
         let (job, _) = setup.bus.load::<Generation>(&id.stream()).unwrap();
         assert_eq!(job.status, JobStatus::Failed);
@@ -392,7 +587,7 @@ mod tests {
         let other = Setup { blobs: Arc::new(MemoryBlobStore::default()), ..setup };
         let models = Models::new(other.blobs.clone(), Backend::Cpu);
         let id = request(&other, &["a woman"]);
-        let error = run_generation(&other.bus, &models, other.blobs.as_ref(), id, "worker-1", &mut |_, _| {}).unwrap_err();
+        let error = run_generation(&other.bus, &models, other.blobs.as_ref(), id, &worker("worker-1"), &mut |_, _| {}).unwrap_err();
         assert!(error.to_string().contains("not in the blob store"), "{error}");
         assert_eq!(other.bus.load::<Generation>(&id.stream()).unwrap().0.status, JobStatus::Failed);
     }
@@ -404,7 +599,7 @@ mod tests {
         use domain::model_version::{ModelVersionCommand, SourceFineTune};
         let setup = setup();
         let id = request(&setup, &["a woman at the beach", "a man in a park", "a child", "a woman"]);
-        run_generation(&setup.bus, &setup.models, setup.blobs.as_ref(), id, "worker-1", &mut |_, _| {}).unwrap();
+        run_generation(&setup.bus, &setup.models, setup.blobs.as_ref(), id, &worker("worker-1"), &mut |_, _| {}).unwrap();
         let (job, _) = setup.bus.load::<Generation>(&id.stream()).unwrap();
         let examples: Vec<TrainingExample> = job.images.iter().map(|(index, (image_id, blob))| TrainingExample { image_id: *image_id, blob: blob.clone(), prompt: job.items[*index as usize].prompt.clone(), prompt_id: None }).collect();
         let ask = |examples: Vec<TrainingExample>| {
@@ -416,7 +611,7 @@ mod tests {
         };
         let fine_tune_id = ask(examples.clone());
         let mut reports = Vec::new();
-        let run = run_fine_tune(&setup.bus, &setup.models, setup.blobs.as_ref(), fine_tune_id, "trainer", &mut |step, steps, _| reports.push((step, steps))).unwrap();
+        let run = run_fine_tune(&setup.bus, &setup.models, setup.blobs.as_ref(), fine_tune_id, &worker("trainer"), &mut |step, steps, _| reports.push((step, steps))).unwrap();
         assert_eq!(reports, vec![(2, 6), (4, 6), (6, 6)]);
         assert_eq!((run.examples, run.prior), (3, 1));
         let (tuned, _) = setup.bus.load::<FineTune>(&fine_tune_id.stream()).unwrap();
@@ -441,7 +636,7 @@ mod tests {
         let mut broken = examples;
         broken[0].blob = crate::blobs::blob_hash(b"never stored");
         let failing = ask(broken);
-        let error = run_fine_tune(&setup.bus, &setup.models, setup.blobs.as_ref(), failing, "trainer", &mut |_, _, _| {}).unwrap_err();
+        let error = run_fine_tune(&setup.bus, &setup.models, setup.blobs.as_ref(), failing, &worker("trainer"), &mut |_, _, _| {}).unwrap_err();
         assert!(error.to_string().contains("not in the blob store"), "{error}");
         assert_eq!(setup.bus.load::<FineTune>(&failing.stream()).unwrap().0.status, JobStatus::Failed);
     }

@@ -40,6 +40,10 @@ pub enum DomainError {
     RoundNotClosed { round: String },
     #[error("{message}")]
     Forbidden { message: String },
+    #[error("{entity} is leased to worker {holder} until {until}: another worker may take it over only after that")]
+    LeaseHeld { entity: &'static str, holder: String, until: String },
+    #[error("worker {worker} does not hold the {entity}'s lease (held by {holder}): it was taken over")]
+    NotLeaseHolder { entity: &'static str, worker: String, holder: String },
 }
 
 impl DomainError {
@@ -60,7 +64,9 @@ impl DomainError {
             | DomainError::RoundClosed { .. }
             | DomainError::AlreadyAnnotated { .. }
             | DomainError::ItemComplete { .. }
-            | DomainError::RoundNotClosed { .. } => ErrorKind::Conflict,
+            | DomainError::RoundNotClosed { .. }
+            | DomainError::LeaseHeld { .. }
+            | DomainError::NotLeaseHolder { .. } => ErrorKind::Conflict,
             DomainError::NotAssigned { .. } | DomainError::Forbidden { .. } => ErrorKind::Forbidden,
         }
     }

@@ -1,11 +1,13 @@
 //! A LoRA fine-tuning job: (accepted image, original training prompt) pairs plus a
 //! prior-preservation set, trained on a base model; progress every N steps; an adapter blob.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Aggregate, EventPayload};
 use crate::error::DomainError;
 use crate::ids::{CampaignId, FineTuneId, ImageId, ModelVersionId, PromptId, RoundId};
+use crate::lease::Lease;
 use crate::round::{RoundKind, RoundStatus};
 use crate::values::{BlobHash, Name, Sentence};
 
@@ -91,10 +93,15 @@ pub enum FineTuneCommand {
         progress_every: u32,
         campaign_id: Option<CampaignId>,
     },
-    Start { worker: String },
-    RecordProgress { step: u32, loss: f32 },
-    Complete { adapter: BlobHash, final_loss: f32 },
-    Fail { reason: String },
+    /// A worker claims the job for `lease_seconds` from `now` (again after a crash: training
+    /// restarts from step 0). Refused while another worker's lease runs ([`crate::lease`]).
+    Start { worker: String, now: DateTime<Utc>, lease_seconds: u32 },
+    /// The holder keeps the job for `lease_seconds` more from `now`.
+    Renew { worker: String, now: DateTime<Utc>, lease_seconds: u32 },
+    RecordProgress { worker: String, step: u32, loss: f32 },
+    Complete { worker: String, adapter: BlobHash, final_loss: f32 },
+    /// Ends the job as failed; while it runs, only its holder may.
+    Fail { worker: String, reason: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,7 +117,14 @@ pub enum FineTuneEvent {
         progress_every: u32,
         campaign_id: Option<CampaignId>,
     },
-    FineTuneStarted { fine_tune_id: FineTuneId, worker: String },
+    FineTuneStarted {
+        fine_tune_id: FineTuneId,
+        worker: String,
+        /// The end of the worker's lease (absent in jobs started before leases existed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lease_until: Option<DateTime<Utc>>,
+    },
+    FineTuneLeaseRenewed { fine_tune_id: FineTuneId, worker: String, lease_until: DateTime<Utc> },
     FineTuneProgressed { fine_tune_id: FineTuneId, step: u32, total_steps: u32, loss: f32 },
     FineTuneCompleted { fine_tune_id: FineTuneId, adapter: BlobHash, final_loss: f32 },
     FineTuneFailed { fine_tune_id: FineTuneId, reason: String },
@@ -138,9 +152,19 @@ pub struct FineTune {
     /// The round whose accepted images the examples are (T-HITL).
     pub source_round: Option<RoundId>,
     pub final_loss: Option<f32>,
+    /// The worker running (or last running) the job, and until when.
+    pub lease: Option<Lease>,
 }
 
 impl FineTune {
+    /// The job runs and `worker` holds it.
+    fn check_running(&self, worker: &str, action: &'static str) -> Result<(), DomainError> {
+        if self.status != JobStatus::Running {
+            return Err(DomainError::wrong_state("fine-tune", self.status, action));
+        }
+        Lease::check_holder(self.lease.as_ref(), "fine-tune", worker)
+    }
+
     fn unfinished_id(&self, action: &'static str) -> Result<FineTuneId, DomainError> {
         let id = self.id.ok_or(DomainError::NotFound { entity: "fine-tune", id: "(not requested)".into() })?;
         if self.status.is_finished() {
@@ -251,16 +275,22 @@ impl Aggregate for FineTune {
                     campaign_id,
                 }])
             }
-            FineTuneCommand::Start { worker } => {
+            FineTuneCommand::Start { worker, now, lease_seconds } => {
                 let fine_tune_id = self.unfinished_id("starting")?;
                 let worker = Name::parse("worker", &worker)?;
-                Ok(vec![FineTuneEvent::FineTuneStarted { fine_tune_id, worker: worker.into() }])
+                let lease_until = Lease::end(now, lease_seconds)?;
+                Lease::check_start(self.lease.as_ref(), "fine-tune", worker.as_str(), now)?;
+                Ok(vec![FineTuneEvent::FineTuneStarted { fine_tune_id, worker: worker.into(), lease_until: Some(lease_until) }])
             }
-            FineTuneCommand::RecordProgress { step, loss } => {
+            FineTuneCommand::Renew { worker, now, lease_seconds } => {
+                let fine_tune_id = self.unfinished_id("renewing its lease")?;
+                let lease_until = Lease::end(now, lease_seconds)?;
+                self.check_running(&worker, "renewing its lease")?;
+                Ok(vec![FineTuneEvent::FineTuneLeaseRenewed { fine_tune_id, worker, lease_until }])
+            }
+            FineTuneCommand::RecordProgress { worker, step, loss } => {
                 let fine_tune_id = self.unfinished_id("recording progress")?;
-                if self.status != JobStatus::Running {
-                    return Err(DomainError::wrong_state("fine-tune", self.status, "recording progress"));
-                }
+                self.check_running(&worker, "recording progress")?;
                 let total_steps = self.config.as_ref().map_or(0, |c| c.steps);
                 if step == 0 || step > total_steps {
                     return Err(DomainError::invalid("step", format!("must be between 1 and {total_steps}")));
@@ -276,18 +306,19 @@ impl Aggregate for FineTune {
                 }
                 Ok(vec![FineTuneEvent::FineTuneProgressed { fine_tune_id, step, total_steps, loss }])
             }
-            FineTuneCommand::Complete { adapter, final_loss } => {
+            FineTuneCommand::Complete { worker, adapter, final_loss } => {
                 let fine_tune_id = self.unfinished_id("completing")?;
-                if self.status != JobStatus::Running {
-                    return Err(DomainError::wrong_state("fine-tune", self.status, "completing"));
-                }
+                self.check_running(&worker, "completing")?;
                 if !final_loss.is_finite() {
                     return Err(DomainError::invalid("final_loss", "must be a finite number"));
                 }
                 Ok(vec![FineTuneEvent::FineTuneCompleted { fine_tune_id, adapter, final_loss }])
             }
-            FineTuneCommand::Fail { reason } => {
+            FineTuneCommand::Fail { worker, reason } => {
                 let fine_tune_id = self.unfinished_id("failing")?;
+                if self.status == JobStatus::Running {
+                    Lease::check_holder(self.lease.as_ref(), "fine-tune", &worker)?;
+                }
                 let reason = Sentence::parse("reason", &reason)?;
                 Ok(vec![FineTuneEvent::FineTuneFailed { fine_tune_id, reason: reason.into() }])
             }
@@ -308,10 +339,14 @@ impl Aggregate for FineTune {
                 self.progress_every = *progress_every;
                 self.campaign_id = *campaign_id;
             }
-            FineTuneEvent::FineTuneStarted { .. } => {
+            FineTuneEvent::FineTuneStarted { worker, lease_until, .. } => {
                 self.status = JobStatus::Running;
+                self.lease = Some(Lease::recorded(worker, *lease_until));
                 // A restarted job trains again from step 0.
                 self.last_step = 0;
+            }
+            FineTuneEvent::FineTuneLeaseRenewed { worker, lease_until, .. } => {
+                self.lease = Some(Lease::recorded(worker, Some(*lease_until)));
             }
             FineTuneEvent::FineTuneProgressed { step, loss, .. } => {
                 self.last_step = *step;
@@ -330,6 +365,15 @@ impl Aggregate for FineTune {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `seconds` after a fixed instant.
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
+    }
+
+    fn start(worker: &str, seconds: i64) -> FineTuneCommand {
+        FineTuneCommand::Start { worker: worker.into(), now: at(seconds), lease_seconds: 60 }
+    }
     use crate::testing::{ApplyAll, then_error};
     use uuid::Uuid;
 
@@ -383,41 +427,54 @@ mod tests {
     fn a_fine_tune_runs_with_progress_to_an_adapter() {
         let (job, events) = FineTune::default().then(request(Arm::Thitl, Some(round(RoundStatus::Closed, RoundKind::Screen))));
         assert!(matches!(&events[..], [FineTuneEvent::FineTuneRequested { source_round: Some(_), arm: Arm::Thitl, .. }]));
-        then_error(job.decide(FineTuneCommand::RecordProgress { step: 5, loss: 0.3 }), |e| {
-            matches!(e, DomainError::WrongState { .. })
-        });
-        let (job, _) = job.then(FineTuneCommand::Start { worker: "gpu-0".into() });
-        let (job, events) = job.then(FineTuneCommand::RecordProgress { step: 5, loss: 0.3 });
+        let progress = |step, loss| FineTuneCommand::RecordProgress { worker: "gpu-0".into(), step, loss };
+        then_error(job.decide(progress(5, 0.3)), |e| matches!(e, DomainError::WrongState { .. }));
+        let (job, _) = job.then(start("gpu-0", 0));
+        let (job, events) = job.then(progress(5, 0.3));
         assert_eq!(
             events,
             vec![FineTuneEvent::FineTuneProgressed { fine_tune_id: job.id.unwrap(), step: 5, total_steps: 10, loss: 0.3 }]
         );
-        then_error(job.decide(FineTuneCommand::RecordProgress { step: 5, loss: 0.2 }), |e| {
-            matches!(e, DomainError::Invalid { field: "step", .. })
-        });
-        then_error(job.decide(FineTuneCommand::RecordProgress { step: 11, loss: 0.2 }), |e| {
-            matches!(e, DomainError::Invalid { field: "step", .. })
-        });
-        then_error(job.decide(FineTuneCommand::RecordProgress { step: 6, loss: f32::NAN }), |e| {
-            matches!(e, DomainError::Invalid { field: "loss", .. })
-        });
+        then_error(job.decide(progress(5, 0.2)), |e| matches!(e, DomainError::Invalid { field: "step", .. }));
+        then_error(job.decide(progress(11, 0.2)), |e| matches!(e, DomainError::Invalid { field: "step", .. }));
+        then_error(job.decide(progress(6, f32::NAN)), |e| matches!(e, DomainError::Invalid { field: "loss", .. }));
         let adapter = BlobHash::parse(&"f".repeat(64)).unwrap();
-        let (job, _) = job.then(FineTuneCommand::Complete { adapter: adapter.clone(), final_loss: 0.1 });
+        let complete = |worker: &str| FineTuneCommand::Complete { worker: worker.into(), adapter: adapter.clone(), final_loss: 0.1 };
+        then_error(job.decide(complete("gpu-1")), |e| matches!(e, DomainError::NotLeaseHolder { .. }));
+        let (job, _) = job.then(complete("gpu-0"));
         assert_eq!(job.adapter, Some(adapter.clone()));
-        then_error(job.decide(FineTuneCommand::Complete { adapter, final_loss: 0.1 }), |e| {
-            matches!(e, DomainError::WrongState { .. })
+        then_error(job.decide(complete("gpu-0")), |e| matches!(e, DomainError::WrongState { .. }));
+    }
+
+    #[test]
+    fn a_dead_workers_fine_tune_is_taken_over_after_its_lease_and_trains_from_step_0() {
+        let (job, _) = FineTune::default().then(request(Arm::Traditional, None));
+        let (job, _) = job.then(start("gpu-0", 0));
+        let (job, _) = job.then(FineTuneCommand::RecordProgress { worker: "gpu-0".into(), step: 5, loss: 0.3 });
+        let renew = |worker: &str, seconds| FineTuneCommand::Renew { worker: worker.into(), now: at(seconds), lease_seconds: 60 };
+        let (job, _) = job.then(renew("gpu-0", 30));
+        then_error(job.decide(start("gpu-1", 89)), |e| matches!(e, DomainError::LeaseHeld { .. }));
+        let (job, events) = job.then(start("gpu-1", 90));
+        assert!(matches!(&events[..], [FineTuneEvent::FineTuneStarted { worker, .. }] if worker == "gpu-1"));
+        assert_eq!(job.last_step, 0);
+        then_error(job.decide(renew("gpu-0", 91)), |e| matches!(e, DomainError::NotLeaseHolder { .. }));
+        then_error(job.decide(FineTuneCommand::Fail { worker: "gpu-0".into(), reason: "gave up".into() }), |e| {
+            matches!(e, DomainError::NotLeaseHolder { .. })
         });
+        let (job, _) = job.then(FineTuneCommand::RecordProgress { worker: "gpu-1".into(), step: 5, loss: 0.25 });
+        assert_eq!(job.losses, [(5, 0.3), (5, 0.25)]);
     }
 
     #[test]
     fn the_traditional_arm_needs_no_round() {
         let (job, _) = FineTune::default().then(request(Arm::Traditional, None));
         assert_eq!(job.arm, Some(Arm::Traditional));
-        let (job, events) = job.then(FineTuneCommand::Fail { reason: "worker lost".into() });
+        let fail = |reason: &str| FineTuneCommand::Fail { worker: "w".into(), reason: reason.into() };
+        let (job, events) = job.then(fail("worker lost"));
         assert!(matches!(&events[..], [FineTuneEvent::FineTuneFailed { .. }]));
-        then_error(job.decide(FineTuneCommand::Start { worker: "w".into() }), |e| matches!(e, DomainError::WrongState { .. }));
-        then_error(job.decide(FineTuneCommand::Fail { reason: "again".into() }), |e| matches!(e, DomainError::WrongState { .. }));
-        then_error(FineTune::default().decide(FineTuneCommand::Start { worker: "w".into() }), |e| {
+        then_error(job.decide(start("w", 0)), |e| matches!(e, DomainError::WrongState { .. }));
+        then_error(job.decide(fail("again")), |e| matches!(e, DomainError::WrongState { .. }));
+        then_error(FineTune::default().decide(start("w", 0)), |e| {
             matches!(e, DomainError::NotFound { .. })
         });
         assert_eq!(job.apply_all(&[]).status, JobStatus::Failed);

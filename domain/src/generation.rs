@@ -3,11 +3,13 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Aggregate, EventPayload};
 use crate::error::DomainError;
 use crate::ids::{AssociationId, CampaignId, GenerationId, ImageId, ModelVersionId, PromptId};
+use crate::lease::Lease;
 use crate::values::{BlobHash, Sentence};
 
 pub const MAX_IMAGES_PER_JOB: usize = 100_000;
@@ -61,11 +63,15 @@ pub enum GenerationCommand {
         sampler: SamplerSettings,
         campaign_id: Option<CampaignId>,
     },
-    /// A worker takes the job (again, after a crash: images already recorded are kept).
-    Start { worker: String },
-    RecordImage { index: u32, image_id: ImageId, blob: BlobHash },
-    Complete,
-    Fail { reason: String },
+    /// A worker claims the job for `lease_seconds` from `now` (again, after a crash: images
+    /// already recorded are kept). Refused while another worker's lease runs ([`crate::lease`]).
+    Start { worker: String, now: DateTime<Utc>, lease_seconds: u32 },
+    /// The holder keeps the job for `lease_seconds` more from `now`.
+    Renew { worker: String, now: DateTime<Utc>, lease_seconds: u32 },
+    RecordImage { worker: String, index: u32, image_id: ImageId, blob: BlobHash },
+    Complete { worker: String },
+    /// Ends the job as failed; while it runs, only its holder may.
+    Fail { worker: String, reason: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,7 +84,15 @@ pub enum GenerationEvent {
         sampler: SamplerSettings,
         campaign_id: Option<CampaignId>,
     },
-    GenerationStarted { generation_id: GenerationId, worker: String, already_done: u32 },
+    GenerationStarted {
+        generation_id: GenerationId,
+        worker: String,
+        already_done: u32,
+        /// The end of the worker's lease (absent in jobs started before leases existed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lease_until: Option<DateTime<Utc>>,
+    },
+    GenerationLeaseRenewed { generation_id: GenerationId, worker: String, lease_until: DateTime<Utc> },
     ImageGenerated {
         generation_id: GenerationId,
         index: u32,
@@ -121,7 +135,8 @@ pub struct Generation {
     pub sampler: SamplerSettings,
     pub campaign_id: Option<CampaignId>,
     pub images: BTreeMap<u32, (ImageId, BlobHash)>,
-    pub worker: Option<String>,
+    /// The worker running (or last running) the job, and until when.
+    pub lease: Option<Lease>,
 }
 
 impl Generation {
@@ -131,6 +146,14 @@ impl Generation {
             return Err(DomainError::wrong_state("generation", self.status, action));
         }
         Ok(id)
+    }
+
+    /// The job runs and `worker` holds it.
+    fn check_running(&self, worker: &str, action: &'static str) -> Result<(), DomainError> {
+        if self.status != JobStatus::Running {
+            return Err(DomainError::wrong_state("generation", self.status, action));
+        }
+        Lease::check_holder(self.lease.as_ref(), "generation", worker)
     }
 
     /// Indices still to generate, in order.
@@ -184,20 +207,27 @@ impl Aggregate for Generation {
                     campaign_id,
                 }])
             }
-            GenerationCommand::Start { worker } => {
+            GenerationCommand::Start { worker, now, lease_seconds } => {
                 let generation_id = self.unfinished_id("starting")?;
                 let worker = crate::values::Name::parse("worker", &worker)?;
+                let lease_until = Lease::end(now, lease_seconds)?;
+                Lease::check_start(self.lease.as_ref(), "generation", worker.as_str(), now)?;
                 Ok(vec![GenerationEvent::GenerationStarted {
                     generation_id,
                     worker: worker.into(),
                     already_done: self.images.len() as u32,
+                    lease_until: Some(lease_until),
                 }])
             }
-            GenerationCommand::RecordImage { index, image_id, blob } => {
+            GenerationCommand::Renew { worker, now, lease_seconds } => {
+                let generation_id = self.unfinished_id("renewing its lease")?;
+                let lease_until = Lease::end(now, lease_seconds)?;
+                self.check_running(&worker, "renewing its lease")?;
+                Ok(vec![GenerationEvent::GenerationLeaseRenewed { generation_id, worker, lease_until }])
+            }
+            GenerationCommand::RecordImage { worker, index, image_id, blob } => {
                 let generation_id = self.unfinished_id("recording images")?;
-                if self.status != JobStatus::Running {
-                    return Err(DomainError::wrong_state("generation", self.status, "recording images"));
-                }
+                self.check_running(&worker, "recording images")?;
                 let Some(item) = self.items.get(index as usize) else {
                     return Err(DomainError::invalid(
                         "index",
@@ -218,8 +248,9 @@ impl Aggregate for Generation {
                     }]),
                 }
             }
-            GenerationCommand::Complete => {
+            GenerationCommand::Complete { worker } => {
                 let generation_id = self.unfinished_id("completing")?;
+                self.check_running(&worker, "completing")?;
                 let missing = self.items.len() - self.images.len();
                 if missing > 0 {
                     return Err(DomainError::WrongState {
@@ -230,8 +261,11 @@ impl Aggregate for Generation {
                 }
                 Ok(vec![GenerationEvent::GenerationCompleted { generation_id, images: self.images.len() as u32 }])
             }
-            GenerationCommand::Fail { reason } => {
+            GenerationCommand::Fail { worker, reason } => {
                 let generation_id = self.unfinished_id("failing")?;
+                if self.status == JobStatus::Running {
+                    Lease::check_holder(self.lease.as_ref(), "generation", &worker)?;
+                }
                 let reason = Sentence::parse("reason", &reason)?;
                 Ok(vec![GenerationEvent::GenerationFailed {
                     generation_id,
@@ -253,9 +287,12 @@ impl Aggregate for Generation {
                 self.sampler = sampler.clone();
                 self.campaign_id = *campaign_id;
             }
-            GenerationEvent::GenerationStarted { worker, .. } => {
+            GenerationEvent::GenerationStarted { worker, lease_until, .. } => {
                 self.status = JobStatus::Running;
-                self.worker = Some(worker.clone());
+                self.lease = Some(Lease::recorded(worker, *lease_until));
+            }
+            GenerationEvent::GenerationLeaseRenewed { worker, lease_until, .. } => {
+                self.lease = Some(Lease::recorded(worker, Some(*lease_until)));
             }
             GenerationEvent::ImageGenerated { index, image_id, blob, .. } => {
                 self.images.insert(*index, (*image_id, blob.clone()));
@@ -298,13 +335,34 @@ mod tests {
     }
 
     fn image(index: u32, c: char) -> GenerationCommand {
-        GenerationCommand::RecordImage { index, image_id: ImageId(Uuid::from_u128(100 + index as u128)), blob: blob(c) }
+        image_by("worker-1", index, c)
+    }
+
+    fn image_by(worker: &str, index: u32, c: char) -> GenerationCommand {
+        GenerationCommand::RecordImage { worker: worker.into(), index, image_id: ImageId(Uuid::from_u128(100 + index as u128)), blob: blob(c) }
+    }
+
+    /// `seconds` after a fixed instant.
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
+    }
+
+    fn start(worker: &str, seconds: i64) -> GenerationCommand {
+        GenerationCommand::Start { worker: worker.into(), now: at(seconds), lease_seconds: 60 }
+    }
+
+    fn complete() -> GenerationCommand {
+        GenerationCommand::Complete { worker: "worker-1".into() }
+    }
+
+    fn fail(worker: &str, reason: &str) -> GenerationCommand {
+        GenerationCommand::Fail { worker: worker.into(), reason: reason.into() }
     }
 
     #[test]
     fn a_job_runs_from_request_to_completion() {
         let (job, _) = Generation::default().then(request(vec![item(1), item(2)]));
-        let (job, started) = job.then(GenerationCommand::Start { worker: "worker-1".into() });
+        let (job, started) = job.then(start("worker-1", 0));
         assert!(matches!(&started[..], [GenerationEvent::GenerationStarted { already_done: 0, .. }]));
         let (job, events) = job.then(image(0, 'a'));
         match &events[..] {
@@ -317,9 +375,9 @@ mod tests {
         // Recording the same image again (a retried request) changes nothing.
         assert_eq!(job.decide(image(0, 'a')), Ok(vec![]));
         then_error(job.decide(image(0, 'b')), |e| matches!(e, DomainError::AlreadyExists { .. }));
-        then_error(job.decide(GenerationCommand::Complete), |e| matches!(e, DomainError::WrongState { .. }));
+        then_error(job.decide(complete()), |e| matches!(e, DomainError::WrongState { .. }));
         let (job, _) = job.then(image(1, 'b'));
-        let (job, done) = job.then(GenerationCommand::Complete);
+        let (job, done) = job.then(complete());
         assert_eq!(done, vec![GenerationEvent::GenerationCompleted { generation_id: job.id.unwrap(), images: 2 }]);
         then_error(job.decide(image(1, 'b')), |e| matches!(e, DomainError::WrongState { .. }));
     }
@@ -327,11 +385,42 @@ mod tests {
     #[test]
     fn an_interrupted_job_is_resumed_where_it_stopped() {
         let (job, _) = Generation::default().then(request(vec![item(1), item(2), item(3)]));
-        let (job, _) = job.then(GenerationCommand::Start { worker: "w1".into() });
-        let (job, _) = job.then(image(1, 'a'));
-        let (job, events) = job.then(GenerationCommand::Start { worker: "w2".into() });
+        let (job, _) = job.then(start("w1", 0));
+        let (job, _) = job.then(image_by("w1", 1, 'a'));
+        // w1 went quiet; w2 takes the job over once w1's lease has expired, not before.
+        then_error(job.decide(start("w2", 59)), |e| matches!(e, DomainError::LeaseHeld { holder, .. } if holder == "w1"));
+        let (job, events) = job.then(start("w2", 60));
         assert!(matches!(&events[..], [GenerationEvent::GenerationStarted { already_done: 1, .. }]));
         assert_eq!(job.remaining().collect::<Vec<_>>(), [0, 2]);
+        // w1 comes back: what it records, completes or fails is refused, and the job goes on.
+        then_error(job.decide(image_by("w1", 0, 'b')), |e| matches!(e, DomainError::NotLeaseHolder { .. }));
+        then_error(job.decide(fail("w1", "lost my GPU")), |e| matches!(e, DomainError::NotLeaseHolder { .. }));
+        let (job, _) = job.then(image_by("w2", 0, 'b'));
+        assert_eq!(job.remaining().collect::<Vec<_>>(), [2]);
+    }
+
+    #[test]
+    fn a_holder_keeps_its_job_by_renewing_the_lease() {
+        let (job, _) = Generation::default().then(request(vec![item(1)]));
+        let (job, _) = job.then(start("w1", 0));
+        let renew = |worker: &str, seconds| GenerationCommand::Renew { worker: worker.into(), now: at(seconds), lease_seconds: 60 };
+        let (job, events) = job.then(renew("w1", 50));
+        assert!(matches!(&events[..], [GenerationEvent::GenerationLeaseRenewed { lease_until, .. }] if *lease_until == at(110)));
+        then_error(job.decide(start("w2", 100)), |e| matches!(e, DomainError::LeaseHeld { .. }));
+        then_error(job.decide(renew("w2", 100)), |e| matches!(e, DomainError::NotLeaseHolder { .. }));
+        // A lapsed lease that nobody took over is still its holder's.
+        let (job, _) = job.then(renew("w1", 500));
+        let (job, _) = job.then(image_by("w1", 0, 'a'));
+        let (job, _) = job.then(GenerationCommand::Complete { worker: "w1".into() });
+        then_error(job.decide(renew("w1", 501)), |e| matches!(e, DomainError::WrongState { .. }));
+        // The lease survives a round trip through the log (old events without one read as free).
+        let old = r#"{"GenerationStarted":{"generation_id":"00000000-0000-0000-0000-000000000001","worker":"w0","already_done":0}}"#;
+        let event: GenerationEvent = serde_json::from_str(old).unwrap();
+        assert!(matches!(&event, GenerationEvent::GenerationStarted { lease_until: None, .. }));
+        let (requested, _) = Generation::default().then(request(vec![item(1)]));
+        let mut taken = requested.clone();
+        taken.evolve(&event);
+        assert_eq!(taken.decide(start("w9", 0)).map(|events| events.len()), Ok(1));
     }
 
     #[test]
@@ -345,7 +434,10 @@ mod tests {
         let (job, _) = Generation::default().then(request(vec![item(1)]));
         // Images are recorded only by a worker that started the job.
         then_error(job.decide(image(0, 'a')), |e| matches!(e, DomainError::WrongState { .. }));
-        let (job, _) = job.then(GenerationCommand::Start { worker: "w".into() });
+        then_error(job.decide(GenerationCommand::Start { worker: "w".into(), now: at(0), lease_seconds: 0 }), |e| {
+            matches!(e, DomainError::Invalid { field: "lease_seconds", .. })
+        });
+        let (job, _) = job.then(start("worker-1", 0));
         then_error(job.decide(image(5, 'a')), |e| matches!(e, DomainError::Invalid { field: "index", .. }));
         then_error(job.clone().decide(request(vec![item(1)])), |e| matches!(e, DomainError::AlreadyExists { .. }));
     }
@@ -353,11 +445,11 @@ mod tests {
     #[test]
     fn a_failed_job_is_final() {
         let (job, _) = Generation::default().then(request(vec![item(1)]));
-        let (job, events) = job.then(GenerationCommand::Fail { reason: "out of GPU memory".into() });
+        let (job, events) = job.then(fail("anyone", "out of GPU memory"));
         assert!(matches!(&events[..], [GenerationEvent::GenerationFailed { images: 0, .. }]));
-        then_error(job.decide(GenerationCommand::Start { worker: "w".into() }), |e| matches!(e, DomainError::WrongState { .. }));
-        then_error(job.decide(GenerationCommand::Fail { reason: "again".into() }), |e| matches!(e, DomainError::WrongState { .. }));
-        then_error(Generation::default().decide(GenerationCommand::Fail { reason: "x".into() }), |e| {
+        then_error(job.decide(start("w", 0)), |e| matches!(e, DomainError::WrongState { .. }));
+        then_error(job.decide(fail("w", "again")), |e| matches!(e, DomainError::WrongState { .. }));
+        then_error(Generation::default().decide(fail("w", "x")), |e| {
             matches!(e, DomainError::NotFound { .. })
         });
         let job = job.apply_all(&[]);

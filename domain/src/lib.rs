@@ -23,6 +23,7 @@ pub mod error;
 pub mod fine_tune;
 pub mod generation;
 pub mod ids;
+pub mod lease;
 pub mod metadata;
 pub mod model_version;
 pub mod neutral;

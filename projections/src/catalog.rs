@@ -57,6 +57,11 @@ pub struct GenerationView {
     pub images: u64,
     pub campaign_id: Option<CampaignId>,
     pub requested_at: DateTime<Utc>,
+    /// The worker running (or last running) the job, and the end of its lease.
+    #[serde(default)]
+    pub worker: Option<String>,
+    #[serde(default)]
+    pub lease_until: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,6 +75,11 @@ pub struct FineTuneView {
     pub total_steps: u32,
     pub campaign_id: Option<CampaignId>,
     pub requested_at: DateTime<Utc>,
+    /// The worker running (or last running) the job, and the end of its lease.
+    #[serde(default)]
+    pub worker: Option<String>,
+    #[serde(default)]
+    pub lease_until: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -212,12 +222,22 @@ impl Projection for Catalog {
                             images: 0,
                             campaign_id: *campaign_id,
                             requested_at: at,
+                            worker: None,
+                            lease_until: None,
                         },
                     );
                 }
-                GenerationEvent::GenerationStarted { generation_id, .. } => {
+                GenerationEvent::GenerationStarted { generation_id, worker, lease_until, .. } => {
                     if let Some(view) = self.generations.get_mut(generation_id) {
                         view.status = JobStatus::Running;
+                        view.worker = Some(worker.clone());
+                        view.lease_until = *lease_until;
+                    }
+                }
+                GenerationEvent::GenerationLeaseRenewed { generation_id, worker, lease_until } => {
+                    if let Some(view) = self.generations.get_mut(generation_id) {
+                        view.worker = Some(worker.clone());
+                        view.lease_until = Some(*lease_until);
                     }
                 }
                 GenerationEvent::ImageGenerated { generation_id, .. } => {
@@ -250,12 +270,23 @@ impl Projection for Catalog {
                             total_steps: config.steps,
                             campaign_id: *campaign_id,
                             requested_at: at,
+                            worker: None,
+                            lease_until: None,
                         },
                     );
                 }
-                FineTuneEvent::FineTuneStarted { fine_tune_id, .. } => {
+                FineTuneEvent::FineTuneStarted { fine_tune_id, worker, lease_until } => {
                     if let Some(view) = self.fine_tunes.get_mut(fine_tune_id) {
                         view.status = JobStatus::Running;
+                        view.worker = Some(worker.clone());
+                        view.lease_until = *lease_until;
+                        view.last_step = 0;
+                    }
+                }
+                FineTuneEvent::FineTuneLeaseRenewed { fine_tune_id, worker, lease_until } => {
+                    if let Some(view) = self.fine_tunes.get_mut(fine_tune_id) {
+                        view.worker = Some(worker.clone());
+                        view.lease_until = Some(*lease_until);
                     }
                 }
                 FineTuneEvent::FineTuneProgressed { fine_tune_id, step, .. } => {

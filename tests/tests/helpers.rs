@@ -87,8 +87,14 @@ impl Server {
 
     /// Like [`start`](Self::start), with extra environment variables (`THITL_BODY_LIMIT`, ...).
     pub fn start_with(data: &Path, env: &[(&str, &str)]) -> Server {
+        Self::start_with_args(data, &[], env)
+    }
+
+    /// Like [`start_with`](Self::start_with), with extra `thitl serve` arguments (`--no-jobs`).
+    pub fn start_with_args(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(thitl_bin())
             .args(["serve", "--data", data.to_str().unwrap(), "--bind", "127.0.0.1:0"])
+            .args(args)
             .envs(env.iter().copied())
             .env("THITL_LOG", "info")
             .env("NO_COLOR", "1")

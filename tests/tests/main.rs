@@ -17,3 +17,4 @@ mod serve;
 mod serve_campaign;
 mod store_copy;
 mod webdriver;
+mod workers;

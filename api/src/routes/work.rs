@@ -546,7 +546,8 @@ pub async fn generation(state: web::Data<AppState>, principal: Principal, path: 
     let images: Vec<Value> = job.images.iter().map(|(index, (image_id, blob))| json!({"index": index, "image_id": image_id, "blob": blob})).collect();
     let body = json!({
         "id": id, "status": job.status, "model_version": job.model_version, "purpose": job.purpose,
-        "items": job.items, "sampler": job.sampler, "campaign_id": job.campaign_id, "images": images, "worker": job.worker,
+        "items": job.items, "sampler": job.sampler, "campaign_id": job.campaign_id, "images": images,
+        "worker": job.lease.as_ref().map(|lease| &lease.worker), "lease_until": job.lease.as_ref().map(|lease| lease.until).filter(|until| *until > chrono::DateTime::<chrono::Utc>::MIN_UTC),
     });
     Ok(query_answer(body, position, Some(version)))
 }
@@ -565,6 +566,7 @@ pub async fn fine_tune(state: web::Data<AppState>, principal: Principal, path: w
     let body = json!({
         "id": id, "status": job.status, "base_model": job.base_model, "arm": job.arm, "config": job.config,
         "last_step": job.last_step, "losses": job.losses, "adapter": job.adapter, "campaign_id": job.campaign_id,
+        "worker": job.lease.as_ref().map(|lease| &lease.worker), "lease_until": job.lease.as_ref().map(|lease| lease.until).filter(|until| *until > chrono::DateTime::<chrono::Utc>::MIN_UTC),
     });
     Ok(query_answer(body, position, Some(version)))
 }
