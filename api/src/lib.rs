@@ -2,7 +2,7 @@
 //!
 //! | module | job |
 //! |---|---|
-//! | [`store`] | the `EventStore` trait, the SQLite adapter, the hash chain and its verification |
+//! | [`store`] | the `EventStore` trait, the SQLite and EventStoreDB/KurrentDB adapters, the hash chain and its verification |
 //! | [`commands`] | the write side: load, decide, append with the expected version |
 //! | [`runner`] | the projection runner (checkpointed) and `audit replay` |
 //! | [`data`] | a data directory's layout |

@@ -32,6 +32,7 @@
 pub mod chain;
 pub mod contract;
 pub mod copy;
+pub mod esdb;
 pub mod sqlite;
 pub mod subscription;
 
@@ -43,6 +44,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use chain::{VerifyFailure, VerifyReport, verify};
+pub use esdb::EsdbStore;
 pub use sqlite::SqliteStore;
 pub use subscription::{Subscription, subscribe};
 
