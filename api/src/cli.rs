@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::audit::{event_json, event_line};
 use crate::commands::CommandBus;
-use crate::data::DataDir;
+use crate::data::{DataDir, StoreLocation};
 use crate::runner::{ProjectionRunner, Until, replay};
 use crate::startup::Application;
 use crate::store::{StreamName, verify};
@@ -56,6 +56,11 @@ enum Command {
         /// (another `thitl serve` on the same data does).
         #[arg(long)]
         no_jobs: bool,
+        /// Where the events are: sqlite:DIR (default: the --data directory's events.db) or an
+        /// EventStoreDB/KurrentDB cluster, esdb://HOST:2113[,HOST:2113…]?tls=false. Blobs, the
+        /// checkpoint and idempotency records stay in --data.
+        #[arg(long, env = "THITL_STORE")]
+        store: Option<String>,
     },
     /// Run generation and fine-tune jobs on a data directory's store, beside `thitl serve` (which
     /// may then run with --no-jobs) and other workers: each job is claimed with a lease, so no two
@@ -73,6 +78,11 @@ enum Command {
         #[arg(long, env = "THITL_JOB_LEASE_SECONDS", default_value_t = crate::workers::DEFAULT_LEASE_SECONDS,
               value_parser = clap::value_parser!(u32).range(1..=i64::from(domain::lease::MAX_LEASE_SECONDS)))]
         lease_seconds: u32,
+        /// Where the events are: sqlite:DIR (default: the --data directory's events.db) or an
+        /// EventStoreDB/KurrentDB cluster, esdb://HOST:2113[,HOST:2113…]?tls=false. Blobs, the
+        /// checkpoint and idempotency records stay in --data.
+        #[arg(long, env = "THITL_STORE")]
+        store: Option<String>,
     },
     /// Issue or revoke API bearer tokens.
     #[command(subcommand)]
@@ -130,6 +140,11 @@ enum AuditCommand {
     Verify {
         #[arg(long, env = "THITL_DATA")]
         data: PathBuf,
+        /// Where the events are: sqlite:DIR (default: the --data directory's events.db) or an
+        /// EventStoreDB/KurrentDB cluster, esdb://HOST:2113[,HOST:2113…]?tls=false. Blobs, the
+        /// checkpoint and idempotency records stay in --data.
+        #[arg(long, env = "THITL_STORE")]
+        store: Option<String>,
     },
     /// Print recorded events, oldest first.
     Log {
@@ -212,7 +227,9 @@ enum BenchCommand {
 #[derive(Subcommand)]
 enum StoreCommand {
     /// Copy every stream, chain intact, into an empty store, and verify the copy.
-    /// Stores are named `sqlite:DIR` (a data directory; a bare path means the same).
+    /// Stores are named `sqlite:DIR` (a data directory; a bare path means the same) or
+    /// `esdb://HOST:2113?tls=false` (an EventStoreDB/KurrentDB cluster; events only: blobs are
+    /// copied between data directories).
     Copy {
         #[arg(long)]
         from: String,
@@ -232,15 +249,16 @@ enum ProjectionsCommand {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { data, bind, config, no_jobs } => serve(&data, bind, config.as_deref(), !no_jobs),
-        Command::Worker { data, name, lease_seconds } => {
-            worker(&data, crate::workers::Worker { name: name.unwrap_or_else(|| crate::workers::Worker::default_name("worker", true)), lease_seconds })
+        Command::Serve { data, bind, config, no_jobs, store } => serve(&data, store_location(store)?.as_ref(), bind, config.as_deref(), !no_jobs),
+        Command::Worker { data, name, lease_seconds, store } => {
+            let worker_name = name.unwrap_or_else(|| crate::workers::Worker::default_name("worker", true));
+            worker(&data, store_location(store)?.as_ref(), crate::workers::Worker { name: worker_name, lease_seconds })
         }
         Command::Token(TokenCommand::Create { data, role, name }) => token_create(&data, &role, &name),
         Command::Token(TokenCommand::Revoke { data, id, reason }) => token_revoke(&data, &id, &reason),
         Command::Demo { data, quick, json, seed } => demo(data, quick, json, seed),
         Command::Export { kind, data, format, out } => export(&kind, &data, &format, out.as_deref()),
-        Command::Audit(AuditCommand::Verify { data }) => audit_verify(&data),
+        Command::Audit(AuditCommand::Verify { data, store }) => audit_verify(&data, store_location(store)?.as_ref()),
         Command::Audit(AuditCommand::Log { data, stream, after, limit, json }) => audit_log(&data, stream, after, limit, json),
         Command::Audit(AuditCommand::Replay { data, until, json }) => audit_replay(&data, until, json),
         Command::Projections(ProjectionsCommand::Rebuild { data }) => rebuild(&data),
@@ -252,11 +270,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn worker(data: &Path, worker: crate::workers::Worker) -> anyhow::Result<ExitCode> {
+fn worker(data: &Path, store: Option<&StoreLocation>, worker: crate::workers::Worker) -> anyhow::Result<ExitCode> {
     if let Err(error) = domain::values::Name::parse("worker", &worker.name) {
         anyhow::bail!("--name: {error}");
     }
-    let dir = DataDir::open_existing(data)?;
+    let dir = DataDir::open_existing_with(data, store)?;
     let blobs = std::sync::Arc::new(crate::blobs::LocalBlobStore::open(&dir.root.join("blobs"))?);
     // Its own read models, in memory (the checkpoint file is the server's): they list the jobs.
     let projections = std::sync::Arc::new(crate::runner::ProjectionRunner::open(dir.store.clone(), None)?);
@@ -352,12 +370,20 @@ fn bench_gpu(sizes: Vec<usize>, models: Vec<String>, batch: Option<usize>, gpu: 
     Ok(ExitCode::SUCCESS)
 }
 
-fn serve(data: &Path, bind: Option<String>, config: Option<&Path>, jobs: bool) -> anyhow::Result<ExitCode> {
+/// `--store`, parsed.
+fn store_location(store: Option<String>) -> anyhow::Result<Option<StoreLocation>> {
+    store.map(|text| StoreLocation::parse(&text).map_err(|e| anyhow::anyhow!("--store {e}"))).transpose()
+}
+
+fn serve(data: &Path, store: Option<&StoreLocation>, bind: Option<String>, config: Option<&Path>, jobs: bool) -> anyhow::Result<ExitCode> {
     let mut settings = crate::configuration::Settings::load(config)?;
     if let Some(bind) = bind {
         settings.bind = bind;
     }
-    let dir = DataDir::open_or_create(data)?;
+    let dir = DataDir::open_or_create_with(data, store)?;
+    if let Some(store) = store {
+        tracing::info!(store = %store.describe(), "events are in");
+    }
     let storage = crate::startup::Storage {
         store: dir.store.clone(),
         checkpoint: Some(dir.checkpoint_path()),
@@ -429,25 +455,18 @@ fn export(kind: &str, data: &Path, format: &str, out: Option<&Path>) -> anyhow::
     Ok(ExitCode::SUCCESS)
 }
 
-/// The data directory a store URL names: `sqlite:DIR` or a bare `DIR`.
-fn sqlite_dir(url: &str) -> anyhow::Result<PathBuf> {
-    match url.split_once("://").map(|(scheme, _)| scheme).or_else(|| url.split_once(':').map(|(scheme, _)| scheme).filter(|s| s.len() > 1)) {
-        None => Ok(PathBuf::from(url)),
-        Some("sqlite") => Ok(PathBuf::from(url.trim_start_matches("sqlite:").trim_start_matches("//"))),
-        Some(scheme @ ("esdb" | "esdb+discover" | "kurrentdb")) => {
-            anyhow::bail!("{scheme}:// stores are not supported by this build yet: only sqlite:DIR (EventStoreDB is planned)")
-        }
-        Some(other) => anyhow::bail!("'{url}': unknown store kind '{other}'; name a store as sqlite:DIR"),
-    }
-}
-
 fn store_copy(from: &str, to: &str) -> anyhow::Result<ExitCode> {
-    let (from_dir, to_dir) = (sqlite_dir(from)?, sqlite_dir(to)?);
-    if from_dir.canonicalize().ok().is_some_and(|a| to_dir.canonicalize().ok().as_ref() == Some(&a)) {
-        anyhow::bail!("--from and --to name the same data directory");
+    let parse = |flag: &str, text: &str| StoreLocation::parse(text).map_err(|e| anyhow::anyhow!("{flag} {e}"));
+    let (from, to) = (parse("--from", from)?, parse("--to", to)?);
+    let same = match (&from, &to) {
+        (StoreLocation::Sqlite(a), StoreLocation::Sqlite(b)) => a.canonicalize().ok().is_some_and(|a| b.canonicalize().ok().as_ref() == Some(&a)),
+        (a, b) => a == b,
+    };
+    if same {
+        anyhow::bail!("--from and --to name the same store");
     }
-    let source = DataDir::open_existing(&from_dir)?;
-    let target = DataDir::open_or_create(&to_dir)?;
+    let source = DataDir { root: PathBuf::new(), store: from.open(false)? };
+    let target = DataDir { root: PathBuf::new(), store: to.open(true)? };
     let started = std::time::Instant::now();
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(indicatif::ProgressStyle::with_template("  copying events [{bar:30}] {pos}/{len} ({elapsed})").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()).progress_chars("=> "));
@@ -459,8 +478,12 @@ fn store_copy(from: &str, to: &str) -> anyhow::Result<ExitCode> {
     let report = report?;
     println!("copied {} events in {} streams (positions 1 to {}), every chain verified, in {:.1?}", report.events, report.streams, report.head, started.elapsed());
     // The blobs the events name, by hash: copied file by file, then rehashed.
-    let copied = copy_tree(&crate::blobs::blobs_dir(&from_dir), &crate::blobs::blobs_dir(&to_dir))?;
-    let blobs = crate::blobs::verify_blobs(&to_dir)?;
+    let (StoreLocation::Sqlite(from_dir), StoreLocation::Sqlite(to_dir)) = (&from, &to) else {
+        println!("blobs are not copied: an EventStoreDB store holds events only; keep the blobs/ directory of the data directory that serves these events");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let copied = copy_tree(&crate::blobs::blobs_dir(from_dir), &crate::blobs::blobs_dir(to_dir))?;
+    let blobs = crate::blobs::verify_blobs(to_dir)?;
     println!("copied {copied} blob files; {}", blobs.summary());
     for problem in &blobs.problems {
         println!("blob verification FAILED: {problem}");
@@ -521,8 +544,8 @@ fn bind_address(bind: &str, port: u16) -> String {
     format!("{host}:{port}")
 }
 
-fn audit_verify(data: &Path) -> anyhow::Result<ExitCode> {
-    let dir = DataDir::open_existing(data)?;
+fn audit_verify(data: &Path, store: Option<&StoreLocation>) -> anyhow::Result<ExitCode> {
+    let dir = DataDir::open_existing_with(data, store)?;
     let chains_ok = match verify(dir.store.as_ref()) {
         Ok(report) => {
             println!("{} events in {} streams verified", report.events, report.streams);

@@ -5,11 +5,78 @@
 //! DIR/projections.json   the read models' checkpoint (rebuildable: safe to delete)
 //! DIR/blobs/             content-addressed images and weights
 //! ```
+//!
+//! The events may live elsewhere ([`StoreLocation`]): `--store sqlite:DIR2` (another directory's
+//! `events.db`) or `--store esdb://host:2113?tls=false` (an EventStoreDB/KurrentDB cluster). The
+//! data directory then still holds the blobs, the checkpoint and the idempotency records.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::store::{EventStore, SqliteStore, StoreError};
+use crate::store::{EsdbStore, EventStore, SqliteStore, StoreError};
+
+/// Where a data directory's events are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// `DIR/events.db`.
+    Sqlite(PathBuf),
+    /// An EventStoreDB/KurrentDB connection string (`esdb://…`, `kurrentdb://…`, `+discover`).
+    Esdb(String),
+}
+
+impl StoreLocation {
+    /// `sqlite:DIR`, a bare `DIR`, or an EventStoreDB URL (checked here, connected later).
+    pub fn parse(text: &str) -> Result<StoreLocation, String> {
+        let scheme = text
+            .split_once("://")
+            .map(|(scheme, _)| scheme)
+            .or_else(|| text.split_once(':').map(|(scheme, _)| scheme).filter(|s| s.len() > 1 && !s.contains('/')));
+        match scheme {
+            None => Ok(StoreLocation::Sqlite(PathBuf::from(text))),
+            Some("sqlite") => {
+                let dir = text.trim_start_matches("sqlite:").trim_start_matches("//");
+                if dir.is_empty() {
+                    return Err(format!("'{text}' names no directory: write sqlite:DIR"));
+                }
+                Ok(StoreLocation::Sqlite(PathBuf::from(dir)))
+            }
+            Some(scheme) if ["esdb", "esdb+discover", "kurrentdb", "kurrentdb+discover", "kurrent", "kurrent+discover", "kdb", "kdb+discover"].contains(&scheme) => {
+                crate::store::esdb::parse_esdb_url(text).map_err(|e| format!("'{text}': {e}"))?;
+                Ok(StoreLocation::Esdb(text.to_string()))
+            }
+            Some(other) => Err(format!("'{text}': unknown store kind '{other}'; name a store as sqlite:DIR or esdb://HOST:PORT?tls=false")),
+        }
+    }
+
+    /// For messages (an EventStoreDB URL without its password).
+    pub fn describe(&self) -> String {
+        match self {
+            StoreLocation::Sqlite(dir) => format!("sqlite:{}", dir.display()),
+            StoreLocation::Esdb(url) => crate::store::esdb::parse_esdb_url(url).map_or_else(|_| "esdb://(unreadable)".into(), |u| u.to_string()),
+        }
+    }
+
+    /// Opens the store; `create` allows a new, empty SQLite store.
+    pub fn open(&self, create: bool) -> Result<Arc<dyn EventStore>, DataDirError> {
+        match self {
+            StoreLocation::Sqlite(dir) => {
+                let path = DataDir::events_path(dir);
+                if !create && !path.is_file() {
+                    return Err(DataDirError::Missing { path: dir.display().to_string() });
+                }
+                if create {
+                    std::fs::create_dir_all(dir).map_err(|error| DataDirError::Create { path: dir.display().to_string(), error })?;
+                }
+                let store = SqliteStore::open(path).map_err(|error| DataDirError::Store { path: dir.display().to_string(), error })?;
+                Ok(Arc::new(store))
+            }
+            StoreLocation::Esdb(url) => {
+                let store = EsdbStore::connect(url).map_err(|error| DataDirError::Store { path: self.describe(), error })?;
+                Ok(Arc::new(store))
+            }
+        }
+    }
+}
 
 pub struct DataDir {
     pub root: PathBuf,
@@ -18,12 +85,12 @@ pub struct DataDir {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
-    #[error("cannot create data directory {path}: {source}")]
-    Create { path: String, source: std::io::Error },
+    #[error("cannot create data directory {path}: {error}")]
+    Create { path: String, error: std::io::Error },
     #[error("{path} has no event store (events.db); pass the --data directory that `thitl serve` or `thitl demo` wrote")]
     Missing { path: String },
-    #[error("cannot open the event store in {path}: {source}")]
-    Store { path: String, source: StoreError },
+    #[error("cannot open the event store in {path}: {error}")]
+    Store { path: String, error: StoreError },
 }
 
 impl DataDir {
@@ -33,9 +100,26 @@ impl DataDir {
 
     /// Opens `root`, creating it and an empty store if needed.
     pub fn open_or_create(root: &Path) -> Result<Self, DataDirError> {
+        Self::open_or_create_with(root, None)
+    }
+
+    /// [`open_or_create`](Self::open_or_create) with the events at `store` (default: in `root`).
+    pub fn open_or_create_with(root: &Path, store: Option<&StoreLocation>) -> Result<Self, DataDirError> {
         std::fs::create_dir_all(root.join("blobs"))
-            .map_err(|source| DataDirError::Create { path: root.display().to_string(), source })?;
-        Self::open_store(root)
+            .map_err(|error| DataDirError::Create { path: root.display().to_string(), error })?;
+        match store {
+            None => Self::open_store(root),
+            Some(location) => Ok(DataDir { root: root.to_path_buf(), store: location.open(true)? }),
+        }
+    }
+
+    /// [`open_existing`](Self::open_existing) with the events at `store` (default: in `root`,
+    /// which must then hold them).
+    pub fn open_existing_with(root: &Path, store: Option<&StoreLocation>) -> Result<Self, DataDirError> {
+        match store {
+            None => Self::open_existing(root),
+            Some(location) => Ok(DataDir { root: root.to_path_buf(), store: location.open(false)? }),
+        }
     }
 
     /// Opens an existing data directory; an error if it holds no store (a mistyped path must
@@ -49,11 +133,45 @@ impl DataDir {
 
     fn open_store(root: &Path) -> Result<Self, DataDirError> {
         let store = SqliteStore::open(Self::events_path(root))
-            .map_err(|source| DataDirError::Store { path: root.display().to_string(), source })?;
+            .map_err(|error| DataDirError::Store { path: root.display().to_string(), error })?;
         Ok(DataDir { root: root.to_path_buf(), store: Arc::new(store) })
     }
 
     pub fn checkpoint_path(&self) -> PathBuf {
         self.root.join("projections.json")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_locations_parse_or_say_what_is_wrong() {
+        assert_eq!(StoreLocation::parse("sqlite:/srv/thitl"), Ok(StoreLocation::Sqlite("/srv/thitl".into())));
+        assert_eq!(StoreLocation::parse("sqlite:///srv/thitl"), Ok(StoreLocation::Sqlite("/srv/thitl".into())));
+        assert_eq!(StoreLocation::parse("thitl-data"), Ok(StoreLocation::Sqlite("thitl-data".into())));
+        assert_eq!(StoreLocation::parse("C:/data"), Ok(StoreLocation::Sqlite("C:/data".into())), "a one-letter scheme is a path");
+        let url = "esdb://node1:2113,node2:2113?tls=false";
+        assert_eq!(StoreLocation::parse(url), Ok(StoreLocation::Esdb(url.into())));
+        assert!(StoreLocation::parse("kurrentdb+discover://cluster.internal:2113").is_ok());
+        let unknown = StoreLocation::parse("postgres://db/thitl").unwrap_err();
+        assert!(unknown.contains("unknown store kind 'postgres'") && unknown.contains("esdb://"), "{unknown}");
+        assert!(StoreLocation::parse("sqlite:").unwrap_err().contains("names no directory"));
+        assert!(StoreLocation::parse("esdb://").is_err(), "an EventStoreDB URL without a host");
+        // Passwords stay out of messages.
+        let secret = StoreLocation::parse("esdb://admin:changeit@node1:2113?tls=false").unwrap();
+        assert!(!secret.describe().contains("changeit"), "{}", secret.describe());
+    }
+
+    #[test]
+    fn a_missing_sqlite_store_is_not_created_unless_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = StoreLocation::Sqlite(dir.path().join("nowhere"));
+        assert!(matches!(location.open(false), Err(DataDirError::Missing { .. })));
+        assert!(!dir.path().join("nowhere").exists());
+        let store = location.open(true).unwrap();
+        assert_eq!(store.head_position().unwrap(), 0);
+        assert!(location.open(false).is_ok());
     }
 }
