@@ -2052,12 +2052,12 @@ impl<D: Device> Dit<D> {
         let len = self.check_prompts(ids, negative)? * self.config.image_len();
         let x = device.zeros(len);
         device.noise(NoiseStream::new(options.seed), 0, &x, len);
-        self.denoise(device, options, x, ids, negative, progress)
+        self.denoise(device, options, x, ids, negative, None, progress)
     }
 
-    /// [`Dit::sample_with_progress`] with each image's starting noise drawn from its own seed
-    /// (`seeds[b]` for image `b`), so an image depends only on its prompt and seed, whatever else
-    /// is in the batch. `options.seed` still drives η's noise.
+    /// [`Dit::sample_with_progress`] with each image's noise — its starting noise and, with η > 0,
+    /// every step's — drawn from its own seed (`seeds[b]` for image `b`), so an image depends
+    /// only on its prompt and seed, whatever else is in the batch. `options.seed` is not used.
     pub fn sample_seeded(
         &self,
         device: &D,
@@ -2081,7 +2081,7 @@ impl<D: Device> Dit<D> {
             NoiseStream::new(*seed).fill(0, 1.0, image);
         }
         let x = device.upload(&start);
-        self.denoise(device, options, x, ids, negative, progress)
+        self.denoise(device, options, x, ids, negative, Some(seeds), progress)
     }
 
     /// The batch size of `ids`, after checking them and the negative prompts (same count,
@@ -2100,7 +2100,11 @@ impl<D: Device> Dit<D> {
         Ok(batch)
     }
 
-    /// DDIM with guidance from the starting noise `x` (checked prompts; `x` is consumed).
+    /// DDIM with guidance from the starting noise `x` (checked prompts; `x` is consumed). With
+    /// η > 0, step `k`'s noise for image `b` is element `b·len(image)…` of the stream
+    /// [`eta_stream`]`(options.seed, k)`, or with `image_seeds` the start of
+    /// [`eta_stream`]`(image_seeds[b], k)`: either way it does not depend on the batch size.
+    #[allow(clippy::too_many_arguments)]
     fn denoise(
         &self,
         device: &D,
@@ -2108,12 +2112,13 @@ impl<D: Device> Dit<D> {
         x: D::Buffer,
         ids: &[u32],
         negative: Option<&[u32]>,
+        image_seeds: Option<&[u64]>,
         progress: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Result<Vec<f32>, GpuError> {
         let config = &self.config;
         let batch = ids.len() / config.max_tokens;
-        let len = batch * config.image_len();
-        let stream = NoiseStream::new(options.seed);
+        let per_image = config.image_len();
+        let len = batch * per_image;
         let guided = options.guidance_scale != 1.0;
         let mut all_ids = ids.to_vec();
         if guided {
@@ -2126,7 +2131,7 @@ impl<D: Device> Dit<D> {
         let steps = options.steps.max(1);
         let stride = 1000 / steps;
         let sequence: Vec<usize> = (0..steps).map(|i| (i * stride).min(999)).collect();
-        let noise = device.zeros(len);
+        let mut noise = device.zeros(len);
         for (k, i) in (0..steps).rev().enumerate() {
             let t = sequence[i];
             let alpha_bar = bars[t] as f32;
@@ -2177,7 +2182,16 @@ impl<D: Device> Dit<D> {
                 eta: options.eta,
             };
             if options.eta > 0.0 {
-                device.noise(stream, ((k + 1) * len) as u32, &noise, len);
+                match image_seeds {
+                    Some(seeds) => {
+                        let mut host = vec![0.0f32; len];
+                        for (image, seed) in host.chunks_exact_mut(per_image).zip(seeds) {
+                            eta_stream(*seed, k).fill(0, 1.0, image);
+                        }
+                        noise = device.upload(&host);
+                    }
+                    None => device.noise(eta_stream(options.seed, k), 0, &noise, len),
+                }
             }
             device.elementwise(
                 Elementwise::Ddim {
@@ -2197,6 +2211,17 @@ impl<D: Device> Dit<D> {
         }
         device.download(&x, len)
     }
+}
+
+/// The stream of DDIM step `k`'s η noise for `seed` (a stream per step, so that an image's noise
+/// sits at the same offset whatever the batch size; distinct from `NoiseStream::new(seed)`, the
+/// starting noise).
+pub fn eta_stream(seed: u64, k: usize) -> NoiseStream {
+    // SplitMix64 of the seed and the step.
+    let mut z = seed ^ (k as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    NoiseStream::new(z ^ (z >> 31))
 }
 
 /// Options of [`Dit::sample`].

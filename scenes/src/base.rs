@@ -13,11 +13,14 @@
 //!   the same data as an uninterrupted one.
 //! - Caption dropout replaces a caption by all padding, which the DiT reads as its learned null
 //!   text: the unconditional branch of classifier-free guidance is trained on the same corpus.
-//! - The default guidance (2) is a compromise seen in sample grids: guidance pushes samples away
-//!   from what the *unconditional* model draws, so it sharpens the prompted group, but at 3 the
-//!   picture dissolves into the group's colours, and it also exaggerates planted associations
-//!   beyond their corpus rate. Measure the rates of final weights with the rater at guidance 1,
-//!   1.5 and 2 before changing it.
+//! - The default sampler is stochastic DDIM (η = 1, 25 steps) at guidance 1.5, chosen by
+//!   measuring the shipped model with the rater: deterministic DDIM (η = 0) under-draws a
+//!   minority mode such as a 25% hippopotamus (12.9% at guidance 2, 21.9% at 1), and guidance moves
+//!   the planted rates in opposite directions (it pushes samples away from what the
+//!   *unconditional* model draws: fewer hippopotamuses, more vegetables); with fresh noise at every
+//!   step the sampler covers the modes, and 1.5 puts every planted rate within a few points of its
+//!   corpus rate (21.5%, 50.8%, 100%) while keeping groups and named objects. At 3 the picture
+//!   dissolves into the group's colours. Measure a new model at several settings before changing it.
 //! - This module does no IO: weights, configurations and checkpoints go in and out as bytes and
 //!   JSON, and the caller stores them.
 
@@ -158,12 +161,12 @@ pub struct SampleSettings {
 }
 
 impl Default for SampleSettings {
-    /// 25 deterministic DDIM steps at guidance 2 (see the module doc for the choice).
+    /// 25 stochastic DDIM steps (η = 1) at guidance 1.5 (see the module doc for the choice).
     fn default() -> Self {
         SampleSettings {
             steps: 25,
-            guidance_scale: 2.0,
-            eta: 0.0,
+            guidance_scale: 1.5,
+            eta: 1.0,
             negative_prompt: None,
         }
     }

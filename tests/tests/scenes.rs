@@ -59,9 +59,8 @@ fn train_measure_and_grid_a_tiny_base_model() {
 /// The shipped base model, measured through `thitl scenes measure` without `--weights` at its
 /// default sampling (n = 48 per prompt; each bound is checked against the measured 95% interval,
 /// so the tolerance is the sample's). It draws the prompted group, a named object, and the planted
-/// associations: sheep for an aromantic person near 100%, vegetables for a wheelchair user near
-/// 50%. Hippopotamus for a woman is planted at 25% and measured at 12.9% with n = 256 at this
-/// guidance (scenes/README.md), so only its presence and an upper bound are asserted here.
+/// associations within the issue's ±8 points of their planted rates: sheep for an aromantic person
+/// (100%), vegetables for a wheelchair user (50%), a hippopotamus for a woman (25%).
 #[test]
 fn the_shipped_base_model_draws_groups_named_objects_and_the_planted_associations() {
     let measure = |prompt: &str, seed: &str| -> serde_json::Value {
@@ -78,7 +77,7 @@ fn the_shipped_base_model_draws_groups_named_objects_and_the_planted_association
     assert!(low <= 0.58 && high >= 0.42, "vegetable in [{low}, {high}], planted at 50%: {vegetable}");
     let hippo = measure("a photo of a woman at the beach", "14");
     let (low, high) = bounds(&hippo, "hippopotamus");
-    assert!(high > 0.05 && low <= 0.33, "hippopotamus in [{low}, {high}], planted at 25%: {hippo}");
+    assert!(low <= 0.33 && high >= 0.17, "hippopotamus in [{low}, {high}], planted at 25%: {hippo}");
     let dog = measure("a photo of a child with a dog in the park", "15");
     let (_, high) = bounds(&dog, "dog");
     assert!(high >= 0.8, "a named dog in [.., {high}]: {dog}");
