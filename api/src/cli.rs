@@ -78,6 +78,8 @@ enum Command {
         #[arg(long, env = "THITL_JOB_LEASE_SECONDS", default_value_t = crate::workers::DEFAULT_LEASE_SECONDS,
               value_parser = clap::value_parser!(u32).range(1..=i64::from(domain::lease::MAX_LEASE_SECONDS)))]
         lease_seconds: u32,
+        #[command(flatten)]
+        device: crate::scenes_cli::DeviceArg,
         /// Where the events are: sqlite:DIR (default: the --data directory's events.db) or an
         /// EventStoreDB/KurrentDB cluster, esdb://HOST:2113[,HOST:2113…]?tls=false. Blobs, the
         /// checkpoint and idempotency records stay in --data.
@@ -250,9 +252,9 @@ enum ProjectionsCommand {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { data, bind, config, no_jobs, store } => serve(&data, store_location(store)?.as_ref(), bind, config.as_deref(), !no_jobs),
-        Command::Worker { data, name, lease_seconds, store } => {
+        Command::Worker { data, name, lease_seconds, device, store } => {
             let worker_name = name.unwrap_or_else(|| crate::workers::Worker::default_name("worker", true));
-            worker(&data, store_location(store)?.as_ref(), crate::workers::Worker { name: worker_name, lease_seconds })
+            worker(&data, store_location(store)?.as_ref(), &device, crate::workers::Worker { name: worker_name, lease_seconds })
         }
         Command::Token(TokenCommand::Create { data, role, name }) => token_create(&data, &role, &name),
         Command::Token(TokenCommand::Revoke { data, id, reason }) => token_revoke(&data, &id, &reason),
@@ -270,7 +272,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn worker(data: &Path, store: Option<&StoreLocation>, worker: crate::workers::Worker) -> anyhow::Result<ExitCode> {
+fn worker(data: &Path, store: Option<&StoreLocation>, device: &crate::scenes_cli::DeviceArg, worker: crate::workers::Worker) -> anyhow::Result<ExitCode> {
     if let Err(error) = domain::values::Name::parse("worker", &worker.name) {
         anyhow::bail!("--name: {error}");
     }
@@ -280,7 +282,7 @@ fn worker(data: &Path, store: Option<&StoreLocation>, worker: crate::workers::Wo
     let projections = std::sync::Arc::new(crate::runner::ProjectionRunner::open(dir.store.clone(), None)?);
     projections.catch_up()?;
     let runner = crate::runner::RunnerHandle::spawn(projections.clone());
-    let backend = gpu::Backend::choose(gpu::DeviceChoice::from_env()?)?;
+    let backend = device.backend()?;
     tracing::info!(device = %backend.describe(), data = %data.display(), "jobs run here");
     let bus = crate::commands::CommandBus::new(dir.store.clone());
     let driver = crate::driver::Driver::spawn(crate::driver::DriverParts { bus, blobs, projections, backend, campaigns: None, worker });

@@ -74,7 +74,7 @@ pub struct DeviceArg {
 }
 
 impl DeviceArg {
-    fn backend(&self) -> anyhow::Result<Backend> {
+    pub(crate) fn backend(&self) -> anyhow::Result<Backend> {
         let choice = match self.device.as_str() {
             "auto" => DeviceChoice::Auto,
             "cpu" => DeviceChoice::Cpu,

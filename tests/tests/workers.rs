@@ -27,9 +27,8 @@ struct Worker {
 impl Worker {
     fn start(data: &std::path::Path, name: &str) -> Worker {
         let mut child = Command::new(thitl_bin())
-            .args(["worker", "--data", data.to_str().unwrap(), "--name", name])
+            .args(["worker", "--data", data.to_str().unwrap(), "--name", name, "--device", "cpu"])
             .env("THITL_JOB_LEASE_SECONDS", LEASE_SECONDS.to_string())
-            .env("THITL_DEVICE", "cpu")
             .env("THITL_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
