@@ -160,7 +160,8 @@ use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 use uuid::Uuid;
 
-use super::chain::{self, EventFields};
+use super::chain;
+use super::prepared::{self, PreparedEvent};
 use super::{AppendResult, EventStore, ExpectedVersion, NewEvent, StoreError, StoredEvent, StreamName};
 
 /// How many of a stream's last events an append reads (its head, and the usual replay window).
@@ -492,85 +493,15 @@ fn describe_error(url: &EsdbUrl, doing: &str, error: &eventstore::Error) -> Stor
 // ---------------------------------------------------------------------------------------------
 // Events: what is written, and how it is read back
 
-/// An event made ready to append: payload text, and `recorded_at` truncated to microseconds.
-#[derive(Debug, Clone)]
-struct PreparedEvent {
-    event_type: String,
-    schema_version: u32,
-    metadata: EventMetadata,
-    /// `serde_json::to_string(&value)`: hashed, and what EventStoreDB stores.
-    payload: String,
-    /// The payload itself, for `EventData::json` (which writes the same text).
-    value: serde_json::Value,
-}
-
-impl PreparedEvent {
-    fn fields<'a>(&'a self, stream: &'a StreamName, version: u64) -> EventFields<'a> {
-        EventFields {
-            stream: stream.as_str(),
-            version,
-            event_type: &self.event_type,
-            schema_version: self.schema_version,
-            metadata: &self.metadata,
-            payload: &self.payload,
-        }
-    }
-
-    /// Whether `stored` is this very event (the replay test, as in the SQLite adapter: payloads
-    /// that differ only in spacing or key order count as equal).
-    fn is_same_as(&self, stream: &StreamName, stored: &StoredEvent) -> bool {
-        let same_json = || {
-            let parse = |text: &str| serde_json::from_str::<serde_json::Value>(text).ok();
-            parse(&stored.payload).is_some_and(|stored| parse(&self.payload) == Some(stored))
-        };
-        stored.stream == *stream
-            && stored.event_type == self.event_type
-            && stored.schema_version == self.schema_version
-            && stored.metadata == self.metadata
-            && (stored.payload == self.payload || same_json())
-    }
-}
-
-/// Checks and prepares a batch, as the SQLite adapter does, and also refuses event types that
-/// EventStoreDB reserves for system events.
+/// [`prepared::prepare`], also refusing event types that EventStoreDB reserves for system events.
 fn prepare(events: &[NewEvent]) -> Result<Vec<PreparedEvent>, StoreError> {
-    if events.is_empty() {
-        return Err(StoreError::EmptyAppend);
+    if let Some(event) = events.iter().find(|event| event.event_type.starts_with('$')) {
+        return Err(StoreError::InvalidEvent(format!(
+            "event {}: event type {:?} starts with '$', which EventStoreDB reserves for system events",
+            event.metadata.event_id, event.event_type
+        )));
     }
-    let mut ids: Vec<Uuid> = events.iter().map(|event| event.metadata.event_id).collect();
-    ids.sort_unstable();
-    if let Some(pair) = ids.windows(2).find(|pair| pair[0] == pair[1]) {
-        return Err(StoreError::InvalidEvent(format!("event id {} appears twice in one append", pair[0])));
-    }
-    events
-        .iter()
-        .map(|event| {
-            let event_id = event.metadata.event_id;
-            if event.event_type.is_empty() {
-                return Err(StoreError::InvalidEvent(format!("event {event_id} has an empty event type")));
-            }
-            if event.event_type.starts_with('$') {
-                return Err(StoreError::InvalidEvent(format!(
-                    "event {event_id}: event type {:?} starts with '$', which EventStoreDB reserves for system events",
-                    event.event_type
-                )));
-            }
-            if !chain::is_representable(&event.metadata.recorded_at) {
-                return Err(StoreError::InvalidEvent(format!("event {event_id}: recorded_at must be within the years 0000 to 9999 (RFC 3339)")));
-            }
-            let payload = serde_json::to_string(&event.payload).map_err(|error| StoreError::InvalidEvent(format!("event {event_id}: payload: {error}")))?;
-            if payload.len() > u32::MAX as usize || event.metadata.actor.principal.len() > u32::MAX as usize {
-                return Err(StoreError::InvalidEvent(format!("event {event_id} is too large")));
-            }
-            Ok(PreparedEvent {
-                event_type: event.event_type.clone(),
-                schema_version: event.schema_version,
-                metadata: EventMetadata { recorded_at: chain::truncate_to_micros(event.metadata.recorded_at), ..event.metadata.clone() },
-                payload,
-                value: event.payload.clone(),
-            })
-        })
-        .collect()
+    prepared::prepare(events)
 }
 
 /// The custom metadata of a thitl event in EventStoreDB (see the module doc).
@@ -616,7 +547,10 @@ fn encode_batch(stream: &StreamName, version: u64, prev_hash: [u8; 32], batch: &
     for (index, event) in batch.iter().enumerate() {
         let hash = chain::event_hash(&prev_hash, &event.fields(stream, version + 1 + index as u64));
         let metadata = encode_metadata(event.schema_version, &event.metadata, &prev_hash, &hash)?;
-        let event_data = EventData::json(&event.event_type, &event.value)
+        // The payload text exactly as hashed (not serialised again).
+        let payload = serde_json::value::RawValue::from_string(event.payload.clone())
+            .map_err(|error| StoreError::InvalidEvent(format!("event {}: payload: {error}", event.metadata.event_id)))?;
+        let event_data = EventData::json(&event.event_type, &payload)
             .map_err(|error| StoreError::InvalidEvent(format!("event {}: payload: {error}", event.metadata.event_id)))?
             .id(event.metadata.event_id)
             .metadata(Bytes::from(metadata));

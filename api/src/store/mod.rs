@@ -33,6 +33,7 @@ pub mod chain;
 pub mod contract;
 pub mod copy;
 pub mod esdb;
+mod prepared;
 pub mod sqlite;
 pub mod subscription;
 
