@@ -38,10 +38,10 @@
 //!   `Any` a conflicting append is retried a few times. The stream name hashed is the thitl name,
 //!   without the namespace, so a namespaced copy verifies the same.
 //! - **What is hashed is what is stored.** The payload text is `serde_json::to_string` of the
-//!   payload, as in SQLite; the client's `EventData::json` serialises the same value with the same
-//!   `serde_json` (`to_vec`, the function `to_string` wraps), so the stored bytes are that text —
+//!   payload, as in SQLite (`store::prepared`), handed to the client's `EventData::json` as a
+//!   `RawValue`, so the stored bytes are that text and nothing serialises the payload again —
 //!   and every append reads its events back and compares payload, id and hash before it reports
-//!   success. Reads return the stored bytes as they are; nothing is re-serialised.
+//!   success. Reads return the stored bytes as they are.
 //! - **Custom metadata** is one JSON object per event: `{"thitl":1, "schema_version", "event_id",
 //!   "recorded_at" (chain's RFC 3339 text, 6 digits), "actor":{"principal","role"},
 //!   "$correlationId", "$causationId" (absent when none), "prev_hash", "hash" (hex)}`. The
