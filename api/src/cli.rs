@@ -56,11 +56,8 @@ enum Command {
         /// (another `thitl serve` on the same data does).
         #[arg(long)]
         no_jobs: bool,
-        /// Where the events are: sqlite:DIR (default: the --data directory's events.db) or an
-        /// EventStoreDB/KurrentDB cluster, esdb://HOST:2113[,HOST:2113…]?tls=false. Blobs, the
-        /// checkpoint and idempotency records stay in --data.
-        #[arg(long, env = "THITL_STORE")]
-        store: Option<String>,
+        #[command(flatten)]
+        store: StoreArg,
     },
     /// Run generation and fine-tune jobs on a data directory's store, beside `thitl serve` (which
     /// may then run with --no-jobs) and other workers: each job is claimed with a lease, so no two
@@ -80,11 +77,8 @@ enum Command {
         lease_seconds: u32,
         #[command(flatten)]
         device: crate::scenes_cli::DeviceArg,
-        /// Where the events are: sqlite:DIR (default: the --data directory's events.db) or an
-        /// EventStoreDB/KurrentDB cluster, esdb://HOST:2113[,HOST:2113…]?tls=false. Blobs, the
-        /// checkpoint and idempotency records stay in --data.
-        #[arg(long, env = "THITL_STORE")]
-        store: Option<String>,
+        #[command(flatten)]
+        store: StoreArg,
     },
     /// Issue or revoke API bearer tokens.
     #[command(subcommand)]
@@ -142,11 +136,8 @@ enum AuditCommand {
     Verify {
         #[arg(long, env = "THITL_DATA")]
         data: PathBuf,
-        /// Where the events are: sqlite:DIR (default: the --data directory's events.db) or an
-        /// EventStoreDB/KurrentDB cluster, esdb://HOST:2113[,HOST:2113…]?tls=false. Blobs, the
-        /// checkpoint and idempotency records stay in --data.
-        #[arg(long, env = "THITL_STORE")]
-        store: Option<String>,
+        #[command(flatten)]
+        store: StoreArg,
     },
     /// Print recorded events, oldest first.
     Log {
@@ -226,6 +217,22 @@ enum BenchCommand {
     },
 }
 
+/// `--store`, for the commands that read or write a store.
+#[derive(clap::Args)]
+struct StoreArg {
+    /// Where the events are: sqlite:DIR (default: the --data directory's events.db) or an
+    /// EventStoreDB/KurrentDB cluster, esdb://HOST:2113[,HOST:2113…]?tls=false. Blobs, the
+    /// checkpoint and idempotency records stay in --data.
+    #[arg(long = "store", value_name = "STORE", env = "THITL_STORE")]
+    location: Option<String>,
+}
+
+impl StoreArg {
+    fn parse(self) -> anyhow::Result<Option<StoreLocation>> {
+        self.location.map(|text| StoreLocation::parse(&text).map_err(|e| anyhow::anyhow!("--store {e}"))).transpose()
+    }
+}
+
 #[derive(Subcommand)]
 enum StoreCommand {
     /// Copy every stream, chain intact, into an empty store, and verify the copy.
@@ -251,16 +258,16 @@ enum ProjectionsCommand {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { data, bind, config, no_jobs, store } => serve(&data, store_location(store)?.as_ref(), bind, config.as_deref(), !no_jobs),
+        Command::Serve { data, bind, config, no_jobs, store } => serve(&data, store.parse()?.as_ref(), bind, config.as_deref(), !no_jobs),
         Command::Worker { data, name, lease_seconds, device, store } => {
             let worker_name = name.unwrap_or_else(|| crate::workers::Worker::default_name("worker", true));
-            worker(&data, store_location(store)?.as_ref(), &device, crate::workers::Worker { name: worker_name, lease_seconds })
+            worker(&data, store.parse()?.as_ref(), &device, crate::workers::Worker { name: worker_name, lease_seconds })
         }
         Command::Token(TokenCommand::Create { data, role, name }) => token_create(&data, &role, &name),
         Command::Token(TokenCommand::Revoke { data, id, reason }) => token_revoke(&data, &id, &reason),
         Command::Demo { data, quick, json, seed } => demo(data, quick, json, seed),
         Command::Export { kind, data, format, out } => export(&kind, &data, &format, out.as_deref()),
-        Command::Audit(AuditCommand::Verify { data, store }) => audit_verify(&data, store_location(store)?.as_ref()),
+        Command::Audit(AuditCommand::Verify { data, store }) => audit_verify(&data, store.parse()?.as_ref()),
         Command::Audit(AuditCommand::Log { data, stream, after, limit, json }) => audit_log(&data, stream, after, limit, json),
         Command::Audit(AuditCommand::Replay { data, until, json }) => audit_replay(&data, until, json),
         Command::Projections(ProjectionsCommand::Rebuild { data }) => rebuild(&data),
@@ -372,11 +379,6 @@ fn bench_gpu(sizes: Vec<usize>, models: Vec<String>, batch: Option<usize>, gpu: 
     Ok(ExitCode::SUCCESS)
 }
 
-/// `--store`, parsed.
-fn store_location(store: Option<String>) -> anyhow::Result<Option<StoreLocation>> {
-    store.map(|text| StoreLocation::parse(&text).map_err(|e| anyhow::anyhow!("--store {e}"))).transpose()
-}
-
 fn serve(data: &Path, store: Option<&StoreLocation>, bind: Option<String>, config: Option<&Path>, jobs: bool) -> anyhow::Result<ExitCode> {
     let mut settings = crate::configuration::Settings::load(config)?;
     if let Some(bind) = bind {
@@ -467,12 +469,11 @@ fn store_copy(from: &str, to: &str) -> anyhow::Result<ExitCode> {
     if same {
         anyhow::bail!("--from and --to name the same store");
     }
-    let source = DataDir { root: PathBuf::new(), store: from.open(false)? };
-    let target = DataDir { root: PathBuf::new(), store: to.open(true)? };
+    let (source, target) = (from.open(false)?, to.open(true)?);
     let started = std::time::Instant::now();
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(indicatif::ProgressStyle::with_template("  copying events [{bar:30}] {pos}/{len} ({elapsed})").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()).progress_chars("=> "));
-    let report = crate::store::copy::copy_store(source.store.as_ref(), target.store.as_ref(), &mut |done, total| {
+    let report = crate::store::copy::copy_store(source.as_ref(), target.as_ref(), &mut |done, total| {
         bar.set_length(total);
         bar.set_position(done);
     });

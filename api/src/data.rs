@@ -40,7 +40,7 @@ impl StoreLocation {
                 }
                 Ok(StoreLocation::Sqlite(PathBuf::from(dir)))
             }
-            Some(scheme) if ["esdb", "esdb+discover", "kurrentdb", "kurrentdb+discover", "kurrent", "kurrent+discover", "kdb", "kdb+discover"].contains(&scheme) => {
+            Some(scheme) if crate::store::esdb::esdb_scheme(scheme).is_some() => {
                 crate::store::esdb::parse_esdb_url(text).map_err(|e| format!("'{text}': {e}"))?;
                 Ok(StoreLocation::Esdb(text.to_string()))
             }

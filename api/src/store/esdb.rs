@@ -261,6 +261,16 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// Whether `scheme` names an EventStoreDB/KurrentDB store, and if so whether it asks for DNS
+/// discovery (`+discover`); case-insensitive.
+pub fn esdb_scheme(scheme: &str) -> Option<bool> {
+    match scheme.to_ascii_lowercase().as_str() {
+        "esdb" | "kurrentdb" | "kurrent" | "kdb" => Some(false),
+        "esdb+discover" | "kurrentdb+discover" | "kurrent+discover" | "kdb+discover" => Some(true),
+        _ => None,
+    }
+}
+
 /// Parses an EventStoreDB / KurrentDB connection string, checking it the way the client will,
 /// without connecting:
 ///
@@ -283,14 +293,11 @@ pub fn parse_esdb_url(url: &str) -> Result<EsdbUrl, String> {
             "'{redacted}' is not an EventStoreDB URL: write {EXAMPLE} (or esdb+discover://, kurrentdb://, kurrentdb+discover://)"
         ));
     };
-    let discover = match scheme.to_ascii_lowercase().as_str() {
-        "esdb" | "kurrentdb" | "kurrent" | "kdb" => false,
-        "esdb+discover" | "kurrentdb+discover" | "kurrent+discover" | "kdb+discover" => true,
-        other => {
-            return Err(format!(
-                "'{redacted}': unknown scheme '{other}://'; an EventStoreDB/KurrentDB store is esdb://, esdb+discover://, kurrentdb:// or kurrentdb+discover://"
-            ));
-        }
+    let Some(discover) = esdb_scheme(scheme) else {
+        return Err(format!(
+            "'{redacted}': unknown scheme '{}://'; an EventStoreDB/KurrentDB store is esdb://, esdb+discover://, kurrentdb:// or kurrentdb+discover://",
+            scheme.to_ascii_lowercase()
+        ));
     };
     if rest.contains('#') {
         return Err(format!("'{redacted}': a fragment ('#…') is not part of an EventStoreDB URL"));
