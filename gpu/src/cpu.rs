@@ -321,19 +321,34 @@ pub fn modulate_backward<T: Real>(
     dx: &mut [T],
     dmodulation: &mut [T],
 ) {
+    // Token rows outer, features inner (contiguous), with one running sum per feature: each
+    // sum still adds the tokens in order, so the result is the same as a loop over tokens per
+    // feature, without the strided reads.
     let batch = x.len() / (tokens * width);
+    let (mut dshift, mut dscale) = (vec![T::of(0.0); width], vec![T::of(0.0); width]);
     for b in 0..batch {
-        for d in 0..width {
-            let (mut dshift, mut dscale) = (T::of(0.0), T::of(0.0));
-            let s = modulation[b * scale.stride + scale.offset + d];
-            for t in 0..tokens {
-                let index = (b * tokens + t) * width + d;
-                dshift += dy[index];
-                dscale += dy[index] * x[index];
-                dx[index] = dy[index] * (T::of(1.0) + s);
+        dshift.fill(T::of(0.0));
+        dscale.fill(T::of(0.0));
+        let s = &modulation[b * scale.stride + scale.offset..][..width];
+        for t in 0..tokens {
+            let row = (b * tokens + t) * width;
+            let (x, dy, dx) = (
+                &x[row..][..width],
+                &dy[row..][..width],
+                &mut dx[row..][..width],
+            );
+            for d in 0..width {
+                dshift[d] += dy[d];
+                dscale[d] += dy[d] * x[d];
+                dx[d] = dy[d] * (T::of(1.0) + s[d]);
             }
-            dmodulation[b * shift.stride + shift.offset + d] += dshift;
-            dmodulation[b * scale.stride + scale.offset + d] += dscale;
+        }
+        let at = |chunk: Chunk| b * chunk.stride + chunk.offset;
+        for (total, &sum) in dmodulation[at(shift)..][..width].iter_mut().zip(&dshift) {
+            *total += sum;
+        }
+        for (total, &sum) in dmodulation[at(scale)..][..width].iter_mut().zip(&dscale) {
+            *total += sum;
         }
     }
 }
@@ -374,17 +389,29 @@ pub fn gated_residual_backward<T: Real>(
     dy: &mut [T],
     dmodulation: &mut [T],
 ) {
+    // Loop order as in [`modulate_backward`] (same sums, contiguous reads).
     let batch = y.len() / (tokens * width);
+    let mut dgate = vec![T::of(0.0); width];
     for b in 0..batch {
-        for d in 0..width {
-            let g = modulation[b * gate.stride + gate.offset + d];
-            let mut dgate = T::of(0.0);
-            for t in 0..tokens {
-                let index = (b * tokens + t) * width + d;
-                dgate += dx[index] * y[index];
-                dy[index] = g * dx[index];
+        dgate.fill(T::of(0.0));
+        let g = &modulation[b * gate.stride + gate.offset..][..width];
+        for t in 0..tokens {
+            let row = (b * tokens + t) * width;
+            let (y, dx, dy) = (
+                &y[row..][..width],
+                &dx[row..][..width],
+                &mut dy[row..][..width],
+            );
+            for d in 0..width {
+                dgate[d] += dx[d] * y[d];
+                dy[d] = g[d] * dx[d];
             }
-            dmodulation[b * gate.stride + gate.offset + d] += dgate;
+        }
+        for (total, &sum) in dmodulation[b * gate.stride + gate.offset..][..width]
+            .iter_mut()
+            .zip(&dgate)
+        {
+            *total += sum;
         }
     }
 }

@@ -431,14 +431,17 @@ impl<T: Real + Send + Sync> Device for CpuDevice<T> {
         rows: usize,
         width: usize,
     ) {
-        let len = rows * width;
-        cpu::layernorm_backward(
-            &read(normalized)[..len],
-            &read(rstd),
-            &read(dy)[..len],
-            width,
-            &mut write(dx)[..len],
-        );
+        let (normalized, rstd, dy) = (read(normalized), read(rstd), read(dy));
+        cpu::in_parts(&mut write(dx)[..rows * width], width, |first, dx| {
+            let part = first * width..first * width + dx.len();
+            cpu::layernorm_backward(
+                &normalized[part.clone()],
+                &rstd[first..],
+                &dy[part],
+                width,
+                dx,
+            );
+        });
     }
     fn softmax(&self, x: &Self::Buffer, y: &Self::Buffer, rows: usize, width: usize, scale: f32) {
         let x = read(x);
@@ -460,14 +463,11 @@ impl<T: Real + Send + Sync> Device for CpuDevice<T> {
         width: usize,
         scale: f32,
     ) {
-        let len = rows * width;
-        cpu::softmax_backward(
-            &read(y)[..len],
-            &read(dy)[..len],
-            width,
-            T::of(scale as f64),
-            &mut write(dx)[..len],
-        );
+        let (y, dy) = (read(y), read(dy));
+        cpu::in_parts(&mut write(dx)[..rows * width], width, |first, dx| {
+            let part = first * width..first * width + dx.len();
+            cpu::softmax_backward(&y[part.clone()], &dy[part], width, T::of(scale as f64), dx);
+        });
     }
     fn modulate(
         &self,
@@ -504,17 +504,30 @@ impl<T: Real + Send + Sync> Device for CpuDevice<T> {
         dx: &Self::Buffer,
         dmodulation: &Self::Buffer,
     ) {
-        let len = shape.batch * shape.tokens * shape.width;
-        cpu::modulate_backward(
-            &read(x)[..len],
-            &read(modulation),
-            shift,
-            scale,
-            shape.tokens,
-            shape.width,
-            &read(dy)[..len],
-            &mut write(dx)[..len],
-            &mut write(dmodulation),
+        // In parts by sample: each writes its own samples' rows of dx and of dmodulation.
+        let sample = shape.tokens * shape.width;
+        let stride = shift.stride;
+        debug_assert_eq!(stride, scale.stride, "one modulation row per sample");
+        let (x, modulation, dy) = (read(x), read(modulation), read(dy));
+        cpu::in_parts2(
+            &mut write(dx)[..shape.batch * sample],
+            sample,
+            &mut write(dmodulation)[..shape.batch * stride],
+            stride,
+            |first, dx, dmodulation| {
+                let part = first * sample..first * sample + dx.len();
+                cpu::modulate_backward(
+                    &x[part.clone()],
+                    &modulation[first * stride..],
+                    shift,
+                    scale,
+                    shape.tokens,
+                    shape.width,
+                    &dy[part],
+                    dx,
+                    dmodulation,
+                );
+            },
         );
     }
     fn gated_residual(
@@ -548,16 +561,27 @@ impl<T: Real + Send + Sync> Device for CpuDevice<T> {
         dy: &Self::Buffer,
         dmodulation: &Self::Buffer,
     ) {
-        let len = shape.batch * shape.tokens * shape.width;
-        cpu::gated_residual_backward(
-            &read(y)[..len],
-            &read(modulation),
-            gate,
-            shape.tokens,
-            shape.width,
-            &read(dx)[..len],
-            &mut write(dy)[..len],
-            &mut write(dmodulation),
+        // In parts by sample, as `modulate_backward`.
+        let (sample, stride) = (shape.tokens * shape.width, gate.stride);
+        let (y, modulation, dx) = (read(y), read(modulation), read(dx));
+        cpu::in_parts2(
+            &mut write(dy)[..shape.batch * sample],
+            sample,
+            &mut write(dmodulation)[..shape.batch * stride],
+            stride,
+            |first, dy, dmodulation| {
+                let part = first * sample..first * sample + dy.len();
+                cpu::gated_residual_backward(
+                    &y[part.clone()],
+                    &modulation[first * stride..],
+                    gate,
+                    shape.tokens,
+                    shape.width,
+                    &dx[part],
+                    dy,
+                    dmodulation,
+                );
+            },
         );
     }
     fn embed_mean(
@@ -1243,9 +1267,96 @@ mod tests {
         cpu::softmax(&x, width, 0.7, &mut expected);
         assert_eq!(device.download(&out, len).unwrap(), expected, "softmax");
 
+        // Backwards: dx (or dy) by parts, and the per-sample sums into dmodulation, which
+        // starts non-zero because they add to it.
+        let dy = values(len, 4);
+        let dyb = upload(&dy);
+        let (dx, dmodulation) = (device.zeros(len), upload(&modulation));
+        device.modulate_backward(shape, &xb, &mb, shift, scale, &dyb, &dx, &dmodulation);
+        let (mut expected, mut expected_dmodulation) = (vec![0.0; len], modulation.clone());
+        cpu::modulate_backward(
+            &x,
+            &modulation,
+            shift,
+            scale,
+            tokens,
+            width,
+            &dy,
+            &mut expected,
+            &mut expected_dmodulation,
+        );
+        assert_eq!(
+            device.download(&dx, len).unwrap(),
+            expected,
+            "modulate backward dx"
+        );
+        assert_eq!(
+            device.download(&dmodulation, modulation.len()).unwrap(),
+            expected_dmodulation,
+            "modulate backward dmodulation"
+        );
+
+        let dmodulation = upload(&modulation);
+        device.gated_residual_backward(shape, &yb, &mb, scale, &dyb, &dx, &dmodulation);
+        let (mut expected, mut expected_dmodulation) = (vec![0.0; len], modulation.clone());
+        cpu::gated_residual_backward(
+            &y,
+            &modulation,
+            scale,
+            tokens,
+            width,
+            &dy,
+            &mut expected,
+            &mut expected_dmodulation,
+        );
+        assert_eq!(
+            device.download(&dx, len).unwrap(),
+            expected,
+            "gated residual backward dy"
+        );
+        assert_eq!(
+            device.download(&dmodulation, modulation.len()).unwrap(),
+            expected_dmodulation,
+            "gated residual backward dmodulation"
+        );
+
+        device.layernorm_backward(&normalized, &rstd, &dyb, &dx, rows, width);
+        let mut expected = vec![0.0; len];
+        let (normalized_host, rstd_host) = (
+            device.download(&normalized, len).unwrap(),
+            device.download(&rstd, rows).unwrap(),
+        );
+        cpu::layernorm_backward(&normalized_host, &rstd_host, &dy, width, &mut expected);
+        assert_eq!(
+            device.download(&dx, len).unwrap(),
+            expected,
+            "layernorm backward"
+        );
+
+        device.softmax_backward(&out, &dyb, &dx, rows, width, 0.7);
+        let mut expected = vec![0.0; len];
+        cpu::softmax_backward(
+            &device.download(&out, len).unwrap(),
+            &dy,
+            width,
+            0.7,
+            &mut expected,
+        );
+        assert_eq!(
+            device.download(&dx, len).unwrap(),
+            expected,
+            "softmax backward"
+        );
+
         for op in [
             Elementwise::Gelu,
+            Elementwise::Silu,
+            Elementwise::GeluBackward,
+            Elementwise::SiluBackward,
             Elementwise::AddBroadcast { period: 37 },
+            Elementwise::Combine { s0: 0.3, s1: -1.2 },
+            Elementwise::ScaledDifference { scale: 0.25 },
+            Elementwise::MaskedRowAdd { period: 37 },
             Elementwise::Ddim {
                 coefficients: [0.9, -0.3, 0.1],
             },

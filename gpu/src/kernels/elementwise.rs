@@ -84,34 +84,61 @@ impl Elementwise {
     ) {
         use crate::cpu;
         let of = |v: f32| T::of(v as f64);
-        let each = |y: &mut [T], f: &dyn Fn(usize, T) -> T| {
+        // A generic helper (not a `&dyn Fn`), so that each operation's loop is compiled on its
+        // own, with the closure inlined: a call per value cost about a tenth of a training step.
+        fn each<T: Copy>(y: &mut [T], start: usize, f: impl Fn(usize, T) -> T) {
             for (k, out) in y.iter_mut().enumerate() {
                 *out = f(start + k, *out);
             }
-        };
+        }
+        let end = start + y.len();
         match *self {
-            Elementwise::Gelu => each(y, &|i, _| cpu::gelu(a[i])),
-            Elementwise::Silu => each(y, &|i, _| cpu::silu(a[i])),
-            Elementwise::GeluBackward => each(y, &|i, _| b[i] * cpu::gelu_derivative(a[i])),
-            Elementwise::SiluBackward => each(y, &|i, _| b[i] * cpu::silu_derivative(a[i])),
-            Elementwise::AddBroadcast { period } => each(y, &|i, y| y + a[i % period]),
-            Elementwise::Combine { s0, s1 } => each(y, &|i, _| of(s0) * a[i] + of(s1) * b[i]),
+            Elementwise::Gelu => {
+                let a = &a[start..end];
+                each(y, 0, |i, _| cpu::gelu(a[i]))
+            }
+            Elementwise::Silu => {
+                let a = &a[start..end];
+                each(y, 0, |i, _| cpu::silu(a[i]))
+            }
+            Elementwise::GeluBackward => {
+                let (a, b) = (&a[start..end], &b[start..end]);
+                each(y, 0, |i, _| b[i] * cpu::gelu_derivative(a[i]))
+            }
+            Elementwise::SiluBackward => {
+                let (a, b) = (&a[start..end], &b[start..end]);
+                each(y, 0, |i, _| b[i] * cpu::silu_derivative(a[i]))
+            }
+            Elementwise::AddBroadcast { period } => each(y, start, |i, y| y + a[i % period]),
+            Elementwise::Combine { s0, s1 } => {
+                let (a, b, s0, s1) = (&a[start..end], &b[start..end], of(s0), of(s1));
+                each(y, 0, |i, _| s0 * a[i] + s1 * b[i])
+            }
             Elementwise::Ddim {
                 coefficients: [cx, ce, cn],
-            } => each(y, &|i, y| of(cx) * y + of(ce) * a[i] + of(cn) * b[i]),
-            Elementwise::AddNoise { per_sample } => each(y, &|i, _| {
+            } => {
+                let (a, b) = (&a[start..end], &b[start..end]);
+                let (cx, ce, cn) = (of(cx), of(ce), of(cn));
+                each(y, 0, |i, y| cx * y + ce * a[i] + cn * b[i])
+            }
+            Elementwise::AddNoise { per_sample } => each(y, start, |i, _| {
                 let alpha_bar = c[i / per_sample];
                 alpha_bar.sqrt() * a[i] + (T::of(1.0) - alpha_bar).sqrt() * b[i]
             }),
-            Elementwise::ScaledDifference { scale } => each(y, &|i, _| of(scale) * (a[i] - b[i])),
+            Elementwise::ScaledDifference { scale } => {
+                let (a, b, scale) = (&a[start..end], &b[start..end], of(scale));
+                each(y, 0, |i, _| scale * (a[i] - b[i]))
+            }
             Elementwise::WeightedDifference { per_sample, scale } => {
-                each(y, &|i, _| of(scale) * c[i / per_sample] * (a[i] - b[i]))
+                let scale = of(scale);
+                each(y, start, |i, _| scale * c[i / per_sample] * (a[i] - b[i]))
             }
             Elementwise::MaskedRowAdd { period } => {
-                each(y, &|i, y| y + a[i / period] * b[i % period])
+                each(y, start, |i, y| y + a[i / period] * b[i % period])
             }
             Elementwise::GuidanceHalves { scale } => {
-                each(y, &|i, _| a[i + len] + of(scale) * (a[i] - a[i + len]))
+                let scale = of(scale);
+                each(y, start, |i, _| a[i + len] + scale * (a[i] - a[i + len]))
             }
         }
     }
