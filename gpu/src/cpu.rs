@@ -114,7 +114,7 @@ const PARALLEL_MIN_LEN: usize = 1 << 15;
 
 /// How many threads the CPU backend splits an operation over (the machine's parallelism, at
 /// most 8).
-fn parallelism() -> usize {
+pub(crate) fn parallelism() -> usize {
     static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *THREADS.get_or_init(|| {
         std::thread::available_parallelism()

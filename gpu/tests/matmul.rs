@@ -292,6 +292,113 @@ fn cpu_reference_agrees_with_a_triple_loop_in_f64() {
     }
 }
 
+/// The definition of a batched matmul, in f64, written into `c` (which keeps every value the
+/// product does not write).
+fn triple_loop(spec: &Matmul, a: &[f32], b: &[f32], c: &mut [f32]) {
+    let at = |l: &Layout, o: usize, i: usize, r: usize, col: usize| {
+        l.offset + o * l.outer_stride + i * l.inner_stride + r * l.row_stride + col * l.col_stride
+    };
+    for o in 0..spec.batch_outer {
+        for i in 0..spec.batch_inner {
+            for r in 0..spec.m {
+                for col in 0..spec.n {
+                    let dot: f64 = (0..spec.k)
+                        .map(|p| {
+                            a[at(&spec.a, o, i, r, p)] as f64 * b[at(&spec.b, o, i, p, col)] as f64
+                        })
+                        .sum();
+                    let value = spec.activation.apply(spec.alpha * dot as f32);
+                    let index = at(&spec.c, o, i, r, col);
+                    c[index] = if spec.accumulate {
+                        c[index] + value
+                    } else {
+                        value
+                    };
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn cpu_backend_runs_attention_batches_on_threads_like_the_definition() {
+    // Attention-sized batches (64×64 by 32 per sample and head) are small enough for the CPU
+    // backend to split the samples over threads. Each product below writes into part of a
+    // packed or interleaved buffer; the values it does not own must stay as they were.
+    let (batch, heads, tokens, head_dim) = (16, 4, 64, 32);
+    let width = heads * head_dim;
+    let packed = |offset| {
+        Layout::row_major(3 * width)
+            .at(offset)
+            .batched(tokens * 3 * width, head_dim)
+    };
+    let packed_t = |offset| {
+        Layout::transposed(3 * width)
+            .at(offset)
+            .batched(tokens * 3 * width, head_dim)
+    };
+    let scores = Layout::row_major(tokens).batched(heads * tokens * tokens, tokens * tokens);
+    let scores_t = Layout::transposed(tokens).batched(heads * tokens * tokens, tokens * tokens);
+    let base = Matmul {
+        m: tokens,
+        n: tokens,
+        k: head_dim,
+        batch_outer: batch,
+        batch_inner: heads,
+        a: packed(0),
+        b: packed_t(width),
+        c: scores,
+        alpha: 0.25,
+        bias: None,
+        activation: Activation::None,
+        accumulate: false,
+    };
+    let specs = [
+        // S = α Q Kᵀ into [batch, heads, t, t]
+        base,
+        // dK = α dSᵀ Q into the K columns of the packed buffer (offset, interleaved heads)
+        Matmul {
+            n: head_dim,
+            k: tokens,
+            a: scores_t,
+            b: packed(0),
+            c: packed(width),
+            ..base
+        },
+        // the same accumulated through an activation (the product goes through a scratch)
+        Matmul {
+            n: head_dim,
+            k: tokens,
+            a: scores_t,
+            b: packed(0),
+            c: packed(2 * width),
+            accumulate: true,
+            activation: Activation::Gelu,
+            ..base
+        },
+    ];
+    let mut rng = Rng::new(11);
+    let qkv = rng.vec(batch * tokens * 3 * width);
+    let probabilities = rng.vec(batch * heads * tokens * tokens);
+    for (index, spec) in specs.iter().enumerate() {
+        let (a, b) = if index == 0 {
+            (&qkv, &qkv)
+        } else {
+            (&probabilities, &qkv)
+        };
+        let before = if index == 0 {
+            rng.vec(batch * heads * tokens * tokens)
+        } else {
+            rng.vec(batch * tokens * 3 * width)
+        };
+        let mut expected = before.clone();
+        triple_loop(spec, a, b, &mut expected);
+        let mut c = before.clone();
+        spec.run_cpu(a, b, None, &mut c);
+        assert_close(&c, &expected, 1e-5, &format!("product {index}"));
+    }
+}
+
 #[test]
 fn split_k_for_long_k_and_small_outputs() {
     use gpu::device::{Device, WgpuDevice};

@@ -277,9 +277,70 @@ impl Matmul {
     /// The CPU reference (also the CPU backend): `matrixmultiply` per batch, then the epilogue.
     pub fn run_cpu<T: Real>(&self, a: &[T], b: &[T], bias: Option<&[T]>, c: &mut [T]) {
         assert_eq!(self.c.col_stride, 1, "C must have unit column stride");
-        if self.m == 0 || self.n == 0 {
+        if self.m == 0 || self.n == 0 || self.batches() == 0 {
             return;
         }
+        let parts = self.cpu_outer_parts();
+        if parts <= 1 {
+            self.run_cpu_outer(a, b, bias, c, 0, 0..self.batch_outer);
+            return;
+        }
+        // Outer batches in parts, one per thread: part p owns the C values from the start of
+        // its first outer batch to the start of the next part's (`cpu_outer_parts` checked that
+        // every outer batch writes only inside its own stride), so the parts are disjoint
+        // slices of C. Each batch is the same gemm call as on one thread: same results.
+        let per = self.batch_outer.div_ceil(parts);
+        let stride = self.c.outer_stride;
+        std::thread::scope(|scope| {
+            let (mut rest, mut base) = (c, 0);
+            for first in (0..self.batch_outer).step_by(per) {
+                let end = (first + per).min(self.batch_outer);
+                let len = if end == self.batch_outer {
+                    rest.len()
+                } else {
+                    (end * stride - base).min(rest.len())
+                };
+                let (part, tail) = rest.split_at_mut(len);
+                let part_base = base;
+                (rest, base) = (tail, base + len);
+                if end == self.batch_outer {
+                    self.run_cpu_outer(a, b, bias, part, part_base, first..end);
+                } else {
+                    scope
+                        .spawn(move || self.run_cpu_outer(a, b, bias, part, part_base, first..end));
+                }
+            }
+        });
+    }
+
+    /// How many threads the CPU backend runs this product's outer batches on: one unless there
+    /// are several small batches (each too small for gemm's own threads, e.g. attention's per
+    /// sample and head) and every outer batch writes only inside its own outer stride of C.
+    fn cpu_outer_parts(&self) -> usize {
+        let per_batch = self.m * self.n * self.k.max(1);
+        let own_stride = self.batch_outer > 1
+            && self.c.offset < self.c.outer_stride
+            && self
+                .c
+                .index(0, self.batch_inner - 1, self.m - 1, self.n - 1)
+                < self.c.outer_stride;
+        if !own_stride || per_batch > 1 << 21 || per_batch * self.batches() < 1 << 18 {
+            return 1;
+        }
+        crate::cpu::parallelism().min(self.batch_outer)
+    }
+
+    /// [`Matmul::run_cpu`] for the outer batches `outers`, `c` holding the values of C from
+    /// index `c_base` on.
+    fn run_cpu_outer<T: Real>(
+        &self,
+        a: &[T],
+        b: &[T],
+        bias: Option<&[T]>,
+        c: &mut [T],
+        c_base: usize,
+        outers: std::ops::Range<usize>,
+    ) {
         let bias = self.bias.zip(bias);
         // The product goes straight into C (gemm's β = 1 accumulates) unless an activation must
         // apply to the product alone before it is added to C.
@@ -289,10 +350,10 @@ impl Matmul {
         } else {
             vec![T::default(); self.m * self.n]
         };
-        for outer in 0..self.batch_outer {
+        for outer in outers {
             for inner in 0..self.batch_inner {
-                let c_start = self.c.index(outer, inner, 0, 0);
-                let c_last = self.c.index(outer, inner, self.m - 1, self.n - 1);
+                let c_start = self.c.index(outer, inner, 0, 0) - c_base;
+                let c_last = self.c.index(outer, inner, self.m - 1, self.n - 1) - c_base;
                 assert!(c_last < c.len(), "result out of bounds");
                 if self.k > 0 {
                     let a_start = self.a.index(outer, inner, 0, 0);
@@ -370,7 +431,7 @@ impl Matmul {
                             value += bias[offset + col];
                         }
                         value = self.activation.apply(value);
-                        let index = self.c.index(outer, inner, row, col);
+                        let index = self.c.index(outer, inner, row, col) - c_base;
                         if self.accumulate {
                             c[index] += value;
                         } else {
