@@ -280,43 +280,27 @@ impl Matmul {
         if self.m == 0 || self.n == 0 || self.batches() == 0 {
             return;
         }
-        let parts = self.cpu_outer_parts();
-        if parts <= 1 {
+        if !self.cpu_splits_outer_batches() {
             self.run_cpu_outer(a, b, bias, c, 0, 0..self.batch_outer);
             return;
         }
-        // Outer batches in parts, one per thread: part p owns the C values from the start of
-        // its first outer batch to the start of the next part's (`cpu_outer_parts` checked that
-        // every outer batch writes only inside its own stride), so the parts are disjoint
-        // slices of C. Each batch is the same gemm call as on one thread: same results.
-        let per = self.batch_outer.div_ceil(parts);
+        // Outer batches in parts, one per thread: C is cut at multiples of the outer stride, and
+        // `cpu_splits_outer_batches` checked that every outer batch writes only inside its own
+        // stride, so a part holds whole batches. Each batch is the same gemm call as on one
+        // thread: same results.
         let stride = self.c.outer_stride;
-        std::thread::scope(|scope| {
-            let (mut rest, mut base) = (c, 0);
-            for first in (0..self.batch_outer).step_by(per) {
-                let end = (first + per).min(self.batch_outer);
-                let len = if end == self.batch_outer {
-                    rest.len()
-                } else {
-                    (end * stride - base).min(rest.len())
-                };
-                let (part, tail) = rest.split_at_mut(len);
-                let part_base = base;
-                (rest, base) = (tail, base + len);
-                if end == self.batch_outer {
-                    self.run_cpu_outer(a, b, bias, part, part_base, first..end);
-                } else {
-                    scope
-                        .spawn(move || self.run_cpu_outer(a, b, bias, part, part_base, first..end));
-                }
+        crate::cpu::in_parts(c, stride, |first, part| {
+            let end = (first + part.len().div_ceil(stride)).min(self.batch_outer);
+            if first < end {
+                self.run_cpu_outer(a, b, bias, part, first * stride, first..end);
             }
         });
     }
 
-    /// How many threads the CPU backend runs this product's outer batches on: one unless there
+    /// Whether the CPU backend runs this product's outer batches on threads: only when there
     /// are several small batches (each too small for gemm's own threads, e.g. attention's per
     /// sample and head) and every outer batch writes only inside its own outer stride of C.
-    fn cpu_outer_parts(&self) -> usize {
+    fn cpu_splits_outer_batches(&self) -> bool {
         let per_batch = self.m * self.n * self.k.max(1);
         let own_stride = self.batch_outer > 1
             && self.c.offset < self.c.outer_stride
@@ -324,10 +308,7 @@ impl Matmul {
                 .c
                 .index(0, self.batch_inner - 1, self.m - 1, self.n - 1)
                 < self.c.outer_stride;
-        if !own_stride || per_batch > 1 << 21 || per_batch * self.batches() < 1 << 18 {
-            return 1;
-        }
-        crate::cpu::parallelism().min(self.batch_outer)
+        own_stride && per_batch <= 1 << 21 && per_batch * self.batches() >= 1 << 18
     }
 
     /// [`Matmul::run_cpu`] for the outer batches `outers`, `c` holding the values of C from
