@@ -232,7 +232,7 @@ impl<T> Default for CpuPool<T> {
 /// Buffers shorter than this are allocated afresh (small allocations are cheap).
 const POOLED_MIN_LEN: usize = 4096;
 /// At most this many free buffers of one length are kept.
-const POOLED_PER_LEN: usize = 64;
+const POOLED_PER_LEN: usize = 256;
 
 /// A CPU buffer: a shared handle (cloned like a GPU buffer) to values behind a lock.
 #[derive(Debug)]
@@ -628,36 +628,15 @@ impl<T: Real + Send + Sync> Device for CpuDevice<T> {
     }
     fn patchify(&self, geometry: Patches, images: &Self::Buffer, tokens: &Self::Buffer) {
         let (images, mut tokens) = (read(images), write(tokens));
-        let (count, len) = (geometry.tokens(), geometry.patch_len());
-        for (index, out) in tokens[..geometry.len()].iter_mut().enumerate() {
-            *out = images[geometry.patchify_source(
-                index / (count * len),
-                (index / len) % count,
-                index % len,
-            )];
-        }
+        geometry.for_each_source(false, |token, image| tokens[token] = images[image]);
     }
     fn patchify_backward(&self, geometry: Patches, dtokens: &Self::Buffer, dimages: &Self::Buffer) {
         let (dtokens, mut dimages) = (read(dtokens), write(dimages));
-        let (count, len) = (geometry.tokens(), geometry.patch_len());
-        for (index, value) in dtokens[..geometry.len()].iter().enumerate() {
-            dimages[geometry.patchify_source(
-                index / (count * len),
-                (index / len) % count,
-                index % len,
-            )] = *value;
-        }
+        geometry.for_each_source(false, |token, image| dimages[image] = dtokens[token]);
     }
     fn unpatchify(&self, geometry: Patches, tokens: &Self::Buffer, images: &Self::Buffer) {
         let (tokens, mut images) = (read(tokens), write(images));
-        let (count, len) = (geometry.tokens(), geometry.patch_len());
-        for (index, value) in tokens[..geometry.len()].iter().enumerate() {
-            images[geometry.unpatchify_source(
-                index / (count * len),
-                (index / len) % count,
-                index % len,
-            )] = *value;
-        }
+        geometry.for_each_source(true, |token, image| images[image] = tokens[token]);
     }
     fn unpatchify_backward(
         &self,
@@ -666,14 +645,7 @@ impl<T: Real + Send + Sync> Device for CpuDevice<T> {
         dtokens: &Self::Buffer,
     ) {
         let (dimages, mut dtokens) = (read(dimages), write(dtokens));
-        let (count, len) = (geometry.tokens(), geometry.patch_len());
-        for (index, out) in dtokens[..geometry.len()].iter_mut().enumerate() {
-            *out = dimages[geometry.unpatchify_source(
-                index / (count * len),
-                (index / len) % count,
-                index % len,
-            )];
-        }
+        geometry.for_each_source(true, |token, image| dtokens[token] = dimages[image]);
     }
     fn sum_of_squares(
         &self,
@@ -717,20 +689,30 @@ impl<T: Real + Send + Sync> Device for CpuDevice<T> {
         let norm = read(sum_of_squares)[0].to_f64().sqrt() as f32;
         let clip = hyper.clip_factor(norm);
         let grad = to_f32(&read(grad)[..len]);
-        let (mut p, mut m_host, mut v_host) = (
-            to_f32(&read(param)[..len]),
-            to_f32(&read(m)[..len]),
-            to_f32(&read(v)[..len]),
-        );
-        hyper.update(step, clip, &mut p, &grad, &mut m_host, &mut v_host);
-        write(param)[..len].copy_from_slice(&from_f32(&p));
-        write(m)[..len].copy_from_slice(&from_f32(&m_host));
-        write(v)[..len].copy_from_slice(&from_f32(&v_host));
+        let (mut param, mut m, mut v) = (write(param), write(m), write(v));
+        let (param, m, v) = (&mut param[..len], &mut m[..len], &mut v[..len]);
+        match (T::as_f32_mut(param), T::as_f32_mut(m), T::as_f32_mut(v)) {
+            // f32: in place.
+            (Some(param), Some(m), Some(v)) => hyper.update(step, clip, param, &grad, m, v),
+            _ => {
+                let (mut p, mut m_host, mut v_host) = (to_f32(param), to_f32(m), to_f32(v));
+                hyper.update(step, clip, &mut p, &grad, &mut m_host, &mut v_host);
+                param.copy_from_slice(&from_f32(&p));
+                m.copy_from_slice(&from_f32(&m_host));
+                v.copy_from_slice(&from_f32(&v_host));
+            }
+        }
     }
     fn noise(&self, stream: NoiseStream, offset: u32, out: &Self::Buffer, len: usize) {
-        let mut host = vec![0.0f32; len];
-        stream.fill(offset, 1.0, &mut host);
-        write(out)[..len].copy_from_slice(&from_f32(&host));
+        let mut out = write(out);
+        match T::as_f32_mut(&mut out[..len]) {
+            Some(values) => stream.fill(offset, 1.0, values),
+            None => {
+                let mut host = vec![0.0f32; len];
+                stream.fill(offset, 1.0, &mut host);
+                out[..len].copy_from_slice(&from_f32(&host));
+            }
+        }
     }
     fn synchronize(&self) -> Result<(), GpuError> {
         Ok(())
@@ -1202,6 +1184,110 @@ mod tests {
         out
     }
 
+    /// The CPU device's patch permutations (walked without a division per value) equal the
+    /// per-index definitions of `cpu::patchify` / `cpu::unpatchify`, and each backward is the
+    /// inverse permutation.
+    #[test]
+    fn patch_permutations_equal_the_per_index_definition() {
+        for geometry in [
+            Patches {
+                batch: 2,
+                channels: 3,
+                size: 8,
+                patch: 4,
+            },
+            Patches {
+                batch: 3,
+                channels: 2,
+                size: 9,
+                patch: 3,
+            },
+        ] {
+            let device = CpuDevice::<f32>::new();
+            let len = geometry.len();
+            let (images, tokens) = (values(len, 4), values(len, 5));
+            let (mut patches, mut unpatched) = (vec![0.0; len], vec![0.0; len]);
+            cpu::patchify(geometry, &images, &mut patches);
+            cpu::unpatchify(geometry, &tokens, &mut unpatched);
+            let (image_buffer, token_buffer) = (device.upload(&images), device.upload(&tokens));
+            let outs: Vec<_> = (0..4).map(|_| device.zeros(len)).collect();
+            device.patchify(geometry, &image_buffer, &outs[0]);
+            device.unpatchify(geometry, &token_buffer, &outs[1]);
+            device.patchify_backward(geometry, &outs[0], &outs[2]);
+            device.unpatchify_backward(geometry, &outs[1], &outs[3]);
+            let download = |b: &CpuBuffer<f32>| device.download(b, len).expect("cpu");
+            assert_eq!(download(&outs[0]), patches, "patchify {geometry:?}");
+            assert_eq!(download(&outs[1]), unpatched, "unpatchify {geometry:?}");
+            assert_eq!(download(&outs[2]), images, "patchify backward {geometry:?}");
+            assert_eq!(
+                download(&outs[3]),
+                tokens,
+                "unpatchify backward {geometry:?}"
+            );
+        }
+    }
+
+    /// AdamW and the noise write f32 buffers in place; the f64 device goes through f32 copies.
+    /// Both must give the host reference's values.
+    #[test]
+    fn adamw_and_noise_in_place_equal_the_host_reference() {
+        let len = 5000;
+        let (param, grad, m) = (values(len, 6), values(len, 7), values(len, 8));
+        let v: Vec<f32> = values(len, 9).iter().map(|x| x * x + 0.01).collect();
+        // No clipping: the clip factor comes from a sum over all values, whose order differs
+        // between an f64 device and this f32 reference.
+        let hyper = AdamW {
+            lr: 1e-2,
+            weight_decay: 0.1,
+            max_grad_norm: 0.0,
+            ..AdamW::default()
+        };
+        let (mut p_ref, mut m_ref, mut v_ref) = (param.clone(), m.clone(), v.clone());
+        hyper.update(3, 1.0, &mut p_ref, &grad, &mut m_ref, &mut v_ref);
+        let mut noise_ref = vec![0.0; len];
+        NoiseStream::new(10).fill(17, 1.0, &mut noise_ref);
+
+        fn run<D: Device>(
+            device: &D,
+            hyper: &AdamW,
+            [param, grad, m, v]: [&[f32]; 4],
+        ) -> [Vec<f32>; 4] {
+            let len = param.len();
+            let (pb, gb, mb, vb) = (
+                device.upload(param),
+                device.upload(grad),
+                device.upload(m),
+                device.upload(v),
+            );
+            let norm = device.zeros(1);
+            device.sum_of_squares(&gb, None, len, 1.0, &norm, 0, false);
+            device.adamw(hyper, 3, &gb, &norm, &pb, &mb, &vb, len);
+            let noise = device.zeros(len);
+            device.noise(NoiseStream::new(10), 17, &noise, len);
+            [&pb, &mb, &vb, &noise].map(|b| device.download(b, len).expect("cpu"))
+        }
+        let inputs = [&param[..], &grad[..], &m[..], &v[..]];
+        for (name, [p, m, v, noise]) in [
+            ("f32", run(&CpuDevice::<f32>::new(), &hyper, inputs)),
+            ("f64", run(&CpuDevice::<f64>::new(), &hyper, inputs)),
+        ] {
+            // The same f32 update everywhere; only the bias corrections' powers may be
+            // evaluated differently (folded at compile time or not) in the last bit.
+            let tolerance = 1e-6;
+            for (label, got, want) in [("param", &p, &p_ref), ("m", &m, &m_ref), ("v", &v, &v_ref)]
+            {
+                let worst = got
+                    .iter()
+                    .zip(want.iter())
+                    .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+                    .fold(0.0f32, f32::max);
+                assert!(worst <= tolerance, "{name} {label}: off by {worst}");
+            }
+            assert_eq!(noise, noise_ref, "{name} noise");
+            assert_ne!(p, param, "{name}: the update changed the parameters");
+        }
+    }
+
     /// The CPU device splits large operations over threads; each must equal the serial
     /// reference on an output large enough to be split (and with a ragged last part).
     #[test]
@@ -1367,6 +1453,31 @@ mod tests {
             op.run_cpu(&x, &y, &[], &mut expected);
             assert_eq!(device.download(&target, len).unwrap(), expected, "{op:?}");
         }
+        // Two of those loops against their definitions, value by value: the broadcast add walks
+        // runs along the period, and the activations run as AVX2 code where there is AVX2 (the
+        // same bits as this test's own plain code).
+        let target = upload(&y);
+        let add = Elementwise::AddBroadcast { period: 37 };
+        device.elementwise(add, Some(&xb), None, None, &target, len);
+        let expected: Vec<f32> = (0..len).map(|i| y[i] + x[i % 37]).collect();
+        assert_eq!(device.download(&target, len).unwrap(), expected, "{add:?}");
+        let target = device.zeros(len);
+        device.elementwise(
+            Elementwise::GeluBackward,
+            Some(&xb),
+            Some(&yb),
+            None,
+            &target,
+            len,
+        );
+        let expected: Vec<f32> = (0..len)
+            .map(|i| y[i] * cpu::gelu_derivative(x[i]))
+            .collect();
+        assert_eq!(
+            device.download(&target, len).unwrap(),
+            expected,
+            "gelu backward"
+        );
         let doubled: Vec<f32> = x.iter().chain(&y).copied().collect();
         let target = device.zeros(len);
         device.elementwise(

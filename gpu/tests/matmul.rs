@@ -429,3 +429,32 @@ fn split_k_for_long_k_and_small_outputs() {
         );
     }
 }
+
+#[test]
+fn cpu_backend_sums_rows_for_one_row_products_like_the_definition() {
+    // One-row products (a bias gradient 1ᵀ·dY) skip matrixmultiply: B's rows are added up with
+    // the columns split over threads. Large enough to split, with a strided A row (a column of
+    // a matrix), α, an offset C, and accumulation; the values of C around the row must stay.
+    let (k, n) = (3000, 515);
+    let mut rng = Rng::new(23);
+    let a = rng.vec(k * 3);
+    let b = rng.vec(k * n + 7);
+    for accumulate in [false, true] {
+        let spec = Matmul {
+            a: Layout::transposed(3).at(1),
+            b: Layout::row_major(n).at(7),
+            c: Layout::row_major(n).at(5),
+            alpha: 0.5,
+            accumulate,
+            ..Matmul::new(1, n, k, false, false)
+        };
+        let before = rng.vec(n + 9);
+        let mut expected = before.clone();
+        triple_loop(&spec, &a, &b, &mut expected);
+        let mut c = before.clone();
+        spec.run_cpu(&a, &b, None, &mut c);
+        assert_close(&c, &expected, 1e-4, &format!("accumulate {accumulate}"));
+        assert_eq!(c[..5], before[..5], "values before the row");
+        assert_eq!(c[5 + n..], before[5 + n..], "values after the row");
+    }
+}

@@ -91,25 +91,50 @@ impl Elementwise {
                 *out = f(start + k, *out);
             }
         }
+        // `y = f(a, b)` value by value, for the activations: a loop without indexing, which
+        // the compiler vectorises (with `cpu::exp_f32`), run as AVX2 code where there is AVX2.
+        #[inline(always)]
+        fn zipped<T: Copy>(y: &mut [T], a: &[T], b: &[T], f: impl Fn(T, T) -> T) {
+            for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+                *y = f(a, b);
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        unsafe fn zipped_avx2<T: Copy>(y: &mut [T], a: &[T], b: &[T], f: impl Fn(T, T) -> T) {
+            zipped(y, a, b, f)
+        }
+        fn map<T: Copy>(y: &mut [T], a: &[T], b: &[T], f: impl Fn(T, T) -> T) {
+            #[cfg(target_arch = "x86_64")]
+            if cpu::has_avx2() {
+                // SAFETY: the processor has AVX2.
+                return unsafe { zipped_avx2(y, a, b, f) };
+            }
+            zipped(y, a, b, f)
+        }
         let end = start + y.len();
         match *self {
-            Elementwise::Gelu => {
-                let a = &a[start..end];
-                each(y, 0, |i, _| cpu::gelu(a[i]))
+            Elementwise::Gelu => map(y, &a[start..end], &a[start..end], |a, _| cpu::gelu(a)),
+            Elementwise::Silu => map(y, &a[start..end], &a[start..end], |a, _| cpu::silu(a)),
+            Elementwise::GeluBackward => map(y, &a[start..end], &b[start..end], |a, b| {
+                b * cpu::gelu_derivative(a)
+            }),
+            Elementwise::SiluBackward => map(y, &a[start..end], &b[start..end], |a, b| {
+                b * cpu::silu_derivative(a)
+            }),
+            Elementwise::AddBroadcast { period } => {
+                // In runs along the period, without a division per value.
+                let (mut index, mut rest) = (start, y);
+                while !rest.is_empty() {
+                    let phase = index % period;
+                    let run = (period - phase).min(rest.len());
+                    let (head, tail) = rest.split_at_mut(run);
+                    for (y, &a) in head.iter_mut().zip(&a[phase..phase + run]) {
+                        *y += a;
+                    }
+                    (index, rest) = (index + run, tail);
+                }
             }
-            Elementwise::Silu => {
-                let a = &a[start..end];
-                each(y, 0, |i, _| cpu::silu(a[i]))
-            }
-            Elementwise::GeluBackward => {
-                let (a, b) = (&a[start..end], &b[start..end]);
-                each(y, 0, |i, _| b[i] * cpu::gelu_derivative(a[i]))
-            }
-            Elementwise::SiluBackward => {
-                let (a, b) = (&a[start..end], &b[start..end]);
-                each(y, 0, |i, _| b[i] * cpu::silu_derivative(a[i]))
-            }
-            Elementwise::AddBroadcast { period } => each(y, start, |i, y| y + a[i % period]),
             Elementwise::Combine { s0, s1 } => {
                 let (a, b, s0, s1) = (&a[start..end], &b[start..end], of(s0), of(s1));
                 each(y, 0, |i, _| s0 * a[i] + s1 * b[i])

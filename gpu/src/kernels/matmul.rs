@@ -280,6 +280,9 @@ impl Matmul {
         if self.m == 0 || self.n == 0 || self.batches() == 0 {
             return;
         }
+        if self.run_cpu_row(a, b, c) {
+            return;
+        }
         if !self.cpu_splits_outer_batches() {
             self.run_cpu_outer(a, b, bias, c, 0, 0..self.batch_outer);
             return;
@@ -295,6 +298,70 @@ impl Matmul {
                 self.run_cpu_outer(a, b, bias, part, first * stride, first..end);
             }
         });
+    }
+
+    /// A one-row product without epilogue (m = 1, one batch, B with unit column stride: a bias
+    /// gradient `1ᵀ·dY`), computed here instead of by `matrixmultiply`, which packs all of B to
+    /// make one row: B's rows are added up in order, the columns split over threads. Returns
+    /// false (and does nothing) for any other product.
+    fn run_cpu_row<T: Real>(&self, a: &[T], b: &[T], c: &mut [T]) -> bool {
+        if self.m != 1
+            || self.batches() != 1
+            || self.k == 0
+            || self.b.col_stride != 1
+            || self.bias.is_some()
+            || self.activation != Activation::None
+        {
+            return false;
+        }
+        let (k, n) = (self.k, self.n);
+        let (a_start, b_start, c_start) = (
+            self.a.index(0, 0, 0, 0),
+            self.b.index(0, 0, 0, 0),
+            self.c.index(0, 0, 0, 0),
+        );
+        assert!(
+            self.a.index(0, 0, 0, k - 1) < a.len() && self.b.index(0, 0, k - 1, n - 1) < b.len(),
+            "operand out of bounds"
+        );
+        let alpha = T::of(self.alpha as f64);
+        let accumulate = self.accumulate;
+        let columns = |first: usize, out: &mut [T]| {
+            let mut sums = vec![T::default(); out.len()];
+            for row in 0..k {
+                let weight = a[a_start + row * self.a.col_stride];
+                let values = &b[b_start + row * self.b.row_stride + first..][..out.len()];
+                for (sum, &value) in sums.iter_mut().zip(values) {
+                    *sum += weight * value;
+                }
+            }
+            for (out, sum) in out.iter_mut().zip(sums) {
+                *out = if accumulate {
+                    *out + alpha * sum
+                } else {
+                    alpha * sum
+                };
+            }
+        };
+        let out = &mut c[c_start..c_start + n];
+        let parts = crate::cpu::parallelism().min(n / 64).max(1);
+        if parts == 1 || k * n < 1 << 16 {
+            columns(0, out);
+            return true;
+        }
+        let per = n.div_ceil(parts);
+        std::thread::scope(|scope| {
+            let mut chunks = out.chunks_mut(per).enumerate();
+            let first = chunks.next();
+            for (index, chunk) in chunks {
+                let columns = &columns;
+                scope.spawn(move || columns(index * per, chunk));
+            }
+            if let Some((_, chunk)) = first {
+                columns(0, chunk);
+            }
+        });
+        true
     }
 
     /// Whether the CPU backend runs this product's outer batches on threads: only when there
