@@ -237,7 +237,11 @@ pub fn run_with_progress(
             let seconds = time_cpu_matmul(size, options.repeats.min(5));
             let spec = Matmul::new(size, size, size, false, false);
             report.push(BenchRow {
-                backend: "cpu matrixmultiply".to_string(),
+                backend: if crate::gemm::has_avx2_fma() {
+                    "cpu avx2".to_string()
+                } else {
+                    "cpu matrixmultiply".to_string()
+                },
                 what: format!("matmul f32 {size}^3"),
                 median: spec.flops() / seconds / 1e9,
                 unit: "GFLOP/s",

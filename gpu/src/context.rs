@@ -117,9 +117,13 @@ impl Backend {
         }
     }
 
-    /// A one-line description: `cpu (matrixmultiply, N threads)` or `wgpu: ADAPTER (BACKEND, TYPE, DRIVER)`.
+    /// A one-line description: `cpu (AVX2 + FMA, N threads)` (or `cpu (matrixmultiply, N
+    /// threads)` on processors without them) or `wgpu: ADAPTER (BACKEND, TYPE, DRIVER)`.
     pub fn describe(&self) -> String {
         match self {
+            Backend::Cpu if crate::gemm::has_avx2_fma() => {
+                format!("cpu (AVX2 + FMA, {} threads)", crate::cpu::parallelism())
+            }
             Backend::Cpu => format!("cpu (matrixmultiply, {} threads)", cpu_threads()),
             Backend::Wgpu(context) => format!("wgpu: {}", context.describe()),
         }

@@ -38,8 +38,8 @@ pub trait Real:
     fn max(self, other: Self) -> Self;
     /// As f64.
     fn to_f64(self) -> f64;
-    /// `c = alpha·op(A)·op(B) + beta·c` (strided, matrixmultiply; with beta 0, c is only
-    /// written).
+    /// `c = alpha·op(A)·op(B) + beta·c` (strided; f32 through [`crate::gemm::sgemm`], f64
+    /// through matrixmultiply; with beta 0, c is only written).
     ///
     /// # Safety
     /// The strides must address only elements inside the pointed-to buffers.
@@ -112,7 +112,7 @@ macro_rules! real {
         }
     };
 }
-real!(f32, matrixmultiply::sgemm, exp_f32, Some);
+real!(f32, crate::gemm::sgemm, exp_f32, Some);
 real!(f64, matrixmultiply::dgemm, f64::exp, |_| None);
 
 /// eˣ in f32 written so that loops over many values (GELU, SiLU, softmax) vectorise, which the

@@ -28,8 +28,9 @@
 //! Key design decisions in this crate:
 //! - The model is written once, generically over [`device::Device`]; the wgpu and CPU paths differ
 //!   only in their kernels, and each kernel has a test against its reference. The CPU backend is
-//!   the oracle and also the fallback where no GPU exists (matmuls through `matrixmultiply` with
-//!   threads).
+//!   the oracle and also the fallback where no GPU exists (f32 matmuls through [`gemm`], a
+//!   blocked AVX2 kernel, where the processor has AVX2 and FMA, else through `matrixmultiply`;
+//!   both with threads).
 //! - One matmul kernel family serves every product: operands are (offset, row stride, column
 //!   stride, two batch strides) views, so transposes, per-head attention views into a packed
 //!   qkv buffer and weight gradients need no copies. Where every operand is 4-aligned, a vec4
@@ -52,6 +53,7 @@ pub mod context;
 pub mod cpu;
 pub mod device;
 pub mod engine;
+pub mod gemm;
 pub mod kernels;
 pub mod model;
 pub mod tensor;

@@ -1,4 +1,5 @@
-//! The matmul kernels against the CPU reference (matrixmultiply), on awkward shapes.
+//! The matmul kernels against the CPU reference, and the CPU products against their definition,
+//! on awkward shapes.
 
 mod common;
 
@@ -456,5 +457,86 @@ fn cpu_backend_sums_rows_for_one_row_products_like_the_definition() {
         assert_close(&c, &expected, 1e-4, &format!("accumulate {accumulate}"));
         assert_eq!(c[..5], before[..5], "values before the row");
         assert_eq!(c[5 + n..], before[5 + n..], "values after the row");
+    }
+}
+
+#[test]
+fn cpu_gemm_agrees_with_the_definition_on_awkward_shapes() {
+    // The CPU backend's f32 product (its own blocked AVX2 kernel where the processor has AVX2
+    // and FMA, else matrixmultiply): edge tiles in m and n, K across several packed blocks,
+    // every operand layout, a padded C, alpha, beta 0 over garbage (NaN must not leak) and
+    // beta 1; the larger shapes are split over threads by rows and by columns.
+    let mut rng = Rng::new(29);
+    for (m, k, n) in [
+        (1, 1, 1),
+        (7, 3, 17),
+        (13, 300, 33),
+        (300, 513, 70),
+        (40, 4096, 100),
+        (130, 257, 16),
+    ] {
+        for (transpose_a, transpose_b) in
+            [(false, false), (true, false), (false, true), (true, true)]
+        {
+            let a = rng.vec(m * k);
+            let b = rng.vec(k * n);
+            let (rsa, csa) = if transpose_a { (1, m) } else { (k, 1) };
+            let (rsb, csb) = if transpose_b { (1, k) } else { (n, 1) };
+            let rsc = n + 3;
+            for beta in [0.0f32, 1.0] {
+                let before: Vec<f32> = if beta == 0.0 {
+                    vec![f32::NAN; m * rsc]
+                } else {
+                    rng.vec(m * rsc)
+                };
+                let mut c = before.clone();
+                // SAFETY: the strides address only the vectors' elements.
+                unsafe {
+                    gpu::gemm::sgemm(
+                        m,
+                        k,
+                        n,
+                        0.7,
+                        a.as_ptr(),
+                        rsa as isize,
+                        csa as isize,
+                        b.as_ptr(),
+                        rsb as isize,
+                        csb as isize,
+                        beta,
+                        c.as_mut_ptr(),
+                        rsc as isize,
+                        1,
+                    );
+                }
+                for i in 0..m {
+                    for j in 0..n {
+                        let (mut exact, mut scale) = (0.0f64, 0.0f64);
+                        for p in 0..k {
+                            let term = a[i * rsa + p * csa] as f64 * b[p * rsb + j * csb] as f64;
+                            exact += term;
+                            scale += term.abs();
+                        }
+                        let mut want = 0.7 * exact;
+                        if beta != 0.0 {
+                            want += before[i * rsc + j] as f64;
+                        }
+                        let got = c[i * rsc + j] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-5 * scale + 1e-6,
+                            "{m}×{k}×{n} ta {transpose_a} tb {transpose_b} beta {beta} at ({i},{j}): {got} vs {want}"
+                        );
+                    }
+                    // The padding of each row of C stays as it was.
+                    for j in n..rsc {
+                        let (got, was) = (c[i * rsc + j], before[i * rsc + j]);
+                        assert!(
+                            got.to_bits() == was.to_bits(),
+                            "padding changed at ({i},{j})"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -274,7 +274,8 @@ impl Matmul {
         ]
     }
 
-    /// The CPU reference (also the CPU backend): `matrixmultiply` per batch, then the epilogue.
+    /// The CPU reference (also the CPU backend): a gemm per batch ([`crate::gemm::sgemm`] in
+    /// f32, `matrixmultiply` in f64), then the epilogue.
     pub fn run_cpu<T: Real>(&self, a: &[T], b: &[T], bias: Option<&[T]>, c: &mut [T]) {
         assert_eq!(self.c.col_stride, 1, "C must have unit column stride");
         if self.m == 0 || self.n == 0 || self.batches() == 0 {
