@@ -1301,9 +1301,9 @@ impl<D: Device> Dit<D> {
                 None,
             );
             let (normalized1, rstd1, modulated1) = (
-                device.zeros(rows * d),
-                device.zeros(rows),
-                device.zeros(rows * d),
+                device.output(rows * d),
+                device.output(rows),
+                device.output(rows * d),
             );
             device.layernorm(&hidden_state, &normalized1, &rstd1, rows, d);
             device.modulate(
@@ -1322,7 +1322,7 @@ impl<D: Device> Dit<D> {
                     buffer
                 })
             };
-            let qkv = device.zeros(rows * 3 * d);
+            let qkv = device.output(rows * 3 * d);
             let qkv_inner = inner(LoraTarget::Qkv, block.qkv);
             self.linear_forward(
                 device,
@@ -1333,13 +1333,13 @@ impl<D: Device> Dit<D> {
                 Activation::None,
                 qkv_inner.as_ref(),
             );
-            let scores = device.zeros(batch * config.heads * t * t);
+            let scores = device.output(batch * config.heads * t * t);
             device.matmul(&specs[0], &qkv, &qkv, None, &scores);
-            let probabilities = device.zeros(batch * config.heads * t * t);
+            let probabilities = device.output(batch * config.heads * t * t);
             device.softmax(&scores, &probabilities, batch * config.heads * t, t, 1.0);
-            let attention = device.zeros(rows * d);
+            let attention = device.output(rows * d);
             device.matmul(&specs[1], &probabilities, &qkv, None, &attention);
-            let projected = device.zeros(rows * d);
+            let projected = device.output(rows * d);
             let proj_inner = inner(LoraTarget::Proj, block.proj);
             self.linear_forward(
                 device,
@@ -1353,9 +1353,9 @@ impl<D: Device> Dit<D> {
             device.gated_residual(shape, &hidden_state, &projected, &modulation, chunk(2));
 
             let (normalized2, rstd2, modulated2) = (
-                device.zeros(rows * d),
-                device.zeros(rows),
-                device.zeros(rows * d),
+                device.output(rows * d),
+                device.output(rows),
+                device.output(rows * d),
             );
             device.layernorm(&hidden_state, &normalized2, &rstd2, rows, d);
             device.modulate(
@@ -1366,8 +1366,8 @@ impl<D: Device> Dit<D> {
                 chunk(4),
                 &modulated2,
             );
-            let pre_gelu = device.zeros(rows * h);
-            let hidden = device.zeros(rows * h);
+            let pre_gelu = device.output(rows * h);
+            let hidden = device.output(rows * h);
             let fc1_inner = inner(LoraTarget::Fc1, block.fc1);
             if keep {
                 self.linear_forward(
@@ -1398,7 +1398,7 @@ impl<D: Device> Dit<D> {
                     fc1_inner.as_ref(),
                 );
             }
-            let mlp_out = device.zeros(rows * d);
+            let mlp_out = device.output(rows * d);
             let fc2_inner = inner(LoraTarget::Fc2, block.fc2);
             self.linear_forward(
                 device,
@@ -1441,9 +1441,9 @@ impl<D: Device> Dit<D> {
             None,
         );
         let (final_normalized, final_rstd, final_modulated) = (
-            device.zeros(rows * d),
-            device.zeros(rows),
-            device.zeros(rows * d),
+            device.output(rows * d),
+            device.output(rows),
+            device.output(rows * d),
         );
         device.layernorm(&hidden_state, &final_normalized, &final_rstd, rows, d);
         let final_chunk = |i: usize| Chunk {
@@ -1458,7 +1458,7 @@ impl<D: Device> Dit<D> {
             final_chunk(1),
             &final_modulated,
         );
-        let out_tokens = device.zeros(rows * config.patch_len());
+        let out_tokens = device.output(rows * config.patch_len());
         self.linear_forward(
             device,
             self.final_linear,
@@ -1468,7 +1468,7 @@ impl<D: Device> Dit<D> {
             Activation::None,
             None,
         );
-        let epsilon = device.zeros(batch * config.image_len());
+        let epsilon = device.output(batch * config.image_len());
         device.unpatchify(geometry, &out_tokens, &epsilon);
         let cache = keep.then(|| Cache {
             batch,
@@ -1523,9 +1523,9 @@ impl<D: Device> Dit<D> {
         let ones = device.upload(&vec![1.0; rows.max(batch)]);
         let full = mode == TrainMode::Full;
         // Final layer.
-        let dout = device.zeros(rows * config.patch_len());
+        let dout = device.output(rows * config.patch_len());
         device.unpatchify_backward(geometry, depsilon, &dout);
-        let dmodulated = device.zeros(rows * d);
+        let dmodulated = device.output(rows * d);
         self.linear_backward(
             device,
             self.final_linear,
@@ -1545,7 +1545,7 @@ impl<D: Device> Dit<D> {
             offset: i * d,
             stride: 2 * d,
         };
-        let dnormalized = device.zeros(rows * d);
+        let dnormalized = device.output(rows * d);
         let dfinal_mod = device.zeros(batch * 2 * d);
         device.modulate_backward(
             shape,
@@ -1557,7 +1557,7 @@ impl<D: Device> Dit<D> {
             &dnormalized,
             &dfinal_mod,
         );
-        let dh = device.zeros(rows * d);
+        let dh = device.output(rows * d);
         device.layernorm_backward(
             &cache.final_normalized,
             &cache.final_rstd,
@@ -1583,12 +1583,12 @@ impl<D: Device> Dit<D> {
             offset: i * d,
             stride: 6 * d,
         };
-        let scratch = device.zeros(rows * d);
+        let scratch = device.output(rows * d);
         let scores_len = batch * config.heads * t * t;
         for (block, saved) in self.blocks.iter().zip(&cache.blocks).rev() {
             let dmodulation = device.zeros(batch * 6 * d);
             // MLP branch: h += gate · fc2(gelu(fc1(modulate(LN(h))))).
-            let dmlp = device.zeros(rows * d);
+            let dmlp = device.output(rows * d);
             device.gated_residual_backward(
                 shape,
                 &saved.mlp_out,
@@ -1598,7 +1598,7 @@ impl<D: Device> Dit<D> {
                 &dmlp,
                 &dmodulation,
             );
-            let dhidden = device.zeros(rows * h);
+            let dhidden = device.output(rows * h);
             self.linear_backward(
                 device,
                 block.fc2,
@@ -1609,7 +1609,7 @@ impl<D: Device> Dit<D> {
                 saved.lora_inner.get(&LoraTarget::Fc2),
                 &ones,
             );
-            let dpre = device.zeros(rows * h);
+            let dpre = device.output(rows * h);
             device.elementwise(
                 Elementwise::GeluBackward,
                 Some(&saved.pre_gelu),
@@ -1618,7 +1618,7 @@ impl<D: Device> Dit<D> {
                 &dpre,
                 rows * h,
             );
-            let dmodulated2 = device.zeros(rows * d);
+            let dmodulated2 = device.output(rows * d);
             self.linear_backward(
                 device,
                 block.fc1,
@@ -1629,7 +1629,7 @@ impl<D: Device> Dit<D> {
                 saved.lora_inner.get(&LoraTarget::Fc1),
                 &ones,
             );
-            let dnormalized2 = device.zeros(rows * d);
+            let dnormalized2 = device.output(rows * d);
             device.modulate_backward(
                 shape,
                 &saved.normalized2,
@@ -1657,7 +1657,7 @@ impl<D: Device> Dit<D> {
                 rows * d,
             );
             // Attention branch.
-            let dprojected = device.zeros(rows * d);
+            let dprojected = device.output(rows * d);
             device.gated_residual_backward(
                 shape,
                 &saved.projected,
@@ -1667,7 +1667,7 @@ impl<D: Device> Dit<D> {
                 &dprojected,
                 &dmodulation,
             );
-            let dattention = device.zeros(rows * d);
+            let dattention = device.output(rows * d);
             self.linear_backward(
                 device,
                 block.proj,
@@ -1678,11 +1678,11 @@ impl<D: Device> Dit<D> {
                 saved.lora_inner.get(&LoraTarget::Proj),
                 &ones,
             );
-            let dprobabilities = device.zeros(scores_len);
+            let dprobabilities = device.output(scores_len);
             device.matmul(&specs[2], &dattention, &saved.qkv, None, &dprobabilities);
-            let dqkv = device.zeros(rows * 3 * d);
+            let dqkv = device.output(rows * 3 * d);
             device.matmul(&specs[3], &saved.probabilities, &dattention, None, &dqkv);
-            let dscores = device.zeros(scores_len);
+            let dscores = device.output(scores_len);
             device.softmax_backward(
                 &saved.probabilities,
                 &dprobabilities,
@@ -1693,7 +1693,7 @@ impl<D: Device> Dit<D> {
             );
             device.matmul(&specs[4], &dscores, &saved.qkv, None, &dqkv);
             device.matmul(&specs[5], &dscores, &saved.qkv, None, &dqkv);
-            let dmodulated1 = device.zeros(rows * d);
+            let dmodulated1 = device.output(rows * d);
             self.linear_backward(
                 device,
                 block.qkv,
@@ -1704,7 +1704,7 @@ impl<D: Device> Dit<D> {
                 saved.lora_inner.get(&LoraTarget::Qkv),
                 &ones,
             );
-            let dnormalized1 = device.zeros(rows * d);
+            let dnormalized1 = device.output(rows * d);
             device.modulate_backward(
                 shape,
                 &saved.normalized1,
@@ -1905,9 +1905,9 @@ impl<D: Device> Dit<D> {
             .collect();
         let alpha_bar: Vec<f32> = timesteps.iter().map(|t| bars[*t as usize] as f32).collect();
         let x0 = device.upload(&batch.images);
-        let noise = device.zeros(len);
+        let noise = device.output(len);
         device.noise(stream, 0, &noise, len);
-        let xt = device.zeros(len);
+        let xt = device.output(len);
         let alpha_bar_buffer = device.upload(&alpha_bar);
         device.elementwise(
             Elementwise::AddNoise {
@@ -1922,7 +1922,7 @@ impl<D: Device> Dit<D> {
         let (epsilon, cache) = self.forward_internal(device, &xt, &timesteps, &batch.ids, true);
         let cache = cache.expect("cache kept");
         let loss = device.zeros(1);
-        let depsilon = device.zeros(len);
+        let depsilon = device.output(len);
         match self.loss_weighting {
             LossWeighting::Uniform => {
                 device.sum_of_squares(
@@ -1953,7 +1953,7 @@ impl<D: Device> Dit<D> {
                     .collect();
                 let root_weights = device.upload(&root_weights);
                 let per_sample = config.image_len();
-                let residual = device.zeros(len);
+                let residual = device.output(len);
                 device.elementwise(
                     Elementwise::WeightedDifference {
                         per_sample,
