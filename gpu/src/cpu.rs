@@ -38,8 +38,10 @@ pub trait Real:
     fn max(self, other: Self) -> Self;
     /// As f64.
     fn to_f64(self) -> f64;
-    /// `c = alpha·op(A)·op(B) + beta·c` (strided; f32 through [`crate::gemm::sgemm`], f64
-    /// through matrixmultiply; with beta 0, c is only written).
+    /// `c = alpha·op(A)·op(B) + beta·c` (strided; f32 through [`crate::gemm::sgemm_bias`], f64
+    /// through matrixmultiply; with beta 0, c is only written), then `+ bias[j]` on column j
+    /// when the gemm can add it as it writes C: returns whether it did (else the caller adds
+    /// it).
     ///
     /// # Safety
     /// The strides must address only elements inside the pointed-to buffers.
@@ -59,7 +61,8 @@ pub trait Real:
         c: *mut Self,
         rsc: isize,
         csc: isize,
-    );
+        bias: Option<&[Self]>,
+    ) -> bool;
 }
 
 macro_rules! real {
@@ -105,15 +108,44 @@ macro_rules! real {
                 c: *mut Self,
                 rsc: isize,
                 csc: isize,
-            ) {
+                bias: Option<&[Self]>,
+            ) -> bool {
                 // SAFETY: forwarded from the caller.
-                unsafe { $gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+                unsafe {
+                    $gemm(
+                        m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc, bias,
+                    )
+                }
             }
         }
     };
 }
-real!(f32, crate::gemm::sgemm, exp_f32, Some);
-real!(f64, matrixmultiply::dgemm, f64::exp, |_| None);
+real!(f32, crate::gemm::sgemm_bias, exp_f32, Some);
+real!(f64, dgemm, f64::exp, |_| None);
+
+/// `matrixmultiply::dgemm` with [`Real::gemm`]'s bias argument (which it leaves to the caller).
+#[allow(clippy::too_many_arguments)]
+unsafe fn dgemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f64,
+    a: *const f64,
+    rsa: isize,
+    csa: isize,
+    b: *const f64,
+    rsb: isize,
+    csb: isize,
+    beta: f64,
+    c: *mut f64,
+    rsc: isize,
+    csc: isize,
+    bias: Option<&[f64]>,
+) -> bool {
+    // SAFETY: forwarded from the caller.
+    unsafe { matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) };
+    bias.is_none()
+}
 
 /// eˣ in f32 written so that loops over many values (GELU, SiLU, softmax) vectorise, which the
 /// library call prevents: x = n·ln 2 + r with |r| ≤ ln 2 / 2, eʳ by its degree-7 Taylor

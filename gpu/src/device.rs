@@ -730,7 +730,10 @@ impl<T: Real + Send + Sync> Device for CpuDevice<T> {
     fn noise(&self, stream: NoiseStream, offset: u32, out: &Self::Buffer, len: usize) {
         let mut out = write(out);
         match T::as_f32_mut(&mut out[..len]) {
-            Some(values) => stream.fill(offset, 1.0, values),
+            // Each value depends only on its index: filled in parts over the cores.
+            Some(values) => cpu::in_parts(values, 1, |first, part| {
+                stream.fill(offset.wrapping_add(first as u32), 1.0, part)
+            }),
             None => {
                 let mut host = vec![0.0f32; len];
                 stream.fill(offset, 1.0, &mut host);

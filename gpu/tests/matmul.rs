@@ -465,7 +465,8 @@ fn cpu_gemm_agrees_with_the_definition_on_awkward_shapes() {
     // The CPU backend's f32 product (its own blocked AVX2 kernel where the processor has AVX2
     // and FMA, else matrixmultiply): edge tiles in m and n, K across several packed blocks,
     // every operand layout, a padded C, alpha, beta 0 over garbage (NaN must not leak) and
-    // beta 1; the larger shapes are split over threads by rows and by columns.
+    // beta 1, with and without a bias per column; the larger shapes are split over threads by
+    // rows and by columns.
     let mut rng = Rng::new(29);
     for (m, k, n) in [
         (1, 1, 1),
@@ -483,16 +484,17 @@ fn cpu_gemm_agrees_with_the_definition_on_awkward_shapes() {
             let (rsa, csa) = if transpose_a { (1, m) } else { (k, 1) };
             let (rsb, csb) = if transpose_b { (1, k) } else { (n, 1) };
             let rsc = n + 3;
-            for beta in [0.0f32, 1.0] {
+            let bias = rng.vec(n);
+            for (beta, with_bias) in [(0.0f32, false), (1.0, false), (0.0, true), (1.0, true)] {
                 let before: Vec<f32> = if beta == 0.0 {
                     vec![f32::NAN; m * rsc]
                 } else {
                     rng.vec(m * rsc)
                 };
                 let mut c = before.clone();
-                // SAFETY: the strides address only the vectors' elements.
-                unsafe {
-                    gpu::gemm::sgemm(
+                // SAFETY: the strides address only the vectors' elements; bias has n values.
+                let added = unsafe {
+                    gpu::gemm::sgemm_bias(
                         m,
                         k,
                         n,
@@ -507,7 +509,16 @@ fn cpu_gemm_agrees_with_the_definition_on_awkward_shapes() {
                         c.as_mut_ptr(),
                         rsc as isize,
                         1,
-                    );
+                        with_bias.then_some(&bias[..]),
+                    )
+                };
+                // Where the bias was not added while writing C (matrixmultiply), add it here.
+                if with_bias && !added {
+                    for i in 0..m {
+                        for j in 0..n {
+                            c[i * rsc + j] += bias[j];
+                        }
+                    }
                 }
                 for i in 0..m {
                     for j in 0..n {
@@ -520,6 +531,9 @@ fn cpu_gemm_agrees_with_the_definition_on_awkward_shapes() {
                         let mut want = 0.7 * exact;
                         if beta != 0.0 {
                             want += before[i * rsc + j] as f64;
+                        }
+                        if with_bias {
+                            want += bias[j] as f64;
                         }
                         let got = c[i * rsc + j] as f64;
                         assert!(

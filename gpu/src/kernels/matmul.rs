@@ -404,6 +404,7 @@ impl Matmul {
                 let c_start = self.c.index(outer, inner, 0, 0) - c_base;
                 let c_last = self.c.index(outer, inner, self.m - 1, self.n - 1) - c_base;
                 assert!(c_last < c.len(), "result out of bounds");
+                let mut bias_added = false;
                 if self.k > 0 {
                     let a_start = self.a.index(outer, inner, 0, 0);
                     let b_start = self.b.index(outer, inner, 0, 0);
@@ -426,7 +427,10 @@ impl Matmul {
                     };
                     // SAFETY: the strides address only elements inside the slices, which is
                     // checked by the last-element indices above.
-                    unsafe {
+                    let gemm_bias = bias
+                        .filter(|_| direct)
+                        .map(|(offset, bias)| &bias[offset..offset + self.n]);
+                    bias_added = unsafe {
                         T::gemm(
                             self.m,
                             self.k,
@@ -442,12 +446,15 @@ impl Matmul {
                             target,
                             row_stride as isize,
                             1,
-                        );
-                    }
+                            gemm_bias,
+                        ) && gemm_bias.is_some()
+                    };
                 }
                 if direct {
-                    // C holds α·AB (+ C when accumulating): add the bias, then the activation
-                    // (only when not accumulating, see `direct`).
+                    // C holds α·AB (+ C when accumulating): add the bias (unless the gemm added
+                    // it as it wrote C), then the activation (only when not accumulating, see
+                    // `direct`).
+                    let bias = bias.filter(|_| !bias_added);
                     if bias.is_none() && self.activation == Activation::None {
                         continue;
                     }
