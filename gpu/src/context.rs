@@ -124,17 +124,13 @@ impl Backend {
             Backend::Cpu if crate::gemm::has_avx2_fma() => {
                 format!("cpu (AVX2 + FMA, {} threads)", crate::cpu::parallelism())
             }
-            Backend::Cpu => format!("cpu (matrixmultiply, {} threads)", cpu_threads()),
+            Backend::Cpu => format!(
+                "cpu (matrixmultiply, {} threads)",
+                crate::cpu::parallelism()
+            ),
             Backend::Wgpu(context) => format!("wgpu: {}", context.describe()),
         }
     }
-}
-
-fn cpu_threads() -> usize {
-    std::env::var("MATMUL_NUM_THREADS")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// How a kernel binds a storage buffer.

@@ -181,14 +181,21 @@ pub fn exp_f32(x: f32) -> f32 {
 /// Outputs shorter than this are computed on the calling thread.
 const PARALLEL_MIN_LEN: usize = 1 << 15;
 
-/// How many threads the CPU backend splits an operation over (the machine's parallelism, at
-/// most 8).
+/// How many threads the CPU backend splits an operation over: `MATMUL_NUM_THREADS` when it is
+/// set to a positive number (the variable `matrixmultiply` reads too), else the machine's
+/// parallelism, at most 8.
 pub(crate) fn parallelism() -> usize {
     static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *THREADS.get_or_init(|| {
-        std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(8)
+        std::env::var("MATMUL_NUM_THREADS")
+            .ok()
+            .and_then(|value| value.trim().parse::<usize>().ok())
+            .filter(|&threads| threads > 0)
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map_or(1, |n| n.get())
+                    .min(8)
+            })
     })
 }
 
