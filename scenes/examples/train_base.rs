@@ -4,14 +4,8 @@
 //! cargo run --release -p scenes --example train_base -- --out base.safetensors --seed 1
 //! ```
 //!
-//! The shipped recipe takes about 55 minutes on an otherwise idle 2-core machine with the CPU
-//! backend (`--device cpu`), and about 40 with glibc told to keep freed memory instead of
-//! returning it to the system each step (the CPU backend allocates every step's buffers afresh):
-//!
-//! ```sh
-//! MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=4294967295 \
-//!   cargo run --release -p scenes --example train_base -- --out base.safetensors --seed 1 --device cpu
-//! ```
+//! `thitl scenes train-base` runs the same training. The shipped recipe takes minutes on a GPU
+//! and about an hour on two CPU cores (`--device cpu`; measured rates in `BENCHMARKS.md`).
 //!
 //! Options:
 //! - `--out PATH` (required): the weights (safetensors); the configuration goes to
