@@ -19,44 +19,15 @@ const MC: usize = 120;
 /// Products smaller than this (m·n·k) run on one thread.
 const PARALLEL_MIN_WORK: usize = 1 << 20;
 
-/// `c = alpha·A·B + beta·c` with the signature of `matrixmultiply::sgemm` (element strides;
-/// with beta 0, c is only written). Runs the AVX2 product when the processor has AVX2 and FMA
-/// and C's columns are contiguous, else `matrixmultiply`.
+/// `c = alpha·A·B + beta·c` with the arguments of `matrixmultiply::sgemm` (element strides;
+/// with beta 0, c is only written), then `+ bias[j]` on column j of C (the same values as adding
+/// it afterwards) when it can add it while writing C: returns whether it did. Runs the AVX2
+/// product when the processor has AVX2 and FMA and C's columns are contiguous (it adds the
+/// bias), else `matrixmultiply` (which leaves the bias to the caller).
 ///
 /// # Safety
-/// The strides must address only elements inside the pointed-to buffers, and C must not
-/// overlap A or B.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn sgemm(
-    m: usize,
-    k: usize,
-    n: usize,
-    alpha: f32,
-    a: *const f32,
-    rsa: isize,
-    csa: isize,
-    b: *const f32,
-    rsb: isize,
-    csb: isize,
-    beta: f32,
-    c: *mut f32,
-    rsc: isize,
-    csc: isize,
-) {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        sgemm_bias(
-            m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc, None,
-        );
-    }
-}
-
-/// [`sgemm`] that also adds `bias[j]` to column j of C, after the product (the same values as
-/// adding it afterwards), when it can do so while writing C: returns whether it did (with the
-/// AVX2 product; `matrixmultiply` leaves the bias to the caller).
-///
-/// # Safety
-/// As [`sgemm`]; `bias` holds at least n values.
+/// The strides must address only elements inside the pointed-to buffers, C must not overlap A
+/// or B, and `bias` holds at least n values.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn sgemm_bias(
     m: usize,
@@ -176,7 +147,7 @@ impl Product {
     /// each part running the whole blocked product on its own.
     ///
     /// # Safety
-    /// See [`sgemm`]; the processor has AVX2 and FMA.
+    /// See [`sgemm_bias`]; the processor has AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     unsafe fn run(self, m: usize, k: usize, n: usize) {
         let threads = crate::cpu::parallelism();

@@ -274,7 +274,7 @@ impl Matmul {
         ]
     }
 
-    /// The CPU reference (also the CPU backend): a gemm per batch ([`crate::gemm::sgemm`] in
+    /// The CPU reference (also the CPU backend): a gemm per batch ([`crate::gemm::sgemm_bias`] in
     /// f32, `matrixmultiply` in f64), then the epilogue.
     pub fn run_cpu<T: Real>(&self, a: &[T], b: &[T], bias: Option<&[T]>, c: &mut [T]) {
         assert_eq!(self.c.col_stride, 1, "C must have unit column stride");
