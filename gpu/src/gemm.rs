@@ -105,6 +105,14 @@ impl Strided {
             ..self
         }
     }
+    /// The same elements with rows and columns swapped.
+    fn transposed(self) -> Self {
+        Strided {
+            row: self.col,
+            col: self.row,
+            ..self
+        }
+    }
     /// Element (r, c).
     ///
     /// # Safety
@@ -232,7 +240,7 @@ impl Product {
         for depth in (0..k).step_by(KC) {
             let kc = KC.min(k - depth);
             // SAFETY: rows depth..depth + kc of B are in bounds.
-            unsafe { pack_b(self.b.offset(depth, 0), kc, n, packed_b) };
+            unsafe { pack(self.b.offset(depth, 0).transposed(), NR, n, kc, packed_b) };
             // The first block applies beta; the later ones add to what it wrote; the last adds
             // the bias.
             let beta = if depth == 0 { self.beta } else { 1.0 };
@@ -240,7 +248,7 @@ impl Product {
             for row in (0..m).step_by(MC) {
                 let mc = MC.min(m - row);
                 // SAFETY: rows row..row + mc, columns depth..depth + kc of A are in bounds.
-                unsafe { pack_a(self.a.offset(row, depth), mc, kc, packed_a) };
+                unsafe { pack(self.a.offset(row, depth), MR, mc, kc, packed_a) };
                 for panel_n in 0..panels_n {
                     let col = panel_n * NR;
                     let b = &packed_b[panel_n * NR * kc..][..NR * kc];
@@ -264,93 +272,42 @@ impl Product {
     }
 }
 
-/// Copies `kc` rows and `n` columns of B into panels of NR columns (`[panel][p][NR]`), zero
-/// beyond column n.
+/// Copies a `len × kc` view (element (i, p): panel dimension i, depth p) into panels of
+/// `width` along i (`[panel][p][width]`), zero beyond i = len. A packs as it is (width MR), B
+/// through [`Strided::transposed`] (width NR).
 ///
 /// # Safety
-/// The rows and columns are in bounds.
+/// The `len × kc` elements of the view are in bounds.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn pack_b(b: Strided, kc: usize, n: usize, out: &mut [f32]) {
+unsafe fn pack(view: Strided, width: usize, len: usize, kc: usize, out: &mut [f32]) {
     for (panel, chunk) in out
-        .chunks_exact_mut(NR * kc)
-        .take(n.div_ceil(NR))
+        .chunks_exact_mut(width * kc)
+        .take(len.div_ceil(width))
         .enumerate()
     {
-        let first = panel * NR;
-        let cols = NR.min(n - first);
-        if b.row == 1 {
-            // B stored transposed (a PyTorch weight): read along p, one column at a time.
-            for j in 0..NR {
-                for p in 0..kc {
-                    // SAFETY: in bounds for j < cols.
-                    chunk[p * NR + j] = if j < cols {
-                        unsafe { b.get(p, first + j) }
-                    } else {
-                        0.0
-                    };
-                }
-            }
-            continue;
-        }
-        for (p, row) in chunk.chunks_exact_mut(NR).enumerate() {
-            if b.col == 1 && cols == NR {
-                // SAFETY: in bounds (the caller's contract); contiguous columns.
-                let source = unsafe {
-                    std::slice::from_raw_parts(
-                        (b.at as *const f32).offset(p as isize * b.row + first as isize),
-                        NR,
-                    )
-                };
-                row.copy_from_slice(source);
-            } else {
-                for (j, value) in row.iter_mut().enumerate() {
-                    // SAFETY: in bounds for j < cols.
-                    *value = if j < cols {
-                        unsafe { b.get(p, first + j) }
-                    } else {
-                        0.0
-                    };
-                }
-            }
-        }
-    }
-}
-
-/// Copies `mc` rows and `kc` columns of A into panels of MR rows (`[panel][p][MR]`), zero
-/// beyond row mc.
-///
-/// # Safety
-/// The rows and columns are in bounds.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn pack_a(a: Strided, mc: usize, kc: usize, out: &mut [f32]) {
-    for (panel, chunk) in out
-        .chunks_exact_mut(MR * kc)
-        .take(mc.div_ceil(MR))
-        .enumerate()
-    {
-        let first = panel * MR;
-        let rows = MR.min(mc - first);
-        if a.row == 1 && rows == MR {
-            // A stored transposed (columns contiguous): each p reads MR neighbours.
-            for (p, column) in chunk.chunks_exact_mut(MR).enumerate() {
+        let first = panel * width;
+        let count = width.min(len - first);
+        if view.row == 1 && count == width {
+            // Contiguous along the panel: each p copies `width` neighbours.
+            for (p, slot) in chunk.chunks_exact_mut(width).enumerate() {
                 // SAFETY: in bounds (the caller's contract).
                 let source = unsafe {
                     std::slice::from_raw_parts(
-                        (a.at as *const f32).offset(first as isize + p as isize * a.col),
-                        MR,
+                        (view.at as *const f32).offset(first as isize + p as isize * view.col),
+                        width,
                     )
                 };
-                column.copy_from_slice(source);
+                slot.copy_from_slice(source);
             }
             continue;
         }
-        for i in 0..MR {
+        // Otherwise along the depth, one i at a time (contiguous reads when the depth is).
+        for i in 0..width {
             for p in 0..kc {
-                // SAFETY: in bounds for i < rows.
-                chunk[p * MR + i] = if i < rows {
-                    unsafe { a.get(first + i, p) }
+                // SAFETY: in bounds for i < count.
+                chunk[p * width + i] = if i < count {
+                    unsafe { view.get(first + i, p) }
                 } else {
                     0.0
                 };
