@@ -200,8 +200,8 @@ pub(crate) fn parallelism() -> usize {
 }
 
 /// Runs `work(first_unit, part_a, part_b)` on disjoint parts of `a` and `b`, cut at the same
-/// unit boundaries (`a_unit` values of `a` and `b_unit` of `b` per unit), one part per thread.
-/// Small outputs run inline. The parts cover everything once, so the result is the same as one
+/// unit boundaries (`a_unit` values of `a` and `b_unit` of `b` per unit), one part per thread
+/// (on [`crate::pool`]'s kept threads). Small outputs run inline. The parts cover everything once, so the result is the same as one
 /// call over the whole.
 pub(crate) fn in_parts2<T: Send, U: Send>(
     a: &mut [T],
@@ -217,21 +217,39 @@ pub(crate) fn in_parts2<T: Send, U: Send>(
         return;
     }
     let per = units.div_ceil(parts);
-    std::thread::scope(|scope| {
-        let (mut rest_a, mut rest_b, mut first) = (a, b, 0);
-        while !rest_a.is_empty() {
-            let (head_a, tail_a) = rest_a.split_at_mut((per * a_unit).min(rest_a.len()));
-            let (head_b, tail_b) = rest_b.split_at_mut((per * b_unit).min(rest_b.len()));
-            (rest_a, rest_b) = (tail_a, tail_b);
-            let work = &work;
-            if rest_a.is_empty() {
-                work(first, head_a, head_b);
-            } else {
-                scope.spawn(move || work(first, head_a, head_b));
-            }
-            first += per;
-        }
+    let (a_len, b_len) = (a.len(), b.len());
+    let (a_at, b_at) = (SendPtr(a.as_mut_ptr()), SendPtr(b.as_mut_ptr()));
+    let count = units.div_ceil(per);
+    crate::pool::run_parts(count, &|part| {
+        // The last part also takes what is left after the whole units.
+        let first = part * per;
+        let end = |len: usize, unit: usize| match part + 1 == count {
+            true => len,
+            false => ((first + per) * unit).min(len),
+        };
+        let a_range = (first * a_unit).min(a_len)..end(a_len, a_unit);
+        let b_range = (first * b_unit).min(b_len)..end(b_len, b_unit);
+        // SAFETY: the parts' ranges are disjoint and inside `a` and `b`, which stay borrowed
+        // mutably until every part has run.
+        let (head_a, head_b) = unsafe { (a_at.slice(a_range), b_at.slice(b_range)) };
+        work(first, head_a, head_b);
     });
+}
+
+/// A mutable slice's start, shared with the threads that write disjoint parts of it.
+pub(crate) struct SendPtr<T>(pub(crate) *mut T);
+// SAFETY: only used to hand disjoint parts of a slice of `Send` values to other threads.
+unsafe impl<T: Send> Sync for SendPtr<T> {}
+impl<T> SendPtr<T> {
+    /// The values in `range`.
+    ///
+    /// # Safety
+    /// `range` lies inside the slice, and no other live reference covers it.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice<'a>(&self, range: std::ops::Range<usize>) -> &'a mut [T] {
+        // SAFETY: the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(range.start), range.len()) }
+    }
 }
 
 /// The length below which operations stay on one thread (for tests that must exceed it).

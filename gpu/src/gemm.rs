@@ -152,7 +152,7 @@ impl Product {
     }
 
     /// Splits the product over threads (by rows of C when there are enough, else by columns),
-    /// each part running the whole blocked product on its own.
+    /// each part running the whole blocked product on its own (on [`crate::pool`]'s threads).
     ///
     /// # Safety
     /// See [`sgemm_bias`]; the processor has AVX2 and FMA.
@@ -174,24 +174,15 @@ impl Product {
             return;
         }
         let per = length.div_ceil(parts).div_ceil(unit) * unit;
-        std::thread::scope(|scope| {
-            for first in (0..length).step_by(per).skip(1) {
-                let size = per.min(length - first);
-                let (part, pm, pn) = if by_rows {
-                    (self.offset(first, 0), size, n)
-                } else {
-                    (self.offset(0, first), m, size)
-                };
-                // SAFETY: the parts write disjoint rows (or columns) of C.
-                scope.spawn(move || unsafe { part.blocked(pm, k, pn) });
-            }
-            let (pm, pn) = if by_rows {
-                (per.min(m), n)
+        crate::pool::run_parts(length.div_ceil(per), &|index| {
+            let (first, size) = (index * per, per.min(length - index * per));
+            let (part, pm, pn) = if by_rows {
+                (self.offset(first, 0), size, n)
             } else {
-                (m, per.min(n))
+                (self.offset(0, first), m, size)
             };
-            // SAFETY: as above.
-            unsafe { self.blocked(pm, k, pn) };
+            // SAFETY: the parts write disjoint rows (or columns) of C.
+            unsafe { part.blocked(pm, k, pn) };
         });
     }
 

@@ -56,6 +56,7 @@ pub mod engine;
 pub mod gemm;
 pub mod kernels;
 pub mod model;
+mod pool;
 pub mod tensor;
 
 pub use context::{Backend, DeviceChoice, GpuContext, GpuError};

@@ -351,16 +351,11 @@ impl Matmul {
             return true;
         }
         let per = n.div_ceil(parts);
-        std::thread::scope(|scope| {
-            let mut chunks = out.chunks_mut(per).enumerate();
-            let first = chunks.next();
-            for (index, chunk) in chunks {
-                let columns = &columns;
-                scope.spawn(move || columns(index * per, chunk));
-            }
-            if let Some((_, chunk)) = first {
-                columns(0, chunk);
-            }
+        let out = crate::cpu::SendPtr(out.as_mut_ptr());
+        crate::pool::run_parts(n.div_ceil(per), &|index| {
+            let first = index * per;
+            // SAFETY: the parts' columns are disjoint and inside `out`.
+            columns(first, unsafe { out.slice(first..(first + per).min(n)) });
         });
         true
     }
