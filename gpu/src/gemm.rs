@@ -16,6 +16,8 @@ const NR: usize = 16;
 const KC: usize = 512;
 /// Rows of A packed at once (MC×KC floats: 240 KiB, in L2).
 const MC: usize = 120;
+/// Products whose A has at most this many values (and K ≤ KC) read A in place (it stays in L1).
+const IN_PLACE_MAX: usize = 8192;
 /// Products smaller than this (m·n·k) run on one thread.
 const PARALLEL_MIN_WORK: usize = 1 << 20;
 
@@ -228,23 +230,39 @@ impl Product {
         packed_b: &mut [f32],
     ) {
         let panels_n = n.div_ceil(NR);
+        // Small products (attention's per sample and head) read A in place, and B too when its
+        // rows are contiguous: copying them cost more than the product.
+        let in_place_a = k <= KC && m * k <= IN_PLACE_MAX;
+        let in_place_b = in_place_a && self.b.col == 1 && n.is_multiple_of(NR);
         for depth in (0..k).step_by(KC) {
             let kc = KC.min(k - depth);
-            // SAFETY: rows depth..depth + kc of B are in bounds.
-            unsafe { pack(self.b.offset(depth, 0).transposed(), NR, n, kc, packed_b) };
+            if !in_place_b {
+                // SAFETY: rows depth..depth + kc of B are in bounds.
+                unsafe { pack(self.b.offset(depth, 0).transposed(), NR, n, kc, packed_b) };
+            }
             // The first block applies beta; the later ones add to what it wrote; the last adds
             // the bias.
             let beta = if depth == 0 { self.beta } else { 1.0 };
             let bias = self.bias.filter(|_| depth + kc == k);
             for row in (0..m).step_by(MC) {
                 let mc = MC.min(m - row);
-                // SAFETY: rows row..row + mc, columns depth..depth + kc of A are in bounds.
-                unsafe { pack(self.a.offset(row, depth), MR, mc, kc, packed_a) };
+                if !in_place_a {
+                    // SAFETY: rows row..row + mc, columns depth..depth + kc of A are in bounds.
+                    unsafe { pack(self.a.offset(row, depth), MR, mc, kc, packed_a) };
+                }
                 for panel_n in 0..panels_n {
                     let col = panel_n * NR;
-                    let b = &packed_b[panel_n * NR * kc..][..NR * kc];
+                    let b = if in_place_b {
+                        Panel::of(self.b.offset(depth, col).transposed())
+                    } else {
+                        Panel::packed(&packed_b[panel_n * NR * kc..][..NR * kc], NR)
+                    };
                     for panel_m in 0..mc.div_ceil(MR) {
-                        let a = &packed_a[panel_m * MR * kc..][..MR * kc];
+                        let a = if in_place_a {
+                            Panel::of(self.a.offset(row + panel_m * MR, depth))
+                        } else {
+                            Panel::packed(&packed_a[panel_m * MR * kc..][..MR * kc], MR)
+                        };
                         let (r, rows, cols) = (
                             row + panel_m * MR,
                             MR.min(mc - panel_m * MR),
@@ -254,11 +272,43 @@ impl Product {
                             .wrapping_offset(r as isize * self.rsc + col as isize);
                         let bias = bias.map(|bias| (bias as *const f32).wrapping_add(col));
                         let scale = (self.alpha, beta);
-                        // SAFETY: the tile rows × cols at c is inside C, bias has cols values.
+                        // SAFETY: the tile rows × cols at c is inside C, bias has cols values,
+                        // the panels hold kc steps of `rows` and NR values.
                         unsafe { tile(kc, a, b, c, self.rsc, rows, cols, scale, bias) };
                     }
                 }
             }
+        }
+    }
+}
+
+/// Where a tile reads an operand's panel: value i of step p (i < MR for A, NR for B; p < kc) at
+/// `at + i·across + p·along` floats. B's panels have `across` 1 (NR neighbours are loaded
+/// together).
+#[derive(Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+struct Panel {
+    at: *const f32,
+    across: isize,
+    along: isize,
+}
+
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+impl Panel {
+    /// A packed panel of `width` values per step.
+    fn packed(values: &[f32], width: usize) -> Self {
+        Panel {
+            at: values.as_ptr(),
+            across: 1,
+            along: width as isize,
+        }
+    }
+    /// A view read in place: i along its rows, p along its columns.
+    fn of(view: Strided) -> Self {
+        Panel {
+            at: view.at as *const f32,
+            across: view.row,
+            along: view.col,
         }
     }
 }
@@ -308,18 +358,20 @@ unsafe fn pack(view: Strided, width: usize, len: usize, kc: usize, out: &mut [f3
 }
 
 /// One MR×NR tile of C: `c = alpha·(a·b) + beta·c` (then `+ bias[j]`) over the `rows × cols`
-/// corner that is in C, a and b being packed panels of depth `kc`. With beta 0, C is not read.
+/// corner that is in C, over the `kc` steps of panels a (MR rows, of which the first `rows` are
+/// read) and b (NR values per step). With beta 0, C is not read.
 ///
 /// # Safety
 /// The processor has AVX2 and FMA; the `rows × cols` values at c (row stride `rsc`) are in C;
-/// a bias has `cols` values.
+/// a's first `rows` rows and b's NR values per step are readable for kc steps; a bias has
+/// `cols` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile(
     kc: usize,
-    a: &[f32],
-    b: &[f32],
+    a: Panel,
+    b: Panel,
     c: *mut f32,
     rsc: isize,
     rows: usize,
@@ -328,16 +380,19 @@ unsafe fn tile(
     bias: Option<*const f32>,
 ) {
     use std::arch::x86_64::*;
-    debug_assert!(a.len() >= MR * kc && b.len() >= NR * kc);
+    debug_assert!(b.across == 1 && rows >= 1);
+    // Rows past the edge of C repeat its last row (their sums are not stored), so an A read in
+    // place is never read outside its rows.
+    let a_rows: [*const f32; MR] =
+        std::array::from_fn(|i| a.at.wrapping_offset(i.min(rows - 1) as isize * a.across));
     let mut sums = [[_mm256_setzero_ps(); 2]; MR];
-    for p in 0..kc {
-        // SAFETY: p < kc, inside the panels (checked above).
+    for p in 0..kc as isize {
+        // SAFETY: p < kc, inside the panels (the caller's contract).
         unsafe {
-            let b_row = b.as_ptr().add(p * NR);
+            let b_row = b.at.offset(p * b.along);
             let (b0, b1) = (_mm256_loadu_ps(b_row), _mm256_loadu_ps(b_row.add(8)));
-            let a_column = a.as_ptr().add(p * MR);
-            for (i, sum) in sums.iter_mut().enumerate() {
-                let value = _mm256_broadcast_ss(&*a_column.add(i));
+            for (sum, a_row) in sums.iter_mut().zip(a_rows) {
+                let value = _mm256_broadcast_ss(&*a_row.offset(p * a.along));
                 sum[0] = _mm256_fmadd_ps(value, b0, sum[0]);
                 sum[1] = _mm256_fmadd_ps(value, b1, sum[1]);
             }

@@ -466,7 +466,7 @@ fn cpu_gemm_agrees_with_the_definition_on_awkward_shapes() {
     // and FMA, else matrixmultiply): edge tiles in m and n, K across several packed blocks,
     // every operand layout, a padded C, alpha, beta 0 over garbage (NaN must not leak) and
     // beta 1, with and without a bias per column; the larger shapes are split over threads by
-    // rows and by columns.
+    // rows and by columns, the small ones read their operands in place.
     let mut rng = Rng::new(29);
     for (m, k, n) in [
         (1, 1, 1),
@@ -475,6 +475,9 @@ fn cpu_gemm_agrees_with_the_definition_on_awkward_shapes() {
         (300, 513, 70),
         (40, 4096, 100),
         (130, 257, 16),
+        // Small products read A (and a B with contiguous rows of whole tiles) in place.
+        (64, 32, 64),
+        (11, 40, 48),
     ] {
         for (transpose_a, transpose_b) in
             [(false, false), (true, false), (false, true), (true, true)]
