@@ -30,7 +30,8 @@
 //!   only in their kernels, and each kernel has a test against its reference. The CPU backend is
 //!   the oracle and also the fallback where no GPU exists (f32 matmuls through [`gemm`], a
 //!   blocked AVX2 kernel, where the processor has AVX2 and FMA, else through `matrixmultiply`;
-//!   both with threads).
+//!   both with threads; the backend's split operations run on worker threads kept for the
+//!   process).
 //! - One matmul kernel family serves every product: operands are (offset, row stride, column
 //!   stride, two batch strides) views, so transposes, per-head attention views into a packed
 //!   qkv buffer and weight gradients need no copies. Where every operand is 4-aligned, a vec4
