@@ -201,8 +201,8 @@ pub(crate) fn parallelism() -> usize {
 
 /// Runs `work(first_unit, part_a, part_b)` on disjoint parts of `a` and `b`, cut at the same
 /// unit boundaries (`a_unit` values of `a` and `b_unit` of `b` per unit), one part per thread
-/// (on [`crate::pool`]'s kept threads). Small outputs run inline. The parts cover everything once, so the result is the same as one
-/// call over the whole.
+/// (on [`crate::pool`]'s kept threads). Small outputs run inline. The parts cover everything
+/// once, so the result is the same as one call over the whole.
 pub(crate) fn in_parts2<T: Send, U: Send>(
     a: &mut [T],
     a_unit: usize,

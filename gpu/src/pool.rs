@@ -98,14 +98,11 @@ struct JobPtr(*const Job);
 // worker may hold the pointer.
 unsafe impl Send for JobPtr {}
 
-struct Slot {
-    job: Option<JobPtr>,
-}
-
 struct Pool {
     /// Held by the one thread whose job the workers serve.
     submit: Mutex<()>,
-    slot: Mutex<Slot>,
+    /// The job on offer (taken under this lock).
+    slot: Mutex<Option<JobPtr>>,
     wake: Condvar,
     /// Bumped for every posted job (read by spinning workers without the lock).
     generation: AtomicU64,
@@ -119,7 +116,7 @@ impl Pool {
         POOL.get_or_init(|| {
             let pool: &'static Pool = Box::leak(Box::new(Pool {
                 submit: Mutex::new(()),
-                slot: Mutex::new(Slot { job: None }),
+                slot: Mutex::new(None),
                 wake: Condvar::new(),
                 generation: AtomicU64::new(0),
                 started: AtomicBool::new(false),
@@ -149,7 +146,7 @@ impl Pool {
         }
     }
 
-    fn lock_slot(&self) -> MutexGuard<'_, Slot> {
+    fn lock_slot(&self) -> MutexGuard<'_, Option<JobPtr>> {
         self.slot.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -171,7 +168,7 @@ impl Pool {
                 slot = self.wake.wait(slot).unwrap_or_else(|e| e.into_inner());
             }
             seen = self.generation.load(Ordering::Acquire);
-            let Some(JobPtr(job)) = slot.job else {
+            let Some(JobPtr(job)) = *slot else {
                 continue;
             };
             // SAFETY: the job is in the slot, so its poster has not withdrawn it; registering
@@ -195,7 +192,7 @@ struct Posted<'a> {
 impl<'a> Posted<'a> {
     fn new(pool: &'a Pool, submit: MutexGuard<'a, ()>, job: &'a Job) -> Self {
         let mut slot = pool.lock_slot();
-        slot.job = Some(JobPtr(job));
+        *slot = Some(JobPtr(job));
         pool.generation.fetch_add(1, Ordering::Release);
         pool.wake.notify_all();
         drop(slot);
@@ -209,7 +206,7 @@ impl<'a> Posted<'a> {
 
 impl Drop for Posted<'_> {
     fn drop(&mut self) {
-        self.pool.lock_slot().job = None;
+        *self.pool.lock_slot() = None;
         // No worker can take the job now; wait for those that did (their parts are claimed
         // already, so this is as long as the slowest part).
         let mut spins = 0u32;
