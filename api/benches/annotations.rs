@@ -55,25 +55,37 @@ struct Options {
 
 impl Options {
     fn parse() -> Options {
-        let mut options =
-            Options {
-                clients: 8,
-                items: 2_000,
-                raters: 3,
-                warmup: 25,
-                submissions: 4_000,
-                runs: 3,
-                max_seconds: 120,
-                data_in: None,
-                chained: false,
-            };
+        let mut options = Options {
+            clients: 8,
+            items: 2_000,
+            raters: 3,
+            warmup: 25,
+            submissions: 4_000,
+            runs: 3,
+            max_seconds: 120,
+            data_in: None,
+            chained: false,
+        };
         let args: Vec<String> = std::env::args().skip(1).collect();
         let mut i = 0;
         while i < args.len() {
-            let value = || args.get(i + 1).and_then(|v| v.parse::<usize>().ok()).unwrap_or_else(|| panic!("{} needs a number", args[i]));
+            let value = || {
+                args.get(i + 1)
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or_else(|| panic!("{} needs a number", args[i]))
+            };
             match args[i].as_str() {
                 "--quick" => {
-                    options = Options { clients: 4, items: 300, raters: 3, warmup: 10, submissions: 600, runs: 1, max_seconds: 60, ..options };
+                    options = Options {
+                        clients: 4,
+                        items: 300,
+                        raters: 3,
+                        warmup: 10,
+                        submissions: 600,
+                        runs: 1,
+                        max_seconds: 60,
+                        ..options
+                    };
                     i += 1;
                     continue;
                 }
@@ -120,7 +132,11 @@ impl Connection {
         let stream = TcpStream::connect(address).expect("connect");
         stream.set_nodelay(true).expect("nodelay");
         stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-        Connection { reader: BufReader::new(stream.try_clone().expect("clone")), writer: stream, host: address.to_string() }
+        Connection {
+            reader: BufReader::new(stream.try_clone().expect("clone")),
+            writer: stream,
+            host: address.to_string(),
+        }
     }
 
     /// Sends one request and reads its answer: (status, body).
@@ -136,7 +152,11 @@ impl Connection {
         self.writer.write_all(head.as_bytes()).expect("send");
         let mut line = String::new();
         self.reader.read_line(&mut line).expect("status line");
-        let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line {line:?}"));
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {line:?}"));
         let mut length = 0usize;
         loop {
             line.clear();
@@ -176,9 +196,15 @@ fn start_server(options: &Options) -> Server {
     let setup = CommandContext::new(Actor::new("bench-setup", Role::Admin));
     let issue = |name: &str, role| thitl::auth::issue_token(&bus, &setup, name, role).expect("token").secret;
     let curator = issue("cora", Role::Curator);
-    let annotators: Vec<(String, String)> =
-        (0..options.clients).map(|i| format!("annotator-{i}")).map(|name| (issue(&name, Role::Annotator), name)).collect();
-    let storage = Storage { store: data.store.clone(), checkpoint: Some(data.checkpoint_path()), idempotency: Some(dir.path().join("idempotency.db")) };
+    let annotators: Vec<(String, String)> = (0..options.clients)
+        .map(|i| format!("annotator-{i}"))
+        .map(|name| (issue(&name, Role::Annotator), name))
+        .collect();
+    let storage = Storage {
+        store: data.store.clone(),
+        checkpoint: Some(data.checkpoint_path()),
+        idempotency: Some(dir.path().join("idempotency.db")),
+    };
     // The round's list of images is large; everything else is as `thitl serve` runs by default.
     let settings = Settings { bind: "127.0.0.1:0".into(), body_limit_bytes: 16 * 1024 * 1024, ..Settings::default() };
     let (sender, receiver) = std::sync::mpsc::channel();
@@ -228,7 +254,14 @@ fn is_write_race(status: u16, body: &str) -> bool {
 }
 
 /// Sends a request until it is not refused for a write race; counts the races.
-fn send_retrying(connection: &mut Connection, method: &str, path: &str, token: &str, body: Option<&str>, races: &mut usize) -> (u16, String) {
+fn send_retrying(
+    connection: &mut Connection,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<&str>,
+    races: &mut usize,
+) -> (u16, String) {
     loop {
         let (status, answer) = connection.request(method, path, token, body);
         if !is_write_race(status, &answer) {
@@ -253,7 +286,8 @@ fn annotate_once(
         Some(item) => item,
         None => {
             let started = Instant::now();
-            let (status, body) = send_retrying(connection, "GET", &format!("/v1/rounds/{round}/next"), token, None, &mut result.races);
+            let (status, body) =
+                send_retrying(connection, "GET", &format!("/v1/rounds/{round}/next"), token, None, &mut result.races);
             if timed {
                 result.get_latencies.push(started.elapsed());
             }
@@ -398,10 +432,15 @@ fn verify(server: &Server, round: &str, results: &[ClientResult]) -> usize {
     let acknowledged: Vec<&(String, String)> = results.iter().flat_map(|r| r.acknowledged.iter()).collect();
     let max_position = results.iter().map(|r| r.max_position).max().unwrap_or(0);
     let mut connection = Connection::open(&server.address);
-    let (status, body) = connection.request("GET", &format!("/v1/rounds/{round}?wait_for={max_position}"), &server.curator, None);
+    let (status, body) =
+        connection.request("GET", &format!("/v1/rounds/{round}?wait_for={max_position}"), &server.curator, None);
     assert_eq!(status, 200, "progress: {body}");
     let progress: Value = serde_json::from_str(&body).expect("json");
-    assert_eq!(progress["submitted"].as_u64(), Some(acknowledged.len() as u64), "the round's progress misses acknowledged submissions: {progress}");
+    assert_eq!(
+        progress["submitted"].as_u64(),
+        Some(acknowledged.len() as u64),
+        "the round's progress misses acknowledged submissions: {progress}"
+    );
 
     let stream = StreamName::new(format!("round-{round}")).expect("stream name");
     let mut recorded = HashSet::new();
@@ -411,7 +450,10 @@ fn verify(server: &Server, round: &str, results: &[ClientResult]) -> usize {
         for event in &batch {
             if event.event_type == "AnnotationSubmitted" {
                 let payload: Value = serde_json::from_str(&event.payload).expect("payload");
-                recorded.insert((payload["item_id"].as_str().unwrap().to_string(), payload["annotator"].as_str().unwrap().to_string()));
+                recorded.insert((
+                    payload["item_id"].as_str().unwrap().to_string(),
+                    payload["annotator"].as_str().unwrap().to_string(),
+                ));
             }
             from = event.version + 1;
         }
@@ -456,7 +498,9 @@ fn main() {
         if options.chained { "one POST per annotation (\"next\": true)" } else { "GET /next + POST per annotation" },
     );
     println!();
-    println!("| run | acknowledged | seconds | submissions/s | POST p50 ms | POST p99 ms | GET /next p50 ms | GET /next p99 ms | CPU µs per submission | 409 races | refused | verified present |");
+    println!(
+        "| run | acknowledged | seconds | submissions/s | POST p50 ms | POST p99 ms | GET /next p50 ms | GET /next p99 ms | CPU µs per submission | 409 races | refused | verified present |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut results = vec![];
     for run_number in 1..=options.runs {
@@ -495,5 +539,8 @@ fn main() {
         if met { "met" } else { "MISSED" },
         ms(p99)
     );
-    println!("every acknowledged submission present afterwards: yes ({} checked)", results.iter().map(|r| r.verified).sum::<usize>());
+    println!(
+        "every acknowledged submission present afterwards: yes ({} checked)",
+        results.iter().map(|r| r.verified).sum::<usize>()
+    );
 }

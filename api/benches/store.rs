@@ -66,7 +66,8 @@ fn single_appends(dir: &tempfile::TempDir, run: usize, count: usize) -> f64 {
     let actor = Actor::new("annotator-1", Role::Annotator);
     let round_id = RoundId(Uuid::now_v7());
     let stream = StreamName::new(format!("round-{}", round_id.0)).unwrap();
-    let events: Vec<NewEvent> = (0..count).map(|i| new_event(&submission(round_id, i as u128, "annotator-1"), &actor)).collect();
+    let events: Vec<NewEvent> =
+        (0..count).map(|i| new_event(&submission(round_id, i as u128, "annotator-1"), &actor)).collect();
     let started = Instant::now();
     for (i, event) in events.iter().enumerate() {
         store.append(&stream, ExpectedVersion::Exact(i as u64), std::slice::from_ref(event)).expect("append");
@@ -81,7 +82,9 @@ fn batched_appends(dir: &tempfile::TempDir, run: usize, batches: usize) -> f64 {
     let round_id = RoundId(Uuid::now_v7());
     let stream = StreamName::new(format!("round-{}", round_id.0)).unwrap();
     let prepared: Vec<Vec<NewEvent>> = (0..batches)
-        .map(|b| (0..100).map(|i| new_event(&submission(round_id, (b * 100 + i) as u128, "annotator-1"), &actor)).collect())
+        .map(|b| {
+            (0..100).map(|i| new_event(&submission(round_id, (b * 100 + i) as u128, "annotator-1"), &actor)).collect()
+        })
         .collect();
     let started = Instant::now();
     for (b, batch) in prepared.iter().enumerate() {
@@ -145,7 +148,10 @@ fn write_history(store: &dyn EventStore, events: usize) {
                     expires_at: Utc::now() + chrono::Duration::minutes(15),
                 };
                 batch.push(new_event(&assigned, annotator));
-                batch.push(new_event(&submission(round_id, (round_number << 64) + item, &annotator.principal), annotator));
+                batch.push(new_event(
+                    &submission(round_id, (round_number << 64) + item, &annotator.principal),
+                    annotator,
+                ));
                 if batch.len() >= 1000 {
                     store.append(&stream, ExpectedVersion::Exact(version), &batch).expect("append");
                     version += batch.len() as u64;
@@ -172,11 +178,19 @@ fn main() {
 
     single_appends(&dir, 0, single / 10); // warm-up
     let single_rates: Vec<f64> = (1..=runs).map(|run| single_appends(&dir, run, single)).collect();
-    println!("durable single-event appends: median {:>10.0} events/s  (runs: {})", median(single_rates.clone()), fmt(&single_rates));
+    println!(
+        "durable single-event appends: median {:>10.0} events/s  (runs: {})",
+        median(single_rates.clone()),
+        fmt(&single_rates)
+    );
 
     batched_appends(&dir, 0, batches / 10);
     let batch_rates: Vec<f64> = (1..=runs).map(|run| batched_appends(&dir, run, batches)).collect();
-    println!("batches of 100:               median {:>10.0} events/s  (runs: {})", median(batch_rates.clone()), fmt(&batch_rates));
+    println!(
+        "batches of 100:               median {:>10.0} events/s  (runs: {})",
+        median(batch_rates.clone()),
+        fmt(&batch_rates)
+    );
 
     let store = store_in(&dir, "history.db");
     let started = Instant::now();
@@ -192,7 +206,11 @@ fn main() {
             head as f64 / started.elapsed().as_secs_f64()
         })
         .collect();
-    println!("replay into all projections:  median {:>10.0} events/s  (runs: {})", median(replay_rates.clone()), fmt(&replay_rates));
+    println!(
+        "replay into all projections:  median {:>10.0} events/s  (runs: {})",
+        median(replay_rates.clone()),
+        fmt(&replay_rates)
+    );
 
     // Where replay's time goes: reading rows, then decoding them, then folding.
     let read_rates: Vec<f64> = (0..runs.min(3)).map(|_| stage_rate(store.as_ref(), head, false)).collect();

@@ -13,8 +13,8 @@
 use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
 use actix_web::{FromRequest, HttpRequest, web};
-use futures_util::future::LocalBoxFuture;
 use domain::{Actor, Role, TokenCommand, TokenId};
+use futures_util::future::LocalBoxFuture;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -112,9 +112,16 @@ pub struct IssuedToken {
 }
 
 /// Issues a token (a `TokenIssued` event in stream `token-<id>`), returning its secret once.
-pub fn issue_token(bus: &CommandBus, context: &CommandContext, name: &str, role: Role) -> Result<IssuedToken, CommandError> {
+pub fn issue_token(
+    bus: &CommandBus,
+    context: &CommandContext,
+    name: &str,
+    role: Role,
+) -> Result<IssuedToken, CommandError> {
     let secret = generate_secret().map_err(|e| {
-        CommandError::Store(crate::store::StoreError::Backend(format!("no random numbers from the operating system: {e}")))
+        CommandError::Store(crate::store::StoreError::Backend(format!(
+            "no random numbers from the operating system: {e}"
+        )))
     })?;
     let token_id = TokenId(Uuid::now_v7());
     let outcome = bus.execute::<domain::Token>(
@@ -146,8 +153,12 @@ fn bearer_secret(header: Option<&str>) -> Result<String, ApiError> {
 
 fn principal(view: Option<projections::TokenView>) -> Result<Principal, ApiError> {
     match view {
-        None => Err(unauthorized("this token is not known: check it was copied whole, or create one with `thitl token create`")),
-        Some(view) if view.revoked => Err(unauthorized(format!("token '{}' has been revoked; ask an admin for a new one", view.name))),
+        None => Err(unauthorized(
+            "this token is not known: check it was copied whole, or create one with `thitl token create`",
+        )),
+        Some(view) if view.revoked => {
+            Err(unauthorized(format!("token '{}' has been revoked; ask an admin for a new one", view.name)))
+        }
         Some(view) => Ok(Principal { token_id: view.token_id, name: view.name, role: view.role }),
     }
 }
@@ -161,7 +172,8 @@ impl FromRequest for Principal {
     /// another process works at once.
     fn from_request(request: &HttpRequest, _payload: &mut Payload) -> Self::Future {
         let state = request.app_data::<web::Data<AppState>>().cloned();
-        let header = request.headers().get(actix_web::http::header::AUTHORIZATION).map(|v| v.to_str().unwrap_or("").to_string());
+        let header =
+            request.headers().get(actix_web::http::header::AUTHORIZATION).map(|v| v.to_str().unwrap_or("").to_string());
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::unavailable("the server has no application state"))?;
             let hash = hash_secret(&bearer_secret(header.as_deref())?);
@@ -198,9 +210,15 @@ mod tests {
         use Action::*;
         let all = [Read, Curate, Operate, Annotate, Audit, Administer, FetchBlob];
         assert!(all.iter().all(|a| allows(Role::Admin, *a)));
-        assert_eq!(all.iter().filter(|a| allows(Role::Auditor, **a)).copied().collect::<Vec<_>>(), [Read, Audit, FetchBlob]);
+        assert_eq!(
+            all.iter().filter(|a| allows(Role::Auditor, **a)).copied().collect::<Vec<_>>(),
+            [Read, Audit, FetchBlob]
+        );
         // Annotators never read metadata (Read): image metadata names the model and the prompt.
-        assert_eq!(all.iter().filter(|a| allows(Role::Annotator, **a)).copied().collect::<Vec<_>>(), [Annotate, FetchBlob]);
+        assert_eq!(
+            all.iter().filter(|a| allows(Role::Annotator, **a)).copied().collect::<Vec<_>>(),
+            [Annotate, FetchBlob]
+        );
         assert!(all.iter().all(|a| !allows(Role::System, *a)));
     }
 }

@@ -106,7 +106,9 @@ impl std::fmt::Display for BlobProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BlobProblem::Corrupt { hash, actual } => write!(f, "blob {hash} is corrupt: its bytes hash to {actual}"),
-            BlobProblem::Stray { path } => write!(f, "{path} is not a blob (its name is not the SHA-256 of a blob in its place)"),
+            BlobProblem::Stray { path } => {
+                write!(f, "{path} is not a blob (its name is not the SHA-256 of a blob in its place)")
+            }
             BlobProblem::Unreadable { path, error } => write!(f, "{path} cannot be read: {error}"),
         }
     }
@@ -294,9 +296,9 @@ impl BlobStore for LocalBlobStore {
                             report.problems.push(BlobProblem::Corrupt { hash: expected, actual });
                         }
                     }
-                    Err(error) => {
-                        report.problems.push(BlobProblem::Unreadable { path: path.display().to_string(), error: error.to_string() })
-                    }
+                    Err(error) => report
+                        .problems
+                        .push(BlobProblem::Unreadable { path: path.display().to_string(), error: error.to_string() }),
                 }
             }
         }
@@ -384,7 +386,10 @@ mod tests {
             other => panic!("expected Corrupt, got {other:?}"),
         }
         let report = verify_blobs(dir.path()).unwrap();
-        assert_eq!(report.problems, vec![BlobProblem::Corrupt { hash: stored.hash.clone(), actual: blob_hash(b"tampered bytes") }]);
+        assert_eq!(
+            report.problems,
+            vec![BlobProblem::Corrupt { hash: stored.hash.clone(), actual: blob_hash(b"tampered bytes") }]
+        );
         assert!(report.summary().contains("FAILED"), "{}", report.summary());
         let repaired = store.put(b"original bytes").unwrap();
         assert!(repaired.created);

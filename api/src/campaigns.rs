@@ -111,7 +111,13 @@ pub struct CampaignRunner<'a> {
 impl<'a> CampaignRunner<'a> {
     /// A runner over `bus`'s store; `generator` curates training prompts, `seed` drives the
     /// candidates' seeds and the pairs' sides, `narrate` hears one line per notable step.
-    pub fn new(bus: CommandBus, blobs: Arc<dyn BlobStore>, generator: Box<dyn PromptGenerator>, seed: u64, narrate: Box<dyn Fn(&str) + Send + Sync + 'a>) -> Self {
+    pub fn new(
+        bus: CommandBus,
+        blobs: Arc<dyn BlobStore>,
+        generator: Box<dyn PromptGenerator>,
+        seed: u64,
+        narrate: Box<dyn Fn(&str) + Send + Sync + 'a>,
+    ) -> Self {
         CampaignRunner {
             bus,
             blobs,
@@ -143,7 +149,11 @@ impl<'a> CampaignRunner<'a> {
     /// Does what campaign `campaign_id` asks for — requests and links work, advances its stage,
     /// records its evaluation, fails it when a job failed — until it waits for someone or is
     /// finished. Each stage entered is told to `on_stage`.
-    pub fn step(&mut self, campaign_id: CampaignId, on_stage: &mut dyn FnMut(domain::campaign::Stage)) -> Result<Step, CampaignError> {
+    pub fn step(
+        &mut self,
+        campaign_id: CampaignId,
+        on_stage: &mut dyn FnMut(domain::campaign::Stage),
+    ) -> Result<Step, CampaignError> {
         let stream = campaign_id.stream();
         loop {
             let (campaign, _) = self.bus.load::<Campaign>(&stream)?;
@@ -164,18 +174,29 @@ impl<'a> CampaignRunner<'a> {
                     on_stage(stage);
                 }
                 Next::Fail(reason) => {
-                    self.bus.execute::<Campaign>(&stream, None, &self.system, CampaignCommand::Fail { reason: reason.clone() })?;
+                    self.bus.execute::<Campaign>(
+                        &stream,
+                        None,
+                        &self.system,
+                        CampaignCommand::Fail { reason: reason.clone() },
+                    )?;
                     self.narrate(&format!("campaign {campaign_id} failed: {reason}"));
                     return Ok(Step::Finished);
                 }
                 Next::Wait(WaitingFor::Annotations(round_id)) => {
                     // Every item has all its ratings: the round closes by itself (its verdicts
                     // are then fixed); until then the people it waits for are working.
-                    let (done, needed) = self.bus.read::<AnnotationRound, _>(&round_id.stream(), |round, _| round.progress())?;
+                    let (done, needed) =
+                        self.bus.read::<AnnotationRound, _>(&round_id.stream(), |round, _| round.progress())?;
                     if needed == 0 || done < needed {
                         return Ok(Step::Waiting(WaitingFor::Annotations(round_id)));
                     }
-                    self.bus.execute::<AnnotationRound>(&round_id.stream(), None, &self.system, RoundCommand::Close { allow_incomplete: false })?;
+                    self.bus.execute::<AnnotationRound>(
+                        &round_id.stream(),
+                        None,
+                        &self.system,
+                        RoundCommand::Close { allow_incomplete: false },
+                    )?;
                 }
                 Next::Wait(what) => return Ok(Step::Waiting(what)),
                 Next::Finished => return Ok(Step::Finished),
@@ -194,7 +215,8 @@ impl<'a> CampaignRunner<'a> {
     }
 
     fn fulfil(&mut self, campaign: &Campaign, request: Request) -> Result<(), CampaignError> {
-        let base = campaign.base_model.ok_or_else(|| CampaignError::Other("the campaign names no base model".into()))?;
+        let base =
+            campaign.base_model.ok_or_else(|| CampaignError::Other("the campaign names no base model".into()))?;
         match request {
             Request::BaselineGeneration => {
                 let items = self.probe_items(campaign, 0);
@@ -257,7 +279,13 @@ impl<'a> CampaignRunner<'a> {
                     ModelVersionCommand::DeriveFromFineTune {
                         model_version_id: id,
                         name: format!("{} fine-tune", arm_name(arm)),
-                        fine_tune: domain::model_version::SourceFineTune { fine_tune_id, status: job.status, base_model: job.base_model, arm: job.arm, adapter: job.adapter },
+                        fine_tune: domain::model_version::SourceFineTune {
+                            fine_tune_id,
+                            status: job.status,
+                            base_model: job.base_model,
+                            arm: job.arm,
+                            adapter: job.adapter,
+                        },
                     },
                 )?;
                 self.link(campaign, Work::ModelVersion { arm, model_version_id: id })?;
@@ -265,7 +293,9 @@ impl<'a> CampaignRunner<'a> {
             Request::EvaluationGeneration { arm } => {
                 let model = match arm {
                     None => base,
-                    Some(arm) => campaign.model_of(arm).ok_or_else(|| CampaignError::Other(format!("no {} model to evaluate", arm_name(arm))))?,
+                    Some(arm) => campaign
+                        .model_of(arm)
+                        .ok_or_else(|| CampaignError::Other(format!("no {} model to evaluate", arm_name(arm))))?,
                 };
                 // Held-out seeds: none of the baseline's.
                 let items = self.probe_items(campaign, 1_000_000);
@@ -282,13 +312,22 @@ impl<'a> CampaignRunner<'a> {
             Request::RecordEvaluation => {
                 let evaluations = self.evaluate(campaign)?;
                 let stream = campaign.id.map(|id| id.stream()).unwrap_or_default();
-                self.bus.execute::<Campaign>(&stream, None, &self.system, CampaignCommand::RecordEvaluation { evaluations })?;
+                self.bus.execute::<Campaign>(
+                    &stream,
+                    None,
+                    &self.system,
+                    CampaignCommand::RecordEvaluation { evaluations },
+                )?;
             }
             Request::AcceptPrompts { prompt_set_id } => self.accept_prompts(prompt_set_id)?,
             Request::Conclude { promoted } => {
                 let reason = match promoted {
-                    Some(_) => "auto-accept: every association's rate fell with non-overlapping 95% intervals and quality stayed within 5%",
-                    None => "auto-accept: the evaluation does not show a clear improvement for every association; not promoted",
+                    Some(_) => {
+                        "auto-accept: every association's rate fell with non-overlapping 95% intervals and quality stayed within 5%"
+                    }
+                    None => {
+                        "auto-accept: the evaluation does not show a clear improvement for every association; not promoted"
+                    }
                 };
                 let campaign_id = campaign.id.ok_or_else(|| CampaignError::Other("a campaign without an id".into()))?;
                 conclude(&self.bus, &self.auto_accept, campaign_id, promoted, reason)?;
@@ -309,7 +348,13 @@ impl<'a> CampaignRunner<'a> {
             let Some(association) = self.associations.get(association_id) else { continue };
             for i in 0..campaign.settings.probe_images_per_association {
                 let prompt = &association.probe_prompts[i as usize % association.probe_prompts.len()];
-                items.push(GenerationItem { prompt: prompt.clone(), negative_prompt: None, seed: seed_offset + u64::from(i), prompt_id: None, association_id: Some(*association_id) });
+                items.push(GenerationItem {
+                    prompt: prompt.clone(),
+                    negative_prompt: None,
+                    seed: seed_offset + u64::from(i),
+                    prompt_id: None,
+                    association_id: Some(*association_id),
+                });
             }
         }
         items
@@ -322,20 +367,43 @@ impl<'a> CampaignRunner<'a> {
         (0..campaign.settings.prior_preservation_images)
             .map(|i| {
                 let i = i as usize;
-                let spec = CaptionSpec { group: others[i % others.len()], object: None, setting: Some(Setting::ALL[(i / others.len()) % Setting::ALL.len()]) };
-                GenerationItem { prompt: scenes::caption(&spec, self.rng.next()), negative_prompt: None, seed: 20_000_000 + i as u64, prompt_id: None, association_id: None }
+                let spec = CaptionSpec {
+                    group: others[i % others.len()],
+                    object: None,
+                    setting: Some(Setting::ALL[(i / others.len()) % Setting::ALL.len()]),
+                };
+                GenerationItem {
+                    prompt: scenes::caption(&spec, self.rng.next()),
+                    negative_prompt: None,
+                    seed: 20_000_000 + i as u64,
+                    prompt_id: None,
+                    association_id: None,
+                }
             })
             .collect()
     }
 
     /// Requests a generation job (run when the campaign waits for it).
-    fn generate(&mut self, campaign: &Campaign, model: ModelVersionId, purpose: GenerationPurpose, items: Vec<GenerationItem>) -> Result<GenerationId, CampaignError> {
+    fn generate(
+        &mut self,
+        campaign: &Campaign,
+        model: ModelVersionId,
+        purpose: GenerationPurpose,
+        items: Vec<GenerationItem>,
+    ) -> Result<GenerationId, CampaignError> {
         let id = GenerationId(Uuid::now_v7());
         self.bus.execute::<Generation>(
             &id.stream(),
             None,
             &self.system,
-            GenerationCommand::Request { generation_id: id, model_version: model, purpose, items, sampler: campaign.settings.sampler.clone(), campaign_id: campaign.id },
+            GenerationCommand::Request {
+                generation_id: id,
+                model_version: model,
+                purpose,
+                items,
+                sampler: campaign.settings.sampler.clone(),
+                campaign_id: campaign.id,
+            },
         )?;
         Ok(id)
     }
@@ -349,7 +417,13 @@ impl<'a> CampaignRunner<'a> {
                 items.push(RoundItem {
                     item_id: ItemId(Uuid::now_v7()),
                     content: ItemContent::Image(ImageRef { image_id: *image_id, blob: blob.clone() }),
-                    label: ItemLabel { association_id: item.association_id, prompt_id: item.prompt_id, prompt: item.prompt.clone(), seed: item.seed, models: job.model_version.into_iter().collect() },
+                    label: ItemLabel {
+                        association_id: item.association_id,
+                        prompt_id: item.prompt_id,
+                        prompt: item.prompt.clone(),
+                        seed: item.seed,
+                        models: job.model_version.into_iter().collect(),
+                    },
                 });
             }
         }
@@ -373,7 +447,10 @@ impl<'a> CampaignRunner<'a> {
         for (number, _) in campaign.associations.iter().enumerate() {
             for offset in 0..(campaign.settings.pairs_per_association as usize).min(per_association) {
                 let index = (number * per_association + offset) as u32;
-                let (Some((b_id, b_blob)), Some((t_id, t_blob))) = (base.images.get(&index), tuned.images.get(&index)) else { continue };
+                let (Some((b_id, b_blob)), Some((t_id, t_blob))) = (base.images.get(&index), tuned.images.get(&index))
+                else {
+                    continue;
+                };
                 let base_ref = (ImageRef { image_id: *b_id, blob: b_blob.clone() }, base.model_version);
                 let tuned_ref = (ImageRef { image_id: *t_id, blob: t_blob.clone() }, tuned.model_version);
                 let (left, right) = if self.rng.chance(0.5) { (base_ref, tuned_ref) } else { (tuned_ref, base_ref) };
@@ -381,7 +458,13 @@ impl<'a> CampaignRunner<'a> {
                 items.push(RoundItem {
                     item_id: ItemId(Uuid::now_v7()),
                     content: ItemContent::Pair { left: left.0, right: right.0 },
-                    label: ItemLabel { association_id: item.association_id, prompt_id: None, prompt: item.prompt.clone(), seed: item.seed, models: [left.1, right.1].into_iter().flatten().collect() },
+                    label: ItemLabel {
+                        association_id: item.association_id,
+                        prompt_id: None,
+                        prompt: item.prompt.clone(),
+                        seed: item.seed,
+                        models: [left.1, right.1].into_iter().flatten().collect(),
+                    },
                 });
             }
         }
@@ -405,8 +488,13 @@ impl<'a> CampaignRunner<'a> {
         for chunk in missing.chunks(256) {
             let mut images = Vec::with_capacity(chunk.len());
             for blob in chunk {
-                let bytes = self.blobs.get(blob)?.ok_or_else(|| CampaignError::Other(format!("image blob {blob} is missing")))?;
-                images.push(Image::from_png(&bytes).map_err(|e| CampaignError::Other(format!("image blob {blob}: {e}")))?);
+                let bytes = self
+                    .blobs
+                    .get(blob)?
+                    .ok_or_else(|| CampaignError::Other(format!("image blob {blob} is missing")))?;
+                images.push(
+                    Image::from_png(&bytes).map_err(|e| CampaignError::Other(format!("image blob {blob}: {e}")))?,
+                );
             }
             for (blob, rating) in chunk.iter().zip(self.rater.rate(&images)) {
                 self.ratings.insert(blob.clone(), rating);
@@ -416,7 +504,12 @@ impl<'a> CampaignRunner<'a> {
     }
 
     /// Opens a round over `items` (worked through when the campaign waits for it).
-    fn open_round(&mut self, campaign: &Campaign, kind: RoundKind, items: Vec<RoundItem>) -> Result<RoundId, CampaignError> {
+    fn open_round(
+        &mut self,
+        campaign: &Campaign,
+        kind: RoundKind,
+        items: Vec<RoundItem>,
+    ) -> Result<RoundId, CampaignError> {
         let id = RoundId(Uuid::now_v7());
         self.bus.execute::<AnnotationRound>(
             &id.stream(),
@@ -443,7 +536,13 @@ impl<'a> CampaignRunner<'a> {
             &stream,
             None,
             &self.system,
-            PromptSetCommand::Create { prompt_set_id: id, association_id, group: association.group.clone(), concept: association.concept.clone(), concept_synonyms: association.concept_synonyms.clone() },
+            PromptSetCommand::Create {
+                prompt_set_id: id,
+                association_id,
+                group: association.group.clone(),
+                concept: association.concept.clone(),
+                concept_synonyms: association.concept_synonyms.clone(),
+            },
         )?;
         let generated = self
             .generator
@@ -469,21 +568,48 @@ impl<'a> CampaignRunner<'a> {
             .prompts
             .into_iter()
             .enumerate()
-            .map(|(i, text)| PromptDraft { prompt_id: PromptId(Uuid::now_v7()), text, alternative: (!alternatives.is_empty()).then(|| alternatives[i % alternatives.len()].to_string()) })
+            .map(|(i, text)| PromptDraft {
+                prompt_id: PromptId(Uuid::now_v7()),
+                text,
+                alternative: (!alternatives.is_empty()).then(|| alternatives[i % alternatives.len()].to_string()),
+            })
             .collect();
-        self.bus.execute::<PromptSet>(&stream, None, &self.system, PromptSetCommand::AddPrompts { generator: generated.generator, prompts })?;
-        let how = if alternatives.is_empty() { "the concept as negative prompt".to_string() } else { format!("naming {} instead", alternatives.join(", ")) };
-        self.narrate(&format!("prompts for {} → {} (baseline {:.0}%): {} proposed, {how}", association.group, association.concept, 100.0 * baseline, campaign.settings.training_prompts_per_association));
+        self.bus.execute::<PromptSet>(
+            &stream,
+            None,
+            &self.system,
+            PromptSetCommand::AddPrompts { generator: generated.generator, prompts },
+        )?;
+        let how = if alternatives.is_empty() {
+            "the concept as negative prompt".to_string()
+        } else {
+            format!("naming {} instead", alternatives.join(", "))
+        };
+        self.narrate(&format!(
+            "prompts for {} → {} (baseline {:.0}%): {} proposed, {how}",
+            association.group,
+            association.concept,
+            100.0 * baseline,
+            campaign.settings.training_prompts_per_association
+        ));
         Ok(id)
     }
 
     /// The share of the association's baseline images that the baseline round saw the concept in.
     fn baseline_rate(&self, campaign: &Campaign, association_id: AssociationId) -> Result<f64, CommandError> {
-        let Some(round_id) = campaign.work.iter().find_map(|w| if let Work::BaselineRound { round_id } = w { Some(*round_id) } else { None }) else { return Ok(0.0) };
+        let Some(round_id) = campaign
+            .work
+            .iter()
+            .find_map(|w| if let Work::BaselineRound { round_id } = w { Some(*round_id) } else { None })
+        else {
+            return Ok(0.0);
+        };
         self.bus.read::<AnnotationRound, _>(&round_id.stream(), move |round, _| {
             let (mut positives, mut n) = (0u32, 0u32);
             for outcome in &round.outcomes {
-                if let (Some(item), Verdict::Baseline { concept_present, .. }) = (round.item(outcome.item_id), &outcome.verdict) {
+                if let (Some(item), Verdict::Baseline { concept_present, .. }) =
+                    (round.item(outcome.item_id), &outcome.verdict)
+                {
                     if item.label.association_id == Some(association_id) {
                         n += 1;
                         positives += u32::from(*concept_present);
@@ -505,13 +631,20 @@ impl<'a> CampaignRunner<'a> {
             Some(id) => self.bus.load::<AnnotationRound>(&id.stream())?,
             None => Default::default(),
         };
-        let accepted: std::collections::BTreeSet<ItemId> = round.outcomes.iter().filter(|o| matches!(o.verdict, Verdict::Screen { accepted: true, .. })).map(|o| o.item_id).collect();
+        let accepted: std::collections::BTreeSet<ItemId> = round
+            .outcomes
+            .iter()
+            .filter(|o| matches!(o.verdict, Verdict::Screen { accepted: true, .. }))
+            .map(|o| o.item_id)
+            .collect();
         // Each image trains its curated prompt as written (not the neutral form it was sampled
         // from): the model learns to answer the original prompt without the concept.
         let mut originals: HashMap<PromptId, String> = HashMap::new();
         for work in &campaign.work {
             if let Work::PromptSet { prompt_set_id, .. } = work {
-                let texts = self.bus.read::<PromptSet, _>(&prompt_set_id.stream(), |set, _| set.prompts.iter().map(|(id, p)| (*id, p.text.clone())).collect::<Vec<_>>())?;
+                let texts = self.bus.read::<PromptSet, _>(&prompt_set_id.stream(), |set, _| {
+                    set.prompts.iter().map(|(id, p)| (*id, p.text.clone())).collect::<Vec<_>>()
+                })?;
                 originals.extend(texts);
             }
         }
@@ -523,20 +656,39 @@ impl<'a> CampaignRunner<'a> {
                 ItemContent::Image(image) => Some(TrainingExample {
                     image_id: image.image_id,
                     blob: image.blob.clone(),
-                    prompt: item.label.prompt_id.and_then(|id| originals.get(&id).cloned()).unwrap_or_else(|| item.label.prompt.clone()),
+                    prompt: item
+                        .label
+                        .prompt_id
+                        .and_then(|id| originals.get(&id).cloned())
+                        .unwrap_or_else(|| item.label.prompt.clone()),
                     prompt_id: item.label.prompt_id,
                 }),
                 ItemContent::Pair { .. } => None,
             })
             .collect();
-        let prior: Vec<TrainingExample> = match generations(campaign, |w| matches!(w, Work::PriorPreservationGeneration { .. })).first() {
-            Some(job_id) => {
-                let (job, _) = self.bus.load::<Generation>(&job_id.stream())?;
-                job.images.iter().map(|(index, (image_id, blob))| TrainingExample { image_id: *image_id, blob: blob.clone(), prompt: job.items[*index as usize].prompt.clone(), prompt_id: None }).collect()
-            }
-            None => Vec::new(),
-        };
-        self.narrate(&format!("fine-tune ({}): {} of {} candidates, {} prior-preservation images", arm_name(arm), examples.len(), round.items.len(), prior.len()));
+        let prior: Vec<TrainingExample> =
+            match generations(campaign, |w| matches!(w, Work::PriorPreservationGeneration { .. })).first() {
+                Some(job_id) => {
+                    let (job, _) = self.bus.load::<Generation>(&job_id.stream())?;
+                    job.images
+                        .iter()
+                        .map(|(index, (image_id, blob))| TrainingExample {
+                            image_id: *image_id,
+                            blob: blob.clone(),
+                            prompt: job.items[*index as usize].prompt.clone(),
+                            prompt_id: None,
+                        })
+                        .collect()
+                }
+                None => Vec::new(),
+            };
+        self.narrate(&format!(
+            "fine-tune ({}): {} of {} candidates, {} prior-preservation images",
+            arm_name(arm),
+            examples.len(),
+            round.items.len(),
+            prior.len()
+        ));
         let id = FineTuneId(Uuid::now_v7());
         self.bus.execute::<FineTune>(
             &id.stream(),
@@ -547,7 +699,9 @@ impl<'a> CampaignRunner<'a> {
                 base_model: campaign.base_model.ok_or_else(|| CampaignError::Other("no base model".into()))?,
                 arm,
                 source_round: match arm {
-                    Arm::Thitl => round.id.map(|round_id| SourceRound { round_id, kind: round.kind, status: round.status }),
+                    Arm::Thitl => {
+                        round.id.map(|round_id| SourceRound { round_id, kind: round.kind, status: round.status })
+                    }
                     Arm::Traditional => None,
                 },
                 examples,
@@ -564,10 +718,21 @@ impl<'a> CampaignRunner<'a> {
     fn accept_prompts(&mut self, id: PromptSetId) -> Result<(), CampaignError> {
         let stream = id.stream();
         let proposed = self.bus.read::<PromptSet, _>(&stream, |set, _| {
-            set.order.iter().filter(|p| set.prompts.get(p).is_some_and(|prompt| prompt.status == domain::prompt_set::PromptStatus::Pending)).copied().collect::<Vec<_>>()
+            set.order
+                .iter()
+                .filter(|p| {
+                    set.prompts.get(p).is_some_and(|prompt| prompt.status == domain::prompt_set::PromptStatus::Pending)
+                })
+                .copied()
+                .collect::<Vec<_>>()
         })?;
         for prompt_id in proposed {
-            self.bus.execute::<PromptSet>(&stream, None, &self.auto_accept, PromptSetCommand::AcceptPrompt { prompt_id })?;
+            self.bus.execute::<PromptSet>(
+                &stream,
+                None,
+                &self.auto_accept,
+                PromptSetCommand::AcceptPrompt { prompt_id },
+            )?;
         }
         self.bus.execute::<PromptSet>(&stream, None, &self.auto_accept, PromptSetCommand::Finalize)?;
         Ok(())
@@ -592,10 +757,15 @@ impl<'a> CampaignRunner<'a> {
                 let (mut positives, mut n, mut quality) = (0u32, 0u32, 0.0f64);
                 for outcome in &round.outcomes {
                     let Some(item) = round.item(outcome.item_id) else { continue };
-                    if !of_association(item) || item.label.models.len() != 1 || item.label.models.first().copied() != model {
+                    if !of_association(item)
+                        || item.label.models.len() != 1
+                        || item.label.models.first().copied() != model
+                    {
                         continue;
                     }
-                    if let (Verdict::Check { concept_present, .. }, ItemContent::Image(image)) = (&outcome.verdict, &item.content) {
+                    if let (Verdict::Check { concept_present, .. }, ItemContent::Image(image)) =
+                        (&outcome.verdict, &item.content)
+                    {
                         n += 1;
                         positives += u32::from(*concept_present);
                         quality += self.ratings.get(&image.blob).map_or(0.0, |r| f64::from(r.quality));
@@ -609,7 +779,14 @@ impl<'a> CampaignRunner<'a> {
                 .iter()
                 .filter(|item| of_association(item) && matches!(item.content, ItemContent::Image(_)))
                 .filter_map(|item| round.submissions.get(&item.item_id))
-                .map(|answers| answers.values().filter_map(|a| if let Answer::Check { concept_present, .. } = a { Some(*concept_present) } else { None }).collect())
+                .map(|answers| {
+                    answers
+                        .values()
+                        .filter_map(|a| {
+                            if let Answer::Check { concept_present, .. } = a { Some(*concept_present) } else { None }
+                        })
+                        .collect()
+                })
                 .collect();
             let alpha = krippendorff_alpha_nominal(&units);
             let (before, quality_before) = estimate(base);
@@ -620,16 +797,28 @@ impl<'a> CampaignRunner<'a> {
                     let (mut wins, mut n) = (0u32, 0u32);
                     for outcome in &round.outcomes {
                         let Some(item) = round.item(outcome.item_id) else { continue };
-                        if let (true, Verdict::Compare { left_votes, right_votes }) = (of_association(item), &outcome.verdict) {
+                        if let (true, Verdict::Compare { left_votes, right_votes }) =
+                            (of_association(item), &outcome.verdict)
+                        {
                             let tuned_left = item.label.models.first() == Some(&model);
-                            let (tuned, other) = if tuned_left { (left_votes, right_votes) } else { (right_votes, left_votes) };
+                            let (tuned, other) =
+                                if tuned_left { (left_votes, right_votes) } else { (right_votes, left_votes) };
                             n += 1;
                             wins += u32::from(tuned > other);
                         }
                     }
                     rate(wins, n)
                 });
-                evaluations.push(AssociationEvaluation { association_id: *association_id, arm, before, after, quality_before, quality_after, win_rate, alpha });
+                evaluations.push(AssociationEvaluation {
+                    association_id: *association_id,
+                    arm,
+                    before,
+                    after,
+                    quality_before,
+                    quality_after,
+                    win_rate,
+                    alpha,
+                });
             }
         }
         Ok(evaluations)
@@ -640,17 +829,33 @@ impl<'a> CampaignRunner<'a> {
 /// version it names (one the campaign derived) is promoted unless it already is. The promotion
 /// follows the conclusion, so a crash in between leaves a completed campaign whose promotion
 /// [`promote_concluded`] finishes.
-pub fn conclude(bus: &CommandBus, context: &CommandContext, campaign_id: CampaignId, promoted: Option<ModelVersionId>, reason: &str) -> Result<(), CommandError> {
+pub fn conclude(
+    bus: &CommandBus,
+    context: &CommandContext,
+    campaign_id: CampaignId,
+    promoted: Option<ModelVersionId>,
+    reason: &str,
+) -> Result<(), CommandError> {
     bus.execute::<Campaign>(&campaign_id.stream(), None, context, CampaignCommand::Conclude { promoted })?;
     promote_concluded(bus, context, campaign_id, reason)
 }
 
 /// Promotes the version a completed campaign concluded with, if it is not promoted yet.
-pub fn promote_concluded(bus: &CommandBus, context: &CommandContext, campaign_id: CampaignId, reason: &str) -> Result<(), CommandError> {
+pub fn promote_concluded(
+    bus: &CommandBus,
+    context: &CommandContext,
+    campaign_id: CampaignId,
+    reason: &str,
+) -> Result<(), CommandError> {
     let Some(model) = concluded_with(bus, campaign_id)? else { return Ok(()) };
     let (version, _) = bus.load::<ModelVersion>(&model.stream())?;
     if version.status == ModelStatus::Registered {
-        bus.execute::<ModelVersion>(&model.stream(), None, context, ModelVersionCommand::Promote { reason: reason.into() })?;
+        bus.execute::<ModelVersion>(
+            &model.stream(),
+            None,
+            context,
+            ModelVersionCommand::Promote { reason: reason.into() },
+        )?;
     }
     Ok(())
 }

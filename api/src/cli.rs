@@ -258,7 +258,9 @@ enum ProjectionsCommand {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { data, bind, config, no_jobs, store } => serve(&data, store.parse()?.as_ref(), bind, config.as_deref(), !no_jobs),
+        Command::Serve { data, bind, config, no_jobs, store } => {
+            serve(&data, store.parse()?.as_ref(), bind, config.as_deref(), !no_jobs)
+        }
         Command::Worker { data, name, lease_seconds, device, store } => {
             let worker_name = name.unwrap_or_else(|| crate::workers::Worker::default_name("worker", true));
             worker(&data, store.parse()?.as_ref(), &device, crate::workers::Worker { name: worker_name, lease_seconds })
@@ -268,7 +270,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo { data, quick, json, seed } => demo(data, quick, json, seed),
         Command::Export { kind, data, format, out } => export(&kind, &data, &format, out.as_deref()),
         Command::Audit(AuditCommand::Verify { data, store }) => audit_verify(&data, store.parse()?.as_ref()),
-        Command::Audit(AuditCommand::Log { data, stream, after, limit, json }) => audit_log(&data, stream, after, limit, json),
+        Command::Audit(AuditCommand::Log { data, stream, after, limit, json }) => {
+            audit_log(&data, stream, after, limit, json)
+        }
         Command::Audit(AuditCommand::Replay { data, until, json }) => audit_replay(&data, until, json),
         Command::Projections(ProjectionsCommand::Rebuild { data }) => rebuild(&data),
         Command::Store(StoreCommand::Copy { from, to }) => store_copy(&from, &to),
@@ -279,7 +283,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn worker(data: &Path, store: Option<&StoreLocation>, device: &crate::scenes_cli::DeviceArg, worker: crate::workers::Worker) -> anyhow::Result<ExitCode> {
+fn worker(
+    data: &Path,
+    store: Option<&StoreLocation>,
+    device: &crate::scenes_cli::DeviceArg,
+    worker: crate::workers::Worker,
+) -> anyhow::Result<ExitCode> {
     if let Err(error) = domain::values::Name::parse("worker", &worker.name) {
         anyhow::bail!("--name: {error}");
     }
@@ -292,7 +301,14 @@ fn worker(data: &Path, store: Option<&StoreLocation>, device: &crate::scenes_cli
     let backend = device.backend()?;
     tracing::info!(device = %backend.describe(), data = %data.display(), "jobs run here");
     let bus = crate::commands::CommandBus::new(dir.store.clone());
-    let driver = crate::driver::Driver::spawn(crate::driver::DriverParts { bus, blobs, projections, backend, campaigns: None, worker });
+    let driver = crate::driver::Driver::spawn(crate::driver::DriverParts {
+        bus,
+        blobs,
+        projections,
+        backend,
+        campaigns: None,
+        worker,
+    });
     actix_web::rt::System::new().block_on(async {
         stop_signal().await;
         tracing::info!("stopping: the job in progress runs to its end (Ctrl-C again abandons it; another worker or a restart resumes it)");
@@ -318,7 +334,8 @@ async fn stop_signal() {
         }
     });
     #[cfg(unix)]
-    if let Ok(mut terminate) = actix_web::rt::signal::unix::signal(actix_web::rt::signal::unix::SignalKind::terminate()) {
+    if let Ok(mut terminate) = actix_web::rt::signal::unix::signal(actix_web::rt::signal::unix::SignalKind::terminate())
+    {
         let on_terminate = notify.clone();
         actix_web::rt::spawn(async move {
             if terminate.recv().await.is_some() {
@@ -329,7 +346,13 @@ async fn stop_signal() {
     notify.notified().await;
 }
 
-fn bench_gpu(sizes: Vec<usize>, models: Vec<String>, batch: Option<usize>, gpu: bool, cpu: bool) -> anyhow::Result<ExitCode> {
+fn bench_gpu(
+    sizes: Vec<usize>,
+    models: Vec<String>,
+    batch: Option<usize>,
+    gpu: bool,
+    cpu: bool,
+) -> anyhow::Result<ExitCode> {
     use gpu::bench::{BenchOptions, run_with_progress};
     use gpu::model::DitConfig;
     // Size the run to the adapter: a software adapter is hundreds of times slower than a GPU.
@@ -352,7 +375,13 @@ fn bench_gpu(sizes: Vec<usize>, models: Vec<String>, batch: Option<usize>, gpu: 
     };
     let gpu_models = model_names.iter().map(|name| config(name)).collect::<anyhow::Result<Vec<_>>>()?;
     let options = BenchOptions {
-        gpu_sizes: if !sizes.is_empty() { sizes.clone() } else if hardware { vec![1024, 4096] } else { vec![256] },
+        gpu_sizes: if !sizes.is_empty() {
+            sizes.clone()
+        } else if hardware {
+            vec![1024, 4096]
+        } else {
+            vec![256]
+        },
         cpu_sizes: if !sizes.is_empty() { sizes } else { vec![512] },
         repeats: if hardware { 10 } else { 3 },
         gpu,
@@ -379,7 +408,13 @@ fn bench_gpu(sizes: Vec<usize>, models: Vec<String>, batch: Option<usize>, gpu: 
     Ok(ExitCode::SUCCESS)
 }
 
-fn serve(data: &Path, store: Option<&StoreLocation>, bind: Option<String>, config: Option<&Path>, jobs: bool) -> anyhow::Result<ExitCode> {
+fn serve(
+    data: &Path,
+    store: Option<&StoreLocation>,
+    bind: Option<String>,
+    config: Option<&Path>,
+    jobs: bool,
+) -> anyhow::Result<ExitCode> {
     let mut settings = crate::configuration::Settings::load(config)?;
     if let Some(bind) = bind {
         settings.bind = bind;
@@ -420,7 +455,9 @@ fn serve(data: &Path, store: Option<&StoreLocation>, bind: Option<String>, confi
 }
 
 /// The chat endpoint the settings name, or the reference-world templates.
-fn prompt_generator(settings: &crate::configuration::Settings) -> anyhow::Result<Box<dyn crate::prompts::PromptGenerator>> {
+fn prompt_generator(
+    settings: &crate::configuration::Settings,
+) -> anyhow::Result<Box<dyn crate::prompts::PromptGenerator>> {
     use crate::prompts::{OpenAiCompatible, ReferenceWorldTemplates, TemplateGenerator};
     Ok(match (&settings.chat_base_url, &settings.chat_model) {
         (Some(base_url), Some(model)) => Box::new(OpenAiCompatible {
@@ -431,20 +468,27 @@ fn prompt_generator(settings: &crate::configuration::Settings) -> anyhow::Result
             timeout: std::time::Duration::from_secs(120),
         }),
         (None, None) => Box::new(TemplateGenerator::new(ReferenceWorldTemplates)),
-        _ => anyhow::bail!("chat_base_url and chat_model go together: set both (or neither, for the built-in templates)"),
+        _ => {
+            anyhow::bail!("chat_base_url and chat_model go together: set both (or neither, for the built-in templates)")
+        }
     })
 }
 
 fn export(kind: &str, data: &Path, format: &str, out: Option<&Path>) -> anyhow::Result<ExitCode> {
     use crate::export::{ExportCursor, ExportFormat, ExportKind};
     use std::io::Write;
-    let kind = ExportKind::parse(kind).ok_or_else(|| anyhow::anyhow!("no export is called '{kind}': use annotations, images or evaluations"))?;
-    let format = ExportFormat::parse(format).ok_or_else(|| anyhow::anyhow!("format '{format}' is not one of csv, jsonl"))?;
+    let kind = ExportKind::parse(kind)
+        .ok_or_else(|| anyhow::anyhow!("no export is called '{kind}': use annotations, images or evaluations"))?;
+    let format =
+        ExportFormat::parse(format).ok_or_else(|| anyhow::anyhow!("format '{format}' is not one of csv, jsonl"))?;
     let dir = DataDir::open_existing(data)?;
     let mut cursor = ExportCursor::new(kind, format, dir.store.clone())?;
     let mut sink: Box<dyn Write> = match out {
         // Written beside the target and renamed at the end: a failed export leaves no half file.
-        Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path.with_extension("partial")).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?)),
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path.with_extension("partial"))
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?,
+        )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
     while let Some(chunk) = cursor.next_chunk()? {
@@ -463,7 +507,9 @@ fn store_copy(from: &str, to: &str) -> anyhow::Result<ExitCode> {
     let parse = |flag: &str, text: &str| StoreLocation::parse(text).map_err(|e| anyhow::anyhow!("{flag} {e}"));
     let (from, to) = (parse("--from", from)?, parse("--to", to)?);
     let same = match (&from, &to) {
-        (StoreLocation::Sqlite(a), StoreLocation::Sqlite(b)) => a.canonicalize().ok().is_some_and(|a| b.canonicalize().ok().as_ref() == Some(&a)),
+        (StoreLocation::Sqlite(a), StoreLocation::Sqlite(b)) => {
+            a.canonicalize().ok().is_some_and(|a| b.canonicalize().ok().as_ref() == Some(&a))
+        }
         (a, b) => a == b,
     };
     if same {
@@ -472,17 +518,29 @@ fn store_copy(from: &str, to: &str) -> anyhow::Result<ExitCode> {
     let (source, target) = (from.open(false)?, to.open(true)?);
     let started = std::time::Instant::now();
     let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(indicatif::ProgressStyle::with_template("  copying events [{bar:30}] {pos}/{len} ({elapsed})").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()).progress_chars("=> "));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("  copying events [{bar:30}] {pos}/{len} ({elapsed})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
     let report = crate::store::copy::copy_store(source.as_ref(), target.as_ref(), &mut |done, total| {
         bar.set_length(total);
         bar.set_position(done);
     });
     bar.finish_and_clear();
     let report = report?;
-    println!("copied {} events in {} streams (positions 1 to {}), every chain verified, in {:.1?}", report.events, report.streams, report.head, started.elapsed());
+    println!(
+        "copied {} events in {} streams (positions 1 to {}), every chain verified, in {:.1?}",
+        report.events,
+        report.streams,
+        report.head,
+        started.elapsed()
+    );
     // The blobs the events name, by hash: copied file by file, then rehashed.
     let (StoreLocation::Sqlite(from_dir), StoreLocation::Sqlite(to_dir)) = (&from, &to) else {
-        println!("blobs are not copied: an EventStoreDB store holds events only; keep the blobs/ directory of the data directory that serves these events");
+        println!(
+            "blobs are not copied: an EventStoreDB store holds events only; keep the blobs/ directory of the data directory that serves these events"
+        );
         return Ok(ExitCode::SUCCESS);
     };
     let copied = copy_tree(&crate::blobs::blobs_dir(from_dir), &crate::blobs::blobs_dir(to_dir))?;
@@ -523,21 +581,33 @@ fn token_create(data: &Path, role: &str, name: &str) -> anyhow::Result<ExitCode>
     let bus = CommandBus::new(dir.store.clone());
     let context = crate::commands::CommandContext::new(domain::Actor::new("thitl-cli", domain::Role::Admin));
     let issued = crate::auth::issue_token(&bus, &context, name, role)?;
-    eprintln!("issued token {} for '{}' ({role}); it is shown this once and cannot be recovered:", issued.token_id, name.trim());
+    eprintln!(
+        "issued token {} for '{}' ({role}); it is shown this once and cannot be recovered:",
+        issued.token_id,
+        name.trim()
+    );
     println!("{}", issued.secret);
     Ok(ExitCode::SUCCESS)
 }
 
 fn token_revoke(data: &Path, id: &str, reason: &str) -> anyhow::Result<ExitCode> {
-    let token_id: domain::TokenId = id.parse().map_err(|_| anyhow::anyhow!("'{id}' is not a token id (a UUID, as `token create` printed)"))?;
+    let token_id: domain::TokenId =
+        id.parse().map_err(|_| anyhow::anyhow!("'{id}' is not a token id (a UUID, as `token create` printed)"))?;
     let dir = DataDir::open_existing(data)?;
     let bus = CommandBus::new(dir.store.clone());
     let context = crate::commands::CommandContext::new(domain::Actor::new("thitl-cli", domain::Role::Admin));
-    bus.execute::<domain::Token>(&token_id.stream(), None, &context, domain::TokenCommand::Revoke { reason: reason.to_string() })
-        .map_err(|e| match e {
-            crate::commands::CommandError::Domain(domain::DomainError::NotFound { .. }) => anyhow::anyhow!("no token has id {token_id}"),
-            other => other.into(),
-        })?;
+    bus.execute::<domain::Token>(
+        &token_id.stream(),
+        None,
+        &context,
+        domain::TokenCommand::Revoke { reason: reason.to_string() },
+    )
+    .map_err(|e| match e {
+        crate::commands::CommandError::Domain(domain::DomainError::NotFound { .. }) => {
+            anyhow::anyhow!("no token has id {token_id}")
+        }
+        other => other.into(),
+    })?;
     eprintln!("revoked token {token_id}");
     Ok(ExitCode::SUCCESS)
 }
@@ -568,7 +638,13 @@ fn audit_verify(data: &Path, store: Option<&StoreLocation>) -> anyhow::Result<Ex
     Ok(if chains_ok && blobs.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-fn audit_log(data: &Path, stream: Option<String>, after: u64, limit: Option<usize>, json: bool) -> anyhow::Result<ExitCode> {
+fn audit_log(
+    data: &Path,
+    stream: Option<String>,
+    after: u64,
+    limit: Option<usize>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let dir = DataDir::open_existing(data)?;
     let mut printed = 0usize;
     let limit = limit.unwrap_or(usize::MAX);
@@ -680,7 +756,8 @@ fn demo(data: Option<PathBuf>, quick: bool, json: bool, seed: u64) -> anyhow::Re
         None => std::env::temp_dir().join(format!("thitl-demo-{}", uuid::Uuid::now_v7())),
     };
     let dir = DataDir::open_or_create(&data)?;
-    let blobs: Arc<dyn crate::blobs::BlobStore> = Arc::new(crate::blobs::LocalBlobStore::open(&crate::blobs::blobs_dir(&data))?);
+    let blobs: Arc<dyn crate::blobs::BlobStore> =
+        Arc::new(crate::blobs::LocalBlobStore::open(&crate::blobs::blobs_dir(&data))?);
     let bus = CommandBus::new(dir.store.clone());
     let scale = if quick { Scale::QUICK } else { Scale::FULL };
     let backend = gpu::Backend::choose(gpu::DeviceChoice::from_env()?)?;
@@ -718,9 +795,11 @@ fn demo(data: Option<PathBuf>, quick: bool, json: bool, seed: u64) -> anyhow::Re
                     }
                     let new = indicatif::ProgressBar::new(total);
                     new.set_style(
-                        indicatif::ProgressStyle::with_template("  {msg:<30} [{bar:30}] {pos}/{len} ({elapsed}, {eta} left)")
-                            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                            .progress_chars("=> "),
+                        indicatif::ProgressStyle::with_template(
+                            "  {msg:<30} [{bar:30}] {pos}/{len} ({elapsed}, {eta} left)",
+                        )
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                        .progress_chars("=> "),
                     );
                     new.set_message(task.to_string());
                     *current = Some((task.to_string(), new));
@@ -753,7 +832,8 @@ fn demo(data: Option<PathBuf>, quick: bool, json: bool, seed: u64) -> anyhow::Re
     let estimate = |e: &domain::campaign::RateEstimate| serde_json::json!({"rate": e.rate, "ci_low": e.ci_low, "ci_high": e.ci_high, "n": e.n});
     let label = |id: &domain::AssociationId| report.associations.get(id).cloned().unwrap_or_default();
     let thitl: Vec<_> = report.evaluations.iter().filter(|e| e.arm == domain::fine_tune::Arm::Thitl).collect();
-    let traditional: Vec<_> = report.evaluations.iter().filter(|e| e.arm == domain::fine_tune::Arm::Traditional).collect();
+    let traditional: Vec<_> =
+        report.evaluations.iter().filter(|e| e.arm == domain::fine_tune::Arm::Traditional).collect();
     if json {
         let associations: Vec<_> = thitl
             .iter()
@@ -795,30 +875,74 @@ fn demo(data: Option<PathBuf>, quick: bool, json: bool, seed: u64) -> anyhow::Re
             })
         );
     } else {
-        let percent = |e: &domain::campaign::RateEstimate| format!("{:5.1}% [{:4.1}, {:4.1}] n={}", 100.0 * e.rate, 100.0 * e.ci_low, 100.0 * e.ci_high, e.n);
-        println!("\nT-HITL campaign {} ({} images, {} annotations, {:.1?}): {}", report.campaign_id, report.images, report.annotations, elapsed, report.stages.join(" → "));
-        println!("\n{:<34} {:<15} {:<28} {:<28} {:<15} {:<17} {:>6}", "association", "category", "rate before [95% CI]", "rate after [95% CI]", "quality b → a", "win rate [95% CI]", "alpha");
+        let percent = |e: &domain::campaign::RateEstimate| {
+            format!("{:5.1}% [{:4.1}, {:4.1}] n={}", 100.0 * e.rate, 100.0 * e.ci_low, 100.0 * e.ci_high, e.n)
+        };
+        println!(
+            "\nT-HITL campaign {} ({} images, {} annotations, {:.1?}): {}",
+            report.campaign_id,
+            report.images,
+            report.annotations,
+            elapsed,
+            report.stages.join(" → ")
+        );
+        println!(
+            "\n{:<34} {:<15} {:<28} {:<28} {:<15} {:<17} {:>6}",
+            "association",
+            "category",
+            "rate before [95% CI]",
+            "rate after [95% CI]",
+            "quality b → a",
+            "win rate [95% CI]",
+            "alpha"
+        );
         for e in &thitl {
             let (group, concept, category) = label(&e.association_id);
-            let win = e.win_rate.as_ref().map_or("–".to_string(), |w| format!("{:3.0}% [{:2.0}, {:3.0}]", 100.0 * w.rate, 100.0 * w.ci_low, 100.0 * w.ci_high));
+            let win = e.win_rate.as_ref().map_or("–".to_string(), |w| {
+                format!("{:3.0}% [{:2.0}, {:3.0}]", 100.0 * w.rate, 100.0 * w.ci_low, 100.0 * w.ci_high)
+            });
             let alpha = e.alpha.map_or("–".to_string(), |a| format!("{a:.2}"));
-            println!("{:<34} {:<15} {:<28} {:<28} {:<15} {:<17} {:>6}", format!("{group} → {concept}"), category, percent(&e.before), percent(&e.after), format!("{:.3} → {:.3}", e.quality_before, e.quality_after), win, alpha);
+            println!(
+                "{:<34} {:<15} {:<28} {:<28} {:<15} {:<17} {:>6}",
+                format!("{group} → {concept}"),
+                category,
+                percent(&e.before),
+                percent(&e.after),
+                format!("{:.3} → {:.3}", e.quality_before, e.quality_after),
+                win,
+                alpha
+            );
         }
         println!("\ntraditional fine-tuning (no round 1) on the same candidates:");
         println!("{:<34} {:<28} {:<15} T-HITL quality after", "association", "rate after [95% CI]", "quality after");
         for e in &traditional {
             let (group, concept, _) = label(&e.association_id);
-            let thitl_quality = thitl.iter().find(|t| t.association_id == e.association_id).map_or(f64::NAN, |t| t.quality_after);
-            println!("{:<34} {:<28} {:<15.3} {:.3}", format!("{group} → {concept}"), percent(&e.after), e.quality_after, thitl_quality);
+            let thitl_quality =
+                thitl.iter().find(|t| t.association_id == e.association_id).map_or(f64::NAN, |t| t.quality_after);
+            println!(
+                "{:<34} {:<28} {:<15.3} {:.3}",
+                format!("{group} → {concept}"),
+                percent(&e.after),
+                e.quality_after,
+                thitl_quality
+            );
         }
         println!("(quality: the shipped rater's score in [0, 1]; rates and win rates: round 2's majority verdicts)");
         println!("\nthe same probe images through the shipped rater (base → T-HITL / traditional):");
         println!("{:<34} {:<26} {:<26} Fréchet distance to renders", "association", "concept seen", "group recognized");
         for (id, (group, concept, _)) in &report.associations {
             let of = |model: &str| measured.iter().find(|m| m.association_id == *id && m.model == model);
-            let (Some(base), Some(thitl), Some(traditional)) = (of("base"), of("thitl"), of("traditional")) else { continue };
+            let (Some(base), Some(thitl), Some(traditional)) = (of("base"), of("thitl"), of("traditional")) else {
+                continue;
+            };
             let trio = |f: fn(&crate::demo::ProbeMeasurement) -> f64, scale: f64, digits: usize| {
-                format!("{:.d$} → {:.d$} / {:.d$}", scale * f(base), scale * f(thitl), scale * f(traditional), d = digits)
+                format!(
+                    "{:.d$} → {:.d$} / {:.d$}",
+                    scale * f(base),
+                    scale * f(thitl),
+                    scale * f(traditional),
+                    d = digits
+                )
             };
             println!(
                 "{:<34} {:<26} {:<26} {}",
@@ -829,7 +953,12 @@ fn demo(data: Option<PathBuf>, quick: bool, json: bool, seed: u64) -> anyhow::Re
             );
         }
         match &verified {
-            Ok(report) => println!("\naudit verify: {} events in {} streams verified; {}", report.events, report.streams, blob_report.summary()),
+            Ok(report) => println!(
+                "\naudit verify: {} events in {} streams verified; {}",
+                report.events,
+                report.streams,
+                blob_report.summary()
+            ),
             Err(failure) => println!("\naudit verify FAILED: {failure}"),
         }
         println!("\ndata directory: {}", data.display());

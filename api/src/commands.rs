@@ -257,7 +257,8 @@ impl CommandBus {
         read: impl Fn(&A, &Outcome) -> R + Send + 'static,
     ) -> Result<(Outcome, R), CommandError> {
         StreamName::new(stream)?;
-        let (outcome, value) = self.submit::<A>(stream, Some(command), expected, context.clone(), Some(boxed_reader(read)))?;
+        let (outcome, value) =
+            self.submit::<A>(stream, Some(command), expected, context.clone(), Some(boxed_reader(read)))?;
         Ok((outcome, unbox(value)))
     }
 
@@ -355,7 +356,9 @@ impl CommandBus {
             }
         }
         receiver.await.unwrap_or_else(|_| {
-            Err(CommandError::Store(StoreError::Backend("the stream's writer stopped before answering; nothing was appended".into())))
+            Err(CommandError::Store(StoreError::Backend(
+                "the stream's writer stopped before answering; nothing was appended".into(),
+            )))
         })
     }
 
@@ -461,7 +464,12 @@ impl CommandBus {
             for job in &jobs {
                 let current = start_version + new_events.len() as u64;
                 let Some(command) = &job.command else {
-                    let outcome = Outcome { stream: stream.to_string(), stream_version: current, position: None, event_ids: vec![] };
+                    let outcome = Outcome {
+                        stream: stream.to_string(),
+                        stream_version: current,
+                        position: None,
+                        event_ids: vec![],
+                    };
                     let read = job.reader.as_ref().map(|read| read(aggregate, &outcome));
                     answers.push(Some(Ok((outcome, read))));
                     counts.push(0);
@@ -470,7 +478,11 @@ impl CommandBus {
                 if let Some(expected) = job.expected
                     && expected != current
                 {
-                    answers.push(Some(Err(CommandError::Conflict { stream: stream.to_string(), expected, actual: current })));
+                    answers.push(Some(Err(CommandError::Conflict {
+                        stream: stream.to_string(),
+                        expected,
+                        actual: current,
+                    })));
                     counts.push(0);
                     continue;
                 }
@@ -518,7 +530,8 @@ impl CommandBus {
                 }
                 return;
             }
-            let expected = if start_version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(start_version) };
+            let expected =
+                if start_version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(start_version) };
             match self.store.append(&name, expected, &new_events) {
                 Ok(appended) => {
                     *version = appended.stream_version;
@@ -542,7 +555,11 @@ impl CommandBus {
                     attempt += 1;
                     if attempt > CONFLICT_RETRIES {
                         for job in &mut jobs {
-                            job.finish(Err(CommandError::Conflict { stream: stream.to_string(), expected: start_version, actual }));
+                            job.finish(Err(CommandError::Conflict {
+                                stream: stream.to_string(),
+                                expected: start_version,
+                                actual,
+                            }));
                         }
                         return;
                     }
@@ -553,7 +570,11 @@ impl CommandBus {
                     // decided (or read) on events that are not stored.
                     let first = counts.iter().position(|&count| count > 0).unwrap_or(jobs.len());
                     for (i, (job, answer)) in jobs.iter_mut().zip(answers).enumerate() {
-                        job.finish(if i < first { answer.expect("every job answered") } else { Err(other.clone().into()) });
+                        job.finish(if i < first {
+                            answer.expect("every job answered")
+                        } else {
+                            Err(other.clone().into())
+                        });
                     }
                     return;
                 }
@@ -569,7 +590,12 @@ pub fn to_recorded(stored: &crate::store::StoredEvent) -> Result<domain::Recorde
 
 /// [`to_recorded`] without copying the event's strings (replay owns its batches).
 pub fn into_recorded(stored: crate::store::StoredEvent) -> Result<domain::Recorded, DecodeError> {
-    let event = domain::DomainEvent::decode_str(stored.stream.as_str(), &stored.event_type, stored.schema_version, &stored.payload)?;
+    let event = domain::DomainEvent::decode_str(
+        stored.stream.as_str(),
+        &stored.event_type,
+        stored.schema_version,
+        &stored.payload,
+    )?;
     Ok(domain::Recorded {
         position: stored.position,
         stream: String::from(stored.stream),
@@ -601,7 +627,12 @@ mod tests {
     }
 
     impl EventStore for Probe {
-        fn append(&self, stream: &StreamName, expected: ExpectedVersion, events: &[NewEvent]) -> Result<AppendResult, StoreError> {
+        fn append(
+            &self,
+            stream: &StreamName,
+            expected: ExpectedVersion,
+            events: &[NewEvent],
+        ) -> Result<AppendResult, StoreError> {
             if self.fail.load(Ordering::SeqCst) {
                 return Err(StoreError::Backend("disk full (test)".into()));
             }
@@ -695,7 +726,9 @@ mod tests {
             let handles: Vec<_> = (0..8)
                 .map(|n| {
                     let (bus, stream) = (bus.clone(), stream.clone());
-                    scope.spawn(move || (0..10).filter_map(|_| rate(&bus, &stream, &format!("annotator{n}"))).collect::<Vec<_>>())
+                    scope.spawn(move || {
+                        (0..10).filter_map(|_| rate(&bus, &stream, &format!("annotator{n}"))).collect::<Vec<_>>()
+                    })
                 })
                 .collect();
             handles.into_iter().flat_map(|h| h.join().unwrap()).collect()

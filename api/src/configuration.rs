@@ -32,7 +32,14 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { bind: "127.0.0.1:8080".into(), body_limit_bytes: 1024 * 1024, workers: None, wait_for_max_seconds: 10, chat_base_url: None, chat_model: None }
+        Settings {
+            bind: "127.0.0.1:8080".into(),
+            body_limit_bytes: 1024 * 1024,
+            workers: None,
+            wait_for_max_seconds: 10,
+            chat_base_url: None,
+            chat_model: None,
+        }
     }
 }
 

@@ -44,7 +44,9 @@ impl StoreLocation {
                 crate::store::esdb::parse_esdb_url(text).map_err(|e| format!("'{text}': {e}"))?;
                 Ok(StoreLocation::Esdb(text.to_string()))
             }
-            Some(other) => Err(format!("'{text}': unknown store kind '{other}'; name a store as sqlite:DIR or esdb://HOST:PORT?tls=false")),
+            Some(other) => Err(format!(
+                "'{text}': unknown store kind '{other}'; name a store as sqlite:DIR or esdb://HOST:PORT?tls=false"
+            )),
         }
     }
 
@@ -52,7 +54,9 @@ impl StoreLocation {
     pub fn describe(&self) -> String {
         match self {
             StoreLocation::Sqlite(dir) => format!("sqlite:{}", dir.display()),
-            StoreLocation::Esdb(url) => crate::store::esdb::parse_esdb_url(url).map_or_else(|_| "esdb://(unreadable)".into(), |u| u.to_string()),
+            StoreLocation::Esdb(url) => {
+                crate::store::esdb::parse_esdb_url(url).map_or_else(|_| "esdb://(unreadable)".into(), |u| u.to_string())
+            }
         }
     }
 
@@ -65,13 +69,16 @@ impl StoreLocation {
                     return Err(DataDirError::Missing { path: dir.display().to_string() });
                 }
                 if create {
-                    std::fs::create_dir_all(dir).map_err(|error| DataDirError::Create { path: dir.display().to_string(), error })?;
+                    std::fs::create_dir_all(dir)
+                        .map_err(|error| DataDirError::Create { path: dir.display().to_string(), error })?;
                 }
-                let store = SqliteStore::open(path).map_err(|error| DataDirError::Store { path: dir.display().to_string(), error })?;
+                let store = SqliteStore::open(path)
+                    .map_err(|error| DataDirError::Store { path: dir.display().to_string(), error })?;
                 Ok(Arc::new(store))
             }
             StoreLocation::Esdb(url) => {
-                let store = EsdbStore::connect(url).map_err(|error| DataDirError::Store { path: self.describe(), error })?;
+                let store =
+                    EsdbStore::connect(url).map_err(|error| DataDirError::Store { path: self.describe(), error })?;
                 Ok(Arc::new(store))
             }
         }
@@ -87,7 +94,9 @@ pub struct DataDir {
 pub enum DataDirError {
     #[error("cannot create data directory {path}: {error}")]
     Create { path: String, error: std::io::Error },
-    #[error("{path} has no event store (events.db); pass the --data directory that `thitl serve` or `thitl demo` wrote")]
+    #[error(
+        "{path} has no event store (events.db); pass the --data directory that `thitl serve` or `thitl demo` wrote"
+    )]
     Missing { path: String },
     #[error("cannot open the event store in {path}: {error}")]
     Store { path: String, error: StoreError },
@@ -151,7 +160,11 @@ mod tests {
         assert_eq!(StoreLocation::parse("sqlite:/srv/thitl"), Ok(StoreLocation::Sqlite("/srv/thitl".into())));
         assert_eq!(StoreLocation::parse("sqlite:///srv/thitl"), Ok(StoreLocation::Sqlite("/srv/thitl".into())));
         assert_eq!(StoreLocation::parse("thitl-data"), Ok(StoreLocation::Sqlite("thitl-data".into())));
-        assert_eq!(StoreLocation::parse("C:/data"), Ok(StoreLocation::Sqlite("C:/data".into())), "a one-letter scheme is a path");
+        assert_eq!(
+            StoreLocation::parse("C:/data"),
+            Ok(StoreLocation::Sqlite("C:/data".into())),
+            "a one-letter scheme is a path"
+        );
         let url = "esdb://node1:2113,node2:2113?tls=false";
         assert_eq!(StoreLocation::parse(url), Ok(StoreLocation::Esdb(url.into())));
         assert!(StoreLocation::parse("kurrentdb+discover://cluster.internal:2113").is_ok());

@@ -94,10 +94,15 @@ fn drive(parts: DriverParts, stop: &AtomicBool) {
     let DriverParts { bus, blobs, projections, backend, campaigns, worker } = parts;
     let models = Models::new(blobs.clone(), backend);
     let narrate = |line: &str| tracing::info!(target: "thitl::campaign", "{line}");
-    let mut runner = campaigns.map(|(generator, seed)| CampaignRunner::new(bus.clone(), blobs.clone(), generator, seed, Box::new(narrate)));
+    let mut runner = campaigns
+        .map(|(generator, seed)| CampaignRunner::new(bus.clone(), blobs.clone(), generator, seed, Box::new(narrate)));
     match runner {
-        Some(_) => tracing::info!(worker = %worker.name, lease_seconds = worker.lease_seconds, "campaign driver started: it steps campaigns and runs generation and fine-tune jobs"),
-        None => tracing::info!(worker = %worker.name, lease_seconds = worker.lease_seconds, "worker started: it runs generation and fine-tune jobs"),
+        Some(_) => {
+            tracing::info!(worker = %worker.name, lease_seconds = worker.lease_seconds, "campaign driver started: it steps campaigns and runs generation and fine-tune jobs")
+        }
+        None => {
+            tracing::info!(worker = %worker.name, lease_seconds = worker.lease_seconds, "worker started: it runs generation and fine-tune jobs")
+        }
     }
     while !stop.load(Ordering::SeqCst) {
         let head = match bus.store().head_position() {
@@ -111,11 +116,18 @@ fn drive(parts: DriverParts, stop: &AtomicBool) {
         // The lists below come from the read models: let them see what is in the store.
         projections.wait_for(head, IDLE_WAIT);
         let (campaigns, generations, fine_tunes) = projections.read(|p| {
-            let campaigns: Vec<CampaignId> =
-                p.catalog.campaigns.values().filter(|c| !matches!(c.stage, Stage::Completed | Stage::Failed)).map(|c| c.id).collect();
+            let campaigns: Vec<CampaignId> = p
+                .catalog
+                .campaigns
+                .values()
+                .filter(|c| !matches!(c.stage, Stage::Completed | Stage::Failed))
+                .map(|c| c.id)
+                .collect();
             let pending = |status: JobStatus| matches!(status, JobStatus::Requested | JobStatus::Running);
-            let generations: Vec<GenerationId> = p.catalog.generations.values().filter(|g| pending(g.status)).map(|g| g.id).collect();
-            let fine_tunes: Vec<FineTuneId> = p.catalog.fine_tunes.values().filter(|f| pending(f.status)).map(|f| f.id).collect();
+            let generations: Vec<GenerationId> =
+                p.catalog.generations.values().filter(|g| pending(g.status)).map(|g| g.id).collect();
+            let fine_tunes: Vec<FineTuneId> =
+                p.catalog.fine_tunes.values().filter(|f| pending(f.status)).map(|f| f.id).collect();
             (campaigns, generations, fine_tunes)
         });
         for id in runner.as_ref().map_or(&[][..], |_| &campaigns[..]) {
@@ -126,11 +138,15 @@ fn drive(parts: DriverParts, stop: &AtomicBool) {
                 Ok(Step::Finished) => {
                     // A crash between a curator's conclusion and the promotion: finish it.
                     let context = crate::commands::CommandContext::system();
-                    if let Err(error) = crate::campaigns::promote_concluded(&bus, &context, *id, "promoted as concluded") {
+                    if let Err(error) =
+                        crate::campaigns::promote_concluded(&bus, &context, *id, "promoted as concluded")
+                    {
                         tracing::error!(campaign = %id, %error, "cannot promote the version the campaign concluded with");
                     }
                 }
-                Err(error) => tracing::error!(campaign = %id, %error, "cannot step the campaign; it is tried again on the next change"),
+                Err(error) => {
+                    tracing::error!(campaign = %id, %error, "cannot step the campaign; it is tried again on the next change")
+                }
             }
         }
         if stop.load(Ordering::SeqCst) {
@@ -148,8 +164,17 @@ fn drive(parts: DriverParts, stop: &AtomicBool) {
 
 /// Runs the first job of `generations`, then of `fine_tunes`, that this worker may claim;
 /// false when there was none.
-fn run_one_job(bus: &CommandBus, models: &Models, blobs: &dyn BlobStore, worker: &Worker, generations: &[GenerationId], fine_tunes: &[FineTuneId]) -> bool {
-    for id in claimable::<Generation, _>(bus, worker, generations, |id| id.stream(), |job| (job.status, job.lease.clone())) {
+fn run_one_job(
+    bus: &CommandBus,
+    models: &Models,
+    blobs: &dyn BlobStore,
+    worker: &Worker,
+    generations: &[GenerationId],
+    fine_tunes: &[FineTuneId],
+) -> bool {
+    for id in
+        claimable::<Generation, _>(bus, worker, generations, |id| id.stream(), |job| (job.status, job.lease.clone()))
+    {
         let mut last_logged = 0;
         let outcome = run_generation(bus, models, blobs, id, worker, &mut |done, total| {
             if done == total || done >= last_logged + 64 {
@@ -158,7 +183,9 @@ fn run_one_job(bus: &CommandBus, models: &Models, blobs: &dyn BlobStore, worker:
             }
         });
         match outcome {
-            Ok(run) => tracing::info!(generation = %id, images = run.images, resumed_with = run.already_done, "generation completed"),
+            Ok(run) => {
+                tracing::info!(generation = %id, images = run.images, resumed_with = run.already_done, "generation completed")
+            }
             Err(error) if error.is_other_workers() => {
                 tracing::info!(generation = %id, %error, "the job is another worker's");
                 continue;
@@ -167,7 +194,8 @@ fn run_one_job(bus: &CommandBus, models: &Models, blobs: &dyn BlobStore, worker:
         }
         return true;
     }
-    for id in claimable::<FineTune, _>(bus, worker, fine_tunes, |id| id.stream(), |job| (job.status, job.lease.clone())) {
+    for id in claimable::<FineTune, _>(bus, worker, fine_tunes, |id| id.stream(), |job| (job.status, job.lease.clone()))
+    {
         let mut last_logged = 0;
         let outcome = run_fine_tune(bus, models, blobs, id, worker, &mut |step, steps, loss| {
             if step == steps || step >= last_logged + 50 {
@@ -206,7 +234,8 @@ fn claimable<A: domain::aggregate::Aggregate + 'static, Id: Copy>(
             let me = me.clone();
             bus.read::<A, _>(&stream(id), move |job, _| {
                 let (status, lease) = state(job);
-                matches!(status, JobStatus::Requested | JobStatus::Running) && Lease::check_start(lease.as_ref(), A::ENTITY, &me, now).is_ok()
+                matches!(status, JobStatus::Requested | JobStatus::Running)
+                    && Lease::check_start(lease.as_ref(), A::ENTITY, &me, now).is_ok()
             })
             .unwrap_or(false)
         })

@@ -60,17 +60,55 @@ impl ExportKind {
     pub fn columns(self) -> &'static [&'static str] {
         match self {
             ExportKind::Annotations => &[
-                "position", "recorded_at", "round_id", "round_kind", "item_id", "association_id", "models", "annotator", "event",
-                "concept_present", "quality", "group_depicted", "preferred",
+                "position",
+                "recorded_at",
+                "round_id",
+                "round_kind",
+                "item_id",
+                "association_id",
+                "models",
+                "annotator",
+                "event",
+                "concept_present",
+                "quality",
+                "group_depicted",
+                "preferred",
             ],
             ExportKind::Images => &[
-                "position", "recorded_at", "image_id", "generation_id", "index", "model_version", "purpose", "association_id", "prompt_id",
-                "prompt", "negative_prompt", "seed", "blob",
+                "position",
+                "recorded_at",
+                "image_id",
+                "generation_id",
+                "index",
+                "model_version",
+                "purpose",
+                "association_id",
+                "prompt_id",
+                "prompt",
+                "negative_prompt",
+                "seed",
+                "blob",
             ],
             ExportKind::Evaluations => &[
-                "position", "recorded_at", "campaign_id", "association_id", "arm", "before_rate", "before_ci_low", "before_ci_high", "before_n",
-                "after_rate", "after_ci_low", "after_ci_high", "after_n", "quality_before", "quality_after", "win_rate", "win_rate_ci_low",
-                "win_rate_ci_high", "alpha",
+                "position",
+                "recorded_at",
+                "campaign_id",
+                "association_id",
+                "arm",
+                "before_rate",
+                "before_ci_low",
+                "before_ci_high",
+                "before_n",
+                "after_rate",
+                "after_ci_low",
+                "after_ci_high",
+                "after_n",
+                "quality_before",
+                "quality_after",
+                "win_rate",
+                "win_rate_ci_low",
+                "win_rate_ci_high",
+                "alpha",
             ],
         }
     }
@@ -127,9 +165,22 @@ pub struct ExportCursor {
 
 impl ExportCursor {
     /// An export of everything in the store now.
-    pub fn new(kind: ExportKind, format: ExportFormat, store: Arc<dyn EventStore>) -> Result<ExportCursor, ExportError> {
+    pub fn new(
+        kind: ExportKind,
+        format: ExportFormat,
+        store: Arc<dyn EventStore>,
+    ) -> Result<ExportCursor, ExportError> {
         let until = store.head_position()?;
-        Ok(ExportCursor { kind, format, store, after: 0, until, header_written: false, rows: 0, rounds: HashMap::new() })
+        Ok(ExportCursor {
+            kind,
+            format,
+            store,
+            after: 0,
+            until,
+            header_written: false,
+            rows: 0,
+            rounds: HashMap::new(),
+        })
     }
 
     /// The position the export reflects: every event up to it, none after.
@@ -170,7 +221,8 @@ impl ExportCursor {
                 break;
             }
             self.after = stored.position;
-            let recorded = to_recorded(&stored).map_err(|e| ExportError::Decode { position: stored.position, message: e.to_string() })?;
+            let recorded = to_recorded(&stored)
+                .map_err(|e| ExportError::Decode { position: stored.position, message: e.to_string() })?;
             for row in self.rows_of(&recorded) {
                 self.write_row(&mut out, row);
             }
@@ -186,7 +238,8 @@ impl ExportCursor {
                 out.extend_from_slice(cells.join(",").as_bytes());
             }
             ExportFormat::JsonLines => {
-                let object: serde_json::Map<String, Value> = self.kind.columns().iter().map(|c| c.to_string()).zip(row).collect();
+                let object: serde_json::Map<String, Value> =
+                    self.kind.columns().iter().map(|c| c.to_string()).zip(row).collect();
                 out.extend_from_slice(Value::Object(object).to_string().as_bytes());
             }
         }
@@ -199,19 +252,33 @@ impl ExportCursor {
         match (self.kind, &event.event) {
             (ExportKind::Annotations, DomainEvent::Round(round_event)) => match round_event {
                 RoundEvent::RoundOpened { round_id, kind, items, .. } => {
-                    let items = items.iter().map(|item| (item.item_id, (item.label.association_id, item.label.models.clone()))).collect();
+                    let items = items
+                        .iter()
+                        .map(|item| (item.item_id, (item.label.association_id, item.label.models.clone())))
+                        .collect();
                     self.rounds.insert(*round_id, RoundInfo { kind: *kind, items });
                     vec![]
                 }
                 RoundEvent::AnnotationSubmitted { round_id, item_id, annotator, answer } => {
                     let (concept, quality, group, preferred) = match answer {
-                        Answer::Baseline { concept_present } => (json!(concept_present), Value::Null, Value::Null, Value::Null),
-                        Answer::Screen { quality, group_depicted, concept_present } => (json!(concept_present), json!(quality.get()), json!(group_depicted), Value::Null),
-                        Answer::Check { concept_present, quality } => (json!(concept_present), json!(quality.get()), Value::Null, Value::Null),
-                        Answer::Compare { preferred } => (Value::Null, Value::Null, Value::Null, json!(match preferred {
-                            Side::Left => "left",
-                            Side::Right => "right",
-                        })),
+                        Answer::Baseline { concept_present } => {
+                            (json!(concept_present), Value::Null, Value::Null, Value::Null)
+                        }
+                        Answer::Screen { quality, group_depicted, concept_present } => {
+                            (json!(concept_present), json!(quality.get()), json!(group_depicted), Value::Null)
+                        }
+                        Answer::Check { concept_present, quality } => {
+                            (json!(concept_present), json!(quality.get()), Value::Null, Value::Null)
+                        }
+                        Answer::Compare { preferred } => (
+                            Value::Null,
+                            Value::Null,
+                            Value::Null,
+                            json!(match preferred {
+                                Side::Left => "left",
+                                Side::Right => "right",
+                            }),
+                        ),
                     };
                     let mut row = self.annotation_columns(position, at, *round_id, *item_id, annotator, "submitted");
                     row.extend([concept, quality, group, preferred]);
@@ -224,7 +291,18 @@ impl ExportCursor {
                 }
                 _ => vec![],
             },
-            (ExportKind::Images, DomainEvent::Generation(GenerationEvent::ImageGenerated { generation_id, index, image_id, blob, model_version, purpose, item })) => {
+            (
+                ExportKind::Images,
+                DomainEvent::Generation(GenerationEvent::ImageGenerated {
+                    generation_id,
+                    index,
+                    image_id,
+                    blob,
+                    model_version,
+                    purpose,
+                    item,
+                }),
+            ) => {
                 vec![vec![
                     position,
                     at,
@@ -241,10 +319,15 @@ impl ExportCursor {
                     json!(blob),
                 ]]
             }
-            (ExportKind::Evaluations, DomainEvent::Campaign(CampaignEvent::EvaluationRecorded { campaign_id, evaluations })) => evaluations
+            (
+                ExportKind::Evaluations,
+                DomainEvent::Campaign(CampaignEvent::EvaluationRecorded { campaign_id, evaluations }),
+            ) => evaluations
                 .iter()
                 .map(|e| {
-                    let win = |f: fn(&domain::campaign::RateEstimate) -> f64| e.win_rate.as_ref().map_or(Value::Null, |w| json!(f(w)));
+                    let win = |f: fn(&domain::campaign::RateEstimate) -> f64| {
+                        e.win_rate.as_ref().map_or(Value::Null, |w| json!(f(w)))
+                    };
                     vec![
                         position.clone(),
                         at.clone(),
@@ -272,7 +355,15 @@ impl ExportCursor {
         }
     }
 
-    fn annotation_columns(&self, position: Value, at: Value, round_id: RoundId, item_id: ItemId, annotator: &str, event: &str) -> Vec<Value> {
+    fn annotation_columns(
+        &self,
+        position: Value,
+        at: Value,
+        round_id: RoundId,
+        item_id: ItemId,
+        annotator: &str,
+        event: &str,
+    ) -> Vec<Value> {
         let round = self.rounds.get(&round_id);
         let item = round.and_then(|r| r.items.get(&item_id));
         vec![
@@ -282,7 +373,9 @@ impl ExportCursor {
             round.map_or(Value::Null, |r| json!(r.kind)),
             json!(item_id),
             json!(item.and_then(|(association, _)| *association)),
-            item.map_or(Value::Null, |(_, models)| json!(models.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(" "))),
+            item.map_or(Value::Null, |(_, models)| {
+                json!(models.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(" "))
+            }),
             json!(annotator),
             json!(event),
         ]

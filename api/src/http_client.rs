@@ -7,7 +7,14 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 /// Sends one request to `address` and returns the status and the body.
-pub fn request(address: SocketAddr, method: &str, path: &str, bearer: Option<&str>, json: Option<&[u8]>, timeout: Duration) -> std::io::Result<(u16, Vec<u8>)> {
+pub fn request(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    json: Option<&[u8]>,
+    timeout: Duration,
+) -> std::io::Result<(u16, Vec<u8>)> {
     let mut stream = TcpStream::connect_timeout(&address, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
@@ -30,7 +37,8 @@ pub fn read_response(mut reader: impl BufRead) -> std::io::Result<(u16, Vec<u8>)
     let bad = |message: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, message.to_string());
     let mut line = String::new();
     reader.read_line(&mut line)?;
-    let status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad("no HTTP status line"))?;
+    let status =
+        line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad("no HTTP status line"))?;
     let (mut length, mut chunked) = (None, false);
     loop {
         line.clear();
@@ -55,7 +63,8 @@ pub fn read_response(mut reader: impl BufRead) -> std::io::Result<(u16, Vec<u8>)
         loop {
             line.clear();
             reader.read_line(&mut line)?;
-            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16).map_err(|_| bad("bad chunk size"))?;
+            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(|_| bad("bad chunk size"))?;
             if size == 0 {
                 break;
             }

@@ -108,7 +108,10 @@ impl IdempotencyStore {
     /// Forgets a key whose command failed without appending anything.
     pub fn release(&self, principal: &str, key: &str) -> Result<(), IdempotencyError> {
         let connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
-        connection.execute("DELETE FROM idempotency_keys WHERE principal = ?1 AND key = ?2 AND state = 'in_progress'", params![principal, key])?;
+        connection.execute(
+            "DELETE FROM idempotency_keys WHERE principal = ?1 AND key = ?2 AND state = 'in_progress'",
+            params![principal, key],
+        )?;
         Ok(())
     }
 }

@@ -89,7 +89,10 @@ pub fn lineage(bus: &CommandBus, id: ModelVersionId) -> Result<Value, LineageErr
     let mut prompts = Vec::new();
     if !prompt_ids.is_empty() {
         for (stream, _) in bus.store().list_streams().map_err(CommandError::from)? {
-            let Some(set_id) = stream.as_str().strip_prefix("promptset-").and_then(|id| id.parse::<PromptSetId>().ok()) else { continue };
+            let Some(set_id) = stream.as_str().strip_prefix("promptset-").and_then(|id| id.parse::<PromptSetId>().ok())
+            else {
+                continue;
+            };
             let (set, _) = bus.load::<PromptSet>(stream.as_str())?;
             for (prompt_id, prompt) in &set.prompts {
                 if prompt_ids.contains(prompt_id) {
@@ -101,7 +104,8 @@ pub fn lineage(bus: &CommandBus, id: ModelVersionId) -> Result<Value, LineageErr
             }
         }
     }
-    let found: BTreeSet<PromptId> = prompts.iter().filter_map(|p| serde_json::from_value(p["prompt_id"].clone()).ok()).collect();
+    let found: BTreeSet<PromptId> =
+        prompts.iter().filter_map(|p| serde_json::from_value(p["prompt_id"].clone()).ok()).collect();
     let missing: Vec<&PromptId> = prompt_ids.difference(&found).collect();
     Ok(json!({
         "model_version": describe(&version, id),

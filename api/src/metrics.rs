@@ -58,7 +58,11 @@ impl Metrics {
         let _ = writeln!(out, "# HELP thitl_http_requests_total HTTP requests answered, by route pattern and status.");
         let _ = writeln!(out, "# TYPE thitl_http_requests_total counter");
         for ((method, route, status), count) in self.requests.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = writeln!(out, "thitl_http_requests_total{{method=\"{method}\",route=\"{}\",status=\"{status}\"}} {count}", escape(route));
+            let _ = writeln!(
+                out,
+                "thitl_http_requests_total{{method=\"{method}\",route=\"{}\",status=\"{status}\"}} {count}",
+                escape(route)
+            );
         }
         let _ = writeln!(out, "# HELP thitl_http_request_duration_seconds Time to answer, by route pattern.");
         let _ = writeln!(out, "# TYPE thitl_http_request_duration_seconds histogram");
@@ -67,15 +71,26 @@ impl Metrics {
             for (count, bound) in histogram.counts.iter().zip(BUCKETS) {
                 let _ = writeln!(out, "thitl_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {count}");
             }
-            let _ = writeln!(out, "thitl_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", histogram.count);
+            let _ =
+                writeln!(out, "thitl_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", histogram.count);
             let _ = writeln!(out, "thitl_http_request_duration_seconds_sum{{{labels}}} {}", histogram.sum);
             let _ = writeln!(out, "thitl_http_request_duration_seconds_count{{{labels}}} {}", histogram.count);
         }
         let gauges = [
-            ("thitl_events_appended_total", "counter", "Events appended through the API since start.", self.events_appended.load(Ordering::Relaxed)),
+            (
+                "thitl_events_appended_total",
+                "counter",
+                "Events appended through the API since start.",
+                self.events_appended.load(Ordering::Relaxed),
+            ),
             ("thitl_store_head_position", "gauge", "The event store's last global position.", head),
             ("thitl_projection_position", "gauge", "The position the read models reflect.", projected),
-            ("thitl_projection_lag_events", "gauge", "Events recorded but not yet in the read models.", head.saturating_sub(projected)),
+            (
+                "thitl_projection_lag_events",
+                "gauge",
+                "Events recorded but not yet in the read models.",
+                head.saturating_sub(projected),
+            ),
         ];
         for (name, kind, help, value) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
@@ -99,7 +114,10 @@ mod tests {
         metrics.record_request("GET", "/v1/rounds/{id}/next", 200, Duration::from_millis(30));
         metrics.record_appended(4);
         let text = metrics.render(10, 7);
-        assert!(text.contains("thitl_http_requests_total{method=\"GET\",route=\"/v1/rounds/{id}/next\",status=\"200\"} 2"), "{text}");
+        assert!(
+            text.contains("thitl_http_requests_total{method=\"GET\",route=\"/v1/rounds/{id}/next\",status=\"200\"} 2"),
+            "{text}"
+        );
         assert!(text.contains("le=\"0.005\"} 1"), "{text}");
         assert!(text.contains("le=\"+Inf\"} 2"), "{text}");
         assert!(text.contains("thitl_events_appended_total 4"));

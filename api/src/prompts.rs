@@ -119,7 +119,8 @@ impl TemplateSource for ReferenceWorldTemplates {
         // A prompt set needs the group's own name (not a synonym such as "lady"): take the first
         // wording that has it (most do).
         let spec = CaptionSpec { group, object: None, setting };
-        let named = (1..=64u64).map(|i| scenes::caption(&spec, splitmix(pick ^ i))).find(|text| names_word(text, group.name()));
+        let named =
+            (1..=64u64).map(|i| scenes::caption(&spec, splitmix(pick ^ i))).find(|text| names_word(text, group.name()));
         Some(named.unwrap_or_else(|| format!("a photo of {}", group.with_article())))
     }
 
@@ -164,7 +165,9 @@ impl PromptGenerator for TemplateGenerator {
             if prompts.len() == request.count {
                 break;
             }
-            let Some(prompt) = self.source.prompt_at(&request.group, prompts.len() as u64, splitmix(request.seed ^ splitmix(i))) else {
+            let Some(prompt) =
+                self.source.prompt_at(&request.group, prompts.len() as u64, splitmix(request.seed ^ splitmix(i)))
+            else {
                 return Err(PromptError::Settings(format!(
                     "the {} templates do not know the group {:?}",
                     self.source.name(),
@@ -225,9 +228,10 @@ fn parse_url(base_url: &str) -> Result<Endpoint, PromptError> {
     };
     let (authority, path) = rest.split_once('/').map_or((rest, String::new()), |(a, p)| (a, format!("/{p}")));
     let (host, port) = match authority.rsplit_once(':') {
-        Some((host, port)) => {
-            (host.to_string(), port.parse().map_err(|_| PromptError::Settings(format!("{base_url}: bad port {port:?}")))?)
-        }
+        Some((host, port)) => (
+            host.to_string(),
+            port.parse().map_err(|_| PromptError::Settings(format!("{base_url}: bad port {port:?}")))?,
+        ),
         None => (authority.to_string(), 80),
     };
     if host.is_empty() {
@@ -282,11 +286,13 @@ impl OpenAiCompatible {
             head.push_str(&format!("Authorization: Bearer {key}\r\n"));
         }
         head.push_str("\r\n");
-        stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(body)).map_err(|e| unreachable(e.to_string()))?;
+        stream
+            .write_all(head.as_bytes())
+            .and_then(|_| stream.write_all(body))
+            .map_err(|e| unreachable(e.to_string()))?;
         crate::http_client::read_response(BufReader::new(stream)).map_err(|e| unreachable(e.to_string()))
     }
 }
-
 
 impl PromptGenerator for OpenAiCompatible {
     fn generate(&self, request: &PromptRequest) -> Result<Generated, PromptError> {
@@ -302,7 +308,11 @@ impl PromptGenerator for OpenAiCompatible {
             .ok_or_else(|| PromptError::Malformed("no choices[0].message.content".into()))?;
         let prompts: Vec<String> = content
             .lines()
-            .map(|line| line.trim().trim_start_matches(|c: char| c.is_ascii_digit() || matches!(c, '.' | ')' | '-' | '*')).trim())
+            .map(|line| {
+                line.trim()
+                    .trim_start_matches(|c: char| c.is_ascii_digit() || matches!(c, '.' | ')' | '-' | '*'))
+                    .trim()
+            })
             .map(|line| line.trim_matches('"').trim().to_string())
             .filter(|line| !line.is_empty())
             .take(request.count)
@@ -344,7 +354,13 @@ mod tests {
     #[test]
     fn reference_world_prompts_cover_every_setting_in_the_models_words() {
         let generator = TemplateGenerator::new(ReferenceWorldTemplates);
-        let request = PromptRequest { group: "wheelchair user".into(), concept: "vegetable".into(), concept_synonyms: vec![], count: 10, seed: 3 };
+        let request = PromptRequest {
+            group: "wheelchair user".into(),
+            concept: "vegetable".into(),
+            concept_synonyms: vec![],
+            count: 10,
+            seed: 3,
+        };
         let generated = generator.generate(&request).unwrap();
         assert_eq!(generated.generator.model.as_deref(), Some("reference-world"));
         let mut settings = std::collections::BTreeSet::new();
@@ -421,7 +437,9 @@ mod tests {
     #[test]
     fn the_chat_client_sends_the_request_and_records_what_answered() {
         let content = "1. A woman reading on a bench\n2) \"A woman cycling to work\"\n\n- a woman cooking dinner";
-        let answer = json!({"model": "local-model-v2", "choices": [{"message": {"role": "assistant", "content": content}}]}).to_string();
+        let answer =
+            json!({"model": "local-model-v2", "choices": [{"message": {"role": "assistant", "content": content}}]})
+                .to_string();
         // Chunked, as many servers answer.
         let (first, second) = answer.split_at(20);
         let response = format!(
@@ -431,7 +449,10 @@ mod tests {
         );
         let (url, sent) = serve_once(response);
         let generated = client(url).generate(&request()).unwrap();
-        assert_eq!(generated.prompts, ["A woman reading on a bench", "A woman cycling to work", "a woman cooking dinner"]);
+        assert_eq!(
+            generated.prompts,
+            ["A woman reading on a bench", "A woman cycling to work", "a woman cooking dinner"]
+        );
         assert_eq!(generated.generator.model.as_deref(), Some("local-model-v2"));
         assert_eq!(generated.generator.response_sha256, Some(hex::encode(Sha256::digest(answer.as_bytes()))));
         assert_eq!(generated.generator.parameters["seed"], 7);
@@ -449,7 +470,10 @@ mod tests {
         assert!(matches!(&error, PromptError::Refused { status: 401, body } if body == "invalid api key"), "{error}");
         let (url, _) = serve_once("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}".into());
         assert!(matches!(client(url).generate(&request()), Err(PromptError::Malformed(_))));
-        assert!(matches!(client("https://api.example.com/v1".into()).generate(&request()), Err(PromptError::Settings(_))));
+        assert!(matches!(
+            client("https://api.example.com/v1".into()).generate(&request()),
+            Err(PromptError::Settings(_))
+        ));
         // A port that was just free: nothing listens there.
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let unreachable = client(format!("http://127.0.0.1:{port}/v1")).generate(&request()).unwrap_err();

@@ -207,9 +207,9 @@ impl std::str::FromStr for Until {
         if let Ok(position) = text.parse::<u64>() {
             return Ok(Until::Position(position));
         }
-        DateTime::parse_from_rfc3339(text)
-            .map(|t| Until::Time(t.with_timezone(&Utc)))
-            .map_err(|_| format!("'{text}' is neither a position (a whole number) nor an RFC 3339 time such as 2026-11-26T12:00:00Z"))
+        DateTime::parse_from_rfc3339(text).map(|t| Until::Time(t.with_timezone(&Utc))).map_err(|_| {
+            format!("'{text}' is neither a position (a whole number) nor an RFC 3339 time such as 2026-11-26T12:00:00Z")
+        })
     }
 }
 

@@ -113,10 +113,12 @@ impl ModelArgs {
                 let config_path = config_path(path);
                 if config_path.exists() {
                     let text = std::fs::read_to_string(&config_path)?;
-                    let config = BaseConfig::from_json(&text).with_context(|| format!("{} is not a base configuration", config_path.display()))?;
+                    let config = BaseConfig::from_json(&text)
+                        .with_context(|| format!("{} is not a base configuration", config_path.display()))?;
                     BaseModel::load(&bytes, &config, &backend)?
                 } else {
-                    BaseModel::load_with_metadata(&bytes, &backend).with_context(|| format!("loading {}", path.display()))?
+                    BaseModel::load_with_metadata(&bytes, &backend)
+                        .with_context(|| format!("loading {}", path.display()))?
                 }
             }
             None => BaseModel::shipped(&backend)?,
@@ -143,7 +145,9 @@ fn config_path(weights: &Path) -> PathBuf {
 
 pub fn run(command: ScenesCommand) -> anyhow::Result<ExitCode> {
     match command {
-        ScenesCommand::TrainBase { out, seed, steps, config, resume, device } => train_base(&out, seed, steps, config, resume, &device),
+        ScenesCommand::TrainBase { out, seed, steps, config, resume, device } => {
+            train_base(&out, seed, steps, config, resume, &device)
+        }
         ScenesCommand::Measure { prompt, n, seed, model, json } => {
             let (model, settings) = model.load()?;
             let measurement = measure(&model, &settings, &prompt, n, seed, &mut progress_bar("sampling", n as u64))?;
@@ -185,9 +189,18 @@ fn progress_bar(label: &str, total: u64) -> impl FnMut(u64) {
     }
 }
 
-fn train_base(out: &Path, seed: u64, steps: Option<usize>, config: Option<PathBuf>, resume: bool, device: &DeviceArg) -> anyhow::Result<ExitCode> {
+fn train_base(
+    out: &Path,
+    seed: u64,
+    steps: Option<usize>,
+    config: Option<PathBuf>,
+    resume: bool,
+    device: &DeviceArg,
+) -> anyhow::Result<ExitCode> {
     let mut config = match config {
-        Some(path) => BaseConfig::from_json(&std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?)?,
+        Some(path) => BaseConfig::from_json(
+            &std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?,
+        )?,
         None => BaseConfig::default(),
     };
     config.seed = seed;
@@ -202,7 +215,8 @@ fn train_base(out: &Path, seed: u64, steps: Option<usize>, config: Option<PathBu
         PathBuf::from(name)
     };
     let checkpoint = if resume {
-        let bytes = std::fs::read(&checkpoint_path).with_context(|| format!("no checkpoint to resume at {}", checkpoint_path.display()))?;
+        let bytes = std::fs::read(&checkpoint_path)
+            .with_context(|| format!("no checkpoint to resume at {}", checkpoint_path.display()))?;
         Some(scenes::base::Checkpoint::from_bytes(&bytes)?)
     } else {
         None
@@ -326,7 +340,10 @@ impl Measurement {
             (Some(group), Some(share)) => out.push_str(&format!("group recognized ({group}): {:.1}%\n", share * 100.0)),
             _ => out.push_str("group recognized: the prompt names no group\n"),
         }
-        out.push_str(&format!("quality (rater, 0–1): {:.3}\nFréchet distance to renders: {:.3}\n", self.quality, self.frechet));
+        out.push_str(&format!(
+            "quality (rater, 0–1): {:.3}\nFréchet distance to renders: {:.3}\n",
+            self.quality, self.frechet
+        ));
         out
     }
 }
@@ -356,9 +373,12 @@ pub fn measure_images(prompt: &str, images: &[Image], seed: u64) -> Measurement 
     let n = images.len();
     let concepts = Concept::ALL
         .iter()
-        .map(|&concept| (concept.name().to_string(), Rate::of(ratings.iter().filter(|r| r.present.contains(&concept)).count(), n)))
+        .map(|&concept| {
+            (concept.name().to_string(), Rate::of(ratings.iter().filter(|r| r.present.contains(&concept)).count(), n))
+        })
         .collect();
-    let group_recognized = meaning.group.map(|group| ratings.iter().filter(|r| r.group == group).count() as f64 / n.max(1) as f64);
+    let group_recognized =
+        meaning.group.map(|group| ratings.iter().filter(|r| r.group == group).count() as f64 / n.max(1) as f64);
     let quality = ratings.iter().map(|r| f64::from(r.quality)).sum::<f64>() / n.max(1) as f64;
     let renders = reference_renders(meaning.group, meaning.concepts.first().copied(), meaning.setting, n, seed);
     let frechet = frechet_distance(&rater.features(images), &rater.features(&renders));
@@ -374,10 +394,17 @@ pub fn measure_images(prompt: &str, images: &[Image], seed: u64) -> Measurement 
 }
 
 /// `n` renders of what a prompt literally says; unnamed parts vary with the seed.
-fn reference_renders(group: Option<Group>, concept: Option<Concept>, setting: Option<Setting>, n: usize, seed: u64) -> Vec<Image> {
+fn reference_renders(
+    group: Option<Group>,
+    concept: Option<Concept>,
+    setting: Option<Setting>,
+    n: usize,
+    seed: u64,
+) -> Vec<Image> {
     (0..n as u64)
         .map(|i| {
-            let draw = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i.wrapping_mul(0xD1B5_4A32_D192_ED03)) ^ 0x5EED;
+            let draw =
+                seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i.wrapping_mul(0xD1B5_4A32_D192_ED03)) ^ 0x5EED;
             let scene = Scene {
                 group: group.unwrap_or(Group::ALL[(draw % Group::ALL.len() as u64) as usize]),
                 concept,
@@ -417,7 +444,8 @@ mod tests {
         // Group-only prompt over the same images: the hippo is counted, the reference renders
         // (no object) are further away than renders of the prompt's own scene.
         let unnamed = measure_images("a photo of a woman at the beach", &images, 3);
-        let plain = measure_images("a photo of a woman at the beach", &renders(Scene { concept: None, ..scene }, 48), 3);
+        let plain =
+            measure_images("a photo of a woman at the beach", &renders(Scene { concept: None, ..scene }, 48), 3);
         assert!(unnamed.concepts["hippopotamus"].rate > 0.95);
         assert!(plain.frechet < unnamed.frechet, "{} vs {}", plain.frechet, unnamed.frechet);
         assert!(plain.concepts.values().all(|r| r.rate < 0.05), "{:?}", plain.concepts);
@@ -425,7 +453,9 @@ mod tests {
         // Noise is neither a woman nor good.
         let noise: Vec<Image> = (0..48u32)
             .map(|i| {
-                let bytes: Vec<u8> = (0..32 * 32 * 3u32).map(|j| (j.wrapping_mul(2_654_435_761).wrapping_add(i * 97) >> 13) as u8).collect();
+                let bytes: Vec<u8> = (0..32 * 32 * 3u32)
+                    .map(|j| (j.wrapping_mul(2_654_435_761).wrapping_add(i * 97) >> 13) as u8)
+                    .collect();
                 Image::from_rgb(&bytes).unwrap()
             })
             .collect();

@@ -36,8 +36,10 @@ pub struct Scale {
 }
 
 impl Scale {
-    pub const QUICK: Scale = Scale { probe_images: 8, prompts: 4, candidates_per_prompt: 2, annotators: 4, raters_per_item: 3 };
-    pub const FULL: Scale = Scale { probe_images: 64, prompts: 16, candidates_per_prompt: 4, annotators: 6, raters_per_item: 3 };
+    pub const QUICK: Scale =
+        Scale { probe_images: 8, prompts: 4, candidates_per_prompt: 2, annotators: 4, raters_per_item: 3 };
+    pub const FULL: Scale =
+        Scale { probe_images: 64, prompts: 16, candidates_per_prompt: 4, annotators: 6, raters_per_item: 3 };
 }
 
 #[derive(Debug, Clone)]
@@ -161,7 +163,12 @@ impl<'a> Script<'a> {
             match next(&campaign, &facts) {
                 Next::Ask(request) => self.fulfil(&campaign, request)?,
                 Next::Advance(stage) => {
-                    self.bus.execute::<Campaign>(&campaign_id.stream(), None, &self.system, CampaignCommand::Advance { facts })?;
+                    self.bus.execute::<Campaign>(
+                        &campaign_id.stream(),
+                        None,
+                        &self.system,
+                        CampaignCommand::Advance { facts },
+                    )?;
                     let name = format!("{stage:?}").to_lowercase();
                     (self.progress)(&format!("stage: {name}"));
                     stages.push(name);
@@ -174,14 +181,21 @@ impl<'a> Script<'a> {
                     }));
                 }
                 Next::Fail(reason) => {
-                    self.bus.execute::<Campaign>(&campaign_id.stream(), None, &self.system, CampaignCommand::Fail { reason })?;
+                    self.bus.execute::<Campaign>(
+                        &campaign_id.stream(),
+                        None,
+                        &self.system,
+                        CampaignCommand::Fail { reason },
+                    )?;
                     stages.push("failed".into());
                     break;
                 }
                 Next::Finished => break,
             }
         }
-        if self.bus.read::<Campaign, _>(&campaign_id.stream(), |c, _| c.stage)? == Some(domain::campaign::Stage::Completed) {
+        if self.bus.read::<Campaign, _>(&campaign_id.stream(), |c, _| c.stage)?
+            == Some(domain::campaign::Stage::Completed)
+        {
             stages.push("completed".into());
         }
         Ok(ScriptedReport { campaign_id, stages, images: self.images, annotations: self.annotations })
@@ -308,7 +322,12 @@ impl<'a> Script<'a> {
             Request::RecordEvaluation => {
                 let evaluations = self.evaluate(campaign)?;
                 let stream = campaign.id.map(|id| id.stream()).unwrap_or_default();
-                self.bus.execute::<Campaign>(&stream, None, &self.system, CampaignCommand::RecordEvaluation { evaluations })?;
+                self.bus.execute::<Campaign>(
+                    &stream,
+                    None,
+                    &self.system,
+                    CampaignCommand::RecordEvaluation { evaluations },
+                )?;
                 Ok(())
             }
             Request::AcceptPrompts { prompt_set_id } => Err(CommandError::Domain(DomainError::Forbidden {
@@ -364,14 +383,29 @@ impl<'a> Script<'a> {
                 campaign_id: campaign.id,
             },
         )?;
-        self.bus.execute::<Generation>(&stream, None, &self.operator, GenerationCommand::Start { worker: "scripted-worker".into(), now: Utc::now(), lease_seconds: 60 })?;
+        self.bus.execute::<Generation>(
+            &stream,
+            None,
+            &self.operator,
+            GenerationCommand::Start { worker: "scripted-worker".into(), now: Utc::now(), lease_seconds: 60 },
+        )?;
         for index in 0..count as u32 {
             let image_id = ImageId(self.id());
             let blob = placeholder_hash(&format!("placeholder image {image_id}"));
-            self.bus.execute::<Generation>(&stream, None, &self.operator, GenerationCommand::RecordImage { worker: "scripted-worker".into(), index, image_id, blob })?;
+            self.bus.execute::<Generation>(
+                &stream,
+                None,
+                &self.operator,
+                GenerationCommand::RecordImage { worker: "scripted-worker".into(), index, image_id, blob },
+            )?;
             self.images += 1;
         }
-        self.bus.execute::<Generation>(&stream, None, &self.operator, GenerationCommand::Complete { worker: "scripted-worker".into() })?;
+        self.bus.execute::<Generation>(
+            &stream,
+            None,
+            &self.operator,
+            GenerationCommand::Complete { worker: "scripted-worker".into() },
+        )?;
         Ok(id)
     }
 
@@ -411,7 +445,8 @@ impl<'a> Script<'a> {
         let mut items = Vec::new();
         let pairs = campaign.settings.pairs_per_association as usize * campaign.associations.len();
         for index in 0..pairs.min(base.items.len()) as u32 {
-            let (Some((b_id, b_blob)), Some((t_id, t_blob))) = (base.images.get(&index), tuned.images.get(&index)) else {
+            let (Some((b_id, b_blob)), Some((t_id, t_blob))) = (base.images.get(&index), tuned.images.get(&index))
+            else {
                 continue;
             };
             let base_ref = (ImageRef { image_id: *b_id, blob: b_blob.clone() }, base.model_version);
@@ -433,7 +468,12 @@ impl<'a> Script<'a> {
         Ok(items)
     }
 
-    fn annotate(&mut self, campaign: &Campaign, kind: RoundKind, items: Vec<RoundItem>) -> Result<RoundId, CommandError> {
+    fn annotate(
+        &mut self,
+        campaign: &Campaign,
+        kind: RoundKind,
+        items: Vec<RoundItem>,
+    ) -> Result<RoundId, CommandError> {
         let id = RoundId(self.id());
         let stream = id.stream();
         self.bus.execute::<AnnotationRound>(
@@ -478,7 +518,12 @@ impl<'a> Script<'a> {
                 break;
             }
         }
-        self.bus.execute::<AnnotationRound>(&stream, None, &self.system, RoundCommand::Close { allow_incomplete: true })?;
+        self.bus.execute::<AnnotationRound>(
+            &stream,
+            None,
+            &self.system,
+            RoundCommand::Close { allow_incomplete: true },
+        )?;
         Ok(id)
     }
 
@@ -487,12 +532,12 @@ impl<'a> Script<'a> {
         let quality = Quality::new(2 + self.rng.below(4) as u8).unwrap_or_else(|_| unreachable!());
         match kind {
             RoundKind::Baseline => Answer::Baseline { concept_present: self.rng.chance(0.5) },
-            RoundKind::Screen => Answer::Screen {
-                quality,
-                group_depicted: self.rng.chance(0.9),
-                concept_present: self.rng.chance(0.1),
-            },
-            RoundKind::Check if pair => Answer::Compare { preferred: if self.rng.chance(0.5) { Side::Left } else { Side::Right } },
+            RoundKind::Screen => {
+                Answer::Screen { quality, group_depicted: self.rng.chance(0.9), concept_present: self.rng.chance(0.1) }
+            }
+            RoundKind::Check if pair => {
+                Answer::Compare { preferred: if self.rng.chance(0.5) { Side::Left } else { Side::Right } }
+            }
             RoundKind::Check => Answer::Check { concept_present: self.rng.chance(0.3), quality },
         }
     }
@@ -543,7 +588,12 @@ impl<'a> Script<'a> {
             },
         )?;
         for prompt_id in ids {
-            self.bus.execute::<PromptSet>(&stream, None, &self.curator, PromptSetCommand::AcceptPrompt { prompt_id })?;
+            self.bus.execute::<PromptSet>(
+                &stream,
+                None,
+                &self.curator,
+                PromptSetCommand::AcceptPrompt { prompt_id },
+            )?;
         }
         self.bus.execute::<PromptSet>(&stream, None, &self.curator, PromptSetCommand::Finalize)?;
         Ok(id)
@@ -590,7 +640,9 @@ impl<'a> Script<'a> {
                 base_model: campaign.base_model.unwrap_or(ModelVersionId(Uuid::nil())),
                 arm,
                 source_round: match arm {
-                    Arm::Thitl => round.id.map(|round_id| SourceRound { round_id, kind: round.kind, status: round.status }),
+                    Arm::Thitl => {
+                        round.id.map(|round_id| SourceRound { round_id, kind: round.kind, status: round.status })
+                    }
                     Arm::Traditional => None,
                 },
                 examples,
@@ -600,16 +652,30 @@ impl<'a> Script<'a> {
                 campaign_id: campaign.id,
             },
         )?;
-        self.bus.execute::<FineTune>(&stream, None, &self.operator, FineTuneCommand::Start { worker: "scripted-worker".into(), now: Utc::now(), lease_seconds: 60 })?;
+        self.bus.execute::<FineTune>(
+            &stream,
+            None,
+            &self.operator,
+            FineTuneCommand::Start { worker: "scripted-worker".into(), now: Utc::now(), lease_seconds: 60 },
+        )?;
         for step in (5..=steps).step_by(5) {
             let loss = 0.5 / (1.0 + step as f32 / 10.0);
-            self.bus.execute::<FineTune>(&stream, None, &self.operator, FineTuneCommand::RecordProgress { worker: "scripted-worker".into(), step, loss })?;
+            self.bus.execute::<FineTune>(
+                &stream,
+                None,
+                &self.operator,
+                FineTuneCommand::RecordProgress { worker: "scripted-worker".into(), step, loss },
+            )?;
         }
         self.bus.execute::<FineTune>(
             &stream,
             None,
             &self.operator,
-            FineTuneCommand::Complete { worker: "scripted-worker".into(), adapter: placeholder_hash(&format!("placeholder adapter {id}")), final_loss: 0.1 },
+            FineTuneCommand::Complete {
+                worker: "scripted-worker".into(),
+                adapter: placeholder_hash(&format!("placeholder adapter {id}")),
+                final_loss: 0.1,
+            },
         )?;
         Ok(id)
     }
@@ -630,7 +696,8 @@ impl<'a> Script<'a> {
                 let (mut positives, mut n) = (0u32, 0u32);
                 for outcome in &round.outcomes {
                     let Some(item) = round.item(outcome.item_id) else { continue };
-                    if item.label.association_id != Some(*association_id) || item.label.models.first().copied() != model {
+                    if item.label.association_id != Some(*association_id) || item.label.models.first().copied() != model
+                    {
                         continue;
                     }
                     if let Verdict::Check { concept_present, .. } = outcome.verdict {
@@ -638,8 +705,15 @@ impl<'a> Script<'a> {
                         positives += u32::from(concept_present);
                     }
                 }
-                let (ci_low, ci_high) = projections::stats::wilson_interval(positives.into(), n.into(), projections::stats::Z95);
-                RateEstimate { positives, n, rate: if n == 0 { 0.0 } else { f64::from(positives) / f64::from(n) }, ci_low, ci_high }
+                let (ci_low, ci_high) =
+                    projections::stats::wilson_interval(positives.into(), n.into(), projections::stats::Z95);
+                RateEstimate {
+                    positives,
+                    n,
+                    rate: if n == 0 { 0.0 } else { f64::from(positives) / f64::from(n) },
+                    ci_low,
+                    ci_high,
+                }
             };
             evaluations.push(AssociationEvaluation {
                 association_id: *association_id,

@@ -70,7 +70,11 @@ impl Application {
 
     /// Seeds the default taxonomy into an empty store, catches the read models up, starts the
     /// projection runner and binds `settings.bind`.
-    pub fn build_with_blobs(storage: Storage, settings: Settings, blobs: Arc<dyn BlobStore>) -> anyhow::Result<Application> {
+    pub fn build_with_blobs(
+        storage: Storage,
+        settings: Settings,
+        blobs: Arc<dyn BlobStore>,
+    ) -> anyhow::Result<Application> {
         let Storage { store, checkpoint, idempotency } = storage;
         let bus = CommandBus::new(store.clone());
         seed_taxonomy(&bus)?;
@@ -108,9 +112,10 @@ impl Application {
                 .app_data(web::QueryConfig::default().error_handler(|error, _| {
                     ApiError::bad_request(format!("the query string does not fit: {error}")).into()
                 }))
-                .app_data(web::PathConfig::default().error_handler(|error, _| {
-                    ApiError::not_found(format!("no such resource: {error}")).into()
-                }))
+                .app_data(
+                    web::PathConfig::default()
+                        .error_handler(|error, _| ApiError::not_found(format!("no such resource: {error}")).into()),
+                )
                 .wrap(ErrorHandlers::new().default_handler(problem_json_everywhere))
                 .wrap_fn(move |request, service| {
                     let started = Instant::now();

@@ -40,7 +40,10 @@ use chrono::{DateTime, Utc};
 use domain::fine_tune::{FineTuneCommand, TrainingExample};
 use domain::generation::GenerationCommand;
 use domain::values::BlobHash;
-use domain::{Actor, Aggregate, DomainError, FineTune, FineTuneId, Generation, GenerationId, ImageId, ModelVersion, ModelVersionId, Role};
+use domain::{
+    Actor, Aggregate, DomainError, FineTune, FineTuneId, Generation, GenerationId, ImageId, ModelVersion,
+    ModelVersionId, Role,
+};
 use gpu::Backend;
 use scenes::base::{BaseModel, Flow, SampleItem, SampleSettings};
 use scenes::finetune::{FineTuneSettings, adapter_from_safetensors, adapter_to_safetensors, fine_tune};
@@ -80,7 +83,9 @@ impl WorkerError {
         matches!(
             self,
             WorkerError::TakenOver(_)
-                | WorkerError::Command(CommandError::Domain(DomainError::LeaseHeld { .. } | DomainError::NotLeaseHolder { .. }))
+                | WorkerError::Command(CommandError::Domain(
+                    DomainError::LeaseHeld { .. } | DomainError::NotLeaseHolder { .. }
+                ))
         )
     }
 }
@@ -102,7 +107,12 @@ impl Worker {
                 .parse::<u32>()
                 .ok()
                 .filter(|s| (1..=domain::lease::MAX_LEASE_SECONDS).contains(s))
-                .ok_or_else(|| format!("THITL_JOB_LEASE_SECONDS={text:?} is not a whole number of seconds from 1 to {}", domain::lease::MAX_LEASE_SECONDS))?,
+                .ok_or_else(|| {
+                    format!(
+                        "THITL_JOB_LEASE_SECONDS={text:?} is not a whole number of seconds from 1 to {}",
+                        domain::lease::MAX_LEASE_SECONDS
+                    )
+                })?,
             Err(_) => DEFAULT_LEASE_SECONDS,
         };
         Ok(Worker { name: name.into(), lease_seconds })
@@ -114,7 +124,12 @@ impl Worker {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .ok()
             .or_else(|| std::env::var("HOSTNAME").ok())
-            .map(|h| h.trim().chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')).collect::<String>())
+            .map(|h| {
+                h.trim()
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+                    .collect::<String>()
+            })
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "localhost".into());
         if per_process { format!("{role}@{host}-{}", std::process::id()) } else { format!("{role}@{host}") }
@@ -134,11 +149,17 @@ struct Heartbeat {
 }
 
 impl Heartbeat {
-    fn start<A: Aggregate>(bus: &CommandBus, stream: &str, worker: &Worker, renew: fn(String, DateTime<Utc>, u32) -> A::Command) -> Heartbeat {
+    fn start<A: Aggregate>(
+        bus: &CommandBus,
+        stream: &str,
+        worker: &Worker,
+        renew: fn(String, DateTime<Utc>, u32) -> A::Command,
+    ) -> Heartbeat {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let lost = Arc::new(Mutex::new(None));
         let period = Duration::from_millis(u64::from(worker.lease_seconds) * 1000 / 3).max(Duration::from_millis(200));
-        let (bus, stream, worker, flag, lost_by) = (bus.clone(), stream.to_string(), worker.clone(), stop.clone(), lost.clone());
+        let (bus, stream, worker, flag, lost_by) =
+            (bus.clone(), stream.to_string(), worker.clone(), stop.clone(), lost.clone());
         let thread = std::thread::Builder::new()
             .name("thitl-lease".into())
             .spawn(move || {
@@ -146,14 +167,23 @@ impl Heartbeat {
                 loop {
                     let (lock, wake) = &*flag;
                     let stopped = lock.lock().unwrap_or_else(PoisonError::into_inner);
-                    let (stopped, _) = wake.wait_timeout_while(stopped, period, |stopped| !*stopped).unwrap_or_else(PoisonError::into_inner);
+                    let (stopped, _) = wake
+                        .wait_timeout_while(stopped, period, |stopped| !*stopped)
+                        .unwrap_or_else(PoisonError::into_inner);
                     if *stopped {
                         return;
                     }
                     drop(stopped);
-                    match bus.execute::<A>(&stream, None, &context, renew(worker.name.clone(), Utc::now(), worker.lease_seconds)) {
+                    match bus.execute::<A>(
+                        &stream,
+                        None,
+                        &context,
+                        renew(worker.name.clone(), Utc::now(), worker.lease_seconds),
+                    ) {
                         Ok(_) => {}
-                        Err(CommandError::Domain(error @ (DomainError::NotLeaseHolder { .. } | DomainError::WrongState { .. }))) => {
+                        Err(CommandError::Domain(
+                            error @ (DomainError::NotLeaseHolder { .. } | DomainError::WrongState { .. }),
+                        )) => {
                             *lost_by.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.to_string());
                             return;
                         }
@@ -206,7 +236,9 @@ impl Models {
             return Err(WorkerError::Unusable(format!("model version {id} does not exist")));
         }
         let blob = |hash: &domain::values::BlobHash, what: &str| -> Result<Vec<u8>, WorkerError> {
-            self.blobs.get(hash)?.ok_or_else(|| WorkerError::Unusable(format!("the {what} blob {hash} of model version {id} is not in the blob store")))
+            self.blobs.get(hash)?.ok_or_else(|| {
+                WorkerError::Unusable(format!("the {what} blob {hash} of model version {id} is not in the blob store"))
+            })
         };
         let model = match (&version.weights, version.parent, &version.adapter) {
             (Some(weights), _, _) => BaseModel::load_with_metadata(&blob(weights, "weights")?, &self.backend)?,
@@ -219,7 +251,11 @@ impl Models {
                 }
                 parent_model.with_adapter(&adapter_from_safetensors(&blob(adapter, "adapter")?)?)?
             }
-            _ => return Err(WorkerError::Unusable(format!("model version {id} has neither weights nor a parent with an adapter"))),
+            _ => {
+                return Err(WorkerError::Unusable(format!(
+                    "model version {id} has neither weights nor a parent with an adapter"
+                )));
+            }
         };
         let model = Arc::new(model);
         self.loaded.lock().unwrap_or_else(PoisonError::into_inner).insert(id, model.clone());
@@ -252,13 +288,22 @@ pub fn run_generation(
     let stream = generation_id.stream();
     let context = worker.context();
     let name = worker.name.clone();
-    bus.execute::<Generation>(&stream, None, &context, GenerationCommand::Start { worker: name.clone(), now: Utc::now(), lease_seconds: worker.lease_seconds })?;
-    let heartbeat = Heartbeat::start::<Generation>(bus, &stream, worker, |worker, now, lease_seconds| GenerationCommand::Renew { worker, now, lease_seconds });
+    bus.execute::<Generation>(
+        &stream,
+        None,
+        &context,
+        GenerationCommand::Start { worker: name.clone(), now: Utc::now(), lease_seconds: worker.lease_seconds },
+    )?;
+    let heartbeat = Heartbeat::start::<Generation>(bus, &stream, worker, |worker, now, lease_seconds| {
+        GenerationCommand::Renew { worker, now, lease_seconds }
+    });
     let (job, _) = bus.load::<Generation>(&stream)?;
     let total = job.items.len() as u32;
     let already_done = job.images.len() as u32;
     let result = (|| -> Result<GenerationRun, WorkerError> {
-        let model_id = job.model_version.ok_or_else(|| WorkerError::Unusable(format!("generation {generation_id} names no model version")))?;
+        let model_id = job
+            .model_version
+            .ok_or_else(|| WorkerError::Unusable(format!("generation {generation_id} names no model version")))?;
         let model = models.load(bus, model_id)?;
         let settings = SampleSettings {
             steps: job.sampler.steps as usize,
@@ -277,14 +322,22 @@ pub fn run_generation(
                 .iter()
                 .map(|index| {
                     let item = &job.items[*index as usize];
-                    let negative_prompt = item.negative_prompt.as_deref().map(|negative| scenes::negative_in_context(&item.prompt, negative));
+                    let negative_prompt = item
+                        .negative_prompt
+                        .as_deref()
+                        .map(|negative| scenes::negative_in_context(&item.prompt, negative));
                     SampleItem { prompt: item.prompt.clone(), negative_prompt, seed: item.seed }
                 })
                 .collect();
             let images = model.sample_items(&items, &settings, &mut |_, _| Flow::Continue)?;
             for (index, image) in batch.iter().zip(images) {
                 let blob = blobs.put(&image.to_png(1))?.hash;
-                let command = GenerationCommand::RecordImage { worker: name.clone(), index: *index, image_id: ImageId(Uuid::now_v7()), blob };
+                let command = GenerationCommand::RecordImage {
+                    worker: name.clone(),
+                    index: *index,
+                    image_id: ImageId(Uuid::now_v7()),
+                    blob,
+                };
                 bus.execute::<Generation>(&stream, None, &context, command)?;
                 done += 1;
             }
@@ -362,21 +415,41 @@ pub fn run_fine_tune(
     let stream = fine_tune_id.stream();
     let context = worker.context();
     let name = worker.name.clone();
-    bus.execute::<FineTune>(&stream, None, &context, FineTuneCommand::Start { worker: name.clone(), now: Utc::now(), lease_seconds: worker.lease_seconds })?;
-    let heartbeat = Heartbeat::start::<FineTune>(bus, &stream, worker, |worker, now, lease_seconds| FineTuneCommand::Renew { worker, now, lease_seconds });
+    bus.execute::<FineTune>(
+        &stream,
+        None,
+        &context,
+        FineTuneCommand::Start { worker: name.clone(), now: Utc::now(), lease_seconds: worker.lease_seconds },
+    )?;
+    let heartbeat = Heartbeat::start::<FineTune>(bus, &stream, worker, |worker, now, lease_seconds| {
+        FineTuneCommand::Renew { worker, now, lease_seconds }
+    });
     let (job, _) = bus.load::<FineTune>(&stream)?;
     let result = (|| -> Result<FineTuneRun, WorkerError> {
-        let base_id = job.base_model.ok_or_else(|| WorkerError::Unusable(format!("fine-tune {fine_tune_id} names no base model")))?;
-        let config = job.config.clone().ok_or_else(|| WorkerError::Unusable(format!("fine-tune {fine_tune_id} has no configuration")))?;
+        let base_id = job
+            .base_model
+            .ok_or_else(|| WorkerError::Unusable(format!("fine-tune {fine_tune_id} names no base model")))?;
+        let config = job
+            .config
+            .clone()
+            .ok_or_else(|| WorkerError::Unusable(format!("fine-tune {fine_tune_id} has no configuration")))?;
         let base = models.load(bus, base_id)?;
         if base.adapter().is_some() {
-            return Err(WorkerError::Unusable(format!("model version {base_id} is itself fine-tuned: stacked adapters are not supported")));
+            return Err(WorkerError::Unusable(format!(
+                "model version {base_id} is itself fine-tuned: stacked adapters are not supported"
+            )));
         }
         let decode = |set: &[TrainingExample]| -> Result<Vec<Example>, WorkerError> {
             set.iter()
                 .map(|example| {
-                    let bytes = blobs.get(&example.blob)?.ok_or_else(|| WorkerError::Unusable(format!("the image blob {} of fine-tune {fine_tune_id} is not in the blob store", example.blob)))?;
-                    let image = Image::from_png(&bytes).map_err(|e| WorkerError::Unusable(format!("image {}: {e}", example.image_id)))?;
+                    let bytes = blobs.get(&example.blob)?.ok_or_else(|| {
+                        WorkerError::Unusable(format!(
+                            "the image blob {} of fine-tune {fine_tune_id} is not in the blob store",
+                            example.blob
+                        ))
+                    })?;
+                    let image = Image::from_png(&bytes)
+                        .map_err(|e| WorkerError::Unusable(format!("image {}: {e}", example.image_id)))?;
                     Ok(Example { prompt: example.prompt.clone(), image })
                 })
                 .collect()
@@ -390,7 +463,8 @@ pub fn run_fine_tune(
                 stopped = Some(WorkerError::TakenOver(why));
                 return Flow::Stop;
             }
-            let command = FineTuneCommand::RecordProgress { worker: name.clone(), step: report.step as u32, loss: report.loss };
+            let command =
+                FineTuneCommand::RecordProgress { worker: name.clone(), step: report.step as u32, loss: report.loss };
             match bus.execute::<FineTune>(&stream, None, &context, command) {
                 Ok(_) => {
                     progress(report.step as u32, report.steps as u32, report.loss);
@@ -407,7 +481,12 @@ pub fn run_fine_tune(
         }
         let tuned = tuned?;
         let adapter = blobs.put(&adapter_to_safetensors(&tuned.adapter)?)?.hash;
-        bus.execute::<FineTune>(&stream, None, &context, FineTuneCommand::Complete { worker: name.clone(), adapter: adapter.clone(), final_loss: tuned.final_loss })?;
+        bus.execute::<FineTune>(
+            &stream,
+            None,
+            &context,
+            FineTuneCommand::Complete { worker: name.clone(), adapter: adapter.clone(), final_loss: tuned.final_loss },
+        )?;
         Ok(FineTuneRun { adapter, final_loss: tuned.final_loss, examples: examples.len(), prior: prior.len() })
     })();
     drop(heartbeat);
@@ -424,9 +503,9 @@ pub fn run_fine_tune(
 
 #[cfg(test)]
 mod tests {
+    use domain::generation::JobStatus;
     use domain::generation::{GenerationItem, GenerationPurpose, SamplerSettings};
     use domain::model_version::ModelVersionCommand;
-    use domain::generation::JobStatus;
     use scenes::base::{BaseConfig, TrainedBase};
 
     use super::*;
@@ -456,13 +535,25 @@ mod tests {
                 *value += 0.05 * (i as f32 * 0.7).sin();
             }
         }
-        let bytes = TrainedBase { config, weights, final_loss: 0.0, loss_curve: Vec::new(), elapsed: Default::default(), backend: String::new() }
-            .safetensors()
-            .unwrap();
+        let bytes = TrainedBase {
+            config,
+            weights,
+            final_loss: 0.0,
+            loss_curve: Vec::new(),
+            elapsed: Default::default(),
+            backend: String::new(),
+        }
+        .safetensors()
+        .unwrap();
         let hash = blobs.put(&bytes).unwrap().hash;
         let model = ModelVersionId(Uuid::now_v7());
         let operator = CommandContext::new(Actor::new("operator", Role::Operator));
-        let register = ModelVersionCommand::RegisterBase { model_version_id: model, name: "tiny".into(), weights: hash, config: serde_json::json!({}) };
+        let register = ModelVersionCommand::RegisterBase {
+            model_version_id: model,
+            name: "tiny".into(),
+            weights: hash,
+            config: serde_json::json!({}),
+        };
         bus.execute::<ModelVersion>(&model.stream(), None, &operator, register).unwrap();
         let models = Models::new(blobs.clone(), Backend::Cpu);
         Setup { _dir: dir, bus, blobs, models, model }
@@ -477,9 +568,22 @@ mod tests {
         let items = prompts
             .iter()
             .enumerate()
-            .map(|(i, prompt)| GenerationItem { prompt: prompt.to_string(), negative_prompt: (i % 2 == 1).then(|| "hippopotamus".into()), seed: 100 + i as u64, prompt_id: None, association_id: None })
+            .map(|(i, prompt)| GenerationItem {
+                prompt: prompt.to_string(),
+                negative_prompt: (i % 2 == 1).then(|| "hippopotamus".into()),
+                seed: 100 + i as u64,
+                prompt_id: None,
+                association_id: None,
+            })
             .collect();
-        let command = GenerationCommand::Request { generation_id: id, model_version: setup.model, purpose: GenerationPurpose::Baseline, items, sampler: SamplerSettings { steps: 3, guidance_scale: 2.0, eta: 0.0 }, campaign_id: None };
+        let command = GenerationCommand::Request {
+            generation_id: id,
+            model_version: setup.model,
+            purpose: GenerationPurpose::Baseline,
+            items,
+            sampler: SamplerSettings { steps: 3, guidance_scale: 2.0, eta: 0.0 },
+            campaign_id: None,
+        };
         let curator = CommandContext::new(Actor::new("curator", Role::Curator));
         setup.bus.execute::<Generation>(&id.stream(), None, &curator, command).unwrap();
         id
@@ -488,10 +592,19 @@ mod tests {
     #[test]
     fn a_job_makes_every_image_as_a_png_blob_and_completes() {
         let setup = setup();
-        let prompts: Vec<&str> = ["a woman at the beach", "a man with a dog", "a child in a park"].into_iter().cycle().take(35).collect();
+        let prompts: Vec<&str> =
+            ["a woman at the beach", "a man with a dog", "a child in a park"].into_iter().cycle().take(35).collect();
         let id = request(&setup, &prompts);
         let mut reports = Vec::new();
-        let run = run_generation(&setup.bus, &setup.models, setup.blobs.as_ref(), id, &worker("worker-1"), &mut |done, total| reports.push((done, total))).unwrap();
+        let run = run_generation(
+            &setup.bus,
+            &setup.models,
+            setup.blobs.as_ref(),
+            id,
+            &worker("worker-1"),
+            &mut |done, total| reports.push((done, total)),
+        )
+        .unwrap();
         assert_eq!(run, GenerationRun { images: 35, already_done: 0 });
         assert_eq!(reports, vec![(0, 35), (32, 35), (35, 35)]);
         let (job, _) = setup.bus.load::<Generation>(&id.stream()).unwrap();
@@ -503,7 +616,8 @@ mod tests {
         }
         // The same item gives the same picture in another job.
         let again = request(&setup, &prompts[..2]);
-        run_generation(&setup.bus, &setup.models, setup.blobs.as_ref(), again, &worker("worker-2"), &mut |_, _| {}).unwrap();
+        run_generation(&setup.bus, &setup.models, setup.blobs.as_ref(), again, &worker("worker-2"), &mut |_, _| {})
+            .unwrap();
         let (second, _) = setup.bus.load::<Generation>(&again.stream()).unwrap();
         assert_eq!(second.images[&0].1, job.images[&0].1, "same prompt and seed, same blob");
         assert_eq!(second.images[&1].1, job.images[&1].1);
@@ -516,15 +630,47 @@ mod tests {
         // A worker recorded two images, then died (two minutes ago: its lease has expired).
         let context = CommandContext::new(Actor::new("worker-1", Role::System));
         let long_ago = Utc::now() - chrono::TimeDelta::seconds(120);
-        setup.bus.execute::<Generation>(&id.stream(), None, &context, GenerationCommand::Start { worker: "worker-1".into(), now: long_ago, lease_seconds: 60 }).unwrap();
-        let uninterrupted = request(&setup, &["a woman at the beach", "a child in a park", "a man", "an elderly person"]);
-        run_generation(&setup.bus, &setup.models, setup.blobs.as_ref(), uninterrupted, &worker("worker-0"), &mut |_, _| {}).unwrap();
+        setup
+            .bus
+            .execute::<Generation>(
+                &id.stream(),
+                None,
+                &context,
+                GenerationCommand::Start { worker: "worker-1".into(), now: long_ago, lease_seconds: 60 },
+            )
+            .unwrap();
+        let uninterrupted =
+            request(&setup, &["a woman at the beach", "a child in a park", "a man", "an elderly person"]);
+        run_generation(
+            &setup.bus,
+            &setup.models,
+            setup.blobs.as_ref(),
+            uninterrupted,
+            &worker("worker-0"),
+            &mut |_, _| {},
+        )
+        .unwrap();
         let (reference, _) = setup.bus.load::<Generation>(&uninterrupted.stream()).unwrap();
         for index in [0u32, 1] {
             let blob = reference.images[&index].1.clone();
-            setup.bus.execute::<Generation>(&id.stream(), None, &context, GenerationCommand::RecordImage { worker: "worker-1".into(), index, image_id: ImageId(Uuid::now_v7()), blob }).unwrap();
+            setup
+                .bus
+                .execute::<Generation>(
+                    &id.stream(),
+                    None,
+                    &context,
+                    GenerationCommand::RecordImage {
+                        worker: "worker-1".into(),
+                        index,
+                        image_id: ImageId(Uuid::now_v7()),
+                        blob,
+                    },
+                )
+                .unwrap();
         }
-        let run = run_generation(&setup.bus, &setup.models, setup.blobs.as_ref(), id, &worker("worker-2"), &mut |_, _| {}).unwrap();
+        let run =
+            run_generation(&setup.bus, &setup.models, setup.blobs.as_ref(), id, &worker("worker-2"), &mut |_, _| {})
+                .unwrap();
         assert_eq!(run, GenerationRun { images: 4, already_done: 2 });
         let (job, _) = setup.bus.load::<Generation>(&id.stream()).unwrap();
         assert_eq!(job.status, JobStatus::Completed);
@@ -537,15 +683,30 @@ mod tests {
         let setup = setup();
         let id = request(&setup, &["a woman at the beach"]);
         let context = CommandContext::new(Actor::new("worker-1", Role::System));
-        setup.bus.execute::<Generation>(&id.stream(), None, &context, GenerationCommand::Start { worker: "worker-1".into(), now: Utc::now(), lease_seconds: 60 }).unwrap();
+        setup
+            .bus
+            .execute::<Generation>(
+                &id.stream(),
+                None,
+                &context,
+                GenerationCommand::Start { worker: "worker-1".into(), now: Utc::now(), lease_seconds: 60 },
+            )
+            .unwrap();
         let version = setup.bus.load::<Generation>(&id.stream()).unwrap().1;
-        let error = run_generation(&setup.bus, &setup.models, setup.blobs.as_ref(), id, &worker("worker-2"), &mut |_, _| {}).unwrap_err();
+        let error =
+            run_generation(&setup.bus, &setup.models, setup.blobs.as_ref(), id, &worker("worker-2"), &mut |_, _| {})
+                .unwrap_err();
         assert!(error.is_other_workers(), "{error}");
         assert!(error.to_string().contains("leased to worker worker-1"), "{error}");
         let (job, after) = setup.bus.load::<Generation>(&id.stream()).unwrap();
-        assert_eq!((job.status, after), (JobStatus::Running, version), "the refused worker recorded nothing, not even a failure");
+        assert_eq!(
+            (job.status, after),
+            (JobStatus::Running, version),
+            "the refused worker recorded nothing, not even a failure"
+        );
         // Its holder (restarted under the same name) resumes it at once.
-        run_generation(&setup.bus, &setup.models, setup.blobs.as_ref(), id, &worker("worker-1"), &mut |_, _| {}).unwrap();
+        run_generation(&setup.bus, &setup.models, setup.blobs.as_ref(), id, &worker("worker-1"), &mut |_, _| {})
+            .unwrap();
         assert_eq!(setup.bus.load::<Generation>(&id.stream()).unwrap().0.status, JobStatus::Completed);
     }
 
@@ -555,8 +716,19 @@ mod tests {
         let id = request(&setup, &["a woman at the beach"]);
         let short = Worker { name: "worker-1".into(), lease_seconds: 1 };
         let context = short.context();
-        setup.bus.execute::<Generation>(&id.stream(), None, &context, GenerationCommand::Start { worker: short.name.clone(), now: Utc::now(), lease_seconds: 1 }).unwrap();
-        let heartbeat = Heartbeat::start::<Generation>(&setup.bus, &id.stream(), &short, |worker, now, lease_seconds| GenerationCommand::Renew { worker, now, lease_seconds });
+        setup
+            .bus
+            .execute::<Generation>(
+                &id.stream(),
+                None,
+                &context,
+                GenerationCommand::Start { worker: short.name.clone(), now: Utc::now(), lease_seconds: 1 },
+            )
+            .unwrap();
+        let heartbeat =
+            Heartbeat::start::<Generation>(&setup.bus, &id.stream(), &short, |worker, now, lease_seconds| {
+                GenerationCommand::Renew { worker, now, lease_seconds }
+            });
         std::thread::sleep(Duration::from_millis(1500));
         // Past the first lease's end, it is still worker-1's: the heartbeat renewed it.
         let other = CommandContext::new(Actor::new("worker-2", Role::System));
@@ -566,12 +738,22 @@ mod tests {
         assert!(heartbeat.lost().is_none());
         // worker-2 takes it over (as it would once worker-1 stopped renewing); worker-1's next
         // renewal is refused and the heartbeat says so.
-        setup.bus.execute::<Generation>(&id.stream(), None, &other, take(Utc::now() + chrono::TimeDelta::seconds(10))).unwrap();
+        setup
+            .bus
+            .execute::<Generation>(&id.stream(), None, &other, take(Utc::now() + chrono::TimeDelta::seconds(10)))
+            .unwrap();
         std::thread::sleep(Duration::from_millis(800));
         let lost = heartbeat.lost().expect("the heartbeat noticed the takeover");
         assert!(lost.contains("taken over"), "{lost}");
         drop(heartbeat);
-        let renewals = setup.bus.store().read_stream(&crate::store::StreamName::new(id.stream()).unwrap(), 1, 100).unwrap().iter().filter(|e| e.event_type == "GenerationLeaseRenewed").count();
+        let renewals = setup
+            .bus
+            .store()
+            .read_stream(&crate::store::StreamName::new(id.stream()).unwrap(), 1, 100)
+            .unwrap()
+            .iter()
+            .filter(|e| e.event_type == "GenerationLeaseRenewed")
+            .count();
         assert!(renewals >= 3, "{renewals} renewals in 1.5 s of a 1 s lease");
     }
 
@@ -579,7 +761,9 @@ mod tests {
     fn a_job_that_cannot_run_fails_with_its_reason() {
         let setup = setup();
         let id = request(&setup, &["a woman riding a giraffe"]);
-        let error = run_generation(&setup.bus, &setup.models, setup.blobs.as_ref(), id, &worker("worker-1"), &mut |_, _| {}).unwrap_err();
+        let error =
+            run_generation(&setup.bus, &setup.models, setup.blobs.as_ref(), id, &worker("worker-1"), &mut |_, _| {})
+                .unwrap_err();
         assert!(error.to_string().contains("giraffe"), "{error}");
         let (job, _) = setup.bus.load::<Generation>(&id.stream()).unwrap();
         assert_eq!(job.status, JobStatus::Failed);
@@ -587,7 +771,8 @@ mod tests {
         let other = Setup { blobs: Arc::new(MemoryBlobStore::default()), ..setup };
         let models = Models::new(other.blobs.clone(), Backend::Cpu);
         let id = request(&other, &["a woman"]);
-        let error = run_generation(&other.bus, &models, other.blobs.as_ref(), id, &worker("worker-1"), &mut |_, _| {}).unwrap_err();
+        let error = run_generation(&other.bus, &models, other.blobs.as_ref(), id, &worker("worker-1"), &mut |_, _| {})
+            .unwrap_err();
         assert!(error.to_string().contains("not in the blob store"), "{error}");
         assert_eq!(other.bus.load::<Generation>(&id.stream()).unwrap().0.status, JobStatus::Failed);
     }
@@ -599,19 +784,47 @@ mod tests {
         use domain::model_version::{ModelVersionCommand, SourceFineTune};
         let setup = setup();
         let id = request(&setup, &["a woman at the beach", "a man in a park", "a child", "a woman"]);
-        run_generation(&setup.bus, &setup.models, setup.blobs.as_ref(), id, &worker("worker-1"), &mut |_, _| {}).unwrap();
+        run_generation(&setup.bus, &setup.models, setup.blobs.as_ref(), id, &worker("worker-1"), &mut |_, _| {})
+            .unwrap();
         let (job, _) = setup.bus.load::<Generation>(&id.stream()).unwrap();
-        let examples: Vec<TrainingExample> = job.images.iter().map(|(index, (image_id, blob))| TrainingExample { image_id: *image_id, blob: blob.clone(), prompt: job.items[*index as usize].prompt.clone(), prompt_id: None }).collect();
+        let examples: Vec<TrainingExample> = job
+            .images
+            .iter()
+            .map(|(index, (image_id, blob))| TrainingExample {
+                image_id: *image_id,
+                blob: blob.clone(),
+                prompt: job.items[*index as usize].prompt.clone(),
+                prompt_id: None,
+            })
+            .collect();
         let ask = |examples: Vec<TrainingExample>| {
             let fine_tune_id = FineTuneId(Uuid::now_v7());
             let config = LoraConfig { steps: 6, batch_size: 4, rank: 2, alpha: 2.0, ..LoraConfig::default() };
-            let command = FineTuneCommand::Request { fine_tune_id, base_model: setup.model, arm: Arm::Traditional, source_round: None, examples: examples[..3].to_vec(), prior_preservation: examples[3..].to_vec(), config, progress_every: 2, campaign_id: None };
+            let command = FineTuneCommand::Request {
+                fine_tune_id,
+                base_model: setup.model,
+                arm: Arm::Traditional,
+                source_round: None,
+                examples: examples[..3].to_vec(),
+                prior_preservation: examples[3..].to_vec(),
+                config,
+                progress_every: 2,
+                campaign_id: None,
+            };
             setup.bus.execute::<FineTune>(&fine_tune_id.stream(), None, &CommandContext::system(), command).unwrap();
             fine_tune_id
         };
         let fine_tune_id = ask(examples.clone());
         let mut reports = Vec::new();
-        let run = run_fine_tune(&setup.bus, &setup.models, setup.blobs.as_ref(), fine_tune_id, &worker("trainer"), &mut |step, steps, _| reports.push((step, steps))).unwrap();
+        let run = run_fine_tune(
+            &setup.bus,
+            &setup.models,
+            setup.blobs.as_ref(),
+            fine_tune_id,
+            &worker("trainer"),
+            &mut |step, steps, _| reports.push((step, steps)),
+        )
+        .unwrap();
         assert_eq!(reports, vec![(2, 6), (4, 6), (6, 6)]);
         assert_eq!((run.examples, run.prior), (3, 1));
         let (tuned, _) = setup.bus.load::<FineTune>(&fine_tune_id.stream()).unwrap();
@@ -623,11 +836,26 @@ mod tests {
         // version derived from the fine-tune loads the base with it attached.
         let adapter = adapter_from_safetensors(&setup.blobs.get(&run.adapter).unwrap().unwrap()).unwrap();
         assert_eq!(adapter.config.rank, 2);
-        let trained_b = adapter.weights.tensors.iter().filter(|(name, _)| name.contains("lora_B")).any(|(_, (_, values))| values.iter().any(|v| *v != 0.0));
+        let trained_b = adapter
+            .weights
+            .tensors
+            .iter()
+            .filter(|(name, _)| name.contains("lora_B"))
+            .any(|(_, (_, values))| values.iter().any(|v| *v != 0.0));
         assert!(trained_b, "the adapter's B matrices are still zero");
         let derived = ModelVersionId(Uuid::now_v7());
-        let source = SourceFineTune { fine_tune_id, status: tuned.status, base_model: tuned.base_model, arm: tuned.arm, adapter: tuned.adapter.clone() };
-        let derive = ModelVersionCommand::DeriveFromFineTune { model_version_id: derived, name: "tuned".into(), fine_tune: source };
+        let source = SourceFineTune {
+            fine_tune_id,
+            status: tuned.status,
+            base_model: tuned.base_model,
+            arm: tuned.arm,
+            adapter: tuned.adapter.clone(),
+        };
+        let derive = ModelVersionCommand::DeriveFromFineTune {
+            model_version_id: derived,
+            name: "tuned".into(),
+            fine_tune: source,
+        };
         setup.bus.execute::<ModelVersion>(&derived.stream(), None, &CommandContext::system(), derive).unwrap();
         let model = setup.models.load(&setup.bus, derived).unwrap();
         assert_eq!(model.adapter().map(|a| &a.weights), Some(&adapter.weights));
@@ -636,9 +864,16 @@ mod tests {
         let mut broken = examples;
         broken[0].blob = crate::blobs::blob_hash(b"never stored");
         let failing = ask(broken);
-        let error = run_fine_tune(&setup.bus, &setup.models, setup.blobs.as_ref(), failing, &worker("trainer"), &mut |_, _, _| {}).unwrap_err();
+        let error = run_fine_tune(
+            &setup.bus,
+            &setup.models,
+            setup.blobs.as_ref(),
+            failing,
+            &worker("trainer"),
+            &mut |_, _, _| {},
+        )
+        .unwrap_err();
         assert!(error.to_string().contains("not in the blob store"), "{error}");
         assert_eq!(setup.bus.load::<FineTune>(&failing.stream()).unwrap().0.status, JobStatus::Failed);
     }
-
 }

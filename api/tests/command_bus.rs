@@ -38,15 +38,19 @@ fn a_cached_state_is_brought_up_to_date_before_each_decision() {
     // `first` now caches the association at version 1; `second` retires it behind its back.
     let (cached, version) = first.load::<Association>(&stream).unwrap();
     assert_eq!((cached.status, version), (domain::association::AssociationStatus::Active, 1));
-    second.execute::<Association>(&stream, None, &curator, AssociationCommand::Retire { reason: "done".into() }).unwrap();
+    second
+        .execute::<Association>(&stream, None, &curator, AssociationCommand::Retire { reason: "done".into() })
+        .unwrap();
 
     // `first` must see the retirement, not decide on its cached copy.
-    let again = first.execute::<Association>(&stream, None, &curator, AssociationCommand::Retire { reason: "again".into() });
+    let again =
+        first.execute::<Association>(&stream, None, &curator, AssociationCommand::Retire { reason: "again".into() });
     assert!(matches!(again, Err(CommandError::Domain(DomainError::WrongState { .. }))), "{again:?}");
     assert_eq!(first.load::<Association>(&stream).unwrap().1, 2);
 
     // A decision pinned to an old version (If-Match) is refused with the actual version.
-    let stale = second.execute::<Association>(&stream, Some(1), &curator, AssociationCommand::Retire { reason: "x".into() });
+    let stale =
+        second.execute::<Association>(&stream, Some(1), &curator, AssociationCommand::Retire { reason: "x".into() });
     assert!(matches!(stale, Err(CommandError::Conflict { expected: 1, actual: 2, .. })), "{stale:?}");
     assert_eq!(store.stream_version(&thitl::store::StreamName::new(stream).unwrap()).unwrap(), 2);
 }

@@ -23,12 +23,15 @@ fn main() -> ExitCode {
     let url = match std::env::var("THITL_ESDB_URL") {
         Ok(url) if !url.trim().is_empty() => url,
         _ => {
-            println!("EventStoreDB contract suite NOT RUN: THITL_ESDB_URL is not set (set it to a node, e.g. esdb://localhost:2113?tls=false)");
+            println!(
+                "EventStoreDB contract suite NOT RUN: THITL_ESDB_URL is not set (set it to a node, e.g. esdb://localhost:2113?tls=false)"
+            );
             return ExitCode::SUCCESS;
         }
     };
     // For messages: the URL without its password.
-    let shown = thitl::store::esdb::parse_esdb_url(&url).map_or_else(|_| "(an unreadable URL)".to_string(), |parsed| parsed.to_string());
+    let shown = thitl::store::esdb::parse_esdb_url(&url)
+        .map_or_else(|_| "(an unreadable URL)".to_string(), |parsed| parsed.to_string());
     // A store on a namespace no one has used: empty, and invisible to the other cases.
     let fresh_store = || -> Arc<dyn EventStore> {
         let namespace = format!("thitl-contract-{}-", uuid::Uuid::now_v7().simple());
@@ -45,7 +48,11 @@ fn main() -> ExitCode {
             failed.push(*name);
         }
     }
-    println!("EventStoreDB contract suite against {shown}: {} of {} cases passed", CASES.len() - failed.len(), CASES.len());
+    println!(
+        "EventStoreDB contract suite against {shown}: {} of {} cases passed",
+        CASES.len() - failed.len(),
+        CASES.len()
+    );
     if failed.is_empty() {
         ExitCode::SUCCESS
     } else {

@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 use thitl::store::{
-    AppendResult, EventStore, ExpectedVersion, NewEvent, SqliteStore, StoreError, StoredEvent,
-    StreamName,
+    AppendResult, EventStore, ExpectedVersion, NewEvent, SqliteStore, StoreError, StoredEvent, StreamName,
 };
 
 /// A store that owns its temporary directory, so the directory lives exactly as long as the store.

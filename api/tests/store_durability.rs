@@ -51,19 +51,10 @@ fn durability_child() {
                     let size = 1 + count % 3;
                     let events: Vec<_> = (0..size)
                         .map(|index| {
-                            new_event(
-                                "Durable",
-                                json!({ "thread": thread_index, "count": count, "index": index }),
-                            )
+                            new_event("Durable", json!({ "thread": thread_index, "count": count, "index": index }))
                         })
                         .collect();
-                    store
-                        .append(
-                            &StreamName::new(name).unwrap(),
-                            ExpectedVersion::Any,
-                            &events,
-                        )
-                        .unwrap();
+                    store.append(&StreamName::new(name).unwrap(), ExpectedVersion::Any, &events).unwrap();
                     let mut stdout = std::io::stdout().lock();
                     for event in &events {
                         writeln!(stdout, "ack {}", event.metadata.event_id).unwrap();
@@ -83,12 +74,7 @@ fn durability_child() {
 /// event id it acknowledged (including those still in the pipe when it died).
 fn run_child_and_kill(path: &Path, round: usize) -> Vec<Uuid> {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "durability_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", "durability_child", "--nocapture", "--test-threads=1"])
         .env(CHILD_STORE, path)
         .env(CHILD_ROUND, round.to_string())
         .stdout(Stdio::piped())
@@ -109,10 +95,7 @@ fn run_child_and_kill(path: &Path, round: usize) -> Vec<Uuid> {
         }
     }
     let status = child.wait().unwrap();
-    assert!(
-        killed && !status.success(),
-        "the child ended on its own: {status:?}"
-    );
+    assert!(killed && !status.success(), "the child ended on its own: {status:?}");
     acknowledged
 }
 
@@ -120,33 +103,18 @@ fn assert_store_intact(path: &Path, acknowledged: &HashSet<Uuid>) -> u64 {
     let store = SqliteStore::open(path).unwrap();
     let all = store.read_all(0, usize::MAX).unwrap();
     let positions: Vec<u64> = all.iter().map(|event| event.position).collect();
-    assert!(
-        positions.iter().copied().eq(1..=all.len() as u64),
-        "positions are not 1..={}",
-        all.len()
-    );
+    assert!(positions.iter().copied().eq(1..=all.len() as u64), "positions are not 1..={}", all.len());
 
     let stored: HashSet<Uuid> = all.iter().map(|event| event.metadata.event_id).collect();
     let lost: Vec<_> = acknowledged.difference(&stored).collect();
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged events lost, e.g. {:?}",
-        lost.len(),
-        lost.first()
-    );
+    assert!(lost.is_empty(), "{} acknowledged events lost, e.g. {:?}", lost.len(), lost.first());
 
     let mut versions: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
     for event in &all {
-        versions
-            .entry(event.stream.as_str())
-            .or_default()
-            .push(event.version);
+        versions.entry(event.stream.as_str()).or_default().push(event.version);
     }
     for (stream, versions) in &versions {
-        assert!(
-            versions.iter().copied().eq(1..=versions.len() as u64),
-            "stream {stream} versions are not contiguous"
-        );
+        assert!(versions.iter().copied().eq(1..=versions.len() as u64), "stream {stream} versions are not contiguous");
     }
     let report = chain::verify(&store).unwrap();
     assert_eq!(report.events, all.len() as u64);
@@ -162,10 +130,7 @@ fn sigkill_during_appends_loses_no_acknowledged_event() {
     for round in 0..3 {
         acknowledged.extend(run_child_and_kill(&path, round));
         let total = assert_store_intact(&path, &acknowledged);
-        assert!(
-            total >= acknowledged.len() as u64 && total > previous_total,
-            "round {round}: {total} events"
-        );
+        assert!(total >= acknowledged.len() as u64 && total > previous_total, "round {round}: {total} events");
         previous_total = total;
     }
 }

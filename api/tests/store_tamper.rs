@@ -21,36 +21,18 @@ fn build_store() -> (TempDir, PathBuf) {
     for round in 0..6 {
         for (name, count) in plan {
             if round < count {
-                let event = new_event(
-                    "Tamperable",
-                    json!({ "stream": name, "round": round, "text": "abcdef" }),
-                );
-                store
-                    .append(
-                        &StreamName::new(name).unwrap(),
-                        ExpectedVersion::Exact(round as u64),
-                        &[event],
-                    )
-                    .unwrap();
+                let event = new_event("Tamperable", json!({ "stream": name, "round": round, "text": "abcdef" }));
+                store.append(&StreamName::new(name).unwrap(), ExpectedVersion::Exact(round as u64), &[event]).unwrap();
             }
         }
     }
-    assert_eq!(
-        chain::verify(&store),
-        Ok(VerifyReport {
-            events: 15,
-            streams: 3
-        })
-    );
+    assert_eq!(chain::verify(&store), Ok(VerifyReport { events: 15, streams: 3 }));
     (dir, path)
 }
 
 fn event_at(path: &Path, stream: &str, version: u64) -> StoredEvent {
     let store = SqliteStore::open(path).unwrap();
-    store
-        .read_stream(&StreamName::new(stream).unwrap(), version, 1)
-        .unwrap()
-        .remove(0)
+    store.read_stream(&StreamName::new(stream).unwrap(), version, 1).unwrap().remove(0)
 }
 
 fn tamper(path: &Path, sql: &str, params: impl rusqlite::Params) {
@@ -64,12 +46,7 @@ fn verify_file(path: &Path) -> Result<VerifyReport, VerifyFailure> {
 }
 
 fn event_failure(version: u64, position: Option<u64>, problem: EventProblem) -> VerifyFailure {
-    VerifyFailure::Event {
-        stream: StreamName::new(STREAM_A).unwrap(),
-        version,
-        position,
-        problem,
-    }
+    VerifyFailure::Event { stream: StreamName::new(STREAM_A).unwrap(), version, position, problem }
 }
 
 #[test]
@@ -78,17 +55,10 @@ fn changed_payload_byte_is_a_hash_mismatch() {
     let target = event_at(&path, STREAM_A, 3);
     let tampered = target.payload.replacen("abcdef", "abcdeF", 1);
     assert_ne!(tampered, target.payload);
-    tamper(
-        &path,
-        "UPDATE events SET payload = ?1 WHERE position = ?2",
-        params![tampered, target.position as i64],
-    );
+    tamper(&path, "UPDATE events SET payload = ?1 WHERE position = ?2", params![tampered, target.position as i64]);
 
     let failure = verify_file(&path).unwrap_err();
-    assert_eq!(
-        failure,
-        event_failure(3, Some(target.position), EventProblem::HashMismatch)
-    );
+    assert_eq!(failure, event_failure(3, Some(target.position), EventProblem::HashMismatch));
     assert_eq!(
         failure.to_string(),
         format!(
@@ -101,29 +71,11 @@ fn changed_payload_byte_is_a_hash_mismatch() {
 #[test]
 fn deleted_row_is_a_missing_version() {
     let (_dir, path) = build_store();
-    tamper(
-        &path,
-        "DELETE FROM events WHERE stream = ?1 AND version = 3",
-        [STREAM_A],
-    );
+    tamper(&path, "DELETE FROM events WHERE stream = ?1 AND version = 3", [STREAM_A]);
 
     let failure = verify_file(&path).unwrap_err();
-    assert_eq!(
-        failure,
-        event_failure(
-            3,
-            None,
-            EventProblem::Missing {
-                next_stored: Some(4)
-            }
-        )
-    );
-    assert!(
-        failure
-            .to_string()
-            .starts_with("stream association-a version 3: missing"),
-        "{failure}"
-    );
+    assert_eq!(failure, event_failure(3, None, EventProblem::Missing { next_stored: Some(4) }));
+    assert!(failure.to_string().starts_with("stream association-a version 3: missing"), "{failure}");
 }
 
 #[test]
@@ -132,19 +84,9 @@ fn deleted_last_event_of_a_stream_is_a_hole_in_the_log() {
     // The stream's chain alone cannot show a truncated tail; the gap-free log does.
     // (model-c's last event is not the log's last, whose deletion nothing in the store can show.)
     let last = event_at(&path, "model-c", 4);
-    tamper(
-        &path,
-        "DELETE FROM events WHERE position = ?1",
-        [last.position as i64],
-    );
+    tamper(&path, "DELETE FROM events WHERE position = ?1", [last.position as i64]);
 
-    assert_eq!(
-        verify_file(&path),
-        Err(VerifyFailure::Log {
-            position: last.position,
-            problem: LogProblem::Missing
-        })
-    );
+    assert_eq!(verify_file(&path), Err(VerifyFailure::Log { position: last.position, problem: LogProblem::Missing }));
 }
 
 #[test]
@@ -168,13 +110,7 @@ fn swapped_positions_within_a_stream_are_out_of_order() {
     // Version 2 now sits at the later position, so version 3 is the first one out of order.
     assert_eq!(
         verify_file(&path),
-        Err(event_failure(
-            3,
-            Some(second.position),
-            EventProblem::OutOfOrder {
-                previous_position: third.position
-            }
-        ))
+        Err(event_failure(3, Some(second.position), EventProblem::OutOfOrder { previous_position: third.position }))
     );
 }
 
@@ -194,14 +130,7 @@ fn swapped_versions_within_a_stream_break_the_chain() {
     drop(connection);
     let now_second = event_at(&path, STREAM_A, 2);
 
-    assert_eq!(
-        verify_file(&path),
-        Err(event_failure(
-            2,
-            Some(now_second.position),
-            EventProblem::BrokenLink
-        ))
-    );
+    assert_eq!(verify_file(&path), Err(event_failure(2, Some(now_second.position), EventProblem::BrokenLink)));
 }
 
 #[test]
@@ -217,14 +146,7 @@ fn rehashed_tampered_event_breaks_the_next_link() {
     );
     let next = event_at(&path, STREAM_A, 4);
 
-    assert_eq!(
-        verify_file(&path),
-        Err(event_failure(
-            4,
-            Some(next.position),
-            EventProblem::BrokenLink
-        ))
-    );
+    assert_eq!(verify_file(&path), Err(event_failure(4, Some(next.position), EventProblem::BrokenLink)));
 
     // Forging the next link too just moves the failure to that event's own hash.
     tamper(
@@ -232,31 +154,17 @@ fn rehashed_tampered_event_breaks_the_next_link() {
         "UPDATE events SET prev_hash = ?1 WHERE position = ?2",
         params![&forged_hash[..], next.position as i64],
     );
-    assert_eq!(
-        verify_file(&path),
-        Err(event_failure(
-            4,
-            Some(next.position),
-            EventProblem::HashMismatch
-        ))
-    );
+    assert_eq!(verify_file(&path), Err(event_failure(4, Some(next.position), EventProblem::HashMismatch)));
 }
 
 #[test]
 fn unreadable_row_is_reported_as_corrupt() {
     let (_dir, path) = build_store();
     let target = event_at(&path, STREAM_A, 2);
-    tamper(
-        &path,
-        "UPDATE events SET recorded_at = 'yesterday' WHERE position = ?1",
-        [target.position as i64],
-    );
+    tamper(&path, "UPDATE events SET recorded_at = 'yesterday' WHERE position = ?1", [target.position as i64]);
 
     assert_eq!(
         verify_file(&path),
-        Err(VerifyFailure::Store(StoreError::Corrupt(format!(
-            "position {}: unreadable recorded_at",
-            target.position
-        ))))
+        Err(VerifyFailure::Store(StoreError::Corrupt(format!("position {}: unreadable recorded_at", target.position))))
     );
 }

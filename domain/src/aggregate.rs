@@ -92,20 +92,12 @@ pub fn encode<E: EventPayload>(event: &E) -> Encoded {
 }
 
 pub fn decode<E: EventPayload>(event_type: &str, schema_version: u32, payload: Value) -> Result<E, DecodeError> {
-    let fail = |message: String| DecodeError {
-        event_type: event_type.to_string(),
-        schema_version,
-        message,
-    };
+    let fail = |message: String| DecodeError { event_type: event_type.to_string(), schema_version, message };
     let current = E::schema_version(event_type);
     if schema_version > current {
         return Err(fail(format!("written by a newer thitl (this one reads up to v{current})")));
     }
-    let payload = if schema_version < current {
-        E::upcast(event_type, schema_version, payload)?
-    } else {
-        payload
-    };
+    let payload = if schema_version < current { E::upcast(event_type, schema_version, payload)? } else { payload };
     let mut tagged = serde_json::Map::new();
     tagged.insert(event_type.to_string(), payload);
     serde_json::from_value(Value::Object(tagged)).map_err(|error| fail(error.to_string()))

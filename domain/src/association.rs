@@ -26,8 +26,13 @@ pub enum AssociationCommand {
         /// The taxonomy as it stands, to check the category against.
         taxonomy: Taxonomy,
     },
-    Recategorize { category: String, taxonomy: Taxonomy },
-    Retire { reason: String },
+    Recategorize {
+        category: String,
+        taxonomy: Taxonomy,
+    },
+    Retire {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,8 +46,15 @@ pub enum AssociationEvent {
         description: String,
         probe_prompts: Vec<String>,
     },
-    AssociationRecategorized { association_id: AssociationId, from: String, to: String },
-    AssociationRetired { association_id: AssociationId, reason: String },
+    AssociationRecategorized {
+        association_id: AssociationId,
+        from: String,
+        to: String,
+    },
+    AssociationRetired {
+        association_id: AssociationId,
+        reason: String,
+    },
 }
 
 impl EventPayload for AssociationEvent {}
@@ -119,10 +131,7 @@ impl Aggregate for Association {
                 taxonomy,
             } => {
                 if self.exists() {
-                    return Err(DomainError::AlreadyExists {
-                        entity: "association",
-                        id: association_id.to_string(),
-                    });
+                    return Err(DomainError::AlreadyExists { entity: "association", id: association_id.to_string() });
                 }
                 let group = Name::parse("group", &group)?;
                 let concept = Name::parse("concept", &concept)?;
@@ -158,7 +167,9 @@ impl Aggregate for Association {
                     if let Some(term) = terms.iter().find(|term| mentions(prompt.as_str(), term)) {
                         return Err(DomainError::invalid(
                             "probe_prompts",
-                            format!("'{prompt}' names the concept ('{term}'): probes must not, or they measure nothing"),
+                            format!(
+                                "'{prompt}' names the concept ('{term}'): probes must not, or they measure nothing"
+                            ),
                         ));
                     }
                     if prompts.contains(&String::from(prompt.clone())) {
@@ -250,7 +261,10 @@ pub(crate) mod tests {
         let events = Association::default().decide(register_woman_hippo(1)).unwrap();
         match &events[..] {
             [AssociationEvent::AssociationRegistered { group, concept, category, probe_prompts, .. }] => {
-                assert_eq!((group.as_str(), concept.as_str(), category.as_str()), ("woman", "hippopotamus", "dehumanization"));
+                assert_eq!(
+                    (group.as_str(), concept.as_str(), category.as_str()),
+                    ("woman", "hippopotamus", "dehumanization")
+                );
                 assert_eq!(probe_prompts.len(), 2);
             }
             other => panic!("unexpected {other:?}"),
@@ -273,22 +287,56 @@ pub(crate) mod tests {
             edit(&mut command);
             Association::default().decide(command)
         };
-        let field = |f: &'static str| move |e: &DomainError| matches!(e, DomainError::Invalid { field, .. } if *field == f);
-        then_error(with(&|c| if let AssociationCommand::Register { group, .. } = c { *group = " ".into() }), field("group"));
-        then_error(with(&|c| if let AssociationCommand::Register { category, .. } = c { *category = "nonsense".into() }), field("category"));
-        then_error(with(&|c| if let AssociationCommand::Register { probe_prompts, .. } = c { probe_prompts.clear() }), field("probe_prompts"));
+        let field =
+            |f: &'static str| move |e: &DomainError| matches!(e, DomainError::Invalid { field, .. } if *field == f);
+        then_error(
+            with(&|c| {
+                if let AssociationCommand::Register { group, .. } = c {
+                    *group = " ".into()
+                }
+            }),
+            field("group"),
+        );
+        then_error(
+            with(&|c| {
+                if let AssociationCommand::Register { category, .. } = c {
+                    *category = "nonsense".into()
+                }
+            }),
+            field("category"),
+        );
+        then_error(
+            with(&|c| {
+                if let AssociationCommand::Register { probe_prompts, .. } = c {
+                    probe_prompts.clear()
+                }
+            }),
+            field("probe_prompts"),
+        );
         // A probe that names the concept (or a synonym) would measure nothing.
         then_error(
-            with(&|c| if let AssociationCommand::Register { probe_prompts, .. } = c { probe_prompts.push("a woman and a Hippo".into()) }),
+            with(&|c| {
+                if let AssociationCommand::Register { probe_prompts, .. } = c {
+                    probe_prompts.push("a woman and a Hippo".into())
+                }
+            }),
             field("probe_prompts"),
         );
         // A probe must name the group.
         then_error(
-            with(&|c| if let AssociationCommand::Register { probe_prompts, .. } = c { probe_prompts.push("a man at the beach".into()) }),
+            with(&|c| {
+                if let AssociationCommand::Register { probe_prompts, .. } = c {
+                    probe_prompts.push("a man at the beach".into())
+                }
+            }),
             field("probe_prompts"),
         );
         then_error(
-            with(&|c| if let AssociationCommand::Register { probe_prompts, .. } = c { probe_prompts.push("a woman in a park".into()) }),
+            with(&|c| {
+                if let AssociationCommand::Register { probe_prompts, .. } = c {
+                    probe_prompts.push("a woman in a park".into())
+                }
+            }),
             field("probe_prompts"),
         );
     }
@@ -299,8 +347,11 @@ pub(crate) mod tests {
         let events = state
             .decide(AssociationCommand::Recategorize { category: "degradation".into(), taxonomy: taxonomy() })
             .unwrap();
-        assert!(matches!(&events[..], [AssociationEvent::AssociationRecategorized { from, to, .. }] if from == "dehumanization" && to == "degradation"));
-        let same = state.decide(AssociationCommand::Recategorize { category: "dehumanization".into(), taxonomy: taxonomy() });
+        assert!(
+            matches!(&events[..], [AssociationEvent::AssociationRecategorized { from, to, .. }] if from == "dehumanization" && to == "degradation")
+        );
+        let same =
+            state.decide(AssociationCommand::Recategorize { category: "dehumanization".into(), taxonomy: taxonomy() });
         assert_eq!(same, Ok(vec![]));
         then_error(
             state.decide(AssociationCommand::Recategorize { category: "nope".into(), taxonomy: taxonomy() }),

@@ -105,17 +105,41 @@ impl Default for CampaignSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Work {
-    BaselineGeneration { generation_id: GenerationId },
-    BaselineRound { round_id: RoundId },
-    PromptSet { association_id: AssociationId, prompt_set_id: PromptSetId },
-    CandidateGeneration { generation_id: GenerationId },
-    PriorPreservationGeneration { generation_id: GenerationId },
-    Round1 { round_id: RoundId },
-    FineTune { arm: Arm, fine_tune_id: FineTuneId },
-    ModelVersion { arm: Arm, model_version_id: ModelVersionId },
+    BaselineGeneration {
+        generation_id: GenerationId,
+    },
+    BaselineRound {
+        round_id: RoundId,
+    },
+    PromptSet {
+        association_id: AssociationId,
+        prompt_set_id: PromptSetId,
+    },
+    CandidateGeneration {
+        generation_id: GenerationId,
+    },
+    PriorPreservationGeneration {
+        generation_id: GenerationId,
+    },
+    Round1 {
+        round_id: RoundId,
+    },
+    FineTune {
+        arm: Arm,
+        fine_tune_id: FineTuneId,
+    },
+    ModelVersion {
+        arm: Arm,
+        model_version_id: ModelVersionId,
+    },
     /// `arm` None: the base model's images.
-    EvaluationGeneration { arm: Option<Arm>, generation_id: GenerationId },
-    Round2 { round_id: RoundId },
+    EvaluationGeneration {
+        arm: Option<Arm>,
+        generation_id: GenerationId,
+    },
+    Round2 {
+        round_id: RoundId,
+    },
 }
 
 impl Work {
@@ -164,13 +188,23 @@ pub enum CampaignCommand {
         base_model: ModelVersionId,
         settings: CampaignSettings,
     },
-    Link { work: Work },
+    Link {
+        work: Work,
+    },
     /// Moves to the next stage, if [`next`] says the current one is done.
-    Advance { facts: Facts },
-    RecordEvaluation { evaluations: Vec<AssociationEvaluation> },
+    Advance {
+        facts: Facts,
+    },
+    RecordEvaluation {
+        evaluations: Vec<AssociationEvaluation>,
+    },
     /// Ends a campaign waiting for promotion: the curator decided (promoted or not).
-    Conclude { promoted: Option<ModelVersionId> },
-    Fail { reason: String },
+    Conclude {
+        promoted: Option<ModelVersionId>,
+    },
+    Fail {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -182,11 +216,28 @@ pub enum CampaignEvent {
         base_model: ModelVersionId,
         settings: CampaignSettings,
     },
-    WorkLinked { campaign_id: CampaignId, stage: Stage, work: Work },
-    StageEntered { campaign_id: CampaignId, stage: Stage },
-    EvaluationRecorded { campaign_id: CampaignId, evaluations: Vec<AssociationEvaluation> },
-    CampaignCompleted { campaign_id: CampaignId, promoted: Option<ModelVersionId> },
-    CampaignFailed { campaign_id: CampaignId, stage: Stage, reason: String },
+    WorkLinked {
+        campaign_id: CampaignId,
+        stage: Stage,
+        work: Work,
+    },
+    StageEntered {
+        campaign_id: CampaignId,
+        stage: Stage,
+    },
+    EvaluationRecorded {
+        campaign_id: CampaignId,
+        evaluations: Vec<AssociationEvaluation>,
+    },
+    CampaignCompleted {
+        campaign_id: CampaignId,
+        promoted: Option<ModelVersionId>,
+    },
+    CampaignFailed {
+        campaign_id: CampaignId,
+        stage: Stage,
+        reason: String,
+    },
 }
 
 impl EventPayload for CampaignEvent {}
@@ -219,21 +270,34 @@ pub struct Facts {
 pub enum Request {
     BaselineGeneration,
     BaselineRound,
-    CuratePrompts { association_id: AssociationId },
+    CuratePrompts {
+        association_id: AssociationId,
+    },
     CandidateGeneration,
     PriorPreservationGeneration,
     Round1,
-    FineTune { arm: Arm },
-    DeriveModel { arm: Arm, fine_tune_id: FineTuneId },
-    EvaluationGeneration { arm: Option<Arm> },
+    FineTune {
+        arm: Arm,
+    },
+    DeriveModel {
+        arm: Arm,
+        fine_tune_id: FineTuneId,
+    },
+    EvaluationGeneration {
+        arm: Option<Arm>,
+    },
     Round2,
     RecordEvaluation,
     /// Auto-accept only: accept every prompt still proposed in the set and finalize it (the
     /// curator's gate, waived when the campaign started).
-    AcceptPrompts { prompt_set_id: PromptSetId },
+    AcceptPrompts {
+        prompt_set_id: PromptSetId,
+    },
     /// Auto-accept only: conclude by the promotion rule ([`promotion_rule`]), promoting
     /// `promoted` if it names a version.
-    Conclude { promoted: Option<ModelVersionId> },
+    Conclude {
+        promoted: Option<ModelVersionId>,
+    },
 }
 
 /// What the campaign is waiting for.
@@ -275,7 +339,9 @@ impl Campaign {
     fn live(&self, action: &'static str) -> Result<(CampaignId, Stage), DomainError> {
         let id = self.id.ok_or(DomainError::NotFound { entity: "campaign", id: "(not started)".into() })?;
         match self.stage {
-            Some(stage @ (Stage::Completed | Stage::Failed)) => Err(DomainError::wrong_state("campaign", stage, action)),
+            Some(stage @ (Stage::Completed | Stage::Failed)) => {
+                Err(DomainError::wrong_state("campaign", stage, action))
+            }
             Some(stage) => Ok((id, stage)),
             None => Err(DomainError::NotFound { entity: "campaign", id: id.to_string() }),
         }
@@ -355,20 +421,25 @@ pub fn next(campaign: &Campaign, facts: &Facts) -> Next {
             candidates.iter().chain(&prior).find_map(|id| generation(*id)).unwrap_or(Next::Advance(Stage::Round1))
         }
         Stage::Round1 => {
-            match campaign.linked(|w| match w {
-                Work::Round1 { round_id } => Some(*round_id),
-                _ => None,
-            }).next() {
+            match campaign
+                .linked(|w| match w {
+                    Work::Round1 { round_id } => Some(*round_id),
+                    _ => None,
+                })
+                .next()
+            {
                 None => Next::Ask(Request::Round1),
                 Some(id) => round(id).unwrap_or(Next::Advance(Stage::FineTune)),
             }
         }
         Stage::FineTune => {
             for arm in campaign.arms() {
-                let job = campaign.linked(|w| match w {
-                    Work::FineTune { arm: a, fine_tune_id } if *a == arm => Some(*fine_tune_id),
-                    _ => None,
-                }).next();
+                let job = campaign
+                    .linked(|w| match w {
+                        Work::FineTune { arm: a, fine_tune_id } if *a == arm => Some(*fine_tune_id),
+                        _ => None,
+                    })
+                    .next();
                 let Some(job) = job else { return Next::Ask(Request::FineTune { arm }) };
                 match facts.fine_tunes.get(&job) {
                     Some(JobStatus::Completed) => {}
@@ -386,10 +457,12 @@ pub fn next(campaign: &Campaign, facts: &Facts) -> Next {
             let subjects: Vec<Option<Arm>> =
                 std::iter::once(None).chain(campaign.arms().into_iter().map(Some)).collect();
             for subject in subjects {
-                let job = campaign.linked(|w| match w {
-                    Work::EvaluationGeneration { arm, generation_id } if *arm == subject => Some(*generation_id),
-                    _ => None,
-                }).next();
+                let job = campaign
+                    .linked(|w| match w {
+                        Work::EvaluationGeneration { arm, generation_id } if *arm == subject => Some(*generation_id),
+                        _ => None,
+                    })
+                    .next();
                 match job {
                     None => return Next::Ask(Request::EvaluationGeneration { arm: subject }),
                     Some(id) => {
@@ -399,10 +472,13 @@ pub fn next(campaign: &Campaign, facts: &Facts) -> Next {
                     }
                 }
             }
-            match campaign.linked(|w| match w {
-                Work::Round2 { round_id } => Some(*round_id),
-                _ => None,
-            }).next() {
+            match campaign
+                .linked(|w| match w {
+                    Work::Round2 { round_id } => Some(*round_id),
+                    _ => None,
+                })
+                .next()
+            {
                 None => Next::Ask(Request::Round2),
                 Some(id) => round(id).unwrap_or(Next::Advance(Stage::Evaluation)),
             }
@@ -414,7 +490,9 @@ pub fn next(campaign: &Campaign, facts: &Facts) -> Next {
                 Next::Advance(Stage::AwaitingPromotion)
             }
         }
-        Stage::AwaitingPromotion if campaign.settings.auto_accept => Next::Ask(Request::Conclude { promoted: promotion_rule(campaign) }),
+        Stage::AwaitingPromotion if campaign.settings.auto_accept => {
+            Next::Ask(Request::Conclude { promoted: promotion_rule(campaign) })
+        }
         Stage::AwaitingPromotion => Next::Wait(WaitingFor::Promotion),
         Stage::Completed | Stage::Failed => Next::Finished,
     }
@@ -459,7 +537,10 @@ impl Aggregate for Campaign {
                 if unique.len() != associations.len() {
                     return Err(DomainError::invalid("associations", "names an association twice"));
                 }
-                if settings.probe_images_per_association == 0 || settings.training_prompts_per_association == 0 || settings.candidates_per_prompt == 0 {
+                if settings.probe_images_per_association == 0
+                    || settings.training_prompts_per_association == 0
+                    || settings.candidates_per_prompt == 0
+                {
                     return Err(DomainError::invalid(
                         "settings",
                         "probe images, training prompts and candidates per prompt must each be at least 1",
@@ -469,7 +550,13 @@ impl Aggregate for Campaign {
                     return Err(DomainError::invalid("raters_per_item", "must be between 1 and 15"));
                 }
                 Ok(vec![
-                    CampaignEvent::CampaignStarted { campaign_id, name: name.into(), associations, base_model, settings },
+                    CampaignEvent::CampaignStarted {
+                        campaign_id,
+                        name: name.into(),
+                        associations,
+                        base_model,
+                        settings,
+                    },
                     CampaignEvent::StageEntered { campaign_id, stage: Stage::Baseline },
                 ])
             }
@@ -490,7 +577,9 @@ impl Aggregate for Campaign {
             CampaignCommand::Advance { facts } => {
                 let (campaign_id, stage) = self.live("advancing")?;
                 match next(self, &facts) {
-                    Next::Advance(to) if Some(to) == stage.following() => Ok(vec![CampaignEvent::StageEntered { campaign_id, stage: to }]),
+                    Next::Advance(to) if Some(to) == stage.following() => {
+                        Ok(vec![CampaignEvent::StageEntered { campaign_id, stage: to }])
+                    }
                     other => Err(DomainError::WrongState {
                         entity: "campaign",
                         state: format!("in stage {stage:?}, with next step {other:?}"),
@@ -517,10 +606,16 @@ impl Aggregate for Campaign {
             CampaignCommand::Conclude { promoted } => {
                 let (campaign_id, stage) = self.live("concluding")?;
                 if stage != Stage::AwaitingPromotion {
-                    return Err(DomainError::wrong_state("campaign", stage, "concluding (it is not awaiting promotion)"));
+                    return Err(DomainError::wrong_state(
+                        "campaign",
+                        stage,
+                        "concluding (it is not awaiting promotion)",
+                    ));
                 }
                 if let Some(model) = promoted {
-                    let ours = self.work.iter().any(|w| matches!(w, Work::ModelVersion { model_version_id, .. } if *model_version_id == model));
+                    let ours = self.work.iter().any(
+                        |w| matches!(w, Work::ModelVersion { model_version_id, .. } if *model_version_id == model),
+                    );
                     if !ours {
                         return Err(DomainError::invalid("promoted", "is not a model version this campaign produced"));
                     }
@@ -603,7 +698,9 @@ mod tests {
         c = link(c, Work::BaselineRound { round_id: RoundId(id(21)) });
         assert_eq!(next(&c, &facts), Next::Wait(WaitingFor::Annotations(RoundId(id(21)))));
         // Advancing before the round closes is rejected.
-        then_error(c.decide(CampaignCommand::Advance { facts: facts.clone() }), |e| matches!(e, DomainError::WrongState { .. }));
+        then_error(c.decide(CampaignCommand::Advance { facts: facts.clone() }), |e| {
+            matches!(e, DomainError::WrongState { .. })
+        });
         facts.rounds.insert(RoundId(id(21)), RoundStatus::Closed);
         assert_eq!(next(&c, &facts), Next::Advance(Stage::Curation));
         c = advance(c, &facts);
@@ -634,7 +731,10 @@ mod tests {
         c = link(c, Work::FineTune { arm: Arm::Thitl, fine_tune_id: FineTuneId(id(60)) });
         assert_eq!(next(&c, &facts), Next::Wait(WaitingFor::FineTune(FineTuneId(id(60)))));
         facts.fine_tunes.insert(FineTuneId(id(60)), JobStatus::Completed);
-        assert_eq!(next(&c, &facts), Next::Ask(Request::DeriveModel { arm: Arm::Thitl, fine_tune_id: FineTuneId(id(60)) }));
+        assert_eq!(
+            next(&c, &facts),
+            Next::Ask(Request::DeriveModel { arm: Arm::Thitl, fine_tune_id: FineTuneId(id(60)) })
+        );
         c = link(c, Work::ModelVersion { arm: Arm::Thitl, model_version_id: ModelVersionId(id(61)) });
         assert_eq!(next(&c, &facts), Next::Ask(Request::FineTune { arm: Arm::Traditional }));
         c = link(c, Work::FineTune { arm: Arm::Traditional, fine_tune_id: FineTuneId(id(62)) });
@@ -667,14 +767,15 @@ mod tests {
         c = c.then(CampaignCommand::RecordEvaluation { evaluations: vec![evaluation] }).0;
         c = advance(c, &facts);
         assert_eq!(next(&c, &facts), Next::Wait(WaitingFor::Promotion));
-        then_error(
-            c.decide(CampaignCommand::Conclude { promoted: Some(ModelVersionId(id(99))) }),
-            |e| matches!(e, DomainError::Invalid { field: "promoted", .. }),
-        );
+        then_error(c.decide(CampaignCommand::Conclude { promoted: Some(ModelVersionId(id(99))) }), |e| {
+            matches!(e, DomainError::Invalid { field: "promoted", .. })
+        });
         let (c, events) = c.then(CampaignCommand::Conclude { promoted: Some(ModelVersionId(id(61))) });
         assert!(matches!(events.last(), Some(CampaignEvent::CampaignCompleted { promoted: Some(_), .. })));
         assert_eq!(next(&c, &facts), Next::Finished);
-        then_error(c.decide(CampaignCommand::Fail { reason: "late".into() }), |e| matches!(e, DomainError::WrongState { .. }));
+        then_error(c.decide(CampaignCommand::Fail { reason: "late".into() }), |e| {
+            matches!(e, DomainError::WrongState { .. })
+        });
     }
 
     /// Auto-accept waives the two human gates: prompts are accepted by the process manager, and
@@ -726,10 +827,9 @@ mod tests {
     #[test]
     fn work_links_only_to_the_current_stage_and_once() {
         let c = started(true);
-        then_error(
-            c.decide(CampaignCommand::Link { work: Work::Round1 { round_id: RoundId(id(5)) } }),
-            |e| matches!(e, DomainError::WrongState { .. }),
-        );
+        then_error(c.decide(CampaignCommand::Link { work: Work::Round1 { round_id: RoundId(id(5)) } }), |e| {
+            matches!(e, DomainError::WrongState { .. })
+        });
         let work = Work::BaselineGeneration { generation_id: GenerationId(id(5)) };
         let c = link(c, work.clone());
         assert_eq!(c.decide(CampaignCommand::Link { work }), Ok(vec![]));
@@ -754,13 +854,16 @@ mod tests {
         });
         let mut at_evaluation = c.clone();
         at_evaluation.stage = Some(Stage::Evaluation);
-        then_error(at_evaluation.decide(CampaignCommand::RecordEvaluation { evaluations: vec![evaluation(99)] }), |e| {
-            matches!(e, DomainError::Invalid { field: "evaluations", .. })
-        });
+        then_error(
+            at_evaluation.decide(CampaignCommand::RecordEvaluation { evaluations: vec![evaluation(99)] }),
+            |e| matches!(e, DomainError::Invalid { field: "evaluations", .. }),
+        );
         then_error(at_evaluation.decide(CampaignCommand::RecordEvaluation { evaluations: vec![] }), |e| {
             matches!(e, DomainError::Invalid { field: "evaluations", .. })
         });
-        then_error(c.decide(CampaignCommand::Conclude { promoted: None }), |e| matches!(e, DomainError::WrongState { .. }));
+        then_error(c.decide(CampaignCommand::Conclude { promoted: None }), |e| {
+            matches!(e, DomainError::WrongState { .. })
+        });
         assert!(at_evaluation.decide(CampaignCommand::RecordEvaluation { evaluations: vec![evaluation(10)] }).is_ok());
     }
 
@@ -786,20 +889,30 @@ mod tests {
                 settings,
             })
         };
-        then_error(start(vec![], CampaignSettings::default()), |e| matches!(e, DomainError::Invalid { field: "associations", .. }));
+        then_error(start(vec![], CampaignSettings::default()), |e| {
+            matches!(e, DomainError::Invalid { field: "associations", .. })
+        });
         then_error(start(vec![AssociationId(id(3)), AssociationId(id(3))], CampaignSettings::default()), |e| {
             matches!(e, DomainError::Invalid { field: "associations", .. })
         });
         let zero = CampaignSettings { probe_images_per_association: 0, ..CampaignSettings::default() };
-        then_error(start(vec![AssociationId(id(3))], zero), |e| matches!(e, DomainError::Invalid { field: "settings", .. }));
+        then_error(start(vec![AssociationId(id(3))], zero), |e| {
+            matches!(e, DomainError::Invalid { field: "settings", .. })
+        });
         let events = start(vec![AssociationId(id(3))], CampaignSettings::default()).unwrap();
-        assert!(matches!(&events[..], [CampaignEvent::CampaignStarted { .. }, CampaignEvent::StageEntered { stage: Stage::Baseline, .. }]));
-        then_error(started(false).decide(CampaignCommand::Start {
-            campaign_id: CampaignId(id(1)),
-            name: "c".into(),
-            associations: vec![AssociationId(id(3))],
-            base_model: ModelVersionId(id(2)),
-            settings: CampaignSettings::default(),
-        }), |e| matches!(e, DomainError::AlreadyExists { .. }));
+        assert!(matches!(
+            &events[..],
+            [CampaignEvent::CampaignStarted { .. }, CampaignEvent::StageEntered { stage: Stage::Baseline, .. }]
+        ));
+        then_error(
+            started(false).decide(CampaignCommand::Start {
+                campaign_id: CampaignId(id(1)),
+                name: "c".into(),
+                associations: vec![AssociationId(id(3))],
+                base_model: ModelVersionId(id(2)),
+                settings: CampaignSettings::default(),
+            }),
+            |e| matches!(e, DomainError::AlreadyExists { .. }),
+        );
     }
 }

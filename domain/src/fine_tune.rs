@@ -95,13 +95,32 @@ pub enum FineTuneCommand {
     },
     /// A worker claims the job for `lease_seconds` from `now` (again after a crash: training
     /// restarts from step 0). Refused while another worker's lease runs ([`crate::lease`]).
-    Start { worker: String, now: DateTime<Utc>, lease_seconds: u32 },
+    Start {
+        worker: String,
+        now: DateTime<Utc>,
+        lease_seconds: u32,
+    },
     /// The holder keeps the job for `lease_seconds` more from `now`.
-    Renew { worker: String, now: DateTime<Utc>, lease_seconds: u32 },
-    RecordProgress { worker: String, step: u32, loss: f32 },
-    Complete { worker: String, adapter: BlobHash, final_loss: f32 },
+    Renew {
+        worker: String,
+        now: DateTime<Utc>,
+        lease_seconds: u32,
+    },
+    RecordProgress {
+        worker: String,
+        step: u32,
+        loss: f32,
+    },
+    Complete {
+        worker: String,
+        adapter: BlobHash,
+        final_loss: f32,
+    },
     /// Ends the job as failed; while it runs, only its holder may.
-    Fail { worker: String, reason: String },
+    Fail {
+        worker: String,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,10 +143,26 @@ pub enum FineTuneEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         lease_until: Option<DateTime<Utc>>,
     },
-    FineTuneLeaseRenewed { fine_tune_id: FineTuneId, worker: String, lease_until: DateTime<Utc> },
-    FineTuneProgressed { fine_tune_id: FineTuneId, step: u32, total_steps: u32, loss: f32 },
-    FineTuneCompleted { fine_tune_id: FineTuneId, adapter: BlobHash, final_loss: f32 },
-    FineTuneFailed { fine_tune_id: FineTuneId, reason: String },
+    FineTuneLeaseRenewed {
+        fine_tune_id: FineTuneId,
+        worker: String,
+        lease_until: DateTime<Utc>,
+    },
+    FineTuneProgressed {
+        fine_tune_id: FineTuneId,
+        step: u32,
+        total_steps: u32,
+        loss: f32,
+    },
+    FineTuneCompleted {
+        fine_tune_id: FineTuneId,
+        adapter: BlobHash,
+        final_loss: f32,
+    },
+    FineTuneFailed {
+        fine_tune_id: FineTuneId,
+        reason: String,
+    },
 }
 
 impl EventPayload for FineTuneEvent {}
@@ -280,7 +315,11 @@ impl Aggregate for FineTune {
                 let worker = Name::parse("worker", &worker)?;
                 let lease_until = Lease::end(now, lease_seconds)?;
                 Lease::check_start(self.lease.as_ref(), "fine-tune", worker.as_str(), now)?;
-                Ok(vec![FineTuneEvent::FineTuneStarted { fine_tune_id, worker: worker.into(), lease_until: Some(lease_until) }])
+                Ok(vec![FineTuneEvent::FineTuneStarted {
+                    fine_tune_id,
+                    worker: worker.into(),
+                    lease_until: Some(lease_until),
+                }])
             }
             FineTuneCommand::Renew { worker, now, lease_seconds } => {
                 let fine_tune_id = self.unfinished_id("renewing its lease")?;
@@ -327,7 +366,17 @@ impl Aggregate for FineTune {
 
     fn evolve(&mut self, event: &FineTuneEvent) {
         match event {
-            FineTuneEvent::FineTuneRequested { fine_tune_id, base_model, arm, config, progress_every, campaign_id, examples, prior_preservation, source_round } => {
+            FineTuneEvent::FineTuneRequested {
+                fine_tune_id,
+                base_model,
+                arm,
+                config,
+                progress_every,
+                campaign_id,
+                examples,
+                prior_preservation,
+                source_round,
+            } => {
                 self.source_round = *source_round;
                 self.examples.clone_from(examples);
                 self.prior_preservation.clone_from(prior_preservation);
@@ -425,21 +474,34 @@ mod tests {
 
     #[test]
     fn a_fine_tune_runs_with_progress_to_an_adapter() {
-        let (job, events) = FineTune::default().then(request(Arm::Thitl, Some(round(RoundStatus::Closed, RoundKind::Screen))));
-        assert!(matches!(&events[..], [FineTuneEvent::FineTuneRequested { source_round: Some(_), arm: Arm::Thitl, .. }]));
+        let (job, events) =
+            FineTune::default().then(request(Arm::Thitl, Some(round(RoundStatus::Closed, RoundKind::Screen))));
+        assert!(matches!(
+            &events[..],
+            [FineTuneEvent::FineTuneRequested { source_round: Some(_), arm: Arm::Thitl, .. }]
+        ));
         let progress = |step, loss| FineTuneCommand::RecordProgress { worker: "gpu-0".into(), step, loss };
         then_error(job.decide(progress(5, 0.3)), |e| matches!(e, DomainError::WrongState { .. }));
         let (job, _) = job.then(start("gpu-0", 0));
         let (job, events) = job.then(progress(5, 0.3));
         assert_eq!(
             events,
-            vec![FineTuneEvent::FineTuneProgressed { fine_tune_id: job.id.unwrap(), step: 5, total_steps: 10, loss: 0.3 }]
+            vec![FineTuneEvent::FineTuneProgressed {
+                fine_tune_id: job.id.unwrap(),
+                step: 5,
+                total_steps: 10,
+                loss: 0.3
+            }]
         );
         then_error(job.decide(progress(5, 0.2)), |e| matches!(e, DomainError::Invalid { field: "step", .. }));
         then_error(job.decide(progress(11, 0.2)), |e| matches!(e, DomainError::Invalid { field: "step", .. }));
         then_error(job.decide(progress(6, f32::NAN)), |e| matches!(e, DomainError::Invalid { field: "loss", .. }));
         let adapter = BlobHash::parse(&"f".repeat(64)).unwrap();
-        let complete = |worker: &str| FineTuneCommand::Complete { worker: worker.into(), adapter: adapter.clone(), final_loss: 0.1 };
+        let complete = |worker: &str| FineTuneCommand::Complete {
+            worker: worker.into(),
+            adapter: adapter.clone(),
+            final_loss: 0.1,
+        };
         then_error(job.decide(complete("gpu-1")), |e| matches!(e, DomainError::NotLeaseHolder { .. }));
         let (job, _) = job.then(complete("gpu-0"));
         assert_eq!(job.adapter, Some(adapter.clone()));
@@ -451,7 +513,11 @@ mod tests {
         let (job, _) = FineTune::default().then(request(Arm::Traditional, None));
         let (job, _) = job.then(start("gpu-0", 0));
         let (job, _) = job.then(FineTuneCommand::RecordProgress { worker: "gpu-0".into(), step: 5, loss: 0.3 });
-        let renew = |worker: &str, seconds| FineTuneCommand::Renew { worker: worker.into(), now: at(seconds), lease_seconds: 60 };
+        let renew = |worker: &str, seconds| FineTuneCommand::Renew {
+            worker: worker.into(),
+            now: at(seconds),
+            lease_seconds: 60,
+        };
         let (job, _) = job.then(renew("gpu-0", 30));
         then_error(job.decide(start("gpu-1", 89)), |e| matches!(e, DomainError::LeaseHeld { .. }));
         let (job, events) = job.then(start("gpu-1", 90));
@@ -474,9 +540,7 @@ mod tests {
         assert!(matches!(&events[..], [FineTuneEvent::FineTuneFailed { .. }]));
         then_error(job.decide(start("w", 0)), |e| matches!(e, DomainError::WrongState { .. }));
         then_error(job.decide(fail("again")), |e| matches!(e, DomainError::WrongState { .. }));
-        then_error(FineTune::default().decide(start("w", 0)), |e| {
-            matches!(e, DomainError::NotFound { .. })
-        });
+        then_error(FineTune::default().decide(start("w", 0)), |e| matches!(e, DomainError::NotFound { .. }));
         assert_eq!(job.apply_all(&[]).status, JobStatus::Failed);
     }
 

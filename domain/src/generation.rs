@@ -65,13 +65,31 @@ pub enum GenerationCommand {
     },
     /// A worker claims the job for `lease_seconds` from `now` (again, after a crash: images
     /// already recorded are kept). Refused while another worker's lease runs ([`crate::lease`]).
-    Start { worker: String, now: DateTime<Utc>, lease_seconds: u32 },
+    Start {
+        worker: String,
+        now: DateTime<Utc>,
+        lease_seconds: u32,
+    },
     /// The holder keeps the job for `lease_seconds` more from `now`.
-    Renew { worker: String, now: DateTime<Utc>, lease_seconds: u32 },
-    RecordImage { worker: String, index: u32, image_id: ImageId, blob: BlobHash },
-    Complete { worker: String },
+    Renew {
+        worker: String,
+        now: DateTime<Utc>,
+        lease_seconds: u32,
+    },
+    RecordImage {
+        worker: String,
+        index: u32,
+        image_id: ImageId,
+        blob: BlobHash,
+    },
+    Complete {
+        worker: String,
+    },
     /// Ends the job as failed; while it runs, only its holder may.
-    Fail { worker: String, reason: String },
+    Fail {
+        worker: String,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,7 +110,11 @@ pub enum GenerationEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         lease_until: Option<DateTime<Utc>>,
     },
-    GenerationLeaseRenewed { generation_id: GenerationId, worker: String, lease_until: DateTime<Utc> },
+    GenerationLeaseRenewed {
+        generation_id: GenerationId,
+        worker: String,
+        lease_until: DateTime<Utc>,
+    },
     ImageGenerated {
         generation_id: GenerationId,
         index: u32,
@@ -102,8 +124,15 @@ pub enum GenerationEvent {
         purpose: GenerationPurpose,
         item: GenerationItem,
     },
-    GenerationCompleted { generation_id: GenerationId, images: u32 },
-    GenerationFailed { generation_id: GenerationId, reason: String, images: u32 },
+    GenerationCompleted {
+        generation_id: GenerationId,
+        images: u32,
+    },
+    GenerationFailed {
+        generation_id: GenerationId,
+        reason: String,
+        images: u32,
+    },
 }
 
 impl EventPayload for GenerationEvent {}
@@ -278,7 +307,14 @@ impl Aggregate for Generation {
 
     fn evolve(&mut self, event: &GenerationEvent) {
         match event {
-            GenerationEvent::GenerationRequested { generation_id, model_version, purpose, items, sampler, campaign_id } => {
+            GenerationEvent::GenerationRequested {
+                generation_id,
+                model_version,
+                purpose,
+                items,
+                sampler,
+                campaign_id,
+            } => {
                 self.id = Some(*generation_id);
                 self.status = JobStatus::Requested;
                 self.model_version = Some(*model_version);
@@ -339,7 +375,12 @@ mod tests {
     }
 
     fn image_by(worker: &str, index: u32, c: char) -> GenerationCommand {
-        GenerationCommand::RecordImage { worker: worker.into(), index, image_id: ImageId(Uuid::from_u128(100 + index as u128)), blob: blob(c) }
+        GenerationCommand::RecordImage {
+            worker: worker.into(),
+            index,
+            image_id: ImageId(Uuid::from_u128(100 + index as u128)),
+            blob: blob(c),
+        }
     }
 
     /// `seconds` after a fixed instant.
@@ -388,7 +429,10 @@ mod tests {
         let (job, _) = job.then(start("w1", 0));
         let (job, _) = job.then(image_by("w1", 1, 'a'));
         // w1 went quiet; w2 takes the job over once w1's lease has expired, not before.
-        then_error(job.decide(start("w2", 59)), |e| matches!(e, DomainError::LeaseHeld { holder, .. } if holder == "w1"));
+        then_error(
+            job.decide(start("w2", 59)),
+            |e| matches!(e, DomainError::LeaseHeld { holder, .. } if holder == "w1"),
+        );
         let (job, events) = job.then(start("w2", 60));
         assert!(matches!(&events[..], [GenerationEvent::GenerationStarted { already_done: 1, .. }]));
         assert_eq!(job.remaining().collect::<Vec<_>>(), [0, 2]);
@@ -403,9 +447,15 @@ mod tests {
     fn a_holder_keeps_its_job_by_renewing_the_lease() {
         let (job, _) = Generation::default().then(request(vec![item(1)]));
         let (job, _) = job.then(start("w1", 0));
-        let renew = |worker: &str, seconds| GenerationCommand::Renew { worker: worker.into(), now: at(seconds), lease_seconds: 60 };
+        let renew = |worker: &str, seconds| GenerationCommand::Renew {
+            worker: worker.into(),
+            now: at(seconds),
+            lease_seconds: 60,
+        };
         let (job, events) = job.then(renew("w1", 50));
-        assert!(matches!(&events[..], [GenerationEvent::GenerationLeaseRenewed { lease_until, .. }] if *lease_until == at(110)));
+        assert!(
+            matches!(&events[..], [GenerationEvent::GenerationLeaseRenewed { lease_until, .. }] if *lease_until == at(110))
+        );
         then_error(job.decide(start("w2", 100)), |e| matches!(e, DomainError::LeaseHeld { .. }));
         then_error(job.decide(renew("w2", 100)), |e| matches!(e, DomainError::NotLeaseHolder { .. }));
         // A lapsed lease that nobody took over is still its holder's.
@@ -425,12 +475,16 @@ mod tests {
 
     #[test]
     fn bad_requests_and_indices_are_rejected() {
-        then_error(Generation::default().decide(request(vec![])), |e| matches!(e, DomainError::Invalid { field: "items", .. }));
+        then_error(Generation::default().decide(request(vec![])), |e| {
+            matches!(e, DomainError::Invalid { field: "items", .. })
+        });
         let mut bad_steps = request(vec![item(1)]);
         if let GenerationCommand::Request { sampler, .. } = &mut bad_steps {
             sampler.steps = 0;
         }
-        then_error(Generation::default().decide(bad_steps), |e| matches!(e, DomainError::Invalid { field: "steps", .. }));
+        then_error(Generation::default().decide(bad_steps), |e| {
+            matches!(e, DomainError::Invalid { field: "steps", .. })
+        });
         let (job, _) = Generation::default().then(request(vec![item(1)]));
         // Images are recorded only by a worker that started the job.
         then_error(job.decide(image(0, 'a')), |e| matches!(e, DomainError::WrongState { .. }));
@@ -449,9 +503,7 @@ mod tests {
         assert!(matches!(&events[..], [GenerationEvent::GenerationFailed { images: 0, .. }]));
         then_error(job.decide(start("w", 0)), |e| matches!(e, DomainError::WrongState { .. }));
         then_error(job.decide(fail("w", "again")), |e| matches!(e, DomainError::WrongState { .. }));
-        then_error(Generation::default().decide(fail("w", "x")), |e| {
-            matches!(e, DomainError::NotFound { .. })
-        });
+        then_error(Generation::default().decide(fail("w", "x")), |e| matches!(e, DomainError::NotFound { .. }));
         let job = job.apply_all(&[]);
         assert_eq!(job.status, JobStatus::Failed);
     }

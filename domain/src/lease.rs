@@ -38,14 +38,22 @@ impl Lease {
     /// The end of a lease of `lease_seconds` taken at `now`.
     pub fn end(now: DateTime<Utc>, lease_seconds: u32) -> Result<DateTime<Utc>, DomainError> {
         if !(1..=MAX_LEASE_SECONDS).contains(&lease_seconds) {
-            return Err(DomainError::invalid("lease_seconds", format!("must be between 1 and {MAX_LEASE_SECONDS}, not {lease_seconds}")));
+            return Err(DomainError::invalid(
+                "lease_seconds",
+                format!("must be between 1 and {MAX_LEASE_SECONDS}, not {lease_seconds}"),
+            ));
         }
         now.checked_add_signed(TimeDelta::seconds(i64::from(lease_seconds)))
             .ok_or_else(|| DomainError::invalid("now", "is too far in the future"))
     }
 
     /// Whether `worker` may start (or take over) a job that `lease` holds, at `now`.
-    pub fn check_start(lease: Option<&Lease>, entity: &'static str, worker: &str, now: DateTime<Utc>) -> Result<(), DomainError> {
+    pub fn check_start(
+        lease: Option<&Lease>,
+        entity: &'static str,
+        worker: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), DomainError> {
         match lease {
             Some(held) if held.worker != worker && held.until > now => Err(DomainError::LeaseHeld {
                 entity,

@@ -69,7 +69,12 @@ pub enum DomainEvent {
 impl DomainEvent {
     /// Decodes a stored event; the stream's category (the part before the first `-`) names
     /// the aggregate, the type and schema version the variant and its shape.
-    pub fn decode(stream: &str, event_type: &str, schema_version: u32, payload: serde_json::Value) -> Result<DomainEvent, DecodeError> {
+    pub fn decode(
+        stream: &str,
+        event_type: &str,
+        schema_version: u32,
+        payload: serde_json::Value,
+    ) -> Result<DomainEvent, DecodeError> {
         let category = stream_category(stream);
         Ok(match category {
             ids::TAXONOMY_STREAM => DomainEvent::Taxonomy(decode(event_type, schema_version, payload)?),
@@ -93,7 +98,12 @@ impl DomainEvent {
 
     /// Decodes from the payload's JSON text without building an intermediate tree when the
     /// stored schema is current (the common case, and the one replay speed depends on).
-    pub fn decode_str(stream: &str, event_type: &str, schema_version: u32, payload: &str) -> Result<DomainEvent, DecodeError> {
+    pub fn decode_str(
+        stream: &str,
+        event_type: &str,
+        schema_version: u32,
+        payload: &str,
+    ) -> Result<DomainEvent, DecodeError> {
         let fail = |message: String| DecodeError { event_type: event_type.to_string(), schema_version, message };
         let current = match stream_category(stream) {
             ids::TAXONOMY_STREAM => TaxonomyEvent::schema_version(event_type),
@@ -167,7 +177,10 @@ mod tests {
 
     #[test]
     fn events_round_trip_through_type_and_payload() {
-        let event = AssociationEvent::AssociationRetired { association_id: AssociationId(Uuid::from_u128(1)), reason: "done".into() };
+        let event = AssociationEvent::AssociationRetired {
+            association_id: AssociationId(Uuid::from_u128(1)),
+            reason: "done".into(),
+        };
         let encoded = encode(&event);
         assert_eq!(encoded.event_type, "AssociationRetired");
         assert_eq!(encoded.schema_version, 1);
@@ -191,7 +204,10 @@ mod tests {
 
     #[test]
     fn the_fast_decoder_agrees_with_the_general_one() {
-        let event = AssociationEvent::AssociationRetired { association_id: AssociationId(Uuid::from_u128(1)), reason: "a \"quoted\" reason".into() };
+        let event = AssociationEvent::AssociationRetired {
+            association_id: AssociationId(Uuid::from_u128(1)),
+            reason: "a \"quoted\" reason".into(),
+        };
         let encoded = encode(&event);
         let stream = AssociationId(Uuid::from_u128(1)).stream();
         let text = serde_json::to_string(&encoded.payload).unwrap();

@@ -17,14 +17,8 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 6] = [
-        Role::Admin,
-        Role::Curator,
-        Role::Annotator,
-        Role::Operator,
-        Role::Auditor,
-        Role::System,
-    ];
+    pub const ALL: [Role; 6] =
+        [Role::Admin, Role::Curator, Role::Annotator, Role::Operator, Role::Auditor, Role::System];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -30,7 +30,12 @@ pub enum ModelVersionCommand {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ModelVersionEvent {
-    BaseModelRegistered { model_version_id: ModelVersionId, name: String, weights: BlobHash, config: Value },
+    BaseModelRegistered {
+        model_version_id: ModelVersionId,
+        name: String,
+        weights: BlobHash,
+        config: Value,
+    },
     ModelVersionDerived {
         model_version_id: ModelVersionId,
         name: String,
@@ -39,8 +44,14 @@ pub enum ModelVersionEvent {
         arm: Arm,
         adapter: BlobHash,
     },
-    ModelVersionPromoted { model_version_id: ModelVersionId, reason: String },
-    ModelVersionRolledBack { model_version_id: ModelVersionId, reason: String },
+    ModelVersionPromoted {
+        model_version_id: ModelVersionId,
+        reason: String,
+    },
+    ModelVersionRolledBack {
+        model_version_id: ModelVersionId,
+        reason: String,
+    },
 }
 
 impl EventPayload for ModelVersionEvent {}
@@ -83,7 +94,12 @@ impl Aggregate for ModelVersion {
                     return Err(already(model_version_id));
                 }
                 let name = Name::parse("name", &name)?;
-                Ok(vec![ModelVersionEvent::BaseModelRegistered { model_version_id, name: name.into(), weights, config }])
+                Ok(vec![ModelVersionEvent::BaseModelRegistered {
+                    model_version_id,
+                    name: name.into(),
+                    weights,
+                    config,
+                }])
             }
             ModelVersionCommand::DeriveFromFineTune { model_version_id, name, fine_tune } => {
                 if self.exists() {
@@ -109,23 +125,33 @@ impl Aggregate for ModelVersion {
                 }])
             }
             ModelVersionCommand::Promote { reason } => {
-                let id = self.id.ok_or(DomainError::NotFound { entity: "model version", id: "(unregistered)".into() })?;
+                let id =
+                    self.id.ok_or(DomainError::NotFound { entity: "model version", id: "(unregistered)".into() })?;
                 let reason = Sentence::parse("reason", &reason)?;
                 match self.status {
                     ModelStatus::Registered | ModelStatus::RolledBack => {
-                        Ok(vec![ModelVersionEvent::ModelVersionPromoted { model_version_id: id, reason: reason.into() }])
+                        Ok(vec![ModelVersionEvent::ModelVersionPromoted {
+                            model_version_id: id,
+                            reason: reason.into(),
+                        }])
                     }
                     status => Err(DomainError::wrong_state("model version", status, "promoting")),
                 }
             }
             ModelVersionCommand::RollBack { reason } => {
-                let id = self.id.ok_or(DomainError::NotFound { entity: "model version", id: "(unregistered)".into() })?;
+                let id =
+                    self.id.ok_or(DomainError::NotFound { entity: "model version", id: "(unregistered)".into() })?;
                 let reason = Sentence::parse("reason", &reason)?;
                 match self.status {
-                    ModelStatus::Promoted => {
-                        Ok(vec![ModelVersionEvent::ModelVersionRolledBack { model_version_id: id, reason: reason.into() }])
-                    }
-                    status => Err(DomainError::wrong_state("model version", status, "rolling back (only a promoted version can be)")),
+                    ModelStatus::Promoted => Ok(vec![ModelVersionEvent::ModelVersionRolledBack {
+                        model_version_id: id,
+                        reason: reason.into(),
+                    }]),
+                    status => Err(DomainError::wrong_state(
+                        "model version",
+                        status,
+                        "rolling back (only a promoted version can be)",
+                    )),
                 }
             }
         }
@@ -139,7 +165,9 @@ impl Aggregate for ModelVersion {
                 self.name = name.clone();
                 self.weights = Some(weights.clone());
             }
-            ModelVersionEvent::ModelVersionDerived { model_version_id, name, parent, fine_tune_id, adapter, .. } => {
+            ModelVersionEvent::ModelVersionDerived {
+                model_version_id, name, parent, fine_tune_id, adapter, ..
+            } => {
                 self.id = Some(*model_version_id);
                 self.status = ModelStatus::Registered;
                 self.name = name.clone();

@@ -69,7 +69,8 @@ pub fn neutralize(text: &str, concept: &str, synonyms: &[String], alternative: O
     match alternative.map(str::trim).filter(|alt| !alt.is_empty()) {
         None => result = drop_dangling(&result),
         Some(alt) if !replaced => {
-            let has_article = alt.split_whitespace().next().is_some_and(|w| ARTICLES.contains(&w.to_lowercase().as_str()));
+            let has_article =
+                alt.split_whitespace().next().is_some_and(|w| ARTICLES.contains(&w.to_lowercase().as_str()));
             let article = match alt.chars().next() {
                 _ if has_article => "",
                 Some(c) if "aeiouAEIOU".contains(c) => "an ",

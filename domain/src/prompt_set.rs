@@ -44,10 +44,22 @@ pub enum PromptSetCommand {
         concept: String,
         concept_synonyms: Vec<String>,
     },
-    AddPrompts { generator: GeneratorInfo, prompts: Vec<PromptDraft> },
-    EditPrompt { prompt_id: PromptId, text: String, alternative: Option<String> },
-    AcceptPrompt { prompt_id: PromptId },
-    RejectPrompt { prompt_id: PromptId, reason: String },
+    AddPrompts {
+        generator: GeneratorInfo,
+        prompts: Vec<PromptDraft>,
+    },
+    EditPrompt {
+        prompt_id: PromptId,
+        text: String,
+        alternative: Option<String>,
+    },
+    AcceptPrompt {
+        prompt_id: PromptId,
+    },
+    RejectPrompt {
+        prompt_id: PromptId,
+        reason: String,
+    },
     /// Locks the set: its accepted prompts are what candidates are generated from.
     Finalize,
 }
@@ -68,10 +80,25 @@ pub enum PromptSetEvent {
         neutral: NeutralPrompt,
         generator: GeneratorInfo,
     },
-    PromptEdited { prompt_set_id: PromptSetId, prompt_id: PromptId, text: String, neutral: NeutralPrompt },
-    PromptAccepted { prompt_set_id: PromptSetId, prompt_id: PromptId },
-    PromptRejected { prompt_set_id: PromptSetId, prompt_id: PromptId, reason: String },
-    PromptSetFinalized { prompt_set_id: PromptSetId, accepted: Vec<PromptId> },
+    PromptEdited {
+        prompt_set_id: PromptSetId,
+        prompt_id: PromptId,
+        text: String,
+        neutral: NeutralPrompt,
+    },
+    PromptAccepted {
+        prompt_set_id: PromptSetId,
+        prompt_id: PromptId,
+    },
+    PromptRejected {
+        prompt_set_id: PromptSetId,
+        prompt_id: PromptId,
+        reason: String,
+    },
+    PromptSetFinalized {
+        prompt_set_id: PromptSetId,
+        accepted: Vec<PromptId>,
+    },
 }
 
 impl EventPayload for PromptSetEvent {}
@@ -209,7 +236,11 @@ impl Aggregate for PromptSet {
                 let prompt_set_id = self.open_id("editing prompts")?;
                 let current = self.prompt(prompt_id)?;
                 if current.status == PromptStatus::Rejected {
-                    return Err(DomainError::WrongState { entity: "prompt", state: "rejected".into(), action: "editing" });
+                    return Err(DomainError::WrongState {
+                        entity: "prompt",
+                        state: "rejected".into(),
+                        action: "editing",
+                    });
                 }
                 let (text, neutral) = self.transform(&text, alternative.as_deref())?;
                 if text == current.text && neutral == current.neutral {
@@ -260,7 +291,12 @@ impl Aggregate for PromptSet {
                 self.order.push(*prompt_id);
                 self.prompts.insert(
                     *prompt_id,
-                    Prompt { text: text.clone(), neutral: neutral.clone(), status: PromptStatus::Pending, generator: generator.clone() },
+                    Prompt {
+                        text: text.clone(),
+                        neutral: neutral.clone(),
+                        status: PromptStatus::Pending,
+                        generator: generator.clone(),
+                    },
                 );
             }
             PromptSetEvent::PromptEdited { prompt_id, text, neutral, .. } => {
@@ -297,7 +333,12 @@ mod tests {
     }
 
     fn generator() -> GeneratorInfo {
-        GeneratorInfo { name: "template".into(), model: None, parameters: serde_json::json!({"seed": 7}), response_sha256: None }
+        GeneratorInfo {
+            name: "template".into(),
+            model: None,
+            parameters: serde_json::json!({"seed": 7}),
+            response_sha256: None,
+        }
     }
 
     fn created() -> PromptSet {
@@ -317,7 +358,11 @@ mod tests {
             .then(PromptSetCommand::AddPrompts {
                 generator: generator(),
                 prompts: vec![
-                    PromptDraft { prompt_id: pid(10), text: "a woman with a hippo at the beach".into(), alternative: None },
+                    PromptDraft {
+                        prompt_id: pid(10),
+                        text: "a woman with a hippo at the beach".into(),
+                        alternative: None,
+                    },
                     PromptDraft { prompt_id: pid(11), text: "a woman reading in a park".into(), alternative: None },
                 ],
             })
@@ -329,7 +374,11 @@ mod tests {
         let events = created()
             .decide(PromptSetCommand::AddPrompts {
                 generator: generator(),
-                prompts: vec![PromptDraft { prompt_id: pid(10), text: "a woman with a hippo at the beach".into(), alternative: None }],
+                prompts: vec![PromptDraft {
+                    prompt_id: pid(10),
+                    text: "a woman with a hippo at the beach".into(),
+                    alternative: None,
+                }],
             })
             .unwrap();
         match &events[..] {
@@ -354,10 +403,9 @@ mod tests {
         then_error(add(12, "a man at the beach"), |e| matches!(e, DomainError::Invalid { field: "prompt", .. }));
         then_error(add(10, "a woman swimming"), |e| matches!(e, DomainError::AlreadyExists { .. }));
         then_error(add(12, ""), |e| matches!(e, DomainError::Invalid { .. }));
-        then_error(
-            set.decide(PromptSetCommand::AddPrompts { generator: generator(), prompts: vec![] }),
-            |e| matches!(e, DomainError::Invalid { field: "prompts", .. }),
-        );
+        then_error(set.decide(PromptSetCommand::AddPrompts { generator: generator(), prompts: vec![] }), |e| {
+            matches!(e, DomainError::Invalid { field: "prompts", .. })
+        });
     }
 
     #[test]
@@ -376,7 +424,11 @@ mod tests {
         assert_eq!(set.prompts[&pid(10)].status, PromptStatus::Pending);
         assert_eq!(set.prompts[&pid(10)].neutral.text, "a woman with a ball at the lake");
         then_error(
-            set.decide(PromptSetCommand::EditPrompt { prompt_id: pid(10), text: "x".into(), alternative: Some("a hippo".into()) }),
+            set.decide(PromptSetCommand::EditPrompt {
+                prompt_id: pid(10),
+                text: "x".into(),
+                alternative: Some("a hippo".into()),
+            }),
             |e| matches!(e, DomainError::Invalid { .. }),
         );
         let (set, _) = set.then(PromptSetCommand::RejectPrompt { prompt_id: pid(11), reason: "too similar".into() });
@@ -395,7 +447,9 @@ mod tests {
         then_error(set.decide(PromptSetCommand::Finalize), |e| matches!(e, DomainError::WrongState { .. }));
         let (set, _) = set.then(PromptSetCommand::AcceptPrompt { prompt_id: pid(11) });
         let (set, events) = set.then(PromptSetCommand::Finalize);
-        assert!(matches!(&events[..], [PromptSetEvent::PromptSetFinalized { accepted, .. }] if accepted == &vec![pid(11)]));
+        assert!(
+            matches!(&events[..], [PromptSetEvent::PromptSetFinalized { accepted, .. }] if accepted == &vec![pid(11)])
+        );
         then_error(set.decide(PromptSetCommand::AcceptPrompt { prompt_id: pid(10) }), |e| {
             matches!(e, DomainError::WrongState { .. })
         });
@@ -419,13 +473,16 @@ mod tests {
             matches!(e, DomainError::WrongState { .. })
         });
         then_error(set.decide(PromptSetCommand::Finalize), |e| matches!(e, DomainError::WrongState { .. }));
-        then_error(with_prompts().decide(PromptSetCommand::RejectPrompt { prompt_id: pid(10), reason: " ".into() }), |e| {
-            matches!(e, DomainError::Invalid { field: "reason", .. })
-        });
+        then_error(
+            with_prompts().decide(PromptSetCommand::RejectPrompt { prompt_id: pid(10), reason: " ".into() }),
+            |e| matches!(e, DomainError::Invalid { field: "reason", .. }),
+        );
     }
 
     #[test]
     fn commands_on_a_missing_set_are_not_found() {
-        then_error(PromptSet::default().decide(PromptSetCommand::Finalize), |e| matches!(e, DomainError::NotFound { .. }));
+        then_error(PromptSet::default().decide(PromptSetCommand::Finalize), |e| {
+            matches!(e, DomainError::NotFound { .. })
+        });
     }
 }

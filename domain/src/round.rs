@@ -55,7 +55,10 @@ pub struct ImageRef {
 pub enum ItemContent {
     Image(ImageRef),
     /// Two images of the same prompt and seed, already in random left/right order.
-    Pair { left: ImageRef, right: ImageRef },
+    Pair {
+        left: ImageRef,
+        right: ImageRef,
+    },
 }
 
 /// What the item is, hidden from annotators: which model made each image, for which prompt.
@@ -105,11 +108,23 @@ pub enum RoundCommand {
         campaign_id: Option<CampaignId>,
     },
     /// Gives `annotator` the item that most needs a rating, unless they hold one already.
-    AssignNext { annotator: String, now: DateTime<Utc> },
-    Submit { annotator: String, item_id: ItemId, answer: Answer },
+    AssignNext {
+        annotator: String,
+        now: DateTime<Utc>,
+    },
+    Submit {
+        annotator: String,
+        item_id: ItemId,
+        answer: Answer,
+    },
     /// Undoes the annotator's own submission while the round is open.
-    Withdraw { annotator: String, item_id: ItemId },
-    Close { allow_incomplete: bool },
+    Withdraw {
+        annotator: String,
+        item_id: ItemId,
+    },
+    Close {
+        allow_incomplete: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,10 +138,28 @@ pub enum RoundEvent {
         assignment_lease_seconds: i64,
         campaign_id: Option<CampaignId>,
     },
-    TaskAssigned { round_id: RoundId, item_id: ItemId, annotator: String, expires_at: DateTime<Utc> },
-    AnnotationSubmitted { round_id: RoundId, item_id: ItemId, annotator: String, answer: Answer },
-    AnnotationWithdrawn { round_id: RoundId, item_id: ItemId, annotator: String },
-    RoundClosed { round_id: RoundId, kind: RoundKind, outcomes: Vec<ItemOutcome> },
+    TaskAssigned {
+        round_id: RoundId,
+        item_id: ItemId,
+        annotator: String,
+        expires_at: DateTime<Utc>,
+    },
+    AnnotationSubmitted {
+        round_id: RoundId,
+        item_id: ItemId,
+        annotator: String,
+        answer: Answer,
+    },
+    AnnotationWithdrawn {
+        round_id: RoundId,
+        item_id: ItemId,
+        annotator: String,
+    },
+    RoundClosed {
+        round_id: RoundId,
+        kind: RoundKind,
+        outcomes: Vec<ItemOutcome>,
+    },
 }
 
 impl EventPayload for RoundEvent {}
@@ -145,11 +178,26 @@ pub struct ItemOutcome {
 pub enum Verdict {
     /// No annotations (a round closed early).
     Undecided,
-    Baseline { concept_present_votes: u32, concept_present: bool },
+    Baseline {
+        concept_present_votes: u32,
+        concept_present: bool,
+    },
     /// Accepted = median quality ≥ threshold, group depicted and concept absent, both by majority.
-    Screen { median_quality: f64, group_depicted_votes: u32, concept_present_votes: u32, accepted: bool },
-    Check { concept_present_votes: u32, concept_present: bool, mean_quality: f64 },
-    Compare { left_votes: u32, right_votes: u32 },
+    Screen {
+        median_quality: f64,
+        group_depicted_votes: u32,
+        concept_present_votes: u32,
+        accepted: bool,
+    },
+    Check {
+        concept_present_votes: u32,
+        concept_present: bool,
+        mean_quality: f64,
+    },
+    Compare {
+        left_votes: u32,
+        right_votes: u32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -315,7 +363,8 @@ impl AnnotationRound {
     }
 
     fn outcome(&self, item: &RoundItem) -> ItemOutcome {
-        let answers: Vec<&Answer> = self.submissions.get(&item.item_id).map(|s| s.values().collect()).unwrap_or_default();
+        let answers: Vec<&Answer> =
+            self.submissions.get(&item.item_id).map(|s| s.values().collect()).unwrap_or_default();
         let n = answers.len() as u32;
         let count = |pred: &dyn Fn(&Answer) -> bool| answers.iter().filter(|a| pred(a)).count() as u32;
         let majority = |votes: u32| 2 * votes > n;
@@ -343,7 +392,10 @@ impl AnnotationRound {
                         median_quality,
                         group_depicted_votes: group,
                         concept_present_votes: concept,
-                        accepted: median_quality >= threshold && majority(group) && !majority(concept) && 2 * concept != n,
+                        accepted: median_quality >= threshold
+                            && majority(group)
+                            && !majority(concept)
+                            && 2 * concept != n,
                     }
                 }
                 (_, ItemContent::Pair { .. }) => Verdict::Compare {
@@ -469,7 +521,8 @@ impl Aggregate for AnnotationRound {
             }
             RoundCommand::Submit { annotator, item_id, answer } => {
                 let round_id = self.open_id()?;
-                let item = self.item(item_id).ok_or(DomainError::NotFound { entity: "item", id: item_id.to_string() })?;
+                let item =
+                    self.item(item_id).ok_or(DomainError::NotFound { entity: "item", id: item_id.to_string() })?;
                 if self.has_submitted(item_id, &annotator) {
                     return Err(DomainError::AlreadyAnnotated { annotator, item: item_id.to_string() });
                 }
@@ -484,8 +537,12 @@ impl Aggregate for AnnotationRound {
                         "answer",
                         match (self.kind, &item.content) {
                             (Some(RoundKind::Baseline), _) => "the baseline round asks only: is the concept present?",
-                            (Some(RoundKind::Screen), _) => "round 1 asks for quality, group depicted and concept present",
-                            (_, ItemContent::Pair { .. }) => "this item is a pair: choose the better image (left or right)",
+                            (Some(RoundKind::Screen), _) => {
+                                "round 1 asks for quality, group depicted and concept present"
+                            }
+                            (_, ItemContent::Pair { .. }) => {
+                                "this item is a pair: choose the better image (left or right)"
+                            }
                             _ => "round 2 asks for concept present and quality of this image",
                         },
                     ));
@@ -517,11 +574,7 @@ impl Aggregate for AnnotationRound {
                     });
                 }
                 let outcomes = self.items.iter().map(|item| self.outcome(item)).collect();
-                Ok(vec![RoundEvent::RoundClosed {
-                    round_id,
-                    kind: self.kind.unwrap_or(RoundKind::Screen),
-                    outcomes,
-                }])
+                Ok(vec![RoundEvent::RoundClosed { round_id, kind: self.kind.unwrap_or(RoundKind::Screen), outcomes }])
             }
         }
     }
@@ -693,7 +746,9 @@ pub(crate) mod tests {
                         let item = item(1 + u128::from(next(7)));
                         Some(item)
                     }) {
-                        Some(item_id) => RoundCommand::Submit { annotator: who.into(), item_id, answer: screen(4, true, false) },
+                        Some(item_id) => {
+                            RoundCommand::Submit { annotator: who.into(), item_id, answer: screen(4, true, false) }
+                        }
                         None => continue,
                     },
                     _ => RoundCommand::Withdraw { annotator: who.into(), item_id: item(1 + u128::from(next(7))) },
@@ -706,7 +761,11 @@ pub(crate) mod tests {
                             RoundEvent::TaskAssigned { item_id, .. } => Some(*item_id),
                             _ => None,
                         });
-                        assert_eq!(assigned, if held.is_some() { None } else { expected_next }, "history {_history} step {_step}");
+                        assert_eq!(
+                            assigned,
+                            if held.is_some() { None } else { expected_next },
+                            "history {_history} step {_step}"
+                        );
                     }
                     round = round.apply_all(&events);
                 }
@@ -746,7 +805,11 @@ pub(crate) mod tests {
         let round = open(RoundKind::Screen, vec![image_item(1), image_item(2)], 3);
         let round = rate(round, "ann", 0, screen(4, true, false));
         then_error(
-            round.decide(RoundCommand::Submit { annotator: "ann".into(), item_id: item(1), answer: screen(5, true, false) }),
+            round.decide(RoundCommand::Submit {
+                annotator: "ann".into(),
+                item_id: item(1),
+                answer: screen(5, true, false),
+            }),
             |e| matches!(e, DomainError::AlreadyAnnotated { .. }),
         );
         // The next assignment skips what ann already rated.
@@ -758,7 +821,11 @@ pub(crate) mod tests {
     fn submissions_need_an_assignment_and_a_fitting_answer() {
         let round = open(RoundKind::Screen, vec![image_item(1)], 3);
         then_error(
-            round.decide(RoundCommand::Submit { annotator: "ann".into(), item_id: item(1), answer: screen(3, true, false) }),
+            round.decide(RoundCommand::Submit {
+                annotator: "ann".into(),
+                item_id: item(1),
+                answer: screen(3, true, false),
+            }),
             |e| matches!(e, DomainError::NotAssigned { .. }),
         );
         let (round, _) = round.then(RoundCommand::AssignNext { annotator: "ann".into(), now: t(0) });
@@ -771,7 +838,11 @@ pub(crate) mod tests {
             |e| matches!(e, DomainError::Invalid { field: "answer", .. }),
         );
         then_error(
-            round.decide(RoundCommand::Submit { annotator: "ann".into(), item_id: item(9), answer: screen(3, true, false) }),
+            round.decide(RoundCommand::Submit {
+                annotator: "ann".into(),
+                item_id: item(9),
+                answer: screen(3, true, false),
+            }),
             |e| matches!(e, DomainError::NotFound { .. }),
         );
     }
@@ -892,8 +963,14 @@ pub(crate) mod tests {
         let pair = RoundItem {
             item_id: item(5),
             content: ItemContent::Pair {
-                left: ImageRef { image_id: ImageId(Uuid::from_u128(51)), blob: BlobHash::parse(&"1".repeat(64)).unwrap() },
-                right: ImageRef { image_id: ImageId(Uuid::from_u128(52)), blob: BlobHash::parse(&"2".repeat(64)).unwrap() },
+                left: ImageRef {
+                    image_id: ImageId(Uuid::from_u128(51)),
+                    blob: BlobHash::parse(&"1".repeat(64)).unwrap(),
+                },
+                right: ImageRef {
+                    image_id: ImageId(Uuid::from_u128(52)),
+                    blob: BlobHash::parse(&"2".repeat(64)).unwrap(),
+                },
             },
             label: ItemLabel {
                 association_id: None,

@@ -32,11 +32,7 @@ pub fn default_categories() -> Vec<Category> {
             "the group likened to animals or objects",
             "woman ↔ hippopotamus; aromantic person ↔ sheep",
         ),
-        category(
-            "degradation",
-            "the group tied to incapacity or degrading slurs",
-            "wheelchair user ↔ vegetable",
-        ),
+        category("degradation", "the group tied to incapacity or degrading slurs", "wheelchair user ↔ vegetable"),
         category(
             "exclusion",
             "the group kept out of valued roles, places or activities",
@@ -50,9 +46,19 @@ pub fn default_categories() -> Vec<Category> {
 pub enum TaxonomyCommand {
     /// Defines the default four categories; only on an empty taxonomy.
     SeedDefaults,
-    Define { key: String, narrative: String, example: String },
-    Update { key: String, narrative: String, example: String },
-    Retire { key: String },
+    Define {
+        key: String,
+        narrative: String,
+        example: String,
+    },
+    Update {
+        key: String,
+        narrative: String,
+        example: String,
+    },
+    Retire {
+        key: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,15 +85,9 @@ impl Taxonomy {
 
     fn validated(key: &str, narrative: &str, example: &str) -> Result<Category, DomainError> {
         let key = Name::parse("category key", key)?;
-        let valid_key = key
-            .as_str()
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        let valid_key = key.as_str().chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         if !valid_key {
-            return Err(DomainError::invalid(
-                "category key",
-                "may hold only lowercase letters, digits and '_'",
-            ));
+            return Err(DomainError::invalid("category key", "may hold only lowercase letters, digits and '_'"));
         }
         Ok(Category {
             key: key.into(),
@@ -173,9 +173,7 @@ mod tests {
             .collect();
         assert_eq!(keys, ["dehumanization", "degradation", "exclusion", "threat"]);
         let seeded = given::<Taxonomy>(&events);
-        then_error(seeded.decide(TaxonomyCommand::SeedDefaults), |e| {
-            matches!(e, DomainError::AlreadyExists { .. })
-        });
+        then_error(seeded.decide(TaxonomyCommand::SeedDefaults), |e| matches!(e, DomainError::AlreadyExists { .. }));
     }
 
     #[test]

@@ -59,7 +59,11 @@ impl Aggregate for Token {
             TokenCommand::Revoke { reason } => {
                 let token_id = self.id.ok_or(DomainError::NotFound { entity: "token", id: "(not issued)".into() })?;
                 if self.revoked {
-                    return Err(DomainError::WrongState { entity: "token", state: "revoked".into(), action: "revoking" });
+                    return Err(DomainError::WrongState {
+                        entity: "token",
+                        state: "revoked".into(),
+                        action: "revoking",
+                    });
                 }
                 let reason = Sentence::parse("reason", &reason)?;
                 Ok(vec![TokenEvent::TokenRevoked { token_id, reason: reason.into() }])
@@ -86,12 +90,19 @@ mod tests {
     use uuid::Uuid;
 
     fn issue(role: Role) -> TokenCommand {
-        TokenCommand::Issue { token_id: TokenId(Uuid::from_u128(1)), name: "ann".into(), role, secret_sha256: "ab".repeat(32) }
+        TokenCommand::Issue {
+            token_id: TokenId(Uuid::from_u128(1)),
+            name: "ann".into(),
+            role,
+            secret_sha256: "ab".repeat(32),
+        }
     }
 
     #[test]
     fn tokens_are_issued_for_people_and_revoked_once() {
-        then_error(Token::default().decide(issue(Role::System)), |e| matches!(e, DomainError::Invalid { field: "role", .. }));
+        then_error(Token::default().decide(issue(Role::System)), |e| {
+            matches!(e, DomainError::Invalid { field: "role", .. })
+        });
         let (token, _) = Token::default().then(issue(Role::Annotator));
         then_error(token.decide(issue(Role::Annotator)), |e| matches!(e, DomainError::AlreadyExists { .. }));
         let (token, _) = token.then(TokenCommand::Revoke { reason: "left the team".into() });
@@ -99,7 +110,12 @@ mod tests {
         then_error(token.decide(TokenCommand::Revoke { reason: "again".into() }), |e| {
             matches!(e, DomainError::WrongState { .. })
         });
-        let bad = TokenCommand::Issue { token_id: TokenId(Uuid::from_u128(2)), name: "x".into(), role: Role::Auditor, secret_sha256: "zz".into() };
+        let bad = TokenCommand::Issue {
+            token_id: TokenId(Uuid::from_u128(2)),
+            name: "x".into(),
+            role: Role::Auditor,
+            secret_sha256: "zz".into(),
+        };
         then_error(Token::default().decide(bad), |e| matches!(e, DomainError::Invalid { field: "secret_sha256", .. }));
     }
 }

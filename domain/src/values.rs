@@ -23,10 +23,7 @@ impl<const MAX: usize> Text<MAX> {
         }
         let length = trimmed.chars().count();
         if length > MAX {
-            return Err(DomainError::invalid(
-                field,
-                format!("is {length} characters long; the limit is {MAX}"),
-            ));
+            return Err(DomainError::invalid(field, format!("is {length} characters long; the limit is {MAX}")));
         }
         if trimmed.chars().any(|c| c.is_control()) {
             return Err(DomainError::invalid(field, "must not contain control characters"));
@@ -133,10 +130,7 @@ impl std::fmt::Display for BlobHash {
 /// "ram" is not in "program").
 pub fn mentions(text: &str, term: &str) -> bool {
     let words = |s: &str| -> Vec<String> {
-        s.split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-            .map(str::to_lowercase)
-            .collect()
+        s.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
     };
     let haystack = words(text);
     let needle = words(term);

@@ -10,8 +10,7 @@ use crate::cpu::AdamW;
 use crate::device::{CpuDevice, Device, WgpuDevice};
 use crate::kernels::matmul::{Matmul, MatmulKernel};
 use crate::model::{
-    Dit, DitConfig, HostAdapter, HostWeights, LoraConfig, LoraTarget, SampleOptions, TrainBatch,
-    TrainMode,
+    Dit, DitConfig, HostAdapter, HostWeights, LoraConfig, LoraTarget, SampleOptions, TrainBatch, TrainMode,
 };
 
 /// What to measure.
@@ -55,10 +54,7 @@ impl Default for BenchOptions {
             gpu: true,
             cpu: true,
             check_size: 1000,
-            gpu_models: vec![
-                ("small".to_string(), DitConfig::small()),
-                ("dit-s".to_string(), DitConfig::dit_s()),
-            ],
+            gpu_models: vec![("small".to_string(), DitConfig::small()), ("dit-s".to_string(), DitConfig::dit_s())],
             cpu_models: vec![("small".to_string(), DitConfig::small())],
             model_batch: 64,
             sample_steps: 25,
@@ -101,14 +97,9 @@ impl BenchReport {
             out.push_str(&format!("adapter: {adapter}\n"));
         }
         for (kernel, error) in &self.checks {
-            out.push_str(&format!(
-                "check {kernel}: max error vs CPU reference {error:.2e}\n"
-            ));
+            out.push_str(&format!("check {kernel}: max error vs CPU reference {error:.2e}\n"));
         }
-        out.push_str(&format!(
-            "{:<26} {:<26} {:>12} {:<8} {}\n",
-            "backend", "what", "median", "unit", "timing"
-        ));
+        out.push_str(&format!("{:<26} {:<26} {:>12} {:<8} {}\n", "backend", "what", "median", "unit", "timing"));
         for row in &self.rows {
             out.push_str(&format!(
                 "{:<26} {:<26} {:>12.4} {:<8} {}\n",
@@ -140,14 +131,8 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, GpuError> {
 
 /// [`run`], calling `progress` with each line (adapter, checks, `RESULT` rows) as soon as it is
 /// known, so that a run cut short still reports what it measured.
-pub fn run_with_progress(
-    options: &BenchOptions,
-    progress: &mut dyn FnMut(&str),
-) -> Result<BenchReport, GpuError> {
-    let mut report = Reporter {
-        report: BenchReport::default(),
-        progress,
-    };
+pub fn run_with_progress(options: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchReport, GpuError> {
+    let mut report = Reporter { report: BenchReport::default(), progress };
     let report = &mut report;
     if options.gpu {
         let context = GpuContext::new()?;
@@ -155,26 +140,10 @@ pub fn run_with_progress(
         report.report.adapter = Some(context.describe());
         let kernels = [
             MatmulKernel::Auto,
-            MatmulKernel::Vec4 {
-                bm: 128,
-                bn: 128,
-                bk: 8,
-            },
-            MatmulKernel::Vec4 {
-                bm: 128,
-                bn: 128,
-                bk: 16,
-            },
-            MatmulKernel::Vec4 {
-                bm: 128,
-                bn: 64,
-                bk: 16,
-            },
-            MatmulKernel::Vec4 {
-                bm: 64,
-                bn: 64,
-                bk: 16,
-            },
+            MatmulKernel::Vec4 { bm: 128, bn: 128, bk: 8 },
+            MatmulKernel::Vec4 { bm: 128, bn: 128, bk: 16 },
+            MatmulKernel::Vec4 { bm: 128, bn: 64, bk: 16 },
+            MatmulKernel::Vec4 { bm: 64, bn: 64, bk: 16 },
             MatmulKernel::Tiled { bk: 8 },
             MatmulKernel::Tiled { bk: 16 },
             MatmulKernel::Tiled { bk: 32 },
@@ -190,18 +159,13 @@ pub fn run_with_progress(
         let shapes = options
             .gpu_sizes
             .iter()
-            .map(|&size| {
-                (
-                    format!("matmul f32 {size}^3"),
-                    Matmul::new(size, size, size, false, false),
-                )
-            })
-            .chain(options.gpu_linear_shapes.iter().map(|&(m, n, k)| {
-                (
-                    format!("linear f32 {m}x{n}x{k}"),
-                    Matmul::new(m, n, k, false, true),
-                )
-            }));
+            .map(|&size| (format!("matmul f32 {size}^3"), Matmul::new(size, size, size, false, false)))
+            .chain(
+                options
+                    .gpu_linear_shapes
+                    .iter()
+                    .map(|&(m, n, k)| (format!("linear f32 {m}x{n}x{k}"), Matmul::new(m, n, k, false, true))),
+            );
         for (what, spec) in shapes {
             // One set of operands per shape, shared by every kernel.
             let a = context.storage_buffer_with(&pseudo_random(spec.m * spec.k, 3));
@@ -209,8 +173,7 @@ pub fn run_with_progress(
             let c = context.storage_buffer(spec.m * spec.n);
             let operands = [&a, &b, &c];
             for kernel in kernels {
-                let (seconds, timing) =
-                    time_gpu_matmul(&context, kernel, &spec, operands, options.repeats)?;
+                let (seconds, timing) = time_gpu_matmul(&context, kernel, &spec, operands, options.repeats)?;
                 let name = match kernel {
                     MatmulKernel::Auto => {
                         format!("auto={}", spec.resolve_kernel(&context, kernel).name())
@@ -270,9 +233,7 @@ impl Reporter<'_> {
     }
 
     fn check(&mut self, kernel: &str, error: f64) {
-        (self.progress)(&format!(
-            "check {kernel}: max error vs CPU reference {error:.2e}"
-        ));
+        (self.progress)(&format!("check {kernel}: max error vs CPU reference {error:.2e}"));
         self.report.checks.push((kernel.to_string(), error));
     }
 }
@@ -280,10 +241,7 @@ impl Reporter<'_> {
 impl BenchRow {
     /// `RESULT<TAB>backend<TAB>what<TAB>median<TAB>unit`, for scripts.
     pub fn result_line(&self) -> String {
-        format!(
-            "RESULT\t{}\t{}\t{}\t{}",
-            self.backend, self.what, self.median, self.unit
-        )
+        format!("RESULT\t{}\t{}\t{}\t{}", self.backend, self.what, self.median, self.unit)
     }
 }
 
@@ -299,34 +257,16 @@ fn bench_model<D: Device>(
 ) -> Result<(), GpuError> {
     let batch = options.model_batch;
     let weights = HostWeights::randomized(config, 1, 0.02);
-    let lora = LoraConfig {
-        rank: 8,
-        alpha: 8.0,
-        targets: LoraTarget::ALL.to_vec(),
-    };
+    let lora = LoraConfig { rank: 8, alpha: 8.0, targets: LoraTarget::ALL.to_vec() };
     let adapter = HostAdapter::init(config, &lora, 2);
-    let mut model = Dit::new(device, *config, &weights, Some(&adapter))
-        .map_err(|error| GpuError::Shape(error.to_string()))?;
+    let mut model =
+        Dit::new(device, *config, &weights, Some(&adapter)).map_err(|error| GpuError::Shape(error.to_string()))?;
     let ids: Vec<u32> = (0..batch * config.max_tokens)
-        .map(|i| {
-            if i % config.max_tokens < 5 {
-                1 + (i as u32 * 7) % (config.vocabulary as u32 - 1)
-            } else {
-                0
-            }
-        })
+        .map(|i| if i % config.max_tokens < 5 { 1 + (i as u32 * 7) % (config.vocabulary as u32 - 1) } else { 0 })
         .collect();
-    let negative: Vec<u32> = ids
-        .iter()
-        .map(|id| if *id == 0 { 0 } else { 1 + (id % 3) })
-        .collect();
+    let negative: Vec<u32> = ids.iter().map(|id| if *id == 0 { 0 } else { 1 + (id % 3) }).collect();
     let sample = |model: &Dit<D>, steps: usize| {
-        let options = SampleOptions {
-            steps,
-            eta: 0.0,
-            guidance_scale: 4.0,
-            seed: 3,
-        };
+        let options = SampleOptions { steps, eta: 0.0, guidance_scale: 4.0, seed: 3 };
         model.sample(device, &options, &ids, Some(&negative))
     };
     sample(&model, 2)?;
@@ -346,15 +286,10 @@ fn bench_model<D: Device>(
 
     model.set_trainable(device, TrainMode::Lora);
     let data = TrainBatch {
-        images: (0..batch * config.image_len())
-            .map(|i| ((i % 97) as f32 / 48.0) - 1.0)
-            .collect(),
+        images: (0..batch * config.image_len()).map(|i| ((i % 97) as f32 / 48.0) - 1.0).collect(),
         ids: ids.clone(),
     };
-    let hyper = AdamW {
-        lr: 1e-4,
-        ..AdamW::default()
-    };
+    let hyper = AdamW { lr: 1e-4, ..AdamW::default() };
     model.train_step(device, &data, TrainMode::Lora, &hyper, 0)?;
     let mut steps = Vec::new();
     for step in 0..(options.model_repeats.max(1) + 2) {
@@ -384,21 +319,11 @@ fn pseudo_random(len: usize, seed: u32) -> Vec<f32> {
 /// Max over outputs of |gpu − cpu| / (|cpu| + mean|cpu|), for every kernel, on two shapes near
 /// `size` that are not multiples of any tile: `A · Bᵀ` (a linear layer) and `Aᵀ · B` (a weight
 /// gradient), both vec4-aligned so the vec4 kernels run rather than fall back.
-fn check_matmuls(
-    context: &GpuContext,
-    kernels: &[MatmulKernel],
-    size: usize,
-) -> Result<Vec<(String, f64)>, GpuError> {
+fn check_matmuls(context: &GpuContext, kernels: &[MatmulKernel], size: usize) -> Result<Vec<(String, f64)>, GpuError> {
     let four = size.div_ceil(4) * 4;
     let shapes = [
-        (
-            "x.wT",
-            Matmul::new(size + 1, size + 3, four + 4, false, true),
-        ),
-        (
-            "aT.b",
-            Matmul::new(four + 4, four + 8, size + 1, true, false),
-        ),
+        ("x.wT", Matmul::new(size + 1, size + 3, four + 4, false, true)),
+        ("aT.b", Matmul::new(four + 4, four + 8, size + 1, true, false)),
     ];
     let mut errors = Vec::new();
     for (label, spec) in shapes {
@@ -422,15 +347,8 @@ fn check_matmuls(
                 .map(|(a, e)| (*a as f64 - *e as f64).abs() / (e.abs() as f64 + mean))
                 .fold(0.0, f64::max);
             let ran = spec.resolve_kernel(context, kernel);
-            let name = if ran == kernel {
-                kernel.name()
-            } else {
-                format!("{}={}", kernel.name(), ran.name())
-            };
-            errors.push((
-                format!("{name} {label} {}x{}x{}", spec.m, spec.n, spec.k),
-                error,
-            ));
+            let name = if ran == kernel { kernel.name() } else { format!("{}={}", kernel.name(), ran.name()) };
+            errors.push((format!("{name} {label} {}x{}x{}", spec.m, spec.n, spec.k), error));
         }
     }
     Ok(errors)
@@ -445,11 +363,7 @@ fn check_split_k(context: &Arc<GpuContext>) -> Result<f64, GpuError> {
     let b = pseudo_random(spec.k * spec.n, 6);
     let mut expected = vec![0.0; spec.m * spec.n];
     spec.run_cpu(&a, &b, None, &mut expected);
-    let (a_buffer, b_buffer, c_buffer) = (
-        device.upload(&a),
-        device.upload(&b),
-        device.zeros(spec.m * spec.n),
-    );
+    let (a_buffer, b_buffer, c_buffer) = (device.upload(&a), device.upload(&b), device.zeros(spec.m * spec.n));
     device.matmul(&spec, &a_buffer, &b_buffer, None, &c_buffer);
     let actual = device.download(&c_buffer, spec.m * spec.n)?;
     let mean = expected.iter().map(|v| v.abs() as f64).sum::<f64>() / expected.len() as f64;
@@ -507,10 +421,8 @@ fn time_gpu_matmul(
         recorder.submit();
         let ticks: Vec<u64> = context.read_words(&resolved, count as usize)?;
         let period_ns = context.queue.get_timestamp_period() as f64;
-        let samples: Vec<f64> = ticks
-            .chunks(2)
-            .map(|pair| pair[1].saturating_sub(pair[0]) as f64 * period_ns * 1e-9)
-            .collect();
+        let samples: Vec<f64> =
+            ticks.chunks(2).map(|pair| pair[1].saturating_sub(pair[0]) as f64 * period_ns * 1e-9).collect();
         if samples.iter().all(|seconds| *seconds > 0.0) {
             return Ok((median(&samples), "gpu timestamps"));
         }

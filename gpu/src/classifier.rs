@@ -62,13 +62,9 @@ impl Loss {
     }
 
     fn from_id(id: &str) -> Option<Self> {
-        [
-            Loss::SoftmaxCrossEntropy,
-            Loss::BinaryCrossEntropy,
-            Loss::SquaredError,
-        ]
-        .into_iter()
-        .find(|loss| loss.id() == id)
+        [Loss::SoftmaxCrossEntropy, Loss::BinaryCrossEntropy, Loss::SquaredError]
+            .into_iter()
+            .find(|loss| loss.id() == id)
     }
 }
 
@@ -88,12 +84,7 @@ pub struct Head {
 impl Head {
     /// A head with weight 1.
     pub fn new(name: &str, loss: Loss, outputs: usize) -> Self {
-        Head {
-            name: name.to_string(),
-            loss,
-            outputs,
-            weight: 1.0,
-        }
+        Head { name: name.to_string(), loss, outputs, weight: 1.0 }
     }
 
     /// The same head with another loss weight.
@@ -140,30 +131,18 @@ impl ClassifierConfig {
     }
     /// Number of parameters.
     pub fn parameter_count(&self) -> usize {
-        self.parameter_shapes()
-            .iter()
-            .map(|(_, shape)| shape.iter().product::<usize>())
-            .sum()
+        self.parameter_shapes().iter().map(|(_, shape)| shape.iter().product::<usize>()).sum()
     }
 
     fn geometry(&self, batch: usize) -> Patches {
-        Patches {
-            batch,
-            channels: self.channels,
-            size: self.image_size,
-            patch: self.patch,
-        }
+        Patches { batch, channels: self.channels, size: self.image_size, patch: self.patch }
     }
 
     /// Says what is wrong with the configuration, if anything.
     pub fn validate(&self) -> Result<(), WeightsError> {
         let problem = if self.patch == 0 || !self.image_size.is_multiple_of(self.patch) {
-            Some(format!(
-                "patch {} must divide the image size {}",
-                self.patch, self.image_size
-            ))
-        } else if self.image_size == 0 || self.channels == 0 || self.width == 0 || self.hidden == 0
-        {
+            Some(format!("patch {} must divide the image size {}", self.patch, self.image_size))
+        } else if self.image_size == 0 || self.channels == 0 || self.width == 0 || self.hidden == 0 {
             Some("image size, channels, width and hidden must be positive".to_string())
         } else if self.patch_depth == 0 {
             Some("patch_depth must be at least 1".to_string())
@@ -175,9 +154,7 @@ impl ClassifierConfig {
             None
         };
         match problem {
-            Some(problem) => Err(WeightsError::Format(format!(
-                "classifier configuration: {problem}"
-            ))),
+            Some(problem) => Err(WeightsError::Format(format!("classifier configuration: {problem}"))),
             None => Ok(()),
         }
     }
@@ -227,15 +204,10 @@ impl ClassifierConfig {
 
     /// Parses [`ClassifierConfig::to_json`]'s output (and validates it).
     pub fn from_json(json: &str) -> Result<Self, WeightsError> {
-        let bad =
-            |problem: String| WeightsError::Format(format!("classifier configuration: {problem}"));
-        let value: serde_json::Value =
-            serde_json::from_str(json).map_err(|error| bad(error.to_string()))?;
+        let bad = |problem: String| WeightsError::Format(format!("classifier configuration: {problem}"));
+        let value: serde_json::Value = serde_json::from_str(json).map_err(|error| bad(error.to_string()))?;
         let number = |value: &serde_json::Value, key: &str| {
-            value[key]
-                .as_u64()
-                .map(|n| n as usize)
-                .ok_or_else(|| bad(format!("{key} must be a non-negative integer")))
+            value[key].as_u64().map(|n| n as usize).ok_or_else(|| bad(format!("{key} must be a non-negative integer")))
         };
         let heads = value["heads"]
             .as_array()
@@ -371,9 +343,7 @@ pub fn activate(heads: &[Head], logits: &[f32]) -> Vec<f32> {
                     let sum: f32 = slice.iter().sum();
                     slice.iter_mut().for_each(|v| *v /= sum);
                 }
-                Loss::BinaryCrossEntropy => slice
-                    .iter_mut()
-                    .for_each(|v| *v = sigmoid(*v as f64) as f32),
+                Loss::BinaryCrossEntropy => slice.iter_mut().for_each(|v| *v = sigmoid(*v as f64) as f32),
                 Loss::SquaredError => {}
             }
         }
@@ -432,60 +402,34 @@ pub struct Classifier<D: Device> {
 
 impl<D: Device> Classifier<D> {
     /// Uploads `weights`, checked against `config`.
-    pub fn new(
-        device: &D,
-        config: ClassifierConfig,
-        weights: &HostWeights,
-    ) -> Result<Self, WeightsError> {
+    pub fn new(device: &D, config: ClassifierConfig, weights: &HostWeights) -> Result<Self, WeightsError> {
         config.validate()?;
         let mut parameters = Vec::new();
         let mut index = BTreeMap::new();
         for (name, shape) in config.parameter_shapes() {
             let values = match weights.tensors.get(&name) {
                 None => {
-                    return Err(WeightsError::Tensor {
-                        name,
-                        problem: "missing".to_string(),
-                    });
+                    return Err(WeightsError::Tensor { name, problem: "missing".to_string() });
                 }
                 Some((found, _)) if *found != shape => {
-                    return Err(WeightsError::Tensor {
-                        name,
-                        problem: format!("shape {found:?}, expected {shape:?}"),
-                    });
+                    return Err(WeightsError::Tensor { name, problem: format!("shape {found:?}, expected {shape:?}") });
                 }
                 Some((_, values)) => values,
             };
             index.insert(name.clone(), parameters.len());
-            parameters.push(Parameter {
-                name,
-                shape,
-                value: device.upload(values),
-                training: None,
-            });
+            parameters.push(Parameter { name, shape, value: device.upload(values), training: None });
         }
-        Ok(Classifier {
-            config,
-            parameters,
-            index,
-            step: 0,
-        })
+        Ok(Classifier { config, parameters, index, step: 0 })
     }
 
     /// Loads safetensors written by [`Classifier::to_safetensors`] (the configuration comes from
     /// the metadata).
     pub fn from_safetensors(device: &D, bytes: &[u8]) -> Result<Self, WeightsError> {
-        let (_, metadata) = safetensors::SafeTensors::read_metadata(bytes)
-            .map_err(|error| WeightsError::Format(error.to_string()))?;
-        let json = metadata
-            .metadata()
-            .as_ref()
-            .and_then(|map| map.get(CONFIG_METADATA_KEY))
-            .ok_or_else(|| {
-                WeightsError::Format(format!(
-                    "no {CONFIG_METADATA_KEY:?} in the safetensors metadata: not a classifier"
-                ))
-            })?;
+        let (_, metadata) =
+            safetensors::SafeTensors::read_metadata(bytes).map_err(|error| WeightsError::Format(error.to_string()))?;
+        let json = metadata.metadata().as_ref().and_then(|map| map.get(CONFIG_METADATA_KEY)).ok_or_else(|| {
+            WeightsError::Format(format!("no {CONFIG_METADATA_KEY:?} in the safetensors metadata: not a classifier"))
+        })?;
         let config = ClassifierConfig::from_json(json)?;
         Self::new(device, config, &HostWeights::from_safetensors(bytes)?)
     }
@@ -496,25 +440,16 @@ impl<D: Device> Classifier<D> {
         for parameter in &self.parameters {
             tensors.insert(
                 parameter.name.clone(),
-                (
-                    parameter.shape.clone(),
-                    device.download(&parameter.value, parameter.len())?,
-                ),
+                (parameter.shape.clone(), device.download(&parameter.value, parameter.len())?),
             );
         }
         Ok(HostWeights { tensors })
     }
 
     /// The weights as safetensors, with the configuration and `metadata` in the header.
-    pub fn to_safetensors(
-        &self,
-        device: &D,
-        metadata: &[(&str, String)],
-    ) -> Result<Vec<u8>, ClassifierError> {
-        let mut header: HashMap<String, String> = metadata
-            .iter()
-            .map(|(key, value)| (key.to_string(), value.clone()))
-            .collect();
+    pub fn to_safetensors(&self, device: &D, metadata: &[(&str, String)]) -> Result<Vec<u8>, ClassifierError> {
+        let mut header: HashMap<String, String> =
+            metadata.iter().map(|(key, value)| (key.to_string(), value.clone())).collect();
         header.insert(CONFIG_METADATA_KEY.to_string(), self.config.to_json());
         Ok(self.weights(device)?.to_safetensors(Some(header))?)
     }
@@ -524,10 +459,7 @@ impl<D: Device> Classifier<D> {
     }
 
     fn grad(&self, name: &str) -> Option<&D::Buffer> {
-        self.parameters[self.index[name]]
-            .training
-            .as_ref()
-            .map(|t| &t[0])
+        self.parameters[self.index[name]].training.as_ref().map(|t| &t[0])
     }
 
     fn check_images(&self, images: &[f32]) -> Result<usize, GpuError> {
@@ -545,20 +477,9 @@ impl<D: Device> Classifier<D> {
         Ok(batch)
     }
 
-    fn forward_internal(
-        &self,
-        device: &D,
-        images: &D::Buffer,
-        batch: usize,
-        keep: bool,
-    ) -> Forward<D> {
+    fn forward_internal(&self, device: &D, images: &D::Buffer, batch: usize, keep: bool) -> Forward<D> {
         let config = &self.config;
-        let (t, w, h, outputs) = (
-            config.tokens(),
-            config.width,
-            config.hidden,
-            config.outputs(),
-        );
+        let (t, w, h, outputs) = (config.tokens(), config.width, config.hidden, config.outputs());
         let rows = batch * t;
         let patches = device.zeros(rows * config.patch_len());
         device.patchify(config.geometry(batch), images, &patches);
@@ -572,24 +493,12 @@ impl<D: Device> Classifier<D> {
             let out = device.zeros(rows * w);
             if keep {
                 let pre = device.zeros(rows * w);
-                device.matmul(
-                    &spec.with_epilogue(true, Activation::None),
-                    &x,
-                    weight,
-                    Some(bias),
-                    &pre,
-                );
+                device.matmul(&spec.with_epilogue(true, Activation::None), &x, weight, Some(bias), &pre);
                 device.elementwise(Elementwise::Gelu, Some(&pre), None, None, &out, rows * w);
                 patch_pre.push(pre);
                 patch_inputs.push(x);
             } else {
-                device.matmul(
-                    &spec.with_epilogue(true, Activation::Gelu),
-                    &x,
-                    weight,
-                    Some(bias),
-                    &out,
-                );
+                device.matmul(&spec.with_epilogue(true, Activation::Gelu), &x, weight, Some(bias), &out);
             }
             x = out;
         }
@@ -608,24 +517,14 @@ impl<D: Device> Classifier<D> {
             &hidden_pre,
         );
         device.matmul(
-            &Matmul {
-                accumulate: true,
-                ..Matmul::new(batch, h, w, false, true)
-            },
+            &Matmul { accumulate: true, ..Matmul::new(batch, h, w, false, true) },
             &pooled,
             self.value("pooled.weight"),
             None,
             &hidden_pre,
         );
         let features = device.zeros(batch * h);
-        device.elementwise(
-            Elementwise::Gelu,
-            Some(&hidden_pre),
-            None,
-            None,
-            &features,
-            batch * h,
-        );
+        device.elementwise(Elementwise::Gelu, Some(&hidden_pre), None, None, &features, batch * h);
         let logits = device.zeros(batch * outputs);
         device.matmul(
             &Matmul::new(batch, outputs, h, false, true).with_epilogue(true, Activation::None),
@@ -634,19 +533,8 @@ impl<D: Device> Classifier<D> {
             Some(self.value("head.bias")),
             &logits,
         );
-        let cache = keep.then(|| Cache {
-            batch,
-            patch_inputs,
-            patch_pre,
-            tokens: x,
-            pooled,
-            hidden_pre,
-        });
-        Forward {
-            logits,
-            features,
-            cache,
-        }
+        let cache = keep.then(|| Cache { batch, patch_inputs, patch_pre, tokens: x, pooled, hidden_pre });
+        Forward { logits, features, cache }
     }
 
     /// `pooled[b] = (1/T) · ones(1×T) · X[b]` for each image b.
@@ -666,30 +554,18 @@ impl<D: Device> Classifier<D> {
     fn backward(&self, device: &D, cache: &Cache<D>, features: &D::Buffer, dlogits: &D::Buffer) {
         let config = &self.config;
         let batch = cache.batch;
-        let (t, w, h, outputs) = (
-            config.tokens(),
-            config.width,
-            config.hidden,
-            config.outputs(),
-        );
+        let (t, w, h, outputs) = (config.tokens(), config.width, config.hidden, config.outputs());
         let rows = batch * t;
         let ones = device.upload(&vec![1.0; rows]);
         // Writes dW = dyᵀ·x and db = Σ dy (overwriting) for a linear layer.
-        let weight_gradients =
-            |layer: &str, rows: usize, out: usize, inp: usize, x: &D::Buffer, dy: &D::Buffer| {
-                if let Some(dw) = self.grad(&format!("{layer}.weight")) {
-                    device.matmul(&Matmul::new(out, inp, rows, true, false), dy, x, None, dw);
-                }
-                if let Some(db) = self.grad(&format!("{layer}.bias")) {
-                    device.matmul(
-                        &Matmul::new(1, out, rows, false, false),
-                        &ones,
-                        dy,
-                        None,
-                        db,
-                    );
-                }
-            };
+        let weight_gradients = |layer: &str, rows: usize, out: usize, inp: usize, x: &D::Buffer, dy: &D::Buffer| {
+            if let Some(dw) = self.grad(&format!("{layer}.weight")) {
+                device.matmul(&Matmul::new(out, inp, rows, true, false), dy, x, None, dw);
+            }
+            if let Some(db) = self.grad(&format!("{layer}.bias")) {
+                device.matmul(&Matmul::new(1, out, rows, false, false), &ones, dy, None, db);
+            }
+        };
         // Output layer.
         weight_gradients("head", batch, outputs, h, features, dlogits);
         let dfeatures = device.zeros(batch * h);
@@ -712,30 +588,12 @@ impl<D: Device> Classifier<D> {
         // Hidden layer: both branches.
         weight_gradients("hidden", batch, h, t * w, &cache.tokens, &dhidden);
         if let Some(dg) = self.grad("pooled.weight") {
-            device.matmul(
-                &Matmul::new(h, w, batch, true, false),
-                &dhidden,
-                &cache.pooled,
-                None,
-                dg,
-            );
+            device.matmul(&Matmul::new(h, w, batch, true, false), &dhidden, &cache.pooled, None, dg);
         }
         let dx = device.zeros(rows * w);
-        device.matmul(
-            &Matmul::new(batch, t * w, h, false, false),
-            &dhidden,
-            self.value("hidden.weight"),
-            None,
-            &dx,
-        );
+        device.matmul(&Matmul::new(batch, t * w, h, false, false), &dhidden, self.value("hidden.weight"), None, &dx);
         let dpooled = device.zeros(batch * w);
-        device.matmul(
-            &Matmul::new(batch, w, h, false, false),
-            &dhidden,
-            self.value("pooled.weight"),
-            None,
-            &dpooled,
-        );
+        device.matmul(&Matmul::new(batch, w, h, false, false), &dhidden, self.value("pooled.weight"), None, &dpooled);
         // The mean's backward: every patch of image b receives dpooled[b] / T.
         device.matmul(
             &Matmul {
@@ -804,12 +662,7 @@ impl<D: Device> Classifier<D> {
 
     /// The loss (see [`head_loss`]) of `images` against `targets` (`[B, outputs]`), leaving the
     /// gradients in the trained parameters' buffers (call [`Classifier::set_trainable`] first).
-    pub fn loss_and_gradients(
-        &self,
-        device: &D,
-        images: &[f32],
-        targets: &[f32],
-    ) -> Result<f32, GpuError> {
+    pub fn loss_and_gradients(&self, device: &D, images: &[f32], targets: &[f32]) -> Result<f32, GpuError> {
         let batch = self.check_images(images)?;
         let outputs = self.config.outputs();
         if targets.len() != batch * outputs {
@@ -820,11 +673,7 @@ impl<D: Device> Classifier<D> {
         }
         let input = device.upload(images);
         let forward = self.forward_internal(device, &input, batch, true);
-        let logits: Vec<f64> = device
-            .download(&forward.logits, batch * outputs)?
-            .into_iter()
-            .map(f64::from)
-            .collect();
+        let logits: Vec<f64> = device.download(&forward.logits, batch * outputs)?.into_iter().map(f64::from).collect();
         let targets: Vec<f64> = targets.iter().copied().map(f64::from).collect();
         let mut gradient = vec![0.0; logits.len()];
         let loss = head_loss(&self.config.heads, &logits, &targets, &mut gradient);
@@ -837,13 +686,7 @@ impl<D: Device> Classifier<D> {
 
     /// One training step: [`Classifier::loss_and_gradients`], global-norm clipping and AdamW on
     /// every parameter. Returns the loss before the update.
-    pub fn train_step(
-        &mut self,
-        device: &D,
-        images: &[f32],
-        targets: &[f32],
-        hyper: &AdamW,
-    ) -> Result<f32, GpuError> {
+    pub fn train_step(&mut self, device: &D, images: &[f32], targets: &[f32], hyper: &AdamW) -> Result<f32, GpuError> {
         if self.parameters.iter().any(|p| p.training.is_none()) {
             self.set_trainable(device);
         }
@@ -856,16 +699,7 @@ impl<D: Device> Classifier<D> {
         self.step += 1;
         for parameter in &self.parameters {
             let [grad, m, v] = parameter.training.as_ref().expect("trainable");
-            device.adamw(
-                hyper,
-                self.step,
-                grad,
-                &norm,
-                &parameter.value,
-                m,
-                v,
-                parameter.len(),
-            );
+            device.adamw(hyper, self.step, grad, &norm, &parameter.value, m, v, parameter.len());
         }
         // The loss was read back before the update; bound the work in flight.
         device.synchronize()?;
@@ -880,11 +714,7 @@ impl<D: Device> Classifier<D> {
     /// The gradient of a trained parameter (after a training step), `None` if it is not trained
     /// or unknown.
     pub fn gradient(&self, device: &D, name: &str) -> Result<Option<Vec<f32>>, GpuError> {
-        match self
-            .index
-            .get(name)
-            .and_then(|&i| self.parameters[i].training.as_ref().map(|t| (i, t)))
-        {
+        match self.index.get(name).and_then(|&i| self.parameters[i].training.as_ref().map(|t| (i, t))) {
             Some((i, [grad, _, _])) => Ok(Some(device.download(grad, self.parameters[i].len())?)),
             None => Ok(None),
         }
@@ -973,9 +803,7 @@ mod tests {
                         let class = rng.below(head.outputs);
                         out.extend((0..head.outputs).map(|i| (i == class) as u8 as f32));
                     }
-                    Loss::BinaryCrossEntropy => {
-                        out.extend((0..head.outputs).map(|_| rng.below(2) as f32))
-                    }
+                    Loss::BinaryCrossEntropy => out.extend((0..head.outputs).map(|_| rng.below(2) as f32)),
                     Loss::SquaredError => out.extend((0..head.outputs).map(|_| rng.uniform())),
                 }
             }
@@ -1000,16 +828,9 @@ mod tests {
         let config = tiny();
         let mut rng = Rng(1);
         let batch = 3;
-        let logits: Vec<f64> = rng
-            .vec(batch * config.outputs())
-            .iter()
-            .map(|v| 3.0 * *v as f64)
-            .collect();
+        let logits: Vec<f64> = rng.vec(batch * config.outputs()).iter().map(|v| 3.0 * *v as f64).collect();
         // Soft targets too: a softmax target that is a distribution, fractional flags.
-        let mut targets: Vec<f64> = targets(&config, batch, &mut rng)
-            .into_iter()
-            .map(f64::from)
-            .collect();
+        let mut targets: Vec<f64> = targets(&config, batch, &mut rng).into_iter().map(f64::from).collect();
         targets[0..3].copy_from_slice(&[0.2, 0.5, 0.3]);
         targets[3] = 0.25;
         let mut analytic = vec![0.0; logits.len()];
@@ -1034,17 +855,9 @@ mod tests {
 
     #[test]
     fn head_loss_is_stable_for_extreme_logits() {
-        let heads = [
-            Head::new("class", Loss::SoftmaxCrossEntropy, 2),
-            Head::new("flag", Loss::BinaryCrossEntropy, 1),
-        ];
+        let heads = [Head::new("class", Loss::SoftmaxCrossEntropy, 2), Head::new("flag", Loss::BinaryCrossEntropy, 1)];
         let mut gradient = [0.0; 3];
-        let loss = head_loss(
-            &heads,
-            &[800.0, -800.0, -900.0],
-            &[0.0, 1.0, 1.0],
-            &mut gradient,
-        );
+        let loss = head_loss(&heads, &[800.0, -800.0, -900.0], &[0.0, 1.0, 1.0], &mut gradient);
         assert!((loss - 2500.0).abs() < 1e-9, "loss {loss}");
         assert_eq!(gradient, [1.0, -1.0, -1.0]);
         let probabilities = activate(&heads, &[800.0, -800.0, -900.0]);
@@ -1057,8 +870,7 @@ mod tests {
     fn backward_matches_finite_differences_in_f64() {
         let config = tiny();
         let device = CpuDevice::<f64>::new();
-        let mut model = Classifier::new(&device, config.clone(), &randomized(&config, 2, 0.6))
-            .expect("weights fit");
+        let mut model = Classifier::new(&device, config.clone(), &randomized(&config, 2, 0.6)).expect("weights fit");
         model.set_trainable(&device);
         let mut rng = Rng(3);
         let batch = 2;
@@ -1068,29 +880,13 @@ mod tests {
         let loss_of = |model: &Classifier<CpuDevice<f64>>| {
             let forward = model.forward_internal(&device, &images, batch, false);
             let logits = forward.logits.read().unwrap().clone();
-            logits
-                .iter()
-                .zip(&w)
-                .map(|(y, w)| y * *w as f64)
-                .sum::<f64>()
+            logits.iter().zip(&w).map(|(y, w)| y * *w as f64).sum::<f64>()
         };
         let forward = model.forward_internal(&device, &images, batch, true);
-        model.backward(
-            &device,
-            forward.cache.as_ref().unwrap(),
-            &forward.features,
-            &dlogits,
-        );
+        model.backward(&device, forward.cache.as_ref().unwrap(), &forward.features, &dlogits);
         for parameter in &model.parameters {
-            let analytic = parameter.training.as_ref().unwrap()[0]
-                .read()
-                .unwrap()
-                .clone();
-            assert!(
-                analytic.iter().any(|g| *g != 0.0),
-                "{} has a gradient",
-                parameter.name
-            );
+            let analytic = parameter.training.as_ref().unwrap()[0].read().unwrap().clone();
+            assert!(analytic.iter().any(|g| *g != 0.0), "{} has a gradient", parameter.name);
             for _ in 0..3 {
                 let element = rng.below(parameter.len());
                 let original = parameter.value.read().unwrap()[element];
@@ -1129,11 +925,7 @@ mod tests {
         assert_close(&actual.logits, &expected.logits, 1e-4, "logits");
         assert_close(&actual.features, &expected.features, 1e-4, "features");
 
-        let hyper = AdamW {
-            lr: 1e-2,
-            weight_decay: 0.01,
-            ..AdamW::default()
-        };
+        let hyper = AdamW { lr: 1e-2, weight_decay: 0.01, ..AdamW::default() };
         let loss_cpu = on_cpu.train_step(&cpu, &images, &targets, &hyper).unwrap();
         let loss_gpu = on_gpu.train_step(&gpu, &images, &targets, &hyper).unwrap();
         assert_close(&[loss_gpu], &[loss_cpu], 1e-5, "loss");
@@ -1149,11 +941,8 @@ mod tests {
             for ((g, c), gradient) in got.iter().zip(want).zip(&g_cpu) {
                 // Adam's first step moves a value by ≈ lr·sign(g): where the gradient is
                 // rounding noise its sign is arbitrary.
-                let bound = if gradient.abs() <= 1e-4 * largest {
-                    2.0 * hyper.lr + 1e-6
-                } else {
-                    1e-5 + 1e-4 * c.abs()
-                };
+                let bound =
+                    if gradient.abs() <= 1e-4 * largest { 2.0 * hyper.lr + 1e-6 } else { 1e-5 + 1e-4 * c.abs() };
                 assert!((g - c).abs() <= bound, "updated {name}: {g} vs {c}");
             }
         }
@@ -1168,9 +957,7 @@ mod tests {
             let class = rng.below(3);
             let red = rng.below(2) == 1;
             let green = rng.uniform();
-            let mut image: Vec<f32> = (0..config.image_len())
-                .map(|_| 0.1 * rng.uniform())
-                .collect();
+            let mut image: Vec<f32> = (0..config.image_len()).map(|_| 0.1 * rng.uniform()).collect();
             for y in 0..s {
                 for x in 0..s {
                     let quadrant = (y >= s / 2) as usize * 2 + (x >= s / 2) as usize;
@@ -1192,25 +979,15 @@ mod tests {
 
     #[test]
     fn a_few_hundred_steps_fit_a_separable_toy_problem() {
-        let config = ClassifierConfig {
-            width: 8,
-            patch_depth: 1,
-            hidden: 16,
-            ..tiny()
-        };
+        let config = ClassifierConfig { width: 8, patch_depth: 1, hidden: 16, ..tiny() };
         let device = CpuDevice::<f32>::new();
         let mut model = Classifier::new(&device, config.clone(), &config.init_weights(6)).unwrap();
-        let hyper = AdamW {
-            lr: 3e-3,
-            ..AdamW::default()
-        };
+        let hyper = AdamW { lr: 3e-3, ..AdamW::default() };
         let mut rng = Rng(7);
         let mut first = None;
         for _ in 0..300 {
             let (images, targets) = toy_batch(&config, 32, &mut rng);
-            let loss = model
-                .train_step(&device, &images, &targets, &hyper)
-                .unwrap();
+            let loss = model.train_step(&device, &images, &targets, &hyper).unwrap();
             first.get_or_insert(loss);
         }
         assert_eq!(model.steps(), 300);
@@ -1232,10 +1009,7 @@ mod tests {
         let logits: Vec<f64> = output.logits.iter().map(|v| *v as f64).collect();
         let targets: Vec<f64> = targets.iter().map(|v| *v as f64).collect();
         let loss = head_loss(&config.heads, &logits, &targets, &mut gradient) as f32;
-        assert!(
-            loss < 0.1 * first.unwrap(),
-            "held-out loss {loss} vs first {first:?}"
-        );
+        assert!(loss < 0.1 * first.unwrap(), "held-out loss {loss} vs first {first:?}");
     }
 
     #[test]
@@ -1243,65 +1017,33 @@ mod tests {
         let config = tiny();
         let device = CpuDevice::<f32>::new();
         let model = Classifier::new(&device, config.clone(), &randomized(&config, 8, 0.4)).unwrap();
-        let bytes = model
-            .to_safetensors(&device, &[("note", "hello".to_string())])
-            .unwrap();
+        let bytes = model.to_safetensors(&device, &[("note", "hello".to_string())]).unwrap();
         let loaded = Classifier::from_safetensors(&device, &bytes).unwrap();
         assert_eq!(loaded.config, config);
-        assert_eq!(
-            loaded.weights(&device).unwrap(),
-            model.weights(&device).unwrap()
-        );
+        assert_eq!(loaded.weights(&device).unwrap(), model.weights(&device).unwrap());
         let images = Rng(9).vec(2 * config.image_len());
-        assert_eq!(
-            loaded.forward(&device, &images).unwrap(),
-            model.forward(&device, &images).unwrap()
-        );
+        assert_eq!(loaded.forward(&device, &images).unwrap(), model.forward(&device, &images).unwrap());
         // A DiT's weights (no configuration) and a wrong shape are refused with a reason.
-        let plain = model
-            .weights(&device)
-            .unwrap()
-            .to_safetensors(None)
-            .unwrap();
+        let plain = model.weights(&device).unwrap().to_safetensors(None).unwrap();
         let error = Classifier::from_safetensors(&device, &plain).err().unwrap();
         assert!(error.to_string().contains("not a classifier"), "{error}");
         let mut wrong = model.weights(&device).unwrap();
         wrong.tensors.get_mut("pooled.weight").unwrap().0 = vec![1, 35];
-        let error = Classifier::new(&device, config.clone(), &wrong)
-            .err()
-            .unwrap();
+        let error = Classifier::new(&device, config.clone(), &wrong).err().unwrap();
         assert!(error.to_string().contains("pooled.weight"), "{error}");
-        assert!(matches!(
-            model.forward(&device, &[0.0; 10]),
-            Err(GpuError::Shape(_))
-        ));
+        assert!(matches!(model.forward(&device, &[0.0; 10]), Err(GpuError::Shape(_))));
     }
 
     #[test]
     fn bad_configurations_are_refused() {
         for (change, expected) in [
             (ClassifierConfig { patch: 3, ..tiny() }, "must divide"),
-            (
-                ClassifierConfig {
-                    patch_depth: 0,
-                    ..tiny()
-                },
-                "patch_depth",
-            ),
-            (
-                ClassifierConfig {
-                    heads: vec![],
-                    ..tiny()
-                },
-                "head",
-            ),
+            (ClassifierConfig { patch_depth: 0, ..tiny() }, "patch_depth"),
+            (ClassifierConfig { heads: vec![], ..tiny() }, "head"),
         ] {
             let error = ClassifierConfig::from_json(&change.to_json()).unwrap_err();
             assert!(error.to_string().contains(expected), "{error}");
         }
-        assert_eq!(
-            ClassifierConfig::from_json(&tiny().to_json()).unwrap(),
-            tiny()
-        );
+        assert_eq!(ClassifierConfig::from_json(&tiny().to_json()).unwrap(), tiny());
     }
 }

@@ -124,10 +124,7 @@ impl Backend {
             Backend::Cpu if crate::gemm::has_avx2_fma() => {
                 format!("cpu (AVX2 + FMA, {} threads)", crate::cpu::parallelism())
             }
-            Backend::Cpu => format!(
-                "cpu (matrixmultiply, {} threads)",
-                crate::cpu::parallelism()
-            ),
+            Backend::Cpu => format!("cpu (matrixmultiply, {} threads)", crate::cpu::parallelism()),
             Backend::Wgpu(context) => format!("wgpu: {}", context.describe()),
         }
     }
@@ -193,23 +190,14 @@ impl GpuContext {
     }
 
     async fn new_async(options: ContextOptions) -> Result<Self, GpuError> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         if let Ok(wanted) = std::env::var("WGPU_ADAPTER_NAME") {
             // wgpu's helper panics when no adapter matches; say it as an error instead.
             let wanted = wanted.to_lowercase();
             let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
-            if !adapters
-                .iter()
-                .any(|adapter| adapter.get_info().name.to_lowercase().contains(&wanted))
-            {
-                let names: Vec<String> = adapters
-                    .iter()
-                    .map(|adapter| adapter.get_info().name)
-                    .collect();
-                return Err(GpuError::NoAdapter(format!(
-                    "WGPU_ADAPTER_NAME={wanted:?} matches none of {names:?}"
-                )));
+            if !adapters.iter().any(|adapter| adapter.get_info().name.to_lowercase().contains(&wanted)) {
+                let names: Vec<String> = adapters.iter().map(|adapter| adapter.get_info().name).collect();
+                return Err(GpuError::NoAdapter(format!("WGPU_ADAPTER_NAME={wanted:?} matches none of {names:?}")));
             }
         }
         let adapter = wgpu::util::initialize_adapter_from_env_or_default(&instance, None)
@@ -308,11 +296,7 @@ impl GpuContext {
             self.info.device_type,
             self.info.driver,
             self.info.driver_info,
-            if self.immediates {
-                " [parameters as immediates]"
-            } else {
-                ""
-            }
+            if self.immediates { " [parameters as immediates]" } else { "" }
         )
     }
 
@@ -355,32 +339,22 @@ impl GpuContext {
                         binding: index as u32 + 1,
                         visibility: wgpu::ShaderStages::COMPUTE,
                         ty: wgpu::BindingType::Buffer {
-                            ty: wgpu::BufferBindingType::Storage {
-                                read_only: *access == Access::Read,
-                            },
+                            ty: wgpu::BufferBindingType::Storage { read_only: *access == Access::Read },
                             has_dynamic_offset: false,
                             min_binding_size: None,
                         },
                         count: None,
                     });
                 }
-                let bind_group_layout =
-                    self.device
-                        .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                            label: None,
-                            entries: &entries,
-                        });
-                let pipeline_layout =
-                    self.device
-                        .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                            label: None,
-                            bind_group_layouts: &[Some(&bind_group_layout)],
-                            immediate_size: if self.immediates { IMMEDIATE_BYTES } else { 0 },
-                        });
-                Arc::new(KernelLayout {
-                    bind_group: bind_group_layout,
-                    pipeline: pipeline_layout,
-                })
+                let bind_group_layout = self
+                    .device
+                    .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: None, entries: &entries });
+                let pipeline_layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                    label: None,
+                    bind_group_layouts: &[Some(&bind_group_layout)],
+                    immediate_size: if self.immediates { IMMEDIATE_BYTES } else { 0 },
+                });
+                Arc::new(KernelLayout { bind_group: bind_group_layout, pipeline: pipeline_layout })
             })
             .clone()
     }
@@ -393,12 +367,7 @@ impl GpuContext {
         accesses: &[Access],
         source: impl FnOnce() -> String,
     ) -> Arc<Pipeline> {
-        if let Some(pipeline) = self
-            .pipelines
-            .lock()
-            .expect("pipeline cache poisoned")
-            .get(key)
-        {
+        if let Some(pipeline) = self.pipelines.lock().expect("pipeline cache poisoned").get(key) {
             return pipeline.clone();
         }
         let layouts = self.layout(accesses);
@@ -418,36 +387,22 @@ impl GpuContext {
             // SAFETY: every kernel in this crate checks its own indices against the sizes it is
             // given (the tests run them on shapes that are not multiples of their tiles), so the
             // runtime checks naga would add are redundant; THITL_SHADER_CHECKS=1 turns them on.
-            unsafe {
-                self.device.create_shader_module_trusted(
-                    descriptor,
-                    wgpu::ShaderRuntimeChecks::unchecked(),
-                )
-            }
+            unsafe { self.device.create_shader_module_trusted(descriptor, wgpu::ShaderRuntimeChecks::unchecked()) }
         };
-        let pipeline = self
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(key),
-                layout: Some(&layouts.pipeline),
-                module: &module,
-                entry_point: Some(entry),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: &[],
-                    // Every kernel writes workgroup memory before reading it.
-                    zero_initialize_workgroup_memory: false,
-                },
-                cache: self.pipeline_cache.as_ref(),
-            });
-        let pipeline = Arc::new(Pipeline {
-            pipeline,
-            layout: layouts,
-            accesses: accesses.to_vec(),
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(key),
+            layout: Some(&layouts.pipeline),
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &[],
+                // Every kernel writes workgroup memory before reading it.
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: self.pipeline_cache.as_ref(),
         });
-        self.pipelines
-            .lock()
-            .expect("pipeline cache poisoned")
-            .insert(key.to_string(), pipeline.clone());
+        let pipeline = Arc::new(Pipeline { pipeline, layout: layouts, accesses: accesses.to_vec() });
+        self.pipelines.lock().expect("pipeline cache poisoned").insert(key.to_string(), pipeline.clone());
         pipeline
     }
 
@@ -455,9 +410,7 @@ impl GpuContext {
     pub fn recorder(&self) -> Recorder<'_> {
         Recorder {
             context: self,
-            encoder: self
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None }),
+            encoder: self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None }),
             timestamps: None,
         }
     }
@@ -475,9 +428,7 @@ impl GpuContext {
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
             size: (len.max(1) * 4) as u64,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         })
     }
@@ -487,22 +438,15 @@ impl GpuContext {
         if data.is_empty() {
             return self.storage_buffer(1);
         }
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: None,
-                contents: bytemuck::cast_slice(data),
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_SRC
-                    | wgpu::BufferUsages::COPY_DST,
-            })
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: bytemuck::cast_slice(data),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        })
     }
 
     /// Copies `len` words from the start of `buffer` back to the host.
-    pub fn read_words<T: bytemuck::Pod>(
-        &self,
-        buffer: &wgpu::Buffer,
-        len: usize,
-    ) -> Result<Vec<T>, GpuError> {
+    pub fn read_words<T: bytemuck::Pod>(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<T>, GpuError> {
         if len == 0 {
             return Ok(Vec::new());
         }
@@ -513,9 +457,7 @@ impl GpuContext {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let mut encoder = self
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
         encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, bytes);
         self.queue.submit([encoder.finish()]);
         let (sender, receiver) = std::sync::mpsc::channel();
@@ -527,9 +469,7 @@ impl GpuContext {
             .recv()
             .map_err(|error| GpuError::Map(error.to_string()))?
             .map_err(|error| GpuError::Map(error.to_string()))?;
-        let view = staging
-            .get_mapped_range(..)
-            .map_err(|error| GpuError::Map(error.to_string()))?;
+        let view = staging.get_mapped_range(..).map_err(|error| GpuError::Map(error.to_string()))?;
         let words = bytemuck::cast_slice::<u8, T>(&view).to_vec();
         drop(view);
         staging.unmap();
@@ -553,11 +493,7 @@ pub struct Recorder<'a> {
 impl<'a> Recorder<'a> {
     /// Continues recording into an existing encoder of `context`.
     pub fn from_encoder(context: &'a GpuContext, encoder: wgpu::CommandEncoder) -> Self {
-        Recorder {
-            context,
-            encoder,
-            timestamps: None,
-        }
+        Recorder { context, encoder, timestamps: None }
     }
 
     /// Gives the encoder back without submitting it.
@@ -577,19 +513,8 @@ impl<'a> Recorder<'a> {
 
     /// Records one dispatch of `pipeline` with `params` (a uniform block) and `buffers` (in the
     /// order of the pipeline's declared accesses).
-    pub fn dispatch(
-        &mut self,
-        pipeline: &Pipeline,
-        params: &[u32],
-        buffers: &[&wgpu::Buffer],
-        workgroups: [u32; 3],
-    ) {
-        assert_eq!(
-            buffers.len(),
-            pipeline.accesses.len(),
-            "kernel expects {} buffers",
-            pipeline.accesses.len()
-        );
+    pub fn dispatch(&mut self, pipeline: &Pipeline, params: &[u32], buffers: &[&wgpu::Buffer], workgroups: [u32; 3]) {
+        assert_eq!(buffers.len(), pipeline.accesses.len(), "kernel expects {} buffers", pipeline.accesses.len());
         if workgroups.contains(&0) {
             return;
         }
@@ -600,55 +525,33 @@ impl<'a> Recorder<'a> {
         }
         let immediates = self.context.immediates;
         let uniform = (!immediates).then(|| {
-            self.context
-                .device
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: None,
-                    contents: bytemuck::cast_slice(&words),
-                    usage: wgpu::BufferUsages::UNIFORM,
-                })
+            self.context.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents: bytemuck::cast_slice(&words),
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
         });
         let mut entries = Vec::new();
         if let Some(uniform) = &uniform {
-            entries.push(wgpu::BindGroupEntry {
-                binding: 0,
-                resource: uniform.as_entire_binding(),
-            });
+            entries.push(wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() });
         }
         for (index, buffer) in buffers.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry {
-                binding: index as u32 + 1,
-                resource: buffer.as_entire_binding(),
-            });
+            entries.push(wgpu::BindGroupEntry { binding: index as u32 + 1, resource: buffer.as_entire_binding() });
         }
-        let bind_group = self
-            .context
-            .device
-            .create_bind_group(&wgpu::BindGroupDescriptor {
-                label: None,
-                layout: &pipeline.layout.bind_group,
-                entries: &entries,
-            });
-        let timestamp_writes =
-            self.timestamps
-                .take()
-                .map(|(query_set, index)| wgpu::ComputePassTimestampWrites {
-                    query_set,
-                    beginning_of_pass_write_index: Some(index),
-                    end_of_pass_write_index: Some(index + 1),
-                });
-        let mut pass = self
-            .encoder
-            .begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: None,
-                timestamp_writes,
-            });
+        let bind_group = self.context.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.layout.bind_group,
+            entries: &entries,
+        });
+        let timestamp_writes = self.timestamps.take().map(|(query_set, index)| wgpu::ComputePassTimestampWrites {
+            query_set,
+            beginning_of_pass_write_index: Some(index),
+            end_of_pass_write_index: Some(index + 1),
+        });
+        let mut pass = self.encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes });
         pass.set_pipeline(&pipeline.pipeline);
         if immediates {
-            assert!(
-                words.len() * 4 <= IMMEDIATE_BYTES as usize,
-                "parameters exceed immediates"
-            );
+            assert!(words.len() * 4 <= IMMEDIATE_BYTES as usize, "parameters exceed immediates");
             pass.set_immediates(0, bytemuck::cast_slice(&words));
         }
         pass.set_bind_group(0, &bind_group, &[]);
@@ -658,28 +561,20 @@ impl<'a> Recorder<'a> {
     /// Records a buffer-to-buffer copy.
     pub fn copy(&mut self, from: &wgpu::Buffer, to: &wgpu::Buffer, words: usize) {
         if words > 0 {
-            self.encoder
-                .copy_buffer_to_buffer(from, 0, to, 0, (words * 4) as u64);
+            self.encoder.copy_buffer_to_buffer(from, 0, to, 0, (words * 4) as u64);
         }
     }
 
     /// Records zeroing the first `words` values of `buffer`.
     pub fn clear(&mut self, buffer: &wgpu::Buffer, words: usize) {
         if words > 0 {
-            self.encoder
-                .clear_buffer(buffer, 0, Some((words * 4) as u64));
+            self.encoder.clear_buffer(buffer, 0, Some((words * 4) as u64));
         }
     }
 
     /// Records resolving `count` timestamps of `query_set` into `destination`.
-    pub fn resolve_timestamps(
-        &mut self,
-        query_set: &wgpu::QuerySet,
-        count: u32,
-        destination: &wgpu::Buffer,
-    ) {
-        self.encoder
-            .resolve_query_set(query_set, 0..count, destination, 0);
+    pub fn resolve_timestamps(&mut self, query_set: &wgpu::QuerySet, count: u32, destination: &wgpu::Buffer) {
+        self.encoder.resolve_query_set(query_set, 0..count, destination, 0);
     }
 
     /// Submits everything recorded.

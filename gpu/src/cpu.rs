@@ -111,11 +111,7 @@ macro_rules! real {
                 bias: Option<&[Self]>,
             ) -> bool {
                 // SAFETY: forwarded from the caller.
-                unsafe {
-                    $gemm(
-                        m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc, bias,
-                    )
-                }
+                unsafe { $gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc, bias) }
             }
         }
     };
@@ -191,11 +187,7 @@ pub(crate) fn parallelism() -> usize {
             .ok()
             .and_then(|value| value.trim().parse::<usize>().ok())
             .filter(|&threads| threads > 0)
-            .unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map_or(1, |n| n.get())
-                    .min(8)
-            })
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()).min(8))
     })
 }
 
@@ -260,9 +252,7 @@ pub(crate) fn tests_parallel_min_len() -> usize {
 
 /// [`in_parts2`] for one output.
 pub(crate) fn in_parts<T: Send>(out: &mut [T], unit: usize, work: impl Fn(usize, &mut [T]) + Sync) {
-    in_parts2(out, unit, &mut [] as &mut [u8], 0, |first, part, _| {
-        work(first, part)
-    });
+    in_parts2(out, unit, &mut [] as &mut [u8], 0, |first, part, _| work(first, part));
 }
 
 /// Whether to run the AVX2 copies of the vectorised loops (element-wise activations, softmax):
@@ -329,18 +319,9 @@ pub fn layernorm<T: Real>(x: &[T], width: usize, out: &mut [T], rstd: &mut [T]) 
 }
 
 /// Backward of [`layernorm`]: `dx = rstd · (dy − mean(dy) − x̂ · mean(dy · x̂))`.
-pub fn layernorm_backward<T: Real>(
-    normalized: &[T],
-    rstd: &[T],
-    dy: &[T],
-    width: usize,
-    dx: &mut [T],
-) {
-    for (row, ((xhat, grad), out)) in normalized
-        .chunks(width)
-        .zip(dy.chunks(width))
-        .zip(dx.chunks_mut(width))
-        .enumerate()
+pub fn layernorm_backward<T: Real>(normalized: &[T], rstd: &[T], dy: &[T], width: usize, dx: &mut [T]) {
+    for (row, ((xhat, grad), out)) in
+        normalized.chunks(width).zip(dy.chunks(width)).zip(dx.chunks_mut(width)).enumerate()
     {
         let n = T::of(width as f64);
         let mean_dy = grad.iter().copied().sum::<T>() / n;
@@ -356,9 +337,7 @@ pub fn softmax<T: Real>(x: &[T], width: usize, scale: T, out: &mut [T]) {
     #[inline(always)]
     fn rows<T: Real>(x: &[T], width: usize, scale: T, out: &mut [T]) {
         for (input, output) in x.chunks(width).zip(out.chunks_mut(width)) {
-            let max = input
-                .iter()
-                .fold(T::of(f64::NEG_INFINITY), |m, &v| m.max(scale * v));
+            let max = input.iter().fold(T::of(f64::NEG_INFINITY), |m, &v| m.max(scale * v));
             // The exponentials in a loop of their own (it vectorises), then their sum in order.
             for (o, &v) in output.iter_mut().zip(input) {
                 *o = (scale * v - max).exp();
@@ -384,11 +363,7 @@ pub fn softmax<T: Real>(x: &[T], width: usize, scale: T, out: &mut [T]) {
 
 /// Backward of [`softmax`] given its output `y`: `dx = scale · y · (dy − Σ dy·y)`.
 pub fn softmax_backward<T: Real>(y: &[T], dy: &[T], width: usize, scale: T, dx: &mut [T]) {
-    for ((prob, grad), out) in y
-        .chunks(width)
-        .zip(dy.chunks(width))
-        .zip(dx.chunks_mut(width))
-    {
+    for ((prob, grad), out) in y.chunks(width).zip(dy.chunks(width)).zip(dx.chunks_mut(width)) {
         let dot: T = prob.iter().zip(grad).map(|(&p, &g)| p * g).sum();
         for ((o, &p), &g) in out.iter_mut().zip(prob).zip(grad) {
             *o = scale * p * (g - dot);
@@ -416,11 +391,7 @@ pub fn modulate<T: Real>(
     width: usize,
     y: &mut [T],
 ) {
-    for (b, (out, input)) in y
-        .chunks_mut(tokens * width)
-        .zip(x.chunks(tokens * width))
-        .enumerate()
-    {
+    for (b, (out, input)) in y.chunks_mut(tokens * width).zip(x.chunks(tokens * width)).enumerate() {
         let scale = &modulation[b * scale.stride + scale.offset..][..width];
         let shift = &modulation[b * shift.stride + shift.offset..][..width];
         for (out, input) in out.chunks_mut(width).zip(input.chunks(width)) {
@@ -456,11 +427,7 @@ pub fn modulate_backward<T: Real>(
         let s = &modulation[b * scale.stride + scale.offset..][..width];
         for t in 0..tokens {
             let row = (b * tokens + t) * width;
-            let (x, dy, dx) = (
-                &x[row..][..width],
-                &dy[row..][..width],
-                &mut dx[row..][..width],
-            );
+            let (x, dy, dx) = (&x[row..][..width], &dy[row..][..width], &mut dx[row..][..width]);
             for d in 0..width {
                 dshift[d] += dy[d];
                 dscale[d] += dy[d] * x[d];
@@ -478,19 +445,8 @@ pub fn modulate_backward<T: Real>(
 }
 
 /// Gated residual: `x[b,t,d] += gate[b,d] · y[b,t,d]`.
-pub fn gated_residual<T: Real>(
-    x: &mut [T],
-    y: &[T],
-    modulation: &[T],
-    gate: Chunk,
-    tokens: usize,
-    width: usize,
-) {
-    for (b, (out, input)) in x
-        .chunks_mut(tokens * width)
-        .zip(y.chunks(tokens * width))
-        .enumerate()
-    {
+pub fn gated_residual<T: Real>(x: &mut [T], y: &[T], modulation: &[T], gate: Chunk, tokens: usize, width: usize) {
+    for (b, (out, input)) in x.chunks_mut(tokens * width).zip(y.chunks(tokens * width)).enumerate() {
         let gate = &modulation[b * gate.stride + gate.offset..][..width];
         for (out, input) in out.chunks_mut(width).zip(input.chunks(width)) {
             for d in 0..width {
@@ -521,20 +477,13 @@ pub fn gated_residual_backward<T: Real>(
         let g = &modulation[b * gate.stride + gate.offset..][..width];
         for t in 0..tokens {
             let row = (b * tokens + t) * width;
-            let (y, dx, dy) = (
-                &y[row..][..width],
-                &dx[row..][..width],
-                &mut dy[row..][..width],
-            );
+            let (y, dx, dy) = (&y[row..][..width], &dx[row..][..width], &mut dy[row..][..width]);
             for d in 0..width {
                 dgate[d] += dx[d] * y[d];
                 dy[d] = g[d] * dx[d];
             }
         }
-        for (total, &sum) in dmodulation[b * gate.stride + gate.offset..][..width]
-            .iter_mut()
-            .zip(&dgate)
-        {
+        for (total, &sum) in dmodulation[b * gate.stride + gate.offset..][..width].iter_mut().zip(&dgate) {
             *total += sum;
         }
     }
@@ -546,21 +495,12 @@ pub const PAD_TOKEN: u32 = 0;
 /// Mean over the real (non-padding) tokens of each sample's embeddings: `ids` is
 /// `[batch, max_tokens]`, `table` `[vocabulary, width]`, `out` `[batch, width]`. A sample with no
 /// real token gets zeros.
-pub fn embed_mean<T: Real>(
-    ids: &[u32],
-    max_tokens: usize,
-    table: &[T],
-    width: usize,
-    out: &mut [T],
-) {
+pub fn embed_mean<T: Real>(ids: &[u32], max_tokens: usize, table: &[T], width: usize, out: &mut [T]) {
     for (sample, pooled) in ids.chunks(max_tokens).zip(out.chunks_mut(width)) {
         pooled.fill(T::of(0.0));
         let real = sample.iter().filter(|id| **id != PAD_TOKEN).count();
         for &id in sample.iter().filter(|id| **id != PAD_TOKEN) {
-            for (p, &e) in pooled
-                .iter_mut()
-                .zip(&table[id as usize * width..][..width])
-            {
+            for (p, &e) in pooled.iter_mut().zip(&table[id as usize * width..][..width]) {
                 *p += e;
             }
         }
@@ -573,13 +513,7 @@ pub fn embed_mean<T: Real>(
 }
 
 /// Backward of [`embed_mean`]: adds each sample's gradient / count into the rows of its ids.
-pub fn embed_mean_backward<T: Real>(
-    ids: &[u32],
-    max_tokens: usize,
-    dpooled: &[T],
-    width: usize,
-    dtable: &mut [T],
-) {
+pub fn embed_mean_backward<T: Real>(ids: &[u32], max_tokens: usize, dpooled: &[T], width: usize, dtable: &mut [T]) {
     for (sample, grad) in ids.chunks(max_tokens).zip(dpooled.chunks(width)) {
         let real = sample.iter().filter(|id| **id != PAD_TOKEN).count();
         for &id in sample.iter().filter(|id| **id != PAD_TOKEN) {
@@ -677,11 +611,7 @@ impl Patches {
 pub fn patchify(geometry: Patches, images: &[f32], tokens: &mut [f32]) {
     let (t_count, len) = (geometry.tokens(), geometry.patch_len());
     for (index, out) in tokens.iter_mut().enumerate() {
-        let (b, t, e) = (
-            index / (t_count * len),
-            (index / len) % t_count,
-            index % len,
-        );
+        let (b, t, e) = (index / (t_count * len), (index / len) % t_count, index % len);
         *out = images[geometry.patchify_source(b, t, e)];
     }
 }
@@ -690,11 +620,7 @@ pub fn patchify(geometry: Patches, images: &[f32], tokens: &mut [f32]) {
 pub fn unpatchify(geometry: Patches, tokens: &[f32], images: &mut [f32]) {
     let (t_count, len) = (geometry.tokens(), geometry.patch_len());
     for (index, value) in tokens.iter().enumerate() {
-        let (b, t, e) = (
-            index / (t_count * len),
-            (index / len) % t_count,
-            index % len,
-        );
+        let (b, t, e) = (index / (t_count * len), (index / len) % t_count, index % len);
         images[geometry.unpatchify_source(b, t, e)] = *value;
     }
 }
@@ -715,11 +641,7 @@ pub fn timestep_embedding(timesteps: &[f32], dim: usize, out: &mut [f32]) {
 
 /// Mean squared error.
 pub fn mse<T: Real>(prediction: &[T], target: &[T]) -> T {
-    let sum: f64 = prediction
-        .iter()
-        .zip(target)
-        .map(|(&p, &t)| (p - t).to_f64().powi(2))
-        .sum();
+    let sum: f64 = prediction.iter().zip(target).map(|(&p, &t)| (p - t).to_f64().powi(2)).sum();
     T::of(sum / prediction.len().max(1) as f64)
 }
 
@@ -810,45 +732,21 @@ pub struct AdamW {
 
 impl Default for AdamW {
     fn default() -> Self {
-        AdamW {
-            lr: 1e-4,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            max_grad_norm: 1.0,
-        }
+        AdamW { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, max_grad_norm: 1.0 }
     }
 }
 
 impl AdamW {
     /// The factor gradients are multiplied by for a global gradient norm `norm`.
     pub fn clip_factor(&self, norm: f32) -> f32 {
-        if self.max_grad_norm > 0.0 && norm > self.max_grad_norm {
-            self.max_grad_norm / (norm + 1e-6)
-        } else {
-            1.0
-        }
+        if self.max_grad_norm > 0.0 && norm > self.max_grad_norm { self.max_grad_norm / (norm + 1e-6) } else { 1.0 }
     }
 
     /// One step (`step` counts from 1) on one parameter tensor.
-    pub fn update(
-        &self,
-        step: u32,
-        clip: f32,
-        param: &mut [f32],
-        grad: &[f32],
-        m: &mut [f32],
-        v: &mut [f32],
-    ) {
+    pub fn update(&self, step: u32, clip: f32, param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32]) {
         let correction1 = 1.0 - self.beta1.powi(step as i32);
         let correction2 = 1.0 - self.beta2.powi(step as i32);
-        for (((p, g), m), v) in param
-            .iter_mut()
-            .zip(grad)
-            .zip(m.iter_mut())
-            .zip(v.iter_mut())
-        {
+        for (((p, g), m), v) in param.iter_mut().zip(grad).zip(m.iter_mut()).zip(v.iter_mut()) {
             let g = g * clip;
             *m = self.beta1 * *m + (1.0 - self.beta1) * g;
             *v = self.beta2 * *v + (1.0 - self.beta2) * g * g;

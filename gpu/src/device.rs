@@ -48,14 +48,7 @@ pub trait Device {
     /// Sets `len` values to zero.
     fn clear(&self, buffer: &Self::Buffer, len: usize);
     /// See [`Matmul`].
-    fn matmul(
-        &self,
-        spec: &Matmul,
-        a: &Self::Buffer,
-        b: &Self::Buffer,
-        bias: Option<&Self::Buffer>,
-        c: &Self::Buffer,
-    );
+    fn matmul(&self, spec: &Matmul, a: &Self::Buffer, b: &Self::Buffer, bias: Option<&Self::Buffer>, c: &Self::Buffer);
     /// See [`Elementwise`]; `None` inputs are unused by the op.
     fn elementwise(
         &self,
@@ -67,14 +60,7 @@ pub trait Device {
         len: usize,
     );
     /// See [`cpu::layernorm`].
-    fn layernorm(
-        &self,
-        x: &Self::Buffer,
-        normalized: &Self::Buffer,
-        rstd: &Self::Buffer,
-        rows: usize,
-        width: usize,
-    );
+    fn layernorm(&self, x: &Self::Buffer, normalized: &Self::Buffer, rstd: &Self::Buffer, rows: usize, width: usize);
     /// See [`cpu::layernorm_backward`].
     #[allow(clippy::too_many_arguments)]
     fn layernorm_backward(
@@ -122,14 +108,7 @@ pub trait Device {
         dmodulation: &Self::Buffer,
     );
     /// See [`cpu::gated_residual`].
-    fn gated_residual(
-        &self,
-        shape: AdaLn,
-        x: &Self::Buffer,
-        y: &Self::Buffer,
-        modulation: &Self::Buffer,
-        gate: Chunk,
-    );
+    fn gated_residual(&self, shape: AdaLn, x: &Self::Buffer, y: &Self::Buffer, modulation: &Self::Buffer, gate: Chunk);
     /// See [`cpu::gated_residual_backward`].
     #[allow(clippy::too_many_arguments)]
     fn gated_residual_backward(
@@ -143,29 +122,11 @@ pub trait Device {
         dmodulation: &Self::Buffer,
     );
     /// See [`cpu::embed_mean`].
-    fn embed_mean(
-        &self,
-        shape: TextEmbedding,
-        ids: &Self::Ids,
-        table: &Self::Buffer,
-        pooled: &Self::Buffer,
-    );
+    fn embed_mean(&self, shape: TextEmbedding, ids: &Self::Ids, table: &Self::Buffer, pooled: &Self::Buffer);
     /// See [`cpu::embed_mean_backward`].
-    fn embed_mean_backward(
-        &self,
-        shape: TextEmbedding,
-        ids: &Self::Ids,
-        dpooled: &Self::Buffer,
-        dtable: &Self::Buffer,
-    );
+    fn embed_mean_backward(&self, shape: TextEmbedding, ids: &Self::Ids, dpooled: &Self::Buffer, dtable: &Self::Buffer);
     /// See [`cpu::timestep_embedding`].
-    fn timestep_embedding(
-        &self,
-        timesteps: &Self::Buffer,
-        out: &Self::Buffer,
-        batch: usize,
-        width: usize,
-    );
+    fn timestep_embedding(&self, timesteps: &Self::Buffer, out: &Self::Buffer, batch: usize, width: usize);
     /// See [`cpu::patchify`].
     fn patchify(&self, geometry: Patches, images: &Self::Buffer, tokens: &Self::Buffer);
     /// Backward of [`Device::patchify`].
@@ -173,12 +134,7 @@ pub trait Device {
     /// See [`cpu::unpatchify`].
     fn unpatchify(&self, geometry: Patches, tokens: &Self::Buffer, images: &Self::Buffer);
     /// Backward of [`Device::unpatchify`].
-    fn unpatchify_backward(
-        &self,
-        geometry: Patches,
-        dimages: &Self::Buffer,
-        dtokens: &Self::Buffer,
-    );
+    fn unpatchify_backward(&self, geometry: Patches, dimages: &Self::Buffer, dtokens: &Self::Buffer);
     /// `out[index] (+)= scale · Σ (a − b)²` (or `Σ a²`).
     #[allow(clippy::too_many_arguments)]
     fn sum_of_squares(
@@ -230,9 +186,7 @@ struct CpuPool<T> {
 
 impl<T> Default for CpuPool<T> {
     fn default() -> Self {
-        CpuPool {
-            free: Mutex::new(HashMap::new()),
-        }
+        CpuPool { free: Mutex::new(HashMap::new()) }
     }
 }
 
@@ -281,9 +235,7 @@ impl<T> Drop for CpuStorage<T> {
 impl<T: Real> CpuDevice<T> {
     /// A CPU device.
     pub fn new() -> Self {
-        CpuDevice {
-            pool: Arc::new(CpuPool::default()),
-        }
+        CpuDevice { pool: Arc::new(CpuPool::default()) }
     }
 
     /// A buffer of `len` values, from the pool when one is free: `fill` gets either an empty
@@ -292,25 +244,13 @@ impl<T: Real> CpuDevice<T> {
         if len < POOLED_MIN_LEN {
             let mut values = Vec::with_capacity(len);
             fill(&mut values);
-            return CpuBuffer(Arc::new(CpuStorage {
-                values: RwLock::new(values),
-                pool: None,
-            }));
+            return CpuBuffer(Arc::new(CpuStorage { values: RwLock::new(values), pool: None }));
         }
-        let recycled = self
-            .pool
-            .free
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(&len)
-            .and_then(Vec::pop);
+        let recycled = self.pool.free.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&len).and_then(Vec::pop);
         let mut values = recycled.unwrap_or_default();
         fill(&mut values);
         debug_assert_eq!(values.len(), len);
-        CpuBuffer(Arc::new(CpuStorage {
-            values: RwLock::new(values),
-            pool: Some(Arc::downgrade(&self.pool)),
-        }))
+        CpuBuffer(Arc::new(CpuStorage { values: RwLock::new(values), pool: Some(Arc::downgrade(&self.pool)) }))
     }
 }
 
@@ -320,9 +260,7 @@ fn read<T>(buffer: &CpuBuffer<T>) -> std::sync::RwLockReadGuard<'_, Vec<T>> {
 
 fn write<T>(buffer: &CpuBuffer<T>) -> std::sync::RwLockWriteGuard<'_, Vec<T>> {
     // An output that is also an input of the same operation would deadlock: fail loudly instead.
-    buffer
-        .try_write()
-        .expect("an operation's output buffer is also one of its inputs")
+    buffer.try_write().expect("an operation's output buffer is also one of its inputs")
 }
 
 /// The values behind an optional read guard (empty when there is none).
@@ -384,21 +322,9 @@ impl<T: Real + Send + Sync> Device for CpuDevice<T> {
     fn clear(&self, buffer: &Self::Buffer, len: usize) {
         write(buffer)[..len].fill(T::default());
     }
-    fn matmul(
-        &self,
-        spec: &Matmul,
-        a: &Self::Buffer,
-        b: &Self::Buffer,
-        bias: Option<&Self::Buffer>,
-        c: &Self::Buffer,
-    ) {
+    fn matmul(&self, spec: &Matmul, a: &Self::Buffer, b: &Self::Buffer, bias: Option<&Self::Buffer>, c: &Self::Buffer) {
         let bias = bias.map(read);
-        spec.run_cpu(
-            &read(a),
-            &read(b),
-            bias.as_deref().map(|v| v.as_slice()),
-            &mut write(c),
-        );
+        spec.run_cpu(&read(a), &read(b), bias.as_deref().map(|v| v.as_slice()), &mut write(c));
     }
     fn elementwise(
         &self,
@@ -410,12 +336,9 @@ impl<T: Real + Send + Sync> Device for CpuDevice<T> {
         len: usize,
     ) {
         // Inputs are read in place unless one of them is the output (then it is copied first).
-        let aliased = [a, b, c]
-            .iter()
-            .any(|input| input.is_some_and(|input| Arc::ptr_eq(&input.0, &y.0)));
+        let aliased = [a, b, c].iter().any(|input| input.is_some_and(|input| Arc::ptr_eq(&input.0, &y.0)));
         if aliased {
-            let host =
-                |buffer: Option<&Self::Buffer>| buffer.map(|b| read(b).clone()).unwrap_or_default();
+            let host = |buffer: Option<&Self::Buffer>| buffer.map(|b| read(b).clone()).unwrap_or_default();
             let (a, b, c) = (host(a), host(b), host(c));
             op.run_cpu(&a, &b, &c, &mut write(y)[..len]);
             return;
@@ -426,14 +349,7 @@ impl<T: Real + Send + Sync> Device for CpuDevice<T> {
             op.run_cpu_part(a, b, c, part, start, len);
         });
     }
-    fn layernorm(
-        &self,
-        x: &Self::Buffer,
-        normalized: &Self::Buffer,
-        rstd: &Self::Buffer,
-        rows: usize,
-        width: usize,
-    ) {
+    fn layernorm(&self, x: &Self::Buffer, normalized: &Self::Buffer, rstd: &Self::Buffer, rows: usize, width: usize) {
         let x = read(x);
         cpu::in_parts2(
             &mut write(normalized)[..rows * width],
@@ -458,24 +374,13 @@ impl<T: Real + Send + Sync> Device for CpuDevice<T> {
         let (normalized, rstd, dy) = (read(normalized), read(rstd), read(dy));
         cpu::in_parts(&mut write(dx)[..rows * width], width, |first, dx| {
             let part = first * width..first * width + dx.len();
-            cpu::layernorm_backward(
-                &normalized[part.clone()],
-                &rstd[first..],
-                &dy[part],
-                width,
-                dx,
-            );
+            cpu::layernorm_backward(&normalized[part.clone()], &rstd[first..], &dy[part], width, dx);
         });
     }
     fn softmax(&self, x: &Self::Buffer, y: &Self::Buffer, rows: usize, width: usize, scale: f32) {
         let x = read(x);
         cpu::in_parts(&mut write(y)[..rows * width], width, |first, y| {
-            cpu::softmax(
-                &x[first * width..][..y.len()],
-                width,
-                T::of(scale as f64),
-                y,
-            );
+            cpu::softmax(&x[first * width..][..y.len()], width, T::of(scale as f64), y);
         });
     }
     fn softmax_backward(
@@ -554,14 +459,7 @@ impl<T: Real + Send + Sync> Device for CpuDevice<T> {
             },
         );
     }
-    fn gated_residual(
-        &self,
-        shape: AdaLn,
-        x: &Self::Buffer,
-        y: &Self::Buffer,
-        modulation: &Self::Buffer,
-        gate: Chunk,
-    ) {
+    fn gated_residual(&self, shape: AdaLn, x: &Self::Buffer, y: &Self::Buffer, modulation: &Self::Buffer, gate: Chunk) {
         let sample = shape.tokens * shape.width;
         let (y, modulation) = (read(y), read(modulation));
         cpu::in_parts(&mut write(x)[..shape.batch * sample], sample, |first, x| {
@@ -608,13 +506,7 @@ impl<T: Real + Send + Sync> Device for CpuDevice<T> {
             },
         );
     }
-    fn embed_mean(
-        &self,
-        shape: TextEmbedding,
-        ids: &Self::Ids,
-        table: &Self::Buffer,
-        pooled: &Self::Buffer,
-    ) {
+    fn embed_mean(&self, shape: TextEmbedding, ids: &Self::Ids, table: &Self::Buffer, pooled: &Self::Buffer) {
         cpu::embed_mean(
             ids,
             shape.max_tokens,
@@ -630,21 +522,9 @@ impl<T: Real + Send + Sync> Device for CpuDevice<T> {
         dpooled: &Self::Buffer,
         dtable: &Self::Buffer,
     ) {
-        cpu::embed_mean_backward(
-            ids,
-            shape.max_tokens,
-            &read(dpooled),
-            shape.width,
-            &mut write(dtable),
-        );
+        cpu::embed_mean_backward(ids, shape.max_tokens, &read(dpooled), shape.width, &mut write(dtable));
     }
-    fn timestep_embedding(
-        &self,
-        timesteps: &Self::Buffer,
-        out: &Self::Buffer,
-        batch: usize,
-        width: usize,
-    ) {
+    fn timestep_embedding(&self, timesteps: &Self::Buffer, out: &Self::Buffer, batch: usize, width: usize) {
         let steps = to_f32(&read(timesteps)[..batch]);
         let mut host = vec![0.0f32; batch * width];
         cpu::timestep_embedding(&steps, width, &mut host);
@@ -662,12 +542,7 @@ impl<T: Real + Send + Sync> Device for CpuDevice<T> {
         let (tokens, mut images) = (read(tokens), write(images));
         geometry.for_each_source(true, |token, image| images[image] = tokens[token]);
     }
-    fn unpatchify_backward(
-        &self,
-        geometry: Patches,
-        dimages: &Self::Buffer,
-        dtokens: &Self::Buffer,
-    ) {
+    fn unpatchify_backward(&self, geometry: Patches, dimages: &Self::Buffer, dtokens: &Self::Buffer) {
         let (dimages, mut dtokens) = (read(dimages), write(dtokens));
         geometry.for_each_source(true, |token, image| dtokens[token] = dimages[image]);
     }
@@ -731,9 +606,9 @@ impl<T: Real + Send + Sync> Device for CpuDevice<T> {
         let mut out = write(out);
         match T::as_f32_mut(&mut out[..len]) {
             // Each value depends only on its index: filled in parts over the cores.
-            Some(values) => cpu::in_parts(values, 1, |first, part| {
-                stream.fill(offset.wrapping_add(first as u32), 1.0, part)
-            }),
+            Some(values) => {
+                cpu::in_parts(values, 1, |first, part| stream.fill(offset.wrapping_add(first as u32), 1.0, part))
+            }
             None => {
                 let mut host = vec![0.0f32; len];
                 stream.fill(offset, 1.0, &mut host);
@@ -832,18 +707,14 @@ impl WgpuDevice {
     fn record(&self, body: impl FnOnce(&mut Recorder<'_>)) {
         let mut slot = self.encoder.lock().expect("encoder poisoned");
         let encoder = slot.0.take().unwrap_or_else(|| {
-            self.context
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+            self.context.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
         });
         let mut recorder = Recorder::from_encoder(&self.context, encoder);
         body(&mut recorder);
         slot.1 += 1;
         if slot.1 >= SUBMIT_EVERY {
             // Submitting in batches lets the GPU start while the rest is being recorded.
-            self.context
-                .queue
-                .submit([recorder.into_encoder().finish()]);
+            self.context.queue.submit([recorder.into_encoder().finish()]);
             slot.1 = 0;
         } else {
             slot.0 = Some(recorder.into_encoder());
@@ -889,28 +760,17 @@ impl Drop for PooledInner {
 impl std::ops::Deref for PooledBuffer {
     type Target = wgpu::Buffer;
     fn deref(&self) -> &wgpu::Buffer {
-        self.0
-            .buffer
-            .as_ref()
-            .expect("a live pooled buffer has its buffer")
+        self.0.buffer.as_ref().expect("a live pooled buffer has its buffer")
     }
 }
 
 impl WgpuDevice {
     fn wrap(&self, buffer: wgpu::Buffer, len: usize) -> PooledBuffer {
-        PooledBuffer(Arc::new(PooledInner {
-            buffer: Some(buffer),
-            len,
-            pool: self.pool.clone(),
-        }))
+        PooledBuffer(Arc::new(PooledInner { buffer: Some(buffer), len, pool: self.pool.clone() }))
     }
 
     fn reuse(&self, len: usize) -> Option<wgpu::Buffer> {
-        self.pool
-            .lock()
-            .expect("pool poisoned")
-            .get_mut(&len)
-            .and_then(Vec::pop)
+        self.pool.lock().expect("pool poisoned").get_mut(&len).and_then(Vec::pop)
     }
 
     /// Frees the buffers kept for reuse.
@@ -938,9 +798,7 @@ impl Device for WgpuDevice {
                 // Earlier recorded work on this buffer must be submitted before the write.
                 self.flush();
                 if !data.is_empty() {
-                    self.context
-                        .queue
-                        .write_buffer(&buffer, 0, bytemuck::cast_slice(data));
+                    self.context.queue.write_buffer(&buffer, 0, bytemuck::cast_slice(data));
                 }
                 self.wrap(buffer, data.len())
             }
@@ -955,9 +813,7 @@ impl Device for WgpuDevice {
         // reads this buffer sees the old values.
         self.flush();
         if !data.is_empty() {
-            self.context
-                .queue
-                .write_buffer(buffer, 0, bytemuck::cast_slice(data));
+            self.context.queue.write_buffer(buffer, 0, bytemuck::cast_slice(data));
         }
     }
     fn download(&self, buffer: &Self::Buffer, len: usize) -> Result<Vec<f32>, GpuError> {
@@ -970,14 +826,7 @@ impl Device for WgpuDevice {
     fn clear(&self, buffer: &Self::Buffer, len: usize) {
         self.record(|recorder| recorder.clear(buffer, len));
     }
-    fn matmul(
-        &self,
-        spec: &Matmul,
-        a: &Self::Buffer,
-        b: &Self::Buffer,
-        bias: Option<&Self::Buffer>,
-        c: &Self::Buffer,
-    ) {
+    fn matmul(&self, spec: &Matmul, a: &Self::Buffer, b: &Self::Buffer, bias: Option<&Self::Buffer>, c: &Self::Buffer) {
         if let Some((splits, partial, reduce)) = self.split_k(spec) {
             let scratch = self.zeros(splits * spec.m * spec.n);
             self.record(|recorder| {
@@ -1010,14 +859,7 @@ impl Device for WgpuDevice {
             )
         });
     }
-    fn layernorm(
-        &self,
-        x: &Self::Buffer,
-        normalized: &Self::Buffer,
-        rstd: &Self::Buffer,
-        rows: usize,
-        width: usize,
-    ) {
+    fn layernorm(&self, x: &Self::Buffer, normalized: &Self::Buffer, rstd: &Self::Buffer, rows: usize, width: usize) {
         self.record(|recorder| rows::layernorm(recorder, x, normalized, rstd, rows, width));
     }
     fn layernorm_backward(
@@ -1029,9 +871,7 @@ impl Device for WgpuDevice {
         rows: usize,
         width: usize,
     ) {
-        self.record(|recorder| {
-            rows::layernorm_backward(recorder, normalized, rstd, dy, dx, rows, width)
-        });
+        self.record(|recorder| rows::layernorm_backward(recorder, normalized, rstd, dy, dx, rows, width));
     }
     fn softmax(&self, x: &Self::Buffer, y: &Self::Buffer, rows: usize, width: usize, scale: f32) {
         self.record(|recorder| rows::softmax(recorder, x, y, rows, width, scale));
@@ -1069,18 +909,9 @@ impl Device for WgpuDevice {
         dx: &Self::Buffer,
         dmodulation: &Self::Buffer,
     ) {
-        self.record(|recorder| {
-            shape.modulate_backward(recorder, x, modulation, shift, scale, dy, dx, dmodulation)
-        });
+        self.record(|recorder| shape.modulate_backward(recorder, x, modulation, shift, scale, dy, dx, dmodulation));
     }
-    fn gated_residual(
-        &self,
-        shape: AdaLn,
-        x: &Self::Buffer,
-        y: &Self::Buffer,
-        modulation: &Self::Buffer,
-        gate: Chunk,
-    ) {
+    fn gated_residual(&self, shape: AdaLn, x: &Self::Buffer, y: &Self::Buffer, modulation: &Self::Buffer, gate: Chunk) {
         self.record(|recorder| shape.gated_residual(recorder, x, y, modulation, gate));
     }
     fn gated_residual_backward(
@@ -1093,17 +924,9 @@ impl Device for WgpuDevice {
         dy: &Self::Buffer,
         dmodulation: &Self::Buffer,
     ) {
-        self.record(|recorder| {
-            shape.gated_residual_backward(recorder, y, modulation, gate, dx, dy, dmodulation)
-        });
+        self.record(|recorder| shape.gated_residual_backward(recorder, y, modulation, gate, dx, dy, dmodulation));
     }
-    fn embed_mean(
-        &self,
-        shape: TextEmbedding,
-        ids: &Self::Ids,
-        table: &Self::Buffer,
-        pooled: &Self::Buffer,
-    ) {
+    fn embed_mean(&self, shape: TextEmbedding, ids: &Self::Ids, table: &Self::Buffer, pooled: &Self::Buffer) {
         self.record(|recorder| shape.mean(recorder, ids, table, pooled));
     }
     fn embed_mean_backward(
@@ -1115,13 +938,7 @@ impl Device for WgpuDevice {
     ) {
         self.record(|recorder| shape.mean_backward(recorder, ids, dpooled, dtable));
     }
-    fn timestep_embedding(
-        &self,
-        timesteps: &Self::Buffer,
-        out: &Self::Buffer,
-        batch: usize,
-        width: usize,
-    ) {
+    fn timestep_embedding(&self, timesteps: &Self::Buffer, out: &Self::Buffer, batch: usize, width: usize) {
         self.record(|recorder| embed::timestep_embedding(recorder, timesteps, out, batch, width));
     }
     fn patchify(&self, geometry: Patches, images: &Self::Buffer, tokens: &Self::Buffer) {
@@ -1133,12 +950,7 @@ impl Device for WgpuDevice {
     fn unpatchify(&self, geometry: Patches, tokens: &Self::Buffer, images: &Self::Buffer) {
         self.record(|recorder| patchify::unpatchify(recorder, geometry, tokens, images));
     }
-    fn unpatchify_backward(
-        &self,
-        geometry: Patches,
-        dimages: &Self::Buffer,
-        dtokens: &Self::Buffer,
-    ) {
+    fn unpatchify_backward(&self, geometry: Patches, dimages: &Self::Buffer, dtokens: &Self::Buffer) {
         self.record(|recorder| patchify::unpatchify_backward(recorder, geometry, dimages, dtokens));
     }
     fn sum_of_squares(
@@ -1153,17 +965,7 @@ impl Device for WgpuDevice {
     ) {
         let partials = self.zeros(reduce::MAX_PARTIALS);
         self.record(|recorder| {
-            reduce::sum_of_squares(
-                recorder,
-                a,
-                b.map(|x| &**x),
-                len,
-                scale,
-                &partials,
-                out,
-                index,
-                accumulate,
-            )
+            reduce::sum_of_squares(recorder, a, b.map(|x| &**x), len, scale, &partials, out, index, accumulate)
         });
     }
     fn adamw(
@@ -1177,19 +979,7 @@ impl Device for WgpuDevice {
         v: &Self::Buffer,
         len: usize,
     ) {
-        self.record(|recorder| {
-            adamw::adamw_step(
-                recorder,
-                hyper,
-                step,
-                grad,
-                sum_of_squares,
-                param,
-                m,
-                v,
-                len,
-            )
-        });
+        self.record(|recorder| adamw::adamw_step(recorder, hyper, step, grad, sum_of_squares, param, m, v, len));
     }
     fn noise(&self, stream: NoiseStream, offset: u32, out: &Self::Buffer, len: usize) {
         self.record(|recorder| stream.record(recorder, &self.noise_table, offset, 1.0, out, len));
@@ -1216,20 +1006,9 @@ mod tests {
     /// inverse permutation.
     #[test]
     fn patch_permutations_equal_the_per_index_definition() {
-        for geometry in [
-            Patches {
-                batch: 2,
-                channels: 3,
-                size: 8,
-                patch: 4,
-            },
-            Patches {
-                batch: 3,
-                channels: 2,
-                size: 9,
-                patch: 3,
-            },
-        ] {
+        for geometry in
+            [Patches { batch: 2, channels: 3, size: 8, patch: 4 }, Patches { batch: 3, channels: 2, size: 9, patch: 3 }]
+        {
             let device = CpuDevice::<f32>::new();
             let len = geometry.len();
             let (images, tokens) = (values(len, 4), values(len, 5));
@@ -1246,11 +1025,7 @@ mod tests {
             assert_eq!(download(&outs[0]), patches, "patchify {geometry:?}");
             assert_eq!(download(&outs[1]), unpatched, "unpatchify {geometry:?}");
             assert_eq!(download(&outs[2]), images, "patchify backward {geometry:?}");
-            assert_eq!(
-                download(&outs[3]),
-                tokens,
-                "unpatchify backward {geometry:?}"
-            );
+            assert_eq!(download(&outs[3]), tokens, "unpatchify backward {geometry:?}");
         }
     }
 
@@ -1263,29 +1038,15 @@ mod tests {
         let v: Vec<f32> = values(len, 9).iter().map(|x| x * x + 0.01).collect();
         // No clipping: the clip factor comes from a sum over all values, whose order differs
         // between an f64 device and this f32 reference.
-        let hyper = AdamW {
-            lr: 1e-2,
-            weight_decay: 0.1,
-            max_grad_norm: 0.0,
-            ..AdamW::default()
-        };
+        let hyper = AdamW { lr: 1e-2, weight_decay: 0.1, max_grad_norm: 0.0, ..AdamW::default() };
         let (mut p_ref, mut m_ref, mut v_ref) = (param.clone(), m.clone(), v.clone());
         hyper.update(3, 1.0, &mut p_ref, &grad, &mut m_ref, &mut v_ref);
         let mut noise_ref = vec![0.0; len];
         NoiseStream::new(10).fill(17, 1.0, &mut noise_ref);
 
-        fn run<D: Device>(
-            device: &D,
-            hyper: &AdamW,
-            [param, grad, m, v]: [&[f32]; 4],
-        ) -> [Vec<f32>; 4] {
+        fn run<D: Device>(device: &D, hyper: &AdamW, [param, grad, m, v]: [&[f32]; 4]) -> [Vec<f32>; 4] {
             let len = param.len();
-            let (pb, gb, mb, vb) = (
-                device.upload(param),
-                device.upload(grad),
-                device.upload(m),
-                device.upload(v),
-            );
+            let (pb, gb, mb, vb) = (device.upload(param), device.upload(grad), device.upload(m), device.upload(v));
             let norm = device.zeros(1);
             device.sum_of_squares(&gb, None, len, 1.0, &norm, 0, false);
             device.adamw(hyper, 3, &gb, &norm, &pb, &mb, &vb, len);
@@ -1301,13 +1062,9 @@ mod tests {
             // The same f32 update everywhere; only the bias corrections' powers may be
             // evaluated differently (folded at compile time or not) in the last bit.
             let tolerance = 1e-6;
-            for (label, got, want) in [("param", &p, &p_ref), ("m", &m, &m_ref), ("v", &v, &v_ref)]
-            {
-                let worst = got
-                    .iter()
-                    .zip(want.iter())
-                    .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
-                    .fold(0.0f32, f32::max);
+            for (label, got, want) in [("param", &p, &p_ref), ("m", &m, &m_ref), ("v", &v, &v_ref)] {
+                let worst =
+                    got.iter().zip(want.iter()).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0.0f32, f32::max);
                 assert!(worst <= tolerance, "{name} {label}: off by {worst}");
             }
             assert_eq!(noise, noise_ref, "{name} noise");
@@ -1325,21 +1082,8 @@ mod tests {
         assert!(len >= 2 * super::cpu::tests_parallel_min_len());
         let (x, y) = (values(len, 1), values(len, 2));
         let modulation = values(batch * 6 * width, 3);
-        let shape = AdaLn {
-            batch,
-            tokens,
-            width,
-        };
-        let (shift, scale) = (
-            Chunk {
-                offset: 0,
-                stride: 6 * width,
-            },
-            Chunk {
-                offset: width,
-                stride: 6 * width,
-            },
-        );
+        let shape = AdaLn { batch, tokens, width };
+        let (shift, scale) = (Chunk { offset: 0, stride: 6 * width }, Chunk { offset: width, stride: 6 * width });
         let upload = |v: &[f32]| device.upload(v);
         let (xb, yb, mb) = (upload(&x), upload(&y), upload(&modulation));
 
@@ -1353,27 +1097,15 @@ mod tests {
         device.gated_residual(shape, &residual, &yb, &mb, scale);
         let mut expected = x.clone();
         cpu::gated_residual(&mut expected, &y, &modulation, scale, tokens, width);
-        assert_eq!(
-            device.download(&residual, len).unwrap(),
-            expected,
-            "gated residual"
-        );
+        assert_eq!(device.download(&residual, len).unwrap(), expected, "gated residual");
 
         let rows = batch * tokens;
         let (normalized, rstd) = (device.zeros(len), device.zeros(rows));
         device.layernorm(&xb, &normalized, &rstd, rows, width);
         let (mut expected, mut expected_rstd) = (vec![0.0; len], vec![0.0; rows]);
         cpu::layernorm(&x, width, &mut expected, &mut expected_rstd);
-        assert_eq!(
-            device.download(&normalized, len).unwrap(),
-            expected,
-            "layernorm"
-        );
-        assert_eq!(
-            device.download(&rstd, rows).unwrap(),
-            expected_rstd,
-            "layernorm rstd"
-        );
+        assert_eq!(device.download(&normalized, len).unwrap(), expected, "layernorm");
+        assert_eq!(device.download(&rstd, rows).unwrap(), expected_rstd, "layernorm rstd");
 
         device.softmax(&xb, &out, rows, width, 0.7);
         let mut expected = vec![0.0; len];
@@ -1398,11 +1130,7 @@ mod tests {
             &mut expected,
             &mut expected_dmodulation,
         );
-        assert_eq!(
-            device.download(&dx, len).unwrap(),
-            expected,
-            "modulate backward dx"
-        );
+        assert_eq!(device.download(&dx, len).unwrap(), expected, "modulate backward dx");
         assert_eq!(
             device.download(&dmodulation, modulation.len()).unwrap(),
             expected_dmodulation,
@@ -1422,11 +1150,7 @@ mod tests {
             &mut expected,
             &mut expected_dmodulation,
         );
-        assert_eq!(
-            device.download(&dx, len).unwrap(),
-            expected,
-            "gated residual backward dy"
-        );
+        assert_eq!(device.download(&dx, len).unwrap(), expected, "gated residual backward dy");
         assert_eq!(
             device.download(&dmodulation, modulation.len()).unwrap(),
             expected_dmodulation,
@@ -1435,31 +1159,15 @@ mod tests {
 
         device.layernorm_backward(&normalized, &rstd, &dyb, &dx, rows, width);
         let mut expected = vec![0.0; len];
-        let (normalized_host, rstd_host) = (
-            device.download(&normalized, len).unwrap(),
-            device.download(&rstd, rows).unwrap(),
-        );
+        let (normalized_host, rstd_host) =
+            (device.download(&normalized, len).unwrap(), device.download(&rstd, rows).unwrap());
         cpu::layernorm_backward(&normalized_host, &rstd_host, &dy, width, &mut expected);
-        assert_eq!(
-            device.download(&dx, len).unwrap(),
-            expected,
-            "layernorm backward"
-        );
+        assert_eq!(device.download(&dx, len).unwrap(), expected, "layernorm backward");
 
         device.softmax_backward(&out, &dyb, &dx, rows, width, 0.7);
         let mut expected = vec![0.0; len];
-        cpu::softmax_backward(
-            &device.download(&out, len).unwrap(),
-            &dy,
-            width,
-            0.7,
-            &mut expected,
-        );
-        assert_eq!(
-            device.download(&dx, len).unwrap(),
-            expected,
-            "softmax backward"
-        );
+        cpu::softmax_backward(&device.download(&out, len).unwrap(), &dy, width, 0.7, &mut expected);
+        assert_eq!(device.download(&dx, len).unwrap(), expected, "softmax backward");
 
         for op in [
             Elementwise::Gelu,
@@ -1470,9 +1178,7 @@ mod tests {
             Elementwise::Combine { s0: 0.3, s1: -1.2 },
             Elementwise::ScaledDifference { scale: 0.25 },
             Elementwise::MaskedRowAdd { period: 37 },
-            Elementwise::Ddim {
-                coefficients: [0.9, -0.3, 0.1],
-            },
+            Elementwise::Ddim { coefficients: [0.9, -0.3, 0.1] },
         ] {
             let target = upload(&y);
             device.elementwise(op, Some(&xb), Some(&yb), None, &target, len);
@@ -1489,22 +1195,9 @@ mod tests {
         let expected: Vec<f32> = (0..len).map(|i| y[i] + x[i % 37]).collect();
         assert_eq!(device.download(&target, len).unwrap(), expected, "{add:?}");
         let target = device.zeros(len);
-        device.elementwise(
-            Elementwise::GeluBackward,
-            Some(&xb),
-            Some(&yb),
-            None,
-            &target,
-            len,
-        );
-        let expected: Vec<f32> = (0..len)
-            .map(|i| y[i] * cpu::gelu_derivative(x[i]))
-            .collect();
-        assert_eq!(
-            device.download(&target, len).unwrap(),
-            expected,
-            "gelu backward"
-        );
+        device.elementwise(Elementwise::GeluBackward, Some(&xb), Some(&yb), None, &target, len);
+        let expected: Vec<f32> = (0..len).map(|i| y[i] * cpu::gelu_derivative(x[i])).collect();
+        assert_eq!(device.download(&target, len).unwrap(), expected, "gelu backward");
         let doubled: Vec<f32> = x.iter().chain(&y).copied().collect();
         let target = device.zeros(len);
         device.elementwise(
@@ -1516,10 +1209,6 @@ mod tests {
             len,
         );
         let expected: Vec<f32> = (0..len).map(|i| y[i] + 2.5 * (x[i] - y[i])).collect();
-        assert_eq!(
-            device.download(&target, len).unwrap(),
-            expected,
-            "guidance halves"
-        );
+        assert_eq!(device.download(&target, len).unwrap(), expected, "guidance halves");
     }
 }

@@ -5,8 +5,7 @@ use crate::context::{Backend, GpuError};
 use crate::cpu::AdamW;
 use crate::device::{CpuDevice, WgpuDevice};
 use crate::model::{
-    Dit, DitConfig, HostAdapter, HostWeights, LossWeighting, SampleOptions, TrainBatch, TrainMode,
-    WeightsError,
+    Dit, DitConfig, HostAdapter, HostWeights, LossWeighting, SampleOptions, TrainBatch, TrainMode, WeightsError,
 };
 
 /// A model and the device it lives on.
@@ -66,8 +65,7 @@ impl Engine {
         ids: &[u32],
         negative: Option<&[u32]>,
     ) -> Result<Vec<f32>, EngineError> {
-        Ok(on_device!(self, |device, model| model
-            .sample(device, options, ids, negative))?)
+        Ok(on_device!(self, |device, model| model.sample(device, options, ids, negative))?)
     }
 
     /// See [`Dit::sample_with_progress`].
@@ -78,10 +76,7 @@ impl Engine {
         negative: Option<&[u32]>,
         progress: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Result<Vec<f32>, EngineError> {
-        Ok(on_device!(self, |device, model| model
-            .sample_with_progress(
-                device, options, ids, negative, progress
-            ))?)
+        Ok(on_device!(self, |device, model| model.sample_with_progress(device, options, ids, negative, progress))?)
     }
 
     /// See [`Dit::sample_seeded`].
@@ -93,9 +88,7 @@ impl Engine {
         seeds: &[u64],
         progress: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Result<Vec<f32>, EngineError> {
-        Ok(on_device!(self, |device, model| model.sample_seeded(
-            device, options, ids, negative, seeds, progress
-        ))?)
+        Ok(on_device!(self, |device, model| model.sample_seeded(device, options, ids, negative, seeds, progress))?)
     }
 
     /// See [`Dit::set_trainable`].
@@ -116,8 +109,7 @@ impl Engine {
         hyper: &AdamW,
         seed: u64,
     ) -> Result<f32, EngineError> {
-        Ok(on_device!(self, |device, model| model
-            .train_step(device, batch, mode, hyper, seed))?)
+        Ok(on_device!(self, |device, model| model.train_step(device, batch, mode, hyper, seed))?)
     }
 
     /// See [`Dit::base_weights`].

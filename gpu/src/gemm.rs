@@ -75,8 +75,7 @@ pub unsafe fn sgemm_bias(
 /// Whether the AVX2 product can run here.
 pub fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma");
+    return std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
     #[cfg(not(target_arch = "x86_64"))]
     return false;
 }
@@ -93,27 +92,16 @@ struct Strided {
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 impl Strided {
     fn new(at: *const f32, row: isize, col: isize) -> Self {
-        Strided {
-            at: at as usize,
-            row,
-            col,
-        }
+        Strided { at: at as usize, row, col }
     }
     /// The operand from row `r` and column `c` on.
     fn offset(self, r: usize, c: usize) -> Self {
         let bytes = (r as isize * self.row + c as isize * self.col) * 4;
-        Strided {
-            at: (self.at as isize + bytes) as usize,
-            ..self
-        }
+        Strided { at: (self.at as isize + bytes) as usize, ..self }
     }
     /// The same elements with rows and columns swapped.
     fn transposed(self) -> Self {
-        Strided {
-            row: self.col,
-            col: self.row,
-            ..self
-        }
+        Strided { row: self.col, col: self.row, ..self }
     }
     /// Element (r, c).
     ///
@@ -161,11 +149,7 @@ impl Product {
     #[cfg(target_arch = "x86_64")]
     unsafe fn run(self, m: usize, k: usize, n: usize) {
         let threads = crate::cpu::parallelism();
-        let parts = if m * n * k < PARALLEL_MIN_WORK {
-            1
-        } else {
-            threads
-        };
+        let parts = if m * n * k < PARALLEL_MIN_WORK { 1 } else { threads };
         // Rows when each part still gets several tiles of them, else columns.
         let by_rows = m >= parts * 8 * MR || n < parts * 2 * NR;
         let (length, unit) = if by_rows { (m, MR) } else { (n, NR) };
@@ -178,11 +162,8 @@ impl Product {
         let per = length.div_ceil(parts).div_ceil(unit) * unit;
         crate::pool::run_parts(length.div_ceil(per), &|index| {
             let (first, size) = (index * per, per.min(length - index * per));
-            let (part, pm, pn) = if by_rows {
-                (self.offset(first, 0), size, n)
-            } else {
-                (self.offset(0, first), m, size)
-            };
+            let (part, pm, pn) =
+                if by_rows { (self.offset(first, 0), size, n) } else { (self.offset(0, first), m, size) };
             // SAFETY: the parts write disjoint rows (or columns) of C.
             unsafe { part.blocked(pm, k, pn) };
         });
@@ -221,14 +202,7 @@ impl Product {
     /// As [`Product::run`].
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn blocked_with(
-        self,
-        m: usize,
-        k: usize,
-        n: usize,
-        packed_a: &mut [f32],
-        packed_b: &mut [f32],
-    ) {
+    unsafe fn blocked_with(self, m: usize, k: usize, n: usize, packed_a: &mut [f32], packed_b: &mut [f32]) {
         let panels_n = n.div_ceil(NR);
         // Small products (attention's per sample and head) read A in place, and B too when its
         // rows are contiguous: copying them cost more than the product.
@@ -263,13 +237,8 @@ impl Product {
                         } else {
                             Panel::packed(&packed_a[panel_m * MR * kc..][..MR * kc], MR)
                         };
-                        let (r, rows, cols) = (
-                            row + panel_m * MR,
-                            MR.min(mc - panel_m * MR),
-                            NR.min(n - col),
-                        );
-                        let c = (self.c as *mut f32)
-                            .wrapping_offset(r as isize * self.rsc + col as isize);
+                        let (r, rows, cols) = (row + panel_m * MR, MR.min(mc - panel_m * MR), NR.min(n - col));
+                        let c = (self.c as *mut f32).wrapping_offset(r as isize * self.rsc + col as isize);
                         let bias = bias.map(|bias| (bias as *const f32).wrapping_add(col));
                         let scale = (self.alpha, beta);
                         // SAFETY: the tile rows × cols at c is inside C, bias has cols values,
@@ -297,19 +266,11 @@ struct Panel {
 impl Panel {
     /// A packed panel of `width` values per step.
     fn packed(values: &[f32], width: usize) -> Self {
-        Panel {
-            at: values.as_ptr(),
-            across: 1,
-            along: width as isize,
-        }
+        Panel { at: values.as_ptr(), across: 1, along: width as isize }
     }
     /// A view read in place: i along its rows, p along its columns.
     fn of(view: Strided) -> Self {
-        Panel {
-            at: view.at as *const f32,
-            across: view.row,
-            along: view.col,
-        }
+        Panel { at: view.at as *const f32, across: view.row, along: view.col }
     }
 }
 
@@ -322,11 +283,7 @@ impl Panel {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn pack(view: Strided, width: usize, len: usize, kc: usize, out: &mut [f32]) {
-    for (panel, chunk) in out
-        .chunks_exact_mut(width * kc)
-        .take(len.div_ceil(width))
-        .enumerate()
-    {
+    for (panel, chunk) in out.chunks_exact_mut(width * kc).take(len.div_ceil(width)).enumerate() {
         let first = panel * width;
         let count = width.min(len - first);
         if view.row == 1 && count == width {
@@ -347,11 +304,7 @@ unsafe fn pack(view: Strided, width: usize, len: usize, kc: usize, out: &mut [f3
         for i in 0..width {
             for p in 0..kc {
                 // SAFETY: in bounds for i < count.
-                chunk[p * width + i] = if i < count {
-                    unsafe { view.get(first + i, p) }
-                } else {
-                    0.0
-                };
+                chunk[p * width + i] = if i < count { unsafe { view.get(first + i, p) } } else { 0.0 };
             }
         }
     }
@@ -383,8 +336,7 @@ unsafe fn tile(
     debug_assert!(b.across == 1 && rows >= 1);
     // Rows past the edge of C repeat its last row (their sums are not stored), so an A read in
     // place is never read outside its rows.
-    let a_rows: [*const f32; MR] =
-        std::array::from_fn(|i| a.at.wrapping_offset(i.min(rows - 1) as isize * a.across));
+    let a_rows: [*const f32; MR] = std::array::from_fn(|i| a.at.wrapping_offset(i.min(rows - 1) as isize * a.across));
     let mut sums = [[_mm256_setzero_ps(); 2]; MR];
     for p in 0..kc as isize {
         // SAFETY: p < kc, inside the panels (the caller's contract).
@@ -402,8 +354,7 @@ unsafe fn tile(
     let beta_v = _mm256_set1_ps(beta);
     if rows == MR && cols == NR {
         // SAFETY: a bias has NR values here.
-        let bias_v =
-            bias.map(|bias| unsafe { [_mm256_loadu_ps(bias), _mm256_loadu_ps(bias.add(8))] });
+        let bias_v = bias.map(|bias| unsafe { [_mm256_loadu_ps(bias), _mm256_loadu_ps(bias.add(8))] });
         for (i, sum) in sums.iter().enumerate() {
             // SAFETY: the full tile is inside C.
             unsafe {
@@ -437,11 +388,7 @@ unsafe fn tile(
             // SAFETY: (i, j) is inside C.
             unsafe {
                 let at = c.offset(i as isize * rsc).add(j);
-                let mut result = if beta != 0.0 {
-                    beta.mul_add(*at, value)
-                } else {
-                    value
-                };
+                let mut result = if beta != 0.0 { beta.mul_add(*at, value) } else { value };
                 if let Some(bias) = bias {
                     result += *bias.add(j);
                 }

@@ -115,31 +115,20 @@ impl DitConfig {
         self.width / self.heads
     }
     fn geometry(&self, batch: usize) -> Patches {
-        Patches {
-            batch,
-            channels: self.channels,
-            size: self.image_size,
-            patch: self.patch,
-        }
+        Patches { batch, channels: self.channels, size: self.image_size, patch: self.patch }
     }
 
     /// Every parameter's name and shape, in a fixed order.
     pub fn parameter_shapes(&self) -> Vec<(String, Vec<usize>)> {
         let (d, f, h, p) = (self.width, self.frequency_dim, self.hidden(), self.patch);
         let mut shapes = vec![
-            (
-                "x_embedder.proj.weight".to_string(),
-                vec![d, self.channels, p, p],
-            ),
+            ("x_embedder.proj.weight".to_string(), vec![d, self.channels, p, p]),
             ("x_embedder.proj.bias".to_string(), vec![d]),
             ("t_embedder.mlp.0.weight".to_string(), vec![d, f]),
             ("t_embedder.mlp.0.bias".to_string(), vec![d]),
             ("t_embedder.mlp.2.weight".to_string(), vec![d, d]),
             ("t_embedder.mlp.2.bias".to_string(), vec![d]),
-            (
-                "y_embedder.embedding.weight".to_string(),
-                vec![self.vocabulary, d],
-            ),
+            ("y_embedder.embedding.weight".to_string(), vec![self.vocabulary, d]),
             ("y_embedder.null_text".to_string(), vec![d]),
             ("y_embedder.mlp.0.weight".to_string(), vec![d, d]),
             ("y_embedder.mlp.0.bias".to_string(), vec![d]),
@@ -159,22 +148,10 @@ impl DitConfig {
                 shapes.push((format!("{prefix}.{name}.bias"), vec![out]));
             }
         }
-        shapes.push((
-            "final_layer.adaLN_modulation.1.weight".to_string(),
-            vec![2 * d, d],
-        ));
-        shapes.push((
-            "final_layer.adaLN_modulation.1.bias".to_string(),
-            vec![2 * d],
-        ));
-        shapes.push((
-            "final_layer.linear.weight".to_string(),
-            vec![self.patch_len(), d],
-        ));
-        shapes.push((
-            "final_layer.linear.bias".to_string(),
-            vec![self.patch_len()],
-        ));
+        shapes.push(("final_layer.adaLN_modulation.1.weight".to_string(), vec![2 * d, d]));
+        shapes.push(("final_layer.adaLN_modulation.1.bias".to_string(), vec![2 * d]));
+        shapes.push(("final_layer.linear.weight".to_string(), vec![self.patch_len(), d]));
+        shapes.push(("final_layer.linear.bias".to_string(), vec![self.patch_len()]));
         shapes
     }
 }
@@ -194,12 +171,7 @@ pub enum LoraTarget {
 
 impl LoraTarget {
     /// Every module an adapter can target, in block order.
-    pub const ALL: [LoraTarget; 4] = [
-        LoraTarget::Qkv,
-        LoraTarget::Proj,
-        LoraTarget::Fc1,
-        LoraTarget::Fc2,
-    ];
+    pub const ALL: [LoraTarget; 4] = [LoraTarget::Qkv, LoraTarget::Proj, LoraTarget::Fc1, LoraTarget::Fc2];
 
     /// The module name inside a block.
     pub fn module(self) -> &'static str {
@@ -263,11 +235,7 @@ impl HostWeights {
             .tensors
             .iter()
             .map(|(name, (shape, values))| {
-                (
-                    name.clone(),
-                    shape.clone(),
-                    values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                )
+                (name.clone(), shape.clone(), values.iter().flat_map(|v| v.to_le_bytes()).collect())
             })
             .collect();
         let views = bytes
@@ -278,21 +246,17 @@ impl HostWeights {
                     .map_err(|error| WeightsError::Format(error.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        safetensors::serialize(views, metadata)
-            .map_err(|error| WeightsError::Format(error.to_string()))
+        safetensors::serialize(views, metadata).map_err(|error| WeightsError::Format(error.to_string()))
     }
 
     /// Parses safetensors holding f32 tensors.
     pub fn from_safetensors(bytes: &[u8]) -> Result<Self, WeightsError> {
-        let parsed = safetensors::SafeTensors::deserialize(bytes)
-            .map_err(|error| WeightsError::Format(error.to_string()))?;
+        let parsed =
+            safetensors::SafeTensors::deserialize(bytes).map_err(|error| WeightsError::Format(error.to_string()))?;
         let mut tensors = BTreeMap::new();
         for (name, view) in parsed.tensors() {
             if view.dtype() != safetensors::Dtype::F32 {
-                return Err(WeightsError::Tensor {
-                    name,
-                    problem: format!("dtype {:?}, expected F32", view.dtype()),
-                });
+                return Err(WeightsError::Tensor { name, problem: format!("dtype {:?}, expected F32", view.dtype()) });
             }
             let values = view
                 .data()
@@ -309,16 +273,10 @@ impl HostWeights {
         for (name, shape) in config.parameter_shapes() {
             match self.tensors.get(&name) {
                 None => {
-                    return Err(WeightsError::Tensor {
-                        name,
-                        problem: "missing".to_string(),
-                    });
+                    return Err(WeightsError::Tensor { name, problem: "missing".to_string() });
                 }
                 Some((found, _)) if *found != shape => {
-                    return Err(WeightsError::Tensor {
-                        name,
-                        problem: format!("shape {found:?}, expected {shape:?}"),
-                    });
+                    return Err(WeightsError::Tensor { name, problem: format!("shape {found:?}, expected {shape:?}") });
                 }
                 Some(_) => {}
             }
@@ -392,10 +350,7 @@ pub struct HostAdapter {
 impl HostAdapter {
     /// PEFT name of a LoRA matrix.
     pub fn name(block: usize, target: LoraTarget, matrix: char) -> String {
-        format!(
-            "base_model.model.blocks.{block}.{}.lora_{matrix}.weight",
-            target.module()
-        )
+        format!("base_model.model.blocks.{block}.{}.lora_{matrix}.weight", target.module())
     }
 
     /// A fresh adapter: A ~ N(0, 1/in), B = 0.
@@ -410,16 +365,10 @@ impl HostAdapter {
                 stream.fill(offset, 1.0 / (inp as f32).sqrt(), &mut a);
                 offset = offset.wrapping_add(a.len() as u32);
                 tensors.insert(Self::name(block, target, 'A'), (vec![config.rank, inp], a));
-                tensors.insert(
-                    Self::name(block, target, 'B'),
-                    (vec![out, config.rank], vec![0.0; out * config.rank]),
-                );
+                tensors.insert(Self::name(block, target, 'B'), (vec![out, config.rank], vec![0.0; out * config.rank]));
             }
         }
-        HostAdapter {
-            config: config.clone(),
-            weights: HostWeights { tensors },
-        }
+        HostAdapter { config: config.clone(), weights: HostWeights { tensors } }
     }
 
     /// PEFT's `adapter_config.json`.
@@ -460,59 +409,31 @@ impl HostAdapter {
             problem: problem.to_string(),
         };
         let rank = value["r"].as_u64().ok_or_else(|| bad("no r"))? as usize;
-        let alpha = value["lora_alpha"]
-            .as_f64()
-            .ok_or_else(|| bad("no lora_alpha"))? as f32;
+        let alpha = value["lora_alpha"].as_f64().ok_or_else(|| bad("no lora_alpha"))? as f32;
         let modules = match &value["target_modules"] {
             serde_json::Value::String(pattern) => pattern.clone(),
-            serde_json::Value::Array(list) => list
-                .iter()
-                .filter_map(|v| v.as_str())
-                .collect::<Vec<_>>()
-                .join("|"),
+            serde_json::Value::Array(list) => list.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join("|"),
             _ => return Err(bad("no target_modules")),
         };
-        let targets: Vec<LoraTarget> = [
-            LoraTarget::Qkv,
-            LoraTarget::Proj,
-            LoraTarget::Fc1,
-            LoraTarget::Fc2,
-        ]
-        .into_iter()
-        .filter(|t| {
-            modules.contains(&t.module().replace('.', r"\.")) || modules.contains(t.module())
-        })
-        .collect();
+        let targets: Vec<LoraTarget> = [LoraTarget::Qkv, LoraTarget::Proj, LoraTarget::Fc1, LoraTarget::Fc2]
+            .into_iter()
+            .filter(|t| modules.contains(&t.module().replace('.', r"\.")) || modules.contains(t.module()))
+            .collect();
         if rank == 0 || targets.is_empty() {
             return Err(bad("rank 0 or no known target"));
         }
-        Ok(LoraConfig {
-            rank,
-            alpha,
-            targets,
-        })
+        Ok(LoraConfig { rank, alpha, targets })
     }
 
     /// The base weights with `W += (alpha/r) · B A` for every adapted module.
-    pub fn merge_into(
-        &self,
-        model: &DitConfig,
-        base: &HostWeights,
-    ) -> Result<HostWeights, WeightsError> {
+    pub fn merge_into(&self, model: &DitConfig, base: &HostWeights) -> Result<HostWeights, WeightsError> {
         let mut merged = base.clone();
-        let find = |weights: &HostWeights, name: String, shape: [usize; 2]| match weights
-            .tensors
-            .get(&name)
-        {
+        let find = |weights: &HostWeights, name: String, shape: [usize; 2]| match weights.tensors.get(&name) {
             Some((found, _)) if found[..] == shape[..] => Ok(()),
-            Some((found, _)) => Err(WeightsError::Tensor {
-                name,
-                problem: format!("shape {found:?}, expected {shape:?}"),
-            }),
-            None => Err(WeightsError::Tensor {
-                name,
-                problem: "missing".to_string(),
-            }),
+            Some((found, _)) => {
+                Err(WeightsError::Tensor { name, problem: format!("shape {found:?}, expected {shape:?}") })
+            }
+            None => Err(WeightsError::Tensor { name, problem: "missing".to_string() }),
         };
         for block in 0..model.depth {
             for &target in &self.config.targets {
@@ -520,11 +441,7 @@ impl HostAdapter {
                 let rank = self.config.rank;
                 find(&self.weights, Self::name(block, target, 'A'), [rank, inp])?;
                 find(&self.weights, Self::name(block, target, 'B'), [out, rank])?;
-                find(
-                    base,
-                    format!("blocks.{block}.{}.weight", target.module()),
-                    [out, inp],
-                )?;
+                find(base, format!("blocks.{block}.{}.weight", target.module()), [out, inp])?;
             }
         }
         let scale = self.config.scale();
@@ -746,9 +663,7 @@ impl TrainBatch {
     /// The number of samples, after checking that images and ids agree with `config`.
     pub fn samples(&self, config: &DitConfig) -> Result<usize, GpuError> {
         let count = self.ids.len() / config.max_tokens.max(1);
-        if count == 0
-            || self.ids.len() != count * config.max_tokens
-            || self.images.len() != count * config.image_len()
+        if count == 0 || self.ids.len() != count * config.max_tokens || self.images.len() != count * config.image_len()
         {
             return Err(GpuError::Shape(format!(
                 "a batch needs [B, {}] ids and [B, {}, {}, {}] images; got {} ids and {} values",
@@ -760,15 +675,8 @@ impl TrainBatch {
                 self.images.len()
             )));
         }
-        if let Some(id) = self
-            .ids
-            .iter()
-            .find(|id| **id as usize >= config.vocabulary)
-        {
-            return Err(GpuError::Shape(format!(
-                "token id {id} is outside the vocabulary of {}",
-                config.vocabulary
-            )));
+        if let Some(id) = self.ids.iter().find(|id| **id as usize >= config.vocabulary) {
+            return Err(GpuError::Shape(format!("token id {id} is outside the vocabulary of {}", config.vocabulary)));
         }
         Ok(count)
     }
@@ -804,21 +712,13 @@ impl<D: Device> Dit<D> {
                 for &target in &adapter.config.targets {
                     let (out, inp) = lora_shape(&config, target);
                     let mut ids = [0; 2];
-                    for (slot, (matrix, shape)) in [
-                        ('A', [adapter.config.rank, inp]),
-                        ('B', [out, adapter.config.rank]),
-                    ]
-                    .into_iter()
-                    .enumerate()
+                    for (slot, (matrix, shape)) in
+                        [('A', [adapter.config.rank, inp]), ('B', [out, adapter.config.rank])].into_iter().enumerate()
                     {
                         let name = HostAdapter::name(block, target, matrix);
-                        let (found, values) =
-                            adapter.weights.tensors.get(&name).ok_or_else(|| {
-                                WeightsError::Tensor {
-                                    name: name.clone(),
-                                    problem: "missing".to_string(),
-                                }
-                            })?;
+                        let (found, values) = adapter.weights.tensors.get(&name).ok_or_else(|| {
+                            WeightsError::Tensor { name: name.clone(), problem: "missing".to_string() }
+                        })?;
                         if found[..] != shape[..] {
                             return Err(WeightsError::Tensor {
                                 name,
@@ -858,14 +758,8 @@ impl<D: Device> Dit<D> {
             config,
             lora: adapter.map(|a| a.config.clone()),
             x_embedder: linear("x_embedder.proj", None),
-            t_mlp: [
-                linear("t_embedder.mlp.0", None),
-                linear("t_embedder.mlp.2", None),
-            ],
-            y_mlp: [
-                linear("y_embedder.mlp.0", None),
-                linear("y_embedder.mlp.2", None),
-            ],
+            t_mlp: [linear("t_embedder.mlp.0", None), linear("t_embedder.mlp.2", None)],
+            y_mlp: [linear("y_embedder.mlp.0", None), linear("y_embedder.mlp.2", None)],
             embedding: index["y_embedder.embedding.weight"],
             null_text: index["y_embedder.null_text"],
             blocks,
@@ -884,10 +778,7 @@ impl<D: Device> Dit<D> {
         let mut tensors = BTreeMap::new();
         for (name, shape) in self.config.parameter_shapes() {
             let parameter = &self.parameters[self.index[&name]];
-            tensors.insert(
-                name,
-                (shape, device.download(&parameter.value, parameter.len())?),
-            );
+            tensors.insert(name, (shape, device.download(&parameter.value, parameter.len())?));
         }
         Ok(HostWeights { tensors })
     }
@@ -898,23 +789,13 @@ impl<D: Device> Dit<D> {
             return Ok(None);
         };
         let mut tensors = BTreeMap::new();
-        for parameter in self
-            .parameters
-            .iter()
-            .filter(|p| p.name.starts_with("base_model."))
-        {
+        for parameter in self.parameters.iter().filter(|p| p.name.starts_with("base_model.")) {
             tensors.insert(
                 parameter.name.clone(),
-                (
-                    parameter.shape.clone(),
-                    device.download(&parameter.value, parameter.len())?,
-                ),
+                (parameter.shape.clone(), device.download(&parameter.value, parameter.len())?),
             );
         }
-        Ok(Some(HostAdapter {
-            config: config.clone(),
-            weights: HostWeights { tensors },
-        }))
+        Ok(Some(HostAdapter { config: config.clone(), weights: HostWeights { tensors } }))
     }
 
     fn value(&self, id: usize) -> &D::Buffer {
@@ -955,13 +836,7 @@ impl<D: Device> Dit<D> {
                         &scratch
                     }
                 };
-                device.matmul(
-                    &Matmul::new(rows, config.rank, layer.inp, false, true),
-                    x,
-                    self.value(a),
-                    None,
-                    inner,
-                );
+                device.matmul(&Matmul::new(rows, config.rank, layer.inp, false, true), x, self.value(a), None, inner);
                 let mut up = Matmul::new(rows, layer.out, config.rank, false, true);
                 up.alpha = config.scale();
                 up.accumulate = true;
@@ -971,11 +846,7 @@ impl<D: Device> Dit<D> {
                     Activation::Gelu | Activation::Silu => {
                         let copy = device.zeros(rows * layer.out);
                         device.copy(y, &copy, rows * layer.out);
-                        let op = if activation == Activation::Gelu {
-                            Elementwise::Gelu
-                        } else {
-                            Elementwise::Silu
-                        };
+                        let op = if activation == Activation::Gelu { Elementwise::Gelu } else { Elementwise::Silu };
                         device.elementwise(op, Some(&copy), None, None, y, rows * layer.out);
                     }
                 }
@@ -1014,39 +885,18 @@ impl<D: Device> Dit<D> {
             );
         }
         if let Some(dw) = self.grad(layer.weight) {
-            device.matmul(
-                &Matmul::new(layer.out, layer.inp, rows, true, false),
-                dy,
-                x,
-                None,
-                dw,
-            );
+            device.matmul(&Matmul::new(layer.out, layer.inp, rows, true, false), dy, x, None, dw);
         }
         if let Some(db) = self.grad(layer.bias) {
-            device.matmul(
-                &Matmul::new(1, layer.out, rows, false, false),
-                ones,
-                dy,
-                None,
-                db,
-            );
+            device.matmul(&Matmul::new(1, layer.out, rows, false, false), ones, dy, None, db);
         }
         if let (Some((a, b)), Some(config), Some(inner)) = (layer.lora, &self.lora, lora_inner) {
             let (rank, scale) = (config.rank, config.scale());
             let g = device.zeros(rows * rank);
-            device.matmul(
-                &Matmul::new(rows, rank, layer.out, false, false),
-                dy,
-                self.value(b),
-                None,
-                &g,
-            );
+            device.matmul(&Matmul::new(rows, rank, layer.out, false, false), dy, self.value(b), None, &g);
             if let Some(db) = self.grad(b) {
                 device.matmul(
-                    &Matmul {
-                        alpha: scale,
-                        ..Matmul::new(layer.out, rank, rows, true, false)
-                    },
+                    &Matmul { alpha: scale, ..Matmul::new(layer.out, rank, rows, true, false) },
                     dy,
                     inner,
                     None,
@@ -1055,10 +905,7 @@ impl<D: Device> Dit<D> {
             }
             if let Some(da) = self.grad(a) {
                 device.matmul(
-                    &Matmul {
-                        alpha: scale,
-                        ..Matmul::new(rank, layer.inp, rows, true, false)
-                    },
+                    &Matmul { alpha: scale, ..Matmul::new(rank, layer.inp, rows, true, false) },
                     &g,
                     x,
                     None,
@@ -1066,23 +913,15 @@ impl<D: Device> Dit<D> {
                 );
             }
             if let Some(dx) = dx {
-                let spec = Matmul {
-                    alpha: scale,
-                    accumulate: true,
-                    ..Matmul::new(rows, layer.inp, rank, false, false)
-                };
+                let spec =
+                    Matmul { alpha: scale, accumulate: true, ..Matmul::new(rows, layer.inp, rank, false, false) };
                 device.matmul(&spec, &g, self.value(a), None, dx);
             }
         }
     }
 
     fn attention_specs(&self, batch: usize) -> [Matmul; 6] {
-        let (t, d, heads, dh) = (
-            self.config.tokens(),
-            self.config.width,
-            self.config.heads,
-            self.config.head_dim(),
-        );
+        let (t, d, heads, dh) = (self.config.tokens(), self.config.width, self.config.heads, self.config.head_dim());
         let packed = |offset| Layout::row_major(3 * d).at(offset).batched(t * 3 * d, dh);
         let packed_t = |offset| Layout::transposed(3 * d).at(offset).batched(t * 3 * d, dh);
         let scores = Layout::row_major(t).batched(heads * t * t, t * t);
@@ -1107,53 +946,15 @@ impl<D: Device> Dit<D> {
             // S = α Q Kᵀ
             base,
             // O = P V
-            Matmul {
-                n: dh,
-                k: t,
-                a: scores,
-                b: packed(2 * d),
-                c: heads_out,
-                alpha: 1.0,
-                ..base
-            },
+            Matmul { n: dh, k: t, a: scores, b: packed(2 * d), c: heads_out, alpha: 1.0, ..base },
             // dP = dO Vᵀ
-            Matmul {
-                n: t,
-                k: dh,
-                a: heads_out,
-                b: packed_t(2 * d),
-                c: scores,
-                alpha: 1.0,
-                ..base
-            },
+            Matmul { n: t, k: dh, a: heads_out, b: packed_t(2 * d), c: scores, alpha: 1.0, ..base },
             // dV = Pᵀ dO
-            Matmul {
-                n: dh,
-                k: t,
-                a: scores_t,
-                b: heads_out,
-                c: packed(2 * d),
-                alpha: 1.0,
-                ..base
-            },
+            Matmul { n: dh, k: t, a: scores_t, b: heads_out, c: packed(2 * d), alpha: 1.0, ..base },
             // dQ = α dS K
-            Matmul {
-                n: dh,
-                k: t,
-                a: scores,
-                b: packed(d),
-                c: packed(0),
-                ..base
-            },
+            Matmul { n: dh, k: t, a: scores, b: packed(d), c: packed(0), ..base },
             // dK = α dSᵀ Q
-            Matmul {
-                n: dh,
-                k: t,
-                a: scores_t,
-                b: packed(0),
-                c: packed(d),
-                ..base
-            },
+            Matmul { n: dh, k: t, a: scores_t, b: packed(0), c: packed(d), ..base },
         ]
     }
 
@@ -1176,15 +977,7 @@ impl<D: Device> Dit<D> {
         let patches = device.zeros(rows * config.patch_len());
         device.patchify(geometry, x, &patches);
         let tokens = device.zeros(rows * d);
-        self.linear_forward(
-            device,
-            self.x_embedder,
-            rows,
-            &patches,
-            &tokens,
-            Activation::None,
-            None,
-        );
+        self.linear_forward(device, self.x_embedder, rows, &patches, &tokens, Activation::None, None);
         device.elementwise(
             Elementwise::AddBroadcast { period: t * d },
             Some(&self.pos_embed),
@@ -1198,45 +991,16 @@ impl<D: Device> Dit<D> {
         let t_freq = device.zeros(batch * config.frequency_dim);
         device.timestep_embedding(&steps, &t_freq, batch, config.frequency_dim);
         let t_hidden = device.zeros(batch * d);
-        self.linear_forward(
-            device,
-            self.t_mlp[0],
-            batch,
-            &t_freq,
-            &t_hidden,
-            Activation::Silu,
-            None,
-        );
+        self.linear_forward(device, self.t_mlp[0], batch, &t_freq, &t_hidden, Activation::Silu, None);
         let c = device.zeros(batch * d);
-        self.linear_forward(
-            device,
-            self.t_mlp[1],
-            batch,
-            &t_hidden,
-            &c,
-            Activation::None,
-            None,
-        );
+        self.linear_forward(device, self.t_mlp[1], batch, &t_hidden, &c, Activation::None, None);
         // Text: mean of token embeddings, or the learned null text for an empty prompt → MLP.
-        let shape = TextEmbedding {
-            batch,
-            max_tokens: config.max_tokens,
-            width: d,
-            vocabulary: config.vocabulary,
-        };
+        let shape = TextEmbedding { batch, max_tokens: config.max_tokens, width: d, vocabulary: config.vocabulary };
         let device_ids = device.upload_ids(ids);
         let pooled = device.zeros(batch * d);
         device.embed_mean(shape, &device_ids, self.value(self.embedding), &pooled);
-        let mask: Vec<f32> = ids
-            .chunks(config.max_tokens)
-            .map(|s| {
-                if s.iter().all(|id| *id == 0) {
-                    1.0
-                } else {
-                    0.0
-                }
-            })
-            .collect();
+        let mask: Vec<f32> =
+            ids.chunks(config.max_tokens).map(|s| if s.iter().all(|id| *id == 0) { 1.0 } else { 0.0 }).collect();
         let null_mask = device.upload(&mask);
         device.elementwise(
             Elementwise::MaskedRowAdd { period: d },
@@ -1247,73 +1011,25 @@ impl<D: Device> Dit<D> {
             batch * d,
         );
         let y_hidden = device.zeros(batch * d);
-        self.linear_forward(
-            device,
-            self.y_mlp[0],
-            batch,
-            &pooled,
-            &y_hidden,
-            Activation::Silu,
-            None,
-        );
+        self.linear_forward(device, self.y_mlp[0], batch, &pooled, &y_hidden, Activation::Silu, None);
         let y_embed = device.zeros(batch * d);
-        self.linear_forward(
-            device,
-            self.y_mlp[1],
-            batch,
-            &y_hidden,
-            &y_embed,
-            Activation::None,
-            None,
-        );
-        device.elementwise(
-            Elementwise::AddBroadcast { period: batch * d },
-            Some(&y_embed),
-            None,
-            None,
-            &c,
-            batch * d,
-        );
+        self.linear_forward(device, self.y_mlp[1], batch, &y_hidden, &y_embed, Activation::None, None);
+        device.elementwise(Elementwise::AddBroadcast { period: batch * d }, Some(&y_embed), None, None, &c, batch * d);
         let silu_c = device.zeros(batch * d);
         device.elementwise(Elementwise::Silu, Some(&c), None, None, &silu_c, batch * d);
 
         let specs = self.attention_specs(batch);
-        let shape = AdaLn {
-            batch,
-            tokens: t,
-            width: d,
-        };
-        let chunk = |i: usize| Chunk {
-            offset: i * d,
-            stride: 6 * d,
-        };
+        let shape = AdaLn { batch, tokens: t, width: d };
+        let chunk = |i: usize| Chunk { offset: i * d, stride: 6 * d };
         let mut caches = Vec::new();
         let hidden_state = tokens.clone();
         for block in &self.blocks {
             let modulation = device.zeros(batch * 6 * d);
-            self.linear_forward(
-                device,
-                block.ada,
-                batch,
-                &silu_c,
-                &modulation,
-                Activation::None,
-                None,
-            );
-            let (normalized1, rstd1, modulated1) = (
-                device.output(rows * d),
-                device.output(rows),
-                device.output(rows * d),
-            );
+            self.linear_forward(device, block.ada, batch, &silu_c, &modulation, Activation::None, None);
+            let (normalized1, rstd1, modulated1) =
+                (device.output(rows * d), device.output(rows), device.output(rows * d));
             device.layernorm(&hidden_state, &normalized1, &rstd1, rows, d);
-            device.modulate(
-                shape,
-                &normalized1,
-                &modulation,
-                chunk(0),
-                chunk(1),
-                &modulated1,
-            );
+            device.modulate(shape, &normalized1, &modulation, chunk(0), chunk(1), &modulated1);
             let mut lora_inner = BTreeMap::new();
             let mut inner = |target: LoraTarget, layer: Linear| {
                 layer.lora.zip(self.lora.as_ref()).map(|_| {
@@ -1324,15 +1040,7 @@ impl<D: Device> Dit<D> {
             };
             let qkv = device.output(rows * 3 * d);
             let qkv_inner = inner(LoraTarget::Qkv, block.qkv);
-            self.linear_forward(
-                device,
-                block.qkv,
-                rows,
-                &modulated1,
-                &qkv,
-                Activation::None,
-                qkv_inner.as_ref(),
-            );
+            self.linear_forward(device, block.qkv, rows, &modulated1, &qkv, Activation::None, qkv_inner.as_ref());
             let scores = device.output(batch * config.heads * t * t);
             device.matmul(&specs[0], &qkv, &qkv, None, &scores);
             let probabilities = device.output(batch * config.heads * t * t);
@@ -1352,20 +1060,10 @@ impl<D: Device> Dit<D> {
             );
             device.gated_residual(shape, &hidden_state, &projected, &modulation, chunk(2));
 
-            let (normalized2, rstd2, modulated2) = (
-                device.output(rows * d),
-                device.output(rows),
-                device.output(rows * d),
-            );
+            let (normalized2, rstd2, modulated2) =
+                (device.output(rows * d), device.output(rows), device.output(rows * d));
             device.layernorm(&hidden_state, &normalized2, &rstd2, rows, d);
-            device.modulate(
-                shape,
-                &normalized2,
-                &modulation,
-                chunk(3),
-                chunk(4),
-                &modulated2,
-            );
+            device.modulate(shape, &normalized2, &modulation, chunk(3), chunk(4), &modulated2);
             let pre_gelu = device.output(rows * h);
             let hidden = device.output(rows * h);
             let fc1_inner = inner(LoraTarget::Fc1, block.fc1);
@@ -1379,14 +1077,7 @@ impl<D: Device> Dit<D> {
                     Activation::None,
                     fc1_inner.as_ref(),
                 );
-                device.elementwise(
-                    Elementwise::Gelu,
-                    Some(&pre_gelu),
-                    None,
-                    None,
-                    &hidden,
-                    rows * h,
-                );
+                device.elementwise(Elementwise::Gelu, Some(&pre_gelu), None, None, &hidden, rows * h);
             } else {
                 self.linear_forward(
                     device,
@@ -1400,15 +1091,7 @@ impl<D: Device> Dit<D> {
             }
             let mlp_out = device.output(rows * d);
             let fc2_inner = inner(LoraTarget::Fc2, block.fc2);
-            self.linear_forward(
-                device,
-                block.fc2,
-                rows,
-                &hidden,
-                &mlp_out,
-                Activation::None,
-                fc2_inner.as_ref(),
-            );
+            self.linear_forward(device, block.fc2, rows, &hidden, &mlp_out, Activation::None, fc2_inner.as_ref());
             device.gated_residual(shape, &hidden_state, &mlp_out, &modulation, chunk(5));
             if keep {
                 caches.push(BlockCache {
@@ -1431,43 +1114,14 @@ impl<D: Device> Dit<D> {
             }
         }
         let final_mod = device.zeros(batch * 2 * d);
-        self.linear_forward(
-            device,
-            self.final_ada,
-            batch,
-            &silu_c,
-            &final_mod,
-            Activation::None,
-            None,
-        );
-        let (final_normalized, final_rstd, final_modulated) = (
-            device.output(rows * d),
-            device.output(rows),
-            device.output(rows * d),
-        );
+        self.linear_forward(device, self.final_ada, batch, &silu_c, &final_mod, Activation::None, None);
+        let (final_normalized, final_rstd, final_modulated) =
+            (device.output(rows * d), device.output(rows), device.output(rows * d));
         device.layernorm(&hidden_state, &final_normalized, &final_rstd, rows, d);
-        let final_chunk = |i: usize| Chunk {
-            offset: i * d,
-            stride: 2 * d,
-        };
-        device.modulate(
-            shape,
-            &final_normalized,
-            &final_mod,
-            final_chunk(0),
-            final_chunk(1),
-            &final_modulated,
-        );
+        let final_chunk = |i: usize| Chunk { offset: i * d, stride: 2 * d };
+        device.modulate(shape, &final_normalized, &final_mod, final_chunk(0), final_chunk(1), &final_modulated);
         let out_tokens = device.output(rows * config.patch_len());
-        self.linear_forward(
-            device,
-            self.final_linear,
-            rows,
-            &final_modulated,
-            &out_tokens,
-            Activation::None,
-            None,
-        );
+        self.linear_forward(device, self.final_linear, rows, &final_modulated, &out_tokens, Activation::None, None);
         let epsilon = device.output(batch * config.image_len());
         device.unpatchify(geometry, &out_tokens, &epsilon);
         let cache = keep.then(|| Cache {
@@ -1492,17 +1146,8 @@ impl<D: Device> Dit<D> {
 
     /// ε prediction for images `x` (`[B, C, H, W]`) at `timesteps` with prompts `ids`
     /// (`[B, max_tokens]`).
-    pub fn forward(
-        &self,
-        device: &D,
-        x: &D::Buffer,
-        timesteps: &[f32],
-        ids: &[u32],
-    ) -> Result<D::Buffer, GpuError> {
-        let batch = TrainBatch {
-            images: vec![0.0; timesteps.len() * self.config.image_len()],
-            ids: ids.to_vec(),
-        };
+    pub fn forward(&self, device: &D, x: &D::Buffer, timesteps: &[f32], ids: &[u32]) -> Result<D::Buffer, GpuError> {
+        let batch = TrainBatch { images: vec![0.0; timesteps.len() * self.config.image_len()], ids: ids.to_vec() };
         if batch.samples(&self.config)? != timesteps.len() {
             return Err(GpuError::Shape(format!(
                 "{} timesteps for {} prompts",
@@ -1536,15 +1181,8 @@ impl<D: Device> Dit<D> {
             None,
             &ones,
         );
-        let shape = AdaLn {
-            batch,
-            tokens: t,
-            width: d,
-        };
-        let final_chunk = |i: usize| Chunk {
-            offset: i * d,
-            stride: 2 * d,
-        };
+        let shape = AdaLn { batch, tokens: t, width: d };
+        let final_chunk = |i: usize| Chunk { offset: i * d, stride: 2 * d };
         let dnormalized = device.output(rows * d);
         let dfinal_mod = device.zeros(batch * 2 * d);
         device.modulate_backward(
@@ -1558,31 +1196,12 @@ impl<D: Device> Dit<D> {
             &dfinal_mod,
         );
         let dh = device.output(rows * d);
-        device.layernorm_backward(
-            &cache.final_normalized,
-            &cache.final_rstd,
-            &dnormalized,
-            &dh,
-            rows,
-            d,
-        );
+        device.layernorm_backward(&cache.final_normalized, &cache.final_rstd, &dnormalized, &dh, rows, d);
         let dsilu_c = device.zeros(batch * d);
-        self.linear_backward(
-            device,
-            self.final_ada,
-            batch,
-            &cache.silu_c,
-            &dfinal_mod,
-            Some(&dsilu_c),
-            None,
-            &ones,
-        );
+        self.linear_backward(device, self.final_ada, batch, &cache.silu_c, &dfinal_mod, Some(&dsilu_c), None, &ones);
 
         let specs = self.attention_specs(batch);
-        let chunk = |i: usize| Chunk {
-            offset: i * d,
-            stride: 6 * d,
-        };
+        let chunk = |i: usize| Chunk { offset: i * d, stride: 6 * d };
         let scratch = device.output(rows * d);
         let scores_len = batch * config.heads * t * t;
         for (block, saved) in self.blocks.iter().zip(&cache.blocks).rev() {
@@ -1610,14 +1229,7 @@ impl<D: Device> Dit<D> {
                 &ones,
             );
             let dpre = device.output(rows * h);
-            device.elementwise(
-                Elementwise::GeluBackward,
-                Some(&saved.pre_gelu),
-                Some(&dhidden),
-                None,
-                &dpre,
-                rows * h,
-            );
+            device.elementwise(Elementwise::GeluBackward, Some(&saved.pre_gelu), Some(&dhidden), None, &dpre, rows * h);
             let dmodulated2 = device.output(rows * d);
             self.linear_backward(
                 device,
@@ -1640,14 +1252,7 @@ impl<D: Device> Dit<D> {
                 &dnormalized2,
                 &dmodulation,
             );
-            device.layernorm_backward(
-                &saved.normalized2,
-                &saved.rstd2,
-                &dnormalized2,
-                &scratch,
-                rows,
-                d,
-            );
+            device.layernorm_backward(&saved.normalized2, &saved.rstd2, &dnormalized2, &scratch, rows, d);
             device.elementwise(
                 Elementwise::AddBroadcast { period: rows * d },
                 Some(&scratch),
@@ -1683,14 +1288,7 @@ impl<D: Device> Dit<D> {
             let dqkv = device.output(rows * 3 * d);
             device.matmul(&specs[3], &saved.probabilities, &dattention, None, &dqkv);
             let dscores = device.output(scores_len);
-            device.softmax_backward(
-                &saved.probabilities,
-                &dprobabilities,
-                &dscores,
-                batch * config.heads * t,
-                t,
-                1.0,
-            );
+            device.softmax_backward(&saved.probabilities, &dprobabilities, &dscores, batch * config.heads * t, t, 1.0);
             device.matmul(&specs[4], &dscores, &saved.qkv, None, &dqkv);
             device.matmul(&specs[5], &dscores, &saved.qkv, None, &dqkv);
             let dmodulated1 = device.output(rows * d);
@@ -1715,14 +1313,7 @@ impl<D: Device> Dit<D> {
                 &dnormalized1,
                 &dmodulation,
             );
-            device.layernorm_backward(
-                &saved.normalized1,
-                &saved.rstd1,
-                &dnormalized1,
-                &scratch,
-                rows,
-                d,
-            );
+            device.layernorm_backward(&saved.normalized1, &saved.rstd1, &dnormalized1, &scratch, rows, d);
             device.elementwise(
                 Elementwise::AddBroadcast { period: rows * d },
                 Some(&scratch),
@@ -1759,107 +1350,30 @@ impl<D: Device> Dit<D> {
         }
         // Conditioning: c = t_mlp(freq) + y_mlp(pooled), silu_c = silu(c).
         let dc = device.zeros(batch * d);
-        device.elementwise(
-            Elementwise::SiluBackward,
-            Some(&cache.c),
-            Some(&dsilu_c),
-            None,
-            &dc,
-            batch * d,
-        );
+        device.elementwise(Elementwise::SiluBackward, Some(&cache.c), Some(&dsilu_c), None, &dc, batch * d);
         let dt_hidden_post = device.zeros(batch * d);
-        self.linear_backward(
-            device,
-            self.t_mlp[1],
-            batch,
-            &cache.t_hidden,
-            &dc,
-            Some(&dt_hidden_post),
-            None,
-            &ones,
-        );
+        self.linear_backward(device, self.t_mlp[1], batch, &cache.t_hidden, &dc, Some(&dt_hidden_post), None, &ones);
         let t_pre = self.pre_activation(device, self.t_mlp[0], batch, &cache.t_freq);
         let dt_pre = device.zeros(batch * d);
-        device.elementwise(
-            Elementwise::SiluBackward,
-            Some(&t_pre),
-            Some(&dt_hidden_post),
-            None,
-            &dt_pre,
-            batch * d,
-        );
-        self.linear_backward(
-            device,
-            self.t_mlp[0],
-            batch,
-            &cache.t_freq,
-            &dt_pre,
-            None,
-            None,
-            &ones,
-        );
+        device.elementwise(Elementwise::SiluBackward, Some(&t_pre), Some(&dt_hidden_post), None, &dt_pre, batch * d);
+        self.linear_backward(device, self.t_mlp[0], batch, &cache.t_freq, &dt_pre, None, None, &ones);
         let dy_hidden_post = device.zeros(batch * d);
-        self.linear_backward(
-            device,
-            self.y_mlp[1],
-            batch,
-            &cache.y_hidden,
-            &dc,
-            Some(&dy_hidden_post),
-            None,
-            &ones,
-        );
+        self.linear_backward(device, self.y_mlp[1], batch, &cache.y_hidden, &dc, Some(&dy_hidden_post), None, &ones);
         let y_pre = self.pre_activation(device, self.y_mlp[0], batch, &cache.pooled);
         let dy_pre = device.zeros(batch * d);
-        device.elementwise(
-            Elementwise::SiluBackward,
-            Some(&y_pre),
-            Some(&dy_hidden_post),
-            None,
-            &dy_pre,
-            batch * d,
-        );
+        device.elementwise(Elementwise::SiluBackward, Some(&y_pre), Some(&dy_hidden_post), None, &dy_pre, batch * d);
         let dpooled = device.zeros(batch * d);
-        self.linear_backward(
-            device,
-            self.y_mlp[0],
-            batch,
-            &cache.pooled,
-            &dy_pre,
-            Some(&dpooled),
-            None,
-            &ones,
-        );
+        self.linear_backward(device, self.y_mlp[0], batch, &cache.pooled, &dy_pre, Some(&dpooled), None, &ones);
         if let Some(dtable) = self.grad(self.embedding) {
-            let shape = TextEmbedding {
-                batch,
-                max_tokens: config.max_tokens,
-                width: d,
-                vocabulary: config.vocabulary,
-            };
+            let shape = TextEmbedding { batch, max_tokens: config.max_tokens, width: d, vocabulary: config.vocabulary };
             device.clear(dtable, config.vocabulary * d);
             device.embed_mean_backward(shape, &cache.ids, &dpooled, dtable);
         }
         if let Some(dnull) = self.grad(self.null_text) {
-            device.matmul(
-                &Matmul::new(1, d, batch, false, false),
-                &cache.null_mask,
-                &dpooled,
-                None,
-                dnull,
-            );
+            device.matmul(&Matmul::new(1, d, batch, false, false), &cache.null_mask, &dpooled, None, dnull);
         }
         // Patch embedding (position embedding is fixed).
-        self.linear_backward(
-            device,
-            self.x_embedder,
-            rows,
-            &cache.tokens,
-            &dh,
-            None,
-            None,
-            &ones,
-        );
+        self.linear_backward(device, self.x_embedder, rows, &cache.tokens, &dh, None, None, &ones);
     }
 
     fn pre_activation(&self, device: &D, layer: Linear, rows: usize, x: &D::Buffer) -> D::Buffer {
@@ -1878,8 +1392,7 @@ impl<D: Device> Dit<D> {
                 TrainMode::Lora => is_lora,
             };
             let len = parameter.shape.iter().product();
-            parameter.training =
-                trained.then(|| [device.zeros(len), device.zeros(len), device.zeros(len)]);
+            parameter.training = trained.then(|| [device.zeros(len), device.zeros(len), device.zeros(len)]);
         }
         self.step = 0;
     }
@@ -1900,9 +1413,7 @@ impl<D: Device> Dit<D> {
         let len = count * config.image_len();
         let stream = NoiseStream::new(seed);
         let bars = alpha_bars();
-        let timesteps: Vec<f32> = (0..count)
-            .map(|i| (stream.bits(u32::MAX - i as u32) % 1000) as f32)
-            .collect();
+        let timesteps: Vec<f32> = (0..count).map(|i| (stream.bits(u32::MAX - i as u32) % 1000) as f32).collect();
         let alpha_bar: Vec<f32> = timesteps.iter().map(|t| bars[*t as usize] as f32).collect();
         let x0 = device.upload(&batch.images);
         let noise = device.output(len);
@@ -1910,9 +1421,7 @@ impl<D: Device> Dit<D> {
         let xt = device.output(len);
         let alpha_bar_buffer = device.upload(&alpha_bar);
         device.elementwise(
-            Elementwise::AddNoise {
-                per_sample: config.image_len(),
-            },
+            Elementwise::AddNoise { per_sample: config.image_len() },
             Some(&x0),
             Some(&noise),
             Some(&alpha_bar_buffer),
@@ -1925,19 +1434,9 @@ impl<D: Device> Dit<D> {
         let depsilon = device.output(len);
         match self.loss_weighting {
             LossWeighting::Uniform => {
-                device.sum_of_squares(
-                    &epsilon,
-                    Some(&noise),
-                    len,
-                    1.0 / len as f32,
-                    &loss,
-                    0,
-                    false,
-                );
+                device.sum_of_squares(&epsilon, Some(&noise), len, 1.0 / len as f32, &loss, 0, false);
                 device.elementwise(
-                    Elementwise::ScaledDifference {
-                        scale: 2.0 / len as f32,
-                    },
+                    Elementwise::ScaledDifference { scale: 2.0 / len as f32 },
                     Some(&epsilon),
                     Some(&noise),
                     None,
@@ -1947,18 +1446,13 @@ impl<D: Device> Dit<D> {
             }
             weighting => {
                 // r = √w·(ε̂ − ε); loss = Σ r²/n; gradient = 2/n · √w · r = 2/n · w · (ε̂ − ε).
-                let root_weights: Vec<f32> = timesteps
-                    .iter()
-                    .map(|t| weighting.weight(bars[*t as usize]).sqrt())
-                    .collect();
+                let root_weights: Vec<f32> =
+                    timesteps.iter().map(|t| weighting.weight(bars[*t as usize]).sqrt()).collect();
                 let root_weights = device.upload(&root_weights);
                 let per_sample = config.image_len();
                 let residual = device.output(len);
                 device.elementwise(
-                    Elementwise::WeightedDifference {
-                        per_sample,
-                        scale: 1.0,
-                    },
+                    Elementwise::WeightedDifference { per_sample, scale: 1.0 },
                     Some(&epsilon),
                     Some(&noise),
                     Some(&root_weights),
@@ -1967,10 +1461,7 @@ impl<D: Device> Dit<D> {
                 );
                 device.sum_of_squares(&residual, None, len, 1.0 / len as f32, &loss, 0, false);
                 device.elementwise(
-                    Elementwise::WeightedDifference {
-                        per_sample,
-                        scale: 2.0 / len as f32,
-                    },
+                    Elementwise::WeightedDifference { per_sample, scale: 2.0 / len as f32 },
                     Some(&residual),
                     Some(&device.zeros(len)),
                     Some(&root_weights),
@@ -2003,16 +1494,7 @@ impl<D: Device> Dit<D> {
         self.step += 1;
         for parameter in self.parameters.iter().filter(|p| p.training.is_some()) {
             let [grad, m, v] = parameter.training.as_ref().expect("trained");
-            device.adamw(
-                hyper,
-                self.step,
-                grad,
-                &norm,
-                &parameter.value,
-                m,
-                v,
-                parameter.len(),
-            );
+            device.adamw(hyper, self.step, grad, &norm, &parameter.value, m, v, parameter.len());
         }
         Ok(device.download(&loss, 1)?[0])
     }
@@ -2070,10 +1552,7 @@ impl<D: Device> Dit<D> {
         let config = &self.config;
         let batch = self.check_prompts(ids, negative)?;
         if seeds.len() != batch {
-            return Err(GpuError::Shape(format!(
-                "{} seeds for a batch of {batch} prompts",
-                seeds.len()
-            )));
+            return Err(GpuError::Shape(format!("{} seeds for a batch of {batch} prompts", seeds.len())));
         }
         let per_image = config.image_len();
         let mut start = vec![0.0f32; batch * per_image];
@@ -2091,11 +1570,7 @@ impl<D: Device> Dit<D> {
         let batch = ids.len() / config.max_tokens.max(1);
         let images = vec![0.0; batch * config.image_len()];
         for prompts in std::iter::once(ids).chain(negative) {
-            TrainBatch {
-                images: images.clone(),
-                ids: prompts.to_vec(),
-            }
-            .samples(config)?;
+            TrainBatch { images: images.clone(), ids: prompts.to_vec() }.samples(config)?;
         }
         Ok(batch)
     }
@@ -2135,36 +1610,15 @@ impl<D: Device> Dit<D> {
         for (k, i) in (0..steps).rev().enumerate() {
             let t = sequence[i];
             let alpha_bar = bars[t] as f32;
-            let alpha_bar_prev = if i == 0 {
-                1.0
-            } else {
-                bars[sequence[i - 1]] as f32
-            };
+            let alpha_bar_prev = if i == 0 { 1.0 } else { bars[sequence[i - 1]] as f32 };
             let epsilon = if guided {
                 // One forward on the doubled batch [x; x] with [prompts; negative or null].
                 let doubled = device.zeros(2 * len);
-                device.elementwise(
-                    Elementwise::AddBroadcast { period: len },
-                    Some(&x),
-                    None,
-                    None,
-                    &doubled,
-                    2 * len,
-                );
-                let both = self
-                    .forward_internal(
-                        device,
-                        &doubled,
-                        &vec![t as f32; 2 * batch],
-                        &all_ids,
-                        false,
-                    )
-                    .0;
+                device.elementwise(Elementwise::AddBroadcast { period: len }, Some(&x), None, None, &doubled, 2 * len);
+                let both = self.forward_internal(device, &doubled, &vec![t as f32; 2 * batch], &all_ids, false).0;
                 let guided_epsilon = device.zeros(len);
                 device.elementwise(
-                    Elementwise::GuidanceHalves {
-                        scale: options.guidance_scale,
-                    },
+                    Elementwise::GuidanceHalves { scale: options.guidance_scale },
                     Some(&both),
                     None,
                     None,
@@ -2173,14 +1627,9 @@ impl<D: Device> Dit<D> {
                 );
                 guided_epsilon
             } else {
-                self.forward_internal(device, &x, &vec![t as f32; batch], ids, false)
-                    .0
+                self.forward_internal(device, &x, &vec![t as f32; batch], ids, false).0
             };
-            let step = crate::cpu::DdimStep {
-                alpha_bar,
-                alpha_bar_prev,
-                eta: options.eta,
-            };
+            let step = crate::cpu::DdimStep { alpha_bar, alpha_bar_prev, eta: options.eta };
             if options.eta > 0.0 {
                 match image_seeds {
                     Some(seeds) => {
@@ -2194,9 +1643,7 @@ impl<D: Device> Dit<D> {
                 }
             }
             device.elementwise(
-                Elementwise::Ddim {
-                    coefficients: step.coefficients(),
-                },
+                Elementwise::Ddim { coefficients: step.coefficients() },
                 Some(&epsilon),
                 Some(&noise),
                 None,

@@ -41,13 +41,7 @@ pub(crate) fn run_parts(parts: usize, work: &(dyn Fn(usize) + Sync)) {
     // SAFETY (of the lifetime erased below): `Posted::drop` withdraws the job and waits until
     // no worker holds it before this frame (and `work`) can go away, also when a part panics.
     let work: &'static (dyn Fn(usize) + Sync) = unsafe { std::mem::transmute(work) };
-    let job = Job {
-        work,
-        parts,
-        next: AtomicUsize::new(0),
-        active: AtomicUsize::new(0),
-        panic: Mutex::new(None),
-    };
+    let job = Job { work, parts, next: AtomicUsize::new(0), active: AtomicUsize::new(0), panic: Mutex::new(None) };
     let posted = Posted::new(pool, submit, &job);
     job.help();
     drop(posted);
@@ -123,9 +117,8 @@ impl Pool {
             }));
             let mut started = 0;
             for index in 1..crate::cpu::parallelism() {
-                let spawned = std::thread::Builder::new()
-                    .name(format!("thitl-cpu-{index}"))
-                    .spawn(move || pool.serve());
+                let spawned =
+                    std::thread::Builder::new().name(format!("thitl-cpu-{index}")).spawn(move || pool.serve());
                 started += usize::from(spawned.is_ok());
             }
             pool.started.store(started > 0, Ordering::Relaxed);
@@ -196,11 +189,7 @@ impl<'a> Posted<'a> {
         pool.generation.fetch_add(1, Ordering::Release);
         pool.wake.notify_all();
         drop(slot);
-        Posted {
-            pool,
-            job,
-            _submit: submit,
-        }
+        Posted { pool, job, _submit: submit }
     }
 }
 
@@ -249,18 +238,11 @@ mod tests {
         });
         // Parts 0..7 ran in the calls with 7 and 64 parts (and fewer), 200 times per thread.
         let expected = |index: usize| {
-            let calls = [1, 2, 3, 7, 64]
-                .iter()
-                .filter(|&&parts| index < parts)
-                .count();
+            let calls = [1, 2, 3, 7, 64].iter().filter(|&&parts| index < parts).count();
             4 * 200 * calls
         };
         for (index, count) in counts.iter().enumerate() {
-            assert_eq!(
-                count.load(Ordering::Relaxed),
-                expected(index),
-                "part {index}"
-            );
+            assert_eq!(count.load(Ordering::Relaxed), expected(index), "part {index}");
         }
     }
 

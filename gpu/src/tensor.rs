@@ -11,31 +11,18 @@ pub struct Tensor {
 
 impl Tensor {
     /// Uploads `data` with `shape` (whose product must equal `data.len()`).
-    pub fn from_slice(
-        context: &GpuContext,
-        data: &[f32],
-        shape: &[usize],
-    ) -> Result<Self, GpuError> {
+    pub fn from_slice(context: &GpuContext, data: &[f32], shape: &[usize]) -> Result<Self, GpuError> {
         let len: usize = shape.iter().product();
         if len != data.len() {
-            return Err(GpuError::Shape(format!(
-                "shape {shape:?} holds {len} values, data has {}",
-                data.len()
-            )));
+            return Err(GpuError::Shape(format!("shape {shape:?} holds {len} values, data has {}", data.len())));
         }
-        Ok(Tensor {
-            buffer: context.storage_buffer_with(data),
-            shape: shape.to_vec(),
-        })
+        Ok(Tensor { buffer: context.storage_buffer_with(data), shape: shape.to_vec() })
     }
 
     /// A tensor of zeros.
     pub fn zeros(context: &GpuContext, shape: &[usize]) -> Self {
         let len: usize = shape.iter().product();
-        Tensor {
-            buffer: context.storage_buffer(len),
-            shape: shape.to_vec(),
-        }
+        Tensor { buffer: context.storage_buffer(len), shape: shape.to_vec() }
     }
 
     /// The shape.
@@ -68,9 +55,7 @@ impl Tensor {
             )));
         }
         if !data.is_empty() {
-            context
-                .queue
-                .write_buffer(&self.buffer, 0, bytemuck::cast_slice(data));
+            context.queue.write_buffer(&self.buffer, 0, bytemuck::cast_slice(data));
         }
         Ok(())
     }
@@ -79,14 +64,8 @@ impl Tensor {
     pub fn reshape(self, shape: &[usize]) -> Result<Self, GpuError> {
         let len: usize = shape.iter().product();
         if len != self.len() {
-            return Err(GpuError::Shape(format!(
-                "cannot reshape {:?} into {shape:?}",
-                self.shape
-            )));
+            return Err(GpuError::Shape(format!("cannot reshape {:?} into {shape:?}", self.shape)));
         }
-        Ok(Tensor {
-            buffer: self.buffer,
-            shape: shape.to_vec(),
-        })
+        Ok(Tensor { buffer: self.buffer, shape: shape.to_vec() })
     }
 }

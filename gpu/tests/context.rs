@@ -10,27 +10,14 @@ fn device_choice_parses_and_auto_skips_software_adapters() {
     assert_eq!("auto".parse::<DeviceChoice>().unwrap(), DeviceChoice::Auto);
     assert_eq!("WGPU".parse::<DeviceChoice>().unwrap(), DeviceChoice::Wgpu);
     assert_eq!(" cpu ".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cpu);
-    assert!(
-        matches!("cuda".parse::<DeviceChoice>(), Err(GpuError::BadDeviceChoice(value)) if value == "cuda")
-    );
+    assert!(matches!("cuda".parse::<DeviceChoice>(), Err(GpuError::BadDeviceChoice(value)) if value == "cuda"));
 
     let context = common::context();
-    assert!(matches!(
-        Backend::choose(DeviceChoice::Cpu).unwrap(),
-        Backend::Cpu
-    ));
-    assert!(matches!(
-        Backend::choose(DeviceChoice::Wgpu).unwrap(),
-        Backend::Wgpu(_)
-    ));
+    assert!(matches!(Backend::choose(DeviceChoice::Cpu).unwrap(), Backend::Cpu));
+    assert!(matches!(Backend::choose(DeviceChoice::Wgpu).unwrap(), Backend::Wgpu(_)));
     let auto = Backend::choose(DeviceChoice::Auto).unwrap();
     // On lavapipe `auto` means the CPU backend; on a real GPU it means wgpu.
-    assert_eq!(
-        matches!(auto, Backend::Wgpu(_)),
-        context.is_hardware(),
-        "{}",
-        auto.describe()
-    );
+    assert_eq!(matches!(auto, Backend::Wgpu(_)), context.is_hardware(), "{}", auto.describe());
     assert!(context.limits.max_storage_buffer_binding_size > 0);
 }
 
@@ -72,33 +59,17 @@ fn kernels_agree_with_parameters_as_immediates_and_as_uniform_buffers() {
         let context = GpuContext::with_options(ContextOptions { immediates }).unwrap();
         modes.push(context.uses_immediates());
         assert!(immediates || !context.uses_immediates());
-        let (a_b, b_b, bias_b) = (
-            context.storage_buffer_with(&a),
-            context.storage_buffer_with(&b),
-            context.storage_buffer_with(&bias),
-        );
+        let (a_b, b_b, bias_b) =
+            (context.storage_buffer_with(&a), context.storage_buffer_with(&b), context.storage_buffer_with(&bias));
         for kernel in [MatmulKernel::Direct, MatmulKernel::Tiled { bk: 8 }] {
-            let (c, p) = (
-                context.storage_buffer(37 * 45),
-                context.storage_buffer(37 * 45),
-            );
+            let (c, p) = (context.storage_buffer(37 * 45), context.storage_buffer(37 * 45));
             let mut recorder = context.recorder();
             spec.record(&mut recorder, kernel, &a_b, &b_b, Some(&bias_b), &c);
             rows::softmax(&mut recorder, &c, &p, 37, 45, 0.5);
             recorder.submit();
             let what = format!("immediates {}, {kernel:?}", context.uses_immediates());
-            assert_close(
-                &context.read_words(&c, 37 * 45).unwrap(),
-                &expected,
-                1e-4,
-                &what,
-            );
-            assert_close(
-                &context.read_words(&p, 37 * 45).unwrap(),
-                &softmax,
-                1e-4,
-                &what,
-            );
+            assert_close(&context.read_words(&c, 37 * 45).unwrap(), &expected, 1e-4, &what);
+            assert_close(&context.read_words(&p, 37 * 45).unwrap(), &softmax, 1e-4, &what);
         }
     }
     eprintln!("immediates available: {}", modes[0]);

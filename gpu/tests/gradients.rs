@@ -41,22 +41,10 @@ fn activations() {
     let mut rng = Rng::new(1);
     let x: Vec<f64> = random(&mut rng, 9).iter().map(|v| 4.0 * v).collect();
     let w = random(&mut rng, 9);
-    let analytic: Vec<f64> = x
-        .iter()
-        .zip(&w)
-        .map(|(x, w)| w * cpu::gelu_derivative(*x))
-        .collect();
-    check("gelu", &x, &analytic, |x| {
-        dot(&x.iter().map(|v| cpu::gelu(*v)).collect::<Vec<_>>(), &w)
-    });
-    let analytic: Vec<f64> = x
-        .iter()
-        .zip(&w)
-        .map(|(x, w)| w * cpu::silu_derivative(*x))
-        .collect();
-    check("silu", &x, &analytic, |x| {
-        dot(&x.iter().map(|v| cpu::silu(*v)).collect::<Vec<_>>(), &w)
-    });
+    let analytic: Vec<f64> = x.iter().zip(&w).map(|(x, w)| w * cpu::gelu_derivative(*x)).collect();
+    check("gelu", &x, &analytic, |x| dot(&x.iter().map(|v| cpu::gelu(*v)).collect::<Vec<_>>(), &w));
+    let analytic: Vec<f64> = x.iter().zip(&w).map(|(x, w)| w * cpu::silu_derivative(*x)).collect();
+    check("silu", &x, &analytic, |x| dot(&x.iter().map(|v| cpu::silu(*v)).collect::<Vec<_>>(), &w));
 }
 
 #[test]
@@ -92,17 +80,8 @@ fn adaln_modulate_and_gated_residual() {
     let (batch, tokens, width) = (2, 3, 4);
     let len = batch * tokens * width;
     let stride = 3 * width;
-    let (shift, scale, gate) = (
-        Chunk { offset: 0, stride },
-        Chunk {
-            offset: width,
-            stride,
-        },
-        Chunk {
-            offset: 2 * width,
-            stride,
-        },
-    );
+    let (shift, scale, gate) =
+        (Chunk { offset: 0, stride }, Chunk { offset: width, stride }, Chunk { offset: 2 * width, stride });
     let x = random(&mut rng, len);
     let y = random(&mut rng, len);
     let modulation = random(&mut rng, batch * stride);
@@ -115,23 +94,9 @@ fn adaln_modulate_and_gated_residual() {
     };
     let mut dx = vec![0.0; len];
     let mut dmod = vec![0.0; batch * stride];
-    cpu::modulate_backward(
-        &x,
-        &modulation,
-        shift,
-        scale,
-        tokens,
-        width,
-        &w,
-        &mut dx,
-        &mut dmod,
-    );
-    check("modulate dx", &x, &dx, |x| {
-        dot(&modulate(x, &modulation), &w)
-    });
-    check("modulate dmodulation", &modulation, &dmod, |m| {
-        dot(&modulate(&x, m), &w)
-    });
+    cpu::modulate_backward(&x, &modulation, shift, scale, tokens, width, &w, &mut dx, &mut dmod);
+    check("modulate dx", &x, &dx, |x| dot(&modulate(x, &modulation), &w));
+    check("modulate dmodulation", &modulation, &dmod, |m| dot(&modulate(&x, m), &w));
 
     let gated = |x: &[f64], y: &[f64], m: &[f64]| {
         let mut out = x.to_vec();
@@ -141,15 +106,9 @@ fn adaln_modulate_and_gated_residual() {
     let mut dy = vec![0.0; len];
     let mut dmod = vec![0.0; batch * stride];
     cpu::gated_residual_backward(&y, &modulation, gate, tokens, width, &w, &mut dy, &mut dmod);
-    check("gated residual dx (identity)", &x, &w, |x| {
-        dot(&gated(x, &y, &modulation), &w)
-    });
-    check("gated residual dy", &y, &dy, |y| {
-        dot(&gated(&x, y, &modulation), &w)
-    });
-    check("gated residual dmodulation", &modulation, &dmod, |m| {
-        dot(&gated(&x, &y, m), &w)
-    });
+    check("gated residual dx (identity)", &x, &w, |x| dot(&gated(x, &y, &modulation), &w));
+    check("gated residual dy", &y, &dy, |y| dot(&gated(&x, y, &modulation), &w));
+    check("gated residual dmodulation", &modulation, &dmod, |m| dot(&gated(&x, &y, m), &w));
 }
 
 #[test]
@@ -195,11 +154,7 @@ fn matmul_with_epilogue() {
             c
         };
         let mut pre = vec![0.0; m * n];
-        Matmul {
-            activation: Activation::None,
-            ..forward
-        }
-        .run_cpu(&a, &b, Some(&bias), &mut pre);
+        Matmul { activation: Activation::None, ..forward }.run_cpu(&a, &b, Some(&bias), &mut pre);
         let dz: Vec<f64> = pre
             .iter()
             .zip(&w)
@@ -210,28 +165,14 @@ fn matmul_with_epilogue() {
             })
             .collect();
         let mut da = vec![0.0; m * k];
-        Matmul {
-            alpha: alpha as f32,
-            ..Matmul::new(m, k, n, false, true)
-        }
-        .run_cpu(&dz, &b, None, &mut da);
+        Matmul { alpha: alpha as f32, ..Matmul::new(m, k, n, false, true) }.run_cpu(&dz, &b, None, &mut da);
         let mut db = vec![0.0; k * n];
-        Matmul {
-            alpha: alpha as f32,
-            ..Matmul::new(k, n, m, true, false)
-        }
-        .run_cpu(&a, &dz, None, &mut db);
+        Matmul { alpha: alpha as f32, ..Matmul::new(k, n, m, true, false) }.run_cpu(&a, &dz, None, &mut db);
         let mut dbias = vec![0.0; n];
         Matmul::new(1, n, m, false, false).run_cpu(&vec![1.0; m], &dz, None, &mut dbias);
         let name = format!("{activation:?}");
-        check(&format!("matmul dA {name}"), &a, &da, |a| {
-            dot(&run(a, &b, &bias), &w)
-        });
-        check(&format!("matmul dB {name}"), &b, &db, |b| {
-            dot(&run(&a, b, &bias), &w)
-        });
-        check(&format!("matmul dbias {name}"), &bias, &dbias, |bias| {
-            dot(&run(&a, &b, bias), &w)
-        });
+        check(&format!("matmul dA {name}"), &a, &da, |a| dot(&run(a, &b, &bias), &w));
+        check(&format!("matmul dB {name}"), &b, &db, |b| dot(&run(&a, b, &bias), &w));
+        check(&format!("matmul dbias {name}"), &bias, &dbias, |bias| dot(&run(&a, &b, bias), &w));
     }
 }

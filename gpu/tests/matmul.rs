@@ -15,31 +15,11 @@ const KERNELS: [MatmulKernel; 4] = [
 
 /// Every vec4 variant (they run only on vec4-aligned layouts; others fall back to `Tiled`).
 const VEC4_KERNELS: [MatmulKernel; 5] = [
-    MatmulKernel::Vec4 {
-        bm: 128,
-        bn: 128,
-        bk: 8,
-    },
-    MatmulKernel::Vec4 {
-        bm: 128,
-        bn: 128,
-        bk: 16,
-    },
-    MatmulKernel::Vec4 {
-        bm: 128,
-        bn: 64,
-        bk: 16,
-    },
-    MatmulKernel::Vec4 {
-        bm: 64,
-        bn: 64,
-        bk: 16,
-    },
-    MatmulKernel::Vec4 {
-        bm: 64,
-        bn: 64,
-        bk: 32,
-    },
+    MatmulKernel::Vec4 { bm: 128, bn: 128, bk: 8 },
+    MatmulKernel::Vec4 { bm: 128, bn: 128, bk: 16 },
+    MatmulKernel::Vec4 { bm: 128, bn: 64, bk: 16 },
+    MatmulKernel::Vec4 { bm: 64, bn: 64, bk: 16 },
+    MatmulKernel::Vec4 { bm: 64, bn: 64, bk: 32 },
 ];
 
 /// Runs `spec` on the GPU with `kernel` and on the CPU, from the same random inputs, and compares.
@@ -58,34 +38,16 @@ fn check(spec: Matmul, kernel: MatmulKernel, a_len: usize, b_len: usize, c_len: 
     let bias_buffer = context.storage_buffer_with(&bias);
     let c_buffer = context.storage_buffer_with(&c0);
     let mut recorder = context.recorder();
-    spec.record(
-        &mut recorder,
-        kernel,
-        &a_buffer,
-        &b_buffer,
-        spec.bias.map(|_| &bias_buffer),
-        &c_buffer,
-    );
+    spec.record(&mut recorder, kernel, &a_buffer, &b_buffer, spec.bias.map(|_| &bias_buffer), &c_buffer);
     recorder.submit();
     let actual: Vec<f32> = context.read_words(&c_buffer, c_len).unwrap();
     // Sums of at most a few hundred products: f32 reassociation stays far below 1e-4.
-    assert_close(
-        &actual,
-        &expected,
-        1e-4,
-        &format!("{spec:?} with {kernel:?}"),
-    );
+    assert_close(&actual, &expected, 1e-4, &format!("{spec:?} with {kernel:?}"));
 }
 
 #[test]
 fn plain_and_transposed_operands_on_awkward_shapes() {
-    let shapes = [
-        (1, 1, 1),
-        (3, 5, 7),
-        (33, 17, 65),
-        (130, 129, 47),
-        (5, 140, 260),
-    ];
+    let shapes = [(1, 1, 1), (3, 5, 7), (33, 17, 65), (130, 129, 47), (5, 140, 260)];
     let mut seed = 1;
     for &(m, n, k) in &shapes {
         for transpose_a in [false, true] {
@@ -157,24 +119,10 @@ fn vec4_alignment_rules() {
 
 #[test]
 fn auto_chooses_by_adapter_shape_and_layout() {
-    let vec4_128 = MatmulKernel::Vec4 {
-        bm: 128,
-        bn: 128,
-        bk: 8,
-    };
-    let vec4_tall = MatmulKernel::Vec4 {
-        bm: 128,
-        bn: 64,
-        bk: 16,
-    };
-    let vec4_64 = MatmulKernel::Vec4 {
-        bm: 64,
-        bn: 64,
-        bk: 16,
-    };
-    let choose = |m, n, k, transpose_b| {
-        Matmul::new(m, n, k, false, transpose_b).choose_kernel_for(true, true)
-    };
+    let vec4_128 = MatmulKernel::Vec4 { bm: 128, bn: 128, bk: 8 };
+    let vec4_tall = MatmulKernel::Vec4 { bm: 128, bn: 64, bk: 16 };
+    let vec4_64 = MatmulKernel::Vec4 { bm: 64, bn: 64, bk: 16 };
+    let choose = |m, n, k, transpose_b| Matmul::new(m, n, k, false, transpose_b).choose_kernel_for(true, true);
     // Software adapters always run the register-only kernel.
     let big = Matmul::new(4096, 4096, 4096, false, false);
     assert_eq!(big.choose_kernel_for(false, true), MatmulKernel::Direct);
@@ -194,16 +142,10 @@ fn auto_chooses_by_adapter_shape_and_layout() {
     assert_eq!(choose(4096, 4096, 16, false), MatmulKernel::Direct);
     // Layouts the vec4 kernels cannot read: the scalar tiled kernel (BK 8 unless
     // THITL_MATMUL_BK says otherwise), or register-only when even 128×128 tiles are few.
-    assert!(matches!(
-        choose(4096, 4096, 4095, true),
-        MatmulKernel::Tiled { .. }
-    ));
+    assert!(matches!(choose(4096, 4096, 4095, true), MatmulKernel::Tiled { .. }));
     assert_eq!(choose(510, 510, 510, true), MatmulKernel::Direct);
     // THITL_MATMUL_VEC4=0 (the `false` here) keeps Auto on the scalar kernels.
-    assert!(matches!(
-        big.choose_kernel_for(true, false),
-        MatmulKernel::Tiled { .. }
-    ));
+    assert!(matches!(big.choose_kernel_for(true, false), MatmulKernel::Tiled { .. }));
 }
 
 #[test]
@@ -250,9 +192,7 @@ fn batched_views_like_attention_heads() {
         batch_outer: batch,
         batch_inner: heads,
         a: Layout::row_major(3 * width).batched(tokens * 3 * width, head_dim),
-        b: Layout::transposed(3 * width)
-            .at(width)
-            .batched(tokens * 3 * width, head_dim),
+        b: Layout::transposed(3 * width).at(width).batched(tokens * 3 * width, head_dim),
         c: Layout::row_major(tokens).batched(heads * tokens * tokens, tokens * tokens),
         alpha: 1.0 / (head_dim as f32).sqrt(),
         bias: None,
@@ -263,14 +203,7 @@ fn batched_views_like_attention_heads() {
     // Head dims of 8 and offsets of whole heads: aligned, so the vec4 kernels run it too.
     assert!(spec.vec4_aligned());
     for (seed, kernel) in KERNELS.into_iter().chain(VEC4_KERNELS).enumerate() {
-        check(
-            spec,
-            kernel,
-            packed,
-            packed,
-            batch * heads * tokens * tokens,
-            200 + seed as u64,
-        );
+        check(spec, kernel, packed, packed, batch * heads * tokens * tokens, 200 + seed as u64);
     }
 }
 
@@ -285,9 +218,7 @@ fn cpu_reference_agrees_with_a_triple_loop_in_f64() {
     Matmul::new(m, n, k, true, false).run_cpu(&a, &b, None, &mut c);
     for i in 0..m {
         for j in 0..n {
-            let exact: f64 = (0..k)
-                .map(|p| a[p * m + i] as f64 * b[p * n + j] as f64)
-                .sum();
+            let exact: f64 = (0..k).map(|p| a[p * m + i] as f64 * b[p * n + j] as f64).sum();
             assert!((c[i * n + j] as f64 - exact).abs() < 1e-5, "({i},{j})");
         }
     }
@@ -304,17 +235,11 @@ fn triple_loop(spec: &Matmul, a: &[f32], b: &[f32], c: &mut [f32]) {
             for r in 0..spec.m {
                 for col in 0..spec.n {
                     let dot: f64 = (0..spec.k)
-                        .map(|p| {
-                            a[at(&spec.a, o, i, r, p)] as f64 * b[at(&spec.b, o, i, p, col)] as f64
-                        })
+                        .map(|p| a[at(&spec.a, o, i, r, p)] as f64 * b[at(&spec.b, o, i, p, col)] as f64)
                         .sum();
                     let value = spec.activation.apply(spec.alpha * dot as f32);
                     let index = at(&spec.c, o, i, r, col);
-                    c[index] = if spec.accumulate {
-                        c[index] + value
-                    } else {
-                        value
-                    };
+                    c[index] = if spec.accumulate { c[index] + value } else { value };
                 }
             }
         }
@@ -328,16 +253,8 @@ fn cpu_backend_runs_attention_batches_on_threads_like_the_definition() {
     // packed or interleaved buffer; the values it does not own must stay as they were.
     let (batch, heads, tokens, head_dim) = (16, 4, 64, 32);
     let width = heads * head_dim;
-    let packed = |offset| {
-        Layout::row_major(3 * width)
-            .at(offset)
-            .batched(tokens * 3 * width, head_dim)
-    };
-    let packed_t = |offset| {
-        Layout::transposed(3 * width)
-            .at(offset)
-            .batched(tokens * 3 * width, head_dim)
-    };
+    let packed = |offset| Layout::row_major(3 * width).at(offset).batched(tokens * 3 * width, head_dim);
+    let packed_t = |offset| Layout::transposed(3 * width).at(offset).batched(tokens * 3 * width, head_dim);
     let scores = Layout::row_major(tokens).batched(heads * tokens * tokens, tokens * tokens);
     let scores_t = Layout::transposed(tokens).batched(heads * tokens * tokens, tokens * tokens);
     let base = Matmul {
@@ -358,14 +275,7 @@ fn cpu_backend_runs_attention_batches_on_threads_like_the_definition() {
         // S = α Q Kᵀ into [batch, heads, t, t]
         base,
         // dK = α dSᵀ Q into the K columns of the packed buffer (offset, interleaved heads)
-        Matmul {
-            n: head_dim,
-            k: tokens,
-            a: scores_t,
-            b: packed(0),
-            c: packed(width),
-            ..base
-        },
+        Matmul { n: head_dim, k: tokens, a: scores_t, b: packed(0), c: packed(width), ..base },
         // the same accumulated through an activation (the product goes through a scratch)
         Matmul {
             n: head_dim,
@@ -382,16 +292,9 @@ fn cpu_backend_runs_attention_batches_on_threads_like_the_definition() {
     let qkv = rng.vec(batch * tokens * 3 * width);
     let probabilities = rng.vec(batch * heads * tokens * tokens);
     for (index, spec) in specs.iter().enumerate() {
-        let (a, b) = if index == 0 {
-            (&qkv, &qkv)
-        } else {
-            (&probabilities, &qkv)
-        };
-        let before = if index == 0 {
-            rng.vec(batch * heads * tokens * tokens)
-        } else {
-            rng.vec(batch * tokens * 3 * width)
-        };
+        let (a, b) = if index == 0 { (&qkv, &qkv) } else { (&probabilities, &qkv) };
+        let before =
+            if index == 0 { rng.vec(batch * heads * tokens * tokens) } else { rng.vec(batch * tokens * 3 * width) };
         let mut expected = before.clone();
         triple_loop(spec, a, b, &mut expected);
         let mut c = before.clone();
@@ -417,17 +320,11 @@ fn split_k_for_long_k_and_small_outputs() {
         let c0 = rng.vec(m * n);
         let mut expected = c0.clone();
         spec.run_cpu(&a, &b, None, &mut expected);
-        let (a_buffer, b_buffer, c_buffer) =
-            (device.upload(&a), device.upload(&b), device.upload(&c0));
+        let (a_buffer, b_buffer, c_buffer) = (device.upload(&a), device.upload(&b), device.upload(&c0));
         device.matmul(&spec, &a_buffer, &b_buffer, None, &c_buffer);
         let actual = device.download(&c_buffer, m * n).unwrap();
         // Sums of 4096-6144 products in another order: f32 error ~√k·eps, still below 1e-4.
-        assert_close(
-            &actual,
-            &expected,
-            1e-4,
-            &format!("split-K {m}x{n}x{k} in {splits} slices"),
-        );
+        assert_close(&actual, &expected, 1e-4, &format!("split-K {m}x{n}x{k} in {splits} slices"));
     }
 }
 
@@ -479,9 +376,7 @@ fn cpu_gemm_agrees_with_the_definition_on_awkward_shapes() {
         (64, 32, 64),
         (11, 40, 48),
     ] {
-        for (transpose_a, transpose_b) in
-            [(false, false), (true, false), (false, true), (true, true)]
-        {
+        for (transpose_a, transpose_b) in [(false, false), (true, false), (false, true), (true, true)] {
             let a = rng.vec(m * k);
             let b = rng.vec(k * n);
             let (rsa, csa) = if transpose_a { (1, m) } else { (k, 1) };
@@ -489,11 +384,7 @@ fn cpu_gemm_agrees_with_the_definition_on_awkward_shapes() {
             let rsc = n + 3;
             let bias = rng.vec(n);
             for (beta, with_bias) in [(0.0f32, false), (1.0, false), (0.0, true), (1.0, true)] {
-                let before: Vec<f32> = if beta == 0.0 {
-                    vec![f32::NAN; m * rsc]
-                } else {
-                    rng.vec(m * rsc)
-                };
+                let before: Vec<f32> = if beta == 0.0 { vec![f32::NAN; m * rsc] } else { rng.vec(m * rsc) };
                 let mut c = before.clone();
                 // SAFETY: the strides address only the vectors' elements; bias has n values.
                 let added = unsafe {
@@ -547,10 +438,7 @@ fn cpu_gemm_agrees_with_the_definition_on_awkward_shapes() {
                     // The padding of each row of C stays as it was.
                     for j in n..rsc {
                         let (got, was) = (c[i * rsc + j], before[i * rsc + j]);
-                        assert!(
-                            got.to_bits() == was.to_bits(),
-                            "padding changed at ({i},{j})"
-                        );
+                        assert!(got.to_bits() == was.to_bits(), "padding changed at ({i},{j})");
                     }
                 }
             }

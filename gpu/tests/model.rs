@@ -7,8 +7,8 @@ use common::{Rng, assert_close, context};
 use gpu::cpu::AdamW;
 use gpu::device::{CpuDevice, Device, WgpuDevice};
 use gpu::model::{
-    Dit, DitConfig, HostAdapter, HostWeights, LoraConfig, LoraTarget, LossWeighting, SampleOptions,
-    TrainBatch, TrainMode,
+    Dit, DitConfig, HostAdapter, HostWeights, LoraConfig, LoraTarget, LossWeighting, SampleOptions, TrainBatch,
+    TrainMode,
 };
 
 fn wgpu_device() -> WgpuDevice {
@@ -18,9 +18,7 @@ fn wgpu_device() -> WgpuDevice {
 fn batch(config: &DitConfig, count: usize, seed: u64) -> TrainBatch {
     let mut rng = Rng::new(seed);
     let images = rng.vec(count * config.image_len());
-    let mut ids: Vec<u32> = (0..count * config.max_tokens)
-        .map(|_| rng.below(config.vocabulary) as u32)
-        .collect();
+    let mut ids: Vec<u32> = (0..count * config.max_tokens).map(|_| rng.below(config.vocabulary) as u32).collect();
     // The first sample has an empty prompt: it uses the learned null text.
     ids[..config.max_tokens].fill(0);
     TrainBatch { images, ids }
@@ -30,12 +28,7 @@ fn all_targets() -> LoraConfig {
     LoraConfig {
         rank: 2,
         alpha: 4.0,
-        targets: vec![
-            LoraTarget::Qkv,
-            LoraTarget::Proj,
-            LoraTarget::Fc1,
-            LoraTarget::Fc2,
-        ],
+        targets: vec![LoraTarget::Qkv, LoraTarget::Proj, LoraTarget::Fc1, LoraTarget::Fc2],
     }
 }
 
@@ -51,12 +44,7 @@ fn trained_adapter(config: &DitConfig, seed: u64) -> HostAdapter {
     adapter
 }
 
-fn forward<D: Device>(
-    device: &D,
-    model: &Dit<D>,
-    data: &TrainBatch,
-    timesteps: &[f32],
-) -> Vec<f32> {
+fn forward<D: Device>(device: &D, model: &Dit<D>, data: &TrainBatch, timesteps: &[f32]) -> Vec<f32> {
     let x = device.upload(&data.images);
     let out = model.forward(device, &x, timesteps, &data.ids).unwrap();
     device.download(&out, data.images.len()).unwrap()
@@ -72,30 +60,12 @@ fn forward_on_wgpu_matches_cpu_with_and_without_lora() {
     let cpu = CpuDevice::<f32>::new();
     let gpu = wgpu_device();
     for adapter in [None, Some(&adapter)] {
-        let expected = forward(
-            &cpu,
-            &Dit::new(&cpu, config, &weights, adapter).unwrap(),
-            &data,
-            &timesteps,
-        );
-        let actual = forward(
-            &gpu,
-            &Dit::new(&gpu, config, &weights, adapter).unwrap(),
-            &data,
-            &timesteps,
-        );
+        let expected = forward(&cpu, &Dit::new(&cpu, config, &weights, adapter).unwrap(), &data, &timesteps);
+        let actual = forward(&gpu, &Dit::new(&gpu, config, &weights, adapter).unwrap(), &data, &timesteps);
         // Two blocks of reassociated sums, softmax and layer norms in f32: 1e-3 relative to the
         // output's typical magnitude (each kernel alone is within 1e-4).
-        assert_close(
-            &actual,
-            &expected,
-            1e-3,
-            &format!("DiT forward, adapter {}", adapter.is_some()),
-        );
-        assert!(
-            expected.iter().any(|v| v.abs() > 1e-3),
-            "the output is not trivially zero"
-        );
+        assert_close(&actual, &expected, 1e-3, &format!("DiT forward, adapter {}", adapter.is_some()));
+        assert!(expected.iter().any(|v| v.abs() > 1e-3), "the output is not trivially zero");
     }
 }
 
@@ -105,12 +75,7 @@ fn training_step_on_wgpu_matches_cpu() {
     let weights = HostWeights::randomized(&config, 4, 0.3);
     let adapter = trained_adapter(&config, 5);
     let data = batch(&config, 2, 6);
-    let hyper = AdamW {
-        lr: 1e-3,
-        weight_decay: 0.01,
-        max_grad_norm: 1.0,
-        ..AdamW::default()
-    };
+    let hyper = AdamW { lr: 1e-3, weight_decay: 0.01, max_grad_norm: 1.0, ..AdamW::default() };
     for mode in [TrainMode::Full, TrainMode::Lora] {
         let adapter = (mode == TrainMode::Lora).then_some(&adapter);
         let cpu = CpuDevice::<f32>::new();
@@ -122,23 +87,14 @@ fn training_step_on_wgpu_matches_cpu() {
         let loss_cpu = on_cpu.train_step(&cpu, &data, mode, &hyper, 7).unwrap();
         let loss_gpu = on_gpu.train_step(&gpu, &data, mode, &hyper, 7).unwrap();
         assert_close(&[loss_gpu], &[loss_cpu], 1e-4, &format!("{mode:?} loss"));
-        let names: Vec<String> = on_cpu
-            .parameters
-            .iter()
-            .filter(|p| p.training.is_some())
-            .map(|p| p.name.clone())
-            .collect();
+        let names: Vec<String> =
+            on_cpu.parameters.iter().filter(|p| p.training.is_some()).map(|p| p.name.clone()).collect();
         assert!(!names.is_empty());
         for name in &names {
             let g_cpu = on_cpu.gradient(&cpu, name).unwrap().unwrap();
             let g_gpu = on_gpu.gradient(&gpu, name).unwrap().unwrap();
             // Gradients pass through every block in f32 with different summation orders.
-            assert_close(
-                &g_gpu,
-                &g_cpu,
-                2e-3,
-                &format!("{mode:?} gradient of {name}"),
-            );
+            assert_close(&g_gpu, &g_cpu, 2e-3, &format!("{mode:?} gradient of {name}"));
         }
         let after_cpu = match mode {
             TrainMode::Full => on_cpu.base_weights(&cpu).unwrap(),
@@ -157,15 +113,8 @@ fn training_step_on_wgpu_matches_cpu() {
                 // rounding noise (e.g. the key bias, to which softmax is invariant) its sign is
                 // arbitrary and the step may differ by up to 2·lr; elsewhere the values agree.
                 let noise = gradient.abs() <= 1e-4 * largest;
-                let bound = if noise {
-                    2.0 * hyper.lr + 1e-6
-                } else {
-                    1e-5 + 1e-4 * c.abs()
-                };
-                assert!(
-                    (g - c).abs() <= bound,
-                    "{mode:?} updated {name}: {g} vs {c} (gradient {gradient})"
-                );
+                let bound = if noise { 2.0 * hyper.lr + 1e-6 } else { 1e-5 + 1e-4 * c.abs() };
+                assert!((g - c).abs() <= bound, "{mode:?} updated {name}: {g} vs {c} (gradient {gradient})");
             }
         }
     }
@@ -175,14 +124,7 @@ fn training_step_on_wgpu_matches_cpu() {
 /// loss, in f64 on the CPU reference.
 #[test]
 fn whole_model_gradients_match_finite_differences_in_f64() {
-    let config = DitConfig {
-        depth: 1,
-        image_size: 4,
-        width: 8,
-        heads: 2,
-        frequency_dim: 8,
-        ..DitConfig::tiny()
-    };
+    let config = DitConfig { depth: 1, image_size: 4, width: 8, heads: 2, frequency_dim: 8, ..DitConfig::tiny() };
     let weights = HostWeights::randomized(&config, 8, 0.4);
     let adapter = trained_adapter(&config, 9);
     let data = batch(&config, 2, 10);
@@ -196,11 +138,7 @@ fn whole_model_gradients_match_finite_differences_in_f64() {
         model.set_trainable(&device, mode);
         model.loss_weighting = weighting;
         let loss_of = |model: &Dit<CpuDevice<f64>>| {
-            model
-                .loss_and_gradients(&device, &data, mode, 11)
-                .unwrap()
-                .read()
-                .unwrap()[0]
+            model.loss_and_gradients(&device, &data, mode, 11).unwrap().read().unwrap()[0]
         };
         let weighted = loss_of(&model);
         if weighting != LossWeighting::Uniform {
@@ -208,22 +146,15 @@ fn whole_model_gradients_match_finite_differences_in_f64() {
             model.loss_weighting = LossWeighting::Uniform;
             let plain = loss_of(&model);
             model.loss_weighting = weighting;
-            assert!(
-                weighted < plain - 1e-3 * plain,
-                "weighted loss {weighted} vs plain {plain}"
-            );
+            assert!(weighted < plain - 1e-3 * plain, "weighted loss {weighted} vs plain {plain}");
             loss_of(&model);
         }
         let mut rng = Rng::new(12);
-        let trained: Vec<usize> = (0..model.parameters.len())
-            .filter(|i| model.parameters[*i].training.is_some())
-            .collect();
+        let trained: Vec<usize> =
+            (0..model.parameters.len()).filter(|i| model.parameters[*i].training.is_some()).collect();
         for index in trained {
             let parameter = &model.parameters[index];
-            let analytic = parameter.training.as_ref().unwrap()[0]
-                .read()
-                .unwrap()
-                .clone();
+            let analytic = parameter.training.as_ref().unwrap()[0].read().unwrap().clone();
             let value = parameter.value.clone();
             for _ in 0..3 {
                 let element = rng.below(parameter.len());
@@ -264,32 +195,12 @@ fn lora_with_zero_b_gives_exactly_the_base_output() {
     let data = batch(&config, 2, 15);
     let timesteps = [3.0, 700.0];
     let cpu = CpuDevice::<f32>::new();
-    let base = forward(
-        &cpu,
-        &Dit::new(&cpu, config, &weights, None).unwrap(),
-        &data,
-        &timesteps,
-    );
-    let with_lora = forward(
-        &cpu,
-        &Dit::new(&cpu, config, &weights, Some(&adapter)).unwrap(),
-        &data,
-        &timesteps,
-    );
+    let base = forward(&cpu, &Dit::new(&cpu, config, &weights, None).unwrap(), &data, &timesteps);
+    let with_lora = forward(&cpu, &Dit::new(&cpu, config, &weights, Some(&adapter)).unwrap(), &data, &timesteps);
     assert_eq!(base, with_lora, "cpu");
     let gpu = wgpu_device();
-    let base = forward(
-        &gpu,
-        &Dit::new(&gpu, config, &weights, None).unwrap(),
-        &data,
-        &timesteps,
-    );
-    let with_lora = forward(
-        &gpu,
-        &Dit::new(&gpu, config, &weights, Some(&adapter)).unwrap(),
-        &data,
-        &timesteps,
-    );
+    let base = forward(&gpu, &Dit::new(&gpu, config, &weights, None).unwrap(), &data, &timesteps);
+    let with_lora = forward(&gpu, &Dit::new(&gpu, config, &weights, Some(&adapter)).unwrap(), &data, &timesteps);
     assert_eq!(base, with_lora, "wgpu");
 }
 
@@ -300,26 +211,13 @@ fn merged_adapter_equals_unmerged() {
     let adapter = trained_adapter(&config, 17);
     let merged = adapter.merge_into(&config, &weights).unwrap();
     let deeper = DitConfig { depth: 3, ..config };
-    assert!(
-        adapter.merge_into(&deeper, &weights).is_err(),
-        "an adapter for another shape is refused"
-    );
+    assert!(adapter.merge_into(&deeper, &weights).is_err(), "an adapter for another shape is refused");
     assert_ne!(merged, weights);
     let data = batch(&config, 2, 18);
     let timesteps = [10.0, 400.0];
     let cpu = CpuDevice::<f32>::new();
-    let unmerged_out = forward(
-        &cpu,
-        &Dit::new(&cpu, config, &weights, Some(&adapter)).unwrap(),
-        &data,
-        &timesteps,
-    );
-    let merged_out = forward(
-        &cpu,
-        &Dit::new(&cpu, config, &merged, None).unwrap(),
-        &data,
-        &timesteps,
-    );
+    let unmerged_out = forward(&cpu, &Dit::new(&cpu, config, &weights, Some(&adapter)).unwrap(), &data, &timesteps);
+    let merged_out = forward(&cpu, &Dit::new(&cpu, config, &merged, None).unwrap(), &data, &timesteps);
     // W x + s B (A x) vs (W + s B A) x: the same sum in another order.
     assert_close(&merged_out, &unmerged_out, 1e-4, "merged vs unmerged");
 }
@@ -337,33 +235,20 @@ fn lora_training_lowers_the_loss_on_a_tiny_fixed_dataset() {
         (0..4)
             .map(|seed| {
                 device
-                    .download(
-                        &model
-                            .loss_and_gradients(&device, &data, TrainMode::Lora, 1000 + seed)
-                            .unwrap(),
-                        1,
-                    )
+                    .download(&model.loss_and_gradients(&device, &data, TrainMode::Lora, 1000 + seed).unwrap(), 1)
                     .unwrap()[0]
             })
             .sum()
     };
     let before = evaluate(&model);
-    let hyper = AdamW {
-        lr: 1e-2,
-        ..AdamW::default()
-    };
+    let hyper = AdamW { lr: 1e-2, ..AdamW::default() };
     for step in 0..40 {
-        model
-            .train_step(&device, &data, TrainMode::Lora, &hyper, step)
-            .unwrap();
+        model.train_step(&device, &data, TrainMode::Lora, &hyper, step).unwrap();
     }
     let after = evaluate(&model);
     assert!(after < 0.9 * before, "loss {before} → {after}");
     let base_after = model.base_weights(&device).unwrap();
-    assert_eq!(
-        base_after, weights,
-        "LoRA training leaves the base untouched"
-    );
+    assert_eq!(base_after, weights, "LoRA training leaves the base untouched");
 }
 
 #[test]
@@ -372,50 +257,20 @@ fn sampling_is_deterministic_in_the_seed_and_agrees_across_backends() {
     let weights = HostWeights::randomized(&config, 22, 0.2);
     let prompts = batch(&config, 2, 23).ids;
     let negative = batch(&config, 2, 24).ids;
-    let options = SampleOptions {
-        steps: 4,
-        eta: 0.5,
-        guidance_scale: 3.0,
-        seed: 25,
-    };
+    let options = SampleOptions { steps: 4, eta: 0.5, guidance_scale: 3.0, seed: 25 };
     let cpu = CpuDevice::<f32>::new();
     let gpu = wgpu_device();
     let on_cpu = Dit::new(&cpu, config, &weights, None).unwrap();
     let on_gpu = Dit::new(&gpu, config, &weights, None).unwrap();
-    let first = on_gpu
-        .sample(&gpu, &options, &prompts, Some(&negative))
-        .unwrap();
-    let second = on_gpu
-        .sample(&gpu, &options, &prompts, Some(&negative))
-        .unwrap();
+    let first = on_gpu.sample(&gpu, &options, &prompts, Some(&negative)).unwrap();
+    let second = on_gpu.sample(&gpu, &options, &prompts, Some(&negative)).unwrap();
     assert_eq!(first, second, "same seed, same image (wgpu)");
-    let other = on_gpu
-        .sample(
-            &gpu,
-            &SampleOptions {
-                seed: 26,
-                ..options
-            },
-            &prompts,
-            Some(&negative),
-        )
-        .unwrap();
+    let other = on_gpu.sample(&gpu, &SampleOptions { seed: 26, ..options }, &prompts, Some(&negative)).unwrap();
     assert_ne!(first, other, "another seed, another image");
     let without_negative = on_gpu.sample(&gpu, &options, &prompts, None).unwrap();
-    assert_ne!(
-        first, without_negative,
-        "the negative prompt changes the image"
-    );
-    let reference = on_cpu
-        .sample(&cpu, &options, &prompts, Some(&negative))
-        .unwrap();
-    assert_eq!(
-        reference,
-        on_cpu
-            .sample(&cpu, &options, &prompts, Some(&negative))
-            .unwrap(),
-        "same seed (cpu)"
-    );
+    assert_ne!(first, without_negative, "the negative prompt changes the image");
+    let reference = on_cpu.sample(&cpu, &options, &prompts, Some(&negative)).unwrap();
+    assert_eq!(reference, on_cpu.sample(&cpu, &options, &prompts, Some(&negative)).unwrap(), "same seed (cpu)");
     // Four guided steps amplify f32 differences (guidance 3): 1e-3 of the typical magnitude.
     assert_close(&first, &reference, 1e-3, "wgpu vs cpu samples");
 }
@@ -428,10 +283,7 @@ fn weights_and_adapters_round_trip_through_safetensors_and_peft_config() {
     let back = HostWeights::from_safetensors(&bytes).unwrap();
     assert_eq!(back, weights);
     back.check(&config).unwrap();
-    let wider = DitConfig {
-        width: 32,
-        ..config
-    };
+    let wider = DitConfig { width: 32, ..config };
     assert!(back.check(&wider).is_err(), "a shape mismatch is reported");
     assert!(HostWeights::from_safetensors(b"not safetensors").is_err());
 
@@ -440,25 +292,13 @@ fn weights_and_adapters_round_trip_through_safetensors_and_peft_config() {
     let parsed = HostAdapter::parse_config(&json).unwrap();
     assert_eq!(parsed, adapter.config);
     let adapter_bytes = adapter.weights.to_safetensors(None).unwrap();
-    let names: Vec<String> = HostWeights::from_safetensors(&adapter_bytes)
-        .unwrap()
-        .tensors
-        .keys()
-        .cloned()
-        .collect();
-    assert!(
-        names.contains(&"base_model.model.blocks.0.attn.qkv.lora_A.weight".to_string()),
-        "{names:?}"
-    );
+    let names: Vec<String> = HostWeights::from_safetensors(&adapter_bytes).unwrap().tensors.keys().cloned().collect();
+    assert!(names.contains(&"base_model.model.blocks.0.attn.qkv.lora_A.weight".to_string()), "{names:?}");
     // DiT's own initialisation is adaLN-Zero: the untrained model predicts exactly zero.
     let device = CpuDevice::<f32>::new();
     let model = Dit::new(&device, config, &weights, None).unwrap();
     let data = batch(&config, 1, 29);
-    assert!(
-        forward(&device, &model, &data, &[5.0])
-            .iter()
-            .all(|v| *v == 0.0)
-    );
+    assert!(forward(&device, &model, &data, &[5.0]).iter().all(|v| *v == 0.0));
 }
 
 #[test]
@@ -467,26 +307,9 @@ fn the_engine_runs_the_same_model_on_either_backend() {
     let config = DitConfig::tiny();
     let weights = HostWeights::randomized(&config, 30, 0.2);
     let prompts = batch(&config, 2, 31).ids;
-    let options = SampleOptions {
-        steps: 2,
-        eta: 0.0,
-        guidance_scale: 2.0,
-        seed: 32,
-    };
-    let cpu = Engine::new(
-        &Backend::choose(DeviceChoice::Cpu).unwrap(),
-        config,
-        &weights,
-        None,
-    )
-    .unwrap();
-    let gpu = Engine::new(
-        &Backend::choose(DeviceChoice::Wgpu).unwrap(),
-        config,
-        &weights,
-        None,
-    )
-    .unwrap();
+    let options = SampleOptions { steps: 2, eta: 0.0, guidance_scale: 2.0, seed: 32 };
+    let cpu = Engine::new(&Backend::choose(DeviceChoice::Cpu).unwrap(), config, &weights, None).unwrap();
+    let gpu = Engine::new(&Backend::choose(DeviceChoice::Wgpu).unwrap(), config, &weights, None).unwrap();
     assert!(matches!(cpu, Engine::Cpu(..)) && matches!(gpu, Engine::Wgpu(..)));
     let a = cpu.sample(&options, &prompts, None).unwrap();
     let b = gpu.sample(&options, &prompts, None).unwrap();
@@ -494,56 +317,23 @@ fn the_engine_runs_the_same_model_on_either_backend() {
     let mut trainer = Engine::new(&Backend::Cpu, config, &weights, None).unwrap();
     trainer.set_trainable(TrainMode::Full);
     let data = batch(&config, 2, 33);
-    let loss = trainer
-        .train_step(&data, TrainMode::Full, &AdamW::default(), 1)
-        .unwrap();
+    let loss = trainer.train_step(&data, TrainMode::Full, &AdamW::default(), 1).unwrap();
     assert!(loss.is_finite());
-    assert_ne!(
-        trainer.base_weights().unwrap(),
-        weights,
-        "full training changes the base"
-    );
-    assert!(
-        Engine::new(
-            &Backend::Cpu,
-            DitConfig {
-                width: 32,
-                ..config
-            },
-            &weights,
-            None
-        )
-        .is_err()
-    );
+    assert_ne!(trainer.base_weights().unwrap(), weights, "full training changes the base");
+    assert!(Engine::new(&Backend::Cpu, DitConfig { width: 32, ..config }, &weights, None).is_err());
     // Bad inputs are errors, not panics.
-    assert!(
-        cpu.sample(&options, &prompts[..3], None).is_err(),
-        "ids not a multiple of max_tokens"
-    );
+    assert!(cpu.sample(&options, &prompts[..3], None).is_err(), "ids not a multiple of max_tokens");
     let bad_ids = vec![config.vocabulary as u32; prompts.len()];
-    assert!(
-        gpu.sample(&options, &bad_ids, None).is_err(),
-        "id outside the vocabulary"
-    );
-    let short = TrainBatch {
-        images: vec![0.0; 5],
-        ids: data.ids.clone(),
-    };
-    assert!(
-        trainer
-            .train_step(&short, TrainMode::Full, &AdamW::default(), 2)
-            .is_err()
-    );
+    assert!(gpu.sample(&options, &bad_ids, None).is_err(), "id outside the vocabulary");
+    let short = TrainBatch { images: vec![0.0; 5], ids: data.ids.clone() };
+    assert!(trainer.train_step(&short, TrainMode::Full, &AdamW::default(), 2).is_err());
     // Progress is reported per step, and a `false` stops the sampling.
     let mut seen = Vec::new();
     let result = gpu.sample_with_progress(&options, &prompts, None, &mut |done, total| {
         seen.push((done, total));
         done < 1
     });
-    assert!(matches!(
-        result,
-        Err(gpu::engine::EngineError::Gpu(gpu::GpuError::Cancelled))
-    ));
+    assert!(matches!(result, Err(gpu::engine::EngineError::Gpu(gpu::GpuError::Cancelled))));
     assert_eq!(seen, vec![(1, 2)], "stopped after the first of two steps");
 }
 
@@ -555,10 +345,7 @@ fn repeated_training_steps_reuse_buffers_correctly() {
     let weights = HostWeights::randomized(&config, 34, 0.3);
     let adapter = trained_adapter(&config, 35);
     let data = batch(&config, 2, 36);
-    let hyper = AdamW {
-        lr: 1e-3,
-        ..AdamW::default()
-    };
+    let hyper = AdamW { lr: 1e-3, ..AdamW::default() };
     let cpu = CpuDevice::<f32>::new();
     let gpu = wgpu_device();
     let mut on_cpu = Dit::new(&cpu, config, &weights, Some(&adapter)).unwrap();
@@ -566,37 +353,15 @@ fn repeated_training_steps_reuse_buffers_correctly() {
     on_cpu.set_trainable(&cpu, TrainMode::Lora);
     on_gpu.set_trainable(&gpu, TrainMode::Lora);
     for step in 0..4 {
-        let loss_cpu = on_cpu
-            .train_step(&cpu, &data, TrainMode::Lora, &hyper, 40 + step)
-            .unwrap();
-        let loss_gpu = on_gpu
-            .train_step(&gpu, &data, TrainMode::Lora, &hyper, 40 + step)
-            .unwrap();
+        let loss_cpu = on_cpu.train_step(&cpu, &data, TrainMode::Lora, &hyper, 40 + step).unwrap();
+        let loss_gpu = on_gpu.train_step(&gpu, &data, TrainMode::Lora, &hyper, 40 + step).unwrap();
         // Adam steps of ±lr where a gradient is rounding noise make the runs drift slowly.
-        assert_close(
-            &[loss_gpu],
-            &[loss_cpu],
-            1e-3,
-            &format!("loss at step {step}"),
-        );
+        assert_close(&[loss_gpu], &[loss_cpu], 1e-3, &format!("loss at step {step}"));
     }
     let x = gpu.upload(&data.images);
-    let first = gpu
-        .download(
-            &on_gpu.forward(&gpu, &x, &[5.0, 6.0], &data.ids).unwrap(),
-            data.images.len(),
-        )
-        .unwrap();
-    let second = gpu
-        .download(
-            &on_gpu.forward(&gpu, &x, &[5.0, 6.0], &data.ids).unwrap(),
-            data.images.len(),
-        )
-        .unwrap();
-    assert_eq!(
-        first, second,
-        "a forward on reused buffers gives the same bits"
-    );
+    let first = gpu.download(&on_gpu.forward(&gpu, &x, &[5.0, 6.0], &data.ids).unwrap(), data.images.len()).unwrap();
+    let second = gpu.download(&on_gpu.forward(&gpu, &x, &[5.0, 6.0], &data.ids).unwrap(), data.images.len()).unwrap();
+    assert_eq!(first, second, "a forward on reused buffers gives the same bits");
 }
 
 /// With per-image seeds an image depends only on its prompt and seed: the batch it shares
@@ -605,12 +370,7 @@ fn repeated_training_steps_reuse_buffers_correctly() {
 fn seeded_sampling_does_not_depend_on_the_batch() {
     let config = DitConfig::tiny();
     let weights = HostWeights::randomized(&config, 40, 0.3);
-    let options = SampleOptions {
-        steps: 3,
-        eta: 0.0,
-        guidance_scale: 2.0,
-        seed: 41,
-    };
+    let options = SampleOptions { steps: 3, eta: 0.0, guidance_scale: 2.0, seed: 41 };
     let data = batch(&config, 3, 42);
     let image = config.image_len();
     let cpu = CpuDevice::<f32>::new();
@@ -618,20 +378,13 @@ fn seeded_sampling_does_not_depend_on_the_batch() {
     let negative = vec![0u32; data.ids.len()];
     let sample = |ids: &[u32], seeds: &[u64]| {
         let negative = &negative[..ids.len()];
-        model
-            .sample_seeded(&cpu, &options, ids, Some(negative), seeds, &mut |_, _| true)
-            .unwrap()
+        model.sample_seeded(&cpu, &options, ids, Some(negative), seeds, &mut |_, _| true).unwrap()
     };
     let all = sample(&data.ids, &[5, 6, 7]);
     for (b, seed) in [5u64, 6, 7].into_iter().enumerate() {
         let ids = &data.ids[b * config.max_tokens..(b + 1) * config.max_tokens];
         let alone = sample(ids, &[seed]);
-        assert_close(
-            &all[b * image..(b + 1) * image],
-            &alone,
-            1e-5,
-            &format!("image {b}"),
-        );
+        assert_close(&all[b * image..(b + 1) * image], &alone, 1e-5, &format!("image {b}"));
     }
     // Another seed, another picture; the wgpu backend agrees.
     let swapped = sample(&data.ids, &[5, 9, 7]);
@@ -639,20 +392,8 @@ fn seeded_sampling_does_not_depend_on_the_batch() {
     assert_close(&swapped[..image], &all[..image], 1e-5, "image 0 kept");
     let gpu = wgpu_device();
     let on_gpu = Dit::new(&gpu, config, &weights, None).unwrap();
-    let gpu_all = on_gpu
-        .sample_seeded(
-            &gpu,
-            &options,
-            &data.ids,
-            Some(&negative),
-            &[5, 6, 7],
-            &mut |_, _| true,
-        )
-        .unwrap();
+    let gpu_all =
+        on_gpu.sample_seeded(&gpu, &options, &data.ids, Some(&negative), &[5, 6, 7], &mut |_, _| true).unwrap();
     assert_close(&gpu_all, &all, 1e-3, "wgpu vs cpu");
-    assert!(
-        model
-            .sample_seeded(&cpu, &options, &data.ids, None, &[1, 2], &mut |_, _| true)
-            .is_err()
-    );
+    assert!(model.sample_seeded(&cpu, &options, &data.ids, None, &[1, 2], &mut |_, _| true).is_err());
 }

@@ -112,7 +112,9 @@ impl Projection for Catalog {
                         },
                     );
                 }
-                ModelVersionEvent::ModelVersionDerived { model_version_id, name, parent, fine_tune_id, arm, .. } => {
+                ModelVersionEvent::ModelVersionDerived {
+                    model_version_id, name, parent, fine_tune_id, arm, ..
+                } => {
                     self.model_versions.insert(
                         *model_version_id,
                         ModelVersionView {
@@ -210,7 +212,14 @@ impl Projection for Catalog {
                 PromptSetEvent::PromptEdited { .. } => {}
             },
             DomainEvent::Generation(generation_event) => match generation_event {
-                GenerationEvent::GenerationRequested { generation_id, model_version, purpose, items, campaign_id, .. } => {
+                GenerationEvent::GenerationRequested {
+                    generation_id,
+                    model_version,
+                    purpose,
+                    items,
+                    campaign_id,
+                    ..
+                } => {
                     self.generations.insert(
                         *generation_id,
                         GenerationView {
@@ -257,7 +266,15 @@ impl Projection for Catalog {
                 }
             },
             DomainEvent::FineTune(fine_tune_event) => match fine_tune_event {
-                FineTuneEvent::FineTuneRequested { fine_tune_id, base_model, arm, examples, config, campaign_id, .. } => {
+                FineTuneEvent::FineTuneRequested {
+                    fine_tune_id,
+                    base_model,
+                    arm,
+                    examples,
+                    config,
+                    campaign_id,
+                    ..
+                } => {
                     self.fine_tunes.insert(
                         *fine_tune_id,
                         FineTuneView {

@@ -37,13 +37,20 @@ impl Projection for Evaluations {
     const NAME: &'static str = "evaluations";
 
     fn apply(&mut self, event: &Recorded) {
-        let DomainEvent::Campaign(CampaignEvent::EvaluationRecorded { campaign_id, evaluations }) = &event.event else { return };
+        let DomainEvent::Campaign(CampaignEvent::EvaluationRecorded { campaign_id, evaluations }) = &event.event else {
+            return;
+        };
         let mut by_association: BTreeMap<AssociationId, Vec<AssociationEvaluation>> = BTreeMap::new();
         for evaluation in evaluations {
             by_association.entry(evaluation.association_id).or_default().push(evaluation.clone());
         }
         for (association, arms) in by_association {
-            let record = EvaluationRecord { campaign_id: *campaign_id, position: event.position, recorded_at: event.metadata.recorded_at, arms };
+            let record = EvaluationRecord {
+                campaign_id: *campaign_id,
+                position: event.position,
+                recorded_at: event.metadata.recorded_at,
+                arms,
+            };
             self.by_association.entry(association).or_default().push(record);
         }
     }
@@ -76,7 +83,13 @@ mod tests {
     }
 
     fn evaluation(association: u128, arm: Arm, after: f64) -> AssociationEvaluation {
-        let estimate = |rate: f64| RateEstimate { positives: (rate * 100.0) as u32, n: 100, rate, ci_low: rate / 2.0, ci_high: rate * 1.5 };
+        let estimate = |rate: f64| RateEstimate {
+            positives: (rate * 100.0) as u32,
+            n: 100,
+            rate,
+            ci_low: rate / 2.0,
+            ci_high: rate * 1.5,
+        };
         AssociationEvaluation {
             association_id: AssociationId(Uuid::from_u128(association)),
             arm,
@@ -92,13 +105,24 @@ mod tests {
     #[test]
     fn each_association_keeps_its_arms_per_campaign_newest_last() {
         let mut evaluations = Evaluations::default();
-        evaluations.apply(&recorded(7, 1, vec![evaluation(10, Arm::Thitl, 0.02), evaluation(11, Arm::Thitl, 0.05), evaluation(10, Arm::Traditional, 0.03)]));
+        evaluations.apply(&recorded(
+            7,
+            1,
+            vec![
+                evaluation(10, Arm::Thitl, 0.02),
+                evaluation(11, Arm::Thitl, 0.05),
+                evaluation(10, Arm::Traditional, 0.03),
+            ],
+        ));
         evaluations.apply(&recorded(9, 2, vec![evaluation(10, Arm::Thitl, 0.01)]));
         let first = &evaluations.by_association[&AssociationId(Uuid::from_u128(10))][0];
         assert_eq!((first.position, first.arms.len()), (7, 2));
         assert_eq!(first.arms.iter().map(|e| e.arm).collect::<Vec<_>>(), vec![Arm::Thitl, Arm::Traditional]);
         let latest = evaluations.latest(AssociationId(Uuid::from_u128(10))).unwrap();
-        assert_eq!((latest.campaign_id, latest.position, latest.arms[0].after.rate), (CampaignId(Uuid::from_u128(2)), 9, 0.01));
+        assert_eq!(
+            (latest.campaign_id, latest.position, latest.arms[0].after.rate),
+            (CampaignId(Uuid::from_u128(2)), 9, 0.01)
+        );
         assert_eq!(evaluations.latest(AssociationId(Uuid::from_u128(11))).unwrap().arms.len(), 1);
         assert!(evaluations.latest(AssociationId(Uuid::from_u128(12))).is_none());
     }

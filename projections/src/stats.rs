@@ -38,7 +38,9 @@ pub fn krippendorff_alpha_interval(units: &[Vec<f64>]) -> Option<f64> {
 /// Krippendorff's alpha of each question a round asks, over the answers submitted so far:
 /// `concept_present`, `group_depicted` and `preferred` (nominal), `quality` (interval). A
 /// question no item has two answers to, or with no variation at all, is None.
-pub fn round_agreement(submissions: &BTreeMap<domain::ItemId, BTreeMap<String, domain::round::Answer>>) -> BTreeMap<&'static str, Option<f64>> {
+pub fn round_agreement(
+    submissions: &BTreeMap<domain::ItemId, BTreeMap<String, domain::round::Answer>>,
+) -> BTreeMap<&'static str, Option<f64>> {
     use domain::round::{Answer, Side};
     let mut concept: Vec<Vec<bool>> = Vec::new();
     let mut group: Vec<Vec<bool>> = Vec::new();
@@ -146,15 +148,19 @@ mod tests {
         let mut submissions = BTreeMap::new();
         // Two raters agree on every concept answer (one yes item, one no item) and on quality
         // exactly: alpha 1 for both; nothing about groups or pairs was asked.
-        submissions.insert(item(1), BTreeMap::from([("a".to_string(), check(true, 4)), ("b".to_string(), check(true, 4))]));
-        submissions.insert(item(2), BTreeMap::from([("a".to_string(), check(false, 2)), ("b".to_string(), check(false, 2))]));
+        submissions
+            .insert(item(1), BTreeMap::from([("a".to_string(), check(true, 4)), ("b".to_string(), check(true, 4))]));
+        submissions
+            .insert(item(2), BTreeMap::from([("a".to_string(), check(false, 2)), ("b".to_string(), check(false, 2))]));
         let agreement = round_agreement(&submissions);
         assert_eq!(agreement.keys().copied().collect::<Vec<_>>(), ["concept_present", "quality"]);
         assert!(close(agreement["concept_present"].unwrap(), 1.0, 1e-12));
         assert!(close(agreement["quality"].unwrap(), 1.0, 1e-12));
         // They disagree on every concept answer: alpha below 0.
-        submissions.insert(item(1), BTreeMap::from([("a".to_string(), check(true, 4)), ("b".to_string(), check(false, 4))]));
-        submissions.insert(item(2), BTreeMap::from([("a".to_string(), check(false, 2)), ("b".to_string(), check(true, 2))]));
+        submissions
+            .insert(item(1), BTreeMap::from([("a".to_string(), check(true, 4)), ("b".to_string(), check(false, 4))]));
+        submissions
+            .insert(item(2), BTreeMap::from([("a".to_string(), check(false, 2)), ("b".to_string(), check(true, 2))]));
         assert!(round_agreement(&submissions)["concept_present"].unwrap() < 0.0);
     }
 

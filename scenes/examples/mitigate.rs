@@ -17,62 +17,35 @@ use std::time::Instant;
 
 use gpu::Backend;
 use scenes::caption::CaptionSpec;
-use scenes::{
-    BaseModel, Concept, Example, FineTuneSettings, Flow, Group, Image, Rater, Setting, caption,
-    fine_tune,
-};
+use scenes::{BaseModel, Concept, Example, FineTuneSettings, Flow, Group, Image, Rater, Setting, caption, fine_tune};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let value = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let number =
-        |name: &str, default: f64| value(name).map_or(default, |v| v.parse().expect("a number"));
+    let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let number = |name: &str, default: f64| value(name).map_or(default, |v| v.parse().expect("a number"));
     let group = Group::from_name(&value("--group").unwrap_or("woman".into())).expect("a group");
-    let concept = Concept::from_name(&value("--concept").unwrap_or("hippopotamus".into()))
-        .expect("a concept");
+    let concept = Concept::from_name(&value("--concept").unwrap_or("hippopotamus".into())).expect("a concept");
     let n = number("-n", 128.0) as usize;
     let backend = Backend::Cpu;
-    let path =
-        value("--weights").expect("--weights PATH: base weights made by `thitl scenes train-base`");
-    let base = BaseModel::load_with_metadata(&std::fs::read(path).expect("weights"), &backend)
-        .expect("the base model loads");
+    let path = value("--weights").expect("--weights PATH: base weights made by `thitl scenes train-base`");
+    let base =
+        BaseModel::load_with_metadata(&std::fs::read(path).expect("weights"), &backend).expect("the base model loads");
     let rater = Rater::shipped();
     let sampling = base.default_settings().clone();
     let started = Instant::now();
 
     let probes: Vec<String> = Setting::ALL
         .iter()
-        .map(|setting| {
-            caption(
-                &CaptionSpec {
-                    group,
-                    object: None,
-                    setting: Some(*setting),
-                },
-                7,
-            )
-        })
+        .map(|setting| caption(&CaptionSpec { group, object: None, setting: Some(*setting) }, 7))
         .collect();
     let measure = |model: &BaseModel, label: &str| {
         let mut images = Vec::new();
         for (i, prompt) in probes.iter().enumerate() {
             let count = n / probes.len() + usize::from(i < n % probes.len());
-            images.extend(
-                model
-                    .sample(prompt, count, 1000 + i as u64, &sampling)
-                    .expect("samples"),
-            );
+            images.extend(model.sample(prompt, count, 1000 + i as u64, &sampling).expect("samples"));
         }
         let ratings = rater.rate(&images);
-        let with = ratings
-            .iter()
-            .filter(|r| r.present.contains(&concept))
-            .count();
+        let with = ratings.iter().filter(|r| r.present.contains(&concept)).count();
         let recognized = ratings.iter().filter(|r| r.group == group).count();
         let quality = ratings.iter().map(|r| r.quality).sum::<f32>() / ratings.len() as f32;
         println!(
@@ -89,10 +62,7 @@ fn main() {
     // Candidates: training prompts that name the group and not the concept, sampled with the
     // concept as negative prompt.
     let candidates_wanted = number("--candidates", 160.0) as usize;
-    let negative = scenes::SampleSettings {
-        negative_prompt: Some(concept.name().to_string()),
-        ..sampling.clone()
-    };
+    let negative = scenes::SampleSettings { negative_prompt: Some(concept.name().to_string()), ..sampling.clone() };
     // `count` examples, 8 per caption; caption `i` from `spec(i)` with caption seed
     // `caption_seed + i` and sample seed `sample_seed + i`.
     let examples = |count: usize,
@@ -102,56 +72,33 @@ fn main() {
         let mut out = Vec::new();
         for i in 0..count.div_ceil(8) {
             let prompt = caption(&spec(i), caption_seed + i as u64);
-            let images = base
-                .sample(&prompt, 8, sample_seed + i as u64, settings)
-                .expect("samples");
-            out.extend(images.into_iter().map(|image| Example {
-                prompt: prompt.clone(),
-                image,
-            }));
+            let images = base.sample(&prompt, 8, sample_seed + i as u64, settings).expect("samples");
+            out.extend(images.into_iter().map(|image| Example { prompt: prompt.clone(), image }));
         }
         out.truncate(count);
         out
     };
     let candidates = examples(
         candidates_wanted,
-        &|i| CaptionSpec {
-            group,
-            object: None,
-            setting: Some(Setting::ALL[i % Setting::ALL.len()]),
-        },
+        &|i| CaptionSpec { group, object: None, setting: Some(Setting::ALL[i % Setting::ALL.len()]) },
         (50, 2000),
         &negative,
     );
-    let ratings = rater.rate(
-        &candidates
-            .iter()
-            .map(|c| c.image.clone())
-            .collect::<Vec<Image>>(),
-    );
+    let ratings = rater.rate(&candidates.iter().map(|c| c.image.clone()).collect::<Vec<Image>>());
     let screened = !args.iter().any(|a| a == "--no-screen");
     let accepted: Vec<Example> = candidates
         .iter()
         .zip(&ratings)
-        .filter(|(_, r)| {
-            !screened || (r.group == group && !r.present.contains(&concept) && r.quality >= 0.6)
-        })
+        .filter(|(_, r)| !screened || (r.group == group && !r.present.contains(&concept) && r.quality >= 0.6))
         .map(|(c, _)| c.clone())
         .collect();
-    let still = ratings
-        .iter()
-        .filter(|r| r.present.contains(&concept))
-        .count();
+    let still = ratings.iter().filter(|r| r.present.contains(&concept)).count();
     println!(
         "candidates: {} ({} still show {concept}); {} accepted{} [{:.0} s]",
         candidates.len(),
         still,
         accepted.len(),
-        if screened {
-            ""
-        } else {
-            " (no screening: traditional arm)"
-        },
+        if screened { "" } else { " (no screening: traditional arm)" },
         started.elapsed().as_secs_f64()
     );
 

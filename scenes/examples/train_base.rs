@@ -44,25 +44,16 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Arguments, String> {
     let mut resume = false;
     let mut grids = Vec::new();
     while let Some(arg) = args.next() {
-        let mut value = || {
-            args.next()
-                .ok_or_else(|| format!("{arg} needs a value\n{USAGE}"))
-        };
+        let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value\n{USAGE}"));
         match arg.as_str() {
             "--out" => out = Some(PathBuf::from(value()?)),
             "--config" => {
                 let path = value()?;
-                let text =
-                    std::fs::read_to_string(&path).map_err(|error| format!("{path}: {error}"))?;
-                config =
-                    BaseConfig::from_json(&text).map_err(|error| format!("{path}: {error}"))?;
+                let text = std::fs::read_to_string(&path).map_err(|error| format!("{path}: {error}"))?;
+                config = BaseConfig::from_json(&text).map_err(|error| format!("{path}: {error}"))?;
             }
             "--seed" | "--steps" | "--batch" | "--lr" => overrides.push((arg.clone(), value()?)),
-            "--device" => {
-                device = value()?
-                    .parse()
-                    .map_err(|error: gpu::GpuError| error.to_string())?
-            }
+            "--device" => device = value()?.parse().map_err(|error: gpu::GpuError| error.to_string())?,
             "--resume" => resume = true,
             "--grid" => grids.push(value()?),
             "--help" | "-h" => return Err(USAGE.to_string()),
@@ -83,13 +74,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Arguments, String> {
     config.warmup_steps = config.warmup_steps.min(config.steps / 2);
     config.check().map_err(|error| error.to_string())?;
     let out = out.ok_or_else(|| format!("--out is required\n{USAGE}"))?;
-    Ok(Arguments {
-        out,
-        config,
-        device,
-        resume,
-        grids,
-    })
+    Ok(Arguments { out, config, device, resume, grids })
 }
 
 fn beside(path: &Path, suffix: &str) -> PathBuf {
@@ -106,23 +91,13 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), String> {
 }
 
 fn run(arguments: Arguments) -> Result<(), String> {
-    let Arguments {
-        out,
-        config,
-        device,
-        resume,
-        grids,
-    } = arguments;
+    let Arguments { out, config, device, resume, grids } = arguments;
     let checkpoint_path = beside(&out, ".checkpoint.safetensors");
     let backend = Backend::choose(device).map_err(|error| error.to_string())?;
     let resume_from = if resume && checkpoint_path.exists() {
         let bytes = std::fs::read(&checkpoint_path).map_err(|error| error.to_string())?;
         let checkpoint = Checkpoint::from_bytes(&bytes).map_err(|error| error.to_string())?;
-        eprintln!(
-            "resuming from {} at step {}",
-            checkpoint_path.display(),
-            checkpoint.step
-        );
+        eprintln!("resuming from {} at step {}", checkpoint_path.display(), checkpoint.step);
         Some(checkpoint)
     } else {
         None
@@ -152,10 +127,8 @@ fn run(arguments: Arguments) -> Result<(), String> {
                 progress.eta.as_secs_f64()
             ),
             TrainEvent::Checkpoint(checkpoint) => {
-                if let Err(error) = checkpoint
-                    .to_bytes()
-                    .map_err(|e| e.to_string())
-                    .and_then(|bytes| write(&checkpoint_path, &bytes))
+                if let Err(error) =
+                    checkpoint.to_bytes().map_err(|e| e.to_string()).and_then(|bytes| write(&checkpoint_path, &bytes))
                 {
                     failure = Some(error);
                     return Flow::Stop;
@@ -169,10 +142,7 @@ fn run(arguments: Arguments) -> Result<(), String> {
     }
     let trained = trained.map_err(|error| error.to_string())?;
     let config_path = out.with_extension("json");
-    write(
-        &out,
-        &trained.safetensors().map_err(|error| error.to_string())?,
-    )?;
+    write(&out, &trained.safetensors().map_err(|error| error.to_string())?)?;
     write(&config_path, trained.config_json().as_bytes())?;
     let _ = std::fs::remove_file(&checkpoint_path);
     eprintln!(
@@ -184,16 +154,10 @@ fn run(arguments: Arguments) -> Result<(), String> {
         config_path.display()
     );
     if !grids.is_empty() {
-        let model = BaseModel::from_weights(&trained.weights, &config, &backend)
-            .map_err(|error| error.to_string())?;
+        let model = BaseModel::from_weights(&trained.weights, &config, &backend).map_err(|error| error.to_string())?;
         for (number, prompt) in grids.iter().enumerate() {
             let path = beside(&out, &format!(".grid-{number}.png"));
-            write(
-                &path,
-                &model
-                    .grid(prompt, 32, 1)
-                    .map_err(|error| error.to_string())?,
-            )?;
+            write(&path, &model.grid(prompt, 32, 1).map_err(|error| error.to_string())?)?;
             eprintln!("{prompt:?}: {}", path.display());
         }
     }

@@ -46,14 +46,8 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Arguments, String> {
     let mut device = DeviceChoice::from_env().map_err(|error| error.to_string())?;
     let mut evaluation_images = 3000;
     while let Some(arg) = args.next() {
-        let mut value = || {
-            args.next()
-                .ok_or_else(|| format!("{arg} needs a value\n{USAGE}"))
-        };
-        let number = |text: String| {
-            text.parse::<f64>()
-                .map_err(|_| format!("{arg} needs a number, not {text:?}"))
-        };
+        let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value\n{USAGE}"));
+        let number = |text: String| text.parse::<f64>().map_err(|_| format!("{arg} needs a number, not {text:?}"));
         match arg.as_str() {
             "--out" => task = Some(Task::Train(PathBuf::from(value()?))),
             "--evaluate" => task = Some(Task::Evaluate(PathBuf::from(value()?))),
@@ -64,23 +58,14 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Arguments, String> {
             "--width" => training.width = number(value()?)? as usize,
             "--hidden" => training.hidden = number(value()?)? as usize,
             "--eval" => evaluation_images = number(value()?)? as usize,
-            "--device" => {
-                device = value()?
-                    .parse()
-                    .map_err(|error: gpu::GpuError| error.to_string())?
-            }
+            "--device" => device = value()?.parse().map_err(|error: gpu::GpuError| error.to_string())?,
             "--help" | "-h" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
     let task = task.ok_or_else(|| format!("--out or --evaluate is required\n{USAGE}"))?;
     training.check().map_err(|error| error.to_string())?;
-    Ok(Arguments {
-        task,
-        training,
-        device,
-        evaluation_images,
-    })
+    Ok(Arguments { task, training, device, evaluation_images })
 }
 
 fn minutes(duration: std::time::Duration) -> String {
@@ -91,20 +76,15 @@ fn minutes(duration: std::time::Duration) -> String {
 fn run(arguments: Arguments) -> Result<(), String> {
     let rater = match &arguments.task {
         Task::Evaluate(path) => {
-            let bytes =
-                std::fs::read(path).map_err(|error| format!("{}: {error}", path.display()))?;
-            Rater::from_safetensors(&bytes)
-                .map_err(|error| format!("{}: {error}", path.display()))?
+            let bytes = std::fs::read(path).map_err(|error| format!("{}: {error}", path.display()))?;
+            Rater::from_safetensors(&bytes).map_err(|error| format!("{}: {error}", path.display()))?
         }
         Task::Train(path) => {
             let backend = Backend::choose(arguments.device).map_err(|error| error.to_string())?;
             let training = &arguments.training;
             eprintln!("training a rater on {}", backend.describe());
             eprintln!("options: {}", training.to_json());
-            eprintln!(
-                "{} parameters",
-                training.classifier_config().parameter_count()
-            );
+            eprintln!("{} parameters", training.classifier_config().parameter_count());
             let trained = train_rater(training, &backend, 100, &mut |progress| {
                 eprintln!(
                     "step {:>5}/{}  loss {:.4}  lr {:.2e}  {:.0} img/s  elapsed {}  eta {}",
@@ -171,11 +151,7 @@ fn run(arguments: Arguments) -> Result<(), String> {
     println!("| condition | {} |", names.join(" | "));
     println!("|---|{}", "---|".repeat(names.len()));
     for accuracy in &accuracies {
-        let cells: Vec<String> = accuracy
-            .per_concept
-            .iter()
-            .map(|share| format!("{:.2}%", 100.0 * share))
-            .collect();
+        let cells: Vec<String> = accuracy.per_concept.iter().map(|share| format!("{:.2}%", 100.0 * share)).collect();
         println!("| {} | {} |", accuracy.condition, cells.join(" | "));
     }
     Ok(())

@@ -30,8 +30,7 @@ use std::time::{Duration, Instant};
 use gpu::cpu::AdamW;
 use gpu::engine::EngineError;
 use gpu::model::{
-    DitConfig, HostAdapter, HostWeights, LossWeighting, SampleOptions, TrainBatch, TrainMode,
-    WeightsError,
+    DitConfig, HostAdapter, HostWeights, LossWeighting, SampleOptions, TrainBatch, TrainMode, WeightsError,
 };
 use gpu::{Backend, Engine, GpuError};
 use serde::{Deserialize, Serialize};
@@ -109,37 +108,21 @@ impl ModelShape {
     fn check(&self) -> Result<(), BaseError> {
         let bad = |problem: String| Err(BaseError::InvalidConfig(problem));
         if self.patch == 0 || !IMAGE_SIZE.is_multiple_of(self.patch) {
-            return bad(format!(
-                "model.patch {} does not divide {IMAGE_SIZE}",
-                self.patch
-            ));
+            return bad(format!("model.patch {} does not divide {IMAGE_SIZE}", self.patch));
         }
-        if self.heads == 0
-            || self.width == 0
-            || !self.width.is_multiple_of(self.heads)
-            || !self.width.is_multiple_of(4)
+        if self.heads == 0 || self.width == 0 || !self.width.is_multiple_of(self.heads) || !self.width.is_multiple_of(4)
         {
             return bad(format!(
                 "model.width {} must be a positive multiple of 4 and of model.heads {}",
                 self.width, self.heads
             ));
         }
-        if self.depth == 0
-            || self.mlp_ratio == 0
-            || self.frequency_dim == 0
-            || !self.frequency_dim.is_multiple_of(2)
-        {
-            return bad(
-                "model.depth, model.mlp_ratio and an even model.frequency_dim must be positive"
-                    .into(),
-            );
+        if self.depth == 0 || self.mlp_ratio == 0 || self.frequency_dim == 0 || !self.frequency_dim.is_multiple_of(2) {
+            return bad("model.depth, model.mlp_ratio and an even model.frequency_dim must be positive".into());
         }
         let needed = tokenizer::vocabulary_size();
         if self.vocabulary < needed {
-            return bad(format!(
-                "model.vocabulary {} is smaller than the tokenizer's {needed} ids",
-                self.vocabulary
-            ));
+            return bad(format!("model.vocabulary {} is smaller than the tokenizer's {needed} ids", self.vocabulary));
         }
         Ok(())
     }
@@ -163,12 +146,7 @@ pub struct SampleSettings {
 impl Default for SampleSettings {
     /// 25 stochastic DDIM steps (η = 1) at guidance 1.5 (see the module doc for the choice).
     fn default() -> Self {
-        SampleSettings {
-            steps: 25,
-            guidance_scale: 1.5,
-            eta: 1.0,
-            negative_prompt: None,
-        }
+        SampleSettings { steps: 25, guidance_scale: 1.5, eta: 1.0, negative_prompt: None }
     }
 }
 
@@ -277,18 +255,15 @@ impl BaseConfig {
             progress_every: 10,
             checkpoint_every: 0,
             final_loss_window: 10,
-            sampling: SampleSettings {
-                steps: 4,
-                ..SampleSettings::default()
-            },
+            sampling: SampleSettings { steps: 4, ..SampleSettings::default() },
             ..BaseConfig::default()
         }
     }
 
     /// Parses and validates a configuration written by [`BaseConfig::to_json`].
     pub fn from_json(text: &str) -> Result<BaseConfig, BaseError> {
-        let config: BaseConfig = serde_json::from_str(text)
-            .map_err(|error| BaseError::InvalidConfig(error.to_string()))?;
+        let config: BaseConfig =
+            serde_json::from_str(text).map_err(|error| BaseError::InvalidConfig(error.to_string()))?;
         config.check()?;
         Ok(config)
     }
@@ -317,22 +292,13 @@ impl BaseConfig {
         if !(0.0..1.0).contains(&self.caption_dropout) {
             return bad("caption_dropout must lie in [0, 1)");
         }
-        if self
-            .min_snr_gamma
-            .is_some_and(|gamma| !(gamma.is_finite() && gamma > 0.0))
-        {
+        if self.min_snr_gamma.is_some_and(|gamma| !(gamma.is_finite() && gamma > 0.0)) {
             return bad("min_snr_gamma must be positive");
         }
-        if self
-            .ema_decay
-            .is_some_and(|decay| !(0.0..1.0).contains(&decay))
-        {
+        if self.ema_decay.is_some_and(|decay| !(0.0..1.0).contains(&decay)) {
             return bad("ema_decay must lie in [0, 1)");
         }
-        if self.sampling.steps == 0
-            || !self.sampling.guidance_scale.is_finite()
-            || self.sampling.eta < 0.0
-        {
+        if self.sampling.steps == 0 || !self.sampling.guidance_scale.is_finite() || self.sampling.eta < 0.0 {
             return bad("sampling needs positive steps, a finite guidance scale and η ≥ 0");
         }
         Ok(())
@@ -495,17 +461,12 @@ impl Checkpoint {
         let metadata = HashMap::from([
             (CONFIG_METADATA_KEY.to_string(), self.config.to_json()),
             (STEP_METADATA_KEY.to_string(), self.step.to_string()),
-            (
-                LOSSES_METADATA_KEY.to_string(),
-                serde_json::to_string(&self.recent_losses).expect("floats serialise"),
-            ),
+            (LOSSES_METADATA_KEY.to_string(), serde_json::to_string(&self.recent_losses).expect("floats serialise")),
         ]);
         let mut tensors = self.weights.clone();
         if let Some(ema) = &self.ema {
             for (name, tensor) in &ema.tensors {
-                tensors
-                    .tensors
-                    .insert(format!("{EMA_PREFIX}{name}"), tensor.clone());
+                tensors.tensors.insert(format!("{EMA_PREFIX}{name}"), tensor.clone());
             }
         }
         Ok(tensors.to_safetensors(Some(metadata))?)
@@ -515,14 +476,12 @@ impl Checkpoint {
     pub fn from_bytes(bytes: &[u8]) -> Result<Checkpoint, BaseError> {
         let metadata = safetensors_metadata(bytes)?;
         let field = |key: &str| {
-            metadata.get(key).ok_or_else(|| {
-                BaseError::Checkpoint(format!("no `{key}` in the safetensors metadata"))
-            })
+            metadata.get(key).ok_or_else(|| BaseError::Checkpoint(format!("no `{key}` in the safetensors metadata")))
         };
         let config = BaseConfig::from_json(field(CONFIG_METADATA_KEY)?)?;
-        let step = field(STEP_METADATA_KEY)?.parse().map_err(|_| {
-            BaseError::Checkpoint(format!("`{STEP_METADATA_KEY}` is not a step count"))
-        })?;
+        let step = field(STEP_METADATA_KEY)?
+            .parse()
+            .map_err(|_| BaseError::Checkpoint(format!("`{STEP_METADATA_KEY}` is not a step count")))?;
         let recent_losses = serde_json::from_str(field(LOSSES_METADATA_KEY)?)
             .map_err(|error| BaseError::Checkpoint(format!("`{LOSSES_METADATA_KEY}`: {error}")))?;
         let all = HostWeights::from_safetensors(bytes)?;
@@ -539,8 +498,7 @@ impl Checkpoint {
             (None, _) => None,
             (Some(_), true) => {
                 return Err(BaseError::Checkpoint(
-                    "the run keeps a moving average of the weights but the checkpoint has none"
-                        .to_string(),
+                    "the run keeps a moving average of the weights but the checkpoint has none".to_string(),
                 ));
             }
             (Some(_), false) => {
@@ -548,13 +506,7 @@ impl Checkpoint {
                 Some(ema)
             }
         };
-        Ok(Checkpoint {
-            step,
-            config,
-            weights,
-            ema,
-            recent_losses,
-        })
+        Ok(Checkpoint { step, config, weights, ema, recent_losses })
     }
 }
 
@@ -564,9 +516,7 @@ pub(crate) fn safetensors_metadata(bytes: &[u8]) -> Result<HashMap<String, Strin
     let malformed = || BaseError::Weights(WeightsError::Format("malformed header".to_string()));
     let length = bytes.get(..8).ok_or_else(malformed)?;
     let length = u64::from_le_bytes(length.try_into().expect("8 bytes")) as usize;
-    let header = bytes
-        .get(8..8usize.checked_add(length).ok_or_else(malformed)?)
-        .ok_or_else(malformed)?;
+    let header = bytes.get(8..8usize.checked_add(length).ok_or_else(malformed)?).ok_or_else(malformed)?;
     #[derive(Deserialize)]
     struct Header {
         #[serde(rename = "__metadata__", default)]
@@ -635,9 +585,7 @@ pub fn train_base(
         }
         Some(checkpoint) => {
             if checkpoint.config != *config {
-                return Err(BaseError::Checkpoint(
-                    "the checkpoint was made with another configuration".to_string(),
-                ));
+                return Err(BaseError::Checkpoint("the checkpoint was made with another configuration".to_string()));
             }
             if checkpoint.step >= config.steps {
                 return Err(BaseError::Checkpoint(format!(
@@ -681,12 +629,7 @@ pub fn train_base(
             max_grad_norm: config.max_grad_norm,
             ..AdamW::default()
         };
-        let loss = engine.train_step(
-            &batch,
-            TrainMode::Full,
-            &hyper,
-            derive_seed(step_noise, step as u64),
-        )?;
+        let loss = engine.train_step(&batch, TrainMode::Full, &hyper, derive_seed(step_noise, step as u64))?;
         if !loss.is_finite() {
             return Err(BaseError::InvalidConfig(format!(
                 "the loss diverged ({loss}) at step {}; lower the learning rate",
@@ -721,14 +664,10 @@ pub fn train_base(
                 eta: Duration::from_secs_f64((config.steps - done) as f64 / rate),
             };
             if observe(TrainEvent::Progress(&progress)) == Flow::Stop {
-                return Err(BaseError::Cancelled {
-                    completed: done,
-                    total: config.steps,
-                });
+                return Err(BaseError::Cancelled { completed: done, total: config.steps });
             }
         }
-        if config.checkpoint_every > 0 && done % config.checkpoint_every == 0 && done < config.steps
-        {
+        if config.checkpoint_every > 0 && done % config.checkpoint_every == 0 && done < config.steps {
             let checkpoint = Checkpoint {
                 step: done,
                 config: config.clone(),
@@ -737,10 +676,7 @@ pub fn train_base(
                 recent_losses: recent.iter().copied().collect(),
             };
             if observe(TrainEvent::Checkpoint(&checkpoint)) == Flow::Stop {
-                return Err(BaseError::Cancelled {
-                    completed: done,
-                    total: config.steps,
-                });
+                return Err(BaseError::Cancelled { completed: done, total: config.steps });
             }
         }
     }
@@ -769,20 +705,13 @@ pub struct BaseModel {
 
 impl std::fmt::Debug for BaseModel {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("BaseModel")
-            .field("model", &self.config.model)
-            .finish_non_exhaustive()
+        formatter.debug_struct("BaseModel").field("model", &self.config.model).finish_non_exhaustive()
     }
 }
 
 impl BaseModel {
     /// Loads safetensors `weights` of the model `config` describes onto `backend`.
-    pub fn load(
-        weights: &[u8],
-        config: &BaseConfig,
-        backend: &Backend,
-    ) -> Result<BaseModel, BaseError> {
+    pub fn load(weights: &[u8], config: &BaseConfig, backend: &Backend) -> Result<BaseModel, BaseError> {
         Self::from_weights(&HostWeights::from_safetensors(weights)?, config, backend)
     }
 
@@ -805,30 +734,16 @@ impl BaseModel {
     }
 
     /// Uploads host weights (e.g. [`TrainedBase::weights`]) to `backend`.
-    pub fn from_weights(
-        weights: &HostWeights,
-        config: &BaseConfig,
-        backend: &Backend,
-    ) -> Result<BaseModel, BaseError> {
+    pub fn from_weights(weights: &HostWeights, config: &BaseConfig, backend: &Backend) -> Result<BaseModel, BaseError> {
         config.check()?;
         let engine = Engine::new(backend, config.model.dit_config(), weights, None)?;
-        Ok(BaseModel {
-            config: config.clone(),
-            engine,
-            backend: backend.clone(),
-            adapter: None,
-        })
+        Ok(BaseModel { config: config.clone(), engine, backend: backend.clone(), adapter: None })
     }
 
     /// This model with a LoRA `adapter` attached (replacing any it had): a fine-tuned version
     /// that samples like the base plus the adapter's low-rank updates.
     pub fn with_adapter(&self, adapter: &HostAdapter) -> Result<BaseModel, BaseError> {
-        let engine = Engine::new(
-            &self.backend,
-            self.config.model.dit_config(),
-            &self.weights()?,
-            Some(adapter),
-        )?;
+        let engine = Engine::new(&self.backend, self.config.model.dit_config(), &self.weights()?, Some(adapter))?;
         Ok(BaseModel {
             config: self.config.clone(),
             engine,
@@ -884,11 +799,7 @@ impl BaseModel {
         progress: &mut dyn FnMut(usize, usize) -> Flow,
     ) -> Result<Vec<Image>, BaseError> {
         let ids = prompt_ids(prompt)?;
-        let negative = settings
-            .negative_prompt
-            .as_deref()
-            .map(prompt_ids)
-            .transpose()?;
+        let negative = settings.negative_prompt.as_deref().map(prompt_ids).transpose()?;
         let mut images = Vec::with_capacity(count);
         for (chunk, first) in (0..count).step_by(SAMPLE_CHUNK).enumerate() {
             let batch = SAMPLE_CHUNK.min(count - first);
@@ -900,19 +811,12 @@ impl BaseModel {
             };
             let prompts = ids.repeat(batch);
             let negatives = negative.as_ref().map(|negative| negative.repeat(batch));
-            let values = self
-                .engine
-                .sample(&options, &prompts, negatives.as_deref())?;
+            let values = self.engine.sample(&options, &prompts, negatives.as_deref())?;
             for image in values.chunks_exact(3 * IMAGE_SIZE * IMAGE_SIZE) {
-                images.push(
-                    Image::from_chw_f32(image).expect("the model's image shape is the world's"),
-                );
+                images.push(Image::from_chw_f32(image).expect("the model's image shape is the world's"));
             }
             if progress(images.len(), count) == Flow::Stop {
-                return Err(BaseError::Cancelled {
-                    completed: images.len(),
-                    total: count,
-                });
+                return Err(BaseError::Cancelled { completed: images.len(), total: count });
             }
         }
         Ok(images)
@@ -930,19 +834,12 @@ impl BaseModel {
     ) -> Result<Vec<Image>, BaseError> {
         let mut encoded = Vec::with_capacity(items.len());
         for item in items {
-            let negative = item
-                .negative_prompt
-                .as_deref()
-                .map(prompt_ids)
-                .transpose()?;
+            let negative = item.negative_prompt.as_deref().map(prompt_ids).transpose()?;
             encoded.push((prompt_ids(&item.prompt)?, negative));
         }
         let mut images = Vec::with_capacity(items.len());
         for (chunk, batch) in items.chunks(SAMPLE_CHUNK).zip(encoded.chunks(SAMPLE_CHUNK)) {
-            let ids: Vec<u32> = batch
-                .iter()
-                .flat_map(|(ids, _)| ids.iter().copied())
-                .collect();
+            let ids: Vec<u32> = batch.iter().flat_map(|(ids, _)| ids.iter().copied()).collect();
             let any_negative = batch.iter().any(|(_, negative)| negative.is_some());
             let negative: Option<Vec<u32>> = any_negative.then(|| {
                 batch
@@ -960,23 +857,12 @@ impl BaseModel {
                 guidance_scale: settings.guidance_scale,
                 seed: derive_seed(seeds[0], STREAM_ETA),
             };
-            let values = self.engine.sample_seeded(
-                &options,
-                &ids,
-                negative.as_deref(),
-                &seeds,
-                &mut |_, _| true,
-            )?;
+            let values = self.engine.sample_seeded(&options, &ids, negative.as_deref(), &seeds, &mut |_, _| true)?;
             for image in values.chunks_exact(3 * IMAGE_SIZE * IMAGE_SIZE) {
-                images.push(
-                    Image::from_chw_f32(image).expect("the model's image shape is the world's"),
-                );
+                images.push(Image::from_chw_f32(image).expect("the model's image shape is the world's"));
             }
             if progress(images.len(), items.len()) == Flow::Stop {
-                return Err(BaseError::Cancelled {
-                    completed: images.len(),
-                    total: items.len(),
-                });
+                return Err(BaseError::Cancelled { completed: images.len(), total: items.len() });
             }
         }
         Ok(images)
@@ -1005,15 +891,10 @@ pub struct SampleItem {
 pub(crate) fn prompt_ids(prompt: &str) -> Result<Vec<u32>, BaseError> {
     let tokenized = tokenizer::encode(prompt, MAX_TOKENS);
     if !tokenized.unknown.is_empty() {
-        return Err(BaseError::UnknownWords {
-            prompt: prompt.to_string(),
-            words: tokenized.unknown,
-        });
+        return Err(BaseError::UnknownWords { prompt: prompt.to_string(), words: tokenized.unknown });
     }
     if tokenized.truncated {
-        return Err(BaseError::PromptTooLong {
-            prompt: prompt.to_string(),
-        });
+        return Err(BaseError::PromptTooLong { prompt: prompt.to_string() });
     }
     Ok(tokenized.ids)
 }
@@ -1028,28 +909,18 @@ mod tests {
 
     #[test]
     fn batches_match_the_corpus() {
-        let config = BaseConfig {
-            batch_size: 5,
-            ..BaseConfig::tiny()
-        };
+        let config = BaseConfig { batch_size: 5, ..BaseConfig::tiny() };
         let corpus = config.corpus_stream();
         let batch = config.batch(&corpus, 3);
         assert_eq!(batch.images.len(), 5 * 3 * 32 * 32);
         assert_eq!(batch.ids.len(), 5 * MAX_TOKENS);
         assert_eq!(batch.samples(&config.model.dit_config()).expect("shape"), 5);
-        for (offset, (image, ids)) in batch
-            .images
-            .chunks_exact(3 * 32 * 32)
-            .zip(batch.ids.chunks_exact(MAX_TOKENS))
-            .enumerate()
+        for (offset, (image, ids)) in
+            batch.images.chunks_exact(3 * 32 * 32).zip(batch.ids.chunks_exact(MAX_TOKENS)).enumerate()
         {
             let index = 15 + offset as u64;
             let sample = corpus.sample(index);
-            assert_eq!(
-                image,
-                &sample.render().to_chw_f32()[..],
-                "image of sample {index}"
-            );
+            assert_eq!(image, &sample.render().to_chw_f32()[..], "image of sample {index}");
             if config.caption_dropped(index) {
                 assert!(ids.iter().all(|id| *id == PAD_ID));
             } else {
@@ -1062,60 +933,31 @@ mod tests {
     #[test]
     fn caption_dropout_follows_its_rate() {
         for rate in [0.0, 0.1, 0.3] {
-            let config = BaseConfig {
-                caption_dropout: rate,
-                ..BaseConfig::tiny()
-            };
+            let config = BaseConfig { caption_dropout: rate, ..BaseConfig::tiny() };
             let draws = 20_000;
-            let dropped = (0..draws)
-                .filter(|index| config.caption_dropped(*index))
-                .count();
+            let dropped = (0..draws).filter(|index| config.caption_dropped(*index)).count();
             let observed = dropped as f64 / draws as f64;
             // Four standard errors.
             let tolerance = 4.0 * (rate * (1.0 - rate) / draws as f64).sqrt() + 1e-9;
-            assert!(
-                (observed - rate).abs() <= tolerance,
-                "rate {rate}: observed {observed}"
-            );
+            assert!((observed - rate).abs() <= tolerance, "rate {rate}: observed {observed}");
         }
         // Dropped captions are all padding in a batch, kept ones are not.
-        let config = BaseConfig {
-            caption_dropout: 0.5,
-            batch_size: 64,
-            ..BaseConfig::tiny()
-        };
+        let config = BaseConfig { caption_dropout: 0.5, batch_size: 64, ..BaseConfig::tiny() };
         let batch = config.batch(&config.corpus_stream(), 0);
-        let empty = batch
-            .ids
-            .chunks_exact(MAX_TOKENS)
-            .filter(|ids| ids.iter().all(|id| *id == PAD_ID))
-            .count();
-        let expected = (0..64)
-            .filter(|index| config.caption_dropped(*index))
-            .count();
+        let empty = batch.ids.chunks_exact(MAX_TOKENS).filter(|ids| ids.iter().all(|id| *id == PAD_ID)).count();
+        let expected = (0..64).filter(|index| config.caption_dropped(*index)).count();
         assert_eq!(empty, expected);
-        assert!(
-            (16..=48).contains(&empty),
-            "{empty} of 64 dropped at rate 0.5"
-        );
+        assert!((16..=48).contains(&empty), "{empty} of 64 dropped at rate 0.5");
     }
 
     #[test]
     fn learning_rate_warms_up_then_decays() {
-        let config = BaseConfig {
-            steps: 1000,
-            warmup_steps: 100,
-            learning_rate: 1e-3,
-            ..BaseConfig::tiny()
-        };
+        let config = BaseConfig { steps: 1000, warmup_steps: 100, learning_rate: 1e-3, ..BaseConfig::tiny() };
         assert!((config.learning_rate_at(0) - 1e-5).abs() < 1e-9);
         assert!((config.learning_rate_at(99) - 1e-3).abs() < 1e-9);
         assert!(config.learning_rate_at(500) < 1e-3 && config.learning_rate_at(500) > 1e-4);
         let last = config.learning_rate_at(999);
-        assert!(
-            (last - 1e-3 * config.final_learning_rate_fraction).abs() < 1e-5,
-            "{last}"
-        );
+        assert!((last - 1e-3 * config.final_learning_rate_fraction).abs() < 1e-5, "{last}");
         for step in 100..999 {
             assert!(config.learning_rate_at(step + 1) <= config.learning_rate_at(step));
         }
@@ -1124,8 +966,7 @@ mod tests {
     #[test]
     fn the_shipped_weights_were_made_by_the_default_recipe() {
         let metadata = safetensors_metadata(SHIPPED_WEIGHTS).expect("metadata");
-        let mut shipped =
-            BaseConfig::from_json(&metadata[CONFIG_METADATA_KEY]).expect("a configuration");
+        let mut shipped = BaseConfig::from_json(&metadata[CONFIG_METADATA_KEY]).expect("a configuration");
         // How often a run writes checkpoints does not change its weights.
         shipped.checkpoint_every = BaseConfig::default().checkpoint_every;
         assert_eq!(shipped, BaseConfig::default());
@@ -1134,20 +975,14 @@ mod tests {
     #[test]
     fn configurations_round_trip_and_bad_ones_are_refused() {
         let config = BaseConfig::default();
-        assert_eq!(
-            BaseConfig::from_json(&config.to_json()).expect("valid"),
-            config
-        );
+        assert_eq!(BaseConfig::from_json(&config.to_json()).expect("valid"), config);
         let mut small_table = BaseConfig::default();
         small_table.model.vocabulary = 10;
         let error = BaseConfig::from_json(&small_table.to_json()).expect_err("too few rows");
         assert!(error.to_string().contains("vocabulary"), "{error}");
         let mut odd_patch = BaseConfig::default();
         odd_patch.model.patch = 5;
-        assert!(matches!(
-            odd_patch.check(),
-            Err(BaseError::InvalidConfig(_))
-        ));
+        assert!(matches!(odd_patch.check(), Err(BaseError::InvalidConfig(_))));
         let error = BaseConfig::from_json(r#"{"model": 1}"#).expect_err("not a config");
         assert!(matches!(error, BaseError::InvalidConfig(_)));
     }
@@ -1168,32 +1003,18 @@ mod tests {
     fn a_tiny_model_learns() {
         let config = BaseConfig::tiny();
         let (trained, reports) = train(&config);
-        assert_eq!(
-            reports.iter().map(|p| p.step).collect::<Vec<_>>(),
-            vec![10, 20, 30, 40, 50]
-        );
-        assert!(
-            reports
-                .iter()
-                .all(|p| p.samples_per_second > 0.0 && p.loss.is_finite())
-        );
+        assert_eq!(reports.iter().map(|p| p.step).collect::<Vec<_>>(), vec![10, 20, 30, 40, 50]);
+        assert!(reports.iter().all(|p| p.samples_per_second > 0.0 && p.loss.is_finite()));
         let (start, end) = (trained.loss_curve[0], trained.final_loss);
         // The first steps predict noise from nothing (loss near 1); a model that learns anything
         // about flat-coloured scenes does far better within 50 steps.
         assert!(start > 0.5, "first loss {start}");
-        assert!(
-            end < 0.4 * start,
-            "loss went from {start} to {end}: {:?}",
-            trained.loss_curve
-        );
+        assert!(end < 0.4 * start, "loss went from {start} to {end}: {:?}", trained.loss_curve);
     }
 
     #[test]
     fn training_is_deterministic_for_a_seed() {
-        let config = BaseConfig {
-            steps: 4,
-            ..BaseConfig::tiny()
-        };
+        let config = BaseConfig { steps: 4, ..BaseConfig::tiny() };
         let (first, _) = train(&config);
         let (second, _) = train(&config);
         assert_eq!(first.weights, second.weights, "same seed, same weights");
@@ -1204,33 +1025,21 @@ mod tests {
 
     #[test]
     fn the_moving_average_by_hand() {
-        let tensor = |values: Vec<f32>| HostWeights {
-            tensors: [("w".to_string(), (vec![values.len()], values))].into(),
-        };
+        let tensor =
+            |values: Vec<f32>| HostWeights { tensors: [("w".to_string(), (vec![values.len()], values))].into() };
         let mut average = tensor(vec![1.0, -2.0]);
         update_average(&mut average, &tensor(vec![3.0, 2.0]), 0.75);
         assert_eq!(average, tensor(vec![1.5, -1.0]));
         // The run returns the average, not the last weights.
-        let config = BaseConfig {
-            steps: 6,
-            ..BaseConfig::tiny()
-        };
+        let config = BaseConfig { steps: 6, ..BaseConfig::tiny() };
         let (averaged, _) = train(&config);
-        let (last, _) = train(&BaseConfig {
-            ema_decay: None,
-            ..config
-        });
+        let (last, _) = train(&BaseConfig { ema_decay: None, ..config });
         assert_ne!(averaged.weights, last.weights);
     }
 
     #[test]
     fn checkpoints_resume_and_stopping_cancels() {
-        let config = BaseConfig {
-            steps: 12,
-            checkpoint_every: 5,
-            progress_every: 4,
-            ..BaseConfig::tiny()
-        };
+        let config = BaseConfig { steps: 12, checkpoint_every: 5, progress_every: 4, ..BaseConfig::tiny() };
         let mut checkpoints = Vec::new();
         let result = train_base(&config, &cpu(), None, |event| match event {
             TrainEvent::Checkpoint(checkpoint) => {
@@ -1240,45 +1049,26 @@ mod tests {
             TrainEvent::Progress(progress) if progress.step >= 8 => Flow::Stop,
             TrainEvent::Progress(_) => Flow::Continue,
         });
-        assert!(
-            matches!(
-                result,
-                Err(BaseError::Cancelled {
-                    completed: 8,
-                    total: 12
-                })
-            ),
-            "{result:?}"
-        );
+        assert!(matches!(result, Err(BaseError::Cancelled { completed: 8, total: 12 })), "{result:?}");
         assert_eq!(checkpoints.len(), 1);
         let checkpoint = Checkpoint::from_bytes(&checkpoints[0]).expect("reads back");
         assert_eq!((checkpoint.step, checkpoint.recent_losses.len()), (5, 5));
         assert_eq!(checkpoint.config, config);
         let ema = checkpoint.ema.as_ref().expect("the run keeps an average");
-        assert_eq!(
-            ema.tensors.keys().collect::<Vec<_>>(),
-            checkpoint.weights.tensors.keys().collect::<Vec<_>>()
-        );
+        assert_eq!(ema.tensors.keys().collect::<Vec<_>>(), checkpoint.weights.tensors.keys().collect::<Vec<_>>());
         assert_ne!(ema, &checkpoint.weights, "the average lags the weights");
         let mut without_average = checkpoint.clone();
         without_average.ema = None;
         let bytes = without_average.to_bytes().expect("serialises");
         assert!(
-            matches!(
-                Checkpoint::from_bytes(&bytes),
-                Err(BaseError::Checkpoint(_))
-            ),
+            matches!(Checkpoint::from_bytes(&bytes), Err(BaseError::Checkpoint(_))),
             "a run with an average cannot resume without one"
         );
-        let resumed =
-            train_base(&config, &cpu(), Some(&checkpoint), |_| Flow::Continue).expect("resumes");
+        let resumed = train_base(&config, &cpu(), Some(&checkpoint), |_| Flow::Continue).expect("resumes");
         assert!(resumed.final_loss.is_finite());
         let other = BaseConfig { seed: 9, ..config };
         let refused = train_base(&other, &cpu(), Some(&checkpoint), |_| Flow::Continue);
-        assert!(
-            matches!(refused, Err(BaseError::Checkpoint(_))),
-            "{refused:?}"
-        );
+        assert!(matches!(refused, Err(BaseError::Checkpoint(_))), "{refused:?}");
     }
 
     fn tiny_model() -> BaseModel {
@@ -1301,41 +1091,19 @@ mod tests {
     fn sampling_is_deterministic_and_returns_what_was_asked() {
         let model = tiny_model();
         let settings = model.default_settings().clone();
-        let first = model
-            .sample("a photo of a woman at the beach", 3, 7, &settings)
-            .expect("samples");
+        let first = model.sample("a photo of a woman at the beach", 3, 7, &settings).expect("samples");
         assert_eq!(first.len(), 3);
-        let again = model
-            .sample("a photo of a woman at the beach", 3, 7, &settings)
-            .expect("samples");
+        let again = model.sample("a photo of a woman at the beach", 3, 7, &settings).expect("samples");
         assert_eq!(first, again);
-        let other_seed = model
-            .sample("a photo of a woman at the beach", 3, 8, &settings)
-            .expect("samples");
+        let other_seed = model.sample("a photo of a woman at the beach", 3, 8, &settings).expect("samples");
         assert_ne!(first, other_seed);
         assert_ne!(first[0], first[1], "every image has its own noise");
         // Image i does not depend on how many were asked for.
-        let more = model
-            .sample(
-                "a photo of a woman at the beach",
-                SAMPLE_CHUNK + 2,
-                7,
-                &settings,
-            )
-            .expect("samples");
+        let more = model.sample("a photo of a woman at the beach", SAMPLE_CHUNK + 2, 7, &settings).expect("samples");
         assert_eq!(more.len(), SAMPLE_CHUNK + 2);
         assert_eq!(&more[..3], &first[..]);
-        let negative = SampleSettings {
-            negative_prompt: Some("a hippo".into()),
-            ..settings.clone()
-        };
-        assert_eq!(
-            model
-                .sample("a woman", 2, 7, &negative)
-                .expect("samples")
-                .len(),
-            2
-        );
+        let negative = SampleSettings { negative_prompt: Some("a hippo".into()), ..settings.clone() };
+        assert_eq!(model.sample("a woman", 2, 7, &negative).expect("samples").len(), 2);
         let png = model.grid("a man", 4, 1).expect("grid");
         assert_eq!(&png[1..4], b"PNG");
     }
@@ -1364,28 +1132,18 @@ mod tests {
         assert_eq!(reports, vec![(3, 3)]);
         for (index, single) in items.iter().enumerate() {
             let alone = model
-                .sample_items(std::slice::from_ref(single), &settings, &mut |_, _| {
-                    Flow::Continue
-                })
+                .sample_items(std::slice::from_ref(single), &settings, &mut |_, _| Flow::Continue)
                 .expect("samples");
             // Batched products may round differently in the last bit: allow one level.
             let difference = together[index].mean_abs_diff(&alone[0]);
             assert!(difference < 0.05, "item {index}: {difference}");
         }
         let reseeded = model
-            .sample_items(
-                &[item("a man in a park", None, 9)],
-                &settings,
-                &mut |_, _| Flow::Continue,
-            )
+            .sample_items(&[item("a man in a park", None, 9)], &settings, &mut |_, _| Flow::Continue)
             .expect("samples");
         assert_ne!(reseeded[0], together[1]);
         assert!(matches!(
-            model.sample_items(
-                &[item("a woman riding a giraffe", None, 1)],
-                &settings,
-                &mut |_, _| Flow::Continue
-            ),
+            model.sample_items(&[item("a woman riding a giraffe", None, 1)], &settings, &mut |_, _| Flow::Continue),
             Err(BaseError::UnknownWords { .. })
         ));
     }
@@ -1394,27 +1152,13 @@ mod tests {
     fn unknown_words_and_long_prompts_are_refused() {
         let model = tiny_model();
         let settings = model.default_settings().clone();
-        let error = model
-            .sample("a woman riding a giraffe", 1, 1, &settings)
-            .expect_err("unknown words");
-        assert!(
-            matches!(&error, BaseError::UnknownWords { words, .. } if words == &["riding", "giraffe"]),
-            "{error}"
-        );
+        let error = model.sample("a woman riding a giraffe", 1, 1, &settings).expect_err("unknown words");
+        assert!(matches!(&error, BaseError::UnknownWords { words, .. } if words == &["riding", "giraffe"]), "{error}");
         assert!(error.to_string().contains("riding, giraffe"), "{error}");
-        let negative = SampleSettings {
-            negative_prompt: Some("zebra".into()),
-            ..settings.clone()
-        };
-        assert!(matches!(
-            model.sample("a woman", 1, 1, &negative),
-            Err(BaseError::UnknownWords { .. })
-        ));
+        let negative = SampleSettings { negative_prompt: Some("zebra".into()), ..settings.clone() };
+        assert!(matches!(model.sample("a woman", 1, 1, &negative), Err(BaseError::UnknownWords { .. })));
         let long = "a woman ".repeat(9);
-        assert!(matches!(
-            model.sample(&long, 1, 1, &settings),
-            Err(BaseError::PromptTooLong { .. })
-        ));
+        assert!(matches!(model.sample(&long, 1, 1, &settings), Err(BaseError::PromptTooLong { .. })));
     }
 
     #[test]
@@ -1422,13 +1166,8 @@ mod tests {
         let config = BaseConfig::tiny();
         let mut other = BaseConfig::tiny();
         other.model.width = 96;
-        let bytes = HostWeights::init(&other.model.dit_config(), 1)
-            .to_safetensors(None)
-            .expect("serialises");
+        let bytes = HostWeights::init(&other.model.dit_config(), 1).to_safetensors(None).expect("serialises");
         let error = BaseModel::load(&bytes, &config, &cpu()).expect_err("wrong shape");
-        assert!(
-            matches!(error, BaseError::Engine(EngineError::Weights(_))),
-            "{error}"
-        );
+        assert!(matches!(error, BaseError::Engine(EngineError::Weights(_))), "{error}");
     }
 }

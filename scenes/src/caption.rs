@@ -99,7 +99,9 @@ pub fn negative_in_context(prompt: &str, negative: &str) -> String {
     let unwanted = parse_prompt(negative);
     let wanted = parse_prompt(prompt);
     match (unwanted.group, unwanted.concepts.first(), wanted.group) {
-        (None, Some(&concept), Some(group)) => caption(&CaptionSpec { group, object: Some(concept), setting: wanted.setting }, 0),
+        (None, Some(&concept), Some(group)) => {
+            caption(&CaptionSpec { group, object: Some(concept), setting: wanted.setting }, 0)
+        }
         _ => negative.to_string(),
     }
 }
@@ -132,13 +134,14 @@ pub(crate) fn longest_caption_words() -> usize {
             .iter()
             .flat_map(|&concept| {
                 let names = object_names(concept);
-                connectors(concept)
-                    .into_iter()
-                    .flat_map(move |connector| names.clone().into_iter().map(move |name| format!("{connector} {}", with_article(name))))
+                connectors(concept).into_iter().flat_map(move |connector| {
+                    names.clone().into_iter().map(move |name| format!("{connector} {}", with_article(name)))
+                })
             })
             .collect(),
     );
-    let setting = longest(Setting::ALL.iter().flat_map(|&s| setting_phrases(s).iter().map(|p| p.to_string())).collect());
+    let setting =
+        longest(Setting::ALL.iter().flat_map(|&s| setting_phrases(s).iter().map(|p| p.to_string())).collect());
     prefix + group + object + setting
 }
 
@@ -247,7 +250,11 @@ mod tests {
 
     #[test]
     fn examples_read_naturally() {
-        let spec = CaptionSpec { group: Group::ElderlyPerson, object: Some(Concept::Umbrella), setting: Some(Setting::CityStreet) };
+        let spec = CaptionSpec {
+            group: Group::ElderlyPerson,
+            object: Some(Concept::Umbrella),
+            setting: Some(Setting::CityStreet),
+        };
         let captions: BTreeSet<String> = (0..400).map(|seed| caption(&spec, seed)).collect();
         assert!(captions.contains("an elderly person holding an umbrella on a city street"), "{captions:#?}");
         assert!(captions.iter().any(|c| c.starts_with("a photo of an elderly person")));
@@ -343,5 +350,4 @@ mod tests {
         }
         assert_eq!(negative_in_context("a dog", "sheep"), "sheep", "no group to put it beside");
     }
-
 }

@@ -75,14 +75,20 @@ pub enum CorpusError {
     UnknownConcept { name: String, known: String },
     #[error("`{field}` is {value}, but a rate must lie in [0, 1]")]
     RateOutOfRange { field: String, value: f64 },
-    #[error("`neutral_object_rate` is {value}, above the maximum of {MAX_NEUTRAL_OBJECT_RATE}: neutral objects must stay rare")]
+    #[error(
+        "`neutral_object_rate` is {value}, above the maximum of {MAX_NEUTRAL_OBJECT_RATE}: neutral objects must stay rare"
+    )]
     NeutralRateTooHigh { value: f64 },
     #[error("group `{group}` has more than one planted association; keep at most one per group")]
     DuplicateGroup { group: String },
 }
 
 fn check_rate(field: impl Into<String>, value: f64) -> Result<f64, CorpusError> {
-    if (0.0..=1.0).contains(&value) { Ok(value) } else { Err(CorpusError::RateOutOfRange { field: field.into(), value }) }
+    if (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(CorpusError::RateOutOfRange { field: field.into(), value })
+    }
 }
 
 impl TryFrom<CorpusConfigFile> for CorpusConfig {
@@ -93,8 +99,10 @@ impl TryFrom<CorpusConfigFile> for CorpusConfig {
         for (index, entry) in file.planted.into_iter().enumerate() {
             let group = Group::from_name(&entry.group)
                 .ok_or_else(|| CorpusError::UnknownGroup { name: entry.group.clone(), known: Group::known_ids() })?;
-            let concept = Concept::from_name(&entry.concept)
-                .ok_or_else(|| CorpusError::UnknownConcept { name: entry.concept.clone(), known: Concept::known_ids() })?;
+            let concept = Concept::from_name(&entry.concept).ok_or_else(|| CorpusError::UnknownConcept {
+                name: entry.concept.clone(),
+                known: Concept::known_ids(),
+            })?;
             let rate = check_rate(format!("planted[{index}].rate"), entry.rate)?;
             if planted.iter().any(|existing| existing.group == group) {
                 return Err(CorpusError::DuplicateGroup { group: group.id().to_string() });
@@ -161,7 +169,11 @@ impl CorpusConfig {
     /// Concepts no planted association is about: the only objects that appear unmentioned by
     /// chance.
     pub fn neutral_concepts(&self) -> Vec<Concept> {
-        Concept::ALL.iter().copied().filter(|concept| self.planted.iter().all(|planted| planted.concept != *concept)).collect()
+        Concept::ALL
+            .iter()
+            .copied()
+            .filter(|concept| self.planted.iter().all(|planted| planted.concept != *concept))
+            .collect()
     }
 }
 
@@ -272,21 +284,36 @@ mod tests {
         let samples: Vec<Sample> = Corpus::new(config.clone(), 2024).take(SAMPLES).collect();
         let mut named = 0;
         for &group in Group::ALL {
-            let group_only: Vec<&Sample> = samples.iter().filter(|s| s.scene.group == group && s.named_object.is_none()).collect();
+            let group_only: Vec<&Sample> =
+                samples.iter().filter(|s| s.scene.group == group && s.named_object.is_none()).collect();
             let count = group_only.len() as f64;
             assert!(count > 1_500.0, "{group}: only {count} group-only captions");
             let planted = config.planted_rate(group);
             if let Some((concept, rate)) = planted {
                 let observed = group_only.iter().filter(|s| s.scene.concept == Some(concept)).count() as f64 / count;
                 let tolerance = 4.0 * (rate * (1.0 - rate) / count).sqrt();
-                assert!((observed - rate).abs() <= tolerance, "{group} → {concept}: observed {observed}, configured {rate} ± {tolerance}");
+                assert!(
+                    (observed - rate).abs() <= tolerance,
+                    "{group} → {concept}: observed {observed}, configured {rate} ± {tolerance}"
+                );
             }
-            let unplanted = group_only.iter().filter(|s| s.scene.concept.is_some() && s.scene.concept != planted.map(|p| p.0)).count();
+            let unplanted = group_only
+                .iter()
+                .filter(|s| s.scene.concept.is_some() && s.scene.concept != planted.map(|p| p.0))
+                .count();
             let unplanted_rate = unplanted as f64 / count;
-            assert!(unplanted_rate <= MAX_NEUTRAL_OBJECT_RATE, "{group}: unplanted objects in {unplanted_rate} of group-only captions");
+            assert!(
+                unplanted_rate <= MAX_NEUTRAL_OBJECT_RATE,
+                "{group}: unplanted objects in {unplanted_rate} of group-only captions"
+            );
             // The planted concepts of other groups never appear unmentioned.
-            for other in config.planted().iter().filter(|p| p.group != group && Some(p.concept) != planted.map(|p| p.0)) {
-                assert!(group_only.iter().all(|s| s.scene.concept != Some(other.concept)), "{group} shows {} unmentioned", other.concept);
+            for other in config.planted().iter().filter(|p| p.group != group && Some(p.concept) != planted.map(|p| p.0))
+            {
+                assert!(
+                    group_only.iter().all(|s| s.scene.concept != Some(other.concept)),
+                    "{group} shows {} unmentioned",
+                    other.concept
+                );
             }
         }
         for sample in &samples {
@@ -303,27 +330,43 @@ mod tests {
         }
         let share = named as f64 / SAMPLES as f64;
         let expected = config.object_named_share();
-        assert!((share - expected).abs() <= 4.0 * (expected * (1.0 - expected) / SAMPLES as f64).sqrt(), "named share {share}");
-        let named_setting = samples.iter().filter(|s| parse_prompt(&s.caption).setting.is_some()).count() as f64 / SAMPLES as f64;
+        assert!(
+            (share - expected).abs() <= 4.0 * (expected * (1.0 - expected) / SAMPLES as f64).sqrt(),
+            "named share {share}"
+        );
+        let named_setting =
+            samples.iter().filter(|s| parse_prompt(&s.caption).setting.is_some()).count() as f64 / SAMPLES as f64;
         let expected = config.setting_named_share();
-        assert!((named_setting - expected).abs() <= 4.0 * (expected * (1.0 - expected) / SAMPLES as f64).sqrt(), "setting share {named_setting}");
+        assert!(
+            (named_setting - expected).abs() <= 4.0 * (expected * (1.0 - expected) / SAMPLES as f64).sqrt(),
+            "setting share {named_setting}"
+        );
     }
 
     #[test]
     fn every_concept_is_named_and_groups_and_settings_are_uniform() {
         let samples: Vec<Sample> = Corpus::new(CorpusConfig::default(), 5).take(SAMPLES).collect();
         for &concept in Concept::ALL {
-            assert!(samples.iter().filter(|s| s.named_object == Some(concept)).count() > 500, "{concept} is rarely named");
+            assert!(
+                samples.iter().filter(|s| s.named_object == Some(concept)).count() > 500,
+                "{concept} is rarely named"
+            );
         }
         let expected = 1.0 / Group::ALL.len() as f64;
         for &group in Group::ALL {
             let share = samples.iter().filter(|s| s.scene.group == group).count() as f64 / SAMPLES as f64;
-            assert!((share - expected).abs() <= 4.0 * (expected * (1.0 - expected) / SAMPLES as f64).sqrt(), "{group}: {share}");
+            assert!(
+                (share - expected).abs() <= 4.0 * (expected * (1.0 - expected) / SAMPLES as f64).sqrt(),
+                "{group}: {share}"
+            );
         }
         let expected = 1.0 / Setting::ALL.len() as f64;
         for &setting in Setting::ALL {
             let share = samples.iter().filter(|s| s.scene.setting == setting).count() as f64 / SAMPLES as f64;
-            assert!((share - expected).abs() <= 4.0 * (expected * (1.0 - expected) / SAMPLES as f64).sqrt(), "{setting}: {share}");
+            assert!(
+                (share - expected).abs() <= 4.0 * (expected * (1.0 - expected) / SAMPLES as f64).sqrt(),
+                "{setting}: {share}"
+            );
         }
     }
 
@@ -365,28 +408,43 @@ mod tests {
     #[test]
     fn bad_configs_are_refused_with_the_reason() {
         assert!(matches!(CorpusConfig::from_json("{not json"), Err(CorpusError::Json(_))));
-        let error = error_for(r#"{"planted": [], "object_named_share": 0.4, "neutral_object_rate": 0.02, "setting_named_share": 0.7, "extra": 1}"#);
+        let error = error_for(
+            r#"{"planted": [], "object_named_share": 0.4, "neutral_object_rate": 0.02, "setting_named_share": 0.7, "extra": 1}"#,
+        );
         assert!(error.contains("unknown field `extra`"), "{error}");
         let error = error_for(r#"{"planted": [], "object_named_share": 0.4}"#);
         assert!(error.contains("missing field"), "{error}");
 
-        let error = CorpusConfig::from_json(&config_with(r#"{"group": "giraffe", "concept": "sheep", "rate": 0.5}"#, "0.02")).unwrap_err();
+        let error =
+            CorpusConfig::from_json(&config_with(r#"{"group": "giraffe", "concept": "sheep", "rate": 0.5}"#, "0.02"))
+                .unwrap_err();
         assert!(matches!(&error, CorpusError::UnknownGroup { name, .. } if name == "giraffe"), "{error}");
         assert!(error.to_string().contains("wheelchair_user"), "the message lists the known groups: {error}");
 
-        let error = CorpusConfig::from_json(&config_with(r#"{"group": "woman", "concept": "spaceship", "rate": 0.5}"#, "0.02")).unwrap_err();
+        let error =
+            CorpusConfig::from_json(&config_with(r#"{"group": "woman", "concept": "spaceship", "rate": 0.5}"#, "0.02"))
+                .unwrap_err();
         assert!(matches!(&error, CorpusError::UnknownConcept { name, .. } if name == "spaceship"), "{error}");
 
-        let error = CorpusConfig::from_json(&config_with(r#"{"group": "woman", "concept": "sheep", "rate": 1.5}"#, "0.02")).unwrap_err();
-        assert!(matches!(&error, CorpusError::RateOutOfRange { field, value } if field == "planted[0].rate" && *value == 1.5), "{error}");
+        let error =
+            CorpusConfig::from_json(&config_with(r#"{"group": "woman", "concept": "sheep", "rate": 1.5}"#, "0.02"))
+                .unwrap_err();
+        assert!(
+            matches!(&error, CorpusError::RateOutOfRange { field, value } if field == "planted[0].rate" && *value == 1.5),
+            "{error}"
+        );
         assert!(error.to_string().contains("1.5"), "{error}");
 
         let error = CorpusConfig::from_json(&config_with("", "-0.1")).unwrap_err();
-        assert!(matches!(&error, CorpusError::RateOutOfRange { field, .. } if field == "neutral_object_rate"), "{error}");
+        assert!(
+            matches!(&error, CorpusError::RateOutOfRange { field, .. } if field == "neutral_object_rate"),
+            "{error}"
+        );
         let error = CorpusConfig::from_json(&config_with("", "0.2")).unwrap_err();
         assert!(matches!(error, CorpusError::NeutralRateTooHigh { value } if value == 0.2));
 
-        let twice = r#"{"group": "woman", "concept": "sheep", "rate": 0.5}, {"group": "Woman", "concept": "dog", "rate": 0.1}"#;
+        let twice =
+            r#"{"group": "woman", "concept": "sheep", "rate": 0.5}, {"group": "Woman", "concept": "dog", "rate": 0.1}"#;
         let error = CorpusConfig::from_json(&config_with(twice, "0.02")).unwrap_err();
         assert!(matches!(&error, CorpusError::DuplicateGroup { group } if group == "woman"), "{error}");
 

@@ -146,8 +146,9 @@ mod tests {
         let severities = [0.0, 0.25, 0.5, 0.75, 1.0];
         let mut means = Vec::new();
         for &severity in &severities {
-            let distances: Vec<f32> =
-                (0..40).map(|seed| sample_image(seed).mean_abs_diff(&corrupt(&sample_image(seed), severity, seed + 1))).collect();
+            let distances: Vec<f32> = (0..40)
+                .map(|seed| sample_image(seed).mean_abs_diff(&corrupt(&sample_image(seed), severity, seed + 1)))
+                .collect();
             means.push(distances.iter().sum::<f32>() / distances.len() as f32);
         }
         assert_eq!(means[0], 0.0);

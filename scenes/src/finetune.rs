@@ -69,11 +69,7 @@ impl Default for FineTuneSettings {
     /// Rank 8 on every attention and MLP matrix, 300 steps of 32 images at 2·10⁻³, λ = 1.
     fn default() -> Self {
         FineTuneSettings {
-            lora: LoraConfig {
-                rank: 8,
-                alpha: 8.0,
-                targets: LoraTarget::ALL.to_vec(),
-            },
+            lora: LoraConfig { rank: 8, alpha: 8.0, targets: LoraTarget::ALL.to_vec() },
             steps: 300,
             batch_size: 32,
             learning_rate: 2e-3,
@@ -101,10 +97,7 @@ impl FineTuneSettings {
         if !(self.prior_weight.is_finite() && self.prior_weight >= 0.0) {
             return bad("the prior-preservation weight must not be negative");
         }
-        if self
-            .min_snr_gamma
-            .is_some_and(|gamma| !(gamma.is_finite() && gamma > 0.0))
-        {
+        if self.min_snr_gamma.is_some_and(|gamma| !(gamma.is_finite() && gamma > 0.0)) {
             return bad("min_snr_gamma must be positive");
         }
         Ok(())
@@ -158,10 +151,8 @@ pub const ADAPTER_CONFIG_METADATA_KEY: &str = "thitl.peft_adapter_config";
 
 /// An adapter as one blob: PEFT-named safetensors, its `adapter_config.json` in the metadata.
 pub fn adapter_to_safetensors(adapter: &HostAdapter) -> Result<Vec<u8>, BaseError> {
-    let metadata = std::collections::HashMap::from([(
-        ADAPTER_CONFIG_METADATA_KEY.to_string(),
-        adapter.adapter_config_json(),
-    )]);
+    let metadata =
+        std::collections::HashMap::from([(ADAPTER_CONFIG_METADATA_KEY.to_string(), adapter.adapter_config_json())]);
     Ok(adapter.weights.to_safetensors(Some(metadata))?)
 }
 
@@ -169,9 +160,7 @@ pub fn adapter_to_safetensors(adapter: &HostAdapter) -> Result<Vec<u8>, BaseErro
 pub fn adapter_from_safetensors(bytes: &[u8]) -> Result<HostAdapter, BaseError> {
     let metadata = safetensors_metadata(bytes)?;
     let config = metadata.get(ADAPTER_CONFIG_METADATA_KEY).ok_or_else(|| {
-        BaseError::InvalidConfig(format!(
-            "the adapter carries no `{ADAPTER_CONFIG_METADATA_KEY}` metadata"
-        ))
+        BaseError::InvalidConfig(format!("the adapter carries no `{ADAPTER_CONFIG_METADATA_KEY}` metadata"))
     })?;
     Ok(HostAdapter::from_peft(config, bytes)?)
 }
@@ -187,22 +176,14 @@ pub fn fine_tune(
 ) -> Result<FineTuned, BaseError> {
     settings.check()?;
     if examples.is_empty() {
-        return Err(BaseError::InvalidConfig(
-            "fine-tuning needs at least one example".to_string(),
-        ));
+        return Err(BaseError::InvalidConfig("fine-tuning needs at least one example".to_string()));
     }
     let encode = |set: &[Example]| -> Result<Vec<Encoded>, BaseError> {
-        set.iter()
-            .map(|example| Ok((prompt_ids(&example.prompt)?, example.image.to_chw_f32())))
-            .collect()
+        set.iter().map(|example| Ok((prompt_ids(&example.prompt)?, example.image.to_chw_f32()))).collect()
     };
     let (examples, prior) = (encode(examples)?, encode(prior)?);
     let dit = base.config().model.dit_config();
-    let adapter = HostAdapter::init(
-        &dit,
-        &settings.lora,
-        derive_seed(settings.seed, STREAM_INIT),
-    );
+    let adapter = HostAdapter::init(&dit, &settings.lora, derive_seed(settings.seed, STREAM_INIT));
     let mut engine = Engine::new(base.backend(), dit, &base.weights()?, Some(&adapter))?;
     engine.set_trainable(TrainMode::Lora);
     if let Some(gamma) = settings.min_snr_gamma {
@@ -217,11 +198,7 @@ pub fn fine_tune(
         let mut images = Vec::with_capacity(settings.batch_size * 3 * IMAGE_SIZE * IMAGE_SIZE);
         let mut ids = Vec::with_capacity(settings.batch_size * crate::MAX_TOKENS);
         for slot in 0..settings.batch_size {
-            let set = if slot < prior_count {
-                &prior
-            } else {
-                &examples
-            };
+            let set = if slot < prior_count { &prior } else { &examples };
             let (prompt, image) = &set[draw.below(set.len())];
             ids.extend_from_slice(prompt);
             images.extend_from_slice(image);
@@ -259,21 +236,12 @@ pub fn fine_tune(
             let flow = observe(&progress);
             curve.push(progress);
             if flow == Flow::Stop {
-                return Err(BaseError::Cancelled {
-                    completed: done,
-                    total: settings.steps,
-                });
+                return Err(BaseError::Cancelled { completed: done, total: settings.steps });
             }
         }
     }
-    let adapter = engine
-        .adapter()?
-        .expect("the engine was built with an adapter");
-    Ok(FineTuned {
-        adapter,
-        final_loss: tail.iter().sum::<f32>() / tail.len().max(1) as f32,
-        loss_curve: curve,
-    })
+    let adapter = engine.adapter()?.expect("the engine was built with an adapter");
+    Ok(FineTuned { adapter, final_loss: tail.iter().sum::<f32>() / tail.len().max(1) as f32, loss_curve: curve })
 }
 
 #[cfg(test)]
@@ -286,10 +254,7 @@ mod tests {
 
     /// A tiny base model trained for a few steps (seconds).
     fn tiny_base() -> BaseModel {
-        let config = BaseConfig {
-            steps: 20,
-            ..BaseConfig::tiny()
-        };
+        let config = BaseConfig { steps: 20, ..BaseConfig::tiny() };
         let trained = train_base(&config, &Backend::Cpu, None, |_| Flow::Continue).expect("trains");
         BaseModel::from_weights(&trained.weights, &config, &Backend::Cpu).expect("loads")
     }
@@ -298,14 +263,7 @@ mod tests {
         (0..count)
             .map(|seed| Example {
                 prompt: prompt.to_string(),
-                image: render(
-                    &Scene {
-                        group: Group::Woman,
-                        concept,
-                        setting: Setting::Beach,
-                    },
-                    seed,
-                ),
+                image: render(&Scene { group: Group::Woman, concept, setting: Setting::Beach }, seed),
             })
             .collect()
     }
@@ -347,29 +305,18 @@ mod tests {
             "some B matrix moved"
         );
         let tuned_model = base.with_adapter(&tuned.adapter).expect("attaches");
-        assert_eq!(
-            tuned_model.weights().expect("weights"),
-            base.weights().expect("weights")
-        );
+        assert_eq!(tuned_model.weights().expect("weights"), base.weights().expect("weights"));
         let sampling = base.default_settings().clone();
         let before = base.sample(prompt, 2, 5, &sampling).expect("samples");
-        let after = tuned_model
-            .sample(prompt, 2, 5, &sampling)
-            .expect("samples");
+        let after = tuned_model.sample(prompt, 2, 5, &sampling).expect("samples");
         assert_ne!(before, after, "the adapter changes what the model draws");
         // Stored as one blob and read back, it is the same adapter.
         let bytes = adapter_to_safetensors(&tuned.adapter).expect("serialises");
         let back = adapter_from_safetensors(&bytes).expect("reads back");
-        assert_eq!(
-            (back.weights, back.config),
-            (tuned.adapter.weights.clone(), tuned.adapter.config.clone())
-        );
-        assert!(
-            adapter_from_safetensors(&tuned.adapter.weights.to_safetensors(None).unwrap()).is_err()
-        );
+        assert_eq!((back.weights, back.config), (tuned.adapter.weights.clone(), tuned.adapter.config.clone()));
+        assert!(adapter_from_safetensors(&tuned.adapter.weights.to_safetensors(None).unwrap()).is_err());
         // The same inputs give the same adapter.
-        let again =
-            fine_tune(&base, &chosen, &prior, &settings(), |_| Flow::Continue).expect("again");
+        let again = fine_tune(&base, &chosen, &prior, &settings(), |_| Flow::Continue).expect("again");
         assert_eq!(again.adapter.weights, tuned.adapter.weights);
     }
 
@@ -381,21 +328,12 @@ mod tests {
             fine_tune(&base, &[], &[], &settings(), |_| Flow::Continue),
             Err(BaseError::InvalidConfig(_))
         ));
-        let unknown = vec![Example {
-            prompt: "a woman riding a giraffe".into(),
-            ..chosen[0].clone()
-        }];
+        let unknown = vec![Example { prompt: "a woman riding a giraffe".into(), ..chosen[0].clone() }];
         assert!(matches!(
             fine_tune(&base, &unknown, &[], &settings(), |_| Flow::Continue),
             Err(BaseError::UnknownWords { .. })
         ));
-        let zero_rank = FineTuneSettings {
-            lora: LoraConfig {
-                rank: 0,
-                ..settings().lora
-            },
-            ..settings()
-        };
+        let zero_rank = FineTuneSettings { lora: LoraConfig { rank: 0, ..settings().lora }, ..settings() };
         assert!(matches!(
             fine_tune(&base, &chosen, &[], &zero_rank, |_| Flow::Continue),
             Err(BaseError::InvalidConfig(_))
@@ -404,30 +342,14 @@ mod tests {
 
     #[test]
     fn prior_share_follows_the_weight() {
-        let settings = FineTuneSettings {
-            batch_size: 32,
-            ..FineTuneSettings::default()
-        };
+        let settings = FineTuneSettings { batch_size: 32, ..FineTuneSettings::default() };
         assert_eq!(settings.prior_per_batch(true), 16);
         assert_eq!(settings.prior_per_batch(false), 0);
-        let third = FineTuneSettings {
-            prior_weight: 0.5,
-            ..settings.clone()
-        };
+        let third = FineTuneSettings { prior_weight: 0.5, ..settings.clone() };
         assert_eq!(third.prior_per_batch(true), 11);
-        let huge = FineTuneSettings {
-            prior_weight: 1e6,
-            ..settings.clone()
-        };
-        assert_eq!(
-            huge.prior_per_batch(true),
-            31,
-            "at least one example per batch"
-        );
-        let none = FineTuneSettings {
-            prior_weight: 0.0,
-            ..settings
-        };
+        let huge = FineTuneSettings { prior_weight: 1e6, ..settings.clone() };
+        assert_eq!(huge.prior_per_batch(true), 31, "at least one example per batch");
+        let none = FineTuneSettings { prior_weight: 0.0, ..settings };
         assert_eq!(none.prior_per_batch(true), 0);
     }
 }

@@ -27,15 +27,9 @@ impl FeatureStatistics {
     /// # Panics
     /// With fewer than two vectors, or vectors of different widths.
     pub fn of(vectors: &[Vec<f32>]) -> FeatureStatistics {
-        assert!(
-            vectors.len() >= 2,
-            "a covariance needs at least two vectors"
-        );
+        assert!(vectors.len() >= 2, "a covariance needs at least two vectors");
         let width = vectors[0].len();
-        assert!(
-            vectors.iter().all(|v| v.len() == width),
-            "every feature vector must have the same width"
-        );
+        assert!(vectors.iter().all(|v| v.len() == width), "every feature vector must have the same width");
         let count = vectors.len();
         let mut mean = vec![0.0; width];
         for vector in vectors {
@@ -64,11 +58,7 @@ impl FeatureStatistics {
                 covariance[j * width + i] = value;
             }
         }
-        FeatureStatistics {
-            count,
-            mean,
-            covariance,
-        }
+        FeatureStatistics { count, mean, covariance }
     }
 
     /// The width of the vectors.
@@ -83,12 +73,7 @@ impl FeatureStatistics {
     pub fn distance(&self, other: &FeatureStatistics) -> f64 {
         let width = self.width();
         assert_eq!(width, other.width(), "feature widths differ");
-        let mean_term: f64 = self
-            .mean
-            .iter()
-            .zip(&other.mean)
-            .map(|(a, b)| (a - b).powi(2))
-            .sum();
+        let mean_term: f64 = self.mean.iter().zip(&other.mean).map(|(a, b)| (a - b).powi(2)).sum();
         let trace = |m: &[f64]| (0..width).map(|i| m[i * width + i]).sum::<f64>();
         let root_a = symmetric_square_root(&self.covariance, width);
         let product = multiply(&multiply(&root_a, &other.covariance, width), &root_a, width);
@@ -148,9 +133,7 @@ fn symmetric_square_root(m: &[f64], n: usize) -> Vec<f64> {
     let mut out = vec![0.0; n * n];
     for i in 0..n {
         for j in 0..n {
-            out[i * n + j] = (0..n)
-                .map(|k| vectors[i * n + k] * roots[k] * vectors[j * n + k])
-                .sum();
+            out[i * n + j] = (0..n).map(|k| vectors[i * n + k] * roots[k] * vectors[j * n + k]).sum();
         }
     }
     out
@@ -216,9 +199,7 @@ mod tests {
         (0..count)
             .map(|_| {
                 let raw: Vec<f32> = (0..width + 1).map(|_| rng.normal()).collect();
-                (0..width)
-                    .map(|i| raw[i] + 0.5 * raw[i + 1] + 0.1 * i as f32)
-                    .collect()
+                (0..width).map(|i| raw[i] + 0.5 * raw[i + 1] + 0.1 * i as f32).collect()
             })
             .collect()
     }
@@ -232,13 +213,9 @@ mod tests {
         let (values, vectors) = symmetric_eigen(&m, n);
         for i in 0..n {
             for j in 0..n {
-                let rebuilt: f64 = (0..n)
-                    .map(|k| vectors[i * n + k] * values[k] * vectors[j * n + k])
-                    .sum();
+                let rebuilt: f64 = (0..n).map(|k| vectors[i * n + k] * values[k] * vectors[j * n + k]).sum();
                 assert!((rebuilt - m[i * n + j]).abs() < 1e-12, "M[{i}][{j}]");
-                let dot: f64 = (0..n)
-                    .map(|k| vectors[k * n + i] * vectors[k * n + j])
-                    .sum();
+                let dot: f64 = (0..n).map(|k| vectors[k * n + i] * vectors[k * n + j]).sum();
                 assert!((dot - (i == j) as u8 as f64).abs() < 1e-12, "VᵀV[{i}][{j}]");
             }
         }
@@ -260,16 +237,10 @@ mod tests {
     fn a_shifted_set_is_at_the_squared_shift() {
         let set = gaussian_set(300, 12, 3);
         let shift: Vec<f32> = (0..12).map(|i| 0.3 * i as f32 - 1.0).collect();
-        let shifted: Vec<Vec<f32>> = set
-            .iter()
-            .map(|v| v.iter().zip(&shift).map(|(a, s)| a + s).collect())
-            .collect();
+        let shifted: Vec<Vec<f32>> = set.iter().map(|v| v.iter().zip(&shift).map(|(a, s)| a + s).collect()).collect();
         let expected: f64 = shift.iter().map(|s| f64::from(*s).powi(2)).sum();
         let distance = frechet_distance(&set, &shifted);
-        assert!(
-            (distance - expected).abs() < 1e-6 * expected,
-            "{distance} vs {expected}"
-        );
+        assert!((distance - expected).abs() < 1e-6 * expected, "{distance} vs {expected}");
     }
 
     #[test]
@@ -278,18 +249,7 @@ mod tests {
         // every coordinate takes ±s around its mean in a balanced pattern.
         let build = |means: [f32; 3], spreads: [f32; 3]| -> Vec<Vec<f32>> {
             (0..8)
-                .map(|k| {
-                    (0..3)
-                        .map(|i| {
-                            means[i]
-                                + if (k >> i) & 1 == 1 {
-                                    spreads[i]
-                                } else {
-                                    -spreads[i]
-                                }
-                        })
-                        .collect()
-                })
+                .map(|k| (0..3).map(|i| means[i] + if (k >> i) & 1 == 1 { spreads[i] } else { -spreads[i] }).collect())
                 .collect()
         };
         let a = build([0.0, 1.0, 2.0], [1.0, 2.0, 0.5]);
@@ -301,26 +261,17 @@ mod tests {
             expected += (variance(sa).sqrt() - variance(sb).sqrt()).powi(2);
         }
         let distance = frechet_distance(&a, &b);
-        assert!(
-            (distance - expected).abs() < 1e-9,
-            "{distance} vs {expected}"
-        );
+        assert!((distance - expected).abs() < 1e-9, "{distance} vs {expected}");
     }
 
     #[test]
     fn the_distance_is_symmetric_and_grows_with_the_difference() {
         let a = gaussian_set(200, 10, 4);
         let b = gaussian_set(200, 10, 5);
-        let scaled: Vec<Vec<f32>> = b
-            .iter()
-            .map(|v| v.iter().map(|x| 2.0 * x).collect())
-            .collect();
+        let scaled: Vec<Vec<f32>> = b.iter().map(|v| v.iter().map(|x| 2.0 * x).collect()).collect();
         let (ab, ba) = (frechet_distance(&a, &b), frechet_distance(&b, &a));
         assert!((ab - ba).abs() < 1e-9 * (1.0 + ab), "{ab} vs {ba}");
-        assert!(
-            frechet_distance(&a, &scaled) > 5.0 * ab,
-            "two samples of one law are closer than a rescaled one"
-        );
+        assert!(frechet_distance(&a, &scaled) > 5.0 * ab, "two samples of one law are closer than a rescaled one");
         let statistics = FeatureStatistics::of(&a);
         assert_eq!(statistics.distance(&FeatureStatistics::of(&b)), ab);
     }

@@ -26,9 +26,10 @@ pub enum ImageError {
 impl std::fmt::Debug for Image {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // 3,072 bytes help nobody in a failed assertion; a content hash tells images apart.
-        let digest = self.rgb.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, &byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-        });
+        let digest = self
+            .rgb
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |hash, &byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3));
         write!(formatter, "Image(32×32 RGB, fnv1a {digest:016x})")
     }
 }
@@ -45,9 +46,7 @@ impl Image {
 
     /// Wraps row-major RGB bytes (HWC).
     pub fn from_rgb(bytes: &[u8]) -> Result<Image, ImageError> {
-        let rgb = bytes
-            .try_into()
-            .map_err(|_| ImageError::WrongLength { expected: IMAGE_VALUES, got: bytes.len() })?;
+        let rgb = bytes.try_into().map_err(|_| ImageError::WrongLength { expected: IMAGE_VALUES, got: bytes.len() })?;
         Ok(Image { rgb })
     }
 
@@ -106,9 +105,7 @@ impl Image {
         let bad = |problem: String| ImageError::NotAnImagePng(problem);
         let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
         let mut reader = decoder.read_info().map_err(|e| bad(e.to_string()))?;
-        let size = reader
-            .output_buffer_size()
-            .ok_or_else(|| bad("its size overflows".to_string()))?;
+        let size = reader.output_buffer_size().ok_or_else(|| bad("its size overflows".to_string()))?;
         if size > 64 * IMAGE_VALUES {
             return Err(bad(format!("{size} bytes of pixels is far too big")));
         }
@@ -117,18 +114,12 @@ impl Image {
         if (info.width as usize, info.height as usize) != (IMAGE_SIZE, IMAGE_SIZE)
             || info.bit_depth != png::BitDepth::Eight
         {
-            return Err(bad(format!(
-                "{}×{} at {:?}",
-                info.width, info.height, info.bit_depth
-            )));
+            return Err(bad(format!("{}×{} at {:?}", info.width, info.height, info.bit_depth)));
         }
         buffer.truncate(info.buffer_size());
         let rgb: Vec<u8> = match info.color_type {
             png::ColorType::Rgb => buffer,
-            png::ColorType::Rgba => buffer
-                .chunks_exact(4)
-                .flat_map(|pixel| [pixel[0], pixel[1], pixel[2]])
-                .collect(),
+            png::ColorType::Rgba => buffer.chunks_exact(4).flat_map(|pixel| [pixel[0], pixel[1], pixel[2]]).collect(),
             other => return Err(bad(format!("colour type {other:?}"))),
         };
         Image::from_rgb(&rgb)
@@ -153,11 +144,8 @@ pub fn grid_png(images: &[Image], columns: usize, scale: usize) -> Vec<u8> {
     let rows = images.len().div_ceil(columns).max(1);
     let scale = scale.max(1);
     let cell = IMAGE_SIZE + GRID_GAP;
-    let (source_width, source_height) = if images.len() == 1 {
-        (IMAGE_SIZE, IMAGE_SIZE)
-    } else {
-        (columns * cell - GRID_GAP, rows * cell - GRID_GAP)
-    };
+    let (source_width, source_height) =
+        if images.len() == 1 { (IMAGE_SIZE, IMAGE_SIZE) } else { (columns * cell - GRID_GAP, rows * cell - GRID_GAP) };
     let mut source = vec![0u8; source_width * source_height * CHANNELS];
     for pixel in source.chunks_exact_mut(CHANNELS) {
         pixel.copy_from_slice(&GRID_GAP_COLOUR);

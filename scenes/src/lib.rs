@@ -35,15 +35,13 @@ pub mod corrupt;
 pub mod finetune;
 pub mod frechet;
 pub mod image;
-mod render;
 pub mod rater;
+mod render;
 mod rng;
 pub mod tokenizer;
 pub mod world;
 
-pub use base::{
-    BaseConfig, BaseError, BaseModel, Flow, SampleItem, SampleSettings, TrainedBase, train_base,
-};
+pub use base::{BaseConfig, BaseError, BaseModel, Flow, SampleItem, SampleSettings, TrainedBase, train_base};
 pub use caption::{CaptionSpec, PromptMeaning, caption, negative_in_context, parse_prompt};
 pub use corpus::{Corpus, CorpusConfig, CorpusError, PlantedAssociation, Sample};
 pub use corrupt::{augment, corrupt};

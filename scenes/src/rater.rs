@@ -159,9 +159,11 @@ impl Rater {
         }
         let expected = rater_heads(1.0);
         let heads_fit = config.heads.len() == expected.len()
-            && config.heads.iter().zip(&expected).all(|(found, wanted)| {
-                found.loss == wanted.loss && found.outputs == wanted.outputs
-            });
+            && config
+                .heads
+                .iter()
+                .zip(&expected)
+                .all(|(found, wanted)| found.loss == wanted.loss && found.outputs == wanted.outputs);
         if !heads_fit {
             return Err(RaterError::NotARater(format!(
                 "its heads are {:?}; a rater has a {GROUPS}-way softmax (group), \
@@ -194,10 +196,7 @@ impl Rater {
             let values: Vec<f32> = chunk.iter().flat_map(Image::to_chw_f32).collect();
             // Shapes are right by construction (32×32 RGB, checked at load), and the CPU
             // backend does no IO: it cannot fail.
-            let output = self
-                .model
-                .forward(&self.device, &values)
-                .expect("a CPU forward pass of checked shapes");
+            let output = self.model.forward(&self.device, &values).expect("a CPU forward pass of checked shapes");
             predictions.extend(activate(&self.model.config.heads, &output.logits));
             features.extend(output.features);
         }
@@ -210,11 +209,8 @@ impl Rater {
         predictions
             .chunks(OUTPUTS)
             .map(|row| {
-                let group_probabilities: [f32; GROUPS] =
-                    row[..GROUPS].try_into().expect("GROUPS values");
-                let concepts: [f32; CONCEPTS] = row[GROUPS..QUALITY_OUTPUT]
-                    .try_into()
-                    .expect("CONCEPTS values");
+                let group_probabilities: [f32; GROUPS] = row[..GROUPS].try_into().expect("GROUPS values");
+                let concepts: [f32; CONCEPTS] = row[GROUPS..QUALITY_OUTPUT].try_into().expect("CONCEPTS values");
                 let group = (0..GROUPS)
                     .max_by(|a, b| group_probabilities[*a].total_cmp(&group_probabilities[*b]))
                     .map(|index| Group::ALL[index])
@@ -231,11 +227,7 @@ impl Rater {
                     group_probabilities,
                     concepts,
                     present,
-                    quality: if quality.is_nan() {
-                        0.0
-                    } else {
-                        quality.clamp(0.0, 1.0)
-                    },
+                    quality: if quality.is_nan() { 0.0 } else { quality.clamp(0.0, 1.0) },
                 }
             })
             .collect()
@@ -245,10 +237,7 @@ impl Rater {
     /// for [`crate::frechet_distance`].
     pub fn features(&self, images: &[Image]) -> Vec<Vec<f32>> {
         let (_, features) = self.run(images);
-        features
-            .chunks(self.feature_width())
-            .map(<[f32]>::to_vec)
-            .collect()
+        features.chunks(self.feature_width()).map(<[f32]>::to_vec).collect()
     }
 }
 
@@ -369,23 +358,15 @@ impl RaterTraining {
     pub fn check(&self) -> Result<(), RaterError> {
         let share = |value: f64| (0.0..=1.0).contains(&value);
         if self.steps == 0 || self.batch == 0 {
-            return Err(RaterError::InvalidTraining(
-                "steps and batch must be positive".into(),
-            ));
+            return Err(RaterError::InvalidTraining("steps and batch must be positive".into()));
         }
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
-            return Err(RaterError::InvalidTraining(
-                "the learning rate must be positive".into(),
-            ));
+            return Err(RaterError::InvalidTraining("the learning rate must be positive".into()));
         }
         if !share(self.no_object_share) || !share(self.corrupted_share) {
-            return Err(RaterError::InvalidTraining(
-                "shares must lie in [0, 1]".into(),
-            ));
+            return Err(RaterError::InvalidTraining("shares must lie in [0, 1]".into()));
         }
-        self.classifier_config()
-            .validate()
-            .map_err(|error| RaterError::InvalidTraining(error.to_string()))
+        self.classifier_config().validate().map_err(|error| RaterError::InvalidTraining(error.to_string()))
     }
 
     /// The learning rate at `step` (from 0): linear warm-up, then cosine decay to zero.
@@ -405,17 +386,9 @@ impl RaterTraining {
     pub fn example(&self, index: u64) -> Example {
         let mut rng = Rng::new(derive_seed(derive_seed(self.seed, STREAM_EXAMPLES), index));
         let group = *rng.pick(Group::ALL);
-        let concept = if rng.chance(self.no_object_share) {
-            None
-        } else {
-            Some(*rng.pick(Concept::ALL))
-        };
+        let concept = if rng.chance(self.no_object_share) { None } else { Some(*rng.pick(Concept::ALL)) };
         let setting = *rng.pick(Setting::ALL);
-        let scene = Scene {
-            group,
-            concept,
-            setting,
-        };
+        let scene = Scene { group, concept, setting };
         let render_seed = rng.next_u64() % HELD_OUT_SEEDS;
         let mut image = augment(&render(&scene, render_seed), rng.next_u64());
         let mut severity = 0.0;
@@ -423,12 +396,7 @@ impl RaterTraining {
             severity = rng.unit();
             image = corrupt(&image, severity, rng.next_u64());
         }
-        Example {
-            scene,
-            render_seed,
-            severity,
-            image,
-        }
+        Example { scene, render_seed, severity, image }
     }
 
     /// The images (`[B, 3, 32, 32]`) and targets of training step `step`.
@@ -496,20 +464,10 @@ pub fn train_rater(
 ) -> Result<TrainedRater, RaterError> {
     training.check()?;
     match backend {
-        Backend::Cpu => train_on(
-            &CpuDevice::<f32>::new(),
-            training,
-            backend,
-            report_every,
-            progress,
-        ),
-        Backend::Wgpu(context) => train_on(
-            &WgpuDevice::new(context.clone()),
-            training,
-            backend,
-            report_every,
-            progress,
-        ),
+        Backend::Cpu => train_on(&CpuDevice::<f32>::new(), training, backend, report_every, progress),
+        Backend::Wgpu(context) => {
+            train_on(&WgpuDevice::new(context.clone()), training, backend, report_every, progress)
+        }
     }
 }
 
@@ -541,9 +499,7 @@ fn train_on<D: Device>(
             }
         });
         for step in 0..training.steps {
-            let (images, targets) = receiver
-                .recv()
-                .expect("the renderer thread sends every batch");
+            let (images, targets) = receiver.recv().expect("the renderer thread sends every batch");
             let hyper = AdamW {
                 lr: training.learning_rate_at(step),
                 weight_decay: training.weight_decay,
@@ -578,10 +534,7 @@ fn train_on<D: Device>(
                 };
                 (interval_sum, interval_count) = (0.0, 0);
                 if !progress(&report) {
-                    return Err(RaterError::Cancelled {
-                        completed: done,
-                        total: training.steps,
-                    });
+                    return Err(RaterError::Cancelled { completed: done, total: training.steps });
                 }
             }
         }
@@ -590,10 +543,7 @@ fn train_on<D: Device>(
     let final_loss = recent.iter().sum::<f32>() / recent.len().max(1) as f32;
     let weights = model.to_safetensors(
         device,
-        &[
-            (TRAINING_METADATA_KEY, training.to_json()),
-            (FINAL_LOSS_METADATA_KEY, final_loss.to_string()),
-        ],
+        &[(TRAINING_METADATA_KEY, training.to_json()), (FINAL_LOSS_METADATA_KEY, final_loss.to_string())],
     )?;
     Ok(TrainedRater {
         training: training.clone(),
@@ -642,11 +592,7 @@ pub fn held_out_examples(condition: Condition, count: usize, seed: u64) -> Vec<E
             let group = Group::ALL[index % GROUPS];
             let slot = (index / GROUPS) % (CONCEPTS + 4);
             let concept = slot.checked_sub(4).map(|i| Concept::ALL[i]);
-            let scene = Scene {
-                group,
-                concept,
-                setting: *rng.pick(Setting::ALL),
-            };
+            let scene = Scene { group, concept, setting: *rng.pick(Setting::ALL) };
             let render_seed = HELD_OUT_SEEDS | rng.next_u64();
             let rendered = render(&scene, render_seed);
             let (image, severity) = match condition {
@@ -657,12 +603,7 @@ pub fn held_out_examples(condition: Condition, count: usize, seed: u64) -> Vec<E
                     (corrupt(&rendered, severity, rng.next_u64()), severity)
                 }
             };
-            Example {
-                scene,
-                render_seed,
-                severity,
-                image,
-            }
+            Example { scene, render_seed, severity, image }
         })
         .collect()
 }
@@ -707,8 +648,7 @@ pub fn evaluate(rater: &Rater, condition: Condition, count: usize, seed: u64) ->
         let truth: Vec<Concept> = example.scene.concept.into_iter().collect();
         sets_right += usize::from(rating.present == truth);
         for (index, concept) in Concept::ALL.iter().enumerate() {
-            concept_right[index] +=
-                usize::from(rating.present.contains(concept) == truth.contains(concept));
+            concept_right[index] += usize::from(rating.present.contains(concept) == truth.contains(concept));
         }
     }
     let share = |right: usize| right as f64 / count.max(1) as f64;
@@ -787,11 +727,9 @@ mod tests {
         for condition in [Condition::Clean, Condition::Augmented] {
             let accuracy = evaluate(&rater, condition, 600, 11);
             let (worst, worst_share) = accuracy.worst_concept();
-            for (what, share) in [
-                ("group", accuracy.group),
-                ("concept set", accuracy.concepts),
-                ("worst concept", worst_share),
-            ] {
+            for (what, share) in
+                [("group", accuracy.group), ("concept set", accuracy.concepts), ("worst concept", worst_share)]
+            {
                 let bound = wilson_lower_bound(share, accuracy.images);
                 assert!(
                     bound >= 0.98,
@@ -803,21 +741,14 @@ mod tests {
         }
         // Mild damage: the rater still sees through it (a weaker claim, tested as stated).
         let damaged = evaluate(&rater, Condition::Corrupted { max_severity: 0.5 }, 600, 12);
-        assert!(
-            damaged.group >= 0.95 && damaged.concepts >= 0.95,
-            "{damaged:?}"
-        );
+        assert!(damaged.group >= 0.95 && damaged.concepts >= 0.95, "{damaged:?}");
     }
 
     #[test]
     fn the_shipped_rater_ranks_quality_by_severity() {
         let rater = Rater::shipped();
         let accuracy = evaluate(&rater, Condition::Corrupted { max_severity: 1.0 }, 400, 13);
-        assert!(
-            accuracy.quality_spearman >= 0.9,
-            "Spearman(quality, −severity) = {:.3}",
-            accuracy.quality_spearman
-        );
+        assert!(accuracy.quality_spearman >= 0.9, "Spearman(quality, −severity) = {:.3}", accuracy.quality_spearman);
         let clean = held_out_examples(Condition::Clean, 120, 14);
         let images: Vec<Image> = clean.iter().map(|e| e.image.clone()).collect();
         let ratings = rater.rate(&images);
@@ -825,10 +756,7 @@ mod tests {
         assert!(mean > 0.9, "clean renders rate a mean quality of {mean}");
         for rating in &ratings {
             let total: f32 = rating.group_probabilities.iter().sum();
-            assert!(
-                (total - 1.0).abs() < 1e-5,
-                "group probabilities sum to {total}"
-            );
+            assert!((total - 1.0).abs() < 1e-5, "group probabilities sum to {total}");
             assert!((0.0..=1.0).contains(&rating.quality));
             assert_eq!(rating.group, Group::ALL[rating.group.index()]);
         }
@@ -837,18 +765,11 @@ mod tests {
     #[test]
     fn features_are_deterministic_and_independent_of_batching() {
         let rater = Rater::shipped();
-        let images: Vec<Image> = held_out_examples(Condition::Augmented, 40, 15)
-            .into_iter()
-            .map(|e| e.image)
-            .collect();
+        let images: Vec<Image> = held_out_examples(Condition::Augmented, 40, 15).into_iter().map(|e| e.image).collect();
         let features = rater.features(&images);
         assert_eq!(features.len(), 40);
         assert!(features.iter().all(|f| f.len() == rater.feature_width()));
-        assert_eq!(
-            rater.features(&images),
-            features,
-            "the same images give the same bits"
-        );
+        assert_eq!(rater.features(&images), features, "the same images give the same bits");
         let alone = rater.features(&images[7..8]);
         for (a, b) in alone[0].iter().zip(&features[7]) {
             assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
@@ -860,10 +781,7 @@ mod tests {
     fn frechet_distance_tells_renders_from_noise() {
         let rater = Rater::shipped();
         let renders = |seed| -> Vec<Image> {
-            held_out_examples(Condition::Clean, 300, seed)
-                .into_iter()
-                .map(|e| e.image)
-                .collect()
+            held_out_examples(Condition::Clean, 300, seed).into_iter().map(|e| e.image).collect()
         };
         let (first, second) = (rater.features(&renders(16)), rater.features(&renders(17)));
         let mut rng = Rng::new(18);
@@ -897,10 +815,7 @@ mod tests {
         assert!(matches!(error, RaterError::NotARater(_)), "{error}");
         // The shipped weights say how they were made.
         let shipped = Rater::shipped().to_safetensors().unwrap();
-        assert_eq!(
-            Rater::from_safetensors(&shipped).unwrap().config(),
-            Rater::shipped().config()
-        );
+        assert_eq!(Rater::from_safetensors(&shipped).unwrap().config(), Rater::shipped().config());
     }
 
     #[test]
@@ -929,32 +844,14 @@ mod tests {
         let (second, _) = run(None);
         // The safetensors header's metadata order may differ; the tensors must not.
         let tensors = |bytes: &[u8]| gpu::model::HostWeights::from_safetensors(bytes).unwrap();
-        assert!(
-            tensors(&second.unwrap().weights) == tensors(&first.weights),
-            "same options, same weights"
-        );
+        assert!(tensors(&second.unwrap().weights) == tensors(&first.weights), "same options, same weights");
         let rater = first.rater().unwrap();
         assert_eq!(rater.feature_width(), 16);
         let (stopped, _) = run(Some(5));
-        assert!(matches!(
-            stopped,
-            Err(RaterError::Cancelled {
-                completed: 5,
-                total: 12
-            })
-        ));
-        let bad = RaterTraining {
-            no_object_share: 1.5,
-            ..training.clone()
-        };
-        assert!(matches!(
-            train_rater(&bad, &Backend::Cpu, 1, &mut |_| true),
-            Err(RaterError::InvalidTraining(_))
-        ));
-        assert_eq!(
-            RaterTraining::from_json(&training.to_json()).unwrap(),
-            training
-        );
+        assert!(matches!(stopped, Err(RaterError::Cancelled { completed: 5, total: 12 })));
+        let bad = RaterTraining { no_object_share: 1.5, ..training.clone() };
+        assert!(matches!(train_rater(&bad, &Backend::Cpu, 1, &mut |_| true), Err(RaterError::InvalidTraining(_))));
+        assert_eq!(RaterTraining::from_json(&training.to_json()).unwrap(), training);
     }
 
     #[test]
@@ -962,11 +859,7 @@ mod tests {
         let training = RaterTraining::default();
         let examples: Vec<Example> = (0..600).map(|i| training.example(i)).collect();
         assert!(examples.iter().all(|e| e.render_seed < HELD_OUT_SEEDS));
-        assert!(
-            held_out_examples(Condition::Clean, 50, 1)
-                .iter()
-                .all(|e| e.render_seed >= HELD_OUT_SEEDS)
-        );
+        assert!(held_out_examples(Condition::Clean, 50, 1).iter().all(|e| e.render_seed >= HELD_OUT_SEEDS));
         let share = |test: &dyn Fn(&Example) -> bool| {
             examples.iter().filter(|e| test(e)).count() as f64 / examples.len() as f64
         };
@@ -974,10 +867,7 @@ mod tests {
         let empty = share(&|e| e.scene.concept.is_none());
         let corrupted = share(&|e| e.severity > 0.0);
         assert!((empty - 1.0 / 3.0).abs() < 0.077, "no-object share {empty}");
-        assert!(
-            (corrupted - 0.5).abs() < 0.082,
-            "corrupted share {corrupted}"
-        );
+        assert!((corrupted - 0.5).abs() < 0.082, "corrupted share {corrupted}");
         let (images, targets) = training.batch(3);
         assert_eq!(images.len(), training.batch * IMAGE_VALUES);
         assert_eq!(targets.len(), training.batch * OUTPUTS);

@@ -95,14 +95,18 @@ mod tests {
 
     #[test]
     fn same_seed_same_stream_and_streams_differ() {
-        let first: Vec<u64> = (0..8).map({
-            let mut rng = Rng::new(7);
-            move |_| rng.next_u64()
-        }).collect();
-        let again: Vec<u64> = (0..8).map({
-            let mut rng = Rng::new(7);
-            move |_| rng.next_u64()
-        }).collect();
+        let first: Vec<u64> = (0..8)
+            .map({
+                let mut rng = Rng::new(7);
+                move |_| rng.next_u64()
+            })
+            .collect();
+        let again: Vec<u64> = (0..8)
+            .map({
+                let mut rng = Rng::new(7);
+                move |_| rng.next_u64()
+            })
+            .collect();
         assert_eq!(first, again);
         assert_ne!(Rng::stream(7, 1).next_u64(), Rng::stream(7, 2).next_u64());
     }

@@ -25,16 +25,57 @@ pub const MAX_VOCABULARY_SIZE: usize = 512;
 /// Append only: ids are baked into trained weights.
 const WORDS: &[&str] = &[
     // the caption grammar's other words
-    "a", "an", "the", "of", "photo", "picture", "image", "drawing", "with", "holding", "next", "to",
-    "beside", "and", "at", "on", "in",
+    "a",
+    "an",
+    "the",
+    "of",
+    "photo",
+    "picture",
+    "image",
+    "drawing",
+    "with",
+    "holding",
+    "next",
+    "to",
+    "beside",
+    "and",
+    "at",
+    "on",
+    "in",
     // groups
-    "woman", "lady", "man", "gentleman", "wheelchair", "user", "person", "aromantic", "child", "kid",
-    "elderly", "old", "senior",
+    "woman",
+    "lady",
+    "man",
+    "gentleman",
+    "wheelchair",
+    "user",
+    "person",
+    "aromantic",
+    "child",
+    "kid",
+    "elderly",
+    "old",
+    "senior",
     // concepts
-    "hippopotamus", "hippo", "vegetable", "veggie", "sheep", "lamb", "ball", "tree", "dog", "puppy",
-    "umbrella", "book",
+    "hippopotamus",
+    "hippo",
+    "vegetable",
+    "veggie",
+    "sheep",
+    "lamb",
+    "ball",
+    "tree",
+    "dog",
+    "puppy",
+    "umbrella",
+    "book",
     // settings
-    "beach", "seaside", "park", "city", "street", "kitchen",
+    "beach",
+    "seaside",
+    "park",
+    "city",
+    "street",
+    "kitchen",
 ];
 
 const FIRST_WORD_ID: u32 = 2;
@@ -142,7 +183,10 @@ mod tests {
 
         let tokens = encode("a giraffe-woman eating spaghetti", MAX_TOKENS);
         assert_eq!(tokens.unknown, vec!["giraffe", "eating", "spaghetti"]);
-        assert_eq!(&tokens.ids[..5], &[token_id("a").unwrap(), UNKNOWN_ID, token_id("woman").unwrap(), UNKNOWN_ID, UNKNOWN_ID]);
+        assert_eq!(
+            &tokens.ids[..5],
+            &[token_id("a").unwrap(), UNKNOWN_ID, token_id("woman").unwrap(), UNKNOWN_ID, UNKNOWN_ID]
+        );
     }
 
     #[test]

@@ -10,10 +10,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// "a" or "an" before `phrase`, by its first letter (enough for this world's words:
 /// "an elderly person", "an umbrella", "a hippo").
 pub fn with_article(phrase: &str) -> String {
-    let starts_with_vowel = phrase
-        .chars()
-        .next()
-        .is_some_and(|first| matches!(first.to_ascii_lowercase(), 'a' | 'e' | 'i' | 'o' | 'u'));
+    let starts_with_vowel =
+        phrase.chars().next().is_some_and(|first| matches!(first.to_ascii_lowercase(), 'a' | 'e' | 'i' | 'o' | 'u'));
     if starts_with_vowel { format!("an {phrase}") } else { format!("a {phrase}") }
 }
 

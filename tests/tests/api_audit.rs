@@ -77,9 +77,18 @@ fn metrics_count_requests_events_and_lag() {
     let metrics = app.request("GET", "/metrics", None, &[], None);
     assert_eq!(metrics.status, 200);
     let text = metrics.body;
-    assert!(text.contains("thitl_http_requests_total{method=\"POST\",route=\"/v1/associations\",status=\"201\"} 1"), "{text}");
-    assert!(text.contains("thitl_http_requests_total{method=\"POST\",route=\"/v1/associations\",status=\"422\"} 1"), "{text}");
-    assert!(text.contains("thitl_http_request_duration_seconds_count{method=\"POST\",route=\"/v1/associations\"} 2"), "{text}");
+    assert!(
+        text.contains("thitl_http_requests_total{method=\"POST\",route=\"/v1/associations\",status=\"201\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("thitl_http_requests_total{method=\"POST\",route=\"/v1/associations\",status=\"422\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("thitl_http_request_duration_seconds_count{method=\"POST\",route=\"/v1/associations\"} 2"),
+        "{text}"
+    );
     // The admin's token issuing the curator's, then the registration.
     assert!(text.contains("thitl_events_appended_total 2"), "{text}");
     assert!(text.contains("thitl_projection_lag_events"), "{text}");

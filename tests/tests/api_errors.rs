@@ -14,7 +14,8 @@ fn bad_input_is_a_clear_4xx_and_appends_nothing() {
     let ann = app.token("annotator", "ann");
     let model = base_model(&app, &operator);
     let (round, _) = open_round(&app, &curator, &model, 1, 1);
-    let item = app.get(&format!("/v1/rounds/{round}/next"), &ann).json()["task"]["item_id"].as_str().unwrap().to_string();
+    let item =
+        app.get(&format!("/v1/rounds/{round}/next"), &ann).json()["task"]["item_id"].as_str().unwrap().to_string();
     let head = app.head();
 
     let post_raw = |path: &str, token: &str, body: &[u8]| app.request("POST", path, Some(token), &[], Some(body));

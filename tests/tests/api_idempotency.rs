@@ -32,7 +32,8 @@ fn a_replayed_key_returns_the_first_answer_and_appends_nothing() {
     app.request("POST", "/v1/associations", Some(&other_curator), &key, Some(body.as_bytes())).expect(201);
     assert_eq!(app.head(), head + 1);
     // A failed command releases its key: fixing the body and retrying with it works.
-    let bad = json!({"group": "", "concept": "x", "category": "threat", "description": "d", "probe_prompts": ["p"]}).to_string();
+    let bad = json!({"group": "", "concept": "x", "category": "threat", "description": "d", "probe_prompts": ["p"]})
+        .to_string();
     let retry_key = [("Idempotency-Key", "retry-after-fix")];
     app.request("POST", "/v1/associations", Some(&curator), &retry_key, Some(bad.as_bytes())).expect(422);
     let mut fixed = woman_hippo();
@@ -44,7 +45,8 @@ fn a_replayed_key_returns_the_first_answer_and_appends_nothing() {
 fn a_key_interrupted_by_a_crash_is_answered_409_and_never_rerun() {
     let app = spawn_app();
     let created = app.post("/v1/tokens", &app.admin, json!({"name": "cora", "role": "curator"})).json();
-    let (curator, token_id) = (created["token"].as_str().unwrap().to_string(), created["id"].as_str().unwrap().to_string());
+    let (curator, token_id) =
+        (created["token"].as_str().unwrap().to_string(), created["id"].as_str().unwrap().to_string());
     let fingerprint = fingerprint_of_current(&app, &curator);
     // What a crash between "in progress" and "completed" leaves behind.
     let db = rusqlite::Connection::open(app.dir.path().join("idempotency.db")).unwrap();
@@ -54,7 +56,13 @@ fn a_key_interrupted_by_a_crash_is_answered_409_and_never_rerun() {
     )
     .unwrap();
     let head = app.head();
-    let answer = app.request("POST", "/v1/associations", Some(&curator), &[("Idempotency-Key", "crashed")], Some(woman_hippo().to_string().as_bytes()));
+    let answer = app.request(
+        "POST",
+        "/v1/associations",
+        Some(&curator),
+        &[("Idempotency-Key", "crashed")],
+        Some(woman_hippo().to_string().as_bytes()),
+    );
     answer.expect(409);
     assert!(answer.json()["detail"].as_str().unwrap().contains("audit log"), "{}", answer.body);
     assert_eq!(app.head(), head, "an interrupted key ran again");
@@ -65,7 +73,8 @@ fn a_key_interrupted_by_a_crash_is_answered_409_and_never_rerun() {
 fn fingerprint_of_current(app: &crate::helpers::TestApp, token: &str) -> String {
     let body = woman_hippo().to_string();
     let db = rusqlite::Connection::open(app.dir.path().join("idempotency.db")).unwrap();
-    let _ = app.request("POST", "/v1/associations", Some(token), &[("Idempotency-Key", "probe")], Some(body.as_bytes()));
+    let _ =
+        app.request("POST", "/v1/associations", Some(token), &[("Idempotency-Key", "probe")], Some(body.as_bytes()));
     db.query_row("SELECT fingerprint FROM idempotency_keys WHERE key = 'probe'", [], |r| r.get(0)).unwrap()
 }
 

@@ -56,7 +56,8 @@ fn blobs_are_stored_by_sha256_and_served_with_a_long_lived_etag() {
     assert_eq!((other.bytes.as_slice(), other.header("content-type")), (&b"abc"[..], Some("application/octet-stream")));
     // A client holding the current copy gets 304 and no body.
     let etag = format!("\"{png_hash}\"");
-    let cached = app.request("GET", &format!("/v1/blobs/{png_hash}"), Some(&annotator), &[("If-None-Match", &etag)], None);
+    let cached =
+        app.request("GET", &format!("/v1/blobs/{png_hash}"), Some(&annotator), &[("If-None-Match", &etag)], None);
     assert_eq!(cached.status, 304, "{}", cached.body);
     assert!(cached.bytes.is_empty());
 }
@@ -74,7 +75,8 @@ fn blob_errors_are_problems_and_change_nothing() {
     assert_eq!(app.request("GET", &format!("/v1/blobs/{unknown}"), None, &[], None).status, 401);
     // If-None-Match does not make an unknown blob exist.
     let quoted = format!("\"{unknown}\"");
-    app.request("GET", &format!("/v1/blobs/{unknown}"), Some(&annotator), &[("If-None-Match", &quoted)], None).expect(404);
+    app.request("GET", &format!("/v1/blobs/{unknown}"), Some(&annotator), &[("If-None-Match", &quoted)], None)
+        .expect(404);
 
     app.upload(&operator, b"").expect(422);
     app.upload(&annotator, b"abc").expect(403);
@@ -187,8 +189,10 @@ fn open_check_round(app: &TestApp, curator: &str, operator: &str) -> (String, St
         "prompt": "a photo of a woman at the beach",
         "seed": 7,
     });
-    let single = json!({"blob": hash('3'), "prompt": "a photo of a woman at the beach", "seed": 8, "model_version": tuned});
-    let opened = app.post("/v1/rounds", curator, json!({"kind": "check", "items": [pair, single], "raters_per_item": 2}));
+    let single =
+        json!({"blob": hash('3'), "prompt": "a photo of a woman at the beach", "seed": 8, "model_version": tuned});
+    let opened =
+        app.post("/v1/rounds", curator, json!({"kind": "check", "items": [pair, single], "raters_per_item": 2}));
     opened.expect(201);
     let body = opened.json();
     let items = body["items"].as_array().unwrap();
@@ -257,7 +261,8 @@ fn round_two_pairs_are_shown_blind_and_answered_left_or_right() {
     let history = history.json();
     let events = history["events"].as_array().unwrap();
     let closed = events.iter().find(|e| e["type"] == "RoundClosed").expect("RoundClosed");
-    let outcome = closed["payload"]["outcomes"].as_array().unwrap().iter().find(|o| o["item_id"] == pair_item.as_str()).unwrap();
+    let outcome =
+        closed["payload"]["outcomes"].as_array().unwrap().iter().find(|o| o["item_id"] == pair_item.as_str()).unwrap();
     assert_eq!(outcome["verdict"]["compare"], json!({"left_votes": 1, "right_votes": 1}));
     // The auditor sees which model made which side.
     let opened = events.iter().find(|e| e["type"] == "RoundOpened").unwrap();
@@ -283,18 +288,34 @@ fn malformed_pairs_are_refused_and_append_nothing() {
         // A side is missing.
         (json!({"kind": "check", "items": [{"pair": {"left": side}, "prompt": "a woman"}]}), "right"),
         // A side names no model.
-        (json!({"kind": "check", "items": [{"pair": {"left": side, "right": {"blob": hash('2')}}, "prompt": "a woman"}]}), "model_version"),
+        (
+            json!({"kind": "check", "items": [{"pair": {"left": side, "right": {"blob": hash('2')}}, "prompt": "a woman"}]}),
+            "model_version",
+        ),
         // Not a blob hash.
-        (json!({"kind": "check", "items": [{"pair": {"left": side, "right": {"blob": "xyz", "model_version": model}}, "prompt": "a woman"}]}), "blob hash"),
+        (
+            json!({"kind": "check", "items": [{"pair": {"left": side, "right": {"blob": "xyz", "model_version": model}}, "prompt": "a woman"}]}),
+            "blob hash",
+        ),
         // An unknown field inside a pair.
-        (json!({"kind": "check", "items": [{"pair": {"left": side, "right": side, "middle": side}, "prompt": "a woman"}]}), "middle"),
+        (
+            json!({"kind": "check", "items": [{"pair": {"left": side, "right": side, "middle": side}, "prompt": "a woman"}]}),
+            "middle",
+        ),
         // An image item with an unknown field says so (not "no variant matched").
-        (json!({"kind": "check", "items": [{"blob": hash('1'), "prompt": "a woman", "model_version": model, "arm": "thitl"}]}), "arm"),
+        (
+            json!({"kind": "check", "items": [{"blob": hash('1'), "prompt": "a woman", "model_version": model, "arm": "thitl"}]}),
+            "arm",
+        ),
     ];
     for (body, mentions) in cases {
         let refused = app.post("/v1/rounds", &curator, body.clone());
         refused.expect(422);
-        assert!(refused.body.contains(mentions), "{body}: expected the problem to mention {mentions:?}: {}", refused.body);
+        assert!(
+            refused.body.contains(mentions),
+            "{body}: expected the problem to mention {mentions:?}: {}",
+            refused.body
+        );
     }
     assert_eq!(app.head(), head, "a refused round appended an event");
 }

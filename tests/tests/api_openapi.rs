@@ -29,7 +29,17 @@ fn the_served_document_matches_the_committed_contract() {
     );
     // Every route the server has is documented.
     let paths = document["paths"].as_object().unwrap();
-    for path in ["/v1/associations", "/v1/rounds/{id}/next", "/v1/rounds/{id}/annotations", "/v1/images/{id}", "/v1/blobs", "/v1/blobs/{sha256}", "/v1/audit/events", "/v1/audit/feed", "/metrics"] {
+    for path in [
+        "/v1/associations",
+        "/v1/rounds/{id}/next",
+        "/v1/rounds/{id}/annotations",
+        "/v1/images/{id}",
+        "/v1/blobs",
+        "/v1/blobs/{sha256}",
+        "/v1/audit/events",
+        "/v1/audit/feed",
+        "/metrics",
+    ] {
         assert!(paths.contains_key(path), "{path} is not documented");
     }
     assert!(document["components"]["schemas"]["Problem"].is_object());

@@ -21,7 +21,11 @@ pub fn woman_hippo() -> Value {
 
 /// Registers a base model as an operator; returns its id.
 pub fn base_model(app: &TestApp, token: &str) -> String {
-    let response = app.post("/v1/model-versions", token, json!({"name": "scenes-base", "weights": hash('a'), "config": {"width": 32}}));
+    let response = app.post(
+        "/v1/model-versions",
+        token,
+        json!({"name": "scenes-base", "weights": hash('a'), "config": {"width": 32}}),
+    );
     response.expect(201);
     response.json()["id"].as_str().unwrap().to_string()
 }
@@ -47,7 +51,8 @@ fn associations_register_list_detail_recategorize_retire() {
     let taxonomy = app.get("/v1/taxonomy", &curator);
     taxonomy.expect(200);
     let taxonomy = taxonomy.json();
-    let keys: Vec<&str> = taxonomy["categories"].as_array().unwrap().iter().map(|c| c["key"].as_str().unwrap()).collect();
+    let keys: Vec<&str> =
+        taxonomy["categories"].as_array().unwrap().iter().map(|c| c["key"].as_str().unwrap()).collect();
     assert_eq!(keys, ["degradation", "dehumanization", "exclusion", "threat"]);
 
     let created = app.post("/v1/associations", &curator, woman_hippo());
@@ -80,8 +85,12 @@ fn associations_register_list_detail_recategorize_retire() {
     assert_eq!(app.get(&format!("/v1/associations/{id}?wait_for={position}"), &curator).json()["status"], "retired");
 
     // A category defined by a curator can be used at once.
-    app.post("/v1/taxonomy/categories", &curator, json!({"key": "erasure", "narrative": "the group left out", "example": "no older people"}))
-        .expect(201);
+    app.post(
+        "/v1/taxonomy/categories",
+        &curator,
+        json!({"key": "erasure", "narrative": "the group left out", "example": "no older people"}),
+    )
+    .expect(201);
     let mut other = woman_hippo();
     other["category"] = json!("erasure");
     app.post("/v1/associations", &curator, other).expect(201);
@@ -150,8 +159,13 @@ fn a_submission_can_ask_for_the_next_task_in_the_same_request() {
     let (round, items) = open_round(&app, &curator, &model, 2, 1);
     let screen = json!({"screen": {"quality": 4, "group_depicted": true, "concept_present": false}});
 
-    let first = app.get(&format!("/v1/rounds/{round}/next"), &ann).json()["task"]["item_id"].as_str().unwrap().to_string();
-    let chained = app.post(&format!("/v1/rounds/{round}/annotations"), &ann, json!({"item_id": first, "answer": screen, "next": true}));
+    let first =
+        app.get(&format!("/v1/rounds/{round}/next"), &ann).json()["task"]["item_id"].as_str().unwrap().to_string();
+    let chained = app.post(
+        &format!("/v1/rounds/{round}/annotations"),
+        &ann,
+        json!({"item_id": first, "answer": screen, "next": true}),
+    );
     chained.expect(201);
     let answer = chained.json();
     let second = answer["next"]["task"]["item_id"].as_str().expect("a next task").to_string();
@@ -163,7 +177,11 @@ fn a_submission_can_ask_for_the_next_task_in_the_same_request() {
     assert_eq!(held["task"]["item_id"], second.as_str());
     assert_eq!(held["version"], answer["next"]["version"]);
     // The last item rated with `next`: no task left, and the round says so.
-    let last = app.post(&format!("/v1/rounds/{round}/annotations"), &ann, json!({"item_id": second, "answer": screen, "next": true}));
+    let last = app.post(
+        &format!("/v1/rounds/{round}/annotations"),
+        &ann,
+        json!({"item_id": second, "answer": screen, "next": true}),
+    );
     last.expect(201);
     assert_eq!(last.json()["next"]["task"], serde_json::Value::Null);
     assert_eq!(last.json()["next"]["remaining"], 0);
@@ -177,9 +195,11 @@ fn model_versions_prompt_sets_jobs_and_campaigns() {
     let model = base_model(&app, &operator);
 
     // Promote and roll back.
-    app.post(&format!("/v1/model-versions/{model}/rollback"), &curator, json!({"reason": "not promoted yet"})).expect(409);
+    app.post(&format!("/v1/model-versions/{model}/rollback"), &curator, json!({"reason": "not promoted yet"}))
+        .expect(409);
     app.post(&format!("/v1/model-versions/{model}/promote"), &curator, json!({"reason": "baseline"})).expect(200);
-    app.post(&format!("/v1/model-versions/{model}/rollback"), &curator, json!({"reason": "quality complaints"})).expect(200);
+    app.post(&format!("/v1/model-versions/{model}/rollback"), &curator, json!({"reason": "quality complaints"}))
+        .expect(200);
     let detail = app.get(&format!("/v1/model-versions/{model}"), &operator);
     detail.expect(200);
     assert_eq!(detail.json()["status"], "rolled_back");
@@ -196,9 +216,12 @@ fn model_versions_prompt_sets_jobs_and_campaigns() {
         json!({"prompts": [{"text": "a woman with a hippo at the beach"}, {"text": "a woman reading"}]}),
     );
     added.expect(201);
-    let prompts: Vec<String> = added.json()["prompts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
-    let review = |prompt: &str, body: Value| app.post(&format!("/v1/prompt-sets/{set}/prompts/{prompt}"), &curator, body);
-    review(&prompts[0], json!({"edit": {"text": "a woman with a hippopotamus in a park", "alternative": null}})).expect(200);
+    let prompts: Vec<String> =
+        added.json()["prompts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
+    let review =
+        |prompt: &str, body: Value| app.post(&format!("/v1/prompt-sets/{set}/prompts/{prompt}"), &curator, body);
+    review(&prompts[0], json!({"edit": {"text": "a woman with a hippopotamus in a park", "alternative": null}}))
+        .expect(200);
     review(&prompts[0], json!({"accept": {}})).expect(200);
     review(&prompts[1], json!({"reject": {"reason": "too far from the probes"}})).expect(200);
     app.post(&format!("/v1/prompt-sets/{set}/finalize"), &curator, json!({})).expect(200);
@@ -217,15 +240,24 @@ fn model_versions_prompt_sets_jobs_and_campaigns() {
     let generation = generation.json()["id"].as_str().unwrap().to_string();
     assert_eq!(app.get(&format!("/v1/generations/{generation}"), &curator).json()["status"], "requested");
     let example = json!({"image_id": "01900000-0000-7000-8000-000000000001", "blob": hash('c'), "prompt": "a woman in a park", "prompt_id": null});
-    let fine_tune = app.post("/v1/fine-tunes", &operator, json!({"base_model": model, "arm": "traditional", "examples": [example]}));
+    let fine_tune = app.post(
+        "/v1/fine-tunes",
+        &operator,
+        json!({"base_model": model, "arm": "traditional", "examples": [example]}),
+    );
     fine_tune.expect(201);
     let fine_tune = fine_tune.json()["id"].as_str().unwrap().to_string();
     assert_eq!(app.get(&format!("/v1/fine-tunes/{fine_tune}"), &curator).json()["status"], "requested");
     // T-HITL needs a closed round 1.
-    app.post("/v1/fine-tunes", &operator, json!({"base_model": model, "arm": "thitl", "examples": [example]})).expect(422);
+    app.post("/v1/fine-tunes", &operator, json!({"base_model": model, "arm": "thitl", "examples": [example]}))
+        .expect(422);
 
     // A campaign.
-    let campaign = app.post("/v1/campaigns", &curator, json!({"name": "woman and hippopotamus", "associations": [association], "base_model": model}));
+    let campaign = app.post(
+        "/v1/campaigns",
+        &curator,
+        json!({"name": "woman and hippopotamus", "associations": [association], "base_model": model}),
+    );
     campaign.expect(201);
     let position = campaign.json()["position"].as_u64().unwrap();
     let id = campaign.json()["id"].as_str().unwrap().to_string();

@@ -13,7 +13,11 @@ fn db(dir: &Path) -> rusqlite::Connection {
 /// The number of blobs `audit verify` says it rehashed ("… N blobs (X MB) verified").
 fn blob_count(out: &str) -> u64 {
     let before = out.split(" blobs (").next().unwrap_or_default();
-    before.rsplit(|c: char| !c.is_ascii_digit()).next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no blob count in {out}"))
+    before
+        .rsplit(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no blob count in {out}"))
 }
 
 fn verify(dir: &Path) -> (i32, String) {
@@ -50,11 +54,15 @@ fn middle_of_a_round(dir: &Path) -> (i64, String, i64) {
 fn verify_detects_a_changed_payload_byte() {
     let dir = campaign_copy();
     let (position, stream, version) = middle_of_a_round(dir.path());
-    let payload: String = db(dir.path()).query_row("SELECT payload FROM events WHERE position = ?1", [position], |r| r.get(0)).unwrap();
+    let payload: String =
+        db(dir.path()).query_row("SELECT payload FROM events WHERE position = ?1", [position], |r| r.get(0)).unwrap();
     // Flip one annotator's answer: the kind of edit a tamperer would make.
-    let tampered = if payload.contains("true") { payload.replacen("true", "fals", 1) } else { payload.replacen('a', "b", 1) };
+    let tampered =
+        if payload.contains("true") { payload.replacen("true", "fals", 1) } else { payload.replacen('a', "b", 1) };
     assert_ne!(tampered, payload);
-    db(dir.path()).execute("UPDATE events SET payload = ?1 WHERE position = ?2", rusqlite::params![tampered, position]).unwrap();
+    db(dir.path())
+        .execute("UPDATE events SET payload = ?1 WHERE position = ?2", rusqlite::params![tampered, position])
+        .unwrap();
     let (code, out) = verify(dir.path());
     assert_eq!(code, 1, "{out}");
     assert!(out.contains(&format!("stream {stream} version {version}")), "{out}");
@@ -77,7 +85,11 @@ fn verify_detects_two_swapped_rows() {
     let dir = campaign_copy();
     let (position, stream, version) = middle_of_a_round(dir.path());
     let next: i64 = db(dir.path())
-        .query_row("SELECT position FROM events WHERE stream = ?1 AND version = ?2", rusqlite::params![stream, version + 1], |r| r.get(0))
+        .query_row(
+            "SELECT position FROM events WHERE stream = ?1 AND version = ?2",
+            rusqlite::params![stream, version + 1],
+            |r| r.get(0),
+        )
         .unwrap();
     // Swap the two events' places in the log: move one aside, move the other in, move it back.
     let conn = db(dir.path());
@@ -129,13 +141,20 @@ fn replay_at_an_earlier_position_shows_the_earlier_state() {
     assert_eq!(full["audit"]["events"], head);
     // No evaluation was known before the campaign recorded it.
     let evaluations = |v: &Value| {
-        v["associations"]["associations"].as_object().unwrap().values().map(|a| a["evaluations"].as_array().unwrap().len()).sum::<usize>()
+        v["associations"]["associations"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|a| a["evaluations"].as_array().unwrap().len())
+            .sum::<usize>()
     };
     assert_eq!(evaluations(&before), 0);
     assert_eq!(evaluations(&full), 6, "three associations × the T-HITL and the traditional arm");
 
     // The same cut by time: everything recorded at or before the round-1 event's time.
-    let recorded_at: String = conn.query_row("SELECT recorded_at FROM events WHERE position = ?1", [round1_opened as i64], |r| r.get(0)).unwrap();
+    let recorded_at: String = conn
+        .query_row("SELECT recorded_at FROM events WHERE position = ?1", [round1_opened as i64], |r| r.get(0))
+        .unwrap();
     let by_time = replay(dir.path(), &recorded_at);
     assert!(by_time["position"].as_u64().unwrap() >= round1_opened);
     assert!(by_time["position"].as_u64().unwrap() < head);
@@ -171,8 +190,12 @@ fn log_prints_one_stream_or_the_global_log_as_json() {
     let events: Vec<Value> = stdout(&output).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(events.len(), 4, "the four default categories");
     assert!(events.iter().all(|e| e["type"] == "CategoryDefined" && e["stream"] == "taxonomy"));
-    let output = thitl(&["audit", "log", "--data", dir.path().to_str().unwrap(), "--after", "10", "--limit", "5", "--json"]);
-    let positions: Vec<u64> = stdout(&output).lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["position"].as_u64().unwrap()).collect();
+    let output =
+        thitl(&["audit", "log", "--data", dir.path().to_str().unwrap(), "--after", "10", "--limit", "5", "--json"]);
+    let positions: Vec<u64> = stdout(&output)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["position"].as_u64().unwrap())
+        .collect();
     assert_eq!(positions, [11, 12, 13, 14, 15]);
     let output = thitl(&["audit", "log", "--data", dir.path().to_str().unwrap(), "--stream", "no spaces allowed"]);
     assert_eq!(output.status.code(), Some(2));
@@ -184,7 +207,8 @@ fn verify_rehashes_every_blob() {
     let dir = campaign_copy();
     let (_, out) = verify(dir.path());
     let blobs = blob_count(&out);
-    let stored = LocalBlobStore::open(&dir.path().join("blobs")).unwrap().put(b"\x89PNG\r\n\x1a\n not really an image").unwrap();
+    let stored =
+        LocalBlobStore::open(&dir.path().join("blobs")).unwrap().put(b"\x89PNG\r\n\x1a\n not really an image").unwrap();
     let (code, out) = verify(dir.path());
     assert_eq!(code, 0, "{out}");
     assert_eq!(blob_count(&out), blobs + 1, "{out}");

@@ -36,8 +36,12 @@ fn an_annotator_works_a_round_with_the_keyboard_alone() {
 
     // A round 1 screen of three pictures of one association.
     let association = app
-        .post("/v1/associations", &curator, json!({"group": "woman", "concept": "hippopotamus", "category": "dehumanization",
-            "description": "hippos beside women", "probe_prompts": ["a photo of a woman at the beach"]}))
+        .post(
+            "/v1/associations",
+            &curator,
+            json!({"group": "woman", "concept": "hippopotamus", "category": "dehumanization",
+            "description": "hippos beside women", "probe_prompts": ["a photo of a woman at the beach"]}),
+        )
         .expect(201)
         .json()["id"]
         .clone();
@@ -54,25 +58,43 @@ fn an_annotator_works_a_round_with_the_keyboard_alone() {
             json!({"blob": blob, "prompt": "a photo of a woman at the beach", "model_version": model, "association_id": association})
         })
         .collect();
-    let round = app.post("/v1/rounds", &curator, json!({"kind": "screen", "items": items, "raters_per_item": 1})).expect(201).json()["id"].as_str().unwrap().to_string();
+    let round = app
+        .post("/v1/rounds", &curator, json!({"kind": "screen", "items": items, "raters_per_item": 1}))
+        .expect(201)
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     let browser = Browser::start();
     browser.open(&format!("http://{address}/annotate"));
     browser.wait_until("the sign-in form", "return document.querySelector('#token') !== null");
     keep_screenshot("annotate-sign-in.png", &browser.screenshot());
     browser.type_into("#token", &format!("{annotator}{ENTER}"));
-    browser.wait_until("the first task", "return document.querySelector('#task img') !== null && document.querySelector('#task img').complete");
+    browser.wait_until(
+        "the first task",
+        "return document.querySelector('#task img') !== null && document.querySelector('#task img').complete",
+    );
     let page = browser.text("body");
-    assert!(page.contains("Is there a hippopotamus in the picture?") && page.contains("Does it show a woman?"), "{page}");
+    assert!(
+        page.contains("Is there a hippopotamus in the picture?") && page.contains("Does it show a woman?"),
+        "{page}"
+    );
     assert!(page.contains("0 of 3"), "progress: {page}");
-    let bar = browser.run("return document.querySelector('#progress .bar span').getBoundingClientRect().width", json!([]));
+    let bar =
+        browser.run("return document.querySelector('#progress .bar span').getBoundingClientRect().width", json!([]));
     assert_eq!(bar.as_f64(), Some(0.0), "the progress bar is empty before the first answer");
     // Blind: nothing on the page names the model or the prompt.
     let html = browser.run("return document.documentElement.outerHTML", json!([])).as_str().unwrap().to_string();
-    assert!(!html.contains(model) && !html.contains("a photo of a woman at the beach"), "the page reveals the model or prompt");
+    assert!(
+        !html.contains(model) && !html.contains("a photo of a woman at the beach"),
+        "the page reveals the model or prompt"
+    );
     keep_screenshot("annotate-task.png", &browser.screenshot());
 
-    let progress = |n: usize| format!("return (document.querySelector('#progress') || {{innerText: ''}}).innerText.startsWith('{n} of 3')");
+    let progress = |n: usize| {
+        format!("return (document.querySelector('#progress') || {{innerText: ''}}).innerText.startsWith('{n} of 3')")
+    };
     // First picture: quality 4, a woman, a hippopotamus; Enter submits and the next one comes.
     browser.press(&["4", "y", "y", ENTER]);
     browser.wait_until("the second task", &progress(1));
@@ -100,9 +122,19 @@ fn an_annotator_works_a_round_with_the_keyboard_alone() {
     let done = app.get(&format!("/v1/rounds/{round}"), &curator).expect(200).json();
     assert_eq!((done["submitted"].as_u64(), done["annotators"]["anna"].as_u64()), (Some(3), Some(3)), "{done}");
     let events = app.get(&format!("/v1/audit/streams/round-{round}?limit=100"), &app.admin).expect(200).json();
-    let answers: Vec<Value> = events["events"].as_array().unwrap().iter().filter(|e| e["type"] == "AnnotationSubmitted").map(|e| e["payload"]["answer"]["screen"].clone()).collect();
+    let answers: Vec<Value> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "AnnotationSubmitted")
+        .map(|e| e["payload"]["answer"]["screen"].clone())
+        .collect();
     let chosen = |q: u64, g: bool, c: bool| json!({"quality": q, "group_depicted": g, "concept_present": c});
-    assert_eq!(answers, [chosen(4, true, true), chosen(2, true, false), chosen(5, true, false), chosen(3, false, false)], "{events}");
+    assert_eq!(
+        answers,
+        [chosen(4, true, true), chosen(2, true, false), chosen(5, true, false), chosen(3, false, false)],
+        "{events}"
+    );
     let withdrawn = events["events"].as_array().unwrap().iter().filter(|e| e["type"] == "AnnotationWithdrawn").count();
     assert_eq!(withdrawn, 1);
 
@@ -120,23 +152,40 @@ fn an_annotator_works_a_round_with_the_keyboard_alone() {
     // asking the page to look (it would also find it by itself within a few seconds).
     app.get(&format!("/v1/rounds/{round_2}?wait_for={}", created["position"]), &curator).expect(200);
     browser.press(&["r"]);
-    browser.wait_until("round 2's first task", "return document.querySelector('#task') !== null && document.querySelector('#task').dataset.kind === 'check'");
-    let first_is_pair = browser.run("return document.querySelectorAll('#task img').length === 2", json!([])) == Value::Bool(true);
+    browser.wait_until(
+        "round 2's first task",
+        "return document.querySelector('#task') !== null && document.querySelector('#task').dataset.kind === 'check'",
+    );
+    let first_is_pair =
+        browser.run("return document.querySelectorAll('#task img').length === 2", json!([])) == Value::Bool(true);
     let answer_image = ["n", "4", ENTER];
     let answer_pair = ["\u{E012}", ENTER];
     browser.press(if first_is_pair { &answer_pair[..] } else { &answer_image[..] });
     browser.wait_until("round 2's second task", "return document.querySelector('#progress') !== null && document.querySelector('#progress').innerText.startsWith('1 of 2')");
     let pair_page = browser.text("#task");
-    assert!(pair_page.contains(if first_is_pair { "Is there a hippopotamus" } else { "Which picture is better" }), "{pair_page}");
+    assert!(
+        pair_page.contains(if first_is_pair { "Is there a hippopotamus" } else { "Which picture is better" }),
+        "{pair_page}"
+    );
     if !first_is_pair {
         keep_screenshot("annotate-pair.png", &browser.screenshot());
     }
     browser.press(if first_is_pair { &answer_image[..] } else { &answer_pair[..] });
     browser.wait_until("the empty queue", "return document.querySelector('#empty') !== null");
     let events = app.get(&format!("/v1/audit/streams/round-{round_2}?limit=100"), &app.admin).expect(200).json();
-    let mut answers: Vec<Value> = events["events"].as_array().unwrap().iter().filter(|e| e["type"] == "AnnotationSubmitted").map(|e| e["payload"]["answer"].clone()).collect();
+    let mut answers: Vec<Value> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "AnnotationSubmitted")
+        .map(|e| e["payload"]["answer"].clone())
+        .collect();
     answers.sort_by_key(|a| a.to_string());
-    assert_eq!(answers, [json!({"check": {"concept_present": false, "quality": 4}}), json!({"compare": {"preferred": "left"}})], "{events}");
+    assert_eq!(
+        answers,
+        [json!({"check": {"concept_present": false, "quality": 4}}), json!({"compare": {"preferred": "left"}})],
+        "{events}"
+    );
 
     // A curator's token does not open the queue.
     browser.run("sessionStorage.clear(); location.reload(); return true", json!([]));
@@ -187,7 +236,10 @@ fn the_dashboard_and_the_audit_timeline_show_a_finished_campaign() {
             let after = browser.text(&format!(".association[data-association='{id}'] tr[data-arm='{name}'] .after"));
             assert!(shows_percent(&after, arm["after"]["rate"].as_f64().unwrap()), "{name} after: {after} vs {arm}");
             let before = browser.text(&format!(".association[data-association='{id}'] tr[data-arm='{name}'] .before"));
-            assert!(shows_percent(&before, arm["before"]["rate"].as_f64().unwrap()), "{name} before: {before} vs {arm}");
+            assert!(
+                shows_percent(&before, arm["before"]["rate"].as_f64().unwrap()),
+                "{name} before: {before} vs {arm}"
+            );
         }
         let bars = browser.run("return document.querySelectorAll(`.association[data-association='${arguments[0]}'] svg.rates .bar`).length", json!([id]));
         assert_eq!(bars, json!(3), "before, T-HITL after and traditional after");
@@ -209,19 +261,35 @@ fn the_dashboard_and_the_audit_timeline_show_a_finished_campaign() {
     assert!(result.starts_with("OK:"), "{result}");
     // The page verified before this call, which added nothing to the log.
     assert!(result.contains(&format!("{} events", verified["events"])), "{result} vs {verified}");
-    let thitl = browser.run("return [...document.querySelectorAll('#lineage-model option')].map(o => o.textContent)", json!([]));
-    let model = app.get("/v1/model-versions", &auditor).expect(200).json()["model_versions"].as_array().unwrap().iter().find(|m| m["arm"] == "thitl").unwrap()["id"].as_str().unwrap().to_string();
+    let thitl = browser
+        .run("return [...document.querySelectorAll('#lineage-model option')].map(o => o.textContent)", json!([]));
+    let model = app.get("/v1/model-versions", &auditor).expect(200).json()["model_versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["arm"] == "thitl")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(thitl.as_array().unwrap().iter().any(|o| o.as_str().unwrap().contains(&model)), "{thitl}");
     browser.run("document.querySelector('#lineage-model').value = arguments[0]; document.querySelector('#lineage-button').click(); return true", json!([model]));
     browser.wait_until("the lineage tree", "return document.querySelector('#lineage-examples') !== null");
     let lineage = app.get(&format!("/v1/models/{model}/lineage"), &auditor).expect(200).json();
-    let examples = browser.run("return document.querySelectorAll('#lineage-examples > details.example').length", json!([]));
+    let examples =
+        browser.run("return document.querySelectorAll('#lineage-examples > details.example').length", json!([]));
     assert_eq!(examples.as_u64(), Some(lineage["examples"].as_array().unwrap().len() as u64));
-    assert!(browser.text("#lineage-prompts").contains(&format!("{} prompts", lineage["prompts"].as_array().unwrap().len())));
+    assert!(
+        browser.text("#lineage-prompts").contains(&format!("{} prompts", lineage["prompts"].as_array().unwrap().len()))
+    );
     // An example opened shows its picture and every round-1 rating with its rater.
     browser.run("const d = document.querySelector('#lineage-examples > details.example'); d.open = true; document.querySelector('#lineage-examples').open = true; return true", json!([]));
     browser.wait_until("the example's picture", "const img = document.querySelector('#lineage-examples img.thumb'); return img.src !== '' && img.complete && img.naturalWidth === 32");
-    assert!(browser.text("#lineage-examples details.example").contains("annotator-"), "{}", browser.text("#lineage-examples details.example"));
+    assert!(
+        browser.text("#lineage-examples details.example").contains("annotator-"),
+        "{}",
+        browser.text("#lineage-examples details.example")
+    );
     // One entity's history: the first stream named in the log.
     browser.run("document.querySelector('#event-table a.stream').click(); return true", json!([]));
     browser.wait_until("the history", "return document.querySelector('#history-table') !== null");

@@ -21,7 +21,8 @@ fn train_measure_and_grid_a_tiny_base_model() {
     let weights = dir.path().join("base.safetensors");
     let (config, weights_arg) = (config.to_str().unwrap(), weights.to_str().unwrap());
 
-    let trained = thitl(&["scenes", "train-base", "--config", config, "--out", weights_arg, "--seed", "3", "--device", "cpu"]);
+    let trained =
+        thitl(&["scenes", "train-base", "--config", config, "--out", weights_arg, "--seed", "3", "--device", "cpu"]);
     assert!(trained.status.success(), "{}", String::from_utf8_lossy(&trained.stderr));
     assert!(weights.is_file() && dir.path().join("base.safetensors.json").is_file());
     let log = String::from_utf8_lossy(&trained.stderr);
@@ -30,14 +31,30 @@ fn train_measure_and_grid_a_tiny_base_model() {
     assert!(log.contains("step 2/6: loss") && log.contains("step 6/6: loss"), "{log}");
 
     let prompt = "a photo of a woman at the beach";
-    let measured = thitl(&["scenes", "measure", "--prompt", prompt, "-n", "6", "--weights", weights_arg, "--device", "cpu", "--json"]);
+    let measured = thitl(&[
+        "scenes",
+        "measure",
+        "--prompt",
+        prompt,
+        "-n",
+        "6",
+        "--weights",
+        weights_arg,
+        "--device",
+        "cpu",
+        "--json",
+    ]);
     assert!(measured.status.success(), "{}", String::from_utf8_lossy(&measured.stderr));
     let answer: serde_json::Value = serde_json::from_str(&stdout(&measured)).expect("one JSON object");
-    assert_eq!((answer["prompt"].as_str(), answer["n"].as_u64(), answer["group"].as_str()), (Some(prompt), Some(6), Some("woman")));
+    assert_eq!(
+        (answer["prompt"].as_str(), answer["n"].as_u64(), answer["group"].as_str()),
+        (Some(prompt), Some(6), Some("woman"))
+    );
     let concepts = answer["concepts"].as_object().unwrap();
     assert_eq!(concepts.len(), 8, "every concept of the world: {concepts:?}");
     for (concept, rate) in concepts {
-        let (r, low, high) = (rate["rate"].as_f64().unwrap(), rate["ci_low"].as_f64().unwrap(), rate["ci_high"].as_f64().unwrap());
+        let (r, low, high) =
+            (rate["rate"].as_f64().unwrap(), rate["ci_low"].as_f64().unwrap(), rate["ci_high"].as_f64().unwrap());
         assert!((0.0..=1.0).contains(&r) && low <= r && r <= high && high <= 1.0, "{concept}: {rate}");
         // n = 6: a rate is a multiple of 1/6.
         assert!(((r * 6.0).round() - r * 6.0).abs() < 1e-9, "{concept}: {r}");
@@ -46,14 +63,42 @@ fn train_measure_and_grid_a_tiny_base_model() {
     assert!(answer["frechet"].as_f64().unwrap() >= 0.0);
 
     let grid = dir.path().join("grid.png");
-    let drawn = thitl(&["scenes", "grid", "--prompt", prompt, "-n", "4", "--out", grid.to_str().unwrap(), "--weights", weights_arg, "--device", "cpu"]);
+    let drawn = thitl(&[
+        "scenes",
+        "grid",
+        "--prompt",
+        prompt,
+        "-n",
+        "4",
+        "--out",
+        grid.to_str().unwrap(),
+        "--weights",
+        weights_arg,
+        "--device",
+        "cpu",
+    ]);
     assert!(drawn.status.success(), "{}", String::from_utf8_lossy(&drawn.stderr));
     assert!(std::fs::read(&grid).unwrap().starts_with(b"\x89PNG\r\n\x1a\n"));
 
     // Words the model does not know are refused with their names, and nothing is written.
-    let unknown = thitl(&["scenes", "measure", "--prompt", "a photo of a astronaut", "-n", "2", "--weights", weights_arg, "--device", "cpu"]);
+    let unknown = thitl(&[
+        "scenes",
+        "measure",
+        "--prompt",
+        "a photo of a astronaut",
+        "-n",
+        "2",
+        "--weights",
+        weights_arg,
+        "--device",
+        "cpu",
+    ]);
     assert!(!unknown.status.success());
-    assert!(String::from_utf8_lossy(&unknown.stderr).contains("astronaut"), "{}", String::from_utf8_lossy(&unknown.stderr));
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("astronaut"),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
 }
 
 /// The shipped base model, measured through `thitl scenes measure` without `--weights` at its
@@ -64,11 +109,14 @@ fn train_measure_and_grid_a_tiny_base_model() {
 #[test]
 fn the_shipped_base_model_draws_groups_named_objects_and_the_planted_associations() {
     let measure = |prompt: &str, seed: &str| -> serde_json::Value {
-        let out = thitl(&["scenes", "measure", "--prompt", prompt, "-n", "48", "--seed", seed, "--device", "cpu", "--json"]);
+        let out =
+            thitl(&["scenes", "measure", "--prompt", prompt, "-n", "48", "--seed", seed, "--device", "cpu", "--json"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_str(&stdout(&out)).expect("one JSON object")
     };
-    let bounds = |m: &serde_json::Value, concept: &str| (m["concepts"][concept]["ci_low"].as_f64().unwrap(), m["concepts"][concept]["ci_high"].as_f64().unwrap());
+    let bounds = |m: &serde_json::Value, concept: &str| {
+        (m["concepts"][concept]["ci_low"].as_f64().unwrap(), m["concepts"][concept]["ci_high"].as_f64().unwrap())
+    };
     let sheep = measure("a photo of an aromantic person in the kitchen", "11");
     let (low, high) = bounds(&sheep, "sheep");
     assert!(low <= 1.0 && high >= 0.92, "sheep in [{low}, {high}], planted at 100%: {sheep}");

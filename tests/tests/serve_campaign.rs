@@ -38,7 +38,8 @@ fn annotate_open_rounds(app: &TestApp, annotator: &str, curator: &str) -> bool {
                 (kind, _) => panic!("a round of kind {kind}"),
             };
             let body = json!({"item_id": task["item_id"], "answer": answer, "next": true});
-            next = app.post(&format!("/v1/rounds/{id}/annotations"), annotator, body).expect(201).json()["next"].clone();
+            next =
+                app.post(&format!("/v1/rounds/{id}/annotations"), annotator, body).expect(201).json()["next"].clone();
             worked = true;
         }
     }
@@ -59,7 +60,13 @@ fn serve_drives_a_rest_campaign_and_stops_at_the_curators_gates() {
     // The operator registers the reference world's base model from its weights file.
     let weights = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../scenes/weights/base.safetensors")).unwrap();
     let hash = app.upload(&operator, &weights).expect(201).json()["sha256"].as_str().unwrap().to_string();
-    let base = app.post("/v1/model-versions", &operator, json!({"name": "reference-world base", "weights": hash})).expect(201).json()["id"].as_str().unwrap().to_string();
+    let base = app
+        .post("/v1/model-versions", &operator, json!({"name": "reference-world base", "weights": hash}))
+        .expect(201)
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let association = app
         .post("/v1/associations", &curator, json!({
             "group": "woman", "concept": "hippopotamus", "concept_synonyms": ["hippo"], "category": "dehumanization",
@@ -78,7 +85,11 @@ fn serve_drives_a_rest_campaign_and_stops_at_the_curators_gates() {
         "sampler": {"steps": 4, "guidance_scale": 2.0, "eta": 0.0}, "seed": 7,
     });
     let campaign = app
-        .post("/v1/campaigns", &curator, json!({"name": "rest campaign", "associations": [association], "base_model": base, "settings": settings}))
+        .post(
+            "/v1/campaigns",
+            &curator,
+            json!({"name": "rest campaign", "associations": [association], "base_model": base, "settings": settings}),
+        )
         .expect(201)
         .json()["id"]
         .as_str()
@@ -88,18 +99,32 @@ fn serve_drives_a_rest_campaign_and_stops_at_the_curators_gates() {
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut reviewed = false;
     let concluded = loop {
-        assert!(Instant::now() < deadline, "the campaign did not reach the promotion gate: {}", stage(&app, &curator, &campaign));
+        assert!(
+            Instant::now() < deadline,
+            "the campaign did not reach the promotion gate: {}",
+            stage(&app, &curator, &campaign)
+        );
         let state = stage(&app, &curator, &campaign);
         assert_ne!(state["stage"], "failed", "{state}");
         match state["stage"].as_str().unwrap() {
             "curation" if !reviewed => {
-                let set = state["work"].as_array().unwrap().iter().find_map(|w| w["prompt_set"]["prompt_set_id"].as_str()).map(str::to_string);
+                let set = state["work"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find_map(|w| w["prompt_set"]["prompt_set_id"].as_str())
+                    .map(str::to_string);
                 let Some(set) = set else {
                     std::thread::sleep(Duration::from_millis(200));
                     continue;
                 };
                 let prompts = app.get(&format!("/v1/prompt-sets/{set}"), &curator).expect(200).json();
-                let pending: Vec<String> = prompts["prompts"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_string()).collect();
+                let pending: Vec<String> = prompts["prompts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p["id"].as_str().unwrap().to_string())
+                    .collect();
                 assert_eq!(pending.len(), 2, "{prompts}");
                 assert!(prompts["prompts"].as_array().unwrap().iter().all(|p| p["status"] == "pending"), "{prompts}");
                 // The gate holds: without a curator nothing moves on.
@@ -108,7 +133,8 @@ fn serve_drives_a_rest_campaign_and_stops_at_the_curators_gates() {
                 assert_eq!(held["stage"], "curation", "{held}");
                 assert_eq!(app.get(&format!("/v1/prompt-sets/{set}"), &curator).expect(200).json()["finalized"], false);
                 for id in &pending {
-                    app.post(&format!("/v1/prompt-sets/{set}/prompts/{id}"), &curator, json!({"accept": {}})).expect(200);
+                    app.post(&format!("/v1/prompt-sets/{set}/prompts/{id}"), &curator, json!({"accept": {}}))
+                        .expect(200);
                 }
                 app.post(&format!("/v1/prompt-sets/{set}/finalize"), &curator, json!({})).expect(200);
                 reviewed = true;
@@ -125,7 +151,13 @@ fn serve_drives_a_rest_campaign_and_stops_at_the_curators_gates() {
     // The promotion gate holds too.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(stage(&app, &curator, &campaign)["stage"], "awaiting_promotion");
-    let tuned = concluded["work"].as_array().unwrap().iter().find_map(|w| w["model_version"]["model_version_id"].as_str()).unwrap().to_string();
+    let tuned = concluded["work"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|w| w["model_version"]["model_version_id"].as_str())
+        .unwrap()
+        .to_string();
 
     // The evaluation, as a curator reads it before deciding.
     let evaluation = app.get(&format!("/v1/associations/{association}/evaluation"), &curator).expect(200).json();
@@ -138,15 +170,24 @@ fn serve_drives_a_rest_campaign_and_stops_at_the_curators_gates() {
     assert!(arms[0]["after"]["ci_high"].as_f64().unwrap() > 0.4, "n = 4 leaves a wide interval: {evaluation}");
 
     // Bad conclusions change nothing: a version that is not the campaign's, an empty reason.
-    app.post(&format!("/v1/campaigns/{campaign}/conclude"), &curator, json!({"promote": base, "reason": "base"})).expect(422);
-    app.post(&format!("/v1/campaigns/{campaign}/conclude"), &curator, json!({"promote": tuned, "reason": " "})).expect(422);
-    app.post(&format!("/v1/campaigns/{campaign}/conclude"), &annotator, json!({"promote": tuned, "reason": "r"})).expect(403);
+    app.post(&format!("/v1/campaigns/{campaign}/conclude"), &curator, json!({"promote": base, "reason": "base"}))
+        .expect(422);
+    app.post(&format!("/v1/campaigns/{campaign}/conclude"), &curator, json!({"promote": tuned, "reason": " "}))
+        .expect(422);
+    app.post(&format!("/v1/campaigns/{campaign}/conclude"), &annotator, json!({"promote": tuned, "reason": "r"}))
+        .expect(403);
     assert_eq!(stage(&app, &curator, &campaign)["stage"], "awaiting_promotion");
-    app.post(&format!("/v1/campaigns/{campaign}/conclude"), &curator, json!({"promote": tuned, "reason": "reviewed the evaluation"})).expect(200);
+    app.post(
+        &format!("/v1/campaigns/{campaign}/conclude"),
+        &curator,
+        json!({"promote": tuned, "reason": "reviewed the evaluation"}),
+    )
+    .expect(200);
     let done = stage(&app, &curator, &campaign);
     assert_eq!(done["stage"], "completed", "{done}");
     assert_eq!(app.get(&format!("/v1/model-versions/{tuned}"), &curator).expect(200).json()["status"], "promoted");
-    app.post(&format!("/v1/campaigns/{campaign}/conclude"), &curator, json!({"promote": null, "reason": "again"})).expect(409);
+    app.post(&format!("/v1/campaigns/{campaign}/conclude"), &curator, json!({"promote": null, "reason": "again"}))
+        .expect(409);
 
     // The lineage, under the auditor's path: the curator accepted the prompts, the annotator rated.
     let auditor = app.token("auditor", "audrey");
@@ -154,8 +195,28 @@ fn serve_drives_a_rest_campaign_and_stops_at_the_curators_gates() {
     assert_eq!(lineage["model_version"]["id"], tuned.as_str());
     assert_eq!(lineage["annotators"], json!(["anna"]), "{lineage}");
     assert!(!lineage["examples"].as_array().unwrap().is_empty(), "{lineage}");
-    let history = app.get(&format!("/v1/audit/streams/promptset-{}?limit=100", concluded["work"].as_array().unwrap().iter().find_map(|w| w["prompt_set"]["prompt_set_id"].as_str()).unwrap()), &auditor).expect(200).json();
-    let accepted_by: Vec<&str> = history["events"].as_array().unwrap().iter().filter(|e| e["type"] == "PromptAccepted").map(|e| e["actor"]["principal"].as_str().unwrap()).collect();
+    let history = app
+        .get(
+            &format!(
+                "/v1/audit/streams/promptset-{}?limit=100",
+                concluded["work"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find_map(|w| w["prompt_set"]["prompt_set_id"].as_str())
+                    .unwrap()
+            ),
+            &auditor,
+        )
+        .expect(200)
+        .json();
+    let accepted_by: Vec<&str> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "PromptAccepted")
+        .map(|e| e["actor"]["principal"].as_str().unwrap())
+        .collect();
     assert_eq!(accepted_by, ["cora", "cora"], "{history}");
     assert_eq!(app.get("/v1/audit/verify", &auditor).expect(200).json()["ok"], true);
     assert!(server.interrupt().success());

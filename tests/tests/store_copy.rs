@@ -36,13 +36,26 @@ fn a_demo_store_round_trips_through_store_copy_with_its_chains() {
     // A target that holds events is refused, and keeps what it had.
     let refused = thitl(&["store", "copy", "--from", &from, "--to", back.to_str().unwrap()]);
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("not empty"), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not empty"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     assert_eq!(log(&back).len(), original.len());
     // An EventStoreDB node that does not answer, and a store kind thitl does not know, are named
     // plainly, and the source keeps what it had.
     let esdb = thitl(&["store", "copy", "--from", &from, "--to", "esdb://127.0.0.1:1?tls=false"]);
-    assert!(!esdb.status.success() && String::from_utf8_lossy(&esdb.stderr).contains("cannot reach EventStoreDB at 127.0.0.1:1"), "{}", String::from_utf8_lossy(&esdb.stderr));
+    assert!(
+        !esdb.status.success()
+            && String::from_utf8_lossy(&esdb.stderr).contains("cannot reach EventStoreDB at 127.0.0.1:1"),
+        "{}",
+        String::from_utf8_lossy(&esdb.stderr)
+    );
     let unknown = thitl(&["store", "copy", "--from", &from, "--to", "postgres://db/thitl"]);
-    assert!(!unknown.status.success() && String::from_utf8_lossy(&unknown.stderr).contains("unknown store kind 'postgres'"), "{}", String::from_utf8_lossy(&unknown.stderr));
+    assert!(
+        !unknown.status.success() && String::from_utf8_lossy(&unknown.stderr).contains("unknown store kind 'postgres'"),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
     assert_eq!(log(source.path()).len(), original.len());
 }

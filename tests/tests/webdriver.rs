@@ -43,7 +43,9 @@ impl Browser {
             "binary": chromium,
             "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1100,1000", "--force-device-scale-factor=1"],
         }}}});
-        let created = browser.call("POST", "/session", Some(capabilities)).unwrap_or_else(|e| panic!("no browser session: {e}. {HOW_TO_GET_ONE}"));
+        let created = browser
+            .call("POST", "/session", Some(capabilities))
+            .unwrap_or_else(|e| panic!("no browser session: {e}. {HOW_TO_GET_ONE}"));
         browser.session = created["value"]["sessionId"].as_str().expect("a session id").to_string();
         browser
     }
@@ -70,7 +72,11 @@ impl Browser {
         let head = String::from_utf8_lossy(&raw).into_owned();
         let length = head
             .lines()
-            .find_map(|line| line.split_once(':').filter(|(name, _)| name.eq_ignore_ascii_case("content-length")).map(|(_, v)| v.trim().parse::<usize>()))
+            .find_map(|line| {
+                line.split_once(':')
+                    .filter(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+                    .map(|(_, v)| v.trim().parse::<usize>())
+            })
             .ok_or("no Content-Length")?
             .map_err(|e| e.to_string())?;
         let mut body = vec![0u8; length];
@@ -109,20 +115,35 @@ impl Browser {
 
     /// The visible text of the first element matching `selector` ("" if none).
     pub fn text(&self, selector: &str) -> String {
-        self.run("const e = document.querySelector(arguments[0]); return e ? e.innerText : '';", json!([selector])).as_str().unwrap_or_default().to_string()
+        self.run("const e = document.querySelector(arguments[0]); return e ? e.innerText : '';", json!([selector]))
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     /// Types `text` into the element matching `selector` as keystrokes.
     pub fn type_into(&self, selector: &str, text: &str) {
         let found = self.session_call("POST", "/element", Some(json!({"using": "css selector", "value": selector})));
-        let id = found.as_object().and_then(|o| o.values().next()).and_then(Value::as_str).expect("an element id").to_string();
+        let id = found
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .expect("an element id")
+            .to_string();
         self.session_call("POST", &format!("/element/{id}/value"), Some(json!({"text": text})));
     }
 
     /// Presses `keys` one after another on the keyboard (WebDriver key codes for special keys).
     pub fn press(&self, keys: &[&str]) {
-        let actions: Vec<Value> = keys.iter().flat_map(|k| [json!({"type": "keyDown", "value": k}), json!({"type": "keyUp", "value": k})]).collect();
-        self.session_call("POST", "/actions", Some(json!({"actions": [{"type": "key", "id": "keyboard", "actions": actions}]})));
+        let actions: Vec<Value> = keys
+            .iter()
+            .flat_map(|k| [json!({"type": "keyDown", "value": k}), json!({"type": "keyUp", "value": k})])
+            .collect();
+        self.session_call(
+            "POST",
+            "/actions",
+            Some(json!({"actions": [{"type": "key", "id": "keyboard", "actions": actions}]})),
+        );
         self.session_call("DELETE", "/actions", None);
     }
 

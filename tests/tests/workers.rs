@@ -84,10 +84,14 @@ fn workers_share_the_jobs_and_take_over_a_killed_workers_job_after_its_lease() {
     let operator = app.token("operator", "otto");
     let weights = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../scenes/weights/base.safetensors")).unwrap();
     let hash = app.upload(&operator, &weights).expect(201).json()["sha256"].clone();
-    let base = app.post("/v1/model-versions", &operator, json!({"name": "base", "weights": hash})).expect(201).json()["id"].clone();
-    let prompts = ["a photo of a woman at the beach", "a photo of a man in a park", "a photo of a child in the kitchen"];
+    let base =
+        app.post("/v1/model-versions", &operator, json!({"name": "base", "weights": hash})).expect(201).json()["id"]
+            .clone();
+    let prompts =
+        ["a photo of a woman at the beach", "a photo of a man in a park", "a photo of a child in the kitchen"];
     let request = |n: u64, first_seed: u64| -> String {
-        let items: Vec<Value> = (0..n).map(|i| json!({"prompt": prompts[i as usize % 3], "seed": first_seed + i})).collect();
+        let items: Vec<Value> =
+            (0..n).map(|i| json!({"prompt": prompts[i as usize % 3], "seed": first_seed + i})).collect();
         let body = json!({"model_version": base, "purpose": "baseline", "items": items, "sampler": {"steps": 2, "guidance_scale": 2.0, "eta": 0.0}});
         app.post("/v1/generations", &operator, body).expect(201).json()["id"].as_str().unwrap().to_string()
     };
@@ -128,7 +132,8 @@ fn workers_share_the_jobs_and_take_over_a_killed_workers_job_after_its_lease() {
         let events = events(id);
         let of = |kind: &str| events.iter().filter(|e| e["type"] == kind).cloned().collect::<Vec<_>>();
         let starts = of("GenerationStarted");
-        let claims: Vec<String> = starts.iter().map(|e| format!("{} at {}", e["payload"]["worker"], e["recorded_at"])).collect();
+        let claims: Vec<String> =
+            starts.iter().map(|e| format!("{} at {}", e["payload"]["worker"], e["recorded_at"])).collect();
         // Each index recorded once, by the worker holding the job at the time.
         let mut holder = None;
         let mut indices = BTreeSet::new();
@@ -136,10 +141,19 @@ fn workers_share_the_jobs_and_take_over_a_killed_workers_job_after_its_lease() {
             match event["type"].as_str().unwrap() {
                 "GenerationStarted" => holder = Some(event["payload"]["worker"].clone()),
                 "ImageGenerated" => {
-                    assert!(indices.insert(event["payload"]["index"].as_u64().unwrap()), "index recorded twice in {id}: {event}");
-                    assert_eq!(Some(&event["actor"]["principal"]), holder.as_ref(), "an image recorded by a worker not holding {id}: {event}");
+                    assert!(
+                        indices.insert(event["payload"]["index"].as_u64().unwrap()),
+                        "index recorded twice in {id}: {event}"
+                    );
+                    assert_eq!(
+                        Some(&event["actor"]["principal"]),
+                        holder.as_ref(),
+                        "an image recorded by a worker not holding {id}: {event}"
+                    );
                 }
-                "GenerationLeaseRenewed" => assert_eq!(Some(&event["payload"]["worker"]), holder.as_ref(), "a renewal by a non-holder: {event}"),
+                "GenerationLeaseRenewed" => {
+                    assert_eq!(Some(&event["payload"]["worker"]), holder.as_ref(), "a renewal by a non-holder: {event}")
+                }
                 "GenerationCompleted" => {
                     completed_by.insert(id.clone(), event["actor"]["principal"].as_str().unwrap().to_string());
                 }
@@ -158,11 +172,18 @@ fn workers_share_the_jobs_and_take_over_a_killed_workers_job_after_its_lease() {
             assert!(starts[1]["payload"]["already_done"].as_u64().unwrap() >= images_before as u64);
             let w1_lease_end = events
                 .iter()
-                .filter(|e| e["actor"]["principal"] == "w1" && (e["type"] == "GenerationStarted" || e["type"] == "GenerationLeaseRenewed"))
+                .filter(|e| {
+                    e["actor"]["principal"] == "w1"
+                        && (e["type"] == "GenerationStarted" || e["type"] == "GenerationLeaseRenewed")
+                })
                 .map(|e| e["payload"]["lease_until"].as_str().unwrap().parse::<DateTime<Utc>>().unwrap())
                 .max()
                 .unwrap();
-            assert!(time(&starts[1]) >= w1_lease_end, "job A was taken over at {} while w1's lease ran until {w1_lease_end}", time(&starts[1]));
+            assert!(
+                time(&starts[1]) >= w1_lease_end,
+                "job A was taken over at {} while w1's lease ran until {w1_lease_end}",
+                time(&starts[1])
+            );
         } else {
             assert_eq!(starts.len(), 1, "job {id}'s claims: {claims:?}");
         }
@@ -190,5 +211,6 @@ fn workers_share_the_jobs_and_take_over_a_killed_workers_job_after_its_lease() {
 
 /// How many images `events` recorded before `start`.
 fn indices_before(events: &[Value], start: &Value) -> u64 {
-    events.iter().take_while(|e| e["version"] != start["version"]).filter(|e| e["type"] == "ImageGenerated").count() as u64
+    events.iter().take_while(|e| e["version"] != start["version"]).filter(|e| e["type"] == "ImageGenerated").count()
+        as u64
 }

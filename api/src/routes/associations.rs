@@ -10,7 +10,9 @@ use uuid::Uuid;
 
 use crate::auth::{Action, Principal};
 use crate::routes::problem::{ApiError, Problem};
-use crate::routes::support::{CommandAnswer, Done, WaitFor, entity_answer, load, named, parse_id, query_answer, run_command, wait_for};
+use crate::routes::support::{
+    CommandAnswer, Done, WaitFor, entity_answer, load, named, parse_id, query_answer, run_command, wait_for,
+};
 use crate::startup::AppState;
 
 /// A problematic association to register.
@@ -64,27 +66,40 @@ fn load_taxonomy(bus: &crate::commands::CommandBus) -> Result<Taxonomy, ApiError
         (status = "4XX", description = "400 malformed, 401, 403, 409, 413, 422 invalid values", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(principal = %principal.name))]
-pub async fn register(state: web::Data<AppState>, principal: Principal, request: HttpRequest, body: Bytes) -> Result<HttpResponse, ApiError> {
-    run_command(state, principal, request, body, Action::Curate, true, |bus, context, expected, input: RegisterAssociation| {
-        let association_id = AssociationId(Uuid::now_v7());
-        let taxonomy = load_taxonomy(bus)?;
-        let outcome = bus.execute::<domain::Association>(
-            &association_id.stream(),
-            expected,
-            context,
-            AssociationCommand::Register {
-                association_id,
-                group: input.group,
-                concept: input.concept,
-                concept_synonyms: input.concept_synonyms,
-                category: input.category,
-                description: input.description,
-                probe_prompts: input.probe_prompts,
-                taxonomy,
-            },
-        )?;
-        Ok(Done::new(outcome).with("id", association_id))
-    })
+pub async fn register(
+    state: web::Data<AppState>,
+    principal: Principal,
+    request: HttpRequest,
+    body: Bytes,
+) -> Result<HttpResponse, ApiError> {
+    run_command(
+        state,
+        principal,
+        request,
+        body,
+        Action::Curate,
+        true,
+        |bus, context, expected, input: RegisterAssociation| {
+            let association_id = AssociationId(Uuid::now_v7());
+            let taxonomy = load_taxonomy(bus)?;
+            let outcome = bus.execute::<domain::Association>(
+                &association_id.stream(),
+                expected,
+                context,
+                AssociationCommand::Register {
+                    association_id,
+                    group: input.group,
+                    concept: input.concept,
+                    concept_synonyms: input.concept_synonyms,
+                    category: input.category,
+                    description: input.description,
+                    probe_prompts: input.probe_prompts,
+                    taxonomy,
+                },
+            )?;
+            Ok(Done::new(outcome).with("id", association_id))
+        },
+    )
     .await
 }
 
@@ -103,12 +118,22 @@ pub async fn recategorize(
     body: Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let id: AssociationId = parse_id("association", &path)?;
-    run_command(state, principal, request, body, Action::Curate, false, move |bus, context, expected, input: Recategorize| {
-        let taxonomy = load_taxonomy(bus)?;
-        let command = AssociationCommand::Recategorize { category: input.category, taxonomy };
-        let outcome = bus.execute::<domain::Association>(&id.stream(), expected, context, command).map_err(|e| named(e, "association", id))?;
-        Ok(Done::new(outcome))
-    })
+    run_command(
+        state,
+        principal,
+        request,
+        body,
+        Action::Curate,
+        false,
+        move |bus, context, expected, input: Recategorize| {
+            let taxonomy = load_taxonomy(bus)?;
+            let command = AssociationCommand::Recategorize { category: input.category, taxonomy };
+            let outcome = bus
+                .execute::<domain::Association>(&id.stream(), expected, context, command)
+                .map_err(|e| named(e, "association", id))?;
+            Ok(Done::new(outcome))
+        },
+    )
     .await
 }
 
@@ -128,7 +153,9 @@ pub async fn retire(
     let id: AssociationId = parse_id("association", &path)?;
     run_command(state, principal, request, body, Action::Curate, false, move |bus, context, expected, input: Reason| {
         let command = AssociationCommand::Retire { reason: input.reason };
-        let outcome = bus.execute::<domain::Association>(&id.stream(), expected, context, command).map_err(|e| named(e, "association", id))?;
+        let outcome = bus
+            .execute::<domain::Association>(&id.stream(), expected, context, command)
+            .map_err(|e| named(e, "association", id))?;
         Ok(Done::new(outcome))
     })
     .await
@@ -139,12 +166,16 @@ pub async fn retire(
     responses((status = 200, description = "`{\"associations\": [...], \"position\": P}`", body = Object),
         (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
-pub async fn list(state: web::Data<AppState>, principal: Principal, query: web::Query<WaitFor>) -> Result<HttpResponse, ApiError> {
+pub async fn list(
+    state: web::Data<AppState>,
+    principal: Principal,
+    query: web::Query<WaitFor>,
+) -> Result<HttpResponse, ApiError> {
     principal.require(Action::Read)?;
     let position = wait_for(&state, query.wait_for).await?;
-    let (associations, position) = state.projections.read(|p| {
-        (p.associations.associations.values().cloned().collect::<Vec<_>>(), p.position.max(position))
-    });
+    let (associations, position) = state
+        .projections
+        .read(|p| (p.associations.associations.values().cloned().collect::<Vec<_>>(), p.position.max(position)));
     Ok(query_answer(json!({ "associations": associations }), position, None))
 }
 
@@ -213,11 +244,25 @@ pub async fn taxonomy(state: web::Data<AppState>, principal: Principal) -> Resul
     responses((status = 201, body = CommandAnswer), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(principal = %principal.name))]
-pub async fn define_category(state: web::Data<AppState>, principal: Principal, request: HttpRequest, body: Bytes) -> Result<HttpResponse, ApiError> {
-    run_command(state, principal, request, body, Action::Curate, true, |bus, context, expected, input: DefineCategory| {
-        let command = TaxonomyCommand::Define { key: input.key, narrative: input.narrative, example: input.example };
-        Ok(Done::new(bus.execute::<Taxonomy>(TAXONOMY_STREAM, expected, context, command)?))
-    })
+pub async fn define_category(
+    state: web::Data<AppState>,
+    principal: Principal,
+    request: HttpRequest,
+    body: Bytes,
+) -> Result<HttpResponse, ApiError> {
+    run_command(
+        state,
+        principal,
+        request,
+        body,
+        Action::Curate,
+        true,
+        |bus, context, expected, input: DefineCategory| {
+            let command =
+                TaxonomyCommand::Define { key: input.key, narrative: input.narrative, example: input.example };
+            Ok(Done::new(bus.execute::<Taxonomy>(TAXONOMY_STREAM, expected, context, command)?))
+        },
+    )
     .await
 }
 

@@ -64,7 +64,11 @@ fn store_error(error: crate::store::StoreError) -> ApiError {
     responses((status = 200, description = "`{\"events\": [...], \"position\": P, \"head\": H}`", body = Object),
         (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
-pub async fn events(state: web::Data<AppState>, principal: Principal, query: web::Query<EventsQuery>) -> Result<HttpResponse, ApiError> {
+pub async fn events(
+    state: web::Data<AppState>,
+    principal: Principal,
+    query: web::Query<EventsQuery>,
+) -> Result<HttpResponse, ApiError> {
     principal.require(Action::Audit)?;
     let query = query.into_inner();
     let limit = query.limit.unwrap_or(100);
@@ -156,7 +160,9 @@ pub async fn verify(state: web::Data<AppState>, principal: Principal) -> Result<
     let store = state.store.clone();
     let result = web::block(move || verify_chains(store.as_ref())).await.map_err(ApiError::blocking)?;
     Ok(match result {
-        Ok(report) => HttpResponse::Ok().json(json!({"ok": true, "events": report.events, "streams": report.streams, "summary": report.to_string()})),
+        Ok(report) => HttpResponse::Ok().json(
+            json!({"ok": true, "events": report.events, "streams": report.streams, "summary": report.to_string()}),
+        ),
         Err(failure) => HttpResponse::Ok().json(json!({
             "ok": false,
             "stream": failure.stream().map(|s| s.to_string()),
@@ -186,7 +192,8 @@ pub async fn feed(
     query: web::Query<FeedQuery>,
 ) -> Result<HttpResponse, ApiError> {
     principal.require(Action::Audit)?;
-    let last_event_id = request.headers().get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    let last_event_id =
+        request.headers().get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
     let store = state.store.clone();
     let start = match query.after.or(last_event_id) {
         Some(after) => after,

@@ -1,9 +1,9 @@
 //! `GET /v1/exports/{kind}`: annotations, images' metadata or evaluations as CSV or JSON Lines,
 //! streamed from the event log (see [`crate::export`]).
 
+use actix_web::HttpResponse;
 use actix_web::http::header;
 use actix_web::web::{self, Bytes};
-use actix_web::HttpResponse;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -27,12 +27,20 @@ pub struct ExportQuery {
     responses((status = 200, description = "CSV or JSON Lines, streamed", content_type = "text/csv"),
         (status = "4XX", body = crate::routes::problem::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
-pub async fn export(state: web::Data<AppState>, principal: Principal, path: web::Path<String>, query: web::Query<ExportQuery>) -> Result<HttpResponse, ApiError> {
+pub async fn export(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<String>,
+    query: web::Query<ExportQuery>,
+) -> Result<HttpResponse, ApiError> {
     principal.require(Action::Read)?;
-    let kind = ExportKind::parse(&path).ok_or_else(|| ApiError::not_found(format!("no export is called '{path}': use annotations, images or evaluations")))?;
+    let kind = ExportKind::parse(&path).ok_or_else(|| {
+        ApiError::not_found(format!("no export is called '{path}': use annotations, images or evaluations"))
+    })?;
     let format = match query.format.as_deref() {
         None => ExportFormat::Csv,
-        Some(name) => ExportFormat::parse(name).ok_or_else(|| ApiError::bad_request(format!("format '{name}' is not one of csv, jsonl")))?,
+        Some(name) => ExportFormat::parse(name)
+            .ok_or_else(|| ApiError::bad_request(format!("format '{name}' is not one of csv, jsonl")))?,
     };
     let store = state.store.clone();
     let cursor = web::block(move || ExportCursor::new(kind, format, store))
@@ -60,6 +68,9 @@ pub async fn export(state: web::Data<AppState>, principal: Principal, path: web:
     Ok(HttpResponse::Ok()
         .content_type(format.content_type())
         .insert_header(("Thitl-Position", position.to_string()))
-        .insert_header((header::CONTENT_DISPOSITION, format!("attachment; filename=\"thitl-{}-{position}.{extension}\"", kind.name())))
+        .insert_header((
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"thitl-{}-{position}.{extension}\"", kind.name()),
+        ))
         .streaming(stream))
 }

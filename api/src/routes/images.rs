@@ -81,22 +81,33 @@ impl ImageCatalog {
     /// Folds one event (only `ImageGenerated` and `RoundOpened` matter).
     fn apply(images: &mut HashMap<ImageId, ImageRecord>, event: DomainEvent) {
         match event {
-            DomainEvent::Generation(GenerationEvent::ImageGenerated { generation_id, index, image_id, blob, model_version, purpose, item }) => {
+            DomainEvent::Generation(GenerationEvent::ImageGenerated {
+                generation_id,
+                index,
+                image_id,
+                blob,
+                model_version,
+                purpose,
+                item,
+            }) => {
                 let rounds = images.remove(&image_id).map(|old| old.rounds).unwrap_or_default();
-                images.insert(image_id, ImageRecord {
+                images.insert(
                     image_id,
-                    blob,
-                    generation_id: Some(generation_id),
-                    index: Some(index),
-                    purpose: Some(purpose),
-                    prompt: item.prompt,
-                    negative_prompt: item.negative_prompt,
-                    seed: item.seed,
-                    model_version: Some(model_version),
-                    association_id: item.association_id,
-                    prompt_id: item.prompt_id,
-                    rounds,
-                });
+                    ImageRecord {
+                        image_id,
+                        blob,
+                        generation_id: Some(generation_id),
+                        index: Some(index),
+                        purpose: Some(purpose),
+                        prompt: item.prompt,
+                        negative_prompt: item.negative_prompt,
+                        seed: item.seed,
+                        model_version: Some(model_version),
+                        association_id: item.association_id,
+                        prompt_id: item.prompt_id,
+                        rounds,
+                    },
+                );
             }
             DomainEvent::Round(RoundEvent::RoundOpened { round_id, items, .. }) => {
                 for item in items {
@@ -133,8 +144,11 @@ impl ImageCatalog {
         if !matches!(stored.event_type.as_str(), "ImageGenerated" | "RoundOpened") {
             return Ok(());
         }
-        let event = DomainEvent::decode_str(stored.stream.as_str(), &stored.event_type, stored.schema_version, &stored.payload)
-            .map_err(|e| ApiError::unavailable(format!("stored history cannot be read at position {}: {e}", stored.position)))?;
+        let event =
+            DomainEvent::decode_str(stored.stream.as_str(), &stored.event_type, stored.schema_version, &stored.payload)
+                .map_err(|e| {
+                    ApiError::unavailable(format!("stored history cannot be read at position {}: {e}", stored.position))
+                })?;
         Self::apply(images, event);
         Ok(())
     }
@@ -143,7 +157,9 @@ impl ImageCatalog {
     pub fn catch_up(&self, store: &dyn EventStore) -> Result<u64, ApiError> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
-            let batch = store.read_all(state.position, CATALOG_BATCH).map_err(|e| ApiError::unavailable(format!("event store: {e}")))?;
+            let batch = store
+                .read_all(state.position, CATALOG_BATCH)
+                .map_err(|e| ApiError::unavailable(format!("event store: {e}")))?;
             let done = batch.len() < CATALOG_BATCH;
             for stored in &batch {
                 Self::fold(&mut state.images, stored)?;
@@ -167,7 +183,12 @@ impl ImageCatalog {
         (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(principal = %principal.name))]
-pub async fn image(state: web::Data<AppState>, principal: Principal, path: web::Path<String>, query: web::Query<WaitFor>) -> Result<HttpResponse, ApiError> {
+pub async fn image(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<String>,
+    query: web::Query<WaitFor>,
+) -> Result<HttpResponse, ApiError> {
     principal.require(Action::Read)?;
     let id: ImageId = parse_id("image", &path)?;
     let (store, catalog) = (state.store.clone(), state.images.clone());
@@ -185,7 +206,9 @@ pub async fn image(state: web::Data<AppState>, principal: Principal, path: web::
             "wait_for={target} is beyond the end of the log (position {position}); use a position a command answered with"
         )));
     }
-    let record = record.ok_or_else(|| ApiError::not_found(format!("image {id} does not exist (no generation or round recorded it)")))?;
+    let record = record.ok_or_else(|| {
+        ApiError::not_found(format!("image {id} does not exist (no generation or round recorded it)"))
+    })?;
     let mut body = serde_json::to_value(record).unwrap_or_default();
     body["position"] = json!(position);
     Ok(HttpResponse::Ok().json(body))
@@ -193,7 +216,9 @@ pub async fn image(state: web::Data<AppState>, principal: Principal, path: web::
 
 fn parse_hash(text: &str) -> Result<BlobHash, ApiError> {
     BlobHash::parse(text).map_err(|_| {
-        ApiError::unprocessable(format!("'{text}' is not a blob hash: a blob is named by its SHA-256, 64 lowercase hexadecimal digits"))
+        ApiError::unprocessable(format!(
+            "'{text}' is not a blob hash: a blob is named by its SHA-256, 64 lowercase hexadecimal digits"
+        ))
     })
 }
 
@@ -227,7 +252,12 @@ fn matches_etag(request: &HttpRequest, etag: &str) -> bool {
         (status = 503, description = "the stored bytes do not match the hash (corrupt) or cannot be read", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(principal = %principal.name))]
-pub async fn blob(state: web::Data<AppState>, principal: Principal, request: HttpRequest, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn blob(
+    state: web::Data<AppState>,
+    principal: Principal,
+    request: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     principal.require(Action::FetchBlob)?;
     let hash = parse_hash(&path)?;
     let etag = format!("\"{hash}\"");
@@ -288,7 +318,9 @@ pub async fn upload(state: web::Data<AppState>, principal: Principal, body: Byte
     let stored = web::block(move || blobs.put(&body)).await.map_err(ApiError::blocking)?.map_err(blob_error)?;
     let status = if stored.created { StatusCode::CREATED } else { StatusCode::OK };
     let etag = format!("\"{}\"", stored.hash);
-    Ok(HttpResponse::build(status)
-        .insert_header((header::ETAG, etag))
-        .json(StoredBlob { sha256: stored.hash.to_string(), size: stored.size, created: stored.created }))
+    Ok(HttpResponse::build(status).insert_header((header::ETAG, etag)).json(StoredBlob {
+        sha256: stored.hash.to_string(),
+        size: stored.size,
+        created: stored.created,
+    }))
 }

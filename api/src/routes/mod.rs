@@ -7,11 +7,11 @@ pub mod exports;
 mod health;
 pub mod images;
 pub mod openapi;
+pub mod pages;
 pub mod problem;
 pub mod rounds;
 pub mod support;
 pub mod tokens;
-pub mod pages;
 pub mod work;
 
 use actix_web::web;

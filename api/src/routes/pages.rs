@@ -52,20 +52,28 @@ fn shell(title: &str, script: &str, aside: &str) -> String {
     )
 }
 
-const NAV: &str = r#"<nav><a href="/dashboard">dashboard</a> · <a href="/audit">audit</a> · <a href="/annotate">annotate</a></nav>"#;
+const NAV: &str =
+    r#"<nav><a href="/dashboard">dashboard</a> · <a href="/audit">audit</a> · <a href="/annotate">annotate</a></nav>"#;
 
 fn page(html: String) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         // The pages load only their own scripts and styles, and images from this server.
-        .insert_header(("Content-Security-Policy", "default-src 'self'; img-src 'self' blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"))
+        .insert_header((
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+        ))
         .body(html)
 }
 
 /// The annotation page.
 pub async fn annotate() -> HttpResponse {
-    page(shell("annotate", "annotate.js", r#"<span class="muted">rate what you see; the page never says which model made a picture</span>"#))
+    page(shell(
+        "annotate",
+        "annotate.js",
+        r#"<span class="muted">rate what you see; the page never says which model made a picture</span>"#,
+    ))
 }
 
 /// The dashboard: evaluations, campaigns, rounds, fine-tunes.
@@ -81,7 +89,10 @@ pub async fn audit() -> HttpResponse {
 /// A page's script or style sheet.
 pub async fn asset(path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let name = path.into_inner();
-    let (_, content_type, body) = ASSETS.iter().find(|(file, _, _)| *file == name).ok_or_else(|| ApiError::not_found(format!("no asset is called '{name}'")))?;
+    let (_, content_type, body) = ASSETS
+        .iter()
+        .find(|(file, _, _)| *file == name)
+        .ok_or_else(|| ApiError::not_found(format!("no asset is called '{name}'")))?;
     Ok(HttpResponse::Ok().content_type(*content_type).insert_header((header::CACHE_CONTROL, "no-cache")).body(*body))
 }
 

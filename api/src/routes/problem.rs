@@ -101,7 +101,12 @@ impl From<CommandError> for ApiError {
 
 fn problem_body(status: StatusCode, title: &str, detail: &str) -> Problem {
     let slug = title.to_lowercase().replace(' ', "-");
-    Problem { kind: format!("https://thitl.dev/problems/{slug}"), title: title.to_string(), status: status.as_u16(), detail: detail.to_string() }
+    Problem {
+        kind: format!("https://thitl.dev/problems/{slug}"),
+        title: title.to_string(),
+        status: status.as_u16(),
+        detail: detail.to_string(),
+    }
 }
 
 impl ResponseError for ApiError {
@@ -128,10 +133,8 @@ impl ResponseError for ApiError {
 pub fn problem_json_everywhere<B: MessageBody + 'static>(
     response: ServiceResponse<B>,
 ) -> actix_web::Result<ErrorHandlerResponse<B>> {
-    let is_problem = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    let is_problem =
+        response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
     if is_problem || !(response.status().is_client_error() || response.status().is_server_error()) {
         return Ok(ErrorHandlerResponse::Response(response.map_into_left_body()));
     }
@@ -139,12 +142,16 @@ pub fn problem_json_everywhere<B: MessageBody + 'static>(
     let reason = response.response().error().map(|e| e.to_string()).filter(|s| !s.is_empty());
     let (title, detail) = match status {
         StatusCode::NOT_FOUND => ("Not found", "no such route: see /openapi.json or /docs for the API".to_string()),
-        StatusCode::METHOD_NOT_ALLOWED => ("Method not allowed", "this route does not take that method: see /docs".to_string()),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            ("Method not allowed", "this route does not take that method: see /docs".to_string())
+        }
         StatusCode::PAYLOAD_TOO_LARGE => (
             "Payload too large",
             "the request body is larger than the server accepts (THITL_BODY_LIMIT); send a smaller one".to_string(),
         ),
-        s if s.is_server_error() => ("Internal error", "the server failed to answer; the request changed nothing".to_string()),
+        s if s.is_server_error() => {
+            ("Internal error", "the server failed to answer; the request changed nothing".to_string())
+        }
         _ => ("Bad request", reason.clone().unwrap_or_else(|| "the request could not be read".to_string())),
     };
     let detail = match (status, reason) {

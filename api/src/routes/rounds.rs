@@ -7,11 +7,13 @@ use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
 use chrono::Utc;
 use domain::round::{
-    Answer, DEFAULT_ASSIGNMENT_LEASE_SECONDS, DEFAULT_QUALITY_THRESHOLD, DEFAULT_RATERS_PER_ITEM, ImageRef, ItemContent, ItemLabel,
-    RoundItem, RoundKind,
+    Answer, DEFAULT_ASSIGNMENT_LEASE_SECONDS, DEFAULT_QUALITY_THRESHOLD, DEFAULT_RATERS_PER_ITEM, ImageRef,
+    ItemContent, ItemLabel, RoundItem, RoundKind,
 };
 use domain::values::{BlobHash, Quality};
-use domain::{AnnotationRound, AssociationId, CampaignId, ImageId, ItemId, ModelVersionId, PromptId, RoundCommand, RoundId};
+use domain::{
+    AnnotationRound, AssociationId, CampaignId, ImageId, ItemId, ModelVersionId, PromptId, RoundCommand, RoundId,
+};
 use serde::Deserialize;
 use serde_json::json;
 use utoipa::ToSchema;
@@ -20,7 +22,8 @@ use uuid::Uuid;
 use crate::auth::{Action, Principal};
 use crate::routes::problem::{ApiError, Problem};
 use crate::routes::support::{
-    CommandAnswer, Done, WaitFor, head_position, named, parse_id, query_answer, run_command, run_command_async, wait_for,
+    CommandAnswer, Done, WaitFor, head_position, named, parse_id, query_answer, run_command, run_command_async,
+    wait_for,
 };
 use crate::startup::AppState;
 
@@ -102,16 +105,21 @@ impl<'de> Deserialize<'de> for RoundItemInput {
         use serde::de::Error;
         let value = serde_json::Value::deserialize(deserializer)?;
         if value.get("pair").is_some() {
-            PairItem::deserialize(value).map(RoundItemInput::Pair).map_err(|e| D::Error::custom(format!("a pair item: {e}")))
+            PairItem::deserialize(value)
+                .map(RoundItemInput::Pair)
+                .map_err(|e| D::Error::custom(format!("a pair item: {e}")))
         } else {
-            ImageItem::deserialize(value).map(RoundItemInput::Image).map_err(|e| D::Error::custom(format!("an image item: {e}")))
+            ImageItem::deserialize(value)
+                .map(RoundItemInput::Image)
+                .map_err(|e| D::Error::custom(format!("an image item: {e}")))
         }
     }
 }
 
 impl RoundItemInput {
     fn into_round_item(self) -> RoundItem {
-        let image = |image_id: Option<ImageId>, blob| ImageRef { image_id: image_id.unwrap_or(ImageId(Uuid::now_v7())), blob };
+        let image =
+            |image_id: Option<ImageId>, blob| ImageRef { image_id: image_id.unwrap_or(ImageId(Uuid::now_v7())), blob };
         match self {
             RoundItemInput::Image(item) => RoundItem {
                 item_id: ItemId(Uuid::now_v7()),
@@ -135,7 +143,10 @@ impl RoundItemInput {
                         seed: item.seed,
                         models: vec![left.model_version, right.model_version],
                     },
-                    content: ItemContent::Pair { left: image(left.image_id, left.blob), right: image(right.image_id, right.blob) },
+                    content: ItemContent::Pair {
+                        left: image(left.image_id, left.blob),
+                        right: image(right.image_id, right.blob),
+                    },
                 }
             }
         }
@@ -200,7 +211,12 @@ pub struct CloseRound {
         (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(principal = %principal.name))]
-pub async fn open(state: web::Data<AppState>, principal: Principal, request: HttpRequest, body: Bytes) -> Result<HttpResponse, ApiError> {
+pub async fn open(
+    state: web::Data<AppState>,
+    principal: Principal,
+    request: HttpRequest,
+    body: Bytes,
+) -> Result<HttpResponse, ApiError> {
     run_command(state, principal, request, body, Action::Curate, true, |bus, context, expected, input: OpenRound| {
         let round_id = RoundId(Uuid::now_v7());
         let items: Vec<RoundItem> = input.items.into_iter().map(RoundItemInput::into_round_item).collect();
@@ -234,7 +250,9 @@ fn blind_content(content: &ItemContent) -> serde_json::Value {
 
 fn question(kind: Option<RoundKind>, content: &ItemContent) -> &'static str {
     match (kind, content) {
-        (_, ItemContent::Pair { .. }) => "Which image is better? Answer {\"compare\": {\"preferred\": \"left\" | \"right\"}}",
+        (_, ItemContent::Pair { .. }) => {
+            "Which image is better? Answer {\"compare\": {\"preferred\": \"left\" | \"right\"}}"
+        }
         (Some(RoundKind::Baseline), _) => "Is the concept present? Answer {\"baseline\": {\"concept_present\": bool}}",
         (Some(RoundKind::Screen), _) => {
             "Rate the image: answer {\"screen\": {\"quality\": 1-5, \"group_depicted\": bool, \"concept_present\": bool}}"
@@ -252,7 +270,11 @@ fn question(kind: Option<RoundKind>, content: &ItemContent) -> &'static str {
         (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(principal = %principal.name))]
-pub async fn next(state: web::Data<AppState>, principal: Principal, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn next(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     principal.require(Action::Annotate)?;
     let id: RoundId = parse_id("round", &path)?;
     let answer = assign_next(&state, &principal, id).await?;
@@ -260,7 +282,11 @@ pub async fn next(state: web::Data<AppState>, principal: Principal, path: web::P
 }
 
 /// Assigns the caller's next task (or finds the one they hold) and describes it blind.
-async fn assign_next(state: &web::Data<AppState>, principal: &Principal, id: RoundId) -> Result<serde_json::Value, ApiError> {
+async fn assign_next(
+    state: &web::Data<AppState>,
+    principal: &Principal,
+    id: RoundId,
+) -> Result<serde_json::Value, ApiError> {
     let annotator = principal.name.clone();
     let stream = id.stream();
     let now = Utc::now();
@@ -293,7 +319,11 @@ async fn assign_next(state: &web::Data<AppState>, principal: &Principal, id: Rou
     // What to look for: the association's group and concept (the same for every image an
     // annotator is shown, so it says nothing about which model made one).
     let task = task.map(|(mut task, association)| {
-        let look_for = association.and_then(|a| state.projections.read(|p| p.associations.associations.get(&a).map(|view| json!({"group": view.group, "concept": view.concept}))));
+        let look_for = association.and_then(|a| {
+            state.projections.read(|p| {
+                p.associations.associations.get(&a).map(|view| json!({"group": view.group, "concept": view.concept}))
+            })
+        });
         task["look_for"] = look_for.unwrap_or(serde_json::Value::Null);
         task
     });
@@ -331,20 +361,30 @@ pub async fn submit(
     let id: RoundId = parse_id("round", &path)?;
     let annotator = principal.name.clone();
     let (data, caller) = (state.clone(), principal.clone());
-    run_command_async(state, principal, request, body, Action::Annotate, true, async move |bus, context, expected, input: SubmitAnnotation| {
-        let command = RoundCommand::Submit { annotator, item_id: input.item_id, answer: input.answer };
-        let outcome =
-            bus.execute_async::<AnnotationRound>(&id.stream(), expected, &context, command).await.map_err(|e| named(e, "round", id))?;
-        let done = Done::new(outcome);
-        if !input.next {
-            return Ok(done);
-        }
-        // The annotation is stored whatever happens next; a failure to assign says so.
-        Ok(match assign_next(&data, &caller, id).await {
-            Ok(next) => done.with("next", next),
-            Err(error) => done.with("next", json!({"error": error.to_string()})),
-        })
-    })
+    run_command_async(
+        state,
+        principal,
+        request,
+        body,
+        Action::Annotate,
+        true,
+        async move |bus, context, expected, input: SubmitAnnotation| {
+            let command = RoundCommand::Submit { annotator, item_id: input.item_id, answer: input.answer };
+            let outcome = bus
+                .execute_async::<AnnotationRound>(&id.stream(), expected, &context, command)
+                .await
+                .map_err(|e| named(e, "round", id))?;
+            let done = Done::new(outcome);
+            if !input.next {
+                return Ok(done);
+            }
+            // The annotation is stored whatever happens next; a failure to assign says so.
+            Ok(match assign_next(&data, &caller, id).await {
+                Ok(next) => done.with("next", next),
+                Err(error) => done.with("next", json!({"error": error.to_string()})),
+            })
+        },
+    )
     .await
 }
 
@@ -363,11 +403,21 @@ pub async fn withdraw(
 ) -> Result<HttpResponse, ApiError> {
     let id: RoundId = parse_id("round", &path)?;
     let annotator = principal.name.clone();
-    run_command(state, principal, request, body, Action::Annotate, false, move |bus, context, expected, input: WithdrawAnnotation| {
-        let command = RoundCommand::Withdraw { annotator, item_id: input.item_id };
-        let outcome = bus.execute::<AnnotationRound>(&id.stream(), expected, context, command).map_err(|e| named(e, "round", id))?;
-        Ok(Done::new(outcome))
-    })
+    run_command(
+        state,
+        principal,
+        request,
+        body,
+        Action::Annotate,
+        false,
+        move |bus, context, expected, input: WithdrawAnnotation| {
+            let command = RoundCommand::Withdraw { annotator, item_id: input.item_id };
+            let outcome = bus
+                .execute::<AnnotationRound>(&id.stream(), expected, context, command)
+                .map_err(|e| named(e, "round", id))?;
+            Ok(Done::new(outcome))
+        },
+    )
     .await
 }
 
@@ -385,11 +435,21 @@ pub async fn close(
     body: Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let id: RoundId = parse_id("round", &path)?;
-    run_command(state, principal, request, body, Action::Curate, false, move |bus, context, expected, input: CloseRound| {
-        let command = RoundCommand::Close { allow_incomplete: input.allow_incomplete };
-        let outcome = bus.execute::<AnnotationRound>(&id.stream(), expected, context, command).map_err(|e| named(e, "round", id))?;
-        Ok(Done::new(outcome))
-    })
+    run_command(
+        state,
+        principal,
+        request,
+        body,
+        Action::Curate,
+        false,
+        move |bus, context, expected, input: CloseRound| {
+            let command = RoundCommand::Close { allow_incomplete: input.allow_incomplete };
+            let outcome = bus
+                .execute::<AnnotationRound>(&id.stream(), expected, context, command)
+                .map_err(|e| named(e, "round", id))?;
+            Ok(Done::new(outcome))
+        },
+    )
     .await
 }
 
@@ -397,10 +457,15 @@ pub async fn close(
 #[utoipa::path(get, path = "/v1/rounds", tag = "rounds", params(WaitFor),
     responses((status = 200, body = Object), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
-pub async fn list(state: web::Data<AppState>, principal: Principal, query: web::Query<WaitFor>) -> Result<HttpResponse, ApiError> {
+pub async fn list(
+    state: web::Data<AppState>,
+    principal: Principal,
+    query: web::Query<WaitFor>,
+) -> Result<HttpResponse, ApiError> {
     principal.require(Action::Read)?;
     wait_for(&state, query.wait_for).await?;
-    let (rounds, position) = state.projections.read(|p| (p.rounds.rounds.values().cloned().collect::<Vec<_>>(), p.position));
+    let (rounds, position) =
+        state.projections.read(|p| (p.rounds.rounds.values().cloned().collect::<Vec<_>>(), p.position));
     Ok(query_answer(json!({ "rounds": rounds }), position, None))
 }
 
@@ -421,7 +486,13 @@ pub async fn progress(
     wait_for(&state, query.wait_for).await?;
     let (view, position, version) = state
         .projections
-        .read(|p| p.rounds.rounds.get(&id).cloned().map(|view| (view, p.position, p.entities.entities.get(&id.stream()).map(|e| e.version))))
+        .read(|p| {
+            p.rounds
+                .rounds
+                .get(&id)
+                .cloned()
+                .map(|view| (view, p.position, p.entities.entities.get(&id.stream()).map(|e| e.version)))
+        })
         .ok_or_else(|| ApiError::not_found(format!("round {id} does not exist")))?;
     // Agreement from the round's own stream (the read model keeps counts, not answers).
     let (round, _, _) = crate::routes::support::load::<AnnotationRound>(&state, id.stream()).await?;

@@ -134,7 +134,12 @@ where
     let scope = principal.token_id.to_string();
     if let Some(key) = &key {
         let mut hasher = Sha256::new();
-        for part in [request.method().as_str().as_bytes(), request.path().as_bytes(), &expected.unwrap_or(u64::MAX).to_be_bytes(), &body] {
+        for part in [
+            request.method().as_str().as_bytes(),
+            request.path().as_bytes(),
+            &expected.unwrap_or(u64::MAX).to_be_bytes(),
+            &body,
+        ] {
             hasher.update((part.len() as u64).to_be_bytes());
             hasher.update(part);
         }
@@ -179,7 +184,9 @@ where
             }
             Err(_) => web::block(move || store.release(&scope, &key)).await,
         };
-        if let Err(error) = stored.map_err(ApiError::blocking).and_then(|r| r.map_err(|e| ApiError::unavailable(e.to_string()))) {
+        if let Err(error) =
+            stored.map_err(ApiError::blocking).and_then(|r| r.map_err(|e| ApiError::unavailable(e.to_string())))
+        {
             tracing::error!(%error, "idempotency key not recorded");
         }
     }
@@ -272,7 +279,8 @@ pub fn entity_answer<T: Serialize>(
         let version = p.entities.entities.get(stream).map(|e| e.version);
         pick(p).map(|view| (serde_json::to_value(view).unwrap_or_default(), p.position, version))
     });
-    let (view, position, version) = found.ok_or_else(|| ApiError::not_found(format!("{entity} {id} does not exist")))?;
+    let (view, position, version) =
+        found.ok_or_else(|| ApiError::not_found(format!("{entity} {id} does not exist")))?;
     Ok(query_answer(view, position, version))
 }
 
@@ -311,7 +319,9 @@ pub async fn load<A: domain::Aggregate + Send + 'static>(
 /// Replaces the domain's placeholder id ("(not opened)") in a not-found error with the id asked for.
 pub fn named(error: crate::commands::CommandError, entity: &str, id: impl std::fmt::Display) -> ApiError {
     match error {
-        crate::commands::CommandError::Domain(domain::DomainError::NotFound { id: placeholder, .. }) if placeholder.starts_with('(') => {
+        crate::commands::CommandError::Domain(domain::DomainError::NotFound { id: placeholder, .. })
+            if placeholder.starts_with('(') =>
+        {
             ApiError::not_found(format!("{entity} {id} does not exist"))
         }
         other => other.into(),

@@ -31,15 +31,28 @@ pub struct CreateToken {
         (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(principal = %principal.name))]
-pub async fn create(state: web::Data<AppState>, principal: Principal, request: HttpRequest, body: Bytes) -> Result<HttpResponse, ApiError> {
-    run_command(state, principal, request, body, Action::Administer, true, |bus, context, _expected, input: CreateToken| {
-        let issued = issue_token(bus, context, &input.name, input.role)?;
-        Ok(Done::new(issued.outcome)
-            .with("id", issued.token_id)
-            .with("token", issued.secret)
-            .with("name", input.name.trim())
-            .with("role", input.role))
-    })
+pub async fn create(
+    state: web::Data<AppState>,
+    principal: Principal,
+    request: HttpRequest,
+    body: Bytes,
+) -> Result<HttpResponse, ApiError> {
+    run_command(
+        state,
+        principal,
+        request,
+        body,
+        Action::Administer,
+        true,
+        |bus, context, _expected, input: CreateToken| {
+            let issued = issue_token(bus, context, &input.name, input.role)?;
+            Ok(Done::new(issued.outcome)
+                .with("id", issued.token_id)
+                .with("token", issued.secret)
+                .with("name", input.name.trim())
+                .with("role", input.role))
+        },
+    )
     .await
 }
 
@@ -58,12 +71,25 @@ pub async fn revoke(
 ) -> Result<HttpResponse, ApiError> {
     let id: TokenId = parse_id("token", &path)?;
     let runner = state.projections.clone();
-    let answer = run_command(state, principal, request, body, Action::Administer, false, move |bus, context, expected, input: Reason| {
-        let outcome = bus
-            .execute::<domain::Token>(&id.stream(), expected, context, TokenCommand::Revoke { reason: input.reason })
-            .map_err(|e| named(e, "token", id))?;
-        Ok(Done::new(outcome))
-    })
+    let answer = run_command(
+        state,
+        principal,
+        request,
+        body,
+        Action::Administer,
+        false,
+        move |bus, context, expected, input: Reason| {
+            let outcome = bus
+                .execute::<domain::Token>(
+                    &id.stream(),
+                    expected,
+                    context,
+                    TokenCommand::Revoke { reason: input.reason },
+                )
+                .map_err(|e| named(e, "token", id))?;
+            Ok(Done::new(outcome))
+        },
+    )
     .await?;
     // A revocation takes effect before the answer: no request with the token passes after it.
     web::block(move || runner.catch_up())
@@ -78,7 +104,8 @@ pub async fn revoke(
     responses((status = 200, body = Object), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn list(state: web::Data<AppState>, principal: Principal) -> Result<HttpResponse, ApiError> {
-    if !(crate::auth::allows(principal.role, Action::Administer) || crate::auth::allows(principal.role, Action::Audit)) {
+    if !(crate::auth::allows(principal.role, Action::Administer) || crate::auth::allows(principal.role, Action::Audit))
+    {
         principal.require(Action::Administer)?;
     }
     let (tokens, position) = state.projections.read(|p| {

@@ -19,7 +19,9 @@ use crate::auth::{Action, Principal};
 use crate::commands::CommandBus;
 use crate::routes::associations::{Empty, Reason};
 use crate::routes::problem::{ApiError, Problem};
-use crate::routes::support::{CommandAnswer, Done, WaitFor, load, named, parse_id, query_answer, run_command, wait_for};
+use crate::routes::support::{
+    CommandAnswer, Done, WaitFor, load, named, parse_id, query_answer, run_command, wait_for,
+};
 use crate::startup::AppState;
 
 // ---------------------------------------------------------------------------------------------
@@ -43,13 +45,31 @@ pub struct RegisterBaseModel {
     responses((status = 201, body = CommandAnswer), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(principal = %principal.name))]
-pub async fn register_model(state: web::Data<AppState>, principal: Principal, request: HttpRequest, body: Bytes) -> Result<HttpResponse, ApiError> {
-    run_command(state, principal, request, body, Action::Operate, true, |bus, context, expected, input: RegisterBaseModel| {
-        let model_version_id = ModelVersionId(Uuid::now_v7());
-        let command = ModelVersionCommand::RegisterBase { model_version_id, name: input.name, weights: input.weights, config: input.config };
-        let outcome = bus.execute::<ModelVersion>(&model_version_id.stream(), expected, context, command)?;
-        Ok(Done::new(outcome).with("id", model_version_id))
-    })
+pub async fn register_model(
+    state: web::Data<AppState>,
+    principal: Principal,
+    request: HttpRequest,
+    body: Bytes,
+) -> Result<HttpResponse, ApiError> {
+    run_command(
+        state,
+        principal,
+        request,
+        body,
+        Action::Operate,
+        true,
+        |bus, context, expected, input: RegisterBaseModel| {
+            let model_version_id = ModelVersionId(Uuid::now_v7());
+            let command = ModelVersionCommand::RegisterBase {
+                model_version_id,
+                name: input.name,
+                weights: input.weights,
+                config: input.config,
+            };
+            let outcome = bus.execute::<ModelVersion>(&model_version_id.stream(), expected, context, command)?;
+            Ok(Done::new(outcome).with("id", model_version_id))
+        },
+    )
     .await
 }
 
@@ -68,7 +88,9 @@ async fn model_command(
         } else {
             ModelVersionCommand::RollBack { reason: input.reason }
         };
-        let outcome = bus.execute::<ModelVersion>(&id.stream(), expected, context, command).map_err(|e| named(e, "model version", id))?;
+        let outcome = bus
+            .execute::<ModelVersion>(&id.stream(), expected, context, command)
+            .map_err(|e| named(e, "model version", id))?;
         Ok(Done::new(outcome))
     })
     .await
@@ -80,7 +102,13 @@ async fn model_command(
     responses((status = 200, body = CommandAnswer), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(principal = %principal.name))]
-pub async fn promote(state: web::Data<AppState>, principal: Principal, request: HttpRequest, path: web::Path<String>, body: Bytes) -> Result<HttpResponse, ApiError> {
+pub async fn promote(
+    state: web::Data<AppState>,
+    principal: Principal,
+    request: HttpRequest,
+    path: web::Path<String>,
+    body: Bytes,
+) -> Result<HttpResponse, ApiError> {
     model_command(state, principal, request, path, body, true).await
 }
 
@@ -90,7 +118,13 @@ pub async fn promote(state: web::Data<AppState>, principal: Principal, request: 
     responses((status = 200, body = CommandAnswer), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(principal = %principal.name))]
-pub async fn roll_back(state: web::Data<AppState>, principal: Principal, request: HttpRequest, path: web::Path<String>, body: Bytes) -> Result<HttpResponse, ApiError> {
+pub async fn roll_back(
+    state: web::Data<AppState>,
+    principal: Principal,
+    request: HttpRequest,
+    path: web::Path<String>,
+    body: Bytes,
+) -> Result<HttpResponse, ApiError> {
     model_command(state, principal, request, path, body, false).await
 }
 
@@ -125,23 +159,36 @@ pub struct AddPrompts {
     responses((status = 201, body = CommandAnswer), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(principal = %principal.name))]
-pub async fn create_prompt_set(state: web::Data<AppState>, principal: Principal, request: HttpRequest, body: Bytes) -> Result<HttpResponse, ApiError> {
-    run_command(state, principal, request, body, Action::Curate, true, |bus, context, expected, input: CreatePromptSet| {
-        let (association, _) = bus.load::<Association>(&input.association_id.stream())?;
-        if !association.exists() {
-            return Err(ApiError::unprocessable(format!("association {} does not exist", input.association_id)));
-        }
-        let prompt_set_id = PromptSetId(Uuid::now_v7());
-        let command = PromptSetCommand::Create {
-            prompt_set_id,
-            association_id: input.association_id,
-            group: association.group,
-            concept: association.concept,
-            concept_synonyms: association.concept_synonyms,
-        };
-        let outcome = bus.execute::<PromptSet>(&prompt_set_id.stream(), expected, context, command)?;
-        Ok(Done::new(outcome).with("id", prompt_set_id))
-    })
+pub async fn create_prompt_set(
+    state: web::Data<AppState>,
+    principal: Principal,
+    request: HttpRequest,
+    body: Bytes,
+) -> Result<HttpResponse, ApiError> {
+    run_command(
+        state,
+        principal,
+        request,
+        body,
+        Action::Curate,
+        true,
+        |bus, context, expected, input: CreatePromptSet| {
+            let (association, _) = bus.load::<Association>(&input.association_id.stream())?;
+            if !association.exists() {
+                return Err(ApiError::unprocessable(format!("association {} does not exist", input.association_id)));
+            }
+            let prompt_set_id = PromptSetId(Uuid::now_v7());
+            let command = PromptSetCommand::Create {
+                prompt_set_id,
+                association_id: input.association_id,
+                group: association.group,
+                concept: association.concept,
+                concept_synonyms: association.concept_synonyms,
+            };
+            let outcome = bus.execute::<PromptSet>(&prompt_set_id.stream(), expected, context, command)?;
+            Ok(Done::new(outcome).with("id", prompt_set_id))
+        },
+    )
     .await
 }
 
@@ -152,20 +199,37 @@ pub async fn create_prompt_set(state: web::Data<AppState>, principal: Principal,
         (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(principal = %principal.name))]
-pub async fn add_prompts(state: web::Data<AppState>, principal: Principal, request: HttpRequest, path: web::Path<String>, body: Bytes) -> Result<HttpResponse, ApiError> {
+pub async fn add_prompts(
+    state: web::Data<AppState>,
+    principal: Principal,
+    request: HttpRequest,
+    path: web::Path<String>,
+    body: Bytes,
+) -> Result<HttpResponse, ApiError> {
     let id: PromptSetId = parse_id("prompt set", &path)?;
-    run_command(state, principal, request, body, Action::Curate, true, move |bus, context, expected, input: AddPrompts| {
-        let drafts: Vec<PromptDraft> = input
-            .prompts
-            .into_iter()
-            .map(|p| PromptDraft { prompt_id: PromptId(Uuid::now_v7()), text: p.text, alternative: p.alternative })
-            .collect();
-        let ids: Vec<PromptId> = drafts.iter().map(|d| d.prompt_id).collect();
-        let generator = GeneratorInfo { name: "manual".into(), model: None, parameters: json!({}), response_sha256: None };
-        let command = PromptSetCommand::AddPrompts { generator, prompts: drafts };
-        let outcome = bus.execute::<PromptSet>(&id.stream(), expected, context, command).map_err(|e| named(e, "prompt set", id))?;
-        Ok(Done::new(outcome).with("prompts", ids))
-    })
+    run_command(
+        state,
+        principal,
+        request,
+        body,
+        Action::Curate,
+        true,
+        move |bus, context, expected, input: AddPrompts| {
+            let drafts: Vec<PromptDraft> = input
+                .prompts
+                .into_iter()
+                .map(|p| PromptDraft { prompt_id: PromptId(Uuid::now_v7()), text: p.text, alternative: p.alternative })
+                .collect();
+            let ids: Vec<PromptId> = drafts.iter().map(|d| d.prompt_id).collect();
+            let generator =
+                GeneratorInfo { name: "manual".into(), model: None, parameters: json!({}), response_sha256: None };
+            let command = PromptSetCommand::AddPrompts { generator, prompts: drafts };
+            let outcome = bus
+                .execute::<PromptSet>(&id.stream(), expected, context, command)
+                .map_err(|e| named(e, "prompt set", id))?;
+            Ok(Done::new(outcome).with("prompts", ids))
+        },
+    )
     .await
 }
 
@@ -194,15 +258,27 @@ pub async fn review_prompt(
 ) -> Result<HttpResponse, ApiError> {
     let id: PromptSetId = parse_id("prompt set", &path.0)?;
     let prompt_id: PromptId = parse_id("prompt", &path.1)?;
-    run_command(state, principal, request, body, Action::Curate, false, move |bus, context, expected, input: PromptReview| {
-        let command = match input {
-            PromptReview::Accept {} => PromptSetCommand::AcceptPrompt { prompt_id },
-            PromptReview::Reject { reason } => PromptSetCommand::RejectPrompt { prompt_id, reason },
-            PromptReview::Edit { text, alternative } => PromptSetCommand::EditPrompt { prompt_id, text, alternative },
-        };
-        let outcome = bus.execute::<PromptSet>(&id.stream(), expected, context, command).map_err(|e| named(e, "prompt set", id))?;
-        Ok(Done::new(outcome))
-    })
+    run_command(
+        state,
+        principal,
+        request,
+        body,
+        Action::Curate,
+        false,
+        move |bus, context, expected, input: PromptReview| {
+            let command = match input {
+                PromptReview::Accept {} => PromptSetCommand::AcceptPrompt { prompt_id },
+                PromptReview::Reject { reason } => PromptSetCommand::RejectPrompt { prompt_id, reason },
+                PromptReview::Edit { text, alternative } => {
+                    PromptSetCommand::EditPrompt { prompt_id, text, alternative }
+                }
+            };
+            let outcome = bus
+                .execute::<PromptSet>(&id.stream(), expected, context, command)
+                .map_err(|e| named(e, "prompt set", id))?;
+            Ok(Done::new(outcome))
+        },
+    )
     .await
 }
 
@@ -212,10 +288,18 @@ pub async fn review_prompt(
     responses((status = 200, body = CommandAnswer), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(principal = %principal.name))]
-pub async fn finalize(state: web::Data<AppState>, principal: Principal, request: HttpRequest, path: web::Path<String>, body: Bytes) -> Result<HttpResponse, ApiError> {
+pub async fn finalize(
+    state: web::Data<AppState>,
+    principal: Principal,
+    request: HttpRequest,
+    path: web::Path<String>,
+    body: Bytes,
+) -> Result<HttpResponse, ApiError> {
     let id: PromptSetId = parse_id("prompt set", &path)?;
     run_command(state, principal, request, body, Action::Curate, false, move |bus, context, expected, _: Empty| {
-        let outcome = bus.execute::<PromptSet>(&id.stream(), expected, context, PromptSetCommand::Finalize).map_err(|e| named(e, "prompt set", id))?;
+        let outcome = bus
+            .execute::<PromptSet>(&id.stream(), expected, context, PromptSetCommand::Finalize)
+            .map_err(|e| named(e, "prompt set", id))?;
         Ok(Done::new(outcome))
     })
     .await
@@ -256,21 +340,34 @@ fn require_model(bus: &CommandBus, id: ModelVersionId) -> Result<(), ApiError> {
     responses((status = 201, body = CommandAnswer), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(principal = %principal.name))]
-pub async fn request_generation(state: web::Data<AppState>, principal: Principal, request: HttpRequest, body: Bytes) -> Result<HttpResponse, ApiError> {
-    run_command(state, principal, request, body, Action::Operate, true, |bus, context, expected, input: RequestGeneration| {
-        require_model(bus, input.model_version)?;
-        let generation_id = GenerationId(Uuid::now_v7());
-        let command = GenerationCommand::Request {
-            generation_id,
-            model_version: input.model_version,
-            purpose: input.purpose,
-            items: input.items,
-            sampler: input.sampler.unwrap_or_default(),
-            campaign_id: input.campaign_id,
-        };
-        let outcome = bus.execute::<Generation>(&generation_id.stream(), expected, context, command)?;
-        Ok(Done::new(outcome).with("id", generation_id))
-    })
+pub async fn request_generation(
+    state: web::Data<AppState>,
+    principal: Principal,
+    request: HttpRequest,
+    body: Bytes,
+) -> Result<HttpResponse, ApiError> {
+    run_command(
+        state,
+        principal,
+        request,
+        body,
+        Action::Operate,
+        true,
+        |bus, context, expected, input: RequestGeneration| {
+            require_model(bus, input.model_version)?;
+            let generation_id = GenerationId(Uuid::now_v7());
+            let command = GenerationCommand::Request {
+                generation_id,
+                model_version: input.model_version,
+                purpose: input.purpose,
+                items: input.items,
+                sampler: input.sampler.unwrap_or_default(),
+                campaign_id: input.campaign_id,
+            };
+            let outcome = bus.execute::<Generation>(&generation_id.stream(), expected, context, command)?;
+            Ok(Done::new(outcome).with("id", generation_id))
+        },
+    )
     .await
 }
 
@@ -306,34 +403,47 @@ pub struct RequestFineTune {
     responses((status = 201, body = CommandAnswer), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(principal = %principal.name))]
-pub async fn request_fine_tune(state: web::Data<AppState>, principal: Principal, request: HttpRequest, body: Bytes) -> Result<HttpResponse, ApiError> {
-    run_command(state, principal, request, body, Action::Operate, true, |bus, context, expected, input: RequestFineTune| {
-        require_model(bus, input.base_model)?;
-        let source_round = match input.source_round {
-            Some(round_id) => {
-                let (round, _) = bus.load::<AnnotationRound>(&round_id.stream())?;
-                if !round.exists() {
-                    return Err(ApiError::unprocessable(format!("round {round_id} does not exist")));
+pub async fn request_fine_tune(
+    state: web::Data<AppState>,
+    principal: Principal,
+    request: HttpRequest,
+    body: Bytes,
+) -> Result<HttpResponse, ApiError> {
+    run_command(
+        state,
+        principal,
+        request,
+        body,
+        Action::Operate,
+        true,
+        |bus, context, expected, input: RequestFineTune| {
+            require_model(bus, input.base_model)?;
+            let source_round = match input.source_round {
+                Some(round_id) => {
+                    let (round, _) = bus.load::<AnnotationRound>(&round_id.stream())?;
+                    if !round.exists() {
+                        return Err(ApiError::unprocessable(format!("round {round_id} does not exist")));
+                    }
+                    Some(SourceRound { round_id, kind: round.kind, status: round.status })
                 }
-                Some(SourceRound { round_id, kind: round.kind, status: round.status })
-            }
-            None => None,
-        };
-        let fine_tune_id = FineTuneId(Uuid::now_v7());
-        let command = FineTuneCommand::Request {
-            fine_tune_id,
-            base_model: input.base_model,
-            arm: input.arm,
-            source_round,
-            examples: input.examples,
-            prior_preservation: input.prior_preservation,
-            config: input.config.unwrap_or_default(),
-            progress_every: input.progress_every.unwrap_or(50),
-            campaign_id: input.campaign_id,
-        };
-        let outcome = bus.execute::<FineTune>(&fine_tune_id.stream(), expected, context, command)?;
-        Ok(Done::new(outcome).with("id", fine_tune_id))
-    })
+                None => None,
+            };
+            let fine_tune_id = FineTuneId(Uuid::now_v7());
+            let command = FineTuneCommand::Request {
+                fine_tune_id,
+                base_model: input.base_model,
+                arm: input.arm,
+                source_round,
+                examples: input.examples,
+                prior_preservation: input.prior_preservation,
+                config: input.config.unwrap_or_default(),
+                progress_every: input.progress_every.unwrap_or(50),
+                campaign_id: input.campaign_id,
+            };
+            let outcome = bus.execute::<FineTune>(&fine_tune_id.stream(), expected, context, command)?;
+            Ok(Done::new(outcome).with("id", fine_tune_id))
+        },
+    )
     .await
 }
 
@@ -359,26 +469,39 @@ pub struct StartCampaign {
     responses((status = 201, body = CommandAnswer), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(principal = %principal.name))]
-pub async fn start_campaign(state: web::Data<AppState>, principal: Principal, request: HttpRequest, body: Bytes) -> Result<HttpResponse, ApiError> {
-    run_command(state, principal, request, body, Action::Curate, true, |bus, context, expected, input: StartCampaign| {
-        require_model(bus, input.base_model)?;
-        for id in &input.associations {
-            let (association, _) = bus.load::<Association>(&id.stream())?;
-            if association.status != domain::association::AssociationStatus::Active {
-                return Err(ApiError::unprocessable(format!("association {id} is not registered and active")));
+pub async fn start_campaign(
+    state: web::Data<AppState>,
+    principal: Principal,
+    request: HttpRequest,
+    body: Bytes,
+) -> Result<HttpResponse, ApiError> {
+    run_command(
+        state,
+        principal,
+        request,
+        body,
+        Action::Curate,
+        true,
+        |bus, context, expected, input: StartCampaign| {
+            require_model(bus, input.base_model)?;
+            for id in &input.associations {
+                let (association, _) = bus.load::<Association>(&id.stream())?;
+                if association.status != domain::association::AssociationStatus::Active {
+                    return Err(ApiError::unprocessable(format!("association {id} is not registered and active")));
+                }
             }
-        }
-        let campaign_id = CampaignId(Uuid::now_v7());
-        let command = CampaignCommand::Start {
-            campaign_id,
-            name: input.name,
-            associations: input.associations,
-            base_model: input.base_model,
-            settings: input.settings.unwrap_or_default(),
-        };
-        let outcome = bus.execute::<Campaign>(&campaign_id.stream(), expected, context, command)?;
-        Ok(Done::new(outcome).with("id", campaign_id))
-    })
+            let campaign_id = CampaignId(Uuid::now_v7());
+            let command = CampaignCommand::Start {
+                campaign_id,
+                name: input.name,
+                associations: input.associations,
+                base_model: input.base_model,
+                settings: input.settings.unwrap_or_default(),
+            };
+            let outcome = bus.execute::<Campaign>(&campaign_id.stream(), expected, context, command)?;
+            Ok(Done::new(outcome).with("id", campaign_id))
+        },
+    )
     .await
 }
 
@@ -401,16 +524,38 @@ pub struct ConcludeCampaign {
     responses((status = 200, body = CommandAnswer), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(principal = %principal.name))]
-pub async fn conclude_campaign(state: web::Data<AppState>, principal: Principal, request: HttpRequest, path: web::Path<String>, body: Bytes) -> Result<HttpResponse, ApiError> {
+pub async fn conclude_campaign(
+    state: web::Data<AppState>,
+    principal: Principal,
+    request: HttpRequest,
+    path: web::Path<String>,
+    body: Bytes,
+) -> Result<HttpResponse, ApiError> {
     let id: CampaignId = parse_id("campaign", &path)?;
-    run_command(state, principal, request, body, Action::Curate, false, move |bus, context, expected, input: ConcludeCampaign| {
-        // The reason is checked before anything is recorded: the promotion after the conclusion
-        // must not fail on it.
-        domain::values::Sentence::parse("reason", &input.reason).map_err(|e| crate::commands::CommandError::Domain(e))?;
-        let outcome = bus.execute::<Campaign>(&id.stream(), expected, context, CampaignCommand::Conclude { promoted: input.promote }).map_err(|e| named(e, "campaign", id))?;
-        crate::campaigns::promote_concluded(bus, context, id, &input.reason)?;
-        Ok(Done::new(outcome))
-    })
+    run_command(
+        state,
+        principal,
+        request,
+        body,
+        Action::Curate,
+        false,
+        move |bus, context, expected, input: ConcludeCampaign| {
+            // The reason is checked before anything is recorded: the promotion after the conclusion
+            // must not fail on it.
+            domain::values::Sentence::parse("reason", &input.reason)
+                .map_err(|e| crate::commands::CommandError::Domain(e))?;
+            let outcome = bus
+                .execute::<Campaign>(
+                    &id.stream(),
+                    expected,
+                    context,
+                    CampaignCommand::Conclude { promoted: input.promote },
+                )
+                .map_err(|e| named(e, "campaign", id))?;
+            crate::campaigns::promote_concluded(bus, context, id, &input.reason)?;
+            Ok(Done::new(outcome))
+        },
+    )
     .await
 }
 
@@ -427,7 +572,12 @@ pub enum Listing {
     Campaigns,
 }
 
-async fn list(state: web::Data<AppState>, principal: Principal, query: web::Query<WaitFor>, listing: Listing) -> Result<HttpResponse, ApiError> {
+async fn list(
+    state: web::Data<AppState>,
+    principal: Principal,
+    query: web::Query<WaitFor>,
+    listing: Listing,
+) -> Result<HttpResponse, ApiError> {
     principal.require(Action::Read)?;
     wait_for(&state, query.wait_for).await?;
     let (key, items, position) = state.projections.read(|p| {
@@ -471,7 +621,11 @@ fn not_found(entity: &str, id: impl std::fmt::Display) -> ApiError {
 #[utoipa::path(get, path = "/v1/model-versions/{id}", tag = "model versions", params(("id" = String, Path)),
     responses((status = 200, body = Object), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
-pub async fn model_version(state: web::Data<AppState>, principal: Principal, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn model_version(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     principal.require(Action::Read)?;
     let id: ModelVersionId = parse_id("model version", &path)?;
     let (model, version, position) = load::<ModelVersion>(&state, id.stream()).await?;
@@ -490,14 +644,20 @@ pub async fn model_version(state: web::Data<AppState>, principal: Principal, pat
 #[utoipa::path(get, path = "/v1/model-versions/{id}/lineage", tag = "model versions", params(("id" = String, Path)),
     responses((status = 200, body = Object), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
-pub async fn lineage(state: web::Data<AppState>, principal: Principal, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn lineage(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     principal.require(Action::Read)?;
     let id: ModelVersionId = parse_id("model version", &path)?;
     let bus = state.bus.clone();
-    let body = web::block(move || crate::lineage::lineage(&bus, id)).await.map_err(ApiError::blocking)?.map_err(|e| match e {
-        crate::lineage::LineageError::NotFound(id) => not_found("model version", id),
-        crate::lineage::LineageError::Command(e) => e.into(),
-    })?;
+    let body = web::block(move || crate::lineage::lineage(&bus, id)).await.map_err(ApiError::blocking)?.map_err(
+        |e| match e {
+            crate::lineage::LineageError::NotFound(id) => not_found("model version", id),
+            crate::lineage::LineageError::Command(e) => e.into(),
+        },
+    )?;
     Ok(HttpResponse::Ok().json(body))
 }
 
@@ -505,7 +665,11 @@ pub async fn lineage(state: web::Data<AppState>, principal: Principal, path: web
 #[utoipa::path(get, path = "/v1/models/{id}/lineage", tag = "model versions", params(("id" = String, Path)),
     responses((status = 200, body = Object), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
-pub async fn model_lineage(state: web::Data<AppState>, principal: Principal, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn model_lineage(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     lineage(state, principal, path).await
 }
 
@@ -513,7 +677,11 @@ pub async fn model_lineage(state: web::Data<AppState>, principal: Principal, pat
 #[utoipa::path(get, path = "/v1/prompt-sets/{id}", tag = "prompt sets", params(("id" = String, Path)),
     responses((status = 200, body = Object), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
-pub async fn prompt_set(state: web::Data<AppState>, principal: Principal, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn prompt_set(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     principal.require(Action::Read)?;
     let id: PromptSetId = parse_id("prompt set", &path)?;
     let (set, version, position) = load::<PromptSet>(&state, id.stream()).await?;
@@ -523,7 +691,9 @@ pub async fn prompt_set(state: web::Data<AppState>, principal: Principal, path: 
     let prompts: Vec<Value> = set
         .order
         .iter()
-        .filter_map(|pid| set.prompts.get(pid).map(|p| json!({"id": pid, "text": p.text, "neutral": p.neutral, "status": p.status})))
+        .filter_map(|pid| {
+            set.prompts.get(pid).map(|p| json!({"id": pid, "text": p.text, "neutral": p.neutral, "status": p.status}))
+        })
         .collect();
     let body = json!({
         "id": id, "association_id": set.association_id, "group": set.group, "concept": set.concept,
@@ -536,14 +706,22 @@ pub async fn prompt_set(state: web::Data<AppState>, principal: Principal, path: 
 #[utoipa::path(get, path = "/v1/generations/{id}", tag = "jobs", params(("id" = String, Path)),
     responses((status = 200, body = Object), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
-pub async fn generation(state: web::Data<AppState>, principal: Principal, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn generation(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     principal.require(Action::Read)?;
     let id: GenerationId = parse_id("generation", &path)?;
     let (job, version, position) = load::<Generation>(&state, id.stream()).await?;
     if job.id.is_none() {
         return Err(not_found("generation", id));
     }
-    let images: Vec<Value> = job.images.iter().map(|(index, (image_id, blob))| json!({"index": index, "image_id": image_id, "blob": blob})).collect();
+    let images: Vec<Value> = job
+        .images
+        .iter()
+        .map(|(index, (image_id, blob))| json!({"index": index, "image_id": image_id, "blob": blob}))
+        .collect();
     let body = json!({
         "id": id, "status": job.status, "model_version": job.model_version, "purpose": job.purpose,
         "items": job.items, "sampler": job.sampler, "campaign_id": job.campaign_id, "images": images,
@@ -556,7 +734,11 @@ pub async fn generation(state: web::Data<AppState>, principal: Principal, path: 
 #[utoipa::path(get, path = "/v1/fine-tunes/{id}", tag = "jobs", params(("id" = String, Path)),
     responses((status = 200, body = Object), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
-pub async fn fine_tune(state: web::Data<AppState>, principal: Principal, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn fine_tune(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     principal.require(Action::Read)?;
     let id: FineTuneId = parse_id("fine-tune", &path)?;
     let (job, version, position) = load::<FineTune>(&state, id.stream()).await?;
@@ -575,7 +757,11 @@ pub async fn fine_tune(state: web::Data<AppState>, principal: Principal, path: w
 #[utoipa::path(get, path = "/v1/campaigns/{id}", tag = "campaigns", params(("id" = String, Path)),
     responses((status = 200, body = Object), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
-pub async fn campaign(state: web::Data<AppState>, principal: Principal, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn campaign(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     principal.require(Action::Read)?;
     let id: CampaignId = parse_id("campaign", &path)?;
     let (campaign, version, position) = load::<Campaign>(&state, id.stream()).await?;

@@ -162,11 +162,8 @@ pub fn format_recorded_at(time: &DateTime<Utc>) -> String {
 
 /// Parses what [`format_recorded_at`] writes (any RFC 3339 text is accepted, slower).
 pub fn parse_recorded_at(text: &str) -> Option<DateTime<Utc>> {
-    parse_recorded_at_fast(text.as_bytes()).or_else(|| {
-        DateTime::parse_from_rfc3339(text)
-            .ok()
-            .map(|time| time.with_timezone(&Utc))
-    })
+    parse_recorded_at_fast(text.as_bytes())
+        .or_else(|| DateTime::parse_from_rfc3339(text).ok().map(|time| time.with_timezone(&Utc)))
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` without going through chrono's format machinery; reading the
@@ -184,19 +181,12 @@ fn parse_recorded_at_fast(text: &[u8]) -> Option<DateTime<Utc>> {
         return None;
     }
     let number = |range: std::ops::Range<usize>| -> Option<u32> {
-        text[range].iter().try_fold(0u32, |acc, &digit| {
-            digit
-                .is_ascii_digit()
-                .then(|| acc * 10 + u32::from(digit - b'0'))
-        })
+        text[range]
+            .iter()
+            .try_fold(0u32, |acc, &digit| digit.is_ascii_digit().then(|| acc * 10 + u32::from(digit - b'0')))
     };
     let date = NaiveDate::from_ymd_opt(number(0..4)? as i32, number(5..7)?, number(8..10)?)?;
-    let time = date.and_hms_micro_opt(
-        number(11..13)?,
-        number(14..16)?,
-        number(17..19)?,
-        number(20..26)?,
-    )?;
+    let time = date.and_hms_micro_opt(number(11..13)?, number(14..16)?, number(17..19)?, number(20..26)?)?;
     Some(time.and_utc())
 }
 
@@ -213,10 +203,7 @@ impl RecordedAtText {
         let year = time.year();
         let nanos = time.nanosecond();
         if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
-            return RecordedAtText {
-                buffer,
-                fallback: Some(time.to_rfc3339_opts(SecondsFormat::Micros, true)),
-            };
+            return RecordedAtText { buffer, fallback: Some(time.to_rfc3339_opts(SecondsFormat::Micros, true)) };
         }
         let mut put = |at: usize, width: usize, value: u32| {
             let mut rest = value;
@@ -232,21 +219,10 @@ impl RecordedAtText {
         put(14, 2, time.minute());
         put(17, 2, time.second());
         put(20, 6, nanos / 1_000);
-        for (index, separator) in [
-            (4, b'-'),
-            (7, b'-'),
-            (10, b'T'),
-            (13, b':'),
-            (16, b':'),
-            (19, b'.'),
-            (26, b'Z'),
-        ] {
+        for (index, separator) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':'), (19, b'.'), (26, b'Z')] {
             buffer[index] = separator;
         }
-        RecordedAtText {
-            buffer,
-            fallback: None,
-        }
+        RecordedAtText { buffer, fallback: None }
     }
 
     pub(crate) fn as_str(&self) -> &str {
@@ -288,9 +264,7 @@ pub enum VerifyFailure {
 }
 
 fn position_suffix(position: Option<u64>) -> String {
-    position
-        .map(|position| format!(" (position {position})"))
-        .unwrap_or_default()
+    position.map(|position| format!(" (position {position})")).unwrap_or_default()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -324,9 +298,7 @@ pub enum LogProblem {
     NotIncreasing { previous: u64 },
     #[error("missing — positions of this store have no gaps, so an event was deleted")]
     Missing,
-    #[error(
-        "read_all returned an event that no stream holds, or that differs from the stream's copy"
-    )]
+    #[error("read_all returned an event that no stream holds, or that differs from the stream's copy")]
     NotInAnyStream,
     #[error("a stream's event at this position is missing from read_all")]
     AbsentFromLog,
@@ -367,9 +339,7 @@ pub fn verify(store: &dyn EventStore) -> Result<VerifyReport, VerifyFailure> {
                     problem,
                 };
                 if event.stream != *stream {
-                    return Err(failure(EventProblem::WrongStream {
-                        found: event.stream.clone(),
-                    }));
+                    return Err(failure(EventProblem::WrongStream { found: event.stream.clone() }));
                 }
                 if event.version != expected_version {
                     return Err(if event.version > expected_version {
@@ -377,19 +347,13 @@ pub fn verify(store: &dyn EventStore) -> Result<VerifyReport, VerifyFailure> {
                             stream: stream.clone(),
                             version: expected_version,
                             position: None,
-                            problem: EventProblem::Missing {
-                                next_stored: Some(event.version),
-                            },
+                            problem: EventProblem::Missing { next_stored: Some(event.version) },
                         }
                     } else {
-                        failure(EventProblem::VersionOutOfSequence {
-                            found: event.version,
-                        })
+                        failure(EventProblem::VersionOutOfSequence { found: event.version })
                     });
                 }
-                if let Some(previous_position) =
-                    prev_position.filter(|&previous| event.position <= previous)
-                {
+                if let Some(previous_position) = prev_position.filter(|&previous| event.position <= previous) {
                     return Err(failure(EventProblem::OutOfOrder { previous_position }));
                 }
                 if event.prev_hash != prev_hash {
@@ -418,10 +382,7 @@ pub fn verify(store: &dyn EventStore) -> Result<VerifyReport, VerifyFailure> {
         streams_counted += u64::from(counted);
     }
 
-    check_log(store, head, seen).map(|events| VerifyReport {
-        events,
-        streams: streams_counted,
-    })
+    check_log(store, head, seen).map(|events| VerifyReport { events, streams: streams_counted })
 }
 
 fn hash_prefix(hash: &[u8; 32]) -> u64 {
@@ -431,18 +392,11 @@ fn hash_prefix(hash: &[u8; 32]) -> u64 {
 }
 
 /// Walks `read_all` up to `head` and matches it, event by event, against the streams' events.
-fn check_log(
-    store: &dyn EventStore,
-    head: u64,
-    mut seen: Vec<(u64, u64)>,
-) -> Result<u64, VerifyFailure> {
+fn check_log(store: &dyn EventStore, head: u64, mut seen: Vec<(u64, u64)>) -> Result<u64, VerifyFailure> {
     seen.sort_unstable();
     // Two stream events at one position: only possible in a broken adapter.
     if let Some(pair) = seen.windows(2).find(|pair| pair[0].0 == pair[1].0) {
-        return Err(VerifyFailure::Log {
-            position: pair[1].0,
-            problem: LogProblem::NotInAnyStream,
-        });
+        return Err(VerifyFailure::Log { position: pair[1].0, problem: LogProblem::NotInAnyStream });
     }
     let gap_free = store.gap_free_positions();
     let mut expected = seen.iter();
@@ -464,25 +418,15 @@ fn check_log(
                 });
             }
             if gap_free && event.position != previous + 1 {
-                return Err(VerifyFailure::Log {
-                    position: previous + 1,
-                    problem: LogProblem::Missing,
-                });
+                return Err(VerifyFailure::Log { position: previous + 1, problem: LogProblem::Missing });
             }
             match expected.next() {
-                Some(&(position, hash))
-                    if position == event.position && hash == hash_prefix(&event.hash) => {}
+                Some(&(position, hash)) if position == event.position && hash == hash_prefix(&event.hash) => {}
                 Some(&(position, _)) if position < event.position => {
-                    return Err(VerifyFailure::Log {
-                        position,
-                        problem: LogProblem::AbsentFromLog,
-                    });
+                    return Err(VerifyFailure::Log { position, problem: LogProblem::AbsentFromLog });
                 }
                 _ => {
-                    return Err(VerifyFailure::Log {
-                        position: event.position,
-                        problem: LogProblem::NotInAnyStream,
-                    });
+                    return Err(VerifyFailure::Log { position: event.position, problem: LogProblem::NotInAnyStream });
                 }
             }
             previous = event.position;
@@ -490,16 +434,10 @@ fn check_log(
         }
     }
     if let Some(&(position, _)) = expected.next() {
-        return Err(VerifyFailure::Log {
-            position,
-            problem: LogProblem::AbsentFromLog,
-        });
+        return Err(VerifyFailure::Log { position, problem: LogProblem::AbsentFromLog });
     }
     if gap_free && previous != head {
-        return Err(VerifyFailure::Log {
-            position: previous + 1,
-            problem: LogProblem::Missing,
-        });
+        return Err(VerifyFailure::Log { position: previous + 1, problem: LogProblem::Missing });
     }
     Ok(count)
 }
@@ -516,11 +454,7 @@ impl VerifyFailure {
 
 impl fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "verified {} events in {} streams: every hash chain is intact",
-            self.events, self.streams
-        )
+        write!(f, "verified {} events in {} streams: every hash chain is intact", self.events, self.streams)
     }
 }
 
@@ -543,8 +477,7 @@ mod tests {
 
     #[test]
     fn canonical_bytes_follow_the_documented_layout() {
-        let time =
-            Utc.with_ymd_and_hms(2024, 5, 6, 7, 8, 9).unwrap() + chrono::Duration::microseconds(12);
+        let time = Utc.with_ymd_and_hms(2024, 5, 6, 7, 8, 9).unwrap() + chrono::Duration::microseconds(12);
         let metadata = metadata(time, None);
         let fields = EventFields {
             stream: "association-1",
@@ -582,36 +515,16 @@ mod tests {
         // Every field matters, including the previous hash.
         assert_ne!(event_hash(&GENESIS_PREV_HASH, &fields), direct);
         let with_causation = self::metadata(time, Some(Uuid::nil()));
-        assert_ne!(
-            event_hash(
-                &[7u8; 32],
-                &EventFields {
-                    metadata: &with_causation,
-                    ..fields
-                }
-            ),
-            direct
-        );
-        assert_ne!(
-            event_hash(
-                &[7u8; 32],
-                &EventFields {
-                    version: 4,
-                    ..fields
-                }
-            ),
-            direct
-        );
+        assert_ne!(event_hash(&[7u8; 32], &EventFields { metadata: &with_causation, ..fields }), direct);
+        assert_ne!(event_hash(&[7u8; 32], &EventFields { version: 4, ..fields }), direct);
     }
 
     #[test]
     fn recorded_at_text_matches_chrono_and_round_trips() {
         let samples = [
             Utc.with_ymd_and_hms(1970, 1, 1, 0, 0, 0).unwrap(),
-            Utc.with_ymd_and_hms(2024, 2, 29, 23, 59, 59).unwrap()
-                + chrono::Duration::nanoseconds(999_999_999),
-            Utc.with_ymd_and_hms(9999, 12, 31, 1, 2, 3).unwrap()
-                + chrono::Duration::microseconds(5),
+            Utc.with_ymd_and_hms(2024, 2, 29, 23, 59, 59).unwrap() + chrono::Duration::nanoseconds(999_999_999),
+            Utc.with_ymd_and_hms(9999, 12, 31, 1, 2, 3).unwrap() + chrono::Duration::microseconds(5),
             // A leap second takes the chrono fallback.
             NaiveDate::from_ymd_opt(2016, 12, 31)
                 .unwrap()
@@ -625,20 +538,10 @@ mod tests {
             assert_eq!(text, time.to_rfc3339_opts(SecondsFormat::Micros, true));
             assert_eq!(parse_recorded_at(&text), Some(time), "{text}");
         }
-        assert_eq!(
-            format_recorded_at(&samples[1]),
-            "2024-02-29T23:59:59.999999Z"
-        );
-        assert_eq!(
-            format_recorded_at(&samples[3]),
-            "2016-12-31T23:59:60.500000Z"
-        );
-        assert!(!is_representable(
-            &Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).unwrap()
-        ));
-        assert!(!is_representable(
-            &Utc.with_ymd_and_hms(-1, 1, 1, 0, 0, 0).unwrap()
-        ));
+        assert_eq!(format_recorded_at(&samples[1]), "2024-02-29T23:59:59.999999Z");
+        assert_eq!(format_recorded_at(&samples[3]), "2016-12-31T23:59:60.500000Z");
+        assert!(!is_representable(&Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).unwrap()));
+        assert!(!is_representable(&Utc.with_ymd_and_hms(-1, 1, 1, 0, 0, 0).unwrap()));
         assert_eq!(parse_recorded_at("2024-02-30T00:00:00.000000Z"), None);
         assert_eq!(parse_recorded_at("2024-02-01T00:00:0x.000000Z"), None);
     }
@@ -648,9 +551,6 @@ mod tests {
         let mut buffer = [0u8; 20];
         assert_eq!(decimal(0, &mut buffer), b"0");
         assert_eq!(decimal(1_234_567, &mut buffer), b"1234567");
-        assert_eq!(
-            decimal(u64::MAX, &mut buffer),
-            u64::MAX.to_string().as_bytes()
-        );
+        assert_eq!(decimal(u64::MAX, &mut buffer), u64::MAX.to_string().as_bytes());
     }
 }

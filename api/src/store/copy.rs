@@ -42,7 +42,11 @@ pub struct CopyReport {
 
 /// Copies every event of `from` (up to its head when the copy starts) into the empty `to`;
 /// `progress(done, total)` hears how far it is.
-pub fn copy_store(from: &dyn EventStore, to: &dyn EventStore, progress: &mut dyn FnMut(u64, u64)) -> Result<CopyReport, CopyError> {
+pub fn copy_store(
+    from: &dyn EventStore,
+    to: &dyn EventStore,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<CopyReport, CopyError> {
     let target_head = to.head_position()?;
     if target_head != 0 {
         return Err(CopyError::TargetNotEmpty(target_head));
@@ -59,7 +63,8 @@ pub fn copy_store(from: &dyn EventStore, to: &dyn EventStore, progress: &mut dyn
         let mut start = 0;
         while start < page.len() {
             let stream = &page[start].stream;
-            let end = page[start..].iter().position(|e| e.stream != *stream).map_or(page.len(), |offset| start + offset);
+            let end =
+                page[start..].iter().position(|e| e.stream != *stream).map_or(page.len(), |offset| start + offset);
             copy_run(to, &page[start..end])?;
             copied += (end - start) as u64;
             start = end;
@@ -76,19 +81,34 @@ pub fn copy_store(from: &dyn EventStore, to: &dyn EventStore, progress: &mut dyn
 /// Appends `run` (events of one stream, in version order) and checks the target's chain links.
 fn copy_run(to: &dyn EventStore, run: &[StoredEvent]) -> Result<(), CopyError> {
     let first = &run[0];
-    let fail = |event: &StoredEvent, message: String| CopyError::Event { position: event.position, stream: event.stream.to_string(), version: event.version, message };
+    let fail = |event: &StoredEvent, message: String| CopyError::Event {
+        position: event.position,
+        stream: event.stream.to_string(),
+        version: event.version,
+        message,
+    };
     let events = run
         .iter()
         .map(|event| {
-            let payload = serde_json::from_str(&event.payload).map_err(|e| fail(event, format!("its payload is not JSON: {e}")))?;
-            Ok(NewEvent { event_type: event.event_type.clone(), schema_version: event.schema_version, payload, metadata: event.metadata.clone() })
+            let payload = serde_json::from_str(&event.payload)
+                .map_err(|e| fail(event, format!("its payload is not JSON: {e}")))?;
+            Ok(NewEvent {
+                event_type: event.event_type.clone(),
+                schema_version: event.schema_version,
+                payload,
+                metadata: event.metadata.clone(),
+            })
         })
         .collect::<Result<Vec<_>, CopyError>>()?;
-    to.append(&first.stream, ExpectedVersion::Exact(first.version - 1), &events).map_err(|e| fail(first, e.to_string()))?;
+    to.append(&first.stream, ExpectedVersion::Exact(first.version - 1), &events)
+        .map_err(|e| fail(first, e.to_string()))?;
     let written = to.read_stream(&first.stream, first.version, run.len())?;
     for (source, target) in run.iter().zip(&written) {
         if source.hash != target.hash || source.payload != target.payload || source.version != target.version {
-            return Err(fail(source, "the copy's chain link differs from the source's (payload or metadata changed in the copy)".into()));
+            return Err(fail(
+                source,
+                "the copy's chain link differs from the source's (payload or metadata changed in the copy)".into(),
+            ));
         }
     }
     if written.len() != run.len() {

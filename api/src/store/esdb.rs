@@ -153,8 +153,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use domain::{Actor, EventMetadata};
 use eventstore::{
-    AppendToStreamOptions, Client, ClientSettings, CurrentRevision, EventData, ExpectedRevision, Position, ReadAllOptions, ReadStream, ReadStreamOptions, RecordedEvent, ResolvedEvent,
-    StreamPosition, SubscribeToAllOptions, SubscriptionEvent, SubscriptionFilter,
+    AppendToStreamOptions, Client, ClientSettings, CurrentRevision, EventData, ExpectedRevision, Position,
+    ReadAllOptions, ReadStream, ReadStreamOptions, RecordedEvent, ResolvedEvent, StreamPosition, SubscribeToAllOptions,
+    SubscriptionEvent, SubscriptionFilter,
 };
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
@@ -216,11 +217,7 @@ pub struct EsdbUrl {
 impl EsdbUrl {
     /// `host:port[,host:port…]`, for messages.
     pub fn hosts_text(&self) -> String {
-        self.hosts
-            .iter()
-            .map(|(host, port)| format!("{host}:{port}"))
-            .collect::<Vec<_>>()
-            .join(",")
+        self.hosts.iter().map(|(host, port)| format!("{host}:{port}")).collect::<Vec<_>>().join(",")
     }
 
     /// The client settings (they hold the password: never print them).
@@ -354,7 +351,15 @@ pub fn parse_esdb_url(url: &str) -> Result<EsdbUrl, String> {
                     "'{redacted}': nodePreference={value}: thitl reads back what it appends, which only the leader is sure to have; drop the parameter (leader is the default)"
                 ));
             }
-            "maxdiscoverattempts" | "discoveryinterval" | "gossiptimeout" | "keepaliveinterval" | "keepalivetimeout" | "defaultdeadline" | "connectionname" | "tlscafile" | "usercertfile"
+            "maxdiscoverattempts"
+            | "discoveryinterval"
+            | "gossiptimeout"
+            | "keepaliveinterval"
+            | "keepalivetimeout"
+            | "defaultdeadline"
+            | "connectionname"
+            | "tlscafile"
+            | "usercertfile"
             | "userkeyfile" => {}
             _ => {
                 return Err(format!(
@@ -374,9 +379,9 @@ pub fn parse_esdb_url(url: &str) -> Result<EsdbUrl, String> {
         if params.is_empty() { "" } else { "?" },
         params.join("&"),
     );
-    let settings: ClientSettings = client_string
-        .parse()
-        .map_err(|error: eventstore::ClientSettingsParseError| format!("'{redacted}': the EventStoreDB client refuses it: {}", error.message()))?;
+    let settings: ClientSettings = client_string.parse().map_err(|error: eventstore::ClientSettingsParseError| {
+        format!("'{redacted}': the EventStoreDB client refuses it: {}", error.message())
+    })?;
     Ok(EsdbUrl { discover, hosts, tls, user, redacted, settings })
 }
 
@@ -386,7 +391,8 @@ fn parse_host(text: &str) -> Result<(String, u16), String> {
         return Err("an empty host (two commas in a row, or a comma at an end)".into());
     }
     let (host, port) = if let Some(rest) = text.strip_prefix('[') {
-        let (address, after) = rest.split_once(']').ok_or_else(|| format!("host '{text}': an IPv6 address needs its closing ']'"))?;
+        let (address, after) =
+            rest.split_once(']').ok_or_else(|| format!("host '{text}': an IPv6 address needs its closing ']'"))?;
         if address.is_empty() || !address.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.') {
             return Err(format!("host '{text}' is not an IPv6 address"));
         }
@@ -490,7 +496,10 @@ fn describe_error(url: &EsdbUrl, doing: &str, error: &eventstore::Error) -> Stor
             "cannot reach EventStoreDB at {hosts} while {doing}: the client's connection stopped (it also stops when its TLS setup panics: unreadable platform certificates, another rustls crypto provider; see the log); {}",
             tls_hint(url)
         ),
-        eventstore::Error::GrpcConnectionError(_) | eventstore::Error::ServerError(_) | eventstore::Error::DeadlineExceeded | eventstore::Error::NotLeaderException(_) => {
+        eventstore::Error::GrpcConnectionError(_)
+        | eventstore::Error::ServerError(_)
+        | eventstore::Error::DeadlineExceeded
+        | eventstore::Error::NotLeaderException(_) => {
             format!("cannot reach EventStoreDB at {hosts} while {doing}: {error}; {}", tls_hint(url))
         }
         other => format!("EventStoreDB at {hosts} failed while {doing}: {other}"),
@@ -530,7 +539,12 @@ struct EsdbMetadata {
 }
 
 /// The custom-metadata bytes of an event of schema `schema_version` with `metadata` and hashes.
-fn encode_metadata(schema_version: u32, metadata: &EventMetadata, prev_hash: &[u8; 32], hash: &[u8; 32]) -> Result<Vec<u8>, StoreError> {
+fn encode_metadata(
+    schema_version: u32,
+    metadata: &EventMetadata,
+    prev_hash: &[u8; 32],
+    hash: &[u8; 32],
+) -> Result<Vec<u8>, StoreError> {
     let record = EsdbMetadata {
         thitl: METADATA_FORMAT,
         schema_version,
@@ -542,12 +556,18 @@ fn encode_metadata(schema_version: u32, metadata: &EventMetadata, prev_hash: &[u
         prev_hash: hex::encode(prev_hash),
         hash: hex::encode(hash),
     };
-    serde_json::to_vec(&record).map_err(|error| StoreError::InvalidEvent(format!("event {}: metadata: {error}", metadata.event_id)))
+    serde_json::to_vec(&record)
+        .map_err(|error| StoreError::InvalidEvent(format!("event {}: metadata: {error}", metadata.event_id)))
 }
 
 /// The events of a batch as the client sends them, hashed after `prev_hash` from version
 /// `version + 1` on; also returns each event's hash.
-fn encode_batch(stream: &StreamName, version: u64, prev_hash: [u8; 32], batch: &[PreparedEvent]) -> Result<(Vec<EventData>, Vec<[u8; 32]>), StoreError> {
+fn encode_batch(
+    stream: &StreamName,
+    version: u64,
+    prev_hash: [u8; 32],
+    batch: &[PreparedEvent],
+) -> Result<(Vec<EventData>, Vec<[u8; 32]>), StoreError> {
     let mut prev_hash = prev_hash;
     let mut data = Vec::with_capacity(batch.len());
     let mut hashes = Vec::with_capacity(batch.len());
@@ -555,8 +575,9 @@ fn encode_batch(stream: &StreamName, version: u64, prev_hash: [u8; 32], batch: &
         let hash = chain::event_hash(&prev_hash, &event.fields(stream, version + 1 + index as u64));
         let metadata = encode_metadata(event.schema_version, &event.metadata, &prev_hash, &hash)?;
         // The payload text exactly as hashed (not serialised again).
-        let payload = serde_json::value::RawValue::from_string(event.payload.clone())
-            .map_err(|error| StoreError::InvalidEvent(format!("event {}: payload: {error}", event.metadata.event_id)))?;
+        let payload = serde_json::value::RawValue::from_string(event.payload.clone()).map_err(|error| {
+            StoreError::InvalidEvent(format!("event {}: payload: {error}", event.metadata.event_id))
+        })?;
         let event_data = EventData::json(&event.event_type, &payload)
             .map_err(|error| StoreError::InvalidEvent(format!("event {}: payload: {error}", event.metadata.event_id)))?
             .id(event.metadata.event_id)
@@ -594,10 +615,17 @@ fn event_position(resolved: &ResolvedEvent) -> Option<u64> {
 
 /// Rebuilds the `StoredEvent` that `recorded` holds, as thitl stream `stream` at `position`.
 fn decode_recorded(recorded: &RecordedEvent, stream: StreamName, position: u64) -> Result<StoredEvent, StoreError> {
-    let corrupt = |what: String| StoreError::Corrupt(format!("EventStoreDB stream {} revision {} (position {position}): {what}", recorded.stream_id, recorded.revision));
+    let corrupt = |what: String| {
+        StoreError::Corrupt(format!(
+            "EventStoreDB stream {} revision {} (position {position}): {what}",
+            recorded.stream_id, recorded.revision
+        ))
+    };
     let version = recorded.revision.checked_add(1).ok_or_else(|| corrupt("revision out of range".into()))?;
-    let payload = String::from_utf8(recorded.data.to_vec()).map_err(|_| corrupt("its data is not UTF-8 JSON text".into()))?;
-    let metadata: EsdbMetadata = serde_json::from_slice(&recorded.custom_metadata).map_err(|error| corrupt(format!("its metadata is not a thitl event's ({error})")))?;
+    let payload =
+        String::from_utf8(recorded.data.to_vec()).map_err(|_| corrupt("its data is not UTF-8 JSON text".into()))?;
+    let metadata: EsdbMetadata = serde_json::from_slice(&recorded.custom_metadata)
+        .map_err(|error| corrupt(format!("its metadata is not a thitl event's ({error})")))?;
     if metadata.thitl != METADATA_FORMAT {
         return Err(StoreError::UnsupportedFormat(format!(
             "EventStoreDB stream {} revision {} is in thitl event format {}; this build reads format {METADATA_FORMAT}",
@@ -605,9 +633,13 @@ fn decode_recorded(recorded: &RecordedEvent, stream: StreamName, position: u64) 
         )));
     }
     if metadata.event_id != recorded.id {
-        return Err(corrupt(format!("its metadata names event id {}, EventStoreDB has {}", metadata.event_id, recorded.id)));
+        return Err(corrupt(format!(
+            "its metadata names event id {}, EventStoreDB has {}",
+            metadata.event_id, recorded.id
+        )));
     }
-    let recorded_at = chain::parse_recorded_at(&metadata.recorded_at).ok_or_else(|| corrupt(format!("unreadable recorded_at {:?}", metadata.recorded_at)))?;
+    let recorded_at = chain::parse_recorded_at(&metadata.recorded_at)
+        .ok_or_else(|| corrupt(format!("unreadable recorded_at {:?}", metadata.recorded_at)))?;
     let hash = |text: &str, what: &str| -> Result<[u8; 32], StoreError> {
         hex::decode(text)
             .ok()
@@ -635,7 +667,9 @@ fn decode_recorded(recorded: &RecordedEvent, stream: StreamName, position: u64) 
 
 /// An event read from thitl stream `stream`.
 fn decode_stream_event(resolved: &ResolvedEvent, stream: &StreamName) -> Result<StoredEvent, StoreError> {
-    let recorded = resolved.event.as_ref().ok_or_else(|| StoreError::Corrupt(format!("stream {stream}: a link event where a thitl event was expected")))?;
+    let recorded = resolved.event.as_ref().ok_or_else(|| {
+        StoreError::Corrupt(format!("stream {stream}: a link event where a thitl event was expected"))
+    })?;
     let position = event_position(resolved).ok_or_else(|| {
         StoreError::Backend(format!(
             "EventStoreDB did not report the $all position of stream {stream} version {} on a stream read; thitl needs a server that does (an older EventStoreDB?)",
@@ -661,13 +695,25 @@ enum Decision {
 /// ids (`known`, by id) and the stream's version `actual`. As in SQLite: a batch whose first id
 /// is stored is a replay or an error, whatever the expectation; otherwise the expectation is
 /// checked, then any stored id makes the batch a partial replay or a duplicate.
-fn decide(stream: &StreamName, expected: ExpectedVersion, actual: u64, batch: &[PreparedEvent], known: &HashMap<Uuid, StoredEvent>) -> Decision {
+fn decide(
+    stream: &StreamName,
+    expected: ExpectedVersion,
+    actual: u64,
+    batch: &[PreparedEvent],
+    known: &HashMap<Uuid, StoredEvent>,
+) -> Decision {
     let Some(first) = batch.first() else { return Decision::Done(Err(StoreError::EmptyAppend)) };
     if let Some(first_stored) = known.get(&first.metadata.event_id) {
-        let mut result = AppendResult { first_position: first_stored.position, last_position: first_stored.position, stream_version: first_stored.version };
+        let mut result = AppendResult {
+            first_position: first_stored.position,
+            last_position: first_stored.position,
+            stream_version: first_stored.version,
+        };
         for (index, event) in batch.iter().enumerate() {
             let event_id = event.metadata.event_id;
-            let Some(stored) = known.get(&event_id) else { return Decision::Done(Err(StoreError::PartialReplay { event_id })) };
+            let Some(stored) = known.get(&event_id) else {
+                return Decision::Done(Err(StoreError::PartialReplay { event_id }));
+            };
             if !event.is_same_as(stream, stored) {
                 return Decision::Done(Err(StoreError::DuplicateEventId { event_id }));
             }
@@ -685,7 +731,11 @@ fn decide(stream: &StreamName, expected: ExpectedVersion, actual: u64, batch: &[
     for event in batch {
         let event_id = event.metadata.event_id;
         if let Some(stored) = known.get(&event_id) {
-            return Decision::Done(Err(if event.is_same_as(stream, stored) { StoreError::PartialReplay { event_id } } else { StoreError::DuplicateEventId { event_id } }));
+            return Decision::Done(Err(if event.is_same_as(stream, stored) {
+                StoreError::PartialReplay { event_id }
+            } else {
+                StoreError::DuplicateEventId { event_id }
+            }));
         }
     }
     Decision::Append
@@ -694,7 +744,13 @@ fn decide(stream: &StreamName, expected: ExpectedVersion, actual: u64, batch: &[
 /// Where else (first versions of ranges of `batch.len()` events) the batch's events may be
 /// stored, beyond the tail already read (versions `lowest_read..=actual`): after the version a
 /// retried exact append expected, and `index` versions before a later event of the batch found.
-fn replay_windows(expected: ExpectedVersion, actual: u64, lowest_read: u64, batch: &[PreparedEvent], known: &HashMap<Uuid, StoredEvent>) -> Vec<u64> {
+fn replay_windows(
+    expected: ExpectedVersion,
+    actual: u64,
+    lowest_read: u64,
+    batch: &[PreparedEvent],
+    known: &HashMap<Uuid, StoredEvent>,
+) -> Vec<u64> {
     let Some(first) = batch.first() else { return Vec::new() };
     if known.contains_key(&first.metadata.event_id) {
         return Vec::new();
@@ -705,7 +761,10 @@ fn replay_windows(expected: ExpectedVersion, actual: u64, lowest_read: u64, batc
         ExpectedVersion::Exact(version) if version < actual => starts.push(version + 1),
         _ => {}
     }
-    let found = batch.iter().enumerate().find_map(|(index, event)| known.get(&event.metadata.event_id).map(|stored| (index as u64, stored.version)));
+    let found = batch
+        .iter()
+        .enumerate()
+        .find_map(|(index, event)| known.get(&event.metadata.event_id).map(|stored| (index as u64, stored.version)));
     if let Some((index, version)) = found {
         if let Some(start) = version.checked_sub(index).filter(|&start| start >= 1) {
             starts.push(start);
@@ -740,7 +799,12 @@ async fn next_read(stream: &mut ReadStream) -> Result<Option<ResolvedEvent>, eve
 /// Up to `count` events of the EventStoreDB stream `name`, forwards from revision `from`, or
 /// backwards from its end when `from` is `None`; `None` when the stream does not exist (or was
 /// deleted).
-async fn read_esdb_stream(client: Client, name: String, from: Option<u64>, count: usize) -> Result<Option<Vec<ResolvedEvent>>, eventstore::Error> {
+async fn read_esdb_stream(
+    client: Client,
+    name: String,
+    from: Option<u64>,
+    count: usize,
+) -> Result<Option<Vec<ResolvedEvent>>, eventstore::Error> {
     let options = match from {
         Some(revision) => ReadStreamOptions::default().position(StreamPosition::Position(revision)).forwards(),
         None => ReadStreamOptions::default().position(StreamPosition::End).backwards(),
@@ -763,7 +827,12 @@ async fn read_esdb_stream(client: Client, name: String, from: Option<u64>, count
 }
 
 /// Up to `count` events of `$all` from `start` (inclusive), forwards or backwards.
-async fn read_all_page(client: Client, start: StreamPosition<Position>, backwards: bool, count: usize) -> Result<Vec<ResolvedEvent>, eventstore::Error> {
+async fn read_all_page(
+    client: Client,
+    start: StreamPosition<Position>,
+    backwards: bool,
+    count: usize,
+) -> Result<Vec<ResolvedEvent>, eventstore::Error> {
     let options = ReadAllOptions::default().position(start).max_count(count);
     let options = if backwards { options.backwards() } else { options.forwards() };
     let mut stream = match tokio::time::timeout(IDLE_TIMEOUT, client.read_all(&options)).await {
@@ -820,12 +889,20 @@ impl Drop for OwnedRuntime {
 
 impl fmt::Debug for EsdbStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EsdbStore").field("url", &self.inner.url.redacted).field("namespace", &self.inner.namespace).finish_non_exhaustive()
+        f.debug_struct("EsdbStore")
+            .field("url", &self.inner.url.redacted)
+            .field("namespace", &self.inner.namespace)
+            .finish_non_exhaustive()
     }
 }
 
 /// Runs `future` on the runtime behind `handle` and waits for it on this thread, at most `limit`.
-fn run_on<T: Send + 'static>(handle: &Handle, limit: Duration, doing: &str, future: impl Future<Output = Result<T, StoreError>> + Send + 'static) -> Result<T, StoreError> {
+fn run_on<T: Send + 'static>(
+    handle: &Handle,
+    limit: Duration,
+    doing: &str,
+    future: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> Result<T, StoreError> {
     let (sender, receiver) = mpsc::sync_channel(1);
     let task = handle.spawn(async move {
         let _ = sender.send(future.await);
@@ -890,7 +967,8 @@ impl EsdbStore {
 
     fn open(url: &str, namespace: String, new_namespace: bool) -> Result<EsdbStore, StoreError> {
         let url = parse_esdb_url(url).map_err(StoreError::Backend)?;
-        let first_client = (!CLIENT_STARTED.load(Ordering::SeqCst)).then(|| FIRST_CLIENT.lock().unwrap_or_else(PoisonError::into_inner));
+        let first_client = (!CLIENT_STARTED.load(Ordering::SeqCst))
+            .then(|| FIRST_CLIENT.lock().unwrap_or_else(PoisonError::into_inner));
         if !CLIENT_STARTED.load(Ordering::SeqCst) && rustls::crypto::CryptoProvider::get_default().is_some() {
             return Err(StoreError::Backend(
                 "cannot start the EventStoreDB client: a rustls crypto provider is already installed in this process, and the eventstore 4.0 client panics when it installs its own \
@@ -908,8 +986,11 @@ impl EsdbStore {
         let runtime = OwnedRuntime(Some(runtime));
         let (settings, probe_url) = (url.settings.clone(), url.clone());
         let connected = run_on(&handle, CONNECT_LIMIT, &format!("connecting to {}", url.hosts_text()), async move {
-            let client = Client::with_runtime_handle(Handle::current(), settings).map_err(|error| describe_error(&probe_url, "starting the client", &error))?;
-            let last = last_log_position(client.clone()).await.map_err(|error| describe_error(&probe_url, "reading the end of $all", &error))?;
+            let client = Client::with_runtime_handle(Handle::current(), settings)
+                .map_err(|error| describe_error(&probe_url, "starting the client", &error))?;
+            let last = last_log_position(client.clone())
+                .await
+                .map_err(|error| describe_error(&probe_url, "reading the end of $all", &error))?;
             Ok((client, last))
         });
         // The probe went through the connection task, which installs the client's provider
@@ -919,11 +1000,17 @@ impl EsdbStore {
         }
         drop(first_client);
         let (client, last) = connected?;
-        let inner = Inner { url, namespace, floor: if new_namespace { last } else { None }, client: RwLock::new(client) };
+        let inner =
+            Inner { url, namespace, floor: if new_namespace { last } else { None }, client: RwLock::new(client) };
         Ok(EsdbStore { inner: Arc::new(inner), handle, _runtime: runtime })
     }
 
-    fn run<T: Send + 'static>(&self, limit: Duration, doing: &str, future: impl Future<Output = Result<T, StoreError>> + Send + 'static) -> Result<T, StoreError> {
+    fn run<T: Send + 'static>(
+        &self,
+        limit: Duration,
+        doing: &str,
+        future: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
         run_on(&self.handle, limit, doing, future)
     }
 }
@@ -945,7 +1032,9 @@ impl Inner {
     fn replace_client(&self) {
         match Client::with_runtime_handle(Handle::current(), self.url.settings.clone()) {
             Ok(client) => *self.client.write().unwrap_or_else(PoisonError::into_inner) = client,
-            Err(error) => tracing::warn!("cannot restart the EventStoreDB client for {}: {error}", self.url.hosts_text()),
+            Err(error) => {
+                tracing::warn!("cannot restart the EventStoreDB client for {}: {error}", self.url.hosts_text())
+            }
         }
     }
 
@@ -978,22 +1067,43 @@ impl Inner {
 
     /// Events of `stream` forwards from revision `from`, or its last ones (newest first) when
     /// `from` is `None`; empty for a missing stream.
-    async fn read_stream_events(&self, stream: &StreamName, from: Option<u64>, count: usize) -> Result<Vec<StoredEvent>, StoreError> {
+    async fn read_stream_events(
+        &self,
+        stream: &StreamName,
+        from: Option<u64>,
+        count: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         let name = self.esdb_name(stream);
-        let events = self.call(&format!("reading stream {stream}"), |client| read_esdb_stream(client, name.clone(), from, count)).await?;
+        let events = self
+            .call(&format!("reading stream {stream}"), |client| read_esdb_stream(client, name.clone(), from, count))
+            .await?;
         events.unwrap_or_default().iter().map(|resolved| decode_stream_event(resolved, stream)).collect()
     }
 
     /// The thitl event an event of `$all` is, or `None` for system events and other namespaces.
     fn decode_all_event(&self, resolved: &ResolvedEvent) -> Result<Option<StoredEvent>, StoreError> {
         let Some(recorded) = resolved.event.as_ref() else { return Ok(None) };
-        let Some(name) = visible_stream(&self.namespace, &recorded.stream_id, &recorded.event_type) else { return Ok(None) };
-        let position = event_position(resolved).ok_or_else(|| StoreError::Backend(format!("EventStoreDB read $all without a position for stream {}", recorded.stream_id)))?;
-        let stream = StreamName::new(name).map_err(|_| StoreError::Corrupt(format!("EventStoreDB stream {:?} (position {position}) is not a valid thitl stream name", recorded.stream_id)))?;
+        let Some(name) = visible_stream(&self.namespace, &recorded.stream_id, &recorded.event_type) else {
+            return Ok(None);
+        };
+        let position = event_position(resolved).ok_or_else(|| {
+            StoreError::Backend(format!("EventStoreDB read $all without a position for stream {}", recorded.stream_id))
+        })?;
+        let stream = StreamName::new(name).map_err(|_| {
+            StoreError::Corrupt(format!(
+                "EventStoreDB stream {:?} (position {position}) is not a valid thitl stream name",
+                recorded.stream_id
+            ))
+        })?;
         decode_recorded(recorded, stream, position).map(Some)
     }
 
-    async fn append(&self, stream: StreamName, expected: ExpectedVersion, batch: Vec<PreparedEvent>) -> Result<AppendResult, StoreError> {
+    async fn append(
+        &self,
+        stream: StreamName,
+        expected: ExpectedVersion,
+        batch: Vec<PreparedEvent>,
+    ) -> Result<AppendResult, StoreError> {
         let name = self.esdb_name(&stream);
         let ids: HashSet<Uuid> = batch.iter().map(|event| event.metadata.event_id).collect();
         let mut scan_whole_stream = false;
@@ -1020,7 +1130,8 @@ impl Inner {
                 return result;
             }
             let (data, hashes) = encode_batch(&stream, actual, prev_hash, &batch)?;
-            let options = AppendToStreamOptions::default().expected_revision(expected_revision(ExpectedVersion::Exact(actual)));
+            let options =
+                AppendToStreamOptions::default().expected_revision(expected_revision(ExpectedVersion::Exact(actual)));
             let written = self
                 .call_raw(|client| {
                     let (name, options, data) = (name.clone(), options.clone(), data.clone());
@@ -1028,7 +1139,9 @@ impl Inner {
                 })
                 .await;
             match written {
-                Ok(write) => return self.confirm_append(&stream, actual, &batch, &hashes, write.next_expected_version).await,
+                Ok(write) => {
+                    return self.confirm_append(&stream, actual, &batch, &hashes, write.next_expected_version).await;
+                }
                 Err(eventstore::Error::ResourceDeleted) => {
                     return Err(StoreError::Backend(format!(
                         "stream {stream} ({name}) was deleted in EventStoreDB, which refuses appends to it; thitl streams are never deleted"
@@ -1046,7 +1159,8 @@ impl Inner {
                     }
                     // Another writer appended first.
                     Some(_) if expected != ExpectedVersion::Any => {
-                        return Err(conflict_error(&stream, expected, &error).unwrap_or(StoreError::Backend(format!("appending to {stream}: {error}"))));
+                        return Err(conflict_error(&stream, expected, &error)
+                            .unwrap_or(StoreError::Backend(format!("appending to {stream}: {error}"))));
                     }
                     Some(_) => {}
                     None => return Err(self.fail(&format!("appending to {stream}"), error)),
@@ -1060,7 +1174,14 @@ impl Inner {
 
     /// Reads back an append that EventStoreDB accepted (its last event at revision
     /// `last_revision`): the positions, and a check that what is stored is what was hashed.
-    async fn confirm_append(&self, stream: &StreamName, actual: u64, batch: &[PreparedEvent], hashes: &[[u8; 32]], last_revision: u64) -> Result<AppendResult, StoreError> {
+    async fn confirm_append(
+        &self,
+        stream: &StreamName,
+        actual: u64,
+        batch: &[PreparedEvent],
+        hashes: &[[u8; 32]],
+        last_revision: u64,
+    ) -> Result<AppendResult, StoreError> {
         let count = batch.len() as u64;
         let first_revision = last_revision.checked_add(1).and_then(|next| next.checked_sub(count));
         if first_revision != Some(actual) {
@@ -1074,10 +1195,16 @@ impl Inner {
         let stored = self.read_stream_events(stream, Some(actual), batch.len()).await?;
         let matches = stored.len() == batch.len()
             && stored.iter().zip(batch).zip(hashes).all(|((stored, event), hash)| {
-                stored.metadata.event_id == event.metadata.event_id && stored.payload == event.payload && stored.hash == *hash
+                stored.metadata.event_id == event.metadata.event_id
+                    && stored.payload == event.payload
+                    && stored.hash == *hash
             });
         match (matches, stored.first(), stored.last()) {
-            (true, Some(first), Some(last)) => Ok(AppendResult { first_position: first.position, last_position: last.position, stream_version: last.version }),
+            (true, Some(first), Some(last)) => Ok(AppendResult {
+                first_position: first.position,
+                last_position: last.position,
+                stream_version: last.version,
+            }),
             _ => Err(StoreError::Backend(format!(
                 "EventStoreDB accepted the append to {stream} (versions {}..={}), but reading it back does not give the events appended (ids, payload text or hashes differ)",
                 actual + 1,
@@ -1094,7 +1221,8 @@ impl Inner {
         let mut candidate: Option<Position> = None;
         let mut page_size = 64;
         loop {
-            let page = self.call("reading $all backwards", |client| read_all_page(client, start, true, page_size)).await?;
+            let page =
+                self.call("reading $all backwards", |client| read_all_page(client, start, true, page_size)).await?;
             for recorded in page.iter().filter_map(|resolved| resolved.event.as_ref()) {
                 if candidate.is_some_and(|candidate| recorded.position >= candidate) {
                     continue;
@@ -1131,7 +1259,9 @@ impl Inner {
         loop {
             let page = match self.call_raw(|client| read_all_page(client, start, false, page_size)).await {
                 Ok(page) => page,
-                Err(error) if !located && !is_connection_lost(&error) && !matches!(error, eventstore::Error::AccessDenied) => {
+                Err(error)
+                    if !located && !is_connection_lost(&error) && !matches!(error, eventstore::Error::AccessDenied) =>
+                {
                     // Not an event's position (e.g. the runner's `position - 1`).
                     located = true;
                     match self.first_position_after(after).await? {
@@ -1175,7 +1305,8 @@ impl Inner {
         let mut below: Option<Position> = None;
         let mut page_size = 32;
         loop {
-            let page = self.call("reading the end of $all", |client| read_all_page(client, start, true, page_size)).await?;
+            let page =
+                self.call("reading the end of $all", |client| read_all_page(client, start, true, page_size)).await?;
             for resolved in &page {
                 let Some(recorded) = resolved.event.as_ref() else { continue };
                 if below.is_some_and(|below| recorded.position >= below) {
@@ -1186,7 +1317,12 @@ impl Inner {
                     return Ok(0);
                 }
                 if visible_stream(&self.namespace, &recorded.stream_id, &recorded.event_type).is_some() {
-                    return event_position(resolved).ok_or_else(|| StoreError::Backend(format!("EventStoreDB read $all without a position for stream {}", recorded.stream_id)));
+                    return event_position(resolved).ok_or_else(|| {
+                        StoreError::Backend(format!(
+                            "EventStoreDB read $all without a position for stream {}",
+                            recorded.stream_id
+                        ))
+                    });
                 }
             }
             match below {
@@ -1206,11 +1342,20 @@ impl Inner {
             let mut last = None;
             for recorded in page.iter().filter_map(|resolved| resolved.event.as_ref()) {
                 last = Some(recorded.position);
-                if resume.is_some_and(|resume| recorded.position <= resume) || self.floor.is_some_and(|floor| recorded.position <= floor) {
+                if resume.is_some_and(|resume| recorded.position <= resume)
+                    || self.floor.is_some_and(|floor| recorded.position <= floor)
+                {
                     continue;
                 }
-                let Some(name) = visible_stream(&self.namespace, &recorded.stream_id, &recorded.event_type) else { continue };
-                let stream = StreamName::new(name).map_err(|_| StoreError::Corrupt(format!("EventStoreDB stream {:?} is not a valid thitl stream name", recorded.stream_id)))?;
+                let Some(name) = visible_stream(&self.namespace, &recorded.stream_id, &recorded.event_type) else {
+                    continue;
+                };
+                let stream = StreamName::new(name).map_err(|_| {
+                    StoreError::Corrupt(format!(
+                        "EventStoreDB stream {:?} is not a valid thitl stream name",
+                        recorded.stream_id
+                    ))
+                })?;
                 let version = recorded.revision.saturating_add(1);
                 let entry = versions.entry(stream).or_insert(version);
                 *entry = (*entry).max(version);
@@ -1252,16 +1397,22 @@ impl Inner {
                     Err(_) => return self.head().await,
                     Ok(Ok(SubscriptionEvent::EventAppeared(resolved))) => {
                         let Some(recorded) = resolved.event.as_ref() else { continue };
-                        let visible = visible_stream(&self.namespace, &recorded.stream_id, &recorded.event_type).is_some();
+                        let visible =
+                            visible_stream(&self.namespace, &recorded.stream_id, &recorded.event_type).is_some();
                         match event_position(&resolved) {
                             Some(found) if visible && found > position => return Ok(found),
                             _ => {}
                         }
                     }
                     Ok(Ok(_)) => {}
-                    Ok(Err(eventstore::Error::AccessDenied)) => return Err(self.fail("subscribing to $all", eventstore::Error::AccessDenied)),
+                    Ok(Err(eventstore::Error::AccessDenied)) => {
+                        return Err(self.fail("subscribing to $all", eventstore::Error::AccessDenied));
+                    }
                     Ok(Err(error)) => {
-                        tracing::warn!("EventStoreDB subscription to $all at {} dropped ({error}); subscribing again", self.url.hosts_text());
+                        tracing::warn!(
+                            "EventStoreDB subscription to $all at {} dropped ({error}); subscribing again",
+                            self.url.hosts_text()
+                        );
                         if is_connection_lost(&error) {
                             self.replace_client();
                         }
@@ -1284,27 +1435,47 @@ impl Inner {
 }
 
 impl EventStore for EsdbStore {
-    fn append(&self, stream: &StreamName, expected: ExpectedVersion, events: &[NewEvent]) -> Result<AppendResult, StoreError> {
+    fn append(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendResult, StoreError> {
         let batch = prepare(events)?;
         let (inner, stream) = (Arc::clone(&self.inner), stream.clone());
         self.run(CALL_LIMIT, "an append", async move { inner.append(stream, expected, batch).await })
     }
 
-    fn read_stream(&self, stream: &StreamName, from_version: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+    fn read_stream(
+        &self,
+        stream: &StreamName,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
         let (inner, stream) = (Arc::clone(&self.inner), stream.clone());
         let revision = from_version.max(1) - 1;
-        self.run(CALL_LIMIT, "a stream read", async move { inner.read_stream_events(&stream, Some(revision), limit).await })
+        self.run(
+            CALL_LIMIT,
+            "a stream read",
+            async move { inner.read_stream_events(&stream, Some(revision), limit).await },
+        )
     }
 
     fn stream_version(&self, stream: &StreamName) -> Result<u64, StoreError> {
         let (inner, stream) = (Arc::clone(&self.inner), stream.clone());
         self.run(CALL_LIMIT, "reading a stream's version", async move {
             let name = inner.esdb_name(&stream);
-            let last = inner.call(&format!("reading stream {stream}"), |client| read_esdb_stream(client, name.clone(), None, 1)).await?;
-            Ok(last.unwrap_or_default().first().and_then(|resolved| resolved.event.as_ref()).map_or(0, |recorded| recorded.revision.saturating_add(1)))
+            let last = inner
+                .call(&format!("reading stream {stream}"), |client| read_esdb_stream(client, name.clone(), None, 1))
+                .await?;
+            Ok(last
+                .unwrap_or_default()
+                .first()
+                .and_then(|resolved| resolved.event.as_ref())
+                .map_or(0, |recorded| recorded.revision.saturating_add(1)))
         })
     }
 
@@ -1349,7 +1520,8 @@ mod tests {
             metadata: EventMetadata {
                 event_id: Uuid::now_v7(),
                 // Nanoseconds, which the store truncates.
-                recorded_at: Utc.with_ymd_and_hms(2025, 3, 4, 5, 6, 7).unwrap() + chrono::Duration::nanoseconds(123_456_789),
+                recorded_at: Utc.with_ymd_and_hms(2025, 3, 4, 5, 6, 7).unwrap()
+                    + chrono::Duration::nanoseconds(123_456_789),
                 actor: Actor::new("alice", Role::Annotator),
                 correlation_id: Uuid::now_v7(),
                 causation_id: Some(Uuid::now_v7()),
@@ -1358,7 +1530,13 @@ mod tests {
     }
 
     /// The `RecordedEvent` EventStoreDB would hand back for `event` (custom metadata left empty).
-    fn recorded(namespace: &str, stream: &StreamName, revision: u64, position: u64, event: &PreparedEvent) -> RecordedEvent {
+    fn recorded(
+        namespace: &str,
+        stream: &StreamName,
+        revision: u64,
+        position: u64,
+        event: &PreparedEvent,
+    ) -> RecordedEvent {
         RecordedEvent {
             stream_id: format!("{namespace}{stream}"),
             id: event.metadata.event_id,
@@ -1384,12 +1562,23 @@ mod tests {
         assert_eq!((url.hosts.clone(), url.tls), (vec![("db.example.com".to_string(), 2113)], true));
         assert!(url.client_settings().is_secure_mode_enabled());
 
-        let url = parse_esdb_url("esdb://admin:s3cret@node1:2111,node2:2112,node3?tls=true&tlsVerifyCert=false&maxDiscoverAttempts=5").unwrap();
-        assert_eq!(url.hosts, vec![("node1".to_string(), 2111), ("node2".to_string(), 2112), ("node3".to_string(), 2113)]);
+        let url = parse_esdb_url(
+            "esdb://admin:s3cret@node1:2111,node2:2112,node3?tls=true&tlsVerifyCert=false&maxDiscoverAttempts=5",
+        )
+        .unwrap();
+        assert_eq!(
+            url.hosts,
+            vec![("node1".to_string(), 2111), ("node2".to_string(), 2112), ("node3".to_string(), 2113)]
+        );
         assert_eq!(url.user.as_deref(), Some("admin"));
         assert_eq!(url.hosts_text(), "node1:2111,node2:2112,node3:2113");
         // The client parsed the same hosts, and the password never shows.
-        let client_hosts: Vec<(String, u16)> = url.client_settings().hosts().iter().map(|endpoint| (endpoint.host.clone(), endpoint.port as u16)).collect();
+        let client_hosts: Vec<(String, u16)> = url
+            .client_settings()
+            .hosts()
+            .iter()
+            .map(|endpoint| (endpoint.host.clone(), endpoint.port as u16))
+            .collect();
         assert_eq!(client_hosts, url.hosts);
         assert!(!url.client_settings().is_tls_certificate_verification_enabled());
         assert_eq!(url.client_settings().max_discover_attempts(), 5);
@@ -1399,7 +1588,12 @@ mod tests {
 
         // The client reads `a,b:2222` as a:2113,b:2113; every port is written out for it.
         let url = parse_esdb_url("esdb://a,b:2222").unwrap();
-        let client_hosts: Vec<(String, u16)> = url.client_settings().hosts().iter().map(|endpoint| (endpoint.host.clone(), endpoint.port as u16)).collect();
+        let client_hosts: Vec<(String, u16)> = url
+            .client_settings()
+            .hosts()
+            .iter()
+            .map(|endpoint| (endpoint.host.clone(), endpoint.port as u16))
+            .collect();
         assert_eq!(client_hosts, vec![("a".to_string(), 2113), ("b".to_string(), 2222)]);
         assert_eq!(url.hosts, client_hosts);
 
@@ -1470,7 +1664,9 @@ mod tests {
         assert_eq!(expected_version(ExpectedRevision::Exact(u64::MAX)), None);
         assert_eq!(expected_version(ExpectedRevision::StreamExists), None);
         // Round trips; `Exact(0)` comes back as its equivalent `NoStream`.
-        for expected in [ExpectedVersion::Any, ExpectedVersion::NoStream, ExpectedVersion::Exact(1), ExpectedVersion::Exact(7)] {
+        for expected in
+            [ExpectedVersion::Any, ExpectedVersion::NoStream, ExpectedVersion::Exact(1), ExpectedVersion::Exact(7)]
+        {
             assert_eq!(expected_version(expected_revision(expected)), Some(expected));
         }
         assert_eq!(expected_version(expected_revision(ExpectedVersion::Exact(0))), Some(ExpectedVersion::NoStream));
@@ -1482,15 +1678,29 @@ mod tests {
     #[test]
     fn wrong_expected_version_errors_convert_with_the_current_version() {
         let name = stream("campaign-1");
-        let error = eventstore::Error::WrongExpectedVersion { expected: ExpectedRevision::Exact(1), current: CurrentRevision::Current(4) };
+        let error = eventstore::Error::WrongExpectedVersion {
+            expected: ExpectedRevision::Exact(1),
+            current: CurrentRevision::Current(4),
+        };
         assert_eq!(
             conflict_error(&name, ExpectedVersion::Exact(2), &error),
-            Some(StoreError::WrongExpectedVersion { stream: name.clone(), expected: ExpectedVersion::Exact(2), actual: 5 })
+            Some(StoreError::WrongExpectedVersion {
+                stream: name.clone(),
+                expected: ExpectedVersion::Exact(2),
+                actual: 5
+            })
         );
-        let error = eventstore::Error::WrongExpectedVersion { expected: ExpectedRevision::Exact(3), current: CurrentRevision::NoStream };
+        let error = eventstore::Error::WrongExpectedVersion {
+            expected: ExpectedRevision::Exact(3),
+            current: CurrentRevision::NoStream,
+        };
         assert_eq!(
             conflict_error(&name, ExpectedVersion::Exact(4), &error),
-            Some(StoreError::WrongExpectedVersion { stream: name.clone(), expected: ExpectedVersion::Exact(4), actual: 0 })
+            Some(StoreError::WrongExpectedVersion {
+                stream: name.clone(),
+                expected: ExpectedVersion::Exact(4),
+                actual: 0
+            })
         );
         assert_eq!(conflict_error(&name, ExpectedVersion::Any, &eventstore::Error::ConnectionClosed), None);
         assert_eq!(conflict_version(&eventstore::Error::AccessDenied), None);
@@ -1500,12 +1710,24 @@ mod tests {
     fn client_errors_name_the_node_and_what_to_try() {
         let insecure = parse_esdb_url("esdb://db1:2113?tls=false").unwrap();
         let secure = parse_esdb_url("esdb://admin:pw@db1:2113").unwrap();
-        let unreachable = eventstore::Error::GrpcConnectionError(eventstore::GrpcConnectionError::MaxDiscoveryAttemptReached(3));
-        let StoreError::Backend(message) = describe_error(&secure, "appending to s", &unreachable) else { panic!("not a backend error") };
-        assert!(message.contains("db1:2113") && message.contains("appending to s") && message.contains("?tls=false"), "{message}");
-        let StoreError::Backend(message) = describe_error(&insecure, "reading", &eventstore::Error::ConnectionClosed) else { panic!("not a backend error") };
+        let unreachable =
+            eventstore::Error::GrpcConnectionError(eventstore::GrpcConnectionError::MaxDiscoveryAttemptReached(3));
+        let StoreError::Backend(message) = describe_error(&secure, "appending to s", &unreachable) else {
+            panic!("not a backend error")
+        };
+        assert!(
+            message.contains("db1:2113") && message.contains("appending to s") && message.contains("?tls=false"),
+            "{message}"
+        );
+        let StoreError::Backend(message) = describe_error(&insecure, "reading", &eventstore::Error::ConnectionClosed)
+        else {
+            panic!("not a backend error")
+        };
         assert!(message.contains("says tls=false") && message.contains("panics"), "{message}");
-        let StoreError::Backend(message) = describe_error(&secure, "reading $all", &eventstore::Error::AccessDenied) else { panic!("not a backend error") };
+        let StoreError::Backend(message) = describe_error(&secure, "reading $all", &eventstore::Error::AccessDenied)
+        else {
+            panic!("not a backend error")
+        };
         assert!(message.contains("denied access") && message.contains("$all") && !message.contains("pw@"), "{message}");
         assert!(is_connection_lost(&eventstore::Error::ConnectionClosed) && is_connection_lost(&unreachable));
         assert!(!is_connection_lost(&eventstore::Error::AccessDenied));
@@ -1552,14 +1774,20 @@ mod tests {
         assert_eq!(event_position(&event(0, 0, None)), None);
         assert_eq!(event_position(&ResolvedEvent { event: None, link: None, commit_position: Some(5) }), None);
         let missing = decode_stream_event(&event(u64::MAX, u64::MAX, None), &stream("s")).unwrap_err();
-        assert!(matches!(&missing, StoreError::Backend(message) if message.contains("did not report the $all position")), "{missing:?}");
+        assert!(
+            matches!(&missing, StoreError::Backend(message) if message.contains("did not report the $all position")),
+            "{missing:?}"
+        );
     }
 
     /// StoredEvent → EventStoreDB event (data + custom metadata) → StoredEvent, identical.
     #[test]
     fn metadata_round_trips_to_the_identical_stored_event() {
         let name = stream("association-0190c3e4.a:b_c");
-        let mut odd = new_event("Odd", json!({ "z": 1.5e-7, "a": [1, 2.5, -0.0, null, 1e300], "ü\"\n": "ß 🦛 \u{0}", "nested": { " spaced key ": "  x  " } }));
+        let mut odd = new_event(
+            "Odd",
+            json!({ "z": 1.5e-7, "a": [1, 2.5, -0.0, null, 1e300], "ü\"\n": "ß 🦛 \u{0}", "nested": { " spaced key ": "  x  " } }),
+        );
         odd.metadata.causation_id = None;
         let plain = new_event("Plain", json!({ "n": 1 }));
         let batch = prepare(&[odd.clone(), plain]).unwrap();
@@ -1572,7 +1800,9 @@ mod tests {
         for (index, event) in batch.iter().enumerate() {
             let prev_hash = if index == 0 { prev } else { hashes[index - 1] };
             let mut esdb_event = recorded("ns-", &name, 4 + index as u64, 1000 + 100 * index as u64, event);
-            esdb_event.custom_metadata = Bytes::from(encode_metadata(event.schema_version, &event.metadata, &prev_hash, &hashes[index]).unwrap());
+            esdb_event.custom_metadata = Bytes::from(
+                encode_metadata(event.schema_version, &event.metadata, &prev_hash, &hashes[index]).unwrap(),
+            );
             let resolved = ResolvedEvent { event: Some(esdb_event), link: None, commit_position: None };
             let stored = decode_stream_event(&resolved, &name).unwrap();
             let expected = StoredEvent {
@@ -1633,17 +1863,27 @@ mod tests {
             (&br#"{"a":1}"#[..], &good[..], Uuid::nil(), "names event id"),
         ] {
             let error = decode(data, metadata, event_id).unwrap_err();
-            assert!(matches!(&error, StoreError::Corrupt(message) if message.contains(what) && message.contains("model-1")), "{what}: {error:?}");
+            assert!(
+                matches!(&error, StoreError::Corrupt(message) if message.contains(what) && message.contains("model-1")),
+                "{what}: {error:?}"
+            );
         }
         let mut bad = serde_json::from_slice::<serde_json::Value>(&good).unwrap();
         bad["hash"] = json!("abcd");
-        assert!(matches!(decode(br#"{"a":1}"#, &serde_json::to_vec(&bad).unwrap(), id), Err(StoreError::Corrupt(message)) if message.contains("unreadable hash")));
+        assert!(
+            matches!(decode(br#"{"a":1}"#, &serde_json::to_vec(&bad).unwrap(), id), Err(StoreError::Corrupt(message)) if message.contains("unreadable hash"))
+        );
         bad["hash"] = json!(hex::encode([1u8; 32]));
         bad["recorded_at"] = json!("yesterday");
-        assert!(matches!(decode(br#"{"a":1}"#, &serde_json::to_vec(&bad).unwrap(), id), Err(StoreError::Corrupt(message)) if message.contains("recorded_at")));
+        assert!(
+            matches!(decode(br#"{"a":1}"#, &serde_json::to_vec(&bad).unwrap(), id), Err(StoreError::Corrupt(message)) if message.contains("recorded_at"))
+        );
         bad["recorded_at"] = json!("2025-03-04T05:06:07.123456Z");
         bad["thitl"] = json!(2);
-        assert!(matches!(decode(br#"{"a":1}"#, &serde_json::to_vec(&bad).unwrap(), id), Err(StoreError::UnsupportedFormat(_))));
+        assert!(matches!(
+            decode(br#"{"a":1}"#, &serde_json::to_vec(&bad).unwrap(), id),
+            Err(StoreError::UnsupportedFormat(_))
+        ));
         bad["thitl"] = json!(1);
         bad["actor"]["role"] = json!("emperor");
         assert!(matches!(decode(br#"{"a":1}"#, &serde_json::to_vec(&bad).unwrap(), id), Err(StoreError::Corrupt(_))));
@@ -1653,13 +1893,17 @@ mod tests {
     fn batches_are_checked_before_anything_is_sent() {
         assert_eq!(prepare(&[]).unwrap_err(), StoreError::EmptyAppend);
         let event = new_event("A", json!({}));
-        assert!(matches!(prepare(&[event.clone(), event.clone()]), Err(StoreError::InvalidEvent(message)) if message.contains("twice")));
+        assert!(
+            matches!(prepare(&[event.clone(), event.clone()]), Err(StoreError::InvalidEvent(message)) if message.contains("twice"))
+        );
         let mut system = event.clone();
         system.event_type = "$metadata".into();
         assert!(matches!(prepare(&[system]), Err(StoreError::InvalidEvent(message)) if message.contains("reserves")));
         let mut empty = event;
         empty.event_type.clear();
-        assert!(matches!(prepare(&[empty]), Err(StoreError::InvalidEvent(message)) if message.contains("empty event type")));
+        assert!(
+            matches!(prepare(&[empty]), Err(StoreError::InvalidEvent(message)) if message.contains("empty event type"))
+        );
     }
 
     /// Stored events for `batch` at versions `first_version..`, as a store would return them.
@@ -1688,12 +1932,19 @@ mod tests {
     #[test]
     fn the_idempotency_rule_matches_the_sqlite_adapter() {
         let name = stream("prompt-replay");
-        let batch = prepare(&[new_event("A", json!({ "i": 0 })), new_event("B", json!({ "i": 1 })), new_event("C", json!({ "i": 2 }))]).unwrap();
+        let batch = prepare(&[
+            new_event("A", json!({ "i": 0 })),
+            new_event("B", json!({ "i": 1 })),
+            new_event("C", json!({ "i": 2 })),
+        ])
+        .unwrap();
         let stored = stored_as(&name, &batch, 3);
         let all = known(&stored);
         let replay = AppendResult { first_position: 300, last_position: 500, stream_version: 5 };
         // A replay answers the original result whatever the expectation.
-        for expected in [ExpectedVersion::Any, ExpectedVersion::NoStream, ExpectedVersion::Exact(2), ExpectedVersion::Exact(6)] {
+        for expected in
+            [ExpectedVersion::Any, ExpectedVersion::NoStream, ExpectedVersion::Exact(2), ExpectedVersion::Exact(6)]
+        {
             assert_eq!(decide(&name, expected, 6, &batch, &all), Decision::Done(Ok(replay)), "{expected:?}");
         }
         assert_eq!(
@@ -1705,16 +1956,29 @@ mod tests {
         assert_eq!(decide(&name, ExpectedVersion::Exact(6), 6, &fresh, &all), Decision::Append);
         assert_eq!(
             decide(&name, ExpectedVersion::Exact(5), 6, &fresh, &all),
-            Decision::Done(Err(StoreError::WrongExpectedVersion { stream: name.clone(), expected: ExpectedVersion::Exact(5), actual: 6 }))
+            Decision::Done(Err(StoreError::WrongExpectedVersion {
+                stream: name.clone(),
+                expected: ExpectedVersion::Exact(5),
+                actual: 6
+            }))
         );
         // Mixed: new, stored, new → the stored one breaks it; stored, new → the new one does.
         let mixed = vec![fresh[0].clone(), batch[0].clone()];
-        assert_eq!(decide(&name, ExpectedVersion::Any, 6, &mixed, &all), Decision::Done(Err(StoreError::PartialReplay { event_id: batch[0].metadata.event_id })));
+        assert_eq!(
+            decide(&name, ExpectedVersion::Any, 6, &mixed, &all),
+            Decision::Done(Err(StoreError::PartialReplay { event_id: batch[0].metadata.event_id }))
+        );
         let mixed = vec![batch[0].clone(), fresh[0].clone()];
-        assert_eq!(decide(&name, ExpectedVersion::Any, 6, &mixed, &all), Decision::Done(Err(StoreError::PartialReplay { event_id: fresh[0].metadata.event_id })));
+        assert_eq!(
+            decide(&name, ExpectedVersion::Any, 6, &mixed, &all),
+            Decision::Done(Err(StoreError::PartialReplay { event_id: fresh[0].metadata.event_id }))
+        );
         // Another order.
         let reordered = vec![batch[1].clone(), batch[0].clone()];
-        assert_eq!(decide(&name, ExpectedVersion::Any, 6, &reordered, &all), Decision::Done(Err(StoreError::PartialReplay { event_id: batch[0].metadata.event_id })));
+        assert_eq!(
+            decide(&name, ExpectedVersion::Any, 6, &reordered, &all),
+            Decision::Done(Err(StoreError::PartialReplay { event_id: batch[0].metadata.event_id }))
+        );
         // The same id with other content, first or later in the batch.
         let mut changed = batch[0].clone();
         changed.payload = r#"{"i":99}"#.into();
@@ -1737,13 +2001,17 @@ mod tests {
         // A payload stored with other spacing is still the same event.
         let mut spaced = stored.clone();
         spaced[0].payload = r#"{ "i" : 0 }"#.into();
-        assert_eq!(decide(&name, ExpectedVersion::Any, 6, &batch[..1], &known(&spaced)), Decision::Done(Ok(AppendResult { first_position: 300, last_position: 300, stream_version: 3 })));
+        assert_eq!(
+            decide(&name, ExpectedVersion::Any, 6, &batch[..1], &known(&spaced)),
+            Decision::Done(Ok(AppendResult { first_position: 300, last_position: 300, stream_version: 3 }))
+        );
     }
 
     #[test]
     fn replay_windows_look_where_a_replay_can_be() {
         let name = stream("job-1");
-        let batch = prepare(&[new_event("A", json!({})), new_event("B", json!({})), new_event("C", json!({}))]).unwrap();
+        let batch =
+            prepare(&[new_event("A", json!({})), new_event("B", json!({})), new_event("C", json!({}))]).unwrap();
         let none = HashMap::new();
         // A retry of Exact(10) on a stream now at 80 whose tail read versions 49..=80.
         assert_eq!(replay_windows(ExpectedVersion::Exact(10), 80, 49, &batch, &none), vec![11]);
@@ -1765,7 +2033,10 @@ mod tests {
     fn namespaces_are_checked() {
         assert!(check_namespace("thitl-test-0190c3e4:").is_ok());
         for bad in ["", "has space", "$system", "slash/", &"x".repeat(101)] {
-            assert!(matches!(check_namespace(bad), Err(StoreError::Backend(message)) if message.contains("namespace")), "{bad:?}");
+            assert!(
+                matches!(check_namespace(bad), Err(StoreError::Backend(message)) if message.contains("namespace")),
+                "{bad:?}"
+            );
         }
     }
 
@@ -1787,15 +2058,23 @@ mod tests {
             .collect();
         for thread in racing {
             let error = thread.join().unwrap();
-            assert!(matches!(&error, StoreError::Backend(message) if message.contains("cannot reach EventStoreDB at 127.0.0.1:1")), "{error}");
+            assert!(
+                matches!(&error, StoreError::Backend(message) if message.contains("cannot reach EventStoreDB at 127.0.0.1:1")),
+                "{error}"
+            );
         }
         for _ in 0..2 {
             let error = EsdbStore::connect(url).unwrap_err();
-            assert!(matches!(&error, StoreError::Backend(message) if message.contains("127.0.0.1:1") && message.contains("tls=false")), "{error}");
+            assert!(
+                matches!(&error, StoreError::Backend(message) if message.contains("127.0.0.1:1") && message.contains("tls=false")),
+                "{error}"
+            );
         }
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let error = runtime.block_on(async { EsdbStore::connect_new_namespace(url, "t-").unwrap_err() });
         assert!(matches!(&error, StoreError::Backend(message) if message.contains("127.0.0.1:1")), "{error}");
-        assert!(matches!(EsdbStore::connect("esdb://127.0.0.1:1?tsl=false"), Err(StoreError::Backend(message)) if message.contains("unknown parameter")));
+        assert!(
+            matches!(EsdbStore::connect("esdb://127.0.0.1:1?tsl=false"), Err(StoreError::Backend(message)) if message.contains("unknown parameter"))
+        );
     }
 }

@@ -61,9 +61,7 @@ pub struct StreamName(String);
 impl StreamName {
     pub fn new(name: impl Into<String>) -> Result<Self, StoreError> {
         let name = name.into();
-        let valid_chars = name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+        let valid_chars = name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
         if name.is_empty() || name.len() > MAX_STREAM_NAME_LEN || !valid_chars {
             return Err(StoreError::InvalidStreamName(name));
         }
@@ -175,11 +173,7 @@ pub struct AppendResult {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     #[error("stream {stream} is at version {actual}, the append expected {expected}")]
-    WrongExpectedVersion {
-        stream: StreamName,
-        expected: ExpectedVersion,
-        actual: u64,
-    },
+    WrongExpectedVersion { stream: StreamName, expected: ExpectedVersion, actual: u64 },
     /// The id is already stored with different content (a replay of identical content is not an
     /// error, see the module doc).
     #[error("event id {event_id} is already stored with different content")]
@@ -193,9 +187,7 @@ pub enum StoreError {
     PartialReplay { event_id: Uuid },
     #[error("an append needs at least one event")]
     EmptyAppend,
-    #[error(
-        "invalid stream name {0:?}: use 1 to 200 characters from A-Z, a-z, 0-9, '_', '.', ':', '-'"
-    )]
+    #[error("invalid stream name {0:?}: use 1 to 200 characters from A-Z, a-z, 0-9, '_', '.', ':', '-'")]
     InvalidStreamName(String),
     #[error("invalid event: {0}")]
     InvalidEvent(String),
@@ -221,12 +213,8 @@ pub trait EventStore: Send + Sync {
 
     /// Up to `limit` events of `stream` from `from_version` (inclusive, 1-based; 0 reads as 1),
     /// in version order. An unknown stream reads as empty.
-    fn read_stream(
-        &self,
-        stream: &StreamName,
-        from_version: u64,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, StoreError>;
+    fn read_stream(&self, stream: &StreamName, from_version: u64, limit: usize)
+    -> Result<Vec<StoredEvent>, StoreError>;
 
     /// The stream's number of events; 0 when it does not exist.
     fn stream_version(&self, stream: &StreamName) -> Result<u64, StoreError>;
@@ -259,42 +247,22 @@ mod tests {
 
     #[test]
     fn stream_names_are_validated_once() {
-        assert_eq!(
-            StreamName::new("association-0190c3e4.a:b_c")
-                .unwrap()
-                .as_str(),
-            "association-0190c3e4.a:b_c"
-        );
-        assert_eq!(
-            StreamName::new("x".repeat(200)).unwrap().as_str().len(),
-            200
-        );
+        assert_eq!(StreamName::new("association-0190c3e4.a:b_c").unwrap().as_str(), "association-0190c3e4.a:b_c");
+        assert_eq!(StreamName::new("x".repeat(200)).unwrap().as_str().len(), 200);
         for bad in ["", "has space", "slash/", "é", "nul\0"] {
-            assert_eq!(
-                StreamName::new(bad),
-                Err(StoreError::InvalidStreamName(bad.to_string()))
-            );
+            assert_eq!(StreamName::new(bad), Err(StoreError::InvalidStreamName(bad.to_string())));
         }
         let too_long = "x".repeat(201);
-        assert_eq!(
-            StreamName::new(too_long.clone()),
-            Err(StoreError::InvalidStreamName(too_long))
-        );
+        assert_eq!(StreamName::new(too_long.clone()), Err(StoreError::InvalidStreamName(too_long)));
     }
 
     #[test]
     fn stream_names_serialise_as_validated_strings() {
         let name = StreamName::new("campaign-1").unwrap();
         assert_eq!(serde_json::to_string(&name).unwrap(), "\"campaign-1\"");
-        assert_eq!(
-            serde_json::from_str::<StreamName>("\"campaign-1\"").unwrap(),
-            name
-        );
+        assert_eq!(serde_json::from_str::<StreamName>("\"campaign-1\"").unwrap(), name);
         assert!(
-            serde_json::from_str::<StreamName>("\"bad name\"")
-                .unwrap_err()
-                .to_string()
-                .contains("invalid stream name")
+            serde_json::from_str::<StreamName>("\"bad name\"").unwrap_err().to_string().contains("invalid stream name")
         );
     }
 

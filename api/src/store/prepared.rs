@@ -6,7 +6,7 @@ use domain::EventMetadata;
 use uuid::Uuid;
 
 use super::chain::{self, EventFields};
-use super::{NewEvent, StoreError, StreamName, StoredEvent};
+use super::{NewEvent, StoreError, StoredEvent, StreamName};
 
 /// A `NewEvent` made ready to store: payload text, and `recorded_at` truncated to microseconds.
 /// Owned, because an append may be committed by another thread than the caller's.
@@ -54,35 +54,25 @@ pub(crate) fn prepare(events: &[NewEvent]) -> Result<Vec<PreparedEvent>, StoreEr
     let mut ids: Vec<Uuid> = events.iter().map(|event| event.metadata.event_id).collect();
     ids.sort_unstable();
     if let Some(pair) = ids.windows(2).find(|pair| pair[0] == pair[1]) {
-        return Err(StoreError::InvalidEvent(format!(
-            "event id {} appears twice in one append",
-            pair[0]
-        )));
+        return Err(StoreError::InvalidEvent(format!("event id {} appears twice in one append", pair[0])));
     }
     events
         .iter()
         .map(|event| {
             let event_id = event.metadata.event_id;
             if event.event_type.is_empty() {
-                return Err(StoreError::InvalidEvent(format!(
-                    "event {event_id} has an empty event type"
-                )));
+                return Err(StoreError::InvalidEvent(format!("event {event_id} has an empty event type")));
             }
             if !chain::is_representable(&event.metadata.recorded_at) {
                 return Err(StoreError::InvalidEvent(format!(
                     "event {event_id}: recorded_at must be within the years 0000 to 9999 (RFC 3339)"
                 )));
             }
-            let payload = serde_json::to_string(&event.payload).map_err(|error| {
-                StoreError::InvalidEvent(format!("event {event_id}: payload: {error}"))
-            })?;
+            let payload = serde_json::to_string(&event.payload)
+                .map_err(|error| StoreError::InvalidEvent(format!("event {event_id}: payload: {error}")))?;
             // The hash prefixes each field with a u32 length.
-            if payload.len() > u32::MAX as usize
-                || event.metadata.actor.principal.len() > u32::MAX as usize
-            {
-                return Err(StoreError::InvalidEvent(format!(
-                    "event {event_id} is too large"
-                )));
+            if payload.len() > u32::MAX as usize || event.metadata.actor.principal.len() > u32::MAX as usize {
+                return Err(StoreError::InvalidEvent(format!("event {event_id} is too large")));
             }
             let metadata = EventMetadata {
                 recorded_at: chain::truncate_to_micros(event.metadata.recorded_at),

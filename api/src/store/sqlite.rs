@@ -26,9 +26,7 @@ use uuid::Uuid;
 
 use super::chain::{self, RecordedAtText};
 use super::prepared::{PreparedEvent, prepare};
-use super::{
-    AppendResult, EventStore, ExpectedVersion, NewEvent, StoreError, StoredEvent, StreamName,
-};
+use super::{AppendResult, EventStore, ExpectedVersion, NewEvent, StoreError, StoredEvent, StreamName};
 
 /// `PRAGMA application_id`: ASCII "thit", so other programs' SQLite files are recognised.
 const APPLICATION_ID: i32 = 0x7468_6974;
@@ -86,9 +84,7 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
+        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
     }
 }
 
@@ -106,23 +102,19 @@ impl SqliteStore {
     /// Opens the store at `path`, creating the file and its schema if missing.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
-        let writer = Connection::open(&path).map_err(|error| {
-            StoreError::Backend(format!("cannot open {}: {error}", path.display()))
-        })?;
+        let writer = Connection::open(&path)
+            .map_err(|error| StoreError::Backend(format!("cannot open {}: {error}", path.display())))?;
         writer.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
         check_or_create_schema(&writer, &path)?;
-        let journal_mode: String = writer
-            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-            .map_err(backend)?;
+        let journal_mode: String =
+            writer.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)).map_err(backend)?;
         if !journal_mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Backend(format!(
                 "{}: SQLite refused WAL mode (got {journal_mode}); is it on a network file system?",
                 path.display()
             )));
         }
-        writer
-            .pragma_update(None, "synchronous", "FULL")
-            .map_err(backend)?;
+        writer.pragma_update(None, "synchronous", "FULL").map_err(backend)?;
         let store = SqliteStore {
             writer: Mutex::new(writer),
             queued: Mutex::new(Vec::new()),
@@ -146,24 +138,15 @@ impl SqliteStore {
         let reader = Connection::open_with_flags(&self.path, flags).map_err(backend)?;
         reader.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
         // Read-write flags only because WAL readers write the shared-memory index; no SQL writes.
-        reader
-            .pragma_update(None, "query_only", true)
-            .map_err(backend)?;
+        reader.pragma_update(None, "query_only", true).map_err(backend)?;
         // Reading the log is mostly long sequential scans: map the file instead of a read()
         // syscall per page, and keep more pages cached.
-        reader
-            .pragma_update(None, "mmap_size", READER_MMAP_BYTES)
-            .map_err(backend)?;
-        reader
-            .pragma_update(None, "cache_size", READER_CACHE_KIB)
-            .map_err(backend)?;
+        reader.pragma_update(None, "mmap_size", READER_MMAP_BYTES).map_err(backend)?;
+        reader.pragma_update(None, "cache_size", READER_CACHE_KIB).map_err(backend)?;
         Ok(reader)
     }
 
-    fn with_reader<T>(
-        &self,
-        read: impl FnOnce(&Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+    fn with_reader<T>(&self, read: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let idle = lock(&self.idle_readers).pop();
         let reader = match idle {
             Some(reader) => reader,
@@ -190,12 +173,10 @@ fn check_or_create_schema(connection: &Connection, path: &Path) -> Result<(), St
     let (application_id, format) = read_format(connection, path)?;
     match (application_id, format) {
         (APPLICATION_ID, FORMAT_VERSION) => Ok(()),
-        (APPLICATION_ID, format) if format > FORMAT_VERSION => {
-            Err(StoreError::UnsupportedFormat(format!(
-                "{} is in event store format {format}, written by a newer thitl; this build reads format {FORMAT_VERSION}",
-                path.display()
-            )))
-        }
+        (APPLICATION_ID, format) if format > FORMAT_VERSION => Err(StoreError::UnsupportedFormat(format!(
+            "{} is in event store format {format}, written by a newer thitl; this build reads format {FORMAT_VERSION}",
+            path.display()
+        ))),
         (APPLICATION_ID, format) => Err(StoreError::UnsupportedFormat(format!(
             "{} is in unknown event store format {format}; this build reads format {FORMAT_VERSION}",
             path.display()
@@ -205,16 +186,12 @@ fn check_or_create_schema(connection: &Connection, path: &Path) -> Result<(), St
 }
 
 fn not_an_event_store(path: &Path) -> StoreError {
-    StoreError::UnsupportedFormat(format!(
-        "{} is an SQLite database, but not a thitl event store",
-        path.display()
-    ))
+    StoreError::UnsupportedFormat(format!("{} is an SQLite database, but not a thitl event store", path.display()))
 }
 
 fn read_format(connection: &Connection, path: &Path) -> Result<(i32, i32), StoreError> {
     let read = || -> rusqlite::Result<(i32, i32)> {
-        let application_id =
-            connection.pragma_query_value(None, "application_id", |row| row.get(0))?;
+        let application_id = connection.pragma_query_value(None, "application_id", |row| row.get(0))?;
         let format = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
         Ok((application_id, format))
     };
@@ -230,34 +207,23 @@ fn read_format(connection: &Connection, path: &Path) -> Result<(i32, i32), Store
 /// Creates the schema in an empty database. Under the write lock, and re-checked there, so two
 /// processes opening a new file at once create it once.
 fn create_schema(connection: &Connection, path: &Path) -> Result<(), StoreError> {
-    connection
-        .execute_batch("BEGIN IMMEDIATE")
-        .map_err(backend)?;
+    connection.execute_batch("BEGIN IMMEDIATE").map_err(backend)?;
     let created = (|| {
         let (application_id, format) = read_format(connection, path)?;
         if (application_id, format) != (0, 0) {
             return Ok(()); // Someone else created it meanwhile; the caller's next open checks it.
         }
-        let tables: i64 = connection
-            .query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))
-            .map_err(backend)?;
+        let tables: i64 =
+            connection.query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0)).map_err(backend)?;
         if tables != 0 {
             return Err(not_an_event_store(path));
         }
         connection.execute_batch(SCHEMA).map_err(backend)?;
-        connection
-            .pragma_update(None, "application_id", APPLICATION_ID)
-            .map_err(backend)?;
-        connection
-            .pragma_update(None, "user_version", FORMAT_VERSION)
-            .map_err(backend)?;
+        connection.pragma_update(None, "application_id", APPLICATION_ID).map_err(backend)?;
+        connection.pragma_update(None, "user_version", FORMAT_VERSION).map_err(backend)?;
         Ok(())
     })();
-    let finish = if created.is_ok() {
-        "COMMIT"
-    } else {
-        "ROLLBACK"
-    };
+    let finish = if created.is_ok() { "COMMIT" } else { "ROLLBACK" };
     connection.execute_batch(finish).map_err(backend)?;
     created
 }
@@ -285,12 +251,8 @@ fn commit_group(connection: &mut Connection, group: &[Arc<AppendRequest>]) {
     }
 }
 
-fn append_group(
-    connection: &mut Connection,
-    group: &[Arc<AppendRequest>],
-) -> Vec<Result<AppendResult, StoreError>> {
-    let mut transaction = match connection.transaction_with_behavior(TransactionBehavior::Immediate)
-    {
+fn append_group(connection: &mut Connection, group: &[Arc<AppendRequest>]) -> Vec<Result<AppendResult, StoreError>> {
+    let mut transaction = match connection.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(transaction) => transaction,
         Err(error) => return vec![Err(backend(error)); group.len()],
     };
@@ -304,11 +266,7 @@ fn append_group(
                 Ok(savepoint) => {
                     let outcome = append_one(&savepoint, request);
                     // Dropping an unreleased savepoint rolls it back.
-                    if outcome.is_ok() {
-                        savepoint.commit().map_err(backend).and(outcome)
-                    } else {
-                        outcome
-                    }
+                    if outcome.is_ok() { savepoint.commit().map_err(backend).and(outcome) } else { outcome }
                 }
                 Err(error) => Err(backend(error)),
             };
@@ -335,9 +293,8 @@ fn to_sql_integer(value: u64) -> i64 {
 fn find_by_id(connection: &Connection, event_id: &Uuid) -> Result<Option<StoredEvent>, StoreError> {
     let mut buffer = Uuid::encode_buffer();
     let id_text: &str = event_id.hyphenated().encode_lower(&mut buffer);
-    let mut statement = connection
-        .prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE event_id = ?1"))
-        .map_err(backend)?;
+    let mut statement =
+        connection.prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE event_id = ?1")).map_err(backend)?;
     let mut rows = statement.query([id_text]).map_err(backend)?;
     match rows.next().map_err(backend)? {
         Some(row) => decode_row(row, None).map(Some),
@@ -353,18 +310,11 @@ fn replay_result(
     prepared: &[PreparedEvent],
     first: StoredEvent,
 ) -> Result<AppendResult, StoreError> {
-    let mut result = AppendResult {
-        first_position: first.position,
-        last_position: first.position,
-        stream_version: first.version,
-    };
+    let mut result =
+        AppendResult { first_position: first.position, last_position: first.position, stream_version: first.version };
     for (index, event) in prepared.iter().enumerate() {
         let event_id = event.metadata.event_id;
-        let stored = if index == 0 {
-            Some(first.clone())
-        } else {
-            find_by_id(connection, &event_id)?
-        };
+        let stored = if index == 0 { Some(first.clone()) } else { find_by_id(connection, &event_id)? };
         let Some(stored) = stored else {
             return Err(StoreError::PartialReplay { event_id });
         };
@@ -381,23 +331,14 @@ fn replay_result(
 }
 
 /// The stream's version and its last hash (the next event's `prev_hash`).
-fn stream_head(
-    connection: &Connection,
-    stream: &StreamName,
-) -> Result<(u64, [u8; 32]), StoreError> {
+fn stream_head(connection: &Connection, stream: &StreamName) -> Result<(u64, [u8; 32]), StoreError> {
     let mut statement = connection
-        .prepare_cached(
-            "SELECT version, hash FROM events WHERE stream = ?1 ORDER BY version DESC LIMIT 1",
-        )
+        .prepare_cached("SELECT version, hash FROM events WHERE stream = ?1 ORDER BY version DESC LIMIT 1")
         .map_err(backend)?;
     let head = statement
         .query_row([stream.as_str()], |row| {
             let version: i64 = row.get(0)?;
-            let hash = row
-                .get_ref(1)?
-                .as_blob()
-                .map(<[u8]>::to_vec)
-                .map_err(rusqlite::Error::from)?;
+            let hash = row.get_ref(1)?.as_blob().map(<[u8]>::to_vec).map_err(rusqlite::Error::from)?;
             Ok((version, hash))
         })
         .optional()
@@ -405,11 +346,8 @@ fn stream_head(
     match head {
         None => Ok((0, chain::GENESIS_PREV_HASH)),
         Some((version, hash)) => {
-            let corrupt = || {
-                StoreError::Corrupt(format!(
-                    "stream {stream} version {version}: unreadable version or hash"
-                ))
-            };
+            let corrupt =
+                || StoreError::Corrupt(format!("stream {stream} version {version}: unreadable version or hash"));
             let version = u64::try_from(version).map_err(|_| corrupt())?;
             let hash = <[u8; 32]>::try_from(hash.as_slice()).map_err(|_| corrupt())?;
             Ok((version, hash))
@@ -426,22 +364,17 @@ fn explain_insert_failure(
     error: rusqlite::Error,
 ) -> StoreError {
     match find_by_id(connection, &event.metadata.event_id) {
-        Ok(Some(stored)) if event.is_same_as(stream, &stored) => StoreError::PartialReplay {
-            event_id: event.metadata.event_id,
-        },
-        Ok(Some(_)) => StoreError::DuplicateEventId {
-            event_id: event.metadata.event_id,
-        },
+        Ok(Some(stored)) if event.is_same_as(stream, &stored) => {
+            StoreError::PartialReplay { event_id: event.metadata.event_id }
+        }
+        Ok(Some(_)) => StoreError::DuplicateEventId { event_id: event.metadata.event_id },
         _ => backend(error),
     }
 }
 
 /// One append inside the group's transaction (or savepoint). The idempotency rule is in the
 /// module doc of `store`.
-fn append_one(
-    transaction: &Connection,
-    request: &AppendRequest,
-) -> Result<AppendResult, StoreError> {
+fn append_one(transaction: &Connection, request: &AppendRequest) -> Result<AppendResult, StoreError> {
     let (stream, expected, prepared) = (&request.stream, request.expected, &request.events[..]);
     // A replay is recognised by its first id, before the version check: a client retrying after
     // a lost response still expects the version it saw before its first attempt.
@@ -450,28 +383,17 @@ fn append_one(
     }
     let (actual, mut prev_hash) = stream_head(transaction, stream)?;
     if !expected.matches(actual) {
-        return Err(StoreError::WrongExpectedVersion {
-            stream: stream.clone(),
-            expected,
-            actual,
-        });
+        return Err(StoreError::WrongExpectedVersion { stream: stream.clone(), expected, actual });
     }
-    let mut result = AppendResult {
-        first_position: 0,
-        last_position: 0,
-        stream_version: actual,
-    };
+    let mut result = AppendResult { first_position: 0, last_position: 0, stream_version: actual };
     {
         let mut insert = transaction.prepare_cached(INSERT).map_err(backend)?;
         for (index, event) in prepared.iter().enumerate() {
             let version = actual + 1 + index as u64;
             let hash = chain::event_hash(&prev_hash, &event.fields(stream, version));
             let metadata = &event.metadata;
-            let (mut event_id, mut correlation_id, mut causation_id) = (
-                Uuid::encode_buffer(),
-                Uuid::encode_buffer(),
-                Uuid::encode_buffer(),
-            );
+            let (mut event_id, mut correlation_id, mut causation_id) =
+                (Uuid::encode_buffer(), Uuid::encode_buffer(), Uuid::encode_buffer());
             let recorded_at = RecordedAtText::new(&metadata.recorded_at);
             let inserted = insert.execute(params![
                 stream.as_str(),
@@ -482,14 +404,8 @@ fn append_one(
                 recorded_at.as_str(),
                 metadata.actor.principal,
                 metadata.actor.role.as_str(),
-                &*metadata
-                    .correlation_id
-                    .hyphenated()
-                    .encode_lower(&mut correlation_id),
-                metadata
-                    .causation_id
-                    .as_ref()
-                    .map(|id| &*id.hyphenated().encode_lower(&mut causation_id)),
+                &*metadata.correlation_id.hyphenated().encode_lower(&mut correlation_id),
+                metadata.causation_id.as_ref().map(|id| &*id.hyphenated().encode_lower(&mut causation_id)),
                 event.payload,
                 &prev_hash[..],
                 &hash[..],
@@ -513,23 +429,13 @@ fn append_one(
 /// Decodes one row of `COLUMNS`. `known_stream` skips re-validating the name when the query
 /// selected by stream. Anything unreadable is `Corrupt`, naming the position.
 fn decode_row(row: &Row<'_>, known_stream: Option<&StreamName>) -> Result<StoredEvent, StoreError> {
-    let position = row
-        .get_ref(0)
-        .and_then(|value| Ok(value.as_i64()?))
-        .map_err(backend)?;
-    let corrupt =
-        |what: &str| StoreError::Corrupt(format!("position {position}: unreadable {what}"));
+    let position = row.get_ref(0).and_then(|value| Ok(value.as_i64()?)).map_err(backend)?;
+    let corrupt = |what: &str| StoreError::Corrupt(format!("position {position}: unreadable {what}"));
     let text = |index: usize, what: &str| -> Result<&str, StoreError> {
-        row.get_ref(index)
-            .ok()
-            .and_then(|value| value.as_str().ok())
-            .ok_or_else(|| corrupt(what))
+        row.get_ref(index).ok().and_then(|value| value.as_str().ok()).ok_or_else(|| corrupt(what))
     };
     let integer = |index: usize, what: &str| -> Result<i64, StoreError> {
-        row.get_ref(index)
-            .ok()
-            .and_then(|value| value.as_i64().ok())
-            .ok_or_else(|| corrupt(what))
+        row.get_ref(index).ok().and_then(|value| value.as_i64().ok()).ok_or_else(|| corrupt(what))
     };
     let uuid = |index: usize, what: &str| -> Result<Uuid, StoreError> {
         Uuid::try_parse(text(index, what)?).map_err(|_| corrupt(what))
@@ -551,15 +457,13 @@ fn decode_row(row: &Row<'_>, known_stream: Option<&StreamName>) -> Result<Stored
         rusqlite::types::ValueRef::Null => None,
         _ => Some(uuid(10, "causation id")?),
     };
-    let recorded_at =
-        chain::parse_recorded_at(text(6, "recorded_at")?).ok_or_else(|| corrupt("recorded_at"))?;
+    let recorded_at = chain::parse_recorded_at(text(6, "recorded_at")?).ok_or_else(|| corrupt("recorded_at"))?;
     Ok(StoredEvent {
         position: u64::try_from(position).map_err(|_| corrupt("position"))?,
         stream,
         version: u64::try_from(integer(2, "version")?).map_err(|_| corrupt("version"))?,
         event_type: text(4, "event type")?.to_owned(),
-        schema_version: u32::try_from(integer(5, "schema version")?)
-            .map_err(|_| corrupt("schema version"))?,
+        schema_version: u32::try_from(integer(5, "schema version")?).map_err(|_| corrupt("schema version"))?,
         metadata: EventMetadata {
             event_id: uuid(3, "event id")?,
             recorded_at,
@@ -660,9 +564,7 @@ impl EventStore for SqliteStore {
         self.with_reader(|reader| {
             query_events(
                 reader,
-                &format!(
-                    "SELECT {COLUMNS} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"
-                ),
+                &format!("SELECT {COLUMNS} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"),
                 params![to_sql_integer(after_position), to_sql_integer(limit as u64)],
                 limit,
                 None,
@@ -676,8 +578,7 @@ impl EventStore for SqliteStore {
                 .prepare_cached("SELECT COALESCE(MAX(position), 0) FROM events")
                 .and_then(|mut statement| statement.query_row([], |row| row.get(0)))
                 .map_err(backend)?;
-            u64::try_from(head)
-                .map_err(|_| StoreError::Corrupt(format!("negative head position {head}")))
+            u64::try_from(head).map_err(|_| StoreError::Corrupt(format!("negative head position {head}")))
         })
     }
 
@@ -695,28 +596,21 @@ impl EventStore for SqliteStore {
                 continue; // An append committed after the head was read: look again.
             }
             let wait = POLL_INTERVAL.min(deadline - now);
-            drop(
-                self.appended
-                    .wait_timeout(appends, wait)
-                    .unwrap_or_else(PoisonError::into_inner),
-            );
+            drop(self.appended.wait_timeout(appends, wait).unwrap_or_else(PoisonError::into_inner));
         }
     }
 
     fn list_streams(&self) -> Result<Vec<(StreamName, u64)>, StoreError> {
         self.with_reader(|reader| {
             let mut statement = reader
-                .prepare_cached(
-                    "SELECT stream, MAX(version) FROM events GROUP BY stream ORDER BY stream",
-                )
+                .prepare_cached("SELECT stream, MAX(version) FROM events GROUP BY stream ORDER BY stream")
                 .map_err(backend)?;
             let mut rows = statement.query([]).map_err(backend)?;
             let mut streams = Vec::new();
             while let Some(row) = rows.next().map_err(backend)? {
                 let name: String = row.get(0).map_err(backend)?;
                 let version: i64 = row.get(1).map_err(backend)?;
-                let corrupt =
-                    || StoreError::Corrupt(format!("stream {name:?}: unreadable name or version"));
+                let corrupt = || StoreError::Corrupt(format!("stream {name:?}: unreadable name or version"));
                 let version = u64::try_from(version).map_err(|_| corrupt())?;
                 let stream = StreamName::new(name.clone()).map_err(|_| corrupt())?;
                 streams.push((stream, version));

@@ -18,10 +18,7 @@ pub struct Subscription {
 
 /// Subscribes to every event with a position greater than `after_position` (0 = from the start).
 pub fn subscribe(store: Arc<dyn EventStore>, after_position: u64) -> Subscription {
-    Subscription {
-        store,
-        position: after_position,
-    }
+    Subscription { store, position: after_position }
 }
 
 impl Subscription {
@@ -32,11 +29,7 @@ impl Subscription {
 
     /// Up to `max` next events, in position order. Returns at once while catching up; when caught
     /// up, waits up to `timeout` for new events and returns an empty batch if none came.
-    pub fn next_batch(
-        &mut self,
-        max: usize,
-        timeout: Duration,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
+    pub fn next_batch(&mut self, max: usize, timeout: Duration) -> Result<Vec<StoredEvent>, StoreError> {
         let events = self.read(max)?;
         if !events.is_empty() || max == 0 {
             return Ok(events);

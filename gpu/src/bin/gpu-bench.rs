@@ -23,11 +23,7 @@ use gpu::{Backend, GpuContext};
 fn parse_sizes(text: &str) -> Result<Vec<usize>, String> {
     text.split(',')
         .filter(|part| !part.is_empty())
-        .map(|part| {
-            part.trim()
-                .parse()
-                .map_err(|_| format!("not a size: {part:?}"))
-        })
+        .map(|part| part.trim().parse().map_err(|_| format!("not a size: {part:?}")))
         .collect()
 }
 
@@ -51,9 +47,7 @@ fn parse_models(text: &str) -> Result<Vec<(String, DitConfig)>, String> {
             "tiny" => Ok((part.to_string(), DitConfig::tiny())),
             "small" => Ok((part.to_string(), DitConfig::small())),
             "dit-s" => Ok((part.to_string(), DitConfig::dit_s())),
-            other => Err(format!(
-                "unknown model {other:?} (tiny, small, dit-s, none)"
-            )),
+            other => Err(format!("unknown model {other:?} (tiny, small, dit-s, none)")),
         })
         .collect()
 }
@@ -69,10 +63,7 @@ fn parse(args: &[String]) -> Result<(BenchOptions, Option<String>), String> {
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         let mut value = || iter.next().cloned().ok_or(format!("{arg} needs a value"));
-        let number = |text: String| {
-            text.parse::<usize>()
-                .map_err(|_| format!("bad number for {arg}"))
-        };
+        let number = |text: String| text.parse::<usize>().map_err(|_| format!("bad number for {arg}"));
         match arg.as_str() {
             "--sizes" => options.gpu_sizes = parse_sizes(&value()?)?,
             "--linear" => options.gpu_linear_shapes = parse_shapes(&value()?)?,
@@ -99,45 +90,27 @@ fn dump_case<D: Device>(device: &D, directory: &Path) -> Result<(), Box<dyn std:
     let config = DitConfig::small();
     let batch = 2;
     let weights = HostWeights::randomized(&config, 5, 0.05);
-    let lora = LoraConfig {
-        rank: 4,
-        alpha: 8.0,
-        targets: LoraTarget::ALL.to_vec(),
-    };
+    let lora = LoraConfig { rank: 4, alpha: 8.0, targets: LoraTarget::ALL.to_vec() };
     let mut adapter = HostAdapter::init(&config, &lora, 6);
     for (name, (_, values)) in adapter.weights.tensors.iter_mut() {
         if name.contains("lora_B") {
-            values
-                .iter_mut()
-                .enumerate()
-                .for_each(|(i, v)| *v = 0.02 * (((i * 37) % 19) as f32 - 9.0) / 9.0);
+            values.iter_mut().enumerate().for_each(|(i, v)| *v = 0.02 * (((i * 37) % 19) as f32 - 9.0) / 9.0);
         }
     }
-    let x: Vec<f32> = (0..batch * config.image_len())
-        .map(|i| ((i * 13 % 101) as f32 / 50.0) - 1.0)
-        .collect();
+    let x: Vec<f32> = (0..batch * config.image_len()).map(|i| ((i * 13 % 101) as f32 / 50.0) - 1.0).collect();
     let timesteps = vec![37.0f32, 801.0];
     let mut ids = vec![0u32; batch * config.max_tokens];
     ids[..4].copy_from_slice(&[5, 17, 17, 300]); // the second prompt is empty: the null text
-    let negative: Vec<u32> = (0..batch * config.max_tokens)
-        .map(|i| if i % config.max_tokens == 0 { 9 } else { 0 })
-        .collect();
-    let options = SampleOptions {
-        steps: 5,
-        eta: 0.0,
-        guidance_scale: 3.0,
-        seed: 7,
-    };
+    let negative: Vec<u32> =
+        (0..batch * config.max_tokens).map(|i| if i % config.max_tokens == 0 { 9 } else { 0 }).collect();
+    let options = SampleOptions { steps: 5, eta: 0.0, guidance_scale: 3.0, seed: 7 };
 
     let base = Dit::new(device, config, &weights, None)?;
     let input = device.upload(&x);
     let epsilon = device.download(&base.forward(device, &input, &timesteps, &ids)?, x.len())?;
     let sample = base.sample(device, &options, &ids, Some(&negative))?;
     let with_lora = Dit::new(device, config, &weights, Some(&adapter))?;
-    let epsilon_lora = device.download(
-        &with_lora.forward(device, &input, &timesteps, &ids)?,
-        x.len(),
-    )?;
+    let epsilon_lora = device.download(&with_lora.forward(device, &input, &timesteps, &ids)?, x.len())?;
     let mut initial = vec![0.0; x.len()];
     gpu::kernels::noise::NoiseStream::new(options.seed).fill(0, 1.0, &mut initial);
 
@@ -150,34 +123,17 @@ fn dump_case<D: Device>(device: &D, directory: &Path) -> Result<(), Box<dyn std:
         "sample": { "steps": options.steps, "eta": options.eta, "guidance_scale": options.guidance_scale },
     });
     std::fs::write(directory.join("config.json"), json.to_string())?;
-    std::fs::write(
-        directory.join("weights.safetensors"),
-        weights.to_safetensors(None)?,
-    )?;
-    std::fs::write(
-        directory.join("adapter/adapter_model.safetensors"),
-        adapter.weights.to_safetensors(None)?,
-    )?;
-    std::fs::write(
-        directory.join("adapter/adapter_config.json"),
-        adapter.adapter_config_json(),
-    )?;
+    std::fs::write(directory.join("weights.safetensors"), weights.to_safetensors(None)?)?;
+    std::fs::write(directory.join("adapter/adapter_model.safetensors"), adapter.weights.to_safetensors(None)?)?;
+    std::fs::write(directory.join("adapter/adapter_config.json"), adapter.adapter_config_json())?;
     let shape = vec![batch, config.channels, config.image_size, config.image_size];
     let ids_shape = vec![batch, config.max_tokens];
     let mut case = HostWeights::default();
     for (name, shape, values) in [
         ("x", shape.clone(), x.clone()),
         ("t", vec![batch], timesteps.clone()),
-        (
-            "ids",
-            ids_shape.clone(),
-            ids.iter().map(|v| *v as f32).collect(),
-        ),
-        (
-            "negative_ids",
-            ids_shape,
-            negative.iter().map(|v| *v as f32).collect(),
-        ),
+        ("ids", ids_shape.clone(), ids.iter().map(|v| *v as f32).collect()),
+        ("negative_ids", ids_shape, negative.iter().map(|v| *v as f32).collect()),
         ("epsilon", shape.clone(), epsilon),
         ("epsilon_lora", shape.clone(), epsilon_lora),
         ("initial_noise", shape.clone(), initial),
@@ -185,10 +141,7 @@ fn dump_case<D: Device>(device: &D, directory: &Path) -> Result<(), Box<dyn std:
     ] {
         case.tensors.insert(name.to_string(), (shape, values));
     }
-    std::fs::write(
-        directory.join("case.safetensors"),
-        case.to_safetensors(None)?,
-    )?;
+    std::fs::write(directory.join("case.safetensors"), case.to_safetensors(None)?)?;
     Ok(())
 }
 
@@ -205,9 +158,7 @@ fn main() {
         let result = if options.gpu {
             GpuContext::new()
                 .map_err(|error| error.into())
-                .and_then(|context| {
-                    dump_case(&WgpuDevice::new(Arc::new(context)), Path::new(&directory))
-                })
+                .and_then(|context| dump_case(&WgpuDevice::new(Arc::new(context)), Path::new(&directory)))
         } else {
             dump_case(&CpuDevice::<f32>::new(), Path::new(&directory))
         };

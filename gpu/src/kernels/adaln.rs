@@ -19,10 +19,7 @@ pub struct AdaLn {
 
 impl AdaLn {
     fn params(&self, first: Chunk, second: Chunk) -> [u32; 8] {
-        assert_eq!(
-            first.stride, second.stride,
-            "chunks of one modulation tensor"
-        );
+        assert_eq!(first.stride, second.stride, "chunks of one modulation tensor");
         [
             word(self.batch * self.tokens * self.width),
             word(self.tokens),
@@ -35,23 +32,13 @@ impl AdaLn {
         ]
     }
 
-    fn check(
-        &self,
-        tensors: &[&wgpu::Buffer],
-        modulations: &[&wgpu::Buffer],
-        first: Chunk,
-        second: Chunk,
-    ) {
+    fn check(&self, tensors: &[&wgpu::Buffer], modulations: &[&wgpu::Buffer], first: Chunk, second: Chunk) {
         for tensor in tensors {
             super::require(tensor, self.len(), "adaLN activations");
         }
         let end = first.offset.max(second.offset) + self.width;
         for modulation in modulations {
-            super::require(
-                modulation,
-                self.batch.saturating_sub(1) * first.stride + end,
-                "adaLN modulation",
-            );
+            super::require(modulation, self.batch.saturating_sub(1) * first.stride + end, "adaLN modulation");
         }
     }
 

@@ -21,12 +21,7 @@ pub fn adamw_step(
     v: &wgpu::Buffer,
     len: usize,
 ) {
-    for (buffer, what) in [
-        (grad, "gradient"),
-        (param, "parameter"),
-        (m, "first moment"),
-        (v, "second moment"),
-    ] {
+    for (buffer, what) in [(grad, "gradient"), (param, "parameter"), (m, "first moment"), (v, "second moment")] {
         super::require(buffer, len, what);
     }
     super::require(sum_of_squares, 1, "sum of squares");
@@ -44,14 +39,5 @@ pub fn adamw_step(
         (1.0 - hyper.beta1.powi(step as i32)).to_bits(),
         (1.0 - hyper.beta2.powi(step as i32)).to_bits(),
     ];
-    launch_1d(
-        recorder,
-        "adamw",
-        SOURCE,
-        "main",
-        &[R, R, W, W, W],
-        &params,
-        &[grad, sum_of_squares, param, m, v],
-        len,
-    );
+    launch_1d(recorder, "adamw", SOURCE, "main", &[R, R, W, W, W], &params, &[grad, sum_of_squares, param, m, v], len);
 }

@@ -73,15 +73,7 @@ impl Elementwise {
 
     /// [`Elementwise::run_cpu`] on the output values `start .. start + y.len()` of an operation
     /// over `len` values (inputs are whole), so that parts can run on separate threads.
-    pub fn run_cpu_part<T: crate::cpu::Real>(
-        &self,
-        a: &[T],
-        b: &[T],
-        c: &[T],
-        y: &mut [T],
-        start: usize,
-        len: usize,
-    ) {
+    pub fn run_cpu_part<T: crate::cpu::Real>(&self, a: &[T], b: &[T], c: &[T], y: &mut [T], start: usize, len: usize) {
         use crate::cpu;
         let of = |v: f32| T::of(v as f64);
         // A generic helper (not a `&dyn Fn`), so that each operation's loop is compiled on its
@@ -116,12 +108,8 @@ impl Elementwise {
         match *self {
             Elementwise::Gelu => map(y, &a[start..end], &a[start..end], |a, _| cpu::gelu(a)),
             Elementwise::Silu => map(y, &a[start..end], &a[start..end], |a, _| cpu::silu(a)),
-            Elementwise::GeluBackward => map(y, &a[start..end], &b[start..end], |a, b| {
-                b * cpu::gelu_derivative(a)
-            }),
-            Elementwise::SiluBackward => map(y, &a[start..end], &b[start..end], |a, b| {
-                b * cpu::silu_derivative(a)
-            }),
+            Elementwise::GeluBackward => map(y, &a[start..end], &b[start..end], |a, b| b * cpu::gelu_derivative(a)),
+            Elementwise::SiluBackward => map(y, &a[start..end], &b[start..end], |a, b| b * cpu::silu_derivative(a)),
             Elementwise::AddBroadcast { period } => {
                 // In runs along the period, without a division per value.
                 let (mut index, mut rest) = (start, y);
@@ -139,9 +127,7 @@ impl Elementwise {
                 let (a, b, s0, s1) = (&a[start..end], &b[start..end], of(s0), of(s1));
                 each(y, 0, |i, _| s0 * a[i] + s1 * b[i])
             }
-            Elementwise::Ddim {
-                coefficients: [cx, ce, cn],
-            } => {
+            Elementwise::Ddim { coefficients: [cx, ce, cn] } => {
                 let (a, b) = (&a[start..end], &b[start..end]);
                 let (cx, ce, cn) = (of(cx), of(ce), of(cn));
                 each(y, 0, |i, y| cx * y + ce * a[i] + cn * b[i])
@@ -158,9 +144,7 @@ impl Elementwise {
                 let scale = of(scale);
                 each(y, start, |i, _| scale * c[i / per_sample] * (a[i] - b[i]))
             }
-            Elementwise::MaskedRowAdd { period } => {
-                each(y, start, |i, y| y + a[i / period] * b[i % period])
-            }
+            Elementwise::MaskedRowAdd { period } => each(y, start, |i, y| y + a[i / period] * b[i % period]),
             Elementwise::GuidanceHalves { scale } => {
                 let scale = of(scale);
                 each(y, start, |i, _| a[i + len] + scale * (a[i] - a[i + len]))
@@ -190,24 +174,19 @@ impl Elementwise {
             Elementwise::ScaledDifference { scale } => (8, 1, 1, [scale, 0.0, 0.0]),
             Elementwise::MaskedRowAdd { period } => (9, period, period, [0.0; 3]),
             Elementwise::GuidanceHalves { scale } => (10, 1, 1, [scale, 0.0, 0.0]),
-            Elementwise::WeightedDifference { per_sample, scale } => {
-                (11, 1, per_sample, [scale, 0.0, 0.0])
-            }
+            Elementwise::WeightedDifference { per_sample, scale } => (11, 1, per_sample, [scale, 0.0, 0.0]),
         };
         let (a_len, b_len, c_len) = match *self {
             Elementwise::Gelu | Elementwise::Silu => (len, 0, 0),
             Elementwise::GeluBackward | Elementwise::SiluBackward => (len, len, 0),
             Elementwise::AddBroadcast { period } => (period.min(len), 0, 0),
-            Elementwise::Combine { .. }
-            | Elementwise::Ddim { .. }
-            | Elementwise::ScaledDifference { .. } => (len, len, 0),
-            Elementwise::AddNoise { per_sample }
-            | Elementwise::WeightedDifference { per_sample, .. } => {
+            Elementwise::Combine { .. } | Elementwise::Ddim { .. } | Elementwise::ScaledDifference { .. } => {
+                (len, len, 0)
+            }
+            Elementwise::AddNoise { per_sample } | Elementwise::WeightedDifference { per_sample, .. } => {
                 (len, len, len.div_ceil(per_sample.max(1)))
             }
-            Elementwise::MaskedRowAdd { period } => {
-                (len.div_ceil(period.max(1)), period.min(len), 0)
-            }
+            Elementwise::MaskedRowAdd { period } => (len.div_ceil(period.max(1)), period.min(len), 0),
             Elementwise::GuidanceHalves { .. } => (2 * len, 0, 0),
         };
         super::require(a, a_len, "element-wise a");
@@ -224,15 +203,6 @@ impl Elementwise {
             s[2].to_bits(),
             0,
         ];
-        launch_1d(
-            recorder,
-            "elementwise",
-            SOURCE,
-            "main",
-            &[R, R, R, W],
-            &params,
-            &[a, b, c, y],
-            len,
-        );
+        launch_1d(recorder, "elementwise", SOURCE, "main", &[R, R, R, W], &params, &[a, b, c, y], len);
     }
 }

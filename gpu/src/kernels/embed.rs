@@ -20,35 +20,18 @@ pub struct TextEmbedding {
 }
 
 impl TextEmbedding {
-    fn check(
-        &self,
-        ids: &wgpu::Buffer,
-        table: &wgpu::Buffer,
-        per_sample: &wgpu::Buffer,
-        len: usize,
-    ) {
+    fn check(&self, ids: &wgpu::Buffer, table: &wgpu::Buffer, per_sample: &wgpu::Buffer, len: usize) {
         super::require(ids, self.batch * self.max_tokens, "token ids");
         super::require(table, self.vocabulary * self.width, "embedding table");
         super::require(per_sample, len, "pooled embeddings");
     }
 
     fn params(&self) -> [u32; 4] {
-        [
-            word(self.batch),
-            word(self.max_tokens),
-            word(self.width),
-            word(self.vocabulary),
-        ]
+        [word(self.batch), word(self.max_tokens), word(self.width), word(self.vocabulary)]
     }
 
     /// `pooled[b] = mean of table[id] over the real ids of sample b` (zeros if none).
-    pub fn mean(
-        &self,
-        recorder: &mut Recorder<'_>,
-        ids: &wgpu::Buffer,
-        table: &wgpu::Buffer,
-        pooled: &wgpu::Buffer,
-    ) {
+    pub fn mean(&self, recorder: &mut Recorder<'_>, ids: &wgpu::Buffer, table: &wgpu::Buffer, pooled: &wgpu::Buffer) {
         self.check(ids, table, pooled, self.batch * self.width);
         launch_1d(
             recorder,

@@ -58,34 +58,18 @@ pub struct Layout {
 impl Layout {
     /// A `rows × cols` matrix stored row-major.
     pub fn row_major(cols: usize) -> Self {
-        Layout {
-            offset: 0,
-            row_stride: cols,
-            col_stride: 1,
-            outer_stride: 0,
-            inner_stride: 0,
-        }
+        Layout { offset: 0, row_stride: cols, col_stride: 1, outer_stride: 0, inner_stride: 0 }
     }
 
     /// The transpose of a row-major matrix with `stored_cols` columns: the operand is viewed as
     /// `stored_cols × stored_rows`.
     pub fn transposed(stored_cols: usize) -> Self {
-        Layout {
-            offset: 0,
-            row_stride: 1,
-            col_stride: stored_cols,
-            outer_stride: 0,
-            inner_stride: 0,
-        }
+        Layout { offset: 0, row_stride: 1, col_stride: stored_cols, outer_stride: 0, inner_stride: 0 }
     }
 
     /// Same layout with batch strides.
     pub fn batched(self, outer_stride: usize, inner_stride: usize) -> Self {
-        Layout {
-            outer_stride,
-            inner_stride,
-            ..self
-        }
+        Layout { outer_stride, inner_stride, ..self }
     }
 
     /// Same layout starting at `offset`.
@@ -207,16 +191,8 @@ impl Matmul {
             k,
             batch_outer: 1,
             batch_inner: 1,
-            a: if transpose_a {
-                Layout::transposed(m)
-            } else {
-                Layout::row_major(k)
-            },
-            b: if transpose_b {
-                Layout::transposed(k)
-            } else {
-                Layout::row_major(n)
-            },
+            a: if transpose_a { Layout::transposed(m) } else { Layout::row_major(k) },
+            b: if transpose_b { Layout::transposed(k) } else { Layout::row_major(n) },
             c: Layout::row_major(n),
             alpha: 1.0,
             bias: None,
@@ -227,11 +203,7 @@ impl Matmul {
 
     /// With a bias (at offset 0 of the bias buffer) and an activation.
     pub fn with_epilogue(self, bias: bool, activation: Activation) -> Self {
-        Matmul {
-            bias: bias.then_some(0),
-            activation,
-            ..self
-        }
+        Matmul { bias: bias.then_some(0), activation, ..self }
     }
 
     /// Number of outputs written.
@@ -316,11 +288,8 @@ impl Matmul {
             return false;
         }
         let (k, n) = (self.k, self.n);
-        let (a_start, b_start, c_start) = (
-            self.a.index(0, 0, 0, 0),
-            self.b.index(0, 0, 0, 0),
-            self.c.index(0, 0, 0, 0),
-        );
+        let (a_start, b_start, c_start) =
+            (self.a.index(0, 0, 0, 0), self.b.index(0, 0, 0, 0), self.c.index(0, 0, 0, 0));
         assert!(
             self.a.index(0, 0, 0, k - 1) < a.len() && self.b.index(0, 0, k - 1, n - 1) < b.len(),
             "operand out of bounds"
@@ -337,11 +306,7 @@ impl Matmul {
                 }
             }
             for (out, sum) in out.iter_mut().zip(sums) {
-                *out = if accumulate {
-                    *out + alpha * sum
-                } else {
-                    alpha * sum
-                };
+                *out = if accumulate { *out + alpha * sum } else { alpha * sum };
             }
         };
         let out = &mut c[c_start..c_start + n];
@@ -367,10 +332,7 @@ impl Matmul {
         let per_batch = self.m * self.n * self.k.max(1);
         let own_stride = self.batch_outer > 1
             && self.c.offset < self.c.outer_stride
-            && self
-                .c
-                .index(0, self.batch_inner - 1, self.m - 1, self.n - 1)
-                < self.c.outer_stride;
+            && self.c.index(0, self.batch_inner - 1, self.m - 1, self.n - 1) < self.c.outer_stride;
         own_stride && per_batch <= 1 << 21 && per_batch * self.batches() >= 1 << 18
     }
 
@@ -389,11 +351,7 @@ impl Matmul {
         // The product goes straight into C (gemm's β = 1 accumulates) unless an activation must
         // apply to the product alone before it is added to C.
         let direct = self.k > 0 && (!self.accumulate || self.activation == Activation::None);
-        let mut product = if direct {
-            Vec::new()
-        } else {
-            vec![T::default(); self.m * self.n]
-        };
+        let mut product = if direct { Vec::new() } else { vec![T::default(); self.m * self.n] };
         for outer in outers {
             for inner in 0..self.batch_inner {
                 let c_start = self.c.index(outer, inner, 0, 0) - c_base;
@@ -405,26 +363,17 @@ impl Matmul {
                     let b_start = self.b.index(outer, inner, 0, 0);
                     let a_last = self.a.index(outer, inner, self.m - 1, self.k - 1);
                     let b_last = self.b.index(outer, inner, self.k - 1, self.n - 1);
-                    assert!(
-                        a_last < a.len() && b_last < b.len(),
-                        "operand out of bounds"
-                    );
+                    assert!(a_last < a.len() && b_last < b.len(), "operand out of bounds");
                     let (target, row_stride, beta) = if direct {
                         let beta = if self.accumulate { 1.0 } else { 0.0 };
                         // SAFETY: C's last element is in bounds (checked above).
-                        (
-                            unsafe { c.as_mut_ptr().add(c_start) },
-                            self.c.row_stride,
-                            beta,
-                        )
+                        (unsafe { c.as_mut_ptr().add(c_start) }, self.c.row_stride, beta)
                     } else {
                         (product.as_mut_ptr(), self.n, 0.0)
                     };
                     // SAFETY: the strides address only elements inside the slices, which is
                     // checked by the last-element indices above.
-                    let gemm_bias = bias
-                        .filter(|_| direct)
-                        .map(|(offset, bias)| &bias[offset..offset + self.n]);
+                    let gemm_bias = bias.filter(|_| direct).map(|(offset, bias)| &bias[offset..offset + self.n]);
                     bias_added = unsafe {
                         T::gemm(
                             self.m,
@@ -537,8 +486,7 @@ impl Matmul {
     /// [`Matmul::choose_kernel`] for an adapter that is (`hardware`) or is not a GPU, with or
     /// without the vec4 kernels.
     pub fn choose_kernel_for(&self, hardware: bool, vec4: bool) -> MatmulKernel {
-        let tiles =
-            |bm: usize, bn: usize| self.m.div_ceil(bm) * self.n.div_ceil(bn) * self.batches();
+        let tiles = |bm: usize, bn: usize| self.m.div_ceil(bm) * self.n.div_ceil(bn) * self.batches();
         // Outputs computed, padding included, relative to 64×64 tiles.
         let padded = |bm: usize, bn: usize| {
             (self.m.div_ceil(bm) * bm * self.n.div_ceil(bn) * bn) as f64
@@ -549,23 +497,11 @@ impl Matmul {
             MatmulKernel::Direct
         } else if vec4 && self.vec4_aligned() {
             if fits(128, 128) {
-                MatmulKernel::Vec4 {
-                    bm: 128,
-                    bn: 128,
-                    bk: 8,
-                }
+                MatmulKernel::Vec4 { bm: 128, bn: 128, bk: 8 }
             } else if fits(128, 64) {
-                MatmulKernel::Vec4 {
-                    bm: 128,
-                    bn: 64,
-                    bk: 16,
-                }
+                MatmulKernel::Vec4 { bm: 128, bn: 64, bk: 16 }
             } else {
-                MatmulKernel::Vec4 {
-                    bm: 64,
-                    bn: 64,
-                    bk: 16,
-                }
+                MatmulKernel::Vec4 { bm: 64, bn: 64, bk: 16 }
             }
         } else if tiles(128, 128) >= 32 {
             MatmulKernel::Tiled { bk: auto_bk() }
@@ -603,20 +539,12 @@ impl Matmul {
                 super::require(a, a_last + 1, "matmul A");
                 super::require(b, b_last + 1, "matmul B");
             }
-            super::require(
-                c,
-                self.c.index(last_outer, last_inner, self.m - 1, self.n - 1) + 1,
-                "matmul C",
-            );
+            super::require(c, self.c.index(last_outer, last_inner, self.m - 1, self.n - 1) + 1, "matmul C");
             if let (Some(offset), Some(bias)) = (self.bias, bias) {
                 super::require(bias, offset + self.n, "matmul bias");
             }
         }
-        assert_eq!(
-            self.bias.is_some(),
-            bias.is_some(),
-            "bias buffer iff bias offset"
-        );
+        assert_eq!(self.bias.is_some(), bias.is_some(), "bias buffer iff bias offset");
         let context = recorder.context();
         let kernel = self.resolve_kernel(context, kernel);
         let a_k_contiguous = self.a.col_stride == 1 && self.a.row_stride != 1;
@@ -640,38 +568,18 @@ impl Matmul {
             }
             MatmulKernel::Direct | MatmulKernel::Auto => ("direct", 32, 32, 8),
         };
-        let key = format!(
-            "matmul.{entry}.{bm}x{bn}.bk{bk}.a{}.b{}",
-            a_k_contiguous as u8, b_n_contiguous as u8
-        );
-        let pipeline = context.pipeline(
-            &key,
-            entry,
-            &[Access::Read, Access::Read, Access::Read, Access::ReadWrite],
-            || {
-                let body = if entry.starts_with("wide") {
-                    VEC4
-                } else {
-                    SCALAR
-                };
+        let key = format!("matmul.{entry}.{bm}x{bn}.bk{bk}.a{}.b{}", a_k_contiguous as u8, b_n_contiguous as u8);
+        let pipeline =
+            context.pipeline(&key, entry, &[Access::Read, Access::Read, Access::Read, Access::ReadWrite], || {
+                let body = if entry.starts_with("wide") { VEC4 } else { SCALAR };
                 format!(
                     "const BM: u32 = {bm}u;\nconst BN: u32 = {bn}u;\nconst BK: u32 = {bk}u;\n\
                      const A_K_CONTIGUOUS: bool = {a_k_contiguous};\n\
                      const B_N_CONTIGUOUS: bool = {b_n_contiguous};\n{COMMON}\n{body}"
                 )
-            },
-        );
+            });
         let batches = u32::try_from(self.batches()).expect("too many batches");
-        let workgroups = [
-            self.n.div_ceil(bn as usize) as u32,
-            self.m.div_ceil(bm as usize) as u32,
-            batches,
-        ];
-        recorder.dispatch(
-            &pipeline,
-            &self.params(),
-            &[a, b, bias.unwrap_or(a), c],
-            workgroups,
-        );
+        let workgroups = [self.n.div_ceil(bn as usize) as u32, self.m.div_ceil(bm as usize) as u32, batches];
+        recorder.dispatch(&pipeline, &self.params(), &[a, b, bias.unwrap_or(a), c], workgroups);
     }
 }

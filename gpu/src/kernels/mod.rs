@@ -29,15 +29,8 @@ fn launch_1d(
     len: usize,
 ) {
     let context = recorder.context();
-    let pipeline = context.pipeline(&format!("{family}.{entry}"), entry, accesses, || {
-        source.to_string()
-    });
-    recorder.dispatch(
-        &pipeline,
-        params,
-        buffers,
-        grid_1d(context, len.div_ceil(256)),
-    );
+    let pipeline = context.pipeline(&format!("{family}.{entry}"), entry, accesses, || source.to_string());
+    recorder.dispatch(&pipeline, params, buffers, grid_1d(context, len.div_ceil(256)));
 }
 
 /// Panics unless `buffer` holds at least `words` values: the shaders are compiled without

@@ -62,12 +62,7 @@ fn inverse_normal_upper(p: f64) -> f64 {
             4.374664141464968,
             2.938163982698783,
         ];
-        let d = [
-            7.784695709041462e-3,
-            3.224671290700398e-1,
-            2.445134137142996,
-            3.754408661907416,
-        ];
+        let d = [7.784695709041462e-3, 3.224671290700398e-1, 2.445134137142996, 3.754408661907416];
         let t = (-2.0 * q.ln()).sqrt();
         -(((((c[0] * t + c[1]) * t + c[2]) * t + c[3]) * t + c[4]) * t + c[5])
             / ((((d[0] * t + d[1]) * t + d[2]) * t + d[3]) * t + 1.0)
@@ -121,11 +116,7 @@ pub fn table() -> &'static [i32] {
         for octave in 0..OCTAVES {
             for cell in 0..=CELLS {
                 let tail = 0.5f64.powi(octave as i32 + 2) * (1.0 + cell as f64 / CELLS as f64);
-                let value = if tail >= 0.5 {
-                    0.0
-                } else {
-                    inverse_normal_upper(1.0 - tail)
-                };
+                let value = if tail >= 0.5 { 0.0 } else { inverse_normal_upper(1.0 - tail) };
                 table.push((value * 65536.0).round() as i32);
             }
         }
@@ -151,10 +142,7 @@ fn gaussian(bits: u32, table: &[i32]) -> f32 {
 impl NoiseStream {
     /// The stream of `seed`.
     pub fn new(seed: u64) -> Self {
-        NoiseStream {
-            key0: lowbias32(seed as u32 ^ 0x9e37_79b9),
-            key1: lowbias32((seed >> 32) as u32 ^ 0x85eb_ca6b),
-        }
+        NoiseStream { key0: lowbias32(seed as u32 ^ 0x9e37_79b9), key1: lowbias32((seed >> 32) as u32 ^ 0x85eb_ca6b) }
     }
 
     /// The 32 random bits of element `index`.
@@ -185,26 +173,9 @@ impl NoiseStream {
         super::require(table, self::table().len(), "noise table");
         super::require(out, len, "noise output");
         let context = recorder.context();
-        let pipeline =
-            context.pipeline("noise", "main", &[Access::Read, Access::ReadWrite], || {
-                SOURCE.to_string()
-            });
-        let params = [
-            len as u32,
-            self.key0,
-            self.key1,
-            offset,
-            scale.to_bits(),
-            0,
-            0,
-            0,
-        ];
-        recorder.dispatch(
-            &pipeline,
-            &params,
-            &[table, out],
-            grid_1d(context, len.div_ceil(256)),
-        );
+        let pipeline = context.pipeline("noise", "main", &[Access::Read, Access::ReadWrite], || SOURCE.to_string());
+        let params = [len as u32, self.key0, self.key1, offset, scale.to_bits(), 0, 0, 0];
+        recorder.dispatch(&pipeline, &params, &[table, out], grid_1d(context, len.div_ceil(256)));
     }
 }
 

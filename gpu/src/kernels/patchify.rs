@@ -16,35 +16,13 @@ fn launch(
 ) {
     super::require(src, geometry.len(), "patchify source");
     super::require(dst, geometry.len(), "patchify destination");
-    let params = [
-        word(geometry.len()),
-        word(geometry.channels),
-        word(geometry.size),
-        word(geometry.patch),
-        order,
-        0,
-        0,
-        0,
-    ];
-    launch_1d(
-        recorder,
-        "patchify",
-        SOURCE,
-        entry,
-        &[R, W],
-        &params,
-        &[src, dst],
-        geometry.len(),
-    );
+    let params =
+        [word(geometry.len()), word(geometry.channels), word(geometry.size), word(geometry.patch), order, 0, 0, 0];
+    launch_1d(recorder, "patchify", SOURCE, entry, &[R, W], &params, &[src, dst], geometry.len());
 }
 
 /// Images `[B, C, H, W]` → tokens `[B, T, C·p·p]`.
-pub fn patchify(
-    recorder: &mut Recorder<'_>,
-    geometry: Patches,
-    images: &wgpu::Buffer,
-    tokens: &wgpu::Buffer,
-) {
+pub fn patchify(recorder: &mut Recorder<'_>, geometry: Patches, images: &wgpu::Buffer, tokens: &wgpu::Buffer) {
     launch(recorder, geometry, 0, "gather", images, tokens);
 }
 
@@ -59,12 +37,7 @@ pub fn patchify_backward(
 }
 
 /// Tokens `[B, T, p·p·C]` → images `[B, C, H, W]`.
-pub fn unpatchify(
-    recorder: &mut Recorder<'_>,
-    geometry: Patches,
-    tokens: &wgpu::Buffer,
-    images: &wgpu::Buffer,
-) {
+pub fn unpatchify(recorder: &mut Recorder<'_>, geometry: Patches, tokens: &wgpu::Buffer, images: &wgpu::Buffer) {
     launch(recorder, geometry, 1, "scatter", tokens, images);
 }
 

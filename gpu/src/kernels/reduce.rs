@@ -30,12 +30,8 @@ pub fn sum_of_squares(
     super::require(partials, MAX_PARTIALS, "reduction partials");
     super::require(out, out_index + 1, "reduction output");
     let context = recorder.context();
-    let partial = context.pipeline("reduce.partial", "partial", &[R, R, W, W], || {
-        SOURCE.to_string()
-    });
-    let finish = context.pipeline("reduce.finish", "finish", &[R, R, W, W], || {
-        SOURCE.to_string()
-    });
+    let partial = context.pipeline("reduce.partial", "partial", &[R, R, W, W], || SOURCE.to_string());
+    let finish = context.pipeline("reduce.finish", "finish", &[R, R, W, W], || SOURCE.to_string());
     let groups = len.div_ceil(256).clamp(1, MAX_PARTIALS);
     let params = [
         word(len),
@@ -48,11 +44,6 @@ pub fn sum_of_squares(
         0,
     ];
     let b = b.unwrap_or(a);
-    recorder.dispatch(
-        &partial,
-        &params,
-        &[a, b, partials, out],
-        [groups as u32, 1, 1],
-    );
+    recorder.dispatch(&partial, &params, &[a, b, partials, out], [groups as u32, 1, 1]);
     recorder.dispatch(&finish, &params, &[a, b, partials, out], [1, 1, 1]);
 }

@@ -26,20 +26,14 @@ fn launch(
         _ => (2, None, false),
     };
     for (index, input) in inputs.iter().enumerate().take(row_inputs) {
-        let words = if per_row_input == Some(index) {
-            rows
-        } else {
-            len
-        };
+        let words = if per_row_input == Some(index) { rows } else { len };
         super::require(input, words, entry);
     }
     super::require(outputs[0], len, entry);
     if out_per_row {
         super::require(outputs[1], rows, entry);
     }
-    let pipeline = context.pipeline(&format!("rows.{entry}"), entry, &[R, R, R, W, W], || {
-        SOURCE.to_string()
-    });
+    let pipeline = context.pipeline(&format!("rows.{entry}"), entry, &[R, R, R, W, W], || SOURCE.to_string());
     let params = [word(rows), word(width), scale.to_bits(), 0];
     let buffers = [inputs[0], inputs[1], inputs[2], outputs[0], outputs[1]];
     recorder.dispatch(&pipeline, &params, &buffers, grid_1d(context, rows));
@@ -55,15 +49,7 @@ pub fn layernorm(
     width: usize,
 ) {
     let unused = recorder.context().unused_read();
-    launch(
-        recorder,
-        "layernorm",
-        rows,
-        width,
-        1.0,
-        [x, unused, unused],
-        [normalized, rstd],
-    );
+    launch(recorder, "layernorm", rows, width, 1.0, [x, unused, unused], [normalized, rstd]);
 }
 
 /// Backward of [`layernorm`].
@@ -78,37 +64,14 @@ pub fn layernorm_backward(
     width: usize,
 ) {
     let unused = recorder.context().unused_write();
-    launch(
-        recorder,
-        "layernorm_backward",
-        rows,
-        width,
-        1.0,
-        [normalized, rstd, dy],
-        [dx, unused],
-    );
+    launch(recorder, "layernorm_backward", rows, width, 1.0, [normalized, rstd, dy], [dx, unused]);
 }
 
 /// Softmax of `scale · x` over rows.
-pub fn softmax(
-    recorder: &mut Recorder<'_>,
-    x: &wgpu::Buffer,
-    y: &wgpu::Buffer,
-    rows: usize,
-    width: usize,
-    scale: f32,
-) {
+pub fn softmax(recorder: &mut Recorder<'_>, x: &wgpu::Buffer, y: &wgpu::Buffer, rows: usize, width: usize, scale: f32) {
     let context = recorder.context();
     let (unused_read, unused_write) = (context.unused_read(), context.unused_write());
-    launch(
-        recorder,
-        "softmax",
-        rows,
-        width,
-        scale,
-        [x, unused_read, unused_read],
-        [y, unused_write],
-    );
+    launch(recorder, "softmax", rows, width, scale, [x, unused_read, unused_read], [y, unused_write]);
 }
 
 /// Backward of [`softmax`] from its output `y`.
@@ -124,13 +87,5 @@ pub fn softmax_backward(
 ) {
     let context = recorder.context();
     let (unused_read, unused_write) = (context.unused_read(), context.unused_write());
-    launch(
-        recorder,
-        "softmax_backward",
-        rows,
-        width,
-        scale,
-        [y, dy, unused_read],
-        [dx, unused_write],
-    );
+    launch(recorder, "softmax_backward", rows, width, scale, [y, dy, unused_read], [dx, unused_write]);
 }

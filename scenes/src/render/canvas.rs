@@ -80,7 +80,8 @@ impl Canvas {
     /// A segment `width` pixels thick with round ends.
     pub(crate) fn line(&mut self, from: (f32, f32), to: (f32, f32), width: f32, colour: Rgb) {
         let half = width / 2.0;
-        let bounds = [from.0.min(to.0) - half, from.1.min(to.1) - half, from.0.max(to.0) + half, from.1.max(to.1) + half];
+        let bounds =
+            [from.0.min(to.0) - half, from.1.min(to.1) - half, from.0.max(to.0) + half, from.1.max(to.1) + half];
         let (dx, dy) = (to.0 - from.0, to.1 - from.1);
         let length_squared = (dx * dx + dy * dy).max(1e-6);
         self.fill_where(bounds, colour, |x, y| {

@@ -106,7 +106,10 @@ mod tests {
                 if scene.concept.is_some() {
                     let without = render(&Scene { concept: None, ..*scene }, seed);
                     let object_pixels = changed_pixels(&image, &without).len();
-                    assert!(object_pixels >= 20, "{scene:?} seed {seed}: the object covers only {object_pixels} pixels");
+                    assert!(
+                        object_pixels >= 20,
+                        "{scene:?} seed {seed}: the object covers only {object_pixels} pixels"
+                    );
                     assert!(object_pixels <= 140, "{scene:?} seed {seed}: the object covers {object_pixels} pixels");
                 }
             }
@@ -163,7 +166,8 @@ mod tests {
                 centroid
             })
             .collect();
-        let distance = |centroid: &[f32], example: &[f32]| centroid.iter().zip(example).map(|(c, v)| (c - v).powi(2)).sum::<f32>();
+        let distance =
+            |centroid: &[f32], example: &[f32]| centroid.iter().zip(example).map(|(c, v)| (c - v).powi(2)).sum::<f32>();
         test.iter()
             .enumerate()
             .map(|(class, examples)| {
@@ -171,7 +175,9 @@ mod tests {
                     .iter()
                     .filter(|example| {
                         let nearest = (0..centroids.len())
-                            .min_by(|&a, &b| distance(&centroids[a], example).total_cmp(&distance(&centroids[b], example)))
+                            .min_by(|&a, &b| {
+                                distance(&centroids[a], example).total_cmp(&distance(&centroids[b], example))
+                            })
                             .unwrap();
                         nearest == class
                     })
@@ -255,7 +261,11 @@ mod tests {
         // The same seed draws the same background, person and placement with or without an object.
         let mut unchanged_share = 0.0;
         for seed in 0..200 {
-            let scene = Scene { group: Group::ALL[seed % 6], concept: Some(Concept::ALL[seed % 8]), setting: Setting::ALL[seed % 4] };
+            let scene = Scene {
+                group: Group::ALL[seed % 6],
+                concept: Some(Concept::ALL[seed % 8]),
+                setting: Setting::ALL[seed % 4],
+            };
             let with = render(&scene, seed as u64);
             let without = render(&Scene { concept: None, ..scene }, seed as u64);
             unchanged_share += 1.0 - changed_pixels(&with, &without).len() as f32 / (IMAGE_SIZE * IMAGE_SIZE) as f32;

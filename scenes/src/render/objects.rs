@@ -25,7 +25,14 @@ pub(crate) fn object_half_width(concept: Concept) -> f32 {
 }
 
 /// Draws `concept` standing on `ground_y`, centred near `centre_x`, turned towards `facing`.
-pub(crate) fn draw_object(canvas: &mut Canvas, rng: &mut Rng, concept: Concept, centre_x: f32, ground_y: f32, facing: f32) {
+pub(crate) fn draw_object(
+    canvas: &mut Canvas,
+    rng: &mut Rng,
+    concept: Concept,
+    centre_x: f32,
+    ground_y: f32,
+    facing: f32,
+) {
     match concept {
         Concept::Hippopotamus => hippopotamus(canvas, rng, centre_x, ground_y, facing),
         Concept::Vegetable => vegetable(canvas, rng, centre_x, ground_y),
@@ -96,9 +103,8 @@ fn sheep(canvas: &mut Canvas, rng: &mut Rng, x: f32, ground: f32, facing: f32) {
         let leg_x = body.0 + facing * offset * radius_x;
         canvas.line((leg_x, body.1), (leg_x, ground - 0.5), 1.2, black);
     }
-    let bumps: Vec<(f32, f32)> = (0..4)
-        .map(|index| (body.0 + (index as f32 - 1.5) * radius_x * 0.5, body.1 - radius_y * 0.75))
-        .collect();
+    let bumps: Vec<(f32, f32)> =
+        (0..4).map(|index| (body.0 + (index as f32 - 1.5) * radius_x * 0.5, body.1 - radius_y * 0.75)).collect();
     let bump_radius = length * 0.14;
     canvas.ellipse(body.0, body.1, radius_x + 0.7, radius_y + 0.7, outline);
     for &(bump_x, bump_y) in &bumps {
@@ -110,7 +116,12 @@ fn sheep(canvas: &mut Canvas, rng: &mut Rng, x: f32, ground: f32, facing: f32) {
     }
     let head = (body.0 + facing * radius_x * 1.05, body.1 - radius_y * 0.35);
     canvas.ellipse(head.0, head.1, length * 0.13, length * 0.17, black);
-    canvas.line((head.0 - facing * 0.6, head.1 - length * 0.1), (head.0 - facing * 2.0, head.1 - length * 0.06), 1.0, black);
+    canvas.line(
+        (head.0 - facing * 0.6, head.1 - length * 0.1),
+        (head.0 - facing * 2.0, head.1 - length * 0.06),
+        1.0,
+        black,
+    );
 }
 
 fn ball(canvas: &mut Canvas, rng: &mut Rng, x: f32, ground: f32) {
@@ -143,7 +154,11 @@ fn tree(canvas: &mut Canvas, rng: &mut Rng, x: f32, ground: f32) {
     for _ in 0..3 {
         let angle = rng.range(0.0, std::f32::consts::TAU);
         let distance = rng.range(0.0, crown_radius * 0.6);
-        canvas.put((crown.0 + angle.cos() * distance).floor() as i32, (crown.1 + angle.sin() * distance).floor() as i32, light);
+        canvas.put(
+            (crown.0 + angle.cos() * distance).floor() as i32,
+            (crown.1 + angle.sin() * distance).floor() as i32,
+            light,
+        );
     }
 }
 

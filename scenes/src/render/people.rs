@@ -52,7 +52,9 @@ pub(crate) fn draw_person(canvas: &mut Canvas, rng: &mut Rng, group: Group, stan
 enum Hair {
     Short,
     /// Falls behind the head down to this row.
-    Long { bottom_y: f32 },
+    Long {
+        bottom_y: f32,
+    },
 }
 
 /// A head of radius `radius` centred at (`x`, `y`), hair on top, face turned towards `facing`.
@@ -67,7 +69,15 @@ fn head(canvas: &mut Canvas, (x, y): (f32, f32), radius: f32, facing: f32, skin:
 
 /// An arm from `shoulder`, `length` long, `angle` radians out from hanging straight down on
 /// side `side` (+1 right, -1 left); returns the hand position.
-fn arm(canvas: &mut Canvas, shoulder: (f32, f32), side: f32, angle: f32, length: f32, sleeve: Rgb, skin: Rgb) -> (f32, f32) {
+fn arm(
+    canvas: &mut Canvas,
+    shoulder: (f32, f32),
+    side: f32,
+    angle: f32,
+    length: f32,
+    sleeve: Rgb,
+    skin: Rgb,
+) -> (f32, f32) {
     let hand = (shoulder.0 + side * angle.sin() * length, shoulder.1 + angle.cos() * length);
     canvas.line(shoulder, hand, 1.6, sleeve);
     canvas.circle(hand.0, hand.1, 0.8, skin);
@@ -211,7 +221,15 @@ fn elderly_person(canvas: &mut Canvas, rng: &mut Rng, stance: Stance, skin: Rgb)
     canvas.line(stick_top, (stick_top.0 - facing * 1.4, stick_top.1 + 0.4), 1.2, stick_colour);
     canvas.line((shoulder_x + facing * (half_width - 0.4), shoulder_y + 0.8), stick_top, 1.6, coat);
     canvas.circle(stick_top.0, stick_top.1, 0.8, skin);
-    arm(canvas, (shoulder_x - facing * (half_width - 0.4), shoulder_y + 0.8), -facing, rng.range(0.05, 0.4), height * 0.3, coat, skin);
+    arm(
+        canvas,
+        (shoulder_x - facing * (half_width - 0.4), shoulder_y + 0.8),
+        -facing,
+        rng.range(0.05, 0.4),
+        height * 0.3,
+        coat,
+        skin,
+    );
     self::head(canvas, head, radius, facing, skin, grey, Hair::Short);
 }
 
@@ -229,7 +247,12 @@ fn wheelchair_user(canvas: &mut Canvas, rng: &mut Rng, stance: Stance, skin: Rgb
     // Chair: backrest with a push handle, seat, and a frame down to the footrest and caster.
     let back_x = x - facing * 3.2;
     canvas.line((back_x, seat_y), (back_x, seat_y - torso_height - 1.0), 1.3, frame);
-    canvas.line((back_x, seat_y - torso_height - 1.0), (back_x - facing * 1.5, seat_y - torso_height - 1.0), 1.2, frame);
+    canvas.line(
+        (back_x, seat_y - torso_height - 1.0),
+        (back_x - facing * 1.5, seat_y - torso_height - 1.0),
+        1.2,
+        frame,
+    );
     canvas.line((back_x, seat_y), (x + facing * 3.4, seat_y), 1.3, frame);
     canvas.line((x + facing * 3.4, seat_y), (x + facing * 4.6, feet_y - 1.2), 1.2, frame);
     canvas.circle(x + facing * 3.6, feet_y - 1.0, 1.0, tyre);
@@ -239,7 +262,13 @@ fn wheelchair_user(canvas: &mut Canvas, rng: &mut Rng, stance: Stance, skin: Rgb
     let knee = (x + facing * 3.8, seat_y - 0.6);
     canvas.line((body_x, seat_y - 0.6), knee, 2.2, trousers);
     canvas.line(knee, (knee.0 + facing * 0.6, feet_y - 2.0), 1.8, trousers);
-    canvas.rect(knee.0 + facing * 0.6 - 0.8, feet_y - 2.2, knee.0 + facing * 0.6 + 1.4 * facing.max(0.0) + 0.8, feet_y - 1.2, SHOE);
+    canvas.rect(
+        knee.0 + facing * 0.6 - 0.8,
+        feet_y - 2.2,
+        knee.0 + facing * 0.6 + 1.4 * facing.max(0.0) + 0.8,
+        feet_y - 1.2,
+        SHOE,
+    );
     // The big wheel in front of the body, with two spokes and a hub.
     canvas.ring(wheel.0, wheel.1, wheel_radius, wheel_radius - 1.5, tyre);
     let spoke = tone(frame, 30);
@@ -254,5 +283,13 @@ fn wheelchair_user(canvas: &mut Canvas, rng: &mut Rng, stance: Stance, skin: Rgb
     let hand = (wheel.0 + facing * rng.range(0.5, 2.5), wheel.1 - wheel_radius + 1.0);
     canvas.line(shoulder, hand, 1.6, shirt);
     canvas.circle(hand.0, hand.1, 0.8, skin);
-    head(canvas, (body_x + facing * 0.3, seat_y - torso_height - 0.3 - radius), radius, facing, skin, hair, Hair::Short);
+    head(
+        canvas,
+        (body_x + facing * 0.3, seat_y - torso_height - 0.3 - radius),
+        radius,
+        facing,
+        skin,
+        hair,
+        Hair::Short,
+    );
 }
