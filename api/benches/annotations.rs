@@ -32,12 +32,12 @@ use domain::{Actor, Role};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use app::commands::{CommandBus, CommandContext};
+use app::data::DataDir;
 use serde_json::{Value, json};
-use thitl::commands::{CommandBus, CommandContext};
+use store::StreamName;
 use thitl::configuration::Settings;
-use thitl::data::DataDir;
 use thitl::startup::{Application, Storage};
-use thitl::store::StreamName;
 
 struct Options {
     clients: usize,
@@ -194,7 +194,7 @@ fn start_server(options: &Options) -> Server {
     let data = DataDir::open_or_create(dir.path()).expect("data dir");
     let bus = CommandBus::new(data.store.clone());
     let setup = CommandContext::new(Actor::new("bench-setup", Role::Admin));
-    let issue = |name: &str, role| thitl::auth::issue_token(&bus, &setup, name, role).expect("token").secret;
+    let issue = |name: &str, role| app::auth::issue_token(&bus, &setup, name, role).expect("token").secret;
     let curator = issue("cora", Role::Curator);
     let annotators: Vec<(String, String)> = (0..options.clients)
         .map(|i| format!("annotator-{i}"))

@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::audit::{event_json, event_line};
-use crate::commands::CommandBus;
-use crate::data::{DataDir, StoreLocation};
-use crate::runner::{ProjectionRunner, Until, replay};
 use crate::startup::Application;
-use crate::store::{StreamName, verify};
+use app::audit::{event_json, event_line};
+use app::commands::CommandBus;
+use app::data::{DataDir, StoreLocation};
+use app::runner::{ProjectionRunner, Until, replay};
+use store::{StreamName, verify};
 
 #[derive(Parser)]
 #[command(
@@ -72,7 +72,7 @@ enum Command {
         #[arg(long)]
         name: Option<String>,
         /// How long a claim holds without renewal; the worker renews it every third of that.
-        #[arg(long, env = "THITL_JOB_LEASE_SECONDS", default_value_t = crate::workers::DEFAULT_LEASE_SECONDS,
+        #[arg(long, env = "THITL_JOB_LEASE_SECONDS", default_value_t = app::workers::DEFAULT_LEASE_SECONDS,
               value_parser = clap::value_parser!(u32).range(1..=i64::from(domain::lease::MAX_LEASE_SECONDS)))]
         lease_seconds: u32,
         #[command(flatten)]
@@ -262,8 +262,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             serve(&data, store.parse()?.as_ref(), bind, config.as_deref(), !no_jobs)
         }
         Command::Worker { data, name, lease_seconds, device, store } => {
-            let worker_name = name.unwrap_or_else(|| crate::workers::Worker::default_name("worker", true));
-            worker(&data, store.parse()?.as_ref(), &device, crate::workers::Worker { name: worker_name, lease_seconds })
+            let worker_name = name.unwrap_or_else(|| app::workers::Worker::default_name("worker", true));
+            worker(&data, store.parse()?.as_ref(), &device, app::workers::Worker { name: worker_name, lease_seconds })
         }
         Command::Token(TokenCommand::Create { data, role, name }) => token_create(&data, &role, &name),
         Command::Token(TokenCommand::Revoke { data, id, reason }) => token_revoke(&data, &id, &reason),
@@ -287,21 +287,21 @@ fn worker(
     data: &Path,
     store: Option<&StoreLocation>,
     device: &crate::scenes_cli::DeviceArg,
-    worker: crate::workers::Worker,
+    worker: app::workers::Worker,
 ) -> anyhow::Result<ExitCode> {
     if let Err(error) = domain::values::Name::parse("worker", &worker.name) {
         anyhow::bail!("--name: {error}");
     }
     let dir = DataDir::open_existing_with(data, store)?;
-    let blobs = std::sync::Arc::new(crate::blobs::LocalBlobStore::open(&dir.root.join("blobs"))?);
+    let blobs = std::sync::Arc::new(dir.blobs()?);
     // Its own read models, in memory (the checkpoint file is the server's): they list the jobs.
-    let projections = std::sync::Arc::new(crate::runner::ProjectionRunner::open(dir.store.clone(), None)?);
+    let projections = std::sync::Arc::new(app::runner::ProjectionRunner::open(dir.store.clone(), None)?);
     projections.catch_up()?;
-    let runner = crate::runner::RunnerHandle::spawn(projections.clone());
+    let runner = app::runner::RunnerHandle::spawn(projections.clone());
     let backend = device.backend()?;
     tracing::info!(device = %backend.describe(), data = %data.display(), "jobs run here");
-    let bus = crate::commands::CommandBus::new(dir.store.clone());
-    let driver = crate::driver::Driver::spawn(crate::driver::DriverParts {
+    let bus = app::commands::CommandBus::new(dir.store.clone());
+    let driver = app::driver::Driver::spawn(app::driver::DriverParts {
         bus,
         blobs,
         projections,
@@ -426,20 +426,20 @@ fn serve(
     let storage = crate::startup::Storage {
         store: dir.store.clone(),
         checkpoint: Some(dir.checkpoint_path()),
-        idempotency: Some(dir.root.join("idempotency.db")),
+        idempotency: Some(dir.idempotency_path()),
     };
     actix_web::rt::System::new().block_on(async move {
         let bind = settings.bind.clone();
-        let blobs = std::sync::Arc::new(crate::blobs::LocalBlobStore::open(&dir.root.join("blobs"))?);
+        let blobs = std::sync::Arc::new(dir.blobs()?);
         let generator = prompt_generator(&settings)?;
         let app = Application::build_with_blobs(storage, settings, blobs.clone())?;
         let driver = match jobs {
             true => {
                 let backend = gpu::Backend::choose(gpu::DeviceChoice::from_env()?)?;
                 tracing::info!(device = %backend.describe(), "jobs run here");
-                let worker = crate::workers::Worker::from_env(crate::workers::Worker::default_name("serve", false)).map_err(|e| anyhow::anyhow!(e))?;
-                let parts = crate::driver::DriverParts { bus: app.bus(), blobs, projections: app.projections(), backend, campaigns: Some((generator, 0x7417_1)), worker };
-                Some(crate::driver::Driver::spawn(parts))
+                let worker = app::workers::Worker::from_env(app::workers::Worker::default_name("serve", false)).map_err(|e| anyhow::anyhow!(e))?;
+                let parts = app::driver::DriverParts { bus: app.bus(), blobs, projections: app.projections(), backend, campaigns: Some((generator, 0x7417_1)), worker };
+                Some(app::driver::Driver::spawn(parts))
             }
             false => None,
         };
@@ -457,8 +457,8 @@ fn serve(
 /// The chat endpoint the settings name, or the reference-world templates.
 fn prompt_generator(
     settings: &crate::configuration::Settings,
-) -> anyhow::Result<Box<dyn crate::prompts::PromptGenerator>> {
-    use crate::prompts::{OpenAiCompatible, ReferenceWorldTemplates, TemplateGenerator};
+) -> anyhow::Result<Box<dyn app::prompts::PromptGenerator>> {
+    use app::prompts::{OpenAiCompatible, ReferenceWorldTemplates, TemplateGenerator};
     Ok(match (&settings.chat_base_url, &settings.chat_model) {
         (Some(base_url), Some(model)) => Box::new(OpenAiCompatible {
             base_url: base_url.clone(),
@@ -475,7 +475,7 @@ fn prompt_generator(
 }
 
 fn export(kind: &str, data: &Path, format: &str, out: Option<&Path>) -> anyhow::Result<ExitCode> {
-    use crate::export::{ExportCursor, ExportFormat, ExportKind};
+    use app::export::{ExportCursor, ExportFormat, ExportKind};
     use std::io::Write;
     let kind = ExportKind::parse(kind)
         .ok_or_else(|| anyhow::anyhow!("no export is called '{kind}': use annotations, images or evaluations"))?;
@@ -523,7 +523,7 @@ fn store_copy(from: &str, to: &str) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
-    let report = crate::store::copy::copy_store(source.as_ref(), target.as_ref(), &mut |done, total| {
+    let report = store::copy::copy_store(source.as_ref(), target.as_ref(), &mut |done, total| {
         bar.set_length(total);
         bar.set_position(done);
     });
@@ -543,8 +543,8 @@ fn store_copy(from: &str, to: &str) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     };
-    let copied = copy_tree(&crate::blobs::blobs_dir(from_dir), &crate::blobs::blobs_dir(to_dir))?;
-    let blobs = crate::blobs::verify_blobs(to_dir)?;
+    let copied = copy_tree(&DataDir::blobs_path(from_dir), &DataDir::blobs_path(to_dir))?;
+    let blobs = app::blobs::verify_blobs(&DataDir::blobs_path(to_dir))?;
     println!("copied {copied} blob files; {}", blobs.summary());
     for problem in &blobs.problems {
         println!("blob verification FAILED: {problem}");
@@ -579,7 +579,7 @@ fn token_create(data: &Path, role: &str, name: &str) -> anyhow::Result<ExitCode>
         .ok_or_else(|| anyhow::anyhow!("unknown role '{role}': use admin, curator, annotator, operator or auditor"))?;
     let dir = DataDir::open_or_create(data)?;
     let bus = CommandBus::new(dir.store.clone());
-    let context = crate::commands::CommandContext::new(domain::Actor::new("thitl-cli", domain::Role::Admin));
+    let context = app::commands::CommandContext::new(domain::Actor::new("thitl-cli", domain::Role::Admin));
     let issued = crate::auth::issue_token(&bus, &context, name, role)?;
     eprintln!(
         "issued token {} for '{}' ({role}); it is shown this once and cannot be recovered:",
@@ -595,7 +595,7 @@ fn token_revoke(data: &Path, id: &str, reason: &str) -> anyhow::Result<ExitCode>
         id.parse().map_err(|_| anyhow::anyhow!("'{id}' is not a token id (a UUID, as `token create` printed)"))?;
     let dir = DataDir::open_existing(data)?;
     let bus = CommandBus::new(dir.store.clone());
-    let context = crate::commands::CommandContext::new(domain::Actor::new("thitl-cli", domain::Role::Admin));
+    let context = app::commands::CommandContext::new(domain::Actor::new("thitl-cli", domain::Role::Admin));
     bus.execute::<domain::Token>(
         &token_id.stream(),
         None,
@@ -603,7 +603,7 @@ fn token_revoke(data: &Path, id: &str, reason: &str) -> anyhow::Result<ExitCode>
         domain::TokenCommand::Revoke { reason: reason.to_string() },
     )
     .map_err(|e| match e {
-        crate::commands::CommandError::Domain(domain::DomainError::NotFound { .. }) => {
+        app::commands::CommandError::Domain(domain::DomainError::NotFound { .. }) => {
             anyhow::anyhow!("no token has id {token_id}")
         }
         other => other.into(),
@@ -630,7 +630,7 @@ fn audit_verify(data: &Path, store: Option<&StoreLocation>) -> anyhow::Result<Ex
         }
     };
     // Blobs are named by their SHA-256: rehash each one.
-    let blobs = crate::blobs::verify_blobs(data)?;
+    let blobs = app::blobs::verify_blobs(&DataDir::blobs_path(data))?;
     println!("{}", blobs.summary());
     for problem in &blobs.problems {
         println!("blob verification FAILED: {problem}");
@@ -648,7 +648,7 @@ fn audit_log(
     let dir = DataDir::open_existing(data)?;
     let mut printed = 0usize;
     let limit = limit.unwrap_or(usize::MAX);
-    let print = |event: &crate::store::StoredEvent| {
+    let print = |event: &store::StoredEvent| {
         if json {
             println!("{}", event_json(event));
         } else {
@@ -756,8 +756,7 @@ fn demo(data: Option<PathBuf>, quick: bool, json: bool, seed: u64) -> anyhow::Re
         None => std::env::temp_dir().join(format!("thitl-demo-{}", uuid::Uuid::now_v7())),
     };
     let dir = DataDir::open_or_create(&data)?;
-    let blobs: Arc<dyn crate::blobs::BlobStore> =
-        Arc::new(crate::blobs::LocalBlobStore::open(&crate::blobs::blobs_dir(&data))?);
+    let blobs: Arc<dyn app::blobs::BlobStore> = Arc::new(dir.blobs()?);
     let bus = CommandBus::new(dir.store.clone());
     let scale = if quick { Scale::QUICK } else { Scale::FULL };
     let backend = gpu::Backend::choose(gpu::DeviceChoice::from_env()?)?;
@@ -823,7 +822,7 @@ fn demo(data: Option<PathBuf>, quick: bool, json: bool, seed: u64) -> anyhow::Re
     runner.catch_up()?;
     runner.save()?;
     let verified = verify(dir.store.as_ref());
-    let blob_report = crate::blobs::verify_blobs(&data)?;
+    let blob_report = app::blobs::verify_blobs(&DataDir::blobs_path(&data))?;
     let summary = runner.read(|p| p.audit.clone());
     let (ok, events) = match &verified {
         Ok(report) => (blob_report.is_ok(), report.events),

@@ -8,31 +8,19 @@ use std::time::Instant;
 use actix_web::dev::{Server, Service};
 use actix_web::middleware::ErrorHandlers;
 use actix_web::{App, HttpServer, web};
-use domain::{TAXONOMY_STREAM, Taxonomy, TaxonomyCommand};
 
-use crate::blobs::{BlobStore, LocalBlobStore, MemoryBlobStore, blobs_dir};
-use crate::commands::{CommandBus, CommandContext, CommandError};
 use crate::configuration::Settings;
-use crate::idempotency::IdempotencyStore;
 use crate::metrics::Metrics;
+use crate::problem::{ApiError, problem_json_everywhere};
 use crate::routes;
-use crate::routes::images::ImageCatalog;
-use crate::routes::problem::{ApiError, problem_json_everywhere};
-use crate::runner::{ProjectionRunner, RunnerHandle};
-use crate::store::{EventStore, StreamName};
-
-/// What every request handler can reach.
-pub struct AppState {
-    pub store: Arc<dyn EventStore>,
-    pub bus: CommandBus,
-    pub blobs: Arc<dyn BlobStore>,
-    /// Image metadata by id (see `routes::images`).
-    pub images: Arc<ImageCatalog>,
-    pub projections: Arc<ProjectionRunner>,
-    pub idempotency: Arc<IdempotencyStore>,
-    pub metrics: Arc<Metrics>,
-    pub settings: Settings,
-}
+use crate::state::AppState;
+use app::blobs::{BlobStore, LocalBlobStore, MemoryBlobStore};
+use app::commands::{CommandBus, CommandContext};
+use app::data::DataDir;
+use app::idempotency::IdempotencyStore;
+use app::images::LiveImageCatalog;
+use app::runner::{ProjectionRunner, RunnerHandle};
+use store::EventStore;
 
 pub struct Application {
     port: u16,
@@ -62,7 +50,7 @@ impl Application {
     /// when there is no checkpoint file.
     pub fn build_with(storage: Storage, settings: Settings) -> anyhow::Result<Application> {
         let blobs: Arc<dyn BlobStore> = match storage.checkpoint.as_deref().and_then(std::path::Path::parent) {
-            Some(data_dir) => Arc::new(LocalBlobStore::open(&blobs_dir(data_dir))?),
+            Some(data_dir) => Arc::new(LocalBlobStore::open(&DataDir::blobs_path(data_dir))?),
             None => Arc::new(MemoryBlobStore::default()),
         };
         Self::build_with_blobs(storage, settings, blobs)
@@ -77,7 +65,7 @@ impl Application {
     ) -> anyhow::Result<Application> {
         let Storage { store, checkpoint, idempotency } = storage;
         let bus = CommandBus::new(store.clone());
-        seed_taxonomy(&bus)?;
+        app::defaults::seed_default_taxonomy(&bus, &CommandContext::system())?;
         let runner = Arc::new(ProjectionRunner::open(store.clone(), checkpoint)?);
         runner.catch_up()?;
         let runner = RunnerHandle::spawn(runner);
@@ -95,7 +83,7 @@ impl Application {
             store,
             bus: bus.clone(),
             blobs,
-            images: Arc::new(ImageCatalog::default()),
+            images: Arc::new(LiveImageCatalog::default()),
             projections: runner.runner.clone(),
             idempotency: Arc::new(idempotency),
             metrics: metrics.clone(),
@@ -164,18 +152,5 @@ impl Application {
         self.server.await?;
         self.runner.stop()?;
         Ok(())
-    }
-}
-
-/// A fresh deployment starts from the default taxonomy (data it may then edit).
-fn seed_taxonomy(bus: &CommandBus) -> anyhow::Result<()> {
-    if bus.store().stream_version(&StreamName::new(TAXONOMY_STREAM)?)? > 0 {
-        return Ok(());
-    }
-    match bus.execute::<Taxonomy>(TAXONOMY_STREAM, Some(0), &CommandContext::system(), TaxonomyCommand::SeedDefaults) {
-        // Another process seeded it in between: fine.
-        Ok(_) | Err(CommandError::Conflict { .. }) => Ok(()),
-        Err(CommandError::Domain(e)) if e.kind() == domain::ErrorKind::Conflict => Ok(()),
-        Err(other) => Err(other.into()),
     }
 }

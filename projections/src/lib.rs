@@ -3,19 +3,21 @@
 //! Each read model implements [`Projection`]: `apply` takes one [`domain::Recorded`] event and
 //! cannot fail. A projection rebuilt from position 0 equals the live one, because `apply` is a
 //! pure function of the model and the event (no clock, no IO, no randomness). The runner that
-//! feeds them from the event store, and their checkpoints, live in `api`.
+//! feeds them from the event store, and their checkpoints, live in `app`.
 //!
 //! Architecture invariant: `projections` depends only on `domain`; it never reads the store.
 
 pub mod access;
 pub mod catalog;
 pub mod evaluations;
+pub mod images;
 pub mod models;
 pub mod stats;
 
 pub use access::{TokenRegistry, TokenView};
 pub use catalog::Catalog;
 pub use evaluations::{EvaluationRecord, Evaluations};
+pub use images::{ImageCatalog, ImageRecord};
 
 pub use models::{
     AssociationList, AssociationView, AuditSummary, EntityHistory, EntitySummary, RoundProgress, RoundView,

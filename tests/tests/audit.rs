@@ -203,7 +203,7 @@ fn log_prints_one_stream_or_the_global_log_as_json() {
 
 #[test]
 fn verify_rehashes_every_blob() {
-    use thitl::blobs::{BlobStore, LocalBlobStore};
+    use app::blobs::{BlobStore, LocalBlobStore};
     let dir = campaign_copy();
     let (_, out) = verify(dir.path());
     let blobs = blob_count(&out);

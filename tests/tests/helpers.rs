@@ -233,15 +233,15 @@ pub fn spawn_app() -> TestApp {
 
 /// A server over an existing data directory (e.g. a `campaign_copy()`), with a new admin token.
 pub fn spawn_app_in(dir: tempfile::TempDir) -> TestApp {
-    use thitl::commands::{CommandBus, CommandContext};
-    let data = thitl::data::DataDir::open_or_create(dir.path()).expect("data dir");
+    use app::commands::{CommandBus, CommandContext};
+    let data = app::data::DataDir::open_or_create(dir.path()).expect("data dir");
     let bus = CommandBus::new(data.store.clone());
     let context = CommandContext::new(domain::Actor::new("test-setup", domain::Role::Admin));
-    let admin = thitl::auth::issue_token(&bus, &context, "root", domain::Role::Admin).expect("admin token").secret;
+    let admin = app::auth::issue_token(&bus, &context, "root", domain::Role::Admin).expect("admin token").secret;
     let storage = thitl::startup::Storage {
         store: data.store.clone(),
         checkpoint: Some(data.checkpoint_path()),
-        idempotency: Some(dir.path().join("idempotency.db")),
+        idempotency: Some(data.idempotency_path()),
     };
     let settings = thitl::configuration::Settings {
         bind: "127.0.0.1:0".into(),

@@ -9,11 +9,11 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::{Action, Principal};
-use crate::routes::problem::{ApiError, Problem};
+use crate::problem::{ApiError, Problem};
 use crate::routes::support::{
     CommandAnswer, Done, WaitFor, entity_answer, load, named, parse_id, query_answer, run_command, wait_for,
 };
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// A problematic association to register.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -55,7 +55,7 @@ pub struct DefineCategory {
     pub example: String,
 }
 
-fn load_taxonomy(bus: &crate::commands::CommandBus) -> Result<Taxonomy, ApiError> {
+fn load_taxonomy(bus: &app::commands::CommandBus) -> Result<Taxonomy, ApiError> {
     Ok(bus.load::<Taxonomy>(TAXONOMY_STREAM)?.0)
 }
 

@@ -9,11 +9,11 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::audit::event_json;
 use crate::auth::{Action, Principal};
-use crate::routes::problem::{ApiError, Problem};
-use crate::startup::AppState;
-use crate::store::{StoredEvent, StreamName, verify as verify_chains};
+use crate::problem::{ApiError, Problem};
+use crate::state::AppState;
+use app::audit::event_json;
+use store::{StoredEvent, StreamName, verify as verify_chains};
 
 pub const MAX_LIMIT: usize = 1000;
 /// A filtered read scans at most this many events per request, then says where it stopped.
@@ -54,7 +54,7 @@ impl EventsQuery {
     }
 }
 
-fn store_error(error: crate::store::StoreError) -> ApiError {
+fn store_error(error: store::StoreError) -> ApiError {
     ApiError::unavailable(format!("event store: {error}"))
 }
 

@@ -1,5 +1,5 @@
 //! `GET /v1/exports/{kind}`: annotations, images' metadata or evaluations as CSV or JSON Lines,
-//! streamed from the event log (see [`crate::export`]).
+//! streamed from the event log (see [`app::export`]).
 
 use actix_web::HttpResponse;
 use actix_web::http::header;
@@ -8,9 +8,9 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::auth::{Action, Principal};
-use crate::export::{ExportCursor, ExportFormat, ExportKind};
-use crate::routes::problem::ApiError;
-use crate::startup::AppState;
+use crate::problem::ApiError;
+use crate::state::AppState;
+use app::export::{ExportCursor, ExportFormat, ExportKind};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -25,7 +25,7 @@ pub struct ExportQuery {
 /// row; JSON Lines has one object per line with the same keys.
 #[utoipa::path(get, path = "/v1/exports/{kind}", tag = "exports", params(("kind" = String, Path, description = "annotations | images | evaluations"), ExportQuery),
     responses((status = 200, description = "CSV or JSON Lines, streamed", content_type = "text/csv"),
-        (status = "4XX", body = crate::routes::problem::Problem, content_type = "application/problem+json")),
+        (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn export(
     state: web::Data<AppState>,

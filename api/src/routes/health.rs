@@ -1,8 +1,8 @@
 use actix_web::{HttpResponse, web};
 use serde_json::json;
 
-use crate::routes::problem::ApiError;
-use crate::startup::AppState;
+use crate::problem::ApiError;
+use crate::state::AppState;
 
 /// The process is up.
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Object)))]
@@ -11,7 +11,7 @@ pub async fn healthz() -> HttpResponse {
 }
 
 /// The store answers and the read models have caught up with it.
-#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, body = Object), (status = 503, body = crate::routes::problem::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, body = Object), (status = 503, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
     let head = web::block(move || store.head_position())

@@ -6,175 +6,26 @@
 //! names content and nothing else, so the bytes reveal no label. (Workers must therefore not
 //! write the prompt or the model into a PNG's text chunks.)
 //!
-//! A key design decision: the image metadata comes from [`ImageCatalog`], a small fold of
-//! `ImageGenerated` and `RoundOpened` events that follows the store from its own position and
-//! catches up on each query, so an answer always reflects the log's head at the time it was
-//! asked (read-your-writes with no wait). It is the one read model kept here rather than in
-//! `projections`; it is a pure fold ([`ImageCatalog::apply`]) and can move there unchanged.
-
-use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+//! A key design decision: the image metadata comes from `app::images::LiveImageCatalog`, the
+//! `projections::ImageCatalog` fold kept up with the store, which catches up on each query, so an
+//! answer always reflects the log's head at the time it was asked (read-your-writes with no wait).
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
-use domain::generation::{GenerationEvent, GenerationPurpose};
-use domain::round::{ItemContent, RoundEvent};
+use domain::ImageId;
 use domain::values::BlobHash;
-use domain::{AssociationId, DomainEvent, GenerationId, ImageId, ModelVersionId, PromptId, RoundId};
+use projections::ImageRecord;
 use serde::Serialize;
 use serde_json::json;
 use utoipa::ToSchema;
 
 use crate::auth::{Action, Principal};
-use crate::blobs::{BlobError, is_png};
-use crate::routes::problem::{ApiError, Problem};
+use crate::problem::{ApiError, Problem};
 use crate::routes::support::{WaitFor, parse_id};
-use crate::startup::AppState;
-use crate::store::{EventStore, StoredEvent};
-
-/// What is known about one image, from the events that recorded it.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct ImageRecord {
-    #[schema(value_type = String, format = "uuid")]
-    pub image_id: ImageId,
-    /// SHA-256 of its bytes: fetch them from `/v1/blobs/{blob}`.
-    #[schema(value_type = String)]
-    pub blob: BlobHash,
-    /// The generation job that made it (none for an image a curator put in a round by hand).
-    #[schema(value_type = Option<String>, format = "uuid")]
-    pub generation_id: Option<GenerationId>,
-    /// Its index within that job.
-    pub index: Option<u32>,
-    #[schema(value_type = Option<String>)]
-    pub purpose: Option<GenerationPurpose>,
-    pub prompt: String,
-    pub negative_prompt: Option<String>,
-    pub seed: u64,
-    #[schema(value_type = Option<String>, format = "uuid")]
-    pub model_version: Option<ModelVersionId>,
-    #[schema(value_type = Option<String>, format = "uuid")]
-    pub association_id: Option<AssociationId>,
-    #[schema(value_type = Option<String>, format = "uuid")]
-    pub prompt_id: Option<PromptId>,
-    /// The annotation rounds it was put in, in order.
-    #[schema(value_type = Vec<String>)]
-    pub rounds: Vec<RoundId>,
-}
-
-#[derive(Debug, Default)]
-struct CatalogState {
-    position: u64,
-    images: HashMap<ImageId, ImageRecord>,
-}
-
-/// Images by id, folded from the event log (see the module doc).
-#[derive(Debug, Default)]
-pub struct ImageCatalog {
-    state: Mutex<CatalogState>,
-}
-
-const CATALOG_BATCH: usize = 10_000;
-
-impl ImageCatalog {
-    /// Folds one event (only `ImageGenerated` and `RoundOpened` matter).
-    fn apply(images: &mut HashMap<ImageId, ImageRecord>, event: DomainEvent) {
-        match event {
-            DomainEvent::Generation(GenerationEvent::ImageGenerated {
-                generation_id,
-                index,
-                image_id,
-                blob,
-                model_version,
-                purpose,
-                item,
-            }) => {
-                let rounds = images.remove(&image_id).map(|old| old.rounds).unwrap_or_default();
-                images.insert(
-                    image_id,
-                    ImageRecord {
-                        image_id,
-                        blob,
-                        generation_id: Some(generation_id),
-                        index: Some(index),
-                        purpose: Some(purpose),
-                        prompt: item.prompt,
-                        negative_prompt: item.negative_prompt,
-                        seed: item.seed,
-                        model_version: Some(model_version),
-                        association_id: item.association_id,
-                        prompt_id: item.prompt_id,
-                        rounds,
-                    },
-                );
-            }
-            DomainEvent::Round(RoundEvent::RoundOpened { round_id, items, .. }) => {
-                for item in items {
-                    let refs = match item.content {
-                        ItemContent::Image(image) => vec![image],
-                        ItemContent::Pair { left, right } => vec![left, right],
-                    };
-                    for (side, image) in refs.into_iter().enumerate() {
-                        let record = images.entry(image.image_id).or_insert_with(|| ImageRecord {
-                            image_id: image.image_id,
-                            blob: image.blob,
-                            generation_id: None,
-                            index: None,
-                            purpose: None,
-                            prompt: item.label.prompt.clone(),
-                            negative_prompt: None,
-                            seed: item.label.seed,
-                            model_version: item.label.models.get(side).copied(),
-                            association_id: item.label.association_id,
-                            prompt_id: item.label.prompt_id,
-                            rounds: vec![],
-                        });
-                        if record.rounds.last() != Some(&round_id) {
-                            record.rounds.push(round_id);
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn fold(images: &mut HashMap<ImageId, ImageRecord>, stored: &StoredEvent) -> Result<(), ApiError> {
-        if !matches!(stored.event_type.as_str(), "ImageGenerated" | "RoundOpened") {
-            return Ok(());
-        }
-        let event =
-            DomainEvent::decode_str(stored.stream.as_str(), &stored.event_type, stored.schema_version, &stored.payload)
-                .map_err(|e| {
-                    ApiError::unavailable(format!("stored history cannot be read at position {}: {e}", stored.position))
-                })?;
-        Self::apply(images, event);
-        Ok(())
-    }
-
-    /// Folds whatever the store recorded since the last call; the position now reflected.
-    pub fn catch_up(&self, store: &dyn EventStore) -> Result<u64, ApiError> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        loop {
-            let batch = store
-                .read_all(state.position, CATALOG_BATCH)
-                .map_err(|e| ApiError::unavailable(format!("event store: {e}")))?;
-            let done = batch.len() < CATALOG_BATCH;
-            for stored in &batch {
-                Self::fold(&mut state.images, stored)?;
-                state.position = stored.position;
-            }
-            if done {
-                return Ok(state.position);
-            }
-        }
-    }
-
-    pub fn get(&self, image_id: ImageId) -> Option<ImageRecord> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner).images.get(&image_id).cloned()
-    }
-}
+use crate::state::AppState;
+use app::blobs::{BlobError, is_png};
 
 /// One image's metadata: the job and index that made it, prompt, seed, model version, blob hash
 /// and the rounds it is in (every role but annotator: it names the model and the prompt).
@@ -193,7 +44,7 @@ pub async fn image(
     let id: ImageId = parse_id("image", &path)?;
     let (store, catalog) = (state.store.clone(), state.images.clone());
     let (record, position) = web::block(move || {
-        let position = catalog.catch_up(store.as_ref())?;
+        let position = catalog.catch_up(store.as_ref()).map_err(|e| ApiError::unavailable(e.to_string()))?;
         Ok::<_, ApiError>((catalog.get(id), position))
     })
     .await

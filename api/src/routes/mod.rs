@@ -8,7 +8,6 @@ mod health;
 pub mod images;
 pub mod openapi;
 pub mod pages;
-pub mod problem;
 pub mod rounds;
 pub mod support;
 pub mod tokens;

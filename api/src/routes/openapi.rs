@@ -7,7 +7,8 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{associations, audit, exports, health, images, pages, problem, rounds, support, tokens, work};
+use super::{associations, audit, exports, health, images, pages, rounds, support, tokens, work};
+use crate::problem;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -37,7 +38,7 @@ use super::{associations, audit, exports, health, images, pages, problem, rounds
         rounds::SubmitAnnotation, rounds::WithdrawAnnotation, rounds::CloseRound,
         work::RegisterBaseModel, work::CreatePromptSet, work::AddPrompts, work::PromptText, work::PromptReview,
         work::RequestGeneration, work::RequestFineTune, work::StartCampaign, work::ConcludeCampaign,
-        images::ImageRecord, images::StoredBlob, images::BlobBytes,
+        projections::ImageRecord, images::StoredBlob, images::BlobBytes,
     )),
     modifiers(&BearerAuth),
 )]

@@ -10,9 +10,9 @@ use domain::Role;
 use serde_json::json;
 
 use crate::auth::Principal;
-use crate::routes::problem::ApiError;
+use crate::problem::ApiError;
 use crate::routes::support::query_answer;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// (path under `/web/`, content type, bytes)
 const ASSETS: &[(&str, &str, &str)] = &[
@@ -100,7 +100,7 @@ pub async fn asset(path: web::Path<String>) -> Result<HttpResponse, ApiError> {
 /// open rounds and how far each is, blind: kind and counts only, never the campaign or models.
 #[utoipa::path(get, path = "/v1/me", tag = "tokens",
     responses((status = 200, description = "`{\"name\", \"role\", \"rounds\": [{\"id\", \"kind\", \"items\", \"submitted\", \"needed\", \"mine\"}], \"position\"}`", body = Object),
-        (status = "4XX", body = crate::routes::problem::Problem, content_type = "application/problem+json")),
+        (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn me(state: web::Data<AppState>, principal: Principal) -> Result<HttpResponse, ApiError> {
     let annotates = matches!(principal.role, Role::Annotator | Role::Admin);

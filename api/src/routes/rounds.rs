@@ -20,12 +20,12 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::{Action, Principal};
-use crate::routes::problem::{ApiError, Problem};
+use crate::problem::{ApiError, Problem};
 use crate::routes::support::{
     CommandAnswer, Done, WaitFor, head_position, named, parse_id, query_answer, run_command, run_command_async,
     wait_for,
 };
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// One image to rate.
 #[derive(Debug, Deserialize, ToSchema)]

@@ -11,10 +11,10 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::auth::{Action, Principal};
-use crate::commands::{CommandBus, CommandContext, Outcome};
-use crate::idempotency::Begin;
-use crate::routes::problem::ApiError;
-use crate::startup::AppState;
+use crate::problem::ApiError;
+use crate::state::AppState;
+use app::commands::{CommandBus, CommandContext, Outcome};
+use app::idempotency::Begin;
 
 /// The longest `Idempotency-Key` accepted.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
@@ -317,9 +317,9 @@ pub async fn load<A: domain::Aggregate + Send + 'static>(
 }
 
 /// Replaces the domain's placeholder id ("(not opened)") in a not-found error with the id asked for.
-pub fn named(error: crate::commands::CommandError, entity: &str, id: impl std::fmt::Display) -> ApiError {
+pub fn named(error: app::commands::CommandError, entity: &str, id: impl std::fmt::Display) -> ApiError {
     match error {
-        crate::commands::CommandError::Domain(domain::DomainError::NotFound { id: placeholder, .. })
+        app::commands::CommandError::Domain(domain::DomainError::NotFound { id: placeholder, .. })
             if placeholder.starts_with('(') =>
         {
             ApiError::not_found(format!("{entity} {id} does not exist"))

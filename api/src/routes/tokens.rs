@@ -8,10 +8,10 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use crate::auth::{Action, Principal, issue_token};
+use crate::problem::{ApiError, Problem};
 use crate::routes::associations::Reason;
-use crate::routes::problem::{ApiError, Problem};
 use crate::routes::support::{CommandAnswer, Done, named, parse_id, query_answer, run_command};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

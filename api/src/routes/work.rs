@@ -16,13 +16,13 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::{Action, Principal};
-use crate::commands::CommandBus;
+use crate::problem::{ApiError, Problem};
 use crate::routes::associations::{Empty, Reason};
-use crate::routes::problem::{ApiError, Problem};
 use crate::routes::support::{
     CommandAnswer, Done, WaitFor, load, named, parse_id, query_answer, run_command, wait_for,
 };
-use crate::startup::AppState;
+use crate::state::AppState;
+use app::commands::CommandBus;
 
 // ---------------------------------------------------------------------------------------------
 // Model versions
@@ -543,7 +543,7 @@ pub async fn conclude_campaign(
             // The reason is checked before anything is recorded: the promotion after the conclusion
             // must not fail on it.
             domain::values::Sentence::parse("reason", &input.reason)
-                .map_err(|e| crate::commands::CommandError::Domain(e))?;
+                .map_err(|e| app::commands::CommandError::Domain(e))?;
             let outcome = bus
                 .execute::<Campaign>(
                     &id.stream(),
@@ -552,7 +552,7 @@ pub async fn conclude_campaign(
                     CampaignCommand::Conclude { promoted: input.promote },
                 )
                 .map_err(|e| named(e, "campaign", id))?;
-            crate::campaigns::promote_concluded(bus, context, id, &input.reason)?;
+            app::campaigns::promote_concluded(bus, context, id, &input.reason)?;
             Ok(Done::new(outcome))
         },
     )
@@ -652,12 +652,13 @@ pub async fn lineage(
     principal.require(Action::Read)?;
     let id: ModelVersionId = parse_id("model version", &path)?;
     let bus = state.bus.clone();
-    let body = web::block(move || crate::lineage::lineage(&bus, id)).await.map_err(ApiError::blocking)?.map_err(
-        |e| match e {
-            crate::lineage::LineageError::NotFound(id) => not_found("model version", id),
-            crate::lineage::LineageError::Command(e) => e.into(),
-        },
-    )?;
+    let body =
+        web::block(move || app::lineage::lineage(&bus, id)).await.map_err(ApiError::blocking)?.map_err(
+            |e| match e {
+                app::lineage::LineageError::NotFound(id) => not_found("model version", id),
+                app::lineage::LineageError::Command(e) => e.into(),
+            },
+        )?;
     Ok(HttpResponse::Ok().json(body))
 }
 

@@ -17,7 +17,7 @@ use projections::Projections;
 use serde::{Deserialize, Serialize};
 
 use crate::commands::into_recorded;
-use crate::store::{EventStore, StoreError};
+use store::{EventStore, StoreError};
 
 const CHECKPOINT_FORMAT: u32 = 4;
 const BATCH: usize = 5_000;
@@ -240,7 +240,7 @@ pub fn replay(store: &dyn EventStore, until: Until) -> Result<Projections, Runne
 fn scan(
     store: &dyn EventStore,
     after: u64,
-    mut visit: impl FnMut(Vec<crate::store::StoredEvent>) -> Result<bool, RunnerError>,
+    mut visit: impl FnMut(Vec<store::StoredEvent>) -> Result<bool, RunnerError>,
 ) -> Result<(), RunnerError> {
     std::thread::scope(|scope| {
         let (sender, receiver) = std::sync::mpsc::sync_channel(2);

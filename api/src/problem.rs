@@ -14,7 +14,7 @@ use actix_web::{HttpResponse, ResponseError};
 use domain::{DomainError, ErrorKind};
 use serde::Serialize;
 
-use crate::commands::CommandError;
+use app::commands::CommandError;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -90,7 +90,7 @@ impl From<CommandError> for ApiError {
         match error {
             CommandError::Domain(error) => error.into(),
             CommandError::Conflict { .. } => ApiError::conflict(error.to_string()),
-            CommandError::Store(crate::store::StoreError::InvalidStreamName(name)) => {
+            CommandError::Store(store::StoreError::InvalidStreamName(name)) => {
                 ApiError::not_found(format!("no entity is stored under '{name}'"))
             }
             CommandError::Store(error) => ApiError::unavailable(format!("event store: {error}")),

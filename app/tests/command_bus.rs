@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
+use app::commands::{CommandBus, CommandContext, CommandError};
 use domain::taxonomy::TaxonomyCommand;
 use domain::{Actor, Association, AssociationCommand, AssociationId, DomainError, Role, Taxonomy, ids};
-use thitl::commands::{CommandBus, CommandContext, CommandError};
-use thitl::store::{EventStore, SqliteStore};
+use store::{EventStore, SqliteStore};
 use uuid::Uuid;
 
 fn register(id: AssociationId, taxonomy: Taxonomy) -> AssociationCommand {
@@ -52,5 +52,5 @@ fn a_cached_state_is_brought_up_to_date_before_each_decision() {
     let stale =
         second.execute::<Association>(&stream, Some(1), &curator, AssociationCommand::Retire { reason: "x".into() });
     assert!(matches!(stale, Err(CommandError::Conflict { expected: 1, actual: 2, .. })), "{stale:?}");
-    assert_eq!(store.stream_version(&thitl::store::StreamName::new(stream).unwrap()).unwrap(), 2);
+    assert_eq!(store.stream_version(&store::StreamName::new(stream).unwrap()).unwrap(), 2);
 }

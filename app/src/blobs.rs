@@ -141,19 +141,13 @@ impl BlobReport {
     }
 }
 
-/// Rehashes every blob in a data directory's `blobs/` (none there is an empty, valid store).
-/// Meant for `thitl audit verify`, next to the event chains' verification.
-pub fn verify_blobs(data_dir: &Path) -> Result<BlobReport, BlobError> {
-    let root = blobs_dir(data_dir);
+/// Rehashes every blob under `root` (a data directory's blobs, `data::DataDir::blobs_path`; none
+/// there is an empty, valid store). Meant for `thitl audit verify`, next to the chains' check.
+pub fn verify_blobs(root: &Path) -> Result<BlobReport, BlobError> {
     if !root.is_dir() {
         return Ok(BlobReport::default());
     }
-    LocalBlobStore { root, sequence: AtomicU64::new(0) }.verify()
-}
-
-/// Where a data directory keeps its blobs.
-pub fn blobs_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("blobs")
+    LocalBlobStore { root: root.to_path_buf(), sequence: AtomicU64::new(0) }.verify()
 }
 
 /// Blobs in a local directory (see the module doc for the layout).
@@ -166,7 +160,7 @@ pub struct LocalBlobStore {
 const TEMPORARY_DIR: &str = "tmp";
 
 impl LocalBlobStore {
-    /// Opens (creating if needed) a blob directory, e.g. [`blobs_dir`] of a data directory.
+    /// Opens (creating if needed) a blob directory, e.g. a data directory's (`data::DataDir::blobs_path`).
     pub fn open(root: &Path) -> Result<Self, BlobError> {
         fs::create_dir_all(root.join(TEMPORARY_DIR)).map_err(BlobError::io("create", root))?;
         Ok(LocalBlobStore { root: root.to_path_buf(), sequence: AtomicU64::new(0) })
@@ -353,7 +347,7 @@ mod tests {
     #[test]
     fn blobs_are_named_by_their_sha256_and_stored_once() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalBlobStore::open(&blobs_dir(dir.path())).unwrap();
+        let store = LocalBlobStore::open(&dir.path().join("blobs")).unwrap();
         assert_eq!(blob_hash(b"").as_str(), EMPTY_SHA256);
         let first = store.put(b"an image").unwrap();
         assert!(first.created);
@@ -367,7 +361,7 @@ mod tests {
         assert_eq!(store.get(&blob_hash(b"something else")).unwrap(), None);
         // Nothing is left in tmp/ after a write.
         assert_eq!(fs::read_dir(dir.path().join("blobs/tmp")).unwrap().count(), 0);
-        let report = verify_blobs(dir.path()).unwrap();
+        let report = verify_blobs(&dir.path().join("blobs")).unwrap();
         assert!(report.is_ok(), "{report:?}");
         assert_eq!((report.checked, report.bytes), (1, 8));
     }
@@ -375,7 +369,7 @@ mod tests {
     #[test]
     fn a_changed_blob_is_reported_on_read_and_by_verification_and_a_put_repairs_it() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalBlobStore::open(&blobs_dir(dir.path())).unwrap();
+        let store = LocalBlobStore::open(&dir.path().join("blobs")).unwrap();
         let stored = store.put(b"original bytes").unwrap();
         fs::write(store.path_of(&stored.hash), b"tampered bytes").unwrap();
         match store.get(&stored.hash) {
@@ -385,7 +379,7 @@ mod tests {
             }
             other => panic!("expected Corrupt, got {other:?}"),
         }
-        let report = verify_blobs(dir.path()).unwrap();
+        let report = verify_blobs(&dir.path().join("blobs")).unwrap();
         assert_eq!(
             report.problems,
             vec![BlobProblem::Corrupt { hash: stored.hash.clone(), actual: blob_hash(b"tampered bytes") }]
@@ -394,13 +388,13 @@ mod tests {
         let repaired = store.put(b"original bytes").unwrap();
         assert!(repaired.created);
         assert_eq!(store.get(&stored.hash).unwrap().as_deref(), Some(&b"original bytes"[..]));
-        assert!(verify_blobs(dir.path()).unwrap().is_ok());
+        assert!(verify_blobs(&dir.path().join("blobs")).unwrap().is_ok());
     }
 
     #[test]
     fn stray_files_and_interrupted_writes_are_reported_but_never_read_as_blobs() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalBlobStore::open(&blobs_dir(dir.path())).unwrap();
+        let store = LocalBlobStore::open(&dir.path().join("blobs")).unwrap();
         let stored = store.put(b"x").unwrap();
         // A crash between write and rename leaves a temporary file only.
         fs::write(dir.path().join("blobs/tmp/123-0-0.part"), b"half a bl").unwrap();
@@ -409,7 +403,7 @@ mod tests {
         fs::create_dir_all(dir.path().join("blobs").join(wrong_prefix)).unwrap();
         fs::write(dir.path().join("blobs").join(wrong_prefix).join(stored.hash.as_str()), b"x").unwrap();
         fs::write(dir.path().join("blobs").join("notes.txt"), b"hello").unwrap();
-        let report = verify_blobs(dir.path()).unwrap();
+        let report = verify_blobs(&dir.path().join("blobs")).unwrap();
         assert_eq!(report.checked, 1);
         assert_eq!(report.leftover_temporaries, 1);
         assert_eq!(report.problems.len(), 2, "{report:?}");
@@ -419,7 +413,7 @@ mod tests {
     #[test]
     fn a_data_directory_without_blobs_verifies_empty() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(verify_blobs(dir.path()).unwrap(), BlobReport::default());
+        assert_eq!(verify_blobs(&dir.path().join("blobs")).unwrap(), BlobReport::default());
     }
 
     #[test]

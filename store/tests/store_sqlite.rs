@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use serde_json::json;
-use thitl::store::chain::{self, VerifyReport};
-use thitl::store::contract::new_event;
-use thitl::store::{EventStore, ExpectedVersion, SqliteStore, StoreError, StreamName};
+use store::chain::{self, VerifyReport};
+use store::contract::new_event;
+use store::{EventStore, ExpectedVersion, SqliteStore, StoreError, StreamName};
 
 fn stream(name: &str) -> StreamName {
     StreamName::new(name).unwrap()

@@ -13,7 +13,7 @@ use chrono::Utc;
 use domain::{Actor, Aggregate, DecodeError, DomainError, EventMetadata, decode, encode};
 use uuid::Uuid;
 
-use crate::store::{EventStore, ExpectedVersion, NewEvent, StoreError, StreamName};
+use store::{EventStore, ExpectedVersion, NewEvent, StoreError, StreamName};
 
 /// Who asks, and in what context; becomes every event's metadata.
 #[derive(Debug, Clone)]
@@ -584,12 +584,12 @@ impl CommandBus {
 }
 
 /// Decodes a stored event into what projections fold.
-pub fn to_recorded(stored: &crate::store::StoredEvent) -> Result<domain::Recorded, DecodeError> {
+pub fn to_recorded(stored: &store::StoredEvent) -> Result<domain::Recorded, DecodeError> {
     into_recorded(stored.clone())
 }
 
 /// [`to_recorded`] without copying the event's strings (replay owns its batches).
-pub fn into_recorded(stored: crate::store::StoredEvent) -> Result<domain::Recorded, DecodeError> {
+pub fn into_recorded(stored: store::StoredEvent) -> Result<domain::Recorded, DecodeError> {
     let event = domain::DomainEvent::decode_str(
         stored.stream.as_str(),
         &stored.event_type,
@@ -616,8 +616,8 @@ mod tests {
     use domain::{AnnotationRound, ImageId, ItemId, ModelVersionId, RoundCommand, RoundId};
 
     use super::*;
-    use crate::store::sqlite::SqliteStore;
-    use crate::store::{AppendResult, StoredEvent};
+    use store::sqlite::SqliteStore;
+    use store::{AppendResult, StoredEvent};
 
     /// Counts appends and can be told to fail them.
     struct Probe {

@@ -4,7 +4,7 @@
 //!
 //! It renders no images and trains nothing: images are recorded under placeholder hashes
 //! (SHA-256 of a description of the image) and the simulated annotators answer at random. The
-//! real campaign — images, fine-tunes, annotators who look — is [`crate::demo`]; this one exists
+//! real campaign — images, fine-tunes, annotators who look — is `thitl demo`; this one exists
 //! so that tests of the event store and the read models get a realistic history cheaply.
 
 use std::collections::BTreeMap;
@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::commands::{CommandBus, CommandContext, CommandError};
 
 use crate::campaigns::generations;
-use crate::demo::register_default_associations;
+use crate::defaults::register_default_associations;
 
 /// How big the scripted campaign is.
 #[derive(Debug, Clone, Copy)]

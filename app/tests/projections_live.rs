@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use thitl::commands::CommandBus;
-use thitl::runner::{ProjectionRunner, RunnerHandle, Until, replay};
-use thitl::scripted::{Scale, Script};
-use thitl::store::{EventStore, SqliteStore};
+use app::commands::CommandBus;
+use app::runner::{ProjectionRunner, RunnerHandle, Until, replay};
+use app::scripted::{Scale, Script};
+use store::{EventStore, SqliteStore};
 
 #[test]
 fn live_projections_equal_a_rebuild_from_zero() {

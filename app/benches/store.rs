@@ -14,12 +14,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use app::runner::{Until, replay};
 use chrono::Utc;
 use domain::round::{Answer, ImageRef, ItemContent, ItemLabel, RoundItem, RoundKind};
 use domain::values::{BlobHash, Quality};
 use domain::{Actor, EventMetadata, ImageId, ItemId, ModelVersionId, Role, RoundEvent, RoundId, encode};
-use thitl::runner::{Until, replay};
-use thitl::store::{EventStore, ExpectedVersion, NewEvent, SqliteStore, StreamName};
+use store::{EventStore, ExpectedVersion, NewEvent, SqliteStore, StreamName};
 use uuid::Uuid;
 
 fn metadata(actor: &Actor) -> EventMetadata {
@@ -229,7 +229,7 @@ fn stage_rate(store: &dyn EventStore, head: u64, decode: bool) -> f64 {
         after = last.position;
         if decode {
             for event in &batch {
-                decoded += thitl::commands::to_recorded(event).map(|r| r.version).unwrap_or(0).min(1);
+                decoded += app::commands::to_recorded(event).map(|r| r.version).unwrap_or(0).min(1);
             }
         }
     }

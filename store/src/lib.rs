@@ -30,8 +30,10 @@
 //!   returned as [`StoredEvent::payload`], so a verifier never re-serialises anything.
 
 pub mod chain;
+#[cfg(feature = "testkit")]
 pub mod contract;
 pub mod copy;
+#[cfg(feature = "esdb")]
 pub mod esdb;
 mod prepared;
 pub mod sqlite;
@@ -45,6 +47,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use chain::{VerifyFailure, VerifyReport, verify};
+#[cfg(feature = "esdb")]
 pub use esdb::EsdbStore;
 pub use sqlite::SqliteStore;
 pub use subscription::{Subscription, subscribe};

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::store::StoredEvent;
+use store::StoredEvent;
 
 /// One event as JSON: where it lies, who recorded it when, what it says, and its chain link.
 pub fn event_json(event: &StoredEvent) -> Value {

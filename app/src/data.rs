@@ -4,7 +4,10 @@
 //! DIR/events.db          SQLite event store (WAL: events.db-wal, events.db-shm beside it)
 //! DIR/projections.json   the read models' checkpoint (rebuildable: safe to delete)
 //! DIR/blobs/             content-addressed images and weights
+//! DIR/idempotency.db     `Idempotency-Key` records of the HTTP API
 //! ```
+//!
+//! This module is the one place that knows the layout: the CLI, the server and the demo ask it.
 //!
 //! The events may live elsewhere ([`StoreLocation`]): `--store sqlite:DIR2` (another directory's
 //! `events.db`) or `--store esdb://host:2113?tls=false` (an EventStoreDB/KurrentDB cluster). The
@@ -13,7 +16,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::store::{EsdbStore, EventStore, SqliteStore, StoreError};
+#[cfg(feature = "esdb")]
+use store::EsdbStore;
+use store::{EventStore, SqliteStore, StoreError};
+
+use crate::blobs::{BlobError, LocalBlobStore};
 
 /// Where a data directory's events are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,9 +47,14 @@ impl StoreLocation {
                 }
                 Ok(StoreLocation::Sqlite(PathBuf::from(dir)))
             }
-            Some(scheme) if crate::store::esdb::esdb_scheme(scheme).is_some() => {
-                crate::store::esdb::parse_esdb_url(text).map_err(|e| format!("'{text}': {e}"))?;
+            #[cfg(feature = "esdb")]
+            Some(scheme) if store::esdb::esdb_scheme(scheme).is_some() => {
+                store::esdb::parse_esdb_url(text).map_err(|e| format!("'{text}': {e}"))?;
                 Ok(StoreLocation::Esdb(text.to_string()))
+            }
+            #[cfg(not(feature = "esdb"))]
+            Some(scheme) if scheme.starts_with("esdb") || scheme.starts_with("kurrentdb") => {
+                Err(format!("'{text}': this thitl was built without the EventStoreDB adapter (cargo feature `esdb`)"))
             }
             Some(other) => Err(format!(
                 "'{text}': unknown store kind '{other}'; name a store as sqlite:DIR or esdb://HOST:PORT?tls=false"
@@ -54,9 +66,12 @@ impl StoreLocation {
     pub fn describe(&self) -> String {
         match self {
             StoreLocation::Sqlite(dir) => format!("sqlite:{}", dir.display()),
+            #[cfg(feature = "esdb")]
             StoreLocation::Esdb(url) => {
-                crate::store::esdb::parse_esdb_url(url).map_or_else(|_| "esdb://(unreadable)".into(), |u| u.to_string())
+                store::esdb::parse_esdb_url(url).map_or_else(|_| "esdb://(unreadable)".into(), |u| u.to_string())
             }
+            #[cfg(not(feature = "esdb"))]
+            StoreLocation::Esdb(_) => "esdb://(not built in)".into(),
         }
     }
 
@@ -76,11 +91,17 @@ impl StoreLocation {
                     .map_err(|error| DataDirError::Store { path: dir.display().to_string(), error })?;
                 Ok(Arc::new(store))
             }
+            #[cfg(feature = "esdb")]
             StoreLocation::Esdb(url) => {
                 let store =
                     EsdbStore::connect(url).map_err(|error| DataDirError::Store { path: self.describe(), error })?;
                 Ok(Arc::new(store))
             }
+            #[cfg(not(feature = "esdb"))]
+            StoreLocation::Esdb(_) => Err(DataDirError::Store {
+                path: self.describe(),
+                error: StoreError::Backend("this thitl was built without the EventStoreDB adapter".into()),
+            }),
         }
     }
 }
@@ -107,6 +128,21 @@ impl DataDir {
         root.join("events.db")
     }
 
+    /// Where a data directory at `root` keeps its blobs.
+    pub fn blobs_path(root: &Path) -> PathBuf {
+        root.join("blobs")
+    }
+
+    /// This directory's blob store.
+    pub fn blobs(&self) -> Result<LocalBlobStore, BlobError> {
+        LocalBlobStore::open(&Self::blobs_path(&self.root))
+    }
+
+    /// The `Idempotency-Key` records' SQLite file.
+    pub fn idempotency_path(&self) -> PathBuf {
+        self.root.join("idempotency.db")
+    }
+
     /// Opens `root`, creating it and an empty store if needed.
     pub fn open_or_create(root: &Path) -> Result<Self, DataDirError> {
         Self::open_or_create_with(root, None)
@@ -114,7 +150,7 @@ impl DataDir {
 
     /// [`open_or_create`](Self::open_or_create) with the events at `store` (default: in `root`).
     pub fn open_or_create_with(root: &Path, store: Option<&StoreLocation>) -> Result<Self, DataDirError> {
-        std::fs::create_dir_all(root.join("blobs"))
+        std::fs::create_dir_all(Self::blobs_path(root))
             .map_err(|error| DataDirError::Create { path: root.display().to_string(), error })?;
         match store {
             None => Self::open_store(root),
@@ -156,6 +192,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(feature = "esdb")]
     fn store_locations_parse_or_say_what_is_wrong() {
         assert_eq!(StoreLocation::parse("sqlite:/srv/thitl"), Ok(StoreLocation::Sqlite("/srv/thitl".into())));
         assert_eq!(StoreLocation::parse("sqlite:///srv/thitl"), Ok(StoreLocation::Sqlite("/srv/thitl".into())));

@@ -1,13 +1,11 @@
-//! The event store contract (`thitl::store::contract`) run against the SQLite adapter, each case
+//! The event store contract (`store::contract`) run against the SQLite adapter, each case
 //! on a fresh database in its own temporary directory.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use store::{AppendResult, EventStore, ExpectedVersion, NewEvent, SqliteStore, StoreError, StoredEvent, StreamName};
 use tempfile::TempDir;
-use thitl::store::{
-    AppendResult, EventStore, ExpectedVersion, NewEvent, SqliteStore, StoreError, StoredEvent, StreamName,
-};
 
 /// A store that owns its temporary directory, so the directory lives exactly as long as the store.
 struct TempSqliteStore {
@@ -58,4 +56,4 @@ impl EventStore for TempSqliteStore {
     }
 }
 
-thitl::event_store_contract_tests!(fresh_store);
+store::event_store_contract_tests!(fresh_store);

@@ -15,9 +15,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use thitl::store::chain;
-use thitl::store::contract::new_event;
-use thitl::store::{EventStore, ExpectedVersion, SqliteStore, StreamName};
+use store::chain;
+use store::contract::new_event;
+use store::{EventStore, ExpectedVersion, SqliteStore, StreamName};
 use uuid::Uuid;
 
 /// Set to the store's path (and `ROUND` to the round) in the child.

@@ -2,7 +2,7 @@
 //! only. An adapter's integration test runs them all with one line per adapter:
 //!
 //! ```text
-//! thitl::event_store_contract_tests!(fresh_store); // fn fresh_store() -> Arc<dyn EventStore>
+//! store::event_store_contract_tests!(fresh_store); // fn fresh_store() -> Arc<dyn EventStore>
 //! ```
 //!
 //! which generates one `#[test]` per case; [`run_all`] runs them in sequence instead. `make` must
@@ -82,7 +82,7 @@ macro_rules! event_store_contract_tests {
         $(
             #[test]
             fn $case() {
-                $crate::store::contract::$case(&$make);
+                $crate::contract::$case(&$make);
             }
         )*
     };

@@ -3,7 +3,7 @@
 //! connect. `EsdbStore::connect` refuses instead, with an error that says why. Its own test
 //! binary, because the installed provider is process-wide.
 
-use thitl::store::{EsdbStore, StoreError};
+use store::{EsdbStore, StoreError};
 
 #[test]
 fn connect_refuses_clearly_when_another_rustls_provider_is_installed() {

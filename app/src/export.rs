@@ -26,7 +26,7 @@ use domain::*;
 use serde_json::{Value, json};
 
 use crate::commands::to_recorded;
-use crate::store::{EventStore, StoreError};
+use store::{EventStore, StoreError};
 
 /// Events read per chunk.
 const PAGE: usize = 1000;

@@ -67,10 +67,10 @@ pub enum Step {
 
 /// A small deterministic generator (SplitMix64): seeds and choices repeat from the campaign's seed.
 #[derive(Clone)]
-pub(crate) struct Rng(pub(crate) u64);
+pub struct Rng(pub u64);
 
 impl Rng {
-    pub(crate) fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -78,16 +78,16 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    pub(crate) fn uniform(&mut self) -> f64 {
+    pub fn uniform(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    pub(crate) fn chance(&mut self, p: f64) -> bool {
+    pub fn chance(&mut self, p: f64) -> bool {
         self.uniform() < p
     }
 
     /// A standard normal draw (Box–Muller).
-    pub(crate) fn normal(&mut self) -> f64 {
+    pub fn normal(&mut self) -> f64 {
         let u = self.uniform().max(1e-12);
         (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * self.uniform()).cos()
     }
@@ -873,7 +873,7 @@ fn rate(positives: u32, n: u32) -> RateEstimate {
     RateEstimate { positives, n, rate: if n == 0 { 0.0 } else { f64::from(positives) / f64::from(n) }, ci_low, ci_high }
 }
 
-pub(crate) fn arm_name(arm: Arm) -> &'static str {
+pub fn arm_name(arm: Arm) -> &'static str {
     match arm {
         Arm::Thitl => "T-HITL",
         Arm::Traditional => "traditional",
@@ -881,7 +881,7 @@ pub(crate) fn arm_name(arm: Arm) -> &'static str {
 }
 
 /// What the process manager needs to know about a campaign's linked work.
-pub(crate) fn facts(bus: &CommandBus, campaign: &Campaign) -> Result<Facts, CommandError> {
+pub fn facts(bus: &CommandBus, campaign: &Campaign) -> Result<Facts, CommandError> {
     let mut facts = Facts::default();
     for work in &campaign.work {
         match work {
@@ -911,7 +911,7 @@ pub(crate) fn facts(bus: &CommandBus, campaign: &Campaign) -> Result<Facts, Comm
     Ok(facts)
 }
 
-pub(crate) fn generations(campaign: &Campaign, pick: impl Fn(&Work) -> bool) -> Vec<GenerationId> {
+pub fn generations(campaign: &Campaign, pick: impl Fn(&Work) -> bool) -> Vec<GenerationId> {
     campaign
         .work
         .iter()

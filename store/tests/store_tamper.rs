@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, params};
 use serde_json::json;
+use store::chain::{self, EventProblem, LogProblem, VerifyFailure, VerifyReport};
+use store::contract::new_event;
+use store::{EventStore, ExpectedVersion, SqliteStore, StoreError, StoredEvent, StreamName};
 use tempfile::TempDir;
-use thitl::store::chain::{self, EventProblem, LogProblem, VerifyFailure, VerifyReport};
-use thitl::store::contract::new_event;
-use thitl::store::{EventStore, ExpectedVersion, SqliteStore, StoreError, StoredEvent, StreamName};
 
 const STREAM_A: &str = "association-a";
 

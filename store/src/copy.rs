@@ -120,7 +120,7 @@ fn copy_run(to: &dyn EventStore, run: &[StoredEvent]) -> Result<(), CopyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{SqliteStore, StreamName};
+    use crate::{SqliteStore, StreamName};
     use domain::{Actor, EventMetadata};
 
     fn event(n: u64) -> NewEvent {

@@ -510,7 +510,7 @@ mod tests {
 
     use super::*;
     use crate::blobs::MemoryBlobStore;
-    use crate::store::sqlite::SqliteStore;
+    use store::sqlite::SqliteStore;
 
     struct Setup {
         _dir: tempfile::TempDir,
@@ -749,7 +749,7 @@ mod tests {
         let renewals = setup
             .bus
             .store()
-            .read_stream(&crate::store::StreamName::new(id.stream()).unwrap(), 1, 100)
+            .read_stream(&store::StreamName::new(id.stream()).unwrap(), 1, 100)
             .unwrap()
             .iter()
             .filter(|e| e.event_type == "GenerationLeaseRenewed")

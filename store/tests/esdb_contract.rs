@@ -1,4 +1,4 @@
-//! The event store contract (`thitl::store::contract`) run against a live EventStoreDB/KurrentDB
+//! The event store contract (`store::contract`) run against a live EventStoreDB/KurrentDB
 //! node, each case on a fresh store: a new random namespace (stream-name prefix) on the node
 //! named by `THITL_ESDB_URL`, e.g.
 //!
@@ -16,8 +16,8 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use thitl::store::contract::CASES;
-use thitl::store::{EsdbStore, EventStore};
+use store::contract::CASES;
+use store::{EsdbStore, EventStore};
 
 fn main() -> ExitCode {
     let url = match std::env::var("THITL_ESDB_URL") {
@@ -30,7 +30,7 @@ fn main() -> ExitCode {
         }
     };
     // For messages: the URL without its password.
-    let shown = thitl::store::esdb::parse_esdb_url(&url)
+    let shown = store::esdb::parse_esdb_url(&url)
         .map_or_else(|_| "(an unreadable URL)".to_string(), |parsed| parsed.to_string());
     // A store on a namespace no one has used: empty, and invisible to the other cases.
     let fresh_store = || -> Arc<dyn EventStore> {
