@@ -437,16 +437,27 @@ fn serve(
             true => {
                 let backend = gpu::Backend::choose(gpu::DeviceChoice::from_env()?)?;
                 tracing::info!(device = %backend.describe(), "jobs run here");
-                let worker = app::workers::Worker::from_env(app::workers::Worker::default_name("serve", false)).map_err(|e| anyhow::anyhow!(e))?;
-                let parts = app::driver::DriverParts { bus: app.bus(), blobs, projections: app.projections(), backend, campaigns: Some((generator, 0x7417_1)), worker };
+                let worker = app::workers::Worker::from_env(app::workers::Worker::default_name("serve", false))
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                let parts = app::driver::DriverParts {
+                    bus: app.bus(),
+                    blobs,
+                    projections: app.projections(),
+                    backend,
+                    campaigns: Some((generator, 0x0007_4171)),
+                    worker,
+                };
                 Some(app::driver::Driver::spawn(parts))
             }
             false => None,
         };
-        tracing::info!(address = %format!("http://{}", bind_address(&bind, app.port())), data = %data.display(), "thitl is serving; stop with Ctrl-C");
+        let address = format!("http://{}", bind_address(&bind, app.port()));
+        tracing::info!(%address, data = %data.display(), "thitl is serving; stop with Ctrl-C");
         app.run_until_stopped().await?;
         if let Some(driver) = driver {
-            tracing::info!("waiting for the job in progress to end (Ctrl-C again to abandon it: it resumes at the next start)");
+            const WAITING: &str =
+                "waiting for the job in progress to end (Ctrl-C again to abandon it: it resumes at the next start)";
+            tracing::info!(WAITING);
             driver.stop();
         }
         tracing::info!("stopped cleanly");

@@ -85,6 +85,15 @@ impl From<DomainError> for ApiError {
     }
 }
 
+impl From<app::jobs::JobError> for ApiError {
+    fn from(error: app::jobs::JobError) -> Self {
+        match error {
+            app::jobs::JobError::Command(error) => error.into(),
+            unknown => ApiError::unprocessable(unknown.to_string()),
+        }
+    }
+}
+
 impl From<CommandError> for ApiError {
     fn from(error: CommandError) -> Self {
         match error {

@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use domain::campaign::{AssociationEvaluation, Facts, Next, RateEstimate, Request, WaitingFor, Work, next};
-use domain::fine_tune::{Arm, SourceRound, TrainingExample};
+use domain::fine_tune::{Arm, TrainingExample};
 use domain::generation::{GenerationItem, GenerationPurpose};
 use domain::model_version::ModelStatus;
 use domain::prompt_set::PromptDraft;
@@ -41,6 +41,7 @@ use uuid::Uuid;
 
 use crate::blobs::BlobStore;
 use crate::commands::{CommandBus, CommandContext, CommandError};
+use crate::jobs::{self, FineTuneRequest, GenerationRequest};
 use crate::prompts::{PromptGenerator, PromptRequest};
 use crate::workers::WorkerError;
 
@@ -49,6 +50,8 @@ use crate::workers::WorkerError;
 pub enum CampaignError {
     #[error(transparent)]
     Command(#[from] CommandError),
+    #[error(transparent)]
+    Job(#[from] crate::jobs::JobError),
     #[error(transparent)]
     Worker(#[from] WorkerError),
     #[error(transparent)]
@@ -391,21 +394,14 @@ impl<'a> CampaignRunner<'a> {
         purpose: GenerationPurpose,
         items: Vec<GenerationItem>,
     ) -> Result<GenerationId, CampaignError> {
-        let id = GenerationId(Uuid::now_v7());
-        self.bus.execute::<Generation>(
-            &id.stream(),
-            None,
-            &self.system,
-            GenerationCommand::Request {
-                generation_id: id,
-                model_version: model,
-                purpose,
-                items,
-                sampler: campaign.settings.sampler.clone(),
-                campaign_id: campaign.id,
-            },
-        )?;
-        Ok(id)
+        let request = GenerationRequest {
+            model_version: model,
+            purpose,
+            items,
+            sampler: campaign.settings.sampler.clone(),
+            campaign_id: campaign.id,
+        };
+        Ok(jobs::request_generation(&self.bus, &self.system, None, request)?.0)
     }
 
     fn single_items(&mut self, jobs: &[GenerationId]) -> Result<Vec<RoundItem>, CommandError> {
@@ -689,28 +685,20 @@ impl<'a> CampaignRunner<'a> {
             round.items.len(),
             prior.len()
         ));
-        let id = FineTuneId(Uuid::now_v7());
-        self.bus.execute::<FineTune>(
-            &id.stream(),
-            None,
-            &self.system,
-            FineTuneCommand::Request {
-                fine_tune_id: id,
-                base_model: campaign.base_model.ok_or_else(|| CampaignError::Other("no base model".into()))?,
-                arm,
-                source_round: match arm {
-                    Arm::Thitl => {
-                        round.id.map(|round_id| SourceRound { round_id, kind: round.kind, status: round.status })
-                    }
-                    Arm::Traditional => None,
-                },
-                examples,
-                prior_preservation: prior,
-                config: campaign.settings.lora.clone(),
-                progress_every: 10,
-                campaign_id: campaign.id,
+        let request = FineTuneRequest {
+            base_model: campaign.base_model.ok_or_else(|| CampaignError::Other("no base model".into()))?,
+            arm,
+            source_round: match arm {
+                Arm::Thitl => round.id,
+                Arm::Traditional => None,
             },
-        )?;
+            examples,
+            prior_preservation: prior,
+            config: campaign.settings.lora.clone(),
+            progress_every: 10,
+            campaign_id: campaign.id,
+        };
+        let (id, _) = jobs::request_fine_tune(&self.bus, &self.system, None, request)?;
         Ok(id)
     }
 

@@ -13,6 +13,7 @@
 //! | [`auth`] | tokens and the role policy |
 //! | [`defaults`] | the default taxonomy and associations a deployment starts from |
 //! | [`campaigns`] | the campaign runner: the process manager's steps, on a model reached through ports |
+//! | [`jobs`] | requesting generation and fine-tune jobs (the model must exist) |
 //! | [`workers`] | generation and fine-tune jobs, leased |
 //! | [`driver`] | `thitl serve`'s background loop: campaigns and jobs |
 //! | [`prompts`] | prompt generators (templates, an OpenAI-compatible chat endpoint) |
@@ -34,6 +35,7 @@ pub mod export;
 pub mod http_client;
 pub mod idempotency;
 pub mod images;
+pub mod jobs;
 pub mod lineage;
 pub mod prompts;
 pub mod runner;

@@ -5,7 +5,7 @@
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
 use domain::campaign::CampaignSettings;
-use domain::fine_tune::{Arm, LoraConfig, SourceRound, TrainingExample};
+use domain::fine_tune::{Arm, LoraConfig, TrainingExample};
 use domain::generation::{GenerationItem, GenerationPurpose, SamplerSettings};
 use domain::prompt_set::{GeneratorInfo, PromptDraft};
 use domain::values::BlobHash;
@@ -22,7 +22,7 @@ use crate::routes::support::{
     CommandAnswer, Done, WaitFor, load, named, parse_id, query_answer, run_command, wait_for,
 };
 use crate::state::AppState;
-use app::commands::CommandBus;
+use app::jobs::{self, FineTuneRequest, GenerationRequest};
 
 // ---------------------------------------------------------------------------------------------
 // Model versions
@@ -326,14 +326,6 @@ pub struct RequestGeneration {
     pub campaign_id: Option<CampaignId>,
 }
 
-fn require_model(bus: &CommandBus, id: ModelVersionId) -> Result<(), ApiError> {
-    if bus.load::<ModelVersion>(&id.stream())?.0.exists() {
-        Ok(())
-    } else {
-        Err(ApiError::unprocessable(format!("model version {id} does not exist: register it first")))
-    }
-}
-
 /// Record a generation request; a worker runs it (operator, curator).
 #[utoipa::path(post, path = "/v1/generations", tag = "jobs", request_body = RequestGeneration,
     params(("Idempotency-Key" = Option<String>, Header)),
@@ -354,17 +346,14 @@ pub async fn request_generation(
         Action::Operate,
         true,
         |bus, context, expected, input: RequestGeneration| {
-            require_model(bus, input.model_version)?;
-            let generation_id = GenerationId(Uuid::now_v7());
-            let command = GenerationCommand::Request {
-                generation_id,
+            let request = GenerationRequest {
                 model_version: input.model_version,
                 purpose: input.purpose,
                 items: input.items,
                 sampler: input.sampler.unwrap_or_default(),
                 campaign_id: input.campaign_id,
             };
-            let outcome = bus.execute::<Generation>(&generation_id.stream(), expected, context, command)?;
+            let (generation_id, outcome) = jobs::request_generation(bus, context, expected, request)?;
             Ok(Done::new(outcome).with("id", generation_id))
         },
     )
@@ -417,30 +406,17 @@ pub async fn request_fine_tune(
         Action::Operate,
         true,
         |bus, context, expected, input: RequestFineTune| {
-            require_model(bus, input.base_model)?;
-            let source_round = match input.source_round {
-                Some(round_id) => {
-                    let (round, _) = bus.load::<AnnotationRound>(&round_id.stream())?;
-                    if !round.exists() {
-                        return Err(ApiError::unprocessable(format!("round {round_id} does not exist")));
-                    }
-                    Some(SourceRound { round_id, kind: round.kind, status: round.status })
-                }
-                None => None,
-            };
-            let fine_tune_id = FineTuneId(Uuid::now_v7());
-            let command = FineTuneCommand::Request {
-                fine_tune_id,
+            let request = FineTuneRequest {
                 base_model: input.base_model,
                 arm: input.arm,
-                source_round,
+                source_round: input.source_round,
                 examples: input.examples,
                 prior_preservation: input.prior_preservation,
                 config: input.config.unwrap_or_default(),
                 progress_every: input.progress_every.unwrap_or(50),
                 campaign_id: input.campaign_id,
             };
-            let outcome = bus.execute::<FineTune>(&fine_tune_id.stream(), expected, context, command)?;
+            let (fine_tune_id, outcome) = jobs::request_fine_tune(bus, context, expected, request)?;
             Ok(Done::new(outcome).with("id", fine_tune_id))
         },
     )
@@ -483,7 +459,7 @@ pub async fn start_campaign(
         Action::Curate,
         true,
         |bus, context, expected, input: StartCampaign| {
-            require_model(bus, input.base_model)?;
+            jobs::require_model(bus, input.base_model)?;
             for id in &input.associations {
                 let (association, _) = bus.load::<Association>(&id.stream())?;
                 if association.status != domain::association::AssociationStatus::Active {
@@ -542,8 +518,7 @@ pub async fn conclude_campaign(
         move |bus, context, expected, input: ConcludeCampaign| {
             // The reason is checked before anything is recorded: the promotion after the conclusion
             // must not fail on it.
-            domain::values::Sentence::parse("reason", &input.reason)
-                .map_err(|e| app::commands::CommandError::Domain(e))?;
+            domain::values::Sentence::parse("reason", &input.reason).map_err(app::commands::CommandError::Domain)?;
             let outcome = bus
                 .execute::<Campaign>(
                     &id.stream(),
