@@ -34,7 +34,8 @@ use crate::device::Device;
 use crate::kernels::elementwise::Elementwise;
 use crate::kernels::matmul::{Activation, Layout, Matmul};
 use crate::kernels::noise::NoiseStream;
-use crate::model::{HostWeights, Parameter, WeightsError};
+use crate::model::{HostWeights, WeightsError};
+use crate::optim::ParameterSet;
 
 /// The safetensors metadata key holding a classifier's configuration (JSON).
 pub const CONFIG_METADATA_KEY: &str = "classifier_config";
@@ -394,18 +395,15 @@ struct Forward<D: Device> {
 pub struct Classifier<D: Device> {
     /// The shape.
     pub config: ClassifierConfig,
-    /// Every parameter, in [`ClassifierConfig::parameter_shapes`] order.
-    pub parameters: Vec<Parameter<D>>,
-    index: BTreeMap<String, usize>,
-    step: u32,
+    /// Every parameter, in [`ClassifierConfig::parameter_shapes`] order, with the AdamW state.
+    pub parameters: ParameterSet<D>,
 }
 
 impl<D: Device> Classifier<D> {
     /// Uploads `weights`, checked against `config`.
     pub fn new(device: &D, config: ClassifierConfig, weights: &HostWeights) -> Result<Self, WeightsError> {
         config.validate()?;
-        let mut parameters = Vec::new();
-        let mut index = BTreeMap::new();
+        let mut parameters = ParameterSet::new();
         for (name, shape) in config.parameter_shapes() {
             let values = match weights.tensors.get(&name) {
                 None => {
@@ -416,10 +414,9 @@ impl<D: Device> Classifier<D> {
                 }
                 Some((_, values)) => values,
             };
-            index.insert(name.clone(), parameters.len());
-            parameters.push(Parameter { name, shape, value: device.upload(values), training: None });
+            parameters.add(&name, &shape, device.upload(values));
         }
-        Ok(Classifier { config, parameters, index, step: 0 })
+        Ok(Classifier { config, parameters })
     }
 
     /// Loads safetensors written by [`Classifier::to_safetensors`] (the configuration comes from
@@ -436,14 +433,7 @@ impl<D: Device> Classifier<D> {
 
     /// The weights on the host.
     pub fn weights(&self, device: &D) -> Result<HostWeights, GpuError> {
-        let mut tensors = BTreeMap::new();
-        for parameter in &self.parameters {
-            tensors.insert(
-                parameter.name.clone(),
-                (parameter.shape.clone(), device.download(&parameter.value, parameter.len())?),
-            );
-        }
-        Ok(HostWeights { tensors })
+        self.parameters.to_host(device, |_| true)
     }
 
     /// The weights as safetensors, with the configuration and `metadata` in the header.
@@ -454,12 +444,18 @@ impl<D: Device> Classifier<D> {
         Ok(self.weights(device)?.to_safetensors(Some(header))?)
     }
 
+    /// One of the classifier's own parameters (the names of [`ClassifierConfig::parameter_shapes`],
+    /// all added by [`Classifier::new`]).
+    fn own(&self, name: &str) -> &crate::optim::Parameter<D> {
+        self.parameters.get(name).expect("one of the classifier's own parameter names")
+    }
+
     fn value(&self, name: &str) -> &D::Buffer {
-        &self.parameters[self.index[name]].value
+        &self.own(name).value
     }
 
     fn grad(&self, name: &str) -> Option<&D::Buffer> {
-        self.parameters[self.index[name]].training.as_ref().map(|t| &t[0])
+        self.own(name).gradient()
     }
 
     fn check_images(&self, images: &[f32]) -> Result<usize, GpuError> {
@@ -653,11 +649,7 @@ impl<D: Device> Classifier<D> {
     /// Makes every parameter trainable (allocating gradients and AdamW moments) and restarts
     /// the step count.
     pub fn set_trainable(&mut self, device: &D) {
-        for parameter in &mut self.parameters {
-            let len = parameter.len();
-            parameter.training = Some([device.zeros(len), device.zeros(len), device.zeros(len)]);
-        }
-        self.step = 0;
+        self.parameters.set_trainable(device, |_| true);
     }
 
     /// The loss (see [`head_loss`]) of `images` against `targets` (`[B, outputs]`), leaving the
@@ -687,20 +679,11 @@ impl<D: Device> Classifier<D> {
     /// One training step: [`Classifier::loss_and_gradients`], global-norm clipping and AdamW on
     /// every parameter. Returns the loss before the update.
     pub fn train_step(&mut self, device: &D, images: &[f32], targets: &[f32], hyper: &AdamW) -> Result<f32, GpuError> {
-        if self.parameters.iter().any(|p| p.training.is_none()) {
+        if !self.parameters.all_trained() {
             self.set_trainable(device);
         }
         let loss = self.loss_and_gradients(device, images, targets)?;
-        let norm = device.zeros(1);
-        for parameter in &self.parameters {
-            let grad = &parameter.training.as_ref().expect("trainable")[0];
-            device.sum_of_squares(grad, None, parameter.len(), 1.0, &norm, 0, true);
-        }
-        self.step += 1;
-        for parameter in &self.parameters {
-            let [grad, m, v] = parameter.training.as_ref().expect("trainable");
-            device.adamw(hyper, self.step, grad, &norm, &parameter.value, m, v, parameter.len());
-        }
+        self.parameters.adamw_step(device, hyper);
         // The loss was read back before the update; bound the work in flight.
         device.synchronize()?;
         Ok(loss)
@@ -708,16 +691,13 @@ impl<D: Device> Classifier<D> {
 
     /// Training steps taken since [`Classifier::set_trainable`].
     pub fn steps(&self) -> u32 {
-        self.step
+        self.parameters.steps()
     }
 
-    /// The gradient of a trained parameter (after a training step), `None` if it is not trained
-    /// or unknown.
+    /// The gradient of a trained parameter (after a training step), `None` if it is not trained;
+    /// a name the classifier does not have is [`GpuError::UnknownParameter`].
     pub fn gradient(&self, device: &D, name: &str) -> Result<Option<Vec<f32>>, GpuError> {
-        match self.index.get(name).and_then(|&i| self.parameters[i].training.as_ref().map(|t| (i, t))) {
-            Some((i, [grad, _, _])) => Ok(Some(device.download(grad, self.parameters[i].len())?)),
-            None => Ok(None),
-        }
+        self.parameters.gradient(device, name)
     }
 }
 
@@ -728,6 +708,7 @@ mod tests {
     use super::*;
     use crate::GpuContext;
     use crate::device::{CpuDevice, WgpuDevice};
+    use crate::rng::SplitMix64;
 
     /// The wgpu context of these tests. Fails (never skips) without an adapter.
     fn context() -> Arc<GpuContext> {
@@ -743,16 +724,15 @@ mod tests {
             .clone()
     }
 
-    /// SplitMix64 for test inputs.
-    struct Rng(u64);
+    /// Test inputs from the workspace's SplitMix64.
+    struct Rng(SplitMix64);
 
     impl Rng {
+        fn new(seed: u64) -> Self {
+            Rng(SplitMix64::new(seed))
+        }
         fn next_u64(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
+            self.0.next_u64()
         }
         /// Uniform in [-1, 1).
         fn uniform(&mut self) -> f32 {
@@ -785,7 +765,7 @@ mod tests {
 
     /// Random weights with non-zero biases everywhere (no parameter is trivially zero).
     fn randomized(config: &ClassifierConfig, seed: u64, scale: f32) -> HostWeights {
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let mut weights = config.init_weights(seed);
         for (_, values) in weights.tensors.values_mut() {
             values.iter_mut().for_each(|v| *v = scale * rng.uniform());
@@ -826,7 +806,7 @@ mod tests {
     #[test]
     fn head_loss_gradient_matches_finite_differences() {
         let config = tiny();
-        let mut rng = Rng(1);
+        let mut rng = Rng::new(1);
         let batch = 3;
         let logits: Vec<f64> = rng.vec(batch * config.outputs()).iter().map(|v| 3.0 * *v as f64).collect();
         // Soft targets too: a softmax target that is a distribution, fractional flags.
@@ -872,7 +852,7 @@ mod tests {
         let device = CpuDevice::<f64>::new();
         let mut model = Classifier::new(&device, config.clone(), &randomized(&config, 2, 0.6)).expect("weights fit");
         model.set_trainable(&device);
-        let mut rng = Rng(3);
+        let mut rng = Rng::new(3);
         let batch = 2;
         let images = device.upload(&rng.vec(batch * config.image_len()));
         let w = rng.vec(batch * config.outputs());
@@ -911,7 +891,7 @@ mod tests {
     fn wgpu_matches_cpu_in_forward_gradients_and_update() {
         let config = tiny();
         let weights = randomized(&config, 4, 0.5);
-        let mut rng = Rng(5);
+        let mut rng = Rng::new(5);
         // 5 images: not a multiple of anything a kernel tiles by.
         let batch = 5;
         let images = rng.vec(batch * config.image_len());
@@ -983,7 +963,7 @@ mod tests {
         let device = CpuDevice::<f32>::new();
         let mut model = Classifier::new(&device, config.clone(), &config.init_weights(6)).unwrap();
         let hyper = AdamW { lr: 3e-3, ..AdamW::default() };
-        let mut rng = Rng(7);
+        let mut rng = Rng::new(7);
         let mut first = None;
         for _ in 0..300 {
             let (images, targets) = toy_batch(&config, 32, &mut rng);
@@ -1021,7 +1001,7 @@ mod tests {
         let loaded = Classifier::from_safetensors(&device, &bytes).unwrap();
         assert_eq!(loaded.config, config);
         assert_eq!(loaded.weights(&device).unwrap(), model.weights(&device).unwrap());
-        let images = Rng(9).vec(2 * config.image_len());
+        let images = Rng::new(9).vec(2 * config.image_len());
         assert_eq!(loaded.forward(&device, &images).unwrap(), model.forward(&device, &images).unwrap());
         // A DiT's weights (no configuration) and a wrong shape are refused with a reason.
         let plain = model.weights(&device).unwrap().to_safetensors(None).unwrap();
@@ -1032,6 +1012,17 @@ mod tests {
         let error = Classifier::new(&device, config.clone(), &wrong).err().unwrap();
         assert!(error.to_string().contains("pooled.weight"), "{error}");
         assert!(matches!(model.forward(&device, &[0.0; 10]), Err(GpuError::Shape(_))));
+    }
+
+    #[test]
+    fn an_unknown_parameter_name_is_refused_with_an_error() {
+        let config = tiny();
+        let device = CpuDevice::<f32>::new();
+        let mut model = Classifier::new(&device, config.clone(), &config.init_weights(1)).unwrap();
+        model.set_trainable(&device);
+        let error = model.gradient(&device, "patch.9.weight").unwrap_err();
+        assert!(matches!(&error, GpuError::UnknownParameter(name) if name == "patch.9.weight"), "{error}");
+        assert_eq!(model.gradient(&device, "head.bias").unwrap(), Some(vec![0.0; config.outputs()]));
     }
 
     #[test]

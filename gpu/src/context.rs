@@ -34,6 +34,9 @@ pub enum GpuError {
     /// The caller asked to stop (see [`crate::model::Dit::sample_with_progress`]).
     #[error("cancelled")]
     Cancelled,
+    /// A parameter name the model does not have (see [`crate::optim::ParameterSet`]).
+    #[error("no parameter named {0:?}")]
+    UnknownParameter(String),
 }
 
 /// How every kernel declares its parameter block (binding 0 of group 0).

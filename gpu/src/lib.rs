@@ -15,10 +15,14 @@
 //!   adaLN, embeddings, patchify, reductions, AdamW, noise).
 //! - [`cpu`]: the plain-Rust reference of every kernel (generic over f32/f64 where a backward
 //!   exists, so gradients can be checked by finite differences in f64).
-//! - [`device`]: the [`device::Device`] trait the model is written against, implemented by
-//!   [`device::CpuDevice`] and [`device::WgpuDevice`].
-//! - [`model`]: the DiT, its backward, LoRA, training steps, the DDIM sampler, safetensors
-//!   weights and PEFT adapters.
+//! - [`device`]: the [`device::Device`] trait the model is written against (`device/mod.rs`),
+//!   implemented by [`device::CpuDevice`] (`device/cpu.rs`) and [`device::WgpuDevice`]
+//!   (`device/wgpu.rs`).
+//! - [`model`]: the DiT, one file per job under `model/`: configuration, host weights and PEFT
+//!   adapters, forward, backward, training steps, the DDIM sampler.
+//! - [`optim`]: named parameters on a device and AdamW with global-norm clipping, shared by the
+//!   DiT and the classifier.
+//! - [`rng`]: the workspace's one SplitMix64 (seed mixing, test inputs; not the model's noise).
 //! - [`classifier`]: a small multi-head image classifier (per-patch MLP, flattened and
 //!   mean-pooled branches, a hidden layer that doubles as a feature vector) with its backward,
 //!   AdamW training and self-describing safetensors weights; the loss is computed on the host.
@@ -57,7 +61,9 @@ pub mod engine;
 pub mod gemm;
 pub mod kernels;
 pub mod model;
+pub mod optim;
 mod pool;
+pub mod rng;
 pub mod tensor;
 
 pub use context::{Backend, DeviceChoice, GpuContext, GpuError};

@@ -4,6 +4,7 @@
 mod common;
 
 use common::{Rng, assert_close, context};
+use gpu::GpuError;
 use gpu::cpu::AdamW;
 use gpu::device::{CpuDevice, Device, WgpuDevice};
 use gpu::model::{
@@ -249,6 +250,21 @@ fn lora_training_lowers_the_loss_on_a_tiny_fixed_dataset() {
     assert!(after < 0.9 * before, "loss {before} → {after}");
     let base_after = model.base_weights(&device).unwrap();
     assert_eq!(base_after, weights, "LoRA training leaves the base untouched");
+}
+
+#[test]
+fn a_gradient_of_an_unknown_parameter_is_refused_with_an_error() {
+    let config = DitConfig::tiny();
+    let device = CpuDevice::<f32>::new();
+    let adapter = HostAdapter::init(&config, &all_targets(), 1);
+    let mut model = Dit::new(&device, config, &HostWeights::init(&config, 2), Some(&adapter)).unwrap();
+    model.set_trainable(&device, TrainMode::Lora);
+    let error = model.gradient(&device, "blocks.9.attn.qkv.weight").unwrap_err();
+    assert!(matches!(&error, GpuError::UnknownParameter(name) if name == "blocks.9.attn.qkv.weight"), "{error}");
+    // A known parameter: frozen (the base, in LoRA training) has none, trained has one.
+    assert_eq!(model.gradient(&device, "blocks.0.attn.qkv.weight").unwrap(), None);
+    let lora_a = HostAdapter::name(0, LoraTarget::Qkv, 'A');
+    assert!(model.gradient(&device, &lora_a).unwrap().is_some());
 }
 
 #[test]

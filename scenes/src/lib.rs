@@ -22,8 +22,9 @@
 //! - [`frechet`]: [`frechet_distance`] between sets of feature vectors.
 //!
 //! A key design decision: everything here is a pure function of its inputs and a `u64` seed,
-//! through the crate's own SplitMix64 generator, so a render, a caption or a whole corpus can
-//! be reproduced from what an event recorded.
+//! through the workspace's SplitMix64 generator (`gpu::rng`, wrapped by the private `rng`
+//! module), so a render, a caption or a whole corpus can be reproduced from what an event
+//! recorded.
 //!
 //! Architecture invariant: this is the only crate that knows what a "hippopotamus" looks like.
 //! It does no IO beyond embedding its own shipped files at compile time.

@@ -4,6 +4,7 @@
 use std::sync::{Arc, OnceLock};
 
 use gpu::GpuContext;
+use gpu::rng::SplitMix64;
 
 /// The wgpu context every GPU test uses. Fails (never skips) without an adapter.
 pub fn context() -> Arc<GpuContext> {
@@ -22,20 +23,16 @@ pub fn context() -> Arc<GpuContext> {
         .clone()
 }
 
-/// A small deterministic generator for test inputs (SplitMix64).
-pub struct Rng(u64);
+/// Test inputs from the workspace's SplitMix64 ([`gpu::rng`]).
+pub struct Rng(SplitMix64);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Rng(seed)
+        Rng(SplitMix64::new(seed))
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in [-1, 1).
