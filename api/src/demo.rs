@@ -301,7 +301,7 @@ impl<'a> Demo<'a> {
                 name: format!("annotator-{}", i + 1),
                 error_rate: [0.02, 0.04, 0.03, 0.06, 0.05, 0.08][i as usize % 6],
                 quality_noise: 0.4 + 0.1 * f64::from(i % 3),
-                rng: Rng(seed ^ (0xA11CE + u64::from(i))),
+                rng: Rng::new(seed ^ (0xA11CE + u64::from(i))),
             })
             .collect();
         let generator = Box::new(TemplateGenerator::new(ReferenceWorldTemplates));

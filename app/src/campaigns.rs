@@ -35,6 +35,7 @@ use domain::prompt_set::PromptDraft;
 use domain::round::{Answer, ImageRef, ItemContent, ItemLabel, RoundItem, RoundKind, Verdict};
 use domain::values::BlobHash;
 use domain::*;
+use gpu::rng::SplitMix64;
 use projections::stats::{Z95, krippendorff_alpha_nominal, wilson_interval};
 use scenes::{CaptionSpec, Concept, Group, Image, Rater, Rating, Setting};
 use uuid::Uuid;
@@ -68,21 +69,21 @@ pub enum Step {
     Finished,
 }
 
-/// A small deterministic generator (SplitMix64): seeds and choices repeat from the campaign's seed.
+/// Seeds and choices that repeat from a campaign's seed (the workspace's SplitMix64).
 #[derive(Clone)]
-pub struct Rng(pub u64);
+pub struct Rng(SplitMix64);
 
 impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+    pub fn new(seed: u64) -> Self {
+        Rng(SplitMix64::new(seed))
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0.next_u64()
     }
 
     pub fn uniform(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
     pub fn chance(&mut self, p: f64) -> bool {
@@ -127,7 +128,7 @@ impl<'a> CampaignRunner<'a> {
             generator,
             rater: Rater::shipped(),
             ratings: HashMap::new(),
-            rng: Rng(seed),
+            rng: Rng::new(seed),
             system: CommandContext::system(),
             auto_accept: CommandContext::new(Actor::new("auto-accept", Role::Curator)),
             associations: BTreeMap::new(),
@@ -246,7 +247,7 @@ impl<'a> CampaignRunner<'a> {
                                 items.push(GenerationItem {
                                     prompt: prompt.neutral.text.clone(),
                                     negative_prompt: Some(prompt.neutral.negative_prompt.clone()),
-                                    seed: 10_000_000 + self.rng.next() % 1_000_000_000,
+                                    seed: 10_000_000 + self.rng.next_u64() % 1_000_000_000,
                                     prompt_id: Some(prompt_id),
                                     association_id: Some(*association_id),
                                 });
@@ -376,7 +377,7 @@ impl<'a> CampaignRunner<'a> {
                     setting: Some(Setting::ALL[(i / others.len()) % Setting::ALL.len()]),
                 };
                 GenerationItem {
-                    prompt: scenes::caption(&spec, self.rng.next()),
+                    prompt: scenes::caption(&spec, self.rng.next_u64()),
                     negative_prompt: None,
                     seed: 20_000_000 + i as u64,
                     prompt_id: None,
@@ -547,7 +548,7 @@ impl<'a> CampaignRunner<'a> {
                 concept: association.concept.clone(),
                 concept_synonyms: association.concept_synonyms.clone(),
                 count: campaign.settings.training_prompts_per_association as usize,
-                seed: self.rng.next(),
+                seed: self.rng.next_u64(),
             })
             .map_err(|e| CampaignError::Other(e.to_string()))?;
         // Where the baseline round saw the concept in most pictures, guidance away from it has

@@ -5,9 +5,8 @@
 use domain::fine_tune::{Arm, LoraConfig, SourceRound, TrainingExample};
 use domain::generation::{GenerationItem, GenerationPurpose, SamplerSettings};
 use domain::{
-    Aggregate,
-    AnnotationRound, CampaignId, FineTune, FineTuneCommand, FineTuneId, Generation, GenerationCommand, GenerationId,
-    ModelVersion, ModelVersionId, RoundId,
+    Aggregate, AnnotationRound, CampaignId, FineTune, FineTuneCommand, FineTuneId, Generation, GenerationCommand,
+    GenerationId, ModelVersion, ModelVersionId, RoundId,
 };
 use uuid::Uuid;
 

@@ -136,11 +136,9 @@ fn names_word(text: &str, phrase: &str) -> bool {
     words.windows(wanted.len().max(1)).any(|window| window.iter().zip(&wanted).all(|(a, b)| a.eq_ignore_ascii_case(b)))
 }
 
+/// A seed mixed into a well-scrambled one (SplitMix64's first output for that seed).
 fn splitmix(seed: u64) -> u64 {
-    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    gpu::rng::SplitMix64::new(seed).next_u64()
 }
 
 /// The built-in generator: `count` distinct prompts (as far as the source has them), the same
