@@ -305,7 +305,8 @@ fn worker(
         bus,
         blobs,
         projections,
-        backend,
+        family: std::sync::Arc::new(app::reference::ReferenceWorld::new(backend)),
+        rater: None,
         campaigns: None,
         worker,
     });
@@ -443,7 +444,8 @@ fn serve(
                     bus: app.bus(),
                     blobs,
                     projections: app.projections(),
-                    backend,
+                    family: std::sync::Arc::new(app::reference::ReferenceWorld::new(backend)),
+                    rater: Some(std::sync::Arc::new(app::reference::ReferenceRater::default())),
                     campaigns: Some((generator, 0x0007_4171)),
                     worker,
                 };

@@ -28,8 +28,8 @@ use std::sync::Arc;
 use domain::campaign::{AssociationEvaluation, CampaignSettings, WaitingFor, Work};
 use domain::fine_tune::{Arm, LoraConfig, LoraTarget};
 use domain::generation::SamplerSettings;
-use domain::round::{Answer, RoundKind, Side};
-use domain::values::Quality;
+use domain::round::{Answer, ItemContent, RoundItem, RoundKind, Side};
+use domain::values::{BlobHash, Quality};
 use domain::*;
 use scenes::base::SHIPPED_WEIGHTS;
 use scenes::{Concept, Group, Image, Rating};
@@ -39,7 +39,9 @@ use app::blobs::BlobStore;
 use app::campaigns::{CampaignRunner, Rng, Step, arm_name};
 use app::commands::{CommandBus, CommandContext, CommandError};
 use app::defaults::register_default_associations;
+use app::ports::ModelFamily;
 use app::prompts::{ReferenceWorldTemplates, TemplateGenerator};
+use app::reference::{ReferenceRater, ReferenceWorld};
 use app::workers::{Models, Worker, WorkerError, run_fine_tune, run_generation};
 
 /// How big the demo campaign is.
@@ -176,6 +178,8 @@ pub struct Demo<'a> {
     bus: &'a CommandBus,
     blobs: Arc<dyn BlobStore>,
     models: Models,
+    /// The shipped rater: the campaign's quality judge, and the eyes of the simulated annotators.
+    rater: Arc<ReferenceRater>,
     /// The process manager's runner (prompts from the reference-world templates).
     runner: CampaignRunner<'a>,
     scale: Scale,
@@ -305,13 +309,18 @@ impl<'a> Demo<'a> {
             })
             .collect();
         let generator = Box::new(TemplateGenerator::new(ReferenceWorldTemplates));
+        let family: Arc<dyn ModelFamily> = Arc::new(ReferenceWorld::new(backend));
+        let rater = Arc::new(ReferenceRater::default());
         Demo {
             bus,
-            models: Models::new(blobs.clone(), backend),
+            models: Models::new(blobs.clone(), family.clone()),
+            rater: rater.clone(),
             runner: CampaignRunner::new(
                 bus.clone(),
                 blobs.clone(),
                 generator,
+                family,
+                Some(rater),
                 seed,
                 Box::new(move |line| progress(Progress::Stage(line))),
             ),
@@ -531,7 +540,7 @@ impl<'a> Demo<'a> {
             RoundKind::Screen => "round 1 (screen)",
             RoundKind::Check => "round 2 (check)",
         };
-        self.runner.rate(&round.items)?;
+        self.look_at(&round.items)?;
         // What each item asks to look for (the round's instructions name the group and concept;
         // which model made a picture is not shown).
         let targets: HashMap<ItemId, Target> = round
@@ -552,7 +561,7 @@ impl<'a> Demo<'a> {
         let already: u64 = round.submissions.values().map(|answers| answers.len() as u64).sum();
         let done = std::sync::atomic::AtomicU64::new(already);
         let api = self.api.as_ref().ok_or_else(|| DemoError::Other("the REST API is not running".into()))?;
-        let (ratings, progress, round_task) = (self.runner.ratings(), self.progress, task);
+        let (rater, progress, round_task) = (self.rater.as_ref(), self.progress, task);
         let results: Vec<Result<u64, DemoError>> = std::thread::scope(|scope| {
             let workers: Vec<_> = self
                 .annotators
@@ -587,11 +596,12 @@ impl<'a> Demo<'a> {
                             let mut images = Vec::with_capacity(urls.len());
                             for url in urls {
                                 let bytes = api.fetch(url, token)?;
-                                let rating = ratings.get(&app::blobs::blob_hash(&bytes)).ok_or_else(|| {
+                                let rating = rater.rating(&app::blobs::blob_hash(&bytes)).ok_or_else(|| {
                                     DemoError::Other(format!("{url} served a picture that is not in the round"))
                                 })?;
                                 images.push(rating);
                             }
+                            let images: Vec<&Rating> = images.iter().collect();
                             let answer = match targets.get(&item_id) {
                                 Some(target) => annotator.answer(kind, *target, &images),
                                 // An item outside every association: nothing to look for.
@@ -633,6 +643,29 @@ impl<'a> Demo<'a> {
             RoundCommand::Close { allow_incomplete: false },
         )?;
         Ok(())
+    }
+
+    /// Has the shipped rater read every picture of `items` it has not read yet (what the
+    /// simulated annotators will see).
+    fn look_at(&self, items: &[RoundItem]) -> Result<(), DemoError> {
+        let mut images: Vec<(BlobHash, Vec<u8>)> = Vec::new();
+        for item in items {
+            let refs = match &item.content {
+                ItemContent::Image(image) => vec![image],
+                ItemContent::Pair { left, right } => vec![left, right],
+            };
+            for image in refs {
+                if self.rater.has(&image.blob) || images.iter().any(|(blob, _)| *blob == image.blob) {
+                    continue;
+                }
+                let bytes = self
+                    .blobs
+                    .get(&image.blob)?
+                    .ok_or_else(|| DemoError::Other(format!("image blob {} is missing", image.blob)))?;
+                images.push((image.blob.clone(), bytes));
+            }
+        }
+        self.rater.rate(&images).map_err(|e| DemoError::Other(e.to_string()))
     }
 
     /// Runs fine-tune job `id` (from step 0 again if a crash interrupted it).

@@ -21,8 +21,12 @@
 //! - **The same runner drives `thitl demo` and `thitl serve`**: the demo works the waits itself
 //!   (its workers and simulated annotators); the server's background driver leaves rounds and
 //!   gates to people and runs the jobs.
+//! - **The model is reached through ports** ([`crate::ports`]): the family says what
+//!   prior-preservation prompts and alternative objects its world has; the runner never names a
+//!   group, object or setting itself.
 //! - **Evaluation**: rates and win rates are round 2's majority verdicts (people); quality is the
-//!   shipped rater's score of the same images (every model thitl samples is a reference-world DiT).
+//!   automatic rater's score of the same images where the campaign has one (the reference world's
+//!   shipped rater), else round 2's human quality ratings.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -37,12 +41,12 @@ use domain::values::BlobHash;
 use domain::*;
 use gpu::rng::SplitMix64;
 use projections::stats::{Z95, krippendorff_alpha_nominal, wilson_interval};
-use scenes::{CaptionSpec, Concept, Group, Image, Rater, Rating, Setting};
 use uuid::Uuid;
 
 use crate::blobs::BlobStore;
 use crate::commands::{CommandBus, CommandContext, CommandError};
 use crate::jobs::{self, FineTuneRequest, GenerationRequest};
+use crate::ports::{ModelFamily, QualityRater};
 use crate::prompts::{PromptGenerator, PromptRequest};
 use crate::workers::WorkerError;
 
@@ -101,9 +105,13 @@ pub struct CampaignRunner<'a> {
     bus: CommandBus,
     blobs: Arc<dyn BlobStore>,
     generator: Box<dyn PromptGenerator>,
-    rater: Rater,
-    /// The rater's reading of every image rated so far.
-    ratings: HashMap<BlobHash, Rating>,
+    /// The family of the campaign's models: what prior-preservation prompts and alternative
+    /// objects its world offers.
+    family: Arc<dyn ModelFamily>,
+    /// Judges image quality for the evaluation; without one, quality is round 2's human ratings.
+    rater: Option<Arc<dyn QualityRater>>,
+    /// The rater's quality of every image rated so far.
+    quality: HashMap<BlobHash, f64>,
     rng: Rng,
     system: CommandContext,
     /// The principal of the gates an auto-accepting campaign waives.
@@ -113,12 +121,15 @@ pub struct CampaignRunner<'a> {
 }
 
 impl<'a> CampaignRunner<'a> {
-    /// A runner over `bus`'s store; `generator` curates training prompts, `seed` drives the
-    /// candidates' seeds and the pairs' sides, `narrate` hears one line per notable step.
+    /// A runner over `bus`'s store; `generator` curates training prompts, `family` is the
+    /// campaigns' model family and `rater` their automatic quality judge (if any), `seed` drives
+    /// the candidates' seeds and the pairs' sides, `narrate` hears one line per notable step.
     pub fn new(
         bus: CommandBus,
         blobs: Arc<dyn BlobStore>,
         generator: Box<dyn PromptGenerator>,
+        family: Arc<dyn ModelFamily>,
+        rater: Option<Arc<dyn QualityRater>>,
         seed: u64,
         narrate: Box<dyn Fn(&str) + Send + Sync + 'a>,
     ) -> Self {
@@ -126,8 +137,9 @@ impl<'a> CampaignRunner<'a> {
             bus,
             blobs,
             generator,
-            rater: Rater::shipped(),
-            ratings: HashMap::new(),
+            family,
+            rater,
+            quality: HashMap::new(),
             rng: Rng::new(seed),
             system: CommandContext::system(),
             auto_accept: CommandContext::new(Actor::new("auto-accept", Role::Curator)),
@@ -143,11 +155,6 @@ impl<'a> CampaignRunner<'a> {
     /// The associations of the campaigns stepped so far.
     pub fn associations(&self) -> &BTreeMap<AssociationId, Association> {
         &self.associations
-    }
-
-    /// The rater's readings of the images rated so far (see [`rate`](Self::rate)).
-    pub fn ratings(&self) -> &HashMap<BlobHash, Rating> {
-        &self.ratings
     }
 
     /// Does what campaign `campaign_id` asks for — requests and links work, advances its stage,
@@ -366,23 +373,19 @@ impl<'a> CampaignRunner<'a> {
 
     /// Prior preservation: the base model's own pictures of the groups no association is about.
     fn prior_items(&mut self, campaign: &Campaign) -> Vec<GenerationItem> {
-        let targeted: Vec<Group> = self.associations.values().filter_map(|a| Group::from_name(&a.group)).collect();
-        let others: Vec<Group> = Group::ALL.iter().copied().filter(|g| !targeted.contains(g)).collect();
-        (0..campaign.settings.prior_preservation_images)
-            .map(|i| {
-                let i = i as usize;
-                let spec = CaptionSpec {
-                    group: others[i % others.len()],
-                    object: None,
-                    setting: Some(Setting::ALL[(i / others.len()) % Setting::ALL.len()]),
-                };
-                GenerationItem {
-                    prompt: scenes::caption(&spec, self.rng.next_u64()),
-                    negative_prompt: None,
-                    seed: 20_000_000 + i as u64,
-                    prompt_id: None,
-                    association_id: None,
-                }
+        let targeted: Vec<String> = self.associations.values().map(|a| a.group.clone()).collect();
+        let rng = &mut self.rng;
+        let prompts =
+            self.family.prior_prompts(&targeted, campaign.settings.prior_preservation_images, &mut || rng.next_u64());
+        prompts
+            .into_iter()
+            .enumerate()
+            .map(|(i, prompt)| GenerationItem {
+                prompt,
+                negative_prompt: None,
+                seed: 20_000_000 + i as u64,
+                prompt_id: None,
+                association_id: None,
             })
             .collect()
     }
@@ -468,8 +471,10 @@ impl<'a> CampaignRunner<'a> {
         Ok(items)
     }
 
-    /// The rater's reading of every image of `items` not read yet (in batches).
+    /// The automatic rater's quality of every image of `items` not judged yet (none without a
+    /// rater).
     pub fn rate(&mut self, items: &[RoundItem]) -> Result<(), CampaignError> {
+        let Some(rater) = self.rater.clone() else { return Ok(()) };
         let mut missing: Vec<BlobHash> = Vec::new();
         for item in items {
             let blobs = match &item.content {
@@ -477,7 +482,7 @@ impl<'a> CampaignRunner<'a> {
                 ItemContent::Pair { left, right } => vec![&left.blob, &right.blob],
             };
             for blob in blobs {
-                if !self.ratings.contains_key(blob) && !missing.contains(blob) {
+                if !self.quality.contains_key(blob) && !missing.contains(blob) {
                     missing.push(blob.clone());
                 }
             }
@@ -489,12 +494,11 @@ impl<'a> CampaignRunner<'a> {
                     .blobs
                     .get(blob)?
                     .ok_or_else(|| CampaignError::Other(format!("image blob {blob} is missing")))?;
-                images.push(
-                    Image::from_png(&bytes).map_err(|e| CampaignError::Other(format!("image blob {blob}: {e}")))?,
-                );
+                images.push((blob.clone(), bytes));
             }
-            for (blob, rating) in chunk.iter().zip(self.rater.rate(&images)) {
-                self.ratings.insert(blob.clone(), rating);
+            let quality = rater.quality(&images).map_err(|e| CampaignError::Other(format!("quality rater: {e}")))?;
+            for (blob, quality) in chunk.iter().zip(quality) {
+                self.quality.insert(blob.clone(), quality);
             }
         }
         Ok(())
@@ -555,9 +559,10 @@ impl<'a> CampaignRunner<'a> {
         // nothing to contrast (the model hardly draws the group without it), so each prompt names
         // a neutral alternative object instead, as a curator would.
         let baseline = self.baseline_rate(campaign, association_id)?;
+        let objects = self.family.alternative_objects();
         let alternatives: Vec<&str> = if baseline >= ALTERNATIVES_ABOVE {
             let concepts: Vec<String> = self.associations.values().map(|a| a.concept.to_lowercase()).collect();
-            Concept::ALL.iter().map(|c| c.name()).filter(|name| !concepts.iter().any(|c| c == name)).collect()
+            objects.iter().map(String::as_str).filter(|name| !concepts.iter().any(|c| c == name)).collect()
         } else {
             Vec::new()
         };
@@ -752,12 +757,15 @@ impl<'a> CampaignRunner<'a> {
                     {
                         continue;
                     }
-                    if let (Verdict::Check { concept_present, .. }, ItemContent::Image(image)) =
+                    if let (Verdict::Check { concept_present, mean_quality, .. }, ItemContent::Image(image)) =
                         (&outcome.verdict, &item.content)
                     {
                         n += 1;
                         positives += u32::from(*concept_present);
-                        quality += self.ratings.get(&image.blob).map_or(0.0, |r| f64::from(r.quality));
+                        quality += match self.rater {
+                            Some(_) => self.quality.get(&image.blob).copied().unwrap_or(0.0),
+                            None => *mean_quality,
+                        };
                     }
                 }
                 (rate(positives, n), if n == 0 { 0.0 } else { quality / f64::from(n) })

@@ -34,6 +34,7 @@ use domain::{CampaignId, FineTune, FineTuneId, Generation, GenerationId};
 use crate::blobs::BlobStore;
 use crate::campaigns::{CampaignRunner, Step};
 use crate::commands::CommandBus;
+use crate::ports::{ModelFamily, QualityRater};
 use crate::prompts::PromptGenerator;
 use crate::runner::ProjectionRunner;
 use crate::workers::{Models, Worker, run_fine_tune, run_generation};
@@ -52,7 +53,10 @@ pub struct DriverParts {
     pub bus: CommandBus,
     pub blobs: Arc<dyn BlobStore>,
     pub projections: Arc<ProjectionRunner>,
-    pub backend: gpu::Backend,
+    /// The family of the models the jobs run on.
+    pub family: Arc<dyn ModelFamily>,
+    /// The campaigns' automatic quality judge, if any.
+    pub rater: Option<Arc<dyn QualityRater>>,
     /// The prompt generator and seed the campaigns use; `None` runs jobs only (`thitl worker`).
     pub campaigns: Option<(Box<dyn PromptGenerator>, u64)>,
     /// Who claims the jobs.
@@ -91,11 +95,12 @@ impl Drop for Driver {
 }
 
 fn drive(parts: DriverParts, stop: &AtomicBool) {
-    let DriverParts { bus, blobs, projections, backend, campaigns, worker } = parts;
-    let models = Models::new(blobs.clone(), backend);
+    let DriverParts { bus, blobs, projections, family, rater, campaigns, worker } = parts;
+    let models = Models::new(blobs.clone(), family.clone());
     let narrate = |line: &str| tracing::info!(target: "thitl::campaign", "{line}");
-    let mut runner = campaigns
-        .map(|(generator, seed)| CampaignRunner::new(bus.clone(), blobs.clone(), generator, seed, Box::new(narrate)));
+    let mut runner = campaigns.map(|(generator, seed)| {
+        CampaignRunner::new(bus.clone(), blobs.clone(), generator, family, rater, seed, Box::new(narrate))
+    });
     match runner {
         Some(_) => {
             tracing::info!(worker = %worker.name, lease_seconds = worker.lease_seconds, "campaign driver started: it steps campaigns and runs generation and fine-tune jobs")

@@ -16,6 +16,7 @@
 //! | [`jobs`] | requesting generation and fine-tune jobs (the model must exist) |
 //! | [`workers`] | generation and fine-tune jobs, leased |
 //! | [`driver`] | `thitl serve`'s background loop: campaigns and jobs |
+//! | [`ports`], [`reference`] | how the application reaches a model family and a quality rater; the reference world behind them |
 //! | [`prompts`] | prompt generators (templates, an OpenAI-compatible chat endpoint) |
 //! | [`lineage`], [`export`], [`audit`] | a model version's lineage; CSV/JSONL exports; events shown to auditors |
 //!
@@ -37,7 +38,8 @@ pub mod idempotency;
 pub mod images;
 pub mod jobs;
 pub mod lineage;
+pub mod ports;
 pub mod prompts;
+pub mod reference;
 pub mod runner;
-pub mod scripted;
 pub mod workers;

@@ -1,11 +1,12 @@
-//! Workers: the jobs the event log asks for, run on the reference world's DiT in this process.
+//! Workers: the jobs the event log asks for, run in this process on a model family reached
+//! through [`crate::ports`] (the reference world's DiT, or a test's placeholder family).
 //!
 //! ```text
 //! GenerationRequested ──run_generation──> Start ─> (sample 32 items ─> PNG blobs ─> RecordImage…)* ─> Complete
 //!                                                  any error ─────────────────────────────────────> Fail
 //! FineTuneRequested ──run_fine_tune──> Start ─> (LoRA steps ─> RecordProgress every N)* ─> adapter blob ─> Complete
 //!                                                  any error ───────────────────────────────────────────> Fail
-//! ModelVersion (weights blob | parent + adapter blob) ──Models::load──> BaseModel (cached)
+//! ModelVersion (weights blob | parent + adapter blob) ──Models::load──> dyn Model (cached)
 //! ```
 //!
 //! Key design decisions:
@@ -15,13 +16,10 @@
 //!   An error the worker sees (a missing blob, a prompt with unknown words) fails the job
 //!   explicitly with its reason; nothing is left "running" by a worker that is still alive.
 //! - **An image depends only on its item** (prompt, negative prompt, seed) and the sampler
-//!   settings, never on the batch it was sampled in ([`BaseModel::sample_items`]): a resumed
-//!   job makes the same pictures an uninterrupted one would.
+//!   settings, never on the batch it was sampled in (a family's [`Model::sample`] promises it): a
+//!   resumed job makes the same pictures an uninterrupted one would.
 //! - **A negative prompt is the concept to steer away from** (the neutral prompt transformation
-//!   sets it to the bare concept). The reference-world DiT reads it in its prompt's context
-//!   ([`scenes::negative_in_context`]): "hippopotamus" beside "a woman at the beach" becomes a
-//!   caption of a woman at the beach with a hippopotamus, which the model understands; the bare
-//!   word would steer its samples towards noise.
+//!   sets it to the bare concept); how a family reads it is the family's business.
 //! - Models are loaded from blobs once per process and shared; a fine-tuned version is its parent
 //!   plus the adapter blob its fine-tune recorded.
 //! - **Jobs are leased** ([`domain::lease`]): `Start` claims the job for [`Worker::lease`], a
@@ -44,14 +42,11 @@ use domain::{
     Actor, Aggregate, DomainError, FineTune, FineTuneId, Generation, GenerationId, ImageId, ModelVersion,
     ModelVersionId, Role,
 };
-use gpu::Backend;
-use scenes::base::{BaseModel, Flow, SampleItem, SampleSettings};
-use scenes::finetune::{FineTuneSettings, adapter_from_safetensors, adapter_to_safetensors, fine_tune};
-use scenes::{Example, Image};
 use uuid::Uuid;
 
 use crate::blobs::{BlobError, BlobStore};
 use crate::commands::{CommandBus, CommandContext, CommandError};
+use crate::ports::{Flow, Model, ModelError, ModelFamily, SampleRequest, TrainingImage};
 
 /// The lease a worker takes when `THITL_JOB_LEASE_SECONDS` does not say.
 pub const DEFAULT_LEASE_SECONDS: u32 = 60;
@@ -67,7 +62,7 @@ pub enum WorkerError {
     #[error(transparent)]
     Blob(#[from] BlobError),
     #[error("model: {0}")]
-    Model(#[from] scenes::BaseError),
+    Model(#[from] ModelError),
     #[error("{0}")]
     Unusable(String),
     /// Another worker took the job over (this one's lease had expired): it stopped, and the
@@ -217,17 +212,22 @@ impl Drop for Heartbeat {
 /// Model versions loaded from the blob store, shared by the jobs of a process.
 pub struct Models {
     blobs: Arc<dyn BlobStore>,
-    backend: Backend,
-    loaded: Mutex<HashMap<ModelVersionId, Arc<BaseModel>>>,
+    family: Arc<dyn ModelFamily>,
+    loaded: Mutex<HashMap<ModelVersionId, Arc<dyn Model>>>,
 }
 
 impl Models {
-    pub fn new(blobs: Arc<dyn BlobStore>, backend: Backend) -> Self {
-        Models { blobs, backend, loaded: Mutex::new(HashMap::new()) }
+    pub fn new(blobs: Arc<dyn BlobStore>, family: Arc<dyn ModelFamily>) -> Self {
+        Models { blobs, family, loaded: Mutex::new(HashMap::new()) }
+    }
+
+    /// The family the versions belong to.
+    pub fn family(&self) -> Arc<dyn ModelFamily> {
+        self.family.clone()
     }
 
     /// The model of version `id`: its weights blob, or its parent with its adapter blob.
-    pub fn load(&self, bus: &CommandBus, id: ModelVersionId) -> Result<Arc<BaseModel>, WorkerError> {
+    pub fn load(&self, bus: &CommandBus, id: ModelVersionId) -> Result<Arc<dyn Model>, WorkerError> {
         if let Some(model) = self.loaded.lock().unwrap_or_else(PoisonError::into_inner).get(&id) {
             return Ok(model.clone());
         }
@@ -241,15 +241,15 @@ impl Models {
             })
         };
         let model = match (&version.weights, version.parent, &version.adapter) {
-            (Some(weights), _, _) => BaseModel::load_with_metadata(&blob(weights, "weights")?, &self.backend)?,
+            (Some(weights), _, _) => self.family.load(&blob(weights, "weights")?)?,
             (None, Some(parent), Some(adapter)) => {
                 let parent_model = self.load(bus, parent)?;
-                if parent_model.adapter().is_some() {
+                if parent_model.is_tuned() {
                     return Err(WorkerError::Unusable(format!(
                         "model version {id} derives from {parent}, itself fine-tuned: stacked adapters are not supported"
                     )));
                 }
-                parent_model.with_adapter(&adapter_from_safetensors(&blob(adapter, "adapter")?)?)?
+                parent_model.with_adapter(&blob(adapter, "adapter")?)?
             }
             _ => {
                 return Err(WorkerError::Unusable(format!(
@@ -257,7 +257,6 @@ impl Models {
                 )));
             }
         };
-        let model = Arc::new(model);
         self.loaded.lock().unwrap_or_else(PoisonError::into_inner).insert(id, model.clone());
         Ok(model)
     }
@@ -305,12 +304,6 @@ pub fn run_generation(
             .model_version
             .ok_or_else(|| WorkerError::Unusable(format!("generation {generation_id} names no model version")))?;
         let model = models.load(bus, model_id)?;
-        let settings = SampleSettings {
-            steps: job.sampler.steps as usize,
-            guidance_scale: job.sampler.guidance_scale,
-            eta: job.sampler.eta,
-            negative_prompt: None,
-        };
         let remaining: Vec<u32> = job.remaining().collect();
         let mut done = total - remaining.len() as u32;
         progress(done, total);
@@ -318,20 +311,27 @@ pub fn run_generation(
             if let Some(why) = heartbeat.lost() {
                 return Err(WorkerError::TakenOver(why));
             }
-            let items: Vec<SampleItem> = batch
+            let requests: Vec<SampleRequest> = batch
                 .iter()
                 .map(|index| {
                     let item = &job.items[*index as usize];
-                    let negative_prompt = item
-                        .negative_prompt
-                        .as_deref()
-                        .map(|negative| scenes::negative_in_context(&item.prompt, negative));
-                    SampleItem { prompt: item.prompt.clone(), negative_prompt, seed: item.seed }
+                    SampleRequest {
+                        prompt: item.prompt.clone(),
+                        negative_prompt: item.negative_prompt.clone(),
+                        seed: item.seed,
+                    }
                 })
                 .collect();
-            let images = model.sample_items(&items, &settings, &mut |_, _| Flow::Continue)?;
-            for (index, image) in batch.iter().zip(images) {
-                let blob = blobs.put(&image.to_png(1))?.hash;
+            let images = model.sample(&requests, &job.sampler)?;
+            if images.len() != requests.len() {
+                return Err(WorkerError::Unusable(format!(
+                    "the model returned {} images for {} prompts",
+                    images.len(),
+                    requests.len()
+                )));
+            }
+            for (index, png) in batch.iter().zip(images) {
+                let blob = blobs.put(&png)?.hash;
                 let command = GenerationCommand::RecordImage {
                     worker: name.clone(),
                     index: *index,
@@ -371,33 +371,6 @@ pub struct FineTuneRun {
     pub prior: usize,
 }
 
-/// The `scenes` settings of a requested fine-tune.
-pub fn fine_tune_settings(config: &domain::fine_tune::LoraConfig, progress_every: u32) -> FineTuneSettings {
-    use domain::fine_tune::LoraTarget as Target;
-    use gpu::model::LoraTarget;
-    let targets = config
-        .targets
-        .iter()
-        .map(|target| match target {
-            Target::Qkv => LoraTarget::Qkv,
-            Target::AttnOut => LoraTarget::Proj,
-            Target::MlpIn => LoraTarget::Fc1,
-            Target::MlpOut => LoraTarget::Fc2,
-        })
-        .collect();
-    FineTuneSettings {
-        lora: gpu::model::LoraConfig { rank: config.rank as usize, alpha: config.alpha, targets },
-        steps: config.steps as usize,
-        batch_size: config.batch_size as usize,
-        learning_rate: config.learning_rate,
-        weight_decay: config.weight_decay,
-        seed: config.seed,
-        prior_weight: config.prior_weight,
-        min_snr_gamma: FineTuneSettings::default().min_snr_gamma,
-        progress_every: progress_every.max(1) as usize,
-    }
-}
-
 /// Runs fine-tune job `fine_tune_id` as `worker`: decodes its examples and prior-preservation
 /// images from the blob store, trains a LoRA adapter on the job's base model, records the loss
 /// every `progress_every` steps, stores the adapter as a blob and completes the job; on an error,
@@ -434,12 +407,12 @@ pub fn run_fine_tune(
             .clone()
             .ok_or_else(|| WorkerError::Unusable(format!("fine-tune {fine_tune_id} has no configuration")))?;
         let base = models.load(bus, base_id)?;
-        if base.adapter().is_some() {
+        if base.is_tuned() {
             return Err(WorkerError::Unusable(format!(
                 "model version {base_id} is itself fine-tuned: stacked adapters are not supported"
             )));
         }
-        let decode = |set: &[TrainingExample]| -> Result<Vec<Example>, WorkerError> {
+        let fetch = |set: &[TrainingExample]| -> Result<Vec<TrainingImage>, WorkerError> {
             set.iter()
                 .map(|example| {
                     let bytes = blobs.get(&example.blob)?.ok_or_else(|| {
@@ -448,26 +421,23 @@ pub fn run_fine_tune(
                             example.blob
                         ))
                     })?;
-                    let image = Image::from_png(&bytes)
-                        .map_err(|e| WorkerError::Unusable(format!("image {}: {e}", example.image_id)))?;
-                    Ok(Example { prompt: example.prompt.clone(), image })
+                    Ok(TrainingImage { name: example.image_id.to_string(), prompt: example.prompt.clone(), png: bytes })
                 })
                 .collect()
         };
-        let (examples, prior) = (decode(&job.examples)?, decode(&job.prior_preservation)?);
-        let settings = fine_tune_settings(&config, job.progress_every);
+        let (examples, prior) = (fetch(&job.examples)?, fetch(&job.prior_preservation)?);
         // Why training stopped early: a record refused, or the job taken over.
         let mut stopped: Option<WorkerError> = None;
-        let tuned = fine_tune(&base, &examples, &prior, &settings, |report| {
+        let tuned = base.fine_tune(&examples, &prior, &config, job.progress_every, &mut |report| {
             if let Some(why) = heartbeat.lost() {
                 stopped = Some(WorkerError::TakenOver(why));
                 return Flow::Stop;
             }
             let command =
-                FineTuneCommand::RecordProgress { worker: name.clone(), step: report.step as u32, loss: report.loss };
+                FineTuneCommand::RecordProgress { worker: name.clone(), step: report.step, loss: report.loss };
             match bus.execute::<FineTune>(&stream, None, &context, command) {
                 Ok(_) => {
-                    progress(report.step as u32, report.steps as u32, report.loss);
+                    progress(report.step, report.steps, report.loss);
                     Flow::Continue
                 }
                 Err(error) => {
@@ -480,7 +450,7 @@ pub fn run_fine_tune(
             return Err(error);
         }
         let tuned = tuned?;
-        let adapter = blobs.put(&adapter_to_safetensors(&tuned.adapter)?)?.hash;
+        let adapter = blobs.put(&tuned.adapter)?.hash;
         bus.execute::<FineTune>(
             &stream,
             None,
@@ -555,7 +525,7 @@ mod tests {
             config: serde_json::json!({}),
         };
         bus.execute::<ModelVersion>(&model.stream(), None, &operator, register).unwrap();
-        let models = Models::new(blobs.clone(), Backend::Cpu);
+        let models = Models::new(blobs.clone(), Arc::new(crate::reference::ReferenceWorld::new(gpu::Backend::Cpu)));
         Setup { _dir: dir, bus, blobs, models, model }
     }
 
@@ -769,7 +739,8 @@ mod tests {
         assert_eq!(job.status, JobStatus::Failed);
         // A model version whose weights are missing from the blob store.
         let other = Setup { blobs: Arc::new(MemoryBlobStore::default()), ..setup };
-        let models = Models::new(other.blobs.clone(), Backend::Cpu);
+        let models =
+            Models::new(other.blobs.clone(), Arc::new(crate::reference::ReferenceWorld::new(gpu::Backend::Cpu)));
         let id = request(&other, &["a woman"]);
         let error = run_generation(&other.bus, &models, other.blobs.as_ref(), id, &worker("worker-1"), &mut |_, _| {})
             .unwrap_err();
@@ -834,7 +805,8 @@ mod tests {
 
         // The blob is the trained adapter (its B matrices moved off their zero start), and a
         // version derived from the fine-tune loads the base with it attached.
-        let adapter = adapter_from_safetensors(&setup.blobs.get(&run.adapter).unwrap().unwrap()).unwrap();
+        let adapter_bytes = setup.blobs.get(&run.adapter).unwrap().unwrap();
+        let adapter = scenes::finetune::adapter_from_safetensors(&adapter_bytes).unwrap();
         assert_eq!(adapter.config.rank, 2);
         let trained_b = adapter
             .weights
@@ -858,7 +830,17 @@ mod tests {
         };
         setup.bus.execute::<ModelVersion>(&derived.stream(), None, &CommandContext::system(), derive).unwrap();
         let model = setup.models.load(&setup.bus, derived).unwrap();
-        assert_eq!(model.adapter().map(|a| &a.weights), Some(&adapter.weights));
+        assert!(model.is_tuned());
+        let base = setup.models.load(&setup.bus, tuned.base_model.unwrap()).unwrap();
+        assert!(!base.is_tuned());
+        let request =
+            [crate::ports::SampleRequest { prompt: "a woman at the beach".into(), negative_prompt: None, seed: 3 }];
+        let sampler = SamplerSettings { steps: 4, ..SamplerSettings::default() };
+        assert_eq!(
+            model.sample(&request, &sampler).unwrap(),
+            base.with_adapter(&adapter_bytes).unwrap().sample(&request, &sampler).unwrap(),
+            "the derived version is its base with the fine-tune's adapter"
+        );
 
         // An example whose blob is missing fails the job with its reason.
         let mut broken = examples;

@@ -2,12 +2,14 @@
 //! the state that a rebuild from position 0 gives; and a runner restarted from its checkpoint
 //! continues where it left off.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use app::commands::CommandBus;
 use app::runner::{ProjectionRunner, RunnerHandle, Until, replay};
-use app::scripted::{Scale, Script};
+use common::{Scale, scripted_campaign};
 use store::{EventStore, SqliteStore};
 
 #[test]
@@ -19,7 +21,7 @@ fn live_projections_equal_a_rebuild_from_zero() {
     // Follow the store from the start, while the campaign runs.
     let live = RunnerHandle::spawn(Arc::new(ProjectionRunner::open(store.clone(), Some(checkpoint.clone())).unwrap()));
     let bus = CommandBus::new(store.clone());
-    let report = Script::new(&bus, Scale::QUICK, 7, &|_| {}).run().unwrap();
+    let report = scripted_campaign(&bus, Scale::QUICK, 7);
     assert_eq!(report.stages.last().map(String::as_str), Some("completed"));
 
     let head = store.head_position().unwrap();
@@ -38,7 +40,7 @@ fn live_projections_equal_a_rebuild_from_zero() {
     let resumed = ProjectionRunner::open(store.clone(), Some(checkpoint.clone())).unwrap();
     assert_eq!(resumed.position(), head);
     // …and keeps folding new events.
-    Script::new(&bus, Scale::QUICK, 8, &|_| {}).run().unwrap();
+    scripted_campaign(&bus, Scale::QUICK, 8);
     let new_head = resumed.catch_up().unwrap();
     assert_eq!(new_head, store.head_position().unwrap());
     let resumed_state = resumed.read(|p| p.clone());
@@ -51,14 +53,14 @@ fn a_checkpoint_from_another_store_is_ignored() {
     let dir = tempfile::tempdir().unwrap();
     let first: Arc<dyn EventStore> = Arc::new(SqliteStore::open(dir.path().join("a.db")).unwrap());
     let checkpoint = dir.path().join("projections.json");
-    Script::new(&CommandBus::new(first.clone()), Scale::QUICK, 1, &|_| {}).run().unwrap();
+    scripted_campaign(&CommandBus::new(first.clone()), Scale::QUICK, 1);
     let runner = ProjectionRunner::open(first.clone(), Some(checkpoint.clone())).unwrap();
     runner.catch_up().unwrap();
     runner.save().unwrap();
 
     // A different store with as many events: the checkpoint's last hash does not match.
     let second: Arc<dyn EventStore> = Arc::new(SqliteStore::open(dir.path().join("b.db")).unwrap());
-    Script::new(&CommandBus::new(second.clone()), Scale::QUICK, 2, &|_| {}).run().unwrap();
+    scripted_campaign(&CommandBus::new(second.clone()), Scale::QUICK, 2);
     let runner = ProjectionRunner::open(second.clone(), Some(checkpoint)).unwrap();
     assert_eq!(runner.position(), 0, "a foreign checkpoint must not be trusted");
     runner.catch_up().unwrap();
