@@ -1,8 +1,8 @@
 //! Event store and projection throughput on the embedded SQLite store.
 //!
 //! ```text
-//! cargo bench -p thitl-api --bench store            # full run (1,000,000-event replay)
-//! cargo bench -p thitl-api --bench store -- --quick  # smaller, for a smoke test
+//! cargo bench -p thitl-app --bench store            # full run (1,000,000-event replay)
+//! cargo bench -p thitl-app --bench store -- --quick  # smaller, for a smoke test
 //! ```
 //!
 //! Reports medians over repeated runs, after a warm-up:
