@@ -1,7 +1,7 @@
 //! The ports through which the application reaches a model: a [`ModelFamily`] that loads
 //! versions from their blobs, samples and fine-tunes them, and says what the campaign runner may
 //! ask of its world (prior-preservation prompts, neutral alternative objects); and an optional
-//! [`QualityRater`]. The reference world (`crate::reference`) is one implementation; a test's
+//! [`QualityRater`]. The reference world (this crate's `reference` module) is one implementation; a test's
 //! placeholder family another; an imported Stable Diffusion checkpoint the next.
 //!
 //! Images cross the ports as PNG bytes and weights and adapters as safetensors bytes — what the

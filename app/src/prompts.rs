@@ -17,6 +17,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use domain::prompt_set::GeneratorInfo;
+use gpu::rng::splitmix;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -134,11 +135,6 @@ fn names_word(text: &str, phrase: &str) -> bool {
     let words: Vec<&str> = text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).collect();
     let wanted: Vec<&str> = phrase.split_whitespace().collect();
     words.windows(wanted.len().max(1)).any(|window| window.iter().zip(&wanted).all(|(a, b)| a.eq_ignore_ascii_case(b)))
-}
-
-/// A seed mixed into a well-scrambled one (SplitMix64's first output for that seed).
-fn splitmix(seed: u64) -> u64 {
-    gpu::rng::SplitMix64::new(seed).next_u64()
 }
 
 /// The built-in generator: `count` distinct prompts (as far as the source has them), the same

@@ -15,6 +15,11 @@ pub fn mix(mut value: u64) -> u64 {
     value ^ (value >> 31)
 }
 
+/// A seed scrambled into a well-mixed one: the first output of a generator seeded with `seed`.
+pub fn splitmix(seed: u64) -> u64 {
+    mix(seed.wrapping_add(GOLDEN_GAMMA))
+}
+
 /// A SplitMix64 generator: one 64-bit state, full period.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SplitMix64 {
@@ -45,6 +50,12 @@ mod tests {
         let mut generator = SplitMix64::new(0);
         let first: Vec<u64> = (0..3).map(|_| generator.next_u64()).collect();
         assert_eq!(first, [0xE220_A839_7B1D_CDAF, 0x6E78_9E6A_A1B9_65F4, 0x06C4_5D18_8009_454F]);
+    }
+
+    #[test]
+    fn splitmix_is_the_first_output_for_a_seed() {
+        assert_eq!(splitmix(0), 0xE220_A839_7B1D_CDAF);
+        assert_eq!(splitmix(977), SplitMix64::new(977).next_u64());
     }
 
     #[test]
