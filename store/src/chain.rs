@@ -398,7 +398,7 @@ fn check_log(store: &dyn EventStore, head: u64, mut seen: Vec<(u64, u64)>) -> Re
     if let Some(pair) = seen.windows(2).find(|pair| pair[0].0 == pair[1].0) {
         return Err(VerifyFailure::Log { position: pair[1].0, problem: LogProblem::NotInAnyStream });
     }
-    let gap_free = store.gap_free_positions();
+    let gap_free = store.capabilities().gap_free_positions;
     let mut expected = seen.iter();
     let mut previous = 0u64;
     let mut count = 0u64;

@@ -9,6 +9,13 @@
 //! return a new, empty store on each call. The cases panic (they are assertions), so this module
 //! is only meant to be called from tests; it is compiled into the library so that adapters in
 //! other crates or test binaries share it.
+//!
+//! A case that tests a guarantee only some adapters give ([`Capabilities`]) asks the store's
+//! [`EventStore::capabilities`]: where the guarantee is declared it asserts it, and where it is
+//! not it asserts what every adapter still promises instead, so every case can pass on every
+//! correct adapter. [`WEAKER_WITHOUT`] lists those cases, for harnesses to report.
+//!
+//! [`Capabilities`]: crate::Capabilities
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Barrier};
@@ -51,6 +58,39 @@ pub const CASES: &[(&str, ContractCase)] = &[
     ),
     ("list_streams_reports_every_stream_version", list_streams_reports_every_stream_version),
 ];
+
+/// For each guarantee of [`Capabilities`] (by the name [`Capabilities::missing`] gives), the
+/// cases that assert it only where it is declared, and otherwise a weaker behaviour.
+///
+/// [`Capabilities`]: crate::Capabilities
+/// [`Capabilities::missing`]: crate::Capabilities::missing
+pub const WEAKER_WITHOUT: &[(&str, &[&str])] = &[
+    (
+        "gap_free_positions",
+        &[
+            "append_to_new_stream",
+            "failing_batch_appends_nothing",
+            "positions_strictly_increase",
+            "subscription_catches_up_then_follows_concurrent_appends",
+        ],
+    ),
+    (
+        "detects_event_id_reuse_across_streams",
+        &["failing_batch_appends_nothing", "same_event_id_with_different_content_is_rejected"],
+    ),
+];
+
+/// The guarantees among `missing` (names from [`Capabilities::missing`]) without which case
+/// `name` asserts a weaker behaviour.
+///
+/// [`Capabilities::missing`]: crate::Capabilities::missing
+pub fn weakened(name: &str, missing: &[&'static str]) -> Vec<&'static str> {
+    WEAKER_WITHOUT
+        .iter()
+        .filter(|(capability, cases)| missing.contains(capability) && cases.contains(&name))
+        .map(|(capability, _)| *capability)
+        .collect()
+}
 
 /// Runs every case, each on a fresh store.
 pub fn run_all(make: MakeStore<'_>) {
@@ -165,7 +205,7 @@ pub fn append_to_new_stream(make: MakeStore<'_>) {
     }
     assert_eq!(stored[0].position, result.first_position);
     assert_eq!(stored[2].position, result.last_position);
-    if store.gap_free_positions() {
+    if store.capabilities().gap_free_positions {
         assert_eq!((result.first_position, result.last_position), (1, 3));
     }
     assert_eq!(
@@ -215,33 +255,61 @@ pub fn expected_version_conflicts(make: MakeStore<'_>) {
 
 pub fn failing_batch_appends_nothing(make: MakeStore<'_>) {
     let store = make();
-    let other = stream("model-other");
-    let taken = numbered_events(1, "taken");
-    store.append(&other, ExpectedVersion::NoStream, &taken).expect("append");
-    let head = store.head_position().expect("head");
     let name = stream("model-batch");
+    let taken = numbered_events(1, "taken");
+    store.append(&name, ExpectedVersion::NoStream, &taken).expect("append");
+    let head = store.head_position().expect("head");
 
-    // The third event reuses a stored id with other content: the first two must not be stored.
+    // The third event reuses the stream's stored id with other content: the others must not be stored.
     let mut batch = numbered_events(4, "batch");
     batch[2].metadata.event_id = taken[0].metadata.event_id;
     assert_eq!(
-        store.append(&name, ExpectedVersion::NoStream, &batch),
+        store.append(&name, ExpectedVersion::Exact(1), &batch),
         Err(StoreError::DuplicateEventId { event_id: taken[0].metadata.event_id })
     );
-    assert_nothing_appended(&*store, head, &name, 0, &batch[..2]);
+    assert_nothing_appended(&*store, head, &name, 1, &[batch[0].clone(), batch[1].clone(), batch[3].clone()]);
 
     // The same id twice within one batch.
     let mut batch = numbered_events(3, "twice");
     batch[2].metadata.event_id = batch[0].metadata.event_id;
     assert!(matches!(store.append(&name, ExpectedVersion::Any, &batch), Err(StoreError::InvalidEvent(_))));
-    assert_nothing_appended(&*store, head, &name, 0, &batch);
+    assert_nothing_appended(&*store, head, &name, 1, &batch);
 
     // The store is still usable, and positions continue without a hole.
-    let result = store.append(&name, ExpectedVersion::NoStream, &numbered_events(2, "after")).expect("append");
-    assert_eq!(result.stream_version, 2);
+    let result = store.append(&name, ExpectedVersion::Exact(1), &numbered_events(2, "after")).expect("append");
+    assert_eq!(result.stream_version, 3);
     assert!(result.first_position > head);
-    if store.gap_free_positions() {
+    if store.capabilities().gap_free_positions {
         assert_eq!(result.first_position, head + 1);
+    }
+
+    // The third event reuses the id of an event in another stream.
+    let mut batch = numbered_events(4, "elsewhere");
+    batch[2].metadata.event_id = taken[0].metadata.event_id;
+    assert_reuse_of_another_streams_id(&*store, &stream("model-elsewhere"), &batch, taken[0].metadata.event_id);
+    assert_eq!(store.stream_version(&name).expect("version"), 3, "the other stream changed");
+}
+
+/// Appends `batch` (expecting a new stream) to `name`, where `reused` is the id of an event
+/// stored in another stream. An adapter that declares `detects_event_id_reuse_across_streams`
+/// refuses it and stores nothing. One that does not may not notice the reuse, but the append is
+/// still atomic: refused as a duplicate with nothing stored, or stored whole.
+fn assert_reuse_of_another_streams_id(store: &dyn EventStore, name: &StreamName, batch: &[NewEvent], reused: Uuid) {
+    let head = store.head_position().expect("head");
+    let outcome = store.append(name, ExpectedVersion::NoStream, batch);
+    let refused = Err(StoreError::DuplicateEventId { event_id: reused });
+    if store.capabilities().detects_event_id_reuse_across_streams || outcome == refused {
+        assert_eq!(outcome, refused);
+        let others: Vec<NewEvent> = batch.iter().filter(|event| event.metadata.event_id != reused).cloned().collect();
+        assert_nothing_appended(store, head, name, 0, &others);
+        return;
+    }
+    let result = outcome.expect("an append the adapter does not refuse is stored");
+    assert_eq!(result.stream_version, batch.len() as u64, "{result:?}");
+    let stored = store.read_stream(name, 1, usize::MAX).expect("read_stream");
+    assert_eq!(stored.len(), batch.len(), "stored in part");
+    for (stored, new) in stored.iter().zip(batch) {
+        assert_stored_as(stored, new);
     }
 }
 
@@ -318,12 +386,9 @@ pub fn same_event_id_with_different_content_is_rejected(make: MakeStore<'_>) {
             Err(StoreError::DuplicateEventId { event_id })
         );
     }
-    let elsewhere = stream("annotation-elsewhere");
-    assert_eq!(
-        store.append(&elsewhere, ExpectedVersion::Any, &original),
-        Err(StoreError::DuplicateEventId { event_id })
-    );
-    assert_nothing_appended(&*store, head, &elsewhere, 0, &[]);
+    assert_nothing_appended(&*store, head, &name, 1, &[]);
+    // The same event in another stream is another event with the same id.
+    assert_reuse_of_another_streams_id(&*store, &stream("annotation-elsewhere"), &original, event_id);
     assert_eq!(store.stream_version(&name).expect("version"), 1);
 }
 
@@ -414,7 +479,7 @@ pub fn positions_strictly_increase(make: MakeStore<'_>) {
     }
     let all = read_everything(&*store);
     assert!(all.windows(2).all(|pair| pair[0].position < pair[1].position));
-    if store.gap_free_positions() {
+    if store.capabilities().gap_free_positions {
         assert_eq!(
             all.iter().map(|event| event.position).collect::<Vec<_>>(),
             (1..=all.len() as u64).collect::<Vec<_>>()
@@ -528,7 +593,7 @@ pub fn subscription_catches_up_then_follows_concurrent_appends(make: MakeStore<'
     assert_eq!(expected.len(), total);
     assert_eq!(seen.len(), total, "the subscriber saw a different number of events");
     assert!(seen == expected, "the subscriber skipped, repeated or reordered positions");
-    if store.gap_free_positions() {
+    if store.capabilities().gap_free_positions {
         assert!(seen.iter().copied().eq(1..=total as u64), "positions are not exactly 1..={total}");
     }
     // A subscription from the middle starts right after its checkpoint.

@@ -51,8 +51,8 @@
 //! - **Positions are commit positions in `$all`.** Each event of an append is committed by its
 //!   own prepare record (EventStoreDB writes appends as self-committed prepares), so its commit
 //!   position equals its prepare position and is unique and strictly increasing in `$all` order;
-//!   positions have gaps (they are byte offsets in the log), so
-//!   [`EventStore::gap_free_positions`] stays false. A stream read must return the same number:
+//!   positions have gaps (they are byte offsets in the log), so [`EsdbStore::CAPABILITIES`] does
+//!   not declare [`Capabilities::gap_free_positions`]. A stream read must return the same number:
 //!   servers report the position of self-committed events on stream reads; one that reports
 //!   none gets a clear error rather than a made-up position.
 //! - **System events are invisible**: `read_all`, `head_position`, `list_streams` and
@@ -85,8 +85,11 @@
 //! What is **not** detected, unlike SQLite:
 //!
 //! - an id stored in **another stream**: the batch is appended, and the id then exists in two
-//!   streams (contract cases `failing_batch_appends_nothing` and, for its last assertion,
-//!   `same_event_id_with_different_content_is_rejected` fail on a live node for this reason);
+//!   streams. So [`EsdbStore::CAPABILITIES`] does not declare
+//!   [`Capabilities::detects_event_id_reuse_across_streams`], and the contract cases that reuse
+//!   an id of another stream (`failing_batch_appends_nothing`,
+//!   `same_event_id_with_different_content_is_rejected`) check only that such an append is
+//!   atomic: refused with nothing stored, or stored whole;
 //! - an id stored in the same stream further back than the windows above, appended again with
 //!   `Any` or with the stream's current version: stored a second time.
 //!
@@ -163,7 +166,7 @@ use uuid::Uuid;
 
 use super::chain;
 use super::prepared::{self, PreparedEvent};
-use super::{AppendResult, EventStore, ExpectedVersion, NewEvent, StoreError, StoredEvent, StreamName};
+use super::{AppendResult, Capabilities, EventStore, ExpectedVersion, NewEvent, StoreError, StoredEvent, StreamName};
 
 /// How many of a stream's last events an append reads (its head, and the usual replay window).
 const TAIL: usize = 32;
@@ -933,6 +936,10 @@ fn check_namespace(namespace: &str) -> Result<(), StoreError> {
 }
 
 impl EsdbStore {
+    /// Neither gap-free positions (commit positions are byte offsets in the log) nor detection of
+    /// an event id stored in another stream (no index by id; see the module doc).
+    pub const CAPABILITIES: Capabilities = Capabilities::NONE;
+
     /// Connects to the node(s) of `url` (see [`parse_esdb_url`]) and checks that `$all` can be
     /// read; the store owns every non-system stream of the node.
     pub fn connect(url: &str) -> Result<EsdbStore, StoreError> {
@@ -1435,6 +1442,10 @@ impl Inner {
 }
 
 impl EventStore for EsdbStore {
+    fn capabilities(&self) -> Capabilities {
+        Self::CAPABILITIES
+    }
+
     fn append(
         &self,
         stream: &StreamName,
@@ -2027,6 +2038,13 @@ mod tests {
         // The first one found: the rule needs nothing more.
         let found = known(&stored_as(&name, &batch, 50));
         assert!(replay_windows(ExpectedVersion::Exact(10), 80, 49, &batch, &found).is_empty());
+    }
+
+    /// The contract suite checks only the weaker behaviour where a guarantee is not declared:
+    /// declaring one this adapter cannot give would make it fail on a live node.
+    #[test]
+    fn declares_neither_gap_free_positions_nor_cross_stream_id_detection() {
+        assert_eq!(EsdbStore::CAPABILITIES.missing(), ["gap_free_positions", "detects_event_id_reuse_across_streams"]);
     }
 
     #[test]

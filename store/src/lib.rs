@@ -12,7 +12,7 @@
 //!   "no stream" is version 0), used for optimistic concurrency ([`ExpectedVersion`]). The whole
 //!   log has global positions, strictly increasing in commit order, used by projections and
 //!   subscriptions. The SQLite adapter's positions start at 1 and have no gaps
-//!   ([`EventStore::gap_free_positions`]); other adapters only promise "strictly increasing".
+//!   ([`Capabilities::gap_free_positions`]); other adapters only promise "strictly increasing".
 //! - **Positions are not hashed.** The per-stream hash chain ([`chain`]) covers the stream name,
 //!   version, metadata and payload, but not the global position, so a stream copied into another
 //!   store (another adapter, a restored backup) keeps its chain. `chain::verify` still checks that
@@ -23,6 +23,8 @@
 //!   client that retries after a lost response gets the first answer. An id stored with different
 //!   content is [`StoreError::DuplicateEventId`]; a batch that mixes stored and new ids (or
 //!   replays stored ids in another order) is [`StoreError::PartialReplay`]. Both append nothing.
+//!   An id stored in *another* stream is refused only where the adapter declares
+//!   [`Capabilities::detects_event_id_reuse_across_streams`] (SQLite does, EventStoreDB cannot).
 //! - **An append needs events.** An empty batch is [`StoreError::EmptyAppend`] rather than a
 //!   silent no-op: a command that decided nothing should not touch the store.
 //! - **What is hashed is what is stored.** The store truncates `recorded_at` to microseconds and
@@ -236,11 +238,50 @@ pub trait EventStore: Send + Sync {
     /// Every stream with its version, sorted by name.
     fn list_streams(&self) -> Result<Vec<(StreamName, u64)>, StoreError>;
 
-    /// Whether positions are exactly `1..=head` (true for SQLite). `chain::verify` then also
-    /// detects a deleted event whose stream shows nothing (the last event of a stream), and the
-    /// contract tests assert exact positions.
-    fn gap_free_positions(&self) -> bool {
-        false
+    /// The guarantees this adapter gives beyond every adapter's (none unless it says so). A
+    /// wrapper around another store must pass its inner store's on.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::NONE
+    }
+}
+
+/// Guarantees an [`EventStore`] adapter may give beyond those every adapter gives. Each is a
+/// promise: where it is declared, `chain::verify` and the contract cases (`store::contract`) rely
+/// on it; where it is not, they check only what every adapter promises. An adapter declares what
+/// it gives in [`EventStore::capabilities`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Capabilities {
+    /// Positions are exactly `1..=head` (SQLite). `chain::verify` then also detects a deleted
+    /// event whose stream shows nothing (the last event of a stream), and the contract cases
+    /// assert exact positions. Without it positions only strictly increase.
+    pub gap_free_positions: bool,
+    /// An append carrying an event id that is already stored in *another* stream is refused
+    /// ([`StoreError::DuplicateEventId`], nothing appended), as one stored in the same stream
+    /// always is (SQLite: `UNIQUE(event_id)`). Without it such an append may be stored, whole,
+    /// and the id is then in two streams (EventStoreDB has no index by event id, see `esdb`).
+    pub detects_event_id_reuse_across_streams: bool,
+}
+
+impl Capabilities {
+    /// Only what every adapter gives.
+    pub const NONE: Capabilities =
+        Capabilities { gap_free_positions: false, detects_event_id_reuse_across_streams: false };
+    /// Every guarantee there is.
+    pub const ALL: Capabilities =
+        Capabilities { gap_free_positions: true, detects_event_id_reuse_across_streams: true };
+
+    /// The name of each guarantee, with whether `self` gives it, in declaration order.
+    fn each(&self) -> [(&'static str, bool); 2] {
+        let Capabilities { gap_free_positions, detects_event_id_reuse_across_streams } = *self;
+        [
+            ("gap_free_positions", gap_free_positions),
+            ("detects_event_id_reuse_across_streams", detects_event_id_reuse_across_streams),
+        ]
+    }
+
+    /// The names of the guarantees `self` does not give.
+    pub fn missing(&self) -> Vec<&'static str> {
+        self.each().into_iter().filter(|(_, given)| !given).map(|(name, _)| name).collect()
     }
 }
 
@@ -267,6 +308,15 @@ mod tests {
         assert!(
             serde_json::from_str::<StreamName>("\"bad name\"").unwrap_err().to_string().contains("invalid stream name")
         );
+    }
+
+    #[test]
+    fn capabilities_name_every_guarantee() {
+        assert_eq!(Capabilities::ALL.missing(), Vec::<&str>::new());
+        assert_eq!(Capabilities::NONE.missing(), ["gap_free_positions", "detects_event_id_reuse_across_streams"]);
+        let some = Capabilities { gap_free_positions: true, ..Capabilities::NONE };
+        assert_eq!(some.missing(), ["detects_event_id_reuse_across_streams"]);
+        assert!(Capabilities::ALL.each().iter().all(|(_, given)| *given));
     }
 
     #[test]

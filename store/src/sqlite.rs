@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use super::chain::{self, RecordedAtText};
 use super::prepared::{PreparedEvent, prepare};
-use super::{AppendResult, EventStore, ExpectedVersion, NewEvent, StoreError, StoredEvent, StreamName};
+use super::{AppendResult, Capabilities, EventStore, ExpectedVersion, NewEvent, StoreError, StoredEvent, StreamName};
 
 /// `PRAGMA application_id`: ASCII "thit", so other programs' SQLite files are recognised.
 const APPLICATION_ID: i32 = 0x7468_6974;
@@ -99,6 +99,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl SqliteStore {
+    /// Every guarantee: the integer primary key makes positions gap-free, and `UNIQUE(event_id)`
+    /// finds an id wherever it is stored.
+    pub const CAPABILITIES: Capabilities = Capabilities::ALL;
+
     /// Opens the store at `path`, creating the file and its schema if missing.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
@@ -619,7 +623,7 @@ impl EventStore for SqliteStore {
         })
     }
 
-    fn gap_free_positions(&self) -> bool {
-        true
+    fn capabilities(&self) -> Capabilities {
+        Self::CAPABILITIES
     }
 }

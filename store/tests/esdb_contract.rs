@@ -3,20 +3,21 @@
 //! named by `THITL_ESDB_URL`, e.g.
 //!
 //! ```text
-//! THITL_ESDB_URL='esdb://localhost:2113?tls=false' cargo test -p thitl-api --test esdb_contract
+//! THITL_ESDB_URL='esdb://localhost:2113?tls=false' cargo test -p thitl-store --test esdb_contract
 //! ```
 //!
 //! Its own harness (`harness = false`): without the variable it prints that the suite did NOT run
 //! and runs nothing — never a pass. With it, it runs every case, prints each outcome, and fails if
-//! any case fails. Two cases are expected to fail on a live node, for a documented reason
-//! (`store::esdb`'s module doc): `failing_batch_appends_nothing` and
-//! `same_event_id_with_different_content_is_rejected`, which both reuse an event id of another
-//! stream, which EventStoreDB cannot detect.
+//! any case fails. The adapter does not give every guarantee the SQLite adapter gives
+//! (`EsdbStore::CAPABILITIES`: no gap-free positions, and an event id stored in another stream is
+//! not detected; `store::esdb`'s module doc says why): the cases that test one of those check the
+//! weaker behaviour the adapter does promise instead, and the harness names them and what they
+//! lack on their line.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use store::contract::CASES;
+use store::contract::{CASES, weakened};
 use store::{EsdbStore, EventStore};
 
 fn main() -> ExitCode {
@@ -40,10 +41,20 @@ fn main() -> ExitCode {
             Err(error) => panic!("THITL_ESDB_URL={shown}: {error}"),
         }
     };
+    let missing = EsdbStore::CAPABILITIES.missing();
+    if !missing.is_empty() {
+        println!("the EventStoreDB adapter does not declare {}", missing.join(", "));
+    }
     let mut failed = Vec::new();
     for (name, case) in CASES {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case(&fresh_store)));
-        println!("{name} ... {}", if outcome.is_ok() { "ok" } else { "FAILED" });
+        let lacking = weakened(name, &missing);
+        let note = if lacking.is_empty() {
+            String::new()
+        } else {
+            format!(" (checks the weaker behaviour: not declared {})", lacking.join(", "))
+        };
+        println!("{name} ... {}{note}", if outcome.is_ok() { "ok" } else { "FAILED" });
         if outcome.is_err() {
             failed.push(*name);
         }
