@@ -13,6 +13,34 @@ fn stage(app: &TestApp, curator: &str, campaign: &str) -> Value {
     app.get(&format!("/v1/campaigns/{campaign}"), curator).expect(200).json()
 }
 
+/// Returns once the server's driver has gone round its loop after this call: it requests a
+/// one-image generation job (no campaign's) and waits until the job has completed.
+///
+/// Why that proves the driver looked at a waiting campaign again: `thitl serve` has a single
+/// driver thread, and each pass of its loop (`app::driver`) lists the work from the read models,
+/// steps every campaign not completed or failed, and only then runs a job from the same list. So
+/// the pass that ran this job had stepped every unfinished campaign, reading the campaign from
+/// the store after this request was recorded, i.e. after everything the caller had seen. If that
+/// step would pass a gate, the campaign has passed it by the time the job completes.
+fn await_a_driver_pass(app: &TestApp, operator: &str, model: &str) {
+    let body = json!({
+        "model_version": model, "purpose": "baseline",
+        "items": [{"prompt": "a photo of a woman in the park", "seed": 1}],
+        "sampler": {"steps": 1, "guidance_scale": 1.0, "eta": 0.0},
+    });
+    let job = app.post("/v1/generations", operator, body).expect(201).json()["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let view = app.get(&format!("/v1/generations/{job}"), operator).expect(200).json();
+        match view["status"].as_str().unwrap() {
+            "completed" => return,
+            "failed" => panic!("the probe job failed: {view}"),
+            _ => assert!(Instant::now() < deadline, "the driver did not run the probe job in 300 s: {view}"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Works every open round as `annotator` until it has no task; true if it rated anything.
 fn annotate_open_rounds(app: &TestApp, annotator: &str, curator: &str) -> bool {
     let rounds = app.get("/v1/rounds", curator).expect(200).json();
@@ -127,11 +155,15 @@ fn serve_drives_a_rest_campaign_and_stops_at_the_curators_gates() {
                     .collect();
                 assert_eq!(pending.len(), 2, "{prompts}");
                 assert!(prompts["prompts"].as_array().unwrap().iter().all(|p| p["status"] == "pending"), "{prompts}");
-                // The gate holds: without a curator nothing moves on.
-                std::thread::sleep(Duration::from_secs(3));
+                // The driver has reached the gate: it links the prompt set, with its prompts, and
+                // its next look at the campaign finds it waiting for the review. The gate holds:
+                // after a further pass of the driver, nothing has moved on without a curator.
+                await_a_driver_pass(&app, &operator, &base);
                 let held = stage(&app, &curator, &campaign);
                 assert_eq!(held["stage"], "curation", "{held}");
-                assert_eq!(app.get(&format!("/v1/prompt-sets/{set}"), &curator).expect(200).json()["finalized"], false);
+                let set_now = app.get(&format!("/v1/prompt-sets/{set}"), &curator).expect(200).json();
+                assert_eq!(set_now["finalized"], false, "{set_now}");
+                assert!(set_now["prompts"].as_array().unwrap().iter().all(|p| p["status"] == "pending"), "{set_now}");
                 for id in &pending {
                     app.post(&format!("/v1/prompt-sets/{set}/prompts/{id}"), &curator, json!({"accept": {}}))
                         .expect(200);
@@ -148,9 +180,6 @@ fn serve_drives_a_rest_campaign_and_stops_at_the_curators_gates() {
         }
     };
     assert!(reviewed, "the campaign passed curation without the curator");
-    // The promotion gate holds too.
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(stage(&app, &curator, &campaign)["stage"], "awaiting_promotion");
     let tuned = concluded["work"]
         .as_array()
         .unwrap()
@@ -158,6 +187,12 @@ fn serve_drives_a_rest_campaign_and_stops_at_the_curators_gates() {
         .find_map(|w| w["model_version"]["model_version_id"].as_str())
         .unwrap()
         .to_string();
+    // The promotion gate holds too: the driver advanced the campaign to it, and after a further
+    // pass the campaign still waits and the fine-tuned version is not promoted.
+    await_a_driver_pass(&app, &operator, &base);
+    assert_eq!(stage(&app, &curator, &campaign)["stage"], "awaiting_promotion");
+    let version = app.get(&format!("/v1/model-versions/{tuned}"), &curator).expect(200).json();
+    assert_ne!(version["status"], "promoted", "{version}");
 
     // The evaluation, as a curator reads it before deciding.
     let evaluation = app.get(&format!("/v1/associations/{association}/evaluation"), &curator).expect(200).json();
