@@ -3,7 +3,8 @@
 //!
 //! Architecture invariant: `gpu` knows nothing of events, HTTP or the reference world. It takes
 //! weights, token ids, images and seeds, and returns images, losses and weights; its only IO is
-//! the optional on-disk Vulkan pipeline cache (`THITL_PIPELINE_CACHE_DIR`).
+//! the optional on-disk Vulkan pipeline cache (`THITL_PIPELINE_CACHE_DIR`) and reading the diffusers
+//! pipeline folders users bring ([`sd`]).
 //!
 //! Map:
 //! - [`context`]: device choice (`THITL_DEVICE=auto|wgpu|cpu`, `WGPU_ADAPTER_NAME`), the
@@ -26,6 +27,8 @@
 //! - [`classifier`]: a small multi-head image classifier (per-patch MLP, flattened and
 //!   mean-pooled branches, a hidden layer that doubles as a feature vector) with its backward,
 //!   AdamW training and self-describing safetensors weights; the loss is computed on the host.
+//! - [`sd`]: Stable Diffusion pipelines as diffusers saves them; so far the folder and CLIP's
+//!   tokenizer, with exactly diffusers' ids.
 //! - [`engine`]: a model on whichever backend `THITL_DEVICE` chose, without generics.
 //! - [`mod@bench`]: `thitl bench gpu` / `gpu-bench`.
 //!
@@ -64,6 +67,7 @@ pub mod model;
 pub mod optim;
 mod pool;
 pub mod rng;
+pub mod sd;
 pub mod tensor;
 
 pub use context::{Backend, DeviceChoice, GpuContext, GpuError};
