@@ -128,6 +128,9 @@ enum Command {
     /// The reference world: train its base model, measure a model's samples, look at them.
     #[command(subcommand)]
     Scenes(crate::scenes_cli::ScenesCommand),
+    /// Stable Diffusion pipelines (diffusers folders): tokenize a prompt as the pipeline would.
+    #[command(subcommand)]
+    Model(crate::model_cli::ModelCommand),
 }
 
 #[derive(Subcommand)]
@@ -280,6 +283,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bench_gpu(sizes, models, batch, !no_gpu, !no_cpu)
         }
         Command::Scenes(command) => crate::scenes_cli::run(command),
+        Command::Model(command) => crate::model_cli::run(command),
     }
 }
 

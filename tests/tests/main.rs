@@ -12,6 +12,7 @@ mod api_roles;
 mod audit;
 mod browser;
 mod demo;
+mod model;
 mod scenes;
 mod serve;
 mod serve_campaign;
