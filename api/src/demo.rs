@@ -28,8 +28,8 @@ use std::sync::Arc;
 use domain::campaign::{AssociationEvaluation, CampaignSettings, WaitingFor, Work};
 use domain::fine_tune::{Arm, LoraConfig, LoraTarget};
 use domain::generation::SamplerSettings;
-use domain::round::{Answer, ItemContent, RoundItem, RoundKind, Side};
-use domain::values::{BlobHash, Quality};
+use domain::round::{Answer, RoundKind, Side};
+use domain::values::Quality;
 use domain::*;
 use scenes::base::SHIPPED_WEIGHTS;
 use scenes::{Concept, Group, Image, Rating};
@@ -540,7 +540,9 @@ impl<'a> Demo<'a> {
             RoundKind::Screen => "round 1 (screen)",
             RoundKind::Check => "round 2 (check)",
         };
-        self.look_at(&round.items)?;
+        // The runner's quality rater is the demo's rater: this has it read every picture the
+        // annotators will see.
+        self.runner.rate(&round.items)?;
         // What each item asks to look for (the round's instructions name the group and concept;
         // which model made a picture is not shown).
         let targets: HashMap<ItemId, Target> = round
@@ -643,29 +645,6 @@ impl<'a> Demo<'a> {
             RoundCommand::Close { allow_incomplete: false },
         )?;
         Ok(())
-    }
-
-    /// Has the shipped rater read every picture of `items` it has not read yet (what the
-    /// simulated annotators will see).
-    fn look_at(&self, items: &[RoundItem]) -> Result<(), DemoError> {
-        let mut images: Vec<(BlobHash, Vec<u8>)> = Vec::new();
-        for item in items {
-            let refs = match &item.content {
-                ItemContent::Image(image) => vec![image],
-                ItemContent::Pair { left, right } => vec![left, right],
-            };
-            for image in refs {
-                if self.rater.has(&image.blob) || images.iter().any(|(blob, _)| *blob == image.blob) {
-                    continue;
-                }
-                let bytes = self
-                    .blobs
-                    .get(&image.blob)?
-                    .ok_or_else(|| DemoError::Other(format!("image blob {} is missing", image.blob)))?;
-                images.push((image.blob.clone(), bytes));
-            }
-        }
-        self.rater.rate(&images).map_err(|e| DemoError::Other(e.to_string()))
     }
 
     /// Runs fine-tune job `id` (from step 0 again if a crash interrupted it).

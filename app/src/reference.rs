@@ -203,11 +203,6 @@ impl ReferenceRater {
     pub fn rating(&self, blob: &BlobHash) -> Option<Rating> {
         self.ratings.lock().unwrap_or_else(PoisonError::into_inner).get(blob).cloned()
     }
-
-    /// Whether the image has been rated.
-    pub fn has(&self, blob: &BlobHash) -> bool {
-        self.ratings.lock().unwrap_or_else(PoisonError::into_inner).contains_key(blob)
-    }
 }
 
 impl QualityRater for ReferenceRater {
