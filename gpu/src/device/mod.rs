@@ -13,6 +13,7 @@ mod wgpu;
 
 pub use self::cpu::{CpuBuffer, CpuDevice};
 pub use self::wgpu::{PooledBuffer, WgpuDevice};
+pub use crate::cpu::image::{Conv2d, GroupNorm, Unary};
 
 use crate::context::GpuError;
 use crate::cpu::{AdamW, Chunk, Patches};
@@ -169,4 +170,54 @@ pub trait Device {
     /// Waits until everything recorded so far has run (bounds the memory held by work in
     /// flight; a no-op on the CPU).
     fn synchronize(&self) -> Result<(), GpuError>;
+}
+
+/// The operations of Stable Diffusion's networks (CLIP text encoder, UNet, VAE) beyond
+/// [`Device`]'s: each has its CPU reference in [`crate::cpu::image`]. As with [`Device`], an
+/// operation's output must not be one of its inputs.
+pub trait ImageOps: Device {
+    /// See [`Conv2d`] and [`crate::cpu::image::conv2d`]: NCHW in, NCHW out.
+    fn conv2d(
+        &self,
+        spec: &Conv2d,
+        x: &Self::Buffer,
+        weight: &Self::Buffer,
+        bias: Option<&Self::Buffer>,
+        y: &Self::Buffer,
+    );
+    /// See [`GroupNorm`] and [`crate::cpu::image::group_norm`].
+    fn group_norm(
+        &self,
+        spec: &GroupNorm,
+        x: &Self::Buffer,
+        gamma: &Self::Buffer,
+        beta: &Self::Buffer,
+        y: &Self::Buffer,
+    );
+    /// See [`crate::cpu::image::layer_norm`].
+    #[allow(clippy::too_many_arguments)]
+    fn layer_norm(
+        &self,
+        x: &Self::Buffer,
+        gamma: &Self::Buffer,
+        beta: &Self::Buffer,
+        y: &Self::Buffer,
+        rows: usize,
+        width: usize,
+        eps: f32,
+    );
+    /// See [`crate::cpu::image::upsample_nearest2x`].
+    fn upsample_nearest2x(&self, x: &Self::Buffer, y: &Self::Buffer, planes: usize, height: usize, width: usize);
+    /// See [`crate::cpu::image::transpose`].
+    fn transpose(&self, x: &Self::Buffer, y: &Self::Buffer, batch: usize, rows: usize, cols: usize);
+    /// `y = op(x)` over `len` values, see [`Unary`].
+    fn unary(&self, op: Unary, x: &Self::Buffer, y: &Self::Buffer, len: usize);
+    /// See [`crate::cpu::image::geglu`]: `x` holds `rows × 2·inner`, `y` `rows × inner`.
+    fn geglu(&self, x: &Self::Buffer, y: &Self::Buffer, rows: usize, inner: usize);
+    /// See [`crate::cpu::image::add_repeated`] (`y` is updated in place over `len` values).
+    fn add_repeated(&self, a: &Self::Buffer, y: &Self::Buffer, len: usize, inner: usize, period: usize);
+    /// See [`crate::cpu::image::causal_mask`], in place over `matrices` matrices of `size × size`.
+    fn causal_mask(&self, y: &Self::Buffer, matrices: usize, size: usize);
+    /// Copies `len` values from `from[from_offset..]` to `to[to_offset..]` (`from` ≠ `to`).
+    fn copy_at(&self, from: &Self::Buffer, from_offset: usize, to: &Self::Buffer, to_offset: usize, len: usize);
 }

@@ -75,7 +75,7 @@ fn inverse_normal_upper(p: f64) -> f64 {
 
 /// erfc for x ≥ 0 (W. J. Cody's rational approximations via the continued fraction of Numerical
 /// Recipes' erfcc is too coarse; this uses the series/continued fraction split at 2).
-fn erfc(x: f64) -> f64 {
+pub(crate) fn erfc(x: f64) -> f64 {
     if x < 2.0 {
         // erf by its Taylor series: converges fast for x < 2.
         let mut term = x;

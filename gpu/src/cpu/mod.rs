@@ -2,6 +2,8 @@
 //! fallback where no GPU adapter exists. The functions that have a backward are generic over
 //! [`Real`] so that finite-difference tests can run them in f64.
 
+pub mod image;
+
 use std::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub};
 
 /// f32 or f64.
