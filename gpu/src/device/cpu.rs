@@ -468,6 +468,99 @@ impl<T: Real + Send + Sync> Device for CpuDevice<T> {
     }
 }
 
+impl ImageOps for CpuDevice<f32> {
+    fn conv2d(
+        &self,
+        spec: &Conv2d,
+        x: &Self::Buffer,
+        weight: &Self::Buffer,
+        bias: Option<&Self::Buffer>,
+        y: &Self::Buffer,
+    ) {
+        let (x, weight, bias) = (read(x), read(weight), bias.map(read));
+        let bias = bias.as_deref().map(Vec::as_slice);
+        let plane = spec.out_height() * spec.out_width();
+        cpu::in_parts(&mut write(y)[..spec.output_len()], plane, |first, part| {
+            image::conv2d_planes(spec, &x, &weight, bias, first, part);
+        });
+    }
+    fn group_norm(
+        &self,
+        spec: &GroupNorm,
+        x: &Self::Buffer,
+        gamma: &Self::Buffer,
+        beta: &Self::Buffer,
+        y: &Self::Buffer,
+    ) {
+        let (x, gamma, beta) = (read(x), read(gamma), read(beta));
+        let n = spec.group_len();
+        cpu::in_parts(&mut write(y)[..spec.len()], n, |first, part| {
+            // A part holds whole groups; the group index decides the channels.
+            let groups = part.len() / n;
+            for g in 0..groups {
+                let group = first + g;
+                let single = GroupNorm { batch: 1, groups: 1, channels: spec.channels / spec.groups, ..*spec };
+                let channel0 = (group % spec.groups) * single.channels;
+                image::group_norm(
+                    &single,
+                    &x[group * n..][..n],
+                    &gamma[channel0..][..single.channels],
+                    &beta[channel0..][..single.channels],
+                    &mut part[g * n..][..n],
+                );
+            }
+        });
+    }
+    fn layer_norm(
+        &self,
+        x: &Self::Buffer,
+        gamma: &Self::Buffer,
+        beta: &Self::Buffer,
+        y: &Self::Buffer,
+        rows: usize,
+        width: usize,
+        eps: f32,
+    ) {
+        let (x, gamma, beta) = (read(x), read(gamma), read(beta));
+        cpu::in_parts(&mut write(y)[..rows * width], width, |first, part| {
+            image::layer_norm(&x[first * width..][..part.len()], &gamma, &beta, width, eps, part);
+        });
+    }
+    fn upsample_nearest2x(&self, x: &Self::Buffer, y: &Self::Buffer, planes: usize, height: usize, width: usize) {
+        let x = read(x);
+        image::upsample_nearest2x(&x, planes, height, width, &mut write(y)[..planes * 4 * height * width]);
+    }
+    fn transpose(&self, x: &Self::Buffer, y: &Self::Buffer, batch: usize, rows: usize, cols: usize) {
+        let x = read(x);
+        image::transpose(&x, batch, rows, cols, &mut write(y)[..batch * rows * cols]);
+    }
+    fn unary(&self, op: Unary, x: &Self::Buffer, y: &Self::Buffer, len: usize) {
+        let x = read(x);
+        cpu::in_parts(&mut write(y)[..len], 1, |first, part| {
+            for (o, &v) in part.iter_mut().zip(&x[first..]) {
+                *o = op.apply(v);
+            }
+        });
+    }
+    fn geglu(&self, x: &Self::Buffer, y: &Self::Buffer, rows: usize, inner: usize) {
+        let x = read(x);
+        cpu::in_parts(&mut write(y)[..rows * inner], inner, |first, part| {
+            image::geglu(&x[first * 2 * inner..][..2 * part.len()], inner, part);
+        });
+    }
+    fn add_repeated(&self, a: &Self::Buffer, y: &Self::Buffer, len: usize, inner: usize, period: usize) {
+        let a = read(a);
+        image::add_repeated(&a, inner, period, &mut write(y)[..len]);
+    }
+    fn causal_mask(&self, y: &Self::Buffer, matrices: usize, size: usize) {
+        image::causal_mask(&mut write(y)[..matrices * size * size], size);
+    }
+    fn copy_at(&self, from: &Self::Buffer, from_offset: usize, to: &Self::Buffer, to_offset: usize, len: usize) {
+        let source = read(from);
+        write(to)[to_offset..][..len].copy_from_slice(&source[from_offset..][..len]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -688,98 +781,5 @@ mod tests {
         );
         let expected: Vec<f32> = (0..len).map(|i| y[i] + 2.5 * (x[i] - y[i])).collect();
         assert_eq!(device.download(&target, len).unwrap(), expected, "guidance halves");
-    }
-}
-
-impl ImageOps for CpuDevice<f32> {
-    fn conv2d(
-        &self,
-        spec: &Conv2d,
-        x: &Self::Buffer,
-        weight: &Self::Buffer,
-        bias: Option<&Self::Buffer>,
-        y: &Self::Buffer,
-    ) {
-        let (x, weight, bias) = (read(x), read(weight), bias.map(read));
-        let bias = bias.as_deref().map(Vec::as_slice);
-        let plane = spec.out_height() * spec.out_width();
-        cpu::in_parts(&mut write(y)[..spec.output_len()], plane, |first, part| {
-            image::conv2d_planes(spec, &x, &weight, bias, first, part);
-        });
-    }
-    fn group_norm(
-        &self,
-        spec: &GroupNorm,
-        x: &Self::Buffer,
-        gamma: &Self::Buffer,
-        beta: &Self::Buffer,
-        y: &Self::Buffer,
-    ) {
-        let (x, gamma, beta) = (read(x), read(gamma), read(beta));
-        let n = spec.group_len();
-        cpu::in_parts(&mut write(y)[..spec.len()], n, |first, part| {
-            // A part holds whole groups; the group index decides the channels.
-            let groups = part.len() / n;
-            for g in 0..groups {
-                let group = first + g;
-                let single = GroupNorm { batch: 1, groups: 1, channels: spec.channels / spec.groups, ..*spec };
-                let channel0 = (group % spec.groups) * single.channels;
-                image::group_norm(
-                    &single,
-                    &x[group * n..][..n],
-                    &gamma[channel0..][..single.channels],
-                    &beta[channel0..][..single.channels],
-                    &mut part[g * n..][..n],
-                );
-            }
-        });
-    }
-    fn layer_norm(
-        &self,
-        x: &Self::Buffer,
-        gamma: &Self::Buffer,
-        beta: &Self::Buffer,
-        y: &Self::Buffer,
-        rows: usize,
-        width: usize,
-        eps: f32,
-    ) {
-        let (x, gamma, beta) = (read(x), read(gamma), read(beta));
-        cpu::in_parts(&mut write(y)[..rows * width], width, |first, part| {
-            image::layer_norm(&x[first * width..][..part.len()], &gamma, &beta, width, eps, part);
-        });
-    }
-    fn upsample_nearest2x(&self, x: &Self::Buffer, y: &Self::Buffer, planes: usize, height: usize, width: usize) {
-        let x = read(x);
-        image::upsample_nearest2x(&x, planes, height, width, &mut write(y)[..planes * 4 * height * width]);
-    }
-    fn transpose(&self, x: &Self::Buffer, y: &Self::Buffer, batch: usize, rows: usize, cols: usize) {
-        let x = read(x);
-        image::transpose(&x, batch, rows, cols, &mut write(y)[..batch * rows * cols]);
-    }
-    fn unary(&self, op: Unary, x: &Self::Buffer, y: &Self::Buffer, len: usize) {
-        let x = read(x);
-        cpu::in_parts(&mut write(y)[..len], 1, |first, part| {
-            for (o, &v) in part.iter_mut().zip(&x[first..]) {
-                *o = op.apply(v);
-            }
-        });
-    }
-    fn geglu(&self, x: &Self::Buffer, y: &Self::Buffer, rows: usize, inner: usize) {
-        let x = read(x);
-        cpu::in_parts(&mut write(y)[..rows * inner], inner, |first, part| {
-            image::geglu(&x[first * 2 * inner..][..2 * part.len()], inner, part);
-        });
-    }
-    fn add_repeated(&self, a: &Self::Buffer, y: &Self::Buffer, len: usize, inner: usize, period: usize) {
-        let a = read(a);
-        image::add_repeated(&a, inner, period, &mut write(y)[..len]);
-    }
-    fn causal_mask(&self, y: &Self::Buffer, matrices: usize, size: usize) {
-        image::causal_mask(&mut write(y)[..matrices * size * size], size);
-    }
-    fn copy_at(&self, from: &Self::Buffer, from_offset: usize, to: &Self::Buffer, to_offset: usize, len: usize) {
-        let source = read(from);
-        write(to)[to_offset..][..len].copy_from_slice(&source[from_offset..][..len]);
     }
 }

@@ -1,12 +1,24 @@
-//! Stable Diffusion 1.x/2.x pipelines as diffusers saves them. So far: the folder
-//! ([`pipeline`]: `model_index.json` and its components) and CLIP's tokenizer ([`tokenizer`]),
-//! which gives exactly the ids `StableDiffusionPipeline` feeds its text encoder. The text encoder,
-//! UNet, VAE and scheduler are still to come.
+//! Stable Diffusion 1.x/2.x pipelines as diffusers saves them, on thitl's own kernels: the
+//! folder ([`pipeline`]), component configs ([`config`]) and weights ([`weights`]: safetensors in
+//! f32/f16/bf16, sharded or not; pickles refused), CLIP's tokenizer ([`tokenizer`]) and text
+//! encoder ([`clip`]), the UNet ([`unet`]), the VAE ([`vae`]), the samplers ([`scheduler`]) and
+//! the pipeline that ties them ([`sample`]). The networks are written once over
+//! [`crate::device::ImageOps`] from the layers in [`nn`], so the CPU backend and the wgpu kernels
+//! run the same code.
 //!
 //! This is the one place in the crate that reads files: a pipeline folder is what users bring.
 
+pub mod clip;
+pub mod config;
+pub mod nn;
 pub mod pipeline;
+pub mod sample;
+pub mod scheduler;
 pub mod tokenizer;
+pub mod unet;
+pub mod vae;
+pub mod weights;
 
 pub use pipeline::{PipelineError, PipelineFolder};
+pub use sample::{Latents, SampleOptions, SdError, StableDiffusion};
 pub use tokenizer::{ClipTokenizer, TokenizerError};

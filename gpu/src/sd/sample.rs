@@ -1,0 +1,231 @@
+//! A Stable Diffusion pipeline on a device: loading its components from a diffusers folder and
+//! sampling as `StableDiffusionPipeline` does (prompt and negative prompt through the text
+//! encoder, classifier-free guidance as `uncond + g·(text − uncond)` on the batch `[negative,
+//! positive]`, the scheduler's input scaling and update, the latents before the VAE).
+
+use std::path::Path;
+
+use crate::device::ImageOps;
+use crate::kernels::noise::NoiseStream;
+
+use super::clip::ClipTextModel;
+use super::config::{ClipConfig, ConfigError, UnetConfig, VaeConfig};
+use super::pipeline::{PipelineError, PipelineFolder};
+use super::scheduler::{Scheduler, SchedulerConfig, SchedulerKind};
+use super::tokenizer::ClipTokenizer;
+use super::unet::Unet;
+use super::vae::Vae;
+use super::weights::{ComponentWeights, WeightsError};
+
+/// Why a pipeline cannot be loaded or run.
+#[derive(Debug, thiserror::Error)]
+pub enum SdError {
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("device: {0}")]
+    Device(#[from] crate::context::GpuError),
+}
+
+/// What to sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleOptions {
+    /// The prompt.
+    pub prompt: String,
+    /// The negative prompt (`""` when `None`, as diffusers does).
+    pub negative_prompt: Option<String>,
+    /// Inference steps.
+    pub steps: usize,
+    /// Guidance scale; ≤ 1 turns classifier-free guidance off.
+    pub guidance: f32,
+    /// The sampler (`None`: the one in `scheduler_config.json`).
+    pub scheduler: Option<SchedulerKind>,
+    /// DDIM's η.
+    pub eta: f32,
+    /// Seed of the initial noise (and DDIM's noise with η > 0).
+    pub seed: u64,
+    /// Images.
+    pub batch: usize,
+    /// Image height in pixels (a multiple of the VAE's factor × the UNet's).
+    pub height: usize,
+    /// Image width in pixels.
+    pub width: usize,
+    /// Initial latents (`batch × latent_channels × h × w`) instead of seeded noise; they are
+    /// multiplied by the scheduler's initial σ, as diffusers does.
+    pub latents: Option<Vec<f32>>,
+}
+
+/// Latents with their shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Latents {
+    /// `[batch, channels, height, width]`.
+    pub shape: [usize; 4],
+    /// The values.
+    pub values: Vec<f32>,
+}
+
+/// A loaded pipeline.
+pub struct StableDiffusion<D: ImageOps> {
+    /// The tokenizer.
+    pub tokenizer: ClipTokenizer,
+    /// The text encoder.
+    pub text_encoder: ClipTextModel<D>,
+    /// The UNet.
+    pub unet: Unet<D>,
+    /// The VAE.
+    pub vae: Vae<D>,
+    /// The scheduler config.
+    pub scheduler: SchedulerConfig,
+}
+
+/// Loads one component's weights: `variant` (e.g. `fp16`) when present, else the f32 files.
+pub fn component_weights(dir: &Path, stem: &str, variant: Option<&str>) -> Result<ComponentWeights, WeightsError> {
+    ComponentWeights::load(dir, stem, variant)
+}
+
+impl<D: ImageOps> StableDiffusion<D> {
+    /// Loads a diffusers pipeline folder onto `device`.
+    pub fn load(device: &D, folder: &PipelineFolder, variant: Option<&str>) -> Result<Self, SdError> {
+        let tokenizer = folder.tokenizer()?;
+        let text_dir = folder.component_dir("text_encoder")?;
+        let unet_dir = folder.component_dir("unet")?;
+        let vae_dir = folder.component_dir("vae")?;
+        let scheduler_dir = folder.component_dir("scheduler")?;
+        let clip = ClipConfig::read(&text_dir.join("config.json"))?;
+        let unet = UnetConfig::read(&unet_dir.join("config.json"))?;
+        let vae = VaeConfig::read(&vae_dir.join("config.json"))?;
+        let scheduler = SchedulerConfig::read(&scheduler_dir.join("scheduler_config.json"))?;
+        if tokenizer.model_max_length() > clip.max_positions {
+            return Err(SdError::Invalid(format!(
+                "the tokenizer pads to {} tokens but the text encoder has {} positions",
+                tokenizer.model_max_length(),
+                clip.max_positions
+            )));
+        }
+        if clip.hidden_size != unet.cross_attention_dim {
+            return Err(SdError::Invalid(format!(
+                "the text encoder's width {} differs from the UNet's cross_attention_dim {}",
+                clip.hidden_size, unet.cross_attention_dim
+            )));
+        }
+        let text_encoder = ClipTextModel::load(device, &clip, component_weights(&text_dir, "model", variant)?)?;
+        let unet_model = Unet::load(device, &unet, component_weights(&unet_dir, "diffusion_pytorch_model", variant)?)?;
+        let vae_model = Vae::load(device, &vae, component_weights(&vae_dir, "diffusion_pytorch_model", variant)?)?;
+        Ok(StableDiffusion { tokenizer, text_encoder, unet: unet_model, vae: vae_model, scheduler })
+    }
+
+    /// Text states of `prompts` (`prompts.len() × max_length × hidden`).
+    pub fn encode_prompts(&self, device: &D, prompts: &[&str]) -> Result<D::Buffer, SdError> {
+        let length = self.tokenizer.model_max_length();
+        let mut ids = Vec::with_capacity(prompts.len() * length);
+        for prompt in prompts {
+            ids.extend(self.tokenizer.encode_padded(prompt).map_err(|e| SdError::Invalid(e.to_string()))?);
+        }
+        self.text_encoder.forward(device, &ids, length).map_err(SdError::Invalid)
+    }
+
+    /// The latent size for an image size, checked.
+    pub fn latent_size(&self, height: usize, width: usize) -> Result<(usize, usize), SdError> {
+        let factor = self.vae.config().scale_factor() << self.unet.config().downsamplings();
+        if height == 0 || width == 0 || !height.is_multiple_of(factor) || !width.is_multiple_of(factor) {
+            return Err(SdError::Invalid(format!(
+                "height and width must be positive multiples of {factor}, got {height}×{width}"
+            )));
+        }
+        let vae = self.vae.config().scale_factor();
+        Ok((height / vae, width / vae))
+    }
+
+    /// Runs the sampler; `progress(step, steps)` after each step. Returns the final latents
+    /// (before the VAE).
+    pub fn sample(
+        &self,
+        device: &D,
+        options: &SampleOptions,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Latents, SdError> {
+        let (h, w) = self.latent_size(options.height, options.width)?;
+        let batch = options.batch.max(1);
+        let channels = self.unet.config().in_channels;
+        let per_image = channels * h * w;
+        let mut scheduler =
+            Scheduler::new(&self.scheduler, options.scheduler, options.steps, options.eta).map_err(SdError::Invalid)?;
+        let guided = options.guidance > 1.0;
+        let negative = options.negative_prompt.as_deref().unwrap_or("");
+        let mut prompts: Vec<&str> = Vec::new();
+        if guided {
+            prompts.extend(std::iter::repeat_n(negative, batch));
+        }
+        prompts.extend(std::iter::repeat_n(options.prompt.as_str(), batch));
+        let context = self.encode_prompts(device, &prompts)?;
+        let context_len = self.tokenizer.model_max_length();
+
+        let mut latents = match &options.latents {
+            Some(values) => {
+                if values.len() != batch * per_image {
+                    return Err(SdError::Invalid(format!(
+                        "the initial latents hold {} values; expected {batch}×{channels}×{h}×{w} = {}",
+                        values.len(),
+                        batch * per_image
+                    )));
+                }
+                values.clone()
+            }
+            None => {
+                let mut noise = vec![0f32; batch * per_image];
+                NoiseStream::new(options.seed).fill(0, 1.0, &mut noise);
+                noise
+            }
+        };
+        let sigma = scheduler.init_noise_sigma();
+        latents.iter_mut().for_each(|v| *v *= sigma);
+
+        let timesteps = scheduler.timesteps().to_vec();
+        let evaluations = if guided { 2 * batch } else { batch };
+        for (index, &t) in timesteps.iter().enumerate() {
+            let scale = scheduler.input_scale(index);
+            let mut input = Vec::with_capacity(evaluations * per_image);
+            if guided {
+                input.extend(latents.iter().map(|v| v * scale));
+            }
+            input.extend(latents.iter().map(|v| v * scale));
+            let input = device.upload(&input);
+            let output = self
+                .unet
+                .forward(device, &input, evaluations, h, w, &vec![t as f32; evaluations], &context, context_len)
+                .map_err(SdError::Invalid)?;
+            let output = device.download(&output, evaluations * per_image)?;
+            let prediction: Vec<f32> = if guided {
+                let (unconditional, conditional) = output.split_at(batch * per_image);
+                unconditional.iter().zip(conditional).map(|(&u, &c)| u + options.guidance * (c - u)).collect()
+            } else {
+                output
+            };
+            let noise = (options.eta > 0.0).then(|| {
+                let mut noise = vec![0f32; latents.len()];
+                let offset = ((index + 1) * latents.len()) as u32;
+                NoiseStream::new(options.seed).fill(offset, 1.0, &mut noise);
+                noise
+            });
+            scheduler.step(index, &prediction, &mut latents, noise.as_deref()).map_err(SdError::Invalid)?;
+            progress(index + 1, timesteps.len());
+        }
+        Ok(Latents { shape: [batch, channels, h, w], values: latents })
+    }
+
+    /// Decodes latents to images with values in [0, 1] (`batch × 3 × H × W`), as the pipeline's
+    /// `output_type="pt"`.
+    pub fn decode(&self, device: &D, latents: &Latents) -> Result<Vec<f32>, SdError> {
+        let [batch, _, h, w] = latents.shape;
+        let raw = self.vae.decode(device, &latents.values, batch, h, w);
+        let factor = self.vae.config().scale_factor();
+        let len = batch * self.vae.config().out_channels * h * factor * w * factor;
+        let raw = device.download(&raw, len)?;
+        Ok(raw.iter().map(|v| (v / 2.0 + 0.5).clamp(0.0, 1.0)).collect())
+    }
+}

@@ -1,0 +1,203 @@
+//! Stable Diffusion components and sampling against diffusers' outputs on the committed tiny
+//! pipelines (`tests/fixtures/sd/`, made by `reference/sd_fixtures.py`): the CLIP text encoder,
+//! one UNet call (f32 and f16 weights), VAE decode and encode, the scheduler's ᾱ table and a
+//! 5-step guided DDIM sample, on the CPU backend and on wgpu.
+
+mod common;
+
+use std::path::PathBuf;
+
+use gpu::device::{CpuDevice, ImageOps};
+use gpu::sd::config::{ClipConfig, UnetConfig, VaeConfig};
+use gpu::sd::scheduler::{SchedulerConfig, SchedulerKind};
+use gpu::sd::weights::ComponentWeights;
+use gpu::sd::{PipelineFolder, SampleOptions, StableDiffusion};
+use serde_json::Value;
+
+fn fixture(variant: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd").join(variant)
+}
+
+struct Reference {
+    tensors: ComponentWeights,
+    json: Value,
+}
+
+impl Reference {
+    fn load(variant: &str) -> Self {
+        let dir = fixture(variant);
+        let tensors = ComponentWeights::from_files(vec![dir.join("reference.safetensors")]).expect("reference tensors");
+        let json = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+        Reference { tensors, json }
+    }
+
+    fn tensor(&mut self, name: &str) -> (Vec<usize>, Vec<f32>) {
+        let shape = self.json["tensors"][name]["shape"]
+            .as_array()
+            .unwrap_or_else(|| panic!("reference.json describes no tensor {name}"))
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect::<Vec<_>>();
+        let tensor = self.tensors.take(name, &shape).unwrap();
+        (tensor.shape, tensor.data)
+    }
+
+    fn ids(&self, pointer: &str) -> Vec<u32> {
+        let value = self.json.pointer(pointer).unwrap_or_else(|| panic!("reference.json has no {pointer}"));
+        let mut ids = Vec::new();
+        let rows = if value[0].is_array() { value.as_array().unwrap().clone() } else { vec![value.clone()] };
+        for row in rows {
+            ids.extend(row.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32));
+        }
+        ids
+    }
+}
+
+/// max |actual − expected| / max |expected|.
+fn relative_error(actual: &[f32], expected: &[f32]) -> f32 {
+    assert_eq!(actual.len(), expected.len(), "lengths differ");
+    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = actual.iter().zip(expected).fold(0f32, |m, (a, e)| m.max((a - e).abs()));
+    diff / scale.max(f32::MIN_POSITIVE)
+}
+
+#[track_caller]
+fn assert_relative(actual: &[f32], expected: &[f32], bound: f32, what: &str) {
+    assert!(actual.iter().all(|v| v.is_finite()), "{what}: non-finite output");
+    let error = relative_error(actual, expected);
+    eprintln!("{what}: relative error {error:.2e}");
+    assert!(error <= bound, "{what}: relative error {error:.3e} exceeds {bound:.0e}");
+}
+
+fn components<D: ImageOps>(device: &D, variant: &str) {
+    let dir = fixture(variant).join("pipeline");
+    let mut reference = Reference::load(variant);
+
+    // Text encoder.
+    let clip = ClipConfig::read(&dir.join("text_encoder/config.json")).unwrap();
+    let weights = ComponentWeights::load(&dir.join("text_encoder"), "model", None).unwrap();
+    let text = gpu::sd::clip::ClipTextModel::load(device, &clip, weights).unwrap();
+    let ids = reference.ids("/text_encoder/input_ids");
+    let (shape, expected) = reference.tensor("text_hidden");
+    let hidden = text.forward(device, &ids, shape[1]).unwrap();
+    let hidden = device.download(&hidden, expected.len()).unwrap();
+    assert_relative(&hidden, &expected, 1e-4, &format!("{variant} text encoder"));
+
+    // UNet, per-item timesteps and a scalar one.
+    let config = UnetConfig::read(&dir.join("unet/config.json")).unwrap();
+    let weights = ComponentWeights::load(&dir.join("unet"), "diffusion_pytorch_model", None).unwrap();
+    let unet = gpu::sd::unet::Unet::load(device, &config, weights).unwrap();
+    let (shape, latents) = reference.tensor("unet_latents");
+    let (_, timesteps) = reference.tensor("unet_timesteps");
+    let (context_shape, context) = reference.tensor("unet_encoder_hidden_states");
+    let (_, expected) = reference.tensor("unet_noise_pred");
+    let (b, h, w) = (shape[0], shape[2], shape[3]);
+    let run = |unet: &gpu::sd::unet::Unet<D>, latents: &[f32], batch: usize, timesteps: &[f32], context: &[f32]| {
+        let out = unet
+            .forward(device, &device.upload(latents), batch, h, w, timesteps, &device.upload(context), context_shape[1])
+            .unwrap();
+        device.download(&out, latents.len()).unwrap()
+    };
+    let out = run(&unet, &latents, b, &timesteps, &context);
+    assert_relative(&out, &expected, 1e-4, &format!("{variant} unet"));
+    let (_, scalar_latents) = reference.tensor("unet_scalar_t_latents");
+    let (_, scalar_expected) = reference.tensor("unet_scalar_t_noise_pred");
+    let scalar_t = reference.json["unet"]["scalar_timestep"].as_f64().unwrap() as f32;
+    let per = context.len() / b;
+    let out = run(&unet, &scalar_latents, 1, &[scalar_t], &hidden[per..2 * per]);
+    assert_relative(&out, &scalar_expected, 1e-4, &format!("{variant} unet, scalar timestep"));
+    if variant == "sd1" {
+        let weights = ComponentWeights::load(&dir.join("unet"), "diffusion_pytorch_model", Some("fp16")).unwrap();
+        let half = gpu::sd::unet::Unet::load(device, &config, weights).unwrap();
+        let (_, expected) = reference.tensor("unet_fp16_weights_noise_pred");
+        let out = run(&half, &latents, b, &timesteps, &context);
+        assert_relative(&out, &expected, 1e-4, &format!("{variant} unet, f16 weights"));
+    }
+
+    // VAE.
+    let config = VaeConfig::read(&dir.join("vae/config.json")).unwrap();
+    let weights = ComponentWeights::load(&dir.join("vae"), "diffusion_pytorch_model", None).unwrap();
+    let vae = gpu::sd::vae::Vae::load(device, &config, weights).unwrap();
+    let (shape, latents) = reference.tensor("vae_decode_latents");
+    let (_, expected) = reference.tensor("vae_decode_image");
+    let image = vae.decode(device, &latents, shape[0], shape[2], shape[3]);
+    let image = device.download(&image, expected.len()).unwrap();
+    assert_relative(&image, &expected, 1e-4, &format!("{variant} vae decode"));
+    let (shape, image) = reference.tensor("vae_encode_image");
+    let (_, mean) = reference.tensor("vae_encode_mean");
+    let (_, std) = reference.tensor("vae_encode_std");
+    let distribution = vae.encode(device, &image, shape[0], shape[2], shape[3]).unwrap();
+    assert_relative(&distribution.mean, &mean, 1e-4, &format!("{variant} vae encode mean"));
+    assert_relative(&distribution.std, &std, 1e-4, &format!("{variant} vae encode std"));
+}
+
+fn sampling<D: ImageOps>(device: &D, variant: &str) {
+    let folder = PipelineFolder::open(&fixture(variant).join("pipeline")).unwrap();
+    let pipeline = StableDiffusion::load(device, &folder, None).unwrap();
+    let mut reference = Reference::load(variant);
+    let settings = reference.json["sample"].clone();
+    let (shape, init) = reference.tensor("sample_init_latents");
+    let mut options = SampleOptions {
+        prompt: settings["prompt"].as_str().unwrap().into(),
+        negative_prompt: settings["negative_prompt"].as_str().map(str::to_string),
+        steps: settings["num_inference_steps"].as_u64().unwrap() as usize,
+        guidance: settings["guidance_scale"].as_f64().unwrap() as f32,
+        scheduler: Some(SchedulerKind::Ddim),
+        eta: 0.0,
+        seed: 0,
+        batch: shape[0],
+        height: settings["height"].as_u64().unwrap() as usize,
+        width: settings["width"].as_u64().unwrap() as usize,
+        latents: Some(init.clone()),
+    };
+    let mut steps = Vec::new();
+    let latents = pipeline.sample(device, &options, &mut |step, total| steps.push((step, total))).unwrap();
+    assert_eq!(steps.last(), Some(&(5, 5)), "progress reports every step");
+    assert_eq!(latents.shape.to_vec(), shape);
+    let (_, expected) = reference.tensor("sample_latents");
+    assert_relative(&latents.values, &expected, 1e-3, &format!("{variant} 5-step guided DDIM sample"));
+
+    let (_, expected_image) = reference.tensor("sample_image");
+    let image = pipeline.decode(device, &latents).unwrap();
+    assert_relative(&image, &expected_image, 1e-3, &format!("{variant} decoded sample"));
+
+    options.negative_prompt = None;
+    options.guidance = settings["noneg_guidance_scale"].as_f64().unwrap() as f32;
+    let latents = pipeline.sample(device, &options, &mut |_, _| {}).unwrap();
+    let (_, expected) = reference.tensor("sample_noneg_latents");
+    assert_relative(&latents.values, &expected, 1e-3, &format!("{variant} sample without a negative prompt"));
+}
+
+#[test]
+fn scheduler_alphas_match_diffusers() {
+    for variant in ["sd1", "sd2"] {
+        let config = SchedulerConfig::read(&fixture(variant).join("pipeline/scheduler/scheduler_config.json")).unwrap();
+        let mut reference = Reference::load(variant);
+        let (_, expected) = reference.tensor("scheduler_alphas_cumprod");
+        assert_relative(&config.alphas_cumprod(), &expected, 1e-6, &format!("{variant} alphas_cumprod"));
+        let timesteps = gpu::sd::scheduler::timesteps(&config, 5);
+        let expected: Vec<f64> =
+            reference.json["sample"]["timesteps"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert_eq!(timesteps, expected, "{variant} DDIM timesteps");
+    }
+}
+
+#[test]
+fn sd1_components_match_diffusers_on_cpu() {
+    components(&CpuDevice::<f32>::new(), "sd1");
+}
+
+#[test]
+fn sd2_components_match_diffusers_on_cpu() {
+    components(&CpuDevice::<f32>::new(), "sd2");
+}
+
+#[test]
+fn sd1_sample_matches_diffusers_on_cpu() {
+    sampling(&CpuDevice::<f32>::new(), "sd1");
+}
+
+#[test]
+fn sd2_sample_matches_diffusers_on_cpu() {
+    sampling(&CpuDevice::<f32>::new(), "sd2");
+}
