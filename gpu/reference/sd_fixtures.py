@@ -57,6 +57,8 @@ import transformers  # noqa: E402
 from diffusers import (  # noqa: E402
     AutoencoderKL,
     DDIMScheduler,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
@@ -710,7 +712,25 @@ def make_variant(name, out_dir, seed):
             pipe(latents=init.clone(), output_type="latent", **noneg).images,
             "as sample_latents with negative_prompt=None (uncond = empty prompt), guidance 5.0")
 
+        # The other samplers SD checkpoints ship with, made from the same config as diffusers'
+        # `from_config` does (PNDM as SD's configs set it: PLMS steps only). Same latents and
+        # prompts; the pipeline multiplies the latents by the sampler's init_noise_sigma.
+        ddim = pipe.scheduler
+        others = {
+            "pndm": PNDMScheduler.from_config(ddim.config, skip_prk_steps=True),
+            "euler": EulerDiscreteScheduler.from_config(ddim.config),
+        }
+        other_timesteps = {}
+        for key, scheduler in others.items():
+            pipe.scheduler = scheduler
+            put(f"sample_{key}_latents", pipe(latents=init.clone(), output_type="latent", **common).images,
+                f"as sample_latents with {type(scheduler).__name__}.from_config(the DDIM config"
+                + (", skip_prk_steps=True)" if key == "pndm" else ")"))
+            other_timesteps[key] = [float(t) for t in pipe.scheduler.timesteps.tolist()]
+        pipe.scheduler = ddim
+
     sample_ref = {
+        "other_schedulers": {"timesteps": other_timesteps, "settings": "as sample_latents"},
         "prompt": sample_prompt,
         "negative_prompt": sample_negative,
         "num_inference_steps": 5,
