@@ -13,12 +13,14 @@
 //!   one command encoder.
 //! - [`tensor`]: a small f32 tensor over a storage buffer.
 //! - [`kernels`]: one `.wgsl` file per family next to its launcher (matmul, element-wise, rows,
-//!   adaLN, embeddings, patchify, reductions, AdamW, noise).
+//!   adaLN, embeddings, patchify, reductions, AdamW, noise, and `image`: im2col convolution,
+//!   group/layer norm, transposes, upsampling, GELU/GEGLU, the causal mask).
 //! - [`cpu`]: the plain-Rust reference of every kernel (generic over f32/f64 where a backward
 //!   exists, so gradients can be checked by finite differences in f64).
 //! - [`device`]: the [`device::Device`] trait the model is written against (`device/mod.rs`),
 //!   implemented by [`device::CpuDevice`] (`device/cpu.rs`) and [`device::WgpuDevice`]
-//!   (`device/wgpu.rs`).
+//!   (`device/wgpu.rs`); [`device::ImageOps`] adds Stable Diffusion's operations (CPU references
+//!   in `cpu/image.rs`).
 //! - [`model`]: the DiT, one file per job under `model/`: configuration, host weights and PEFT
 //!   adapters, forward, backward, training steps, the DDIM sampler.
 //! - [`optim`]: named parameters on a device and AdamW with global-norm clipping, shared by the
@@ -27,8 +29,9 @@
 //! - [`classifier`]: a small multi-head image classifier (per-patch MLP, flattened and
 //!   mean-pooled branches, a hidden layer that doubles as a feature vector) with its backward,
 //!   AdamW training and self-describing safetensors weights; the loss is computed on the host.
-//! - [`sd`]: Stable Diffusion pipelines as diffusers saves them; so far the folder and CLIP's
-//!   tokenizer, with exactly diffusers' ids.
+//! - [`sd`]: Stable Diffusion 1.x/2.x pipelines as diffusers saves them: configs, safetensors
+//!   weights (f32/f16/bf16, sharded), CLIP's tokenizer and text encoder, the UNet, the VAE and the
+//!   DDIM/PNDM/Euler samplers, matching diffusers to ~1e-6 on the test pipelines.
 //! - [`engine`]: a model on whichever backend `THITL_DEVICE` chose, without generics.
 //! - [`mod@bench`]: `thitl bench gpu` / `gpu-bench`.
 //!

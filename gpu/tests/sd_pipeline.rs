@@ -1,7 +1,7 @@
 //! Stable Diffusion components and sampling against diffusers' outputs on the committed tiny
 //! pipelines (`tests/fixtures/sd/`, made by `reference/sd_fixtures.py`): the CLIP text encoder,
-//! one UNet call (f32 and f16 weights), VAE decode and encode, the scheduler's ᾱ table and a
-//! 5-step guided DDIM sample, on the CPU backend and on wgpu.
+//! one UNet call (f32 and f16 weights), VAE decode and encode, the scheduler's ᾱ table and
+//! 5-step guided DDIM, PNDM and Euler samples, on the CPU backend and on wgpu.
 
 mod common;
 
@@ -161,6 +161,23 @@ fn sampling<D: ImageOps>(device: &D, variant: &str) {
     let image = pipeline.decode(device, &latents).unwrap();
     assert_relative(&image, &expected_image, 1e-3, &format!("{variant} decoded sample"));
 
+    // The other samplers SD checkpoints ship with, from the same config.
+    for (kind, name) in [(SchedulerKind::Pndm, "pndm"), (SchedulerKind::Euler, "euler")] {
+        let expected_timesteps: Vec<f64> = settings["other_schedulers"]["timesteps"][name]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_f64().unwrap())
+            .collect();
+        let scheduler =
+            gpu::sd::scheduler::Scheduler::new(&pipeline.scheduler, Some(kind), options.steps, 0.0).unwrap();
+        assert_eq!(scheduler.timesteps(), expected_timesteps, "{variant} {name} timesteps");
+        let latents =
+            pipeline.sample(device, &SampleOptions { scheduler: Some(kind), ..options.clone() }, &mut |_, _| {});
+        let (_, expected) = reference.tensor(&format!("sample_{name}_latents"));
+        assert_relative(&latents.unwrap().values, &expected, 1e-3, &format!("{variant} 5-step guided {name} sample"));
+    }
+
     options.negative_prompt = None;
     options.guidance = settings["noneg_guidance_scale"].as_f64().unwrap() as f32;
     let latents = pipeline.sample(device, &options, &mut |_, _| {}).unwrap();
@@ -200,4 +217,28 @@ fn sd1_sample_matches_diffusers_on_cpu() {
 #[test]
 fn sd2_sample_matches_diffusers_on_cpu() {
     sampling(&CpuDevice::<f32>::new(), "sd2");
+}
+
+fn wgpu() -> gpu::device::WgpuDevice {
+    gpu::device::WgpuDevice::new(common::context())
+}
+
+#[test]
+fn sd1_components_match_diffusers_on_wgpu() {
+    components(&wgpu(), "sd1");
+}
+
+#[test]
+fn sd2_components_match_diffusers_on_wgpu() {
+    components(&wgpu(), "sd2");
+}
+
+#[test]
+fn sd1_sample_matches_diffusers_on_wgpu() {
+    sampling(&wgpu(), "sd1");
+}
+
+#[test]
+fn sd2_sample_matches_diffusers_on_wgpu() {
+    sampling(&wgpu(), "sd2");
 }

@@ -4,13 +4,14 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::Device;
+use super::{Conv2d, Device, GroupNorm, ImageOps, Unary};
 use crate::context::{GpuContext, GpuError, Recorder};
 use crate::cpu::{AdamW, Chunk, Patches};
 use crate::kernels::adaln::AdaLn;
 use crate::kernels::elementwise::Elementwise;
 use crate::kernels::embed::{self, TextEmbedding};
-use crate::kernels::matmul::{Matmul, MatmulKernel};
+use crate::kernels::image;
+use crate::kernels::matmul::{Layout, Matmul, MatmulKernel};
 use crate::kernels::noise::{self, NoiseStream};
 use crate::kernels::{adamw, patchify, reduce, rows};
 
@@ -27,6 +28,12 @@ pub struct WgpuDevice {
     /// Whether long-K matmuls with a small output are split along K (see
     /// [`WgpuDevice::split_k`]); on by default on hardware adapters.
     pub split_k: bool,
+    /// Most values of the scratch buffer that holds a convolution's unfolded input
+    /// ([`ImageOps::conv2d`]): `Some(WgpuDevice::DEFAULT_IMAGE_SCRATCH)` by default, `None` for
+    /// as much as the adapter binds. The adapter's `max_storage_buffer_binding_size` and
+    /// `max_buffer_size` always bound it; a smaller value makes convolutions run in more, smaller
+    /// parts (see [`WgpuDevice::image_scratch_values`]).
+    pub image_scratch_limit: Option<usize>,
 }
 
 /// Operations recorded into one command buffer before it is submitted.
@@ -36,6 +43,11 @@ const SUBMIT_EVERY: usize = 48;
 const MAX_SPLITS: usize = 64;
 
 impl WgpuDevice {
+    /// The default [`WgpuDevice::image_scratch_limit`]: 2²⁶ values (256 MiB), enough for every
+    /// convolution of Stable Diffusion's UNet at 512×512 in one part per image, while the VAE's
+    /// full-resolution convolutions run in column ranges instead of holding gigabytes of scratch.
+    pub const DEFAULT_IMAGE_SCRATCH: usize = 1 << 26;
+
     /// A device on `context`.
     pub fn new(context: Arc<GpuContext>) -> Self {
         let noise_table = noise::upload_table(&context);
@@ -48,6 +60,7 @@ impl WgpuDevice {
             ones,
             matmul_kernel: MatmulKernel::Auto,
             split_k,
+            image_scratch_limit: Some(Self::DEFAULT_IMAGE_SCRATCH),
             pool: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -98,20 +111,38 @@ impl WgpuDevice {
     }
 
     fn record(&self, body: impl FnOnce(&mut Recorder<'_>)) {
+        self.record_commands(|encoder| {
+            let mut recorder = Recorder::from_encoder(&self.context, encoder);
+            body(&mut recorder);
+            recorder.into_encoder()
+        });
+    }
+
+    /// Records into the device's command encoder directly (commands the [`Recorder`] does not
+    /// offer, such as copies at offsets), in order with everything else.
+    fn record_commands(&self, body: impl FnOnce(wgpu::CommandEncoder) -> wgpu::CommandEncoder) {
         let mut slot = self.encoder.lock().expect("encoder poisoned");
         let encoder = slot.0.take().unwrap_or_else(|| {
             self.context.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
         });
-        let mut recorder = Recorder::from_encoder(&self.context, encoder);
-        body(&mut recorder);
+        let encoder = body(encoder);
         slot.1 += 1;
         if slot.1 >= SUBMIT_EVERY {
             // Submitting in batches lets the GPU start while the rest is being recorded.
-            self.context.queue.submit([recorder.into_encoder().finish()]);
+            self.context.queue.submit([encoder.finish()]);
             slot.1 = 0;
         } else {
-            slot.0 = Some(recorder.into_encoder());
+            slot.0 = Some(encoder);
         }
+    }
+
+    /// Most values a convolution's unfolded input may take at once: the adapter's binding and
+    /// buffer limits, and [`WgpuDevice::image_scratch_limit`].
+    pub fn image_scratch_values(&self) -> usize {
+        let limits = &self.context.limits;
+        let bytes = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        let device = usize::try_from(bytes / 4).unwrap_or(usize::MAX);
+        device.min(self.image_scratch_limit.unwrap_or(usize::MAX))
     }
 
     /// Submits everything recorded so far.
@@ -380,5 +411,124 @@ impl Device for WgpuDevice {
     fn synchronize(&self) -> Result<(), GpuError> {
         self.flush();
         self.context.wait()
+    }
+}
+
+impl ImageOps for WgpuDevice {
+    /// im2col + matmul: a 1×1 convolution with stride 1 and no padding is one batched matmul
+    /// reading the images themselves; any other is unfolded into a scratch buffer in parts of at
+    /// most [`WgpuDevice::image_scratch_values`] values ([`image::conv_chunks`]: several images
+    /// per part, or column ranges of one image), each part followed by the matmul that writes its
+    /// columns of the output. The bias is added to the whole output at the end.
+    fn conv2d(
+        &self,
+        spec: &Conv2d,
+        x: &Self::Buffer,
+        weight: &Self::Buffer,
+        bias: Option<&Self::Buffer>,
+        y: &Self::Buffer,
+    ) {
+        spec.validate().unwrap_or_else(|error| panic!("conv2d: {error}"));
+        let positions = spec.out_height() * spec.out_width();
+        let (patch, out_channels) = (spec.patch_len(), spec.out_channels);
+        let output_stride = out_channels * positions;
+        if spec.output_len() == 0 {
+            return;
+        }
+        // C[out, positions] = W[out, patch] · B[patch, positions] per image.
+        let product = |columns: usize| Matmul::new(out_channels, columns, patch, false, false);
+        if patch == 0 {
+            self.clear(y, spec.output_len());
+        } else if spec.kernel == 1 && spec.stride == 1 && spec.pad_before == 0 && spec.pad_after == 0 {
+            let plane = spec.height * spec.width;
+            let images = Matmul {
+                batch_outer: spec.batch,
+                b: Layout::row_major(plane).batched(spec.in_channels * plane, 0),
+                c: Layout::row_major(plane).batched(output_stride, 0),
+                ..product(plane)
+            };
+            self.matmul(&images, weight, x, None, y);
+        } else {
+            let chunks =
+                image::conv_chunks(spec, self.image_scratch_values()).unwrap_or_else(|error| panic!("conv2d: {error}"));
+            let scratch_len = chunks.iter().map(|chunk| chunk.len(spec)).max().unwrap_or(0);
+            let scratch = self.output(scratch_len);
+            for chunk in chunks {
+                self.record(|recorder| image::im2col(recorder, spec, chunk, x, &scratch));
+                let part = Matmul {
+                    batch_outer: chunk.images,
+                    b: Layout::row_major(chunk.columns).batched(patch * chunk.columns, 0),
+                    c: Layout {
+                        offset: chunk.first_image * output_stride + chunk.first_column,
+                        row_stride: positions,
+                        col_stride: 1,
+                        outer_stride: output_stride,
+                        inner_stride: 0,
+                    },
+                    ..product(chunk.columns)
+                };
+                self.matmul(&part, weight, &scratch, None, y);
+            }
+        }
+        if let Some(bias) = bias {
+            self.add_repeated(bias, y, spec.output_len(), positions, out_channels);
+        }
+    }
+    fn group_norm(
+        &self,
+        spec: &GroupNorm,
+        x: &Self::Buffer,
+        gamma: &Self::Buffer,
+        beta: &Self::Buffer,
+        y: &Self::Buffer,
+    ) {
+        self.record(|recorder| image::group_norm(recorder, spec, x, gamma, beta, y));
+    }
+    fn layer_norm(
+        &self,
+        x: &Self::Buffer,
+        gamma: &Self::Buffer,
+        beta: &Self::Buffer,
+        y: &Self::Buffer,
+        rows: usize,
+        width: usize,
+        eps: f32,
+    ) {
+        self.record(|recorder| image::layer_norm(recorder, x, gamma, beta, y, rows, width, eps));
+    }
+    fn upsample_nearest2x(&self, x: &Self::Buffer, y: &Self::Buffer, planes: usize, height: usize, width: usize) {
+        self.record(|recorder| image::upsample_nearest2x(recorder, x, y, planes, height, width));
+    }
+    fn transpose(&self, x: &Self::Buffer, y: &Self::Buffer, batch: usize, rows: usize, cols: usize) {
+        self.record(|recorder| image::transpose(recorder, x, y, batch, rows, cols));
+    }
+    fn unary(&self, op: Unary, x: &Self::Buffer, y: &Self::Buffer, len: usize) {
+        self.record(|recorder| image::unary(recorder, op, x, y, len));
+    }
+    fn geglu(&self, x: &Self::Buffer, y: &Self::Buffer, rows: usize, inner: usize) {
+        self.record(|recorder| image::geglu(recorder, x, y, rows, inner));
+    }
+    fn add_repeated(&self, a: &Self::Buffer, y: &Self::Buffer, len: usize, inner: usize, period: usize) {
+        self.record(|recorder| image::add_repeated(recorder, a, y, len, inner, period));
+    }
+    fn causal_mask(&self, y: &Self::Buffer, matrices: usize, size: usize) {
+        self.record(|recorder| image::causal_mask(recorder, y, matrices, size));
+    }
+    fn copy_at(&self, from: &Self::Buffer, from_offset: usize, to: &Self::Buffer, to_offset: usize, len: usize) {
+        if len == 0 {
+            return;
+        }
+        assert!(!Arc::ptr_eq(&from.0, &to.0), "copy_at: the source and the destination are one buffer");
+        let end_bytes = |offset: usize| ((offset + len) * 4) as u64;
+        assert!(
+            from.size() >= end_bytes(from_offset) && to.size() >= end_bytes(to_offset),
+            "copy_at: {len} values from {from_offset} of {} to {to_offset} of {}",
+            from.size() / 4,
+            to.size() / 4
+        );
+        self.record_commands(|mut encoder| {
+            encoder.copy_buffer_to_buffer(from, (from_offset * 4) as u64, to, (to_offset * 4) as u64, (len * 4) as u64);
+            encoder
+        });
     }
 }

@@ -5,6 +5,7 @@ pub mod adaln;
 pub mod adamw;
 pub mod elementwise;
 pub mod embed;
+pub mod image;
 pub mod matmul;
 pub mod noise;
 pub mod patchify;

@@ -54,6 +54,16 @@ impl PipelineFolder {
         Ok(Self { root: root.to_path_buf(), index })
     }
 
+    /// The folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The pipeline class `model_index.json` names.
+    pub fn class(&self) -> &str {
+        self.index.get("_class_name").and_then(Value::as_str).unwrap_or_default()
+    }
+
     /// The folder of a component the index lists (`tokenizer`, `unet`, …).
     pub fn component_dir(&self, component: &str) -> Result<PathBuf, PipelineError> {
         let index_path = self.root.join("model_index.json");

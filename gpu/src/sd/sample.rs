@@ -3,7 +3,7 @@
 //! encoder, classifier-free guidance as `uncond + g·(text − uncond)` on the batch `[negative,
 //! positive]`, the scheduler's input scaling and update, the latents before the VAE).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::device::ImageOps;
 use crate::kernels::noise::NoiseStream;
@@ -81,6 +81,40 @@ pub struct StableDiffusion<D: ImageOps> {
     pub vae: Vae<D>,
     /// The scheduler config.
     pub scheduler: SchedulerConfig,
+}
+
+/// Every file loading a pipeline reads, relative to its folder (sorted): `model_index.json`, the
+/// tokenizer's files, each component's config and its weights files (the shards' index
+/// included), and the scheduler's config. What `thitl model import` stores.
+pub fn pipeline_files(folder: &PipelineFolder, variant: Option<&str>) -> Result<Vec<PathBuf>, SdError> {
+    let root = folder.root();
+    let mut files = vec![root.join("model_index.json")];
+    let tokenizer = folder.component_dir("tokenizer")?;
+    for name in ["vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"] {
+        let path = tokenizer.join(name);
+        if path.is_file() {
+            files.push(path);
+        }
+    }
+    for (component, stem) in
+        [("text_encoder", "model"), ("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model")]
+    {
+        let dir = folder.component_dir(component)?;
+        files.push(dir.join("config.json"));
+        let (index, weights) = super::weights::resolve(&dir, stem, variant)?;
+        files.extend(index);
+        files.extend(weights);
+    }
+    files.push(folder.component_dir("scheduler")?.join("scheduler_config.json"));
+    let mut relative = Vec::new();
+    for file in files {
+        if !file.is_file() {
+            return Err(SdError::Invalid(format!("{} is missing", file.display())));
+        }
+        relative.push(file.strip_prefix(root).map(Path::to_path_buf).unwrap_or(file));
+    }
+    relative.sort();
+    Ok(relative)
 }
 
 /// Loads one component's weights: `variant` (e.g. `fp16`) when present, else the f32 files.
@@ -227,5 +261,39 @@ impl<D: ImageOps> StableDiffusion<D> {
         let len = batch * self.vae.config().out_channels * h * factor * w * factor;
         let raw = device.download(&raw, len)?;
         Ok(raw.iter().map(|v| (v / 2.0 + 0.5).clamp(0.0, 1.0)).collect())
+    }
+}
+
+impl Latents {
+    /// The name of the tensor in a latents file.
+    pub const TENSOR: &'static str = "latents";
+
+    /// A safetensors file with one f32 tensor `latents` of shape `[batch, channels, h, w]`.
+    pub fn to_safetensors(&self) -> Result<Vec<u8>, SdError> {
+        let bytes: Vec<u8> = self.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, self.shape.to_vec(), &bytes)
+            .map_err(|e| SdError::Invalid(format!("latents: {e}")))?;
+        safetensors::serialize([(Self::TENSOR, view)], None).map_err(|e| SdError::Invalid(format!("latents: {e}")))
+    }
+
+    /// Reads a latents file written by [`Latents::to_safetensors`] (or by PyTorch's
+    /// `safetensors.torch.save_file({"latents": x})`; f16/bf16 are converted).
+    pub fn from_safetensors(path: &Path, bytes: &[u8]) -> Result<Self, SdError> {
+        let mut found = None;
+        super::weights::read_safetensors(path, bytes, &mut |name, tensor| {
+            if name == Self::TENSOR {
+                found = Some(tensor);
+            }
+        })?;
+        let tensor =
+            found.ok_or_else(|| SdError::Invalid(format!("{} has no tensor \"{}\"", path.display(), Self::TENSOR)))?;
+        let shape: [usize; 4] = tensor.shape.clone().try_into().map_err(|_| {
+            SdError::Invalid(format!(
+                "{}: \"latents\" has shape {:?}; expected [batch, channels, height, width]",
+                path.display(),
+                tensor.shape
+            ))
+        })?;
+        Ok(Latents { shape, values: tensor.data })
     }
 }

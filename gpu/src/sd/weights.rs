@@ -56,32 +56,8 @@ impl ComponentWeights {
     /// transformers, `diffusion_pytorch_model` for diffusers), preferring `variant` (`fp16`)
     /// when given and present, then the plain file, then a sharded index, then any variant.
     pub fn load(dir: &Path, stem: &str, variant: Option<&str>) -> Result<Self, WeightsError> {
-        let mut candidates = Vec::new();
-        if let Some(variant) = variant {
-            candidates.push(format!("{stem}.{variant}.safetensors"));
-            candidates.push(format!("{stem}.safetensors.index.{variant}.json"));
-        }
-        candidates.push(format!("{stem}.safetensors"));
-        candidates.push(format!("{stem}.safetensors.index.json"));
-        for variant in ["fp16", "bf16"] {
-            candidates.push(format!("{stem}.{variant}.safetensors"));
-            candidates.push(format!("{stem}.safetensors.index.{variant}.json"));
-        }
-        for name in &candidates {
-            let path = dir.join(name);
-            if !path.is_file() {
-                continue;
-            }
-            let files = if name.ends_with(".json") { shards(&path)? } else { vec![path] };
-            return Self::from_files(files);
-        }
-        if let Some(pickle) = pickle_in(dir) {
-            return Err(WeightsError::Pickle { path: pickle });
-        }
-        Err(WeightsError::Missing {
-            dir: dir.to_path_buf(),
-            expected: format!("{stem}.safetensors (or a .fp16/.bf16 variant, or {stem}.safetensors.index.json)"),
-        })
+        let (_, files) = resolve(dir, stem, variant)?;
+        Self::from_files(files)
     }
 
     /// Loads every tensor of the given safetensors files (a single file or shards).
@@ -151,6 +127,36 @@ impl ComponentWeights {
         let tensors = std::mem::take(&mut self.tensors);
         self.tensors = tensors.into_iter().map(|(name, tensor)| (rename(&name).unwrap_or(name), tensor)).collect();
     }
+}
+
+/// The files [`ComponentWeights::load`] reads for the component in `dir`: the sharded index
+/// (if the weights are sharded) and the safetensors files.
+pub fn resolve(dir: &Path, stem: &str, variant: Option<&str>) -> Result<(Option<PathBuf>, Vec<PathBuf>), WeightsError> {
+    let mut candidates = Vec::new();
+    if let Some(variant) = variant {
+        candidates.push(format!("{stem}.{variant}.safetensors"));
+        candidates.push(format!("{stem}.safetensors.index.{variant}.json"));
+    }
+    candidates.push(format!("{stem}.safetensors"));
+    candidates.push(format!("{stem}.safetensors.index.json"));
+    for variant in ["fp16", "bf16"] {
+        candidates.push(format!("{stem}.{variant}.safetensors"));
+        candidates.push(format!("{stem}.safetensors.index.{variant}.json"));
+    }
+    for name in &candidates {
+        let path = dir.join(name);
+        if !path.is_file() {
+            continue;
+        }
+        return Ok(if name.ends_with(".json") { (Some(path.clone()), shards(&path)?) } else { (None, vec![path]) });
+    }
+    if let Some(pickle) = pickle_in(dir) {
+        return Err(WeightsError::Pickle { path: pickle });
+    }
+    Err(WeightsError::Missing {
+        dir: dir.to_path_buf(),
+        expected: format!("{stem}.safetensors (or a .fp16/.bf16 variant, or {stem}.safetensors.index.json)"),
+    })
 }
 
 /// Whether a path names a pickle file.
