@@ -307,9 +307,10 @@ fn worker(
     let bus = app::commands::CommandBus::new(dir.store.clone());
     let driver = app::driver::Driver::spawn(app::driver::DriverParts {
         bus,
-        blobs,
+        blobs: blobs.clone(),
         projections,
-        family: std::sync::Arc::new(app::reference::ReferenceWorld::new(backend)),
+        family: std::sync::Arc::new(app::reference::ReferenceWorld::new(backend.clone())),
+        named_families: app::sd::named_families(blobs, backend, data),
         rater: None,
         campaigns: None,
         worker,
@@ -446,9 +447,10 @@ fn serve(
                     .map_err(|e| anyhow::anyhow!(e))?;
                 let parts = app::driver::DriverParts {
                     bus: app.bus(),
-                    blobs,
+                    blobs: blobs.clone(),
                     projections: app.projections(),
-                    family: std::sync::Arc::new(app::reference::ReferenceWorld::new(backend)),
+                    family: std::sync::Arc::new(app::reference::ReferenceWorld::new(backend.clone())),
+                    named_families: app::sd::named_families(blobs, backend, data),
                     rater: Some(std::sync::Arc::new(app::reference::ReferenceRater::default())),
                     campaigns: Some((generator, 0x0007_4171)),
                     worker,

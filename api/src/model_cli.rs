@@ -1,11 +1,17 @@
-//! `thitl model …`: Stable Diffusion pipelines as users bring them (diffusers folders). So far the
-//! tokenizer: the ids the pipeline's text encoder would be fed for a prompt; sampling is to come.
+//! `thitl model …`: Stable Diffusion pipelines as users bring them (diffusers folders): the ids
+//! the tokenizer gives a prompt, and sampling on thitl's own kernels.
 
-use std::path::PathBuf;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
+use anyhow::Context;
 use clap::Subcommand;
-use gpu::sd::PipelineFolder;
+use gpu::device::{CpuDevice, ImageOps, WgpuDevice};
+use gpu::sd::scheduler::SchedulerKind;
+use gpu::sd::{Latents, PipelineFolder, SampleOptions, StableDiffusion};
+use gpu::{Backend, DeviceChoice};
 
 #[derive(Subcommand)]
 pub enum ModelCommand {
@@ -18,6 +24,84 @@ pub enum ModelCommand {
         /// The prompt.
         text: String,
     },
+    /// Sample a Stable Diffusion 1.x/2.x pipeline on thitl's kernels, as diffusers'
+    /// StableDiffusionPipeline does (same latents in, same latents out). Prints a JSON summary.
+    Sample(Box<SampleArgs>),
+    /// Import a Stable Diffusion pipeline as a base model version: the folder is checked whole
+    /// (configs, tokenizer, every weight's shape) before anything is written; then every file
+    /// it needs becomes a blob, a manifest naming them becomes the version's weights, and the
+    /// version's config records the family and the components' configs. Generation jobs (and so
+    /// campaigns' probe and candidate images) then run on it.
+    Import {
+        /// A diffusers pipeline folder.
+        path: PathBuf,
+        /// The data directory (created if needed).
+        #[arg(long)]
+        data: PathBuf,
+        /// The version's name (default: the folder's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Weights variant to import (e.g. fp16) where the folder has several.
+        #[arg(long)]
+        variant: Option<String>,
+        /// Print one JSON object instead of a sentence.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct SampleArgs {
+    /// A diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/).
+    path: PathBuf,
+    /// The prompt.
+    #[arg(long)]
+    prompt: String,
+    /// What to steer away from (classifier-free guidance's unconditional prompt; "" when absent).
+    #[arg(long)]
+    negative_prompt: Option<String>,
+    /// Denoising steps.
+    #[arg(long, default_value_t = 25)]
+    steps: usize,
+    /// Classifier-free guidance scale (1 or less: no guidance).
+    #[arg(long, default_value_t = 7.5)]
+    guidance: f32,
+    /// The sampler: ddim, pndm, euler, or model (the one in scheduler/scheduler_config.json).
+    #[arg(long, default_value = "model")]
+    scheduler: String,
+    /// DDIM's eta (0: deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    eta: f32,
+    /// Seed of the initial noise (thitl's own generator: the same seed gives the same image on
+    /// every backend, not the image PyTorch would give).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Image height in pixels (default: the UNet's sample_size × the VAE's factor).
+    #[arg(long)]
+    height: Option<usize>,
+    /// Image width in pixels.
+    #[arg(long)]
+    width: Option<usize>,
+    /// Images to sample at once.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Initial noise: a safetensors file with one f32 tensor "latents" of shape [batch, 4, h, w]
+    /// (then height, width and batch follow from it).
+    #[arg(long)]
+    latents: Option<PathBuf>,
+    /// Write the final latents (before the VAE) here, in the same layout.
+    #[arg(long)]
+    out_latents: Option<PathBuf>,
+    /// Write the image here as PNG (with --batch above 1: NAME-0.png, NAME-1.png, …).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// auto (a hardware GPU, else the CPU), cpu, or wgpu (any adapter, software ones included).
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Weights variant to prefer (e.g. fp16: diffusion_pytorch_model.fp16.safetensors); f16 and
+    /// bf16 weights are converted to f32.
+    #[arg(long)]
+    variant: Option<String>,
 }
 
 pub fn run(command: ModelCommand) -> anyhow::Result<ExitCode> {
@@ -28,5 +112,211 @@ pub fn run(command: ModelCommand) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::json!({ "input_ids": input_ids }));
             Ok(ExitCode::SUCCESS)
         }
+        ModelCommand::Import { path, data, name, variant, json } => {
+            import(&path, &data, name, variant.as_deref(), json)
+        }
+        ModelCommand::Sample(args) => {
+            let choice: DeviceChoice = args.device.parse()?;
+            match Backend::choose(choice)? {
+                Backend::Cpu => sample(&CpuDevice::<f32>::new(), "cpu", &args),
+                Backend::Wgpu(context) => {
+                    let description = format!("wgpu: {}", context.describe());
+                    sample(&WgpuDevice::new(context), &description, &args)
+                }
+            }
+        }
     }
+}
+
+fn sample<D: ImageOps>(device: &D, description: &str, args: &SampleArgs) -> anyhow::Result<ExitCode> {
+    let scheduler = match args.scheduler.as_str() {
+        "model" => None,
+        name => Some(
+            SchedulerKind::from_name(name)
+                .with_context(|| format!("unknown scheduler {name:?}: choose ddim, pndm, euler or model"))?,
+        ),
+    };
+    // Check what can be checked before loading weights.
+    let latents = match &args.latents {
+        Some(path) => {
+            let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            Some(Latents::from_safetensors(path, &bytes)?)
+        }
+        None => None,
+    };
+    for path in [&args.out_latents, &args.out].into_iter().flatten() {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+            && !parent.is_dir()
+        {
+            anyhow::bail!("cannot write {}: the folder {} does not exist", path.display(), parent.display());
+        }
+    }
+    let folder = PipelineFolder::open(&args.path)?;
+    let started = Instant::now();
+    eprintln!("loading {} on {description}", args.path.display());
+    let pipeline = StableDiffusion::load(device, &folder, args.variant.as_deref())?;
+    let loaded = started.elapsed().as_secs_f64();
+    let vae_factor = pipeline.vae.config().scale_factor();
+    let (batch, height, width) = match &latents {
+        Some(latents) => {
+            let [batch, channels, h, w] = latents.shape;
+            let expected = pipeline.unet.config().in_channels;
+            if channels != expected {
+                anyhow::bail!("the initial latents have {channels} channels; this UNet takes {expected}");
+            }
+            (batch, h * vae_factor, w * vae_factor)
+        }
+        None => {
+            let side = pipeline.unet.config().sample_size * vae_factor;
+            (args.batch, args.height.unwrap_or(side), args.width.unwrap_or(side))
+        }
+    };
+    if batch == 0 {
+        anyhow::bail!("--batch must be at least 1");
+    }
+    let options = SampleOptions {
+        prompt: args.prompt.clone(),
+        negative_prompt: args.negative_prompt.clone(),
+        steps: args.steps,
+        guidance: args.guidance,
+        scheduler,
+        eta: args.eta,
+        seed: args.seed,
+        batch,
+        height,
+        width,
+        latents: latents.map(|l| l.values),
+    };
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("sampling [{bar:40}] {pos}/{len} steps ({elapsed}, {eta} left)")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let terminal = std::io::stderr().is_terminal();
+    let sampling = Instant::now();
+    let result = pipeline.sample(device, &options, &mut |step, steps| {
+        bar.set_length(steps as u64);
+        bar.set_position(step as u64);
+        if !terminal {
+            eprintln!("step {step}/{steps}: {:.1} s", sampling.elapsed().as_secs_f64());
+        }
+    })?;
+    bar.finish_and_clear();
+    let sampled = sampling.elapsed().as_secs_f64();
+    if let Some(path) = &args.out_latents {
+        write_file(path, &result.to_safetensors()?)?;
+    }
+    let mut images = Vec::new();
+    if let Some(path) = &args.out {
+        let pixels = pipeline.decode(device, &result)?;
+        let [_, _, h, w] = result.shape;
+        let (height, width) = (h * vae_factor, w * vae_factor);
+        let per_image = 3 * height * width;
+        for (index, image) in pixels.chunks(per_image).enumerate() {
+            let target = if batch == 1 { path.clone() } else { numbered(path, index) };
+            write_file(&target, &app::sd::png_from_unit_rgb(image, height, width))?;
+            images.push(target.display().to_string());
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "device": description,
+            "latents_shape": result.shape,
+            "steps": args.steps,
+            "scheduler": format!("{:?}", scheduler.unwrap_or(pipeline.scheduler.kind)).to_lowercase(),
+            "images": images,
+            "out_latents": args.out_latents.as_ref().map(|p| p.display().to_string()),
+            "load_seconds": loaded,
+            "sample_seconds": sampled,
+        })
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `NAME-index.EXT`.
+fn numbered(path: &Path, index: usize) -> PathBuf {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let extension = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+    path.with_file_name(format!("{stem}-{index}{extension}"))
+}
+
+/// Writes through a temporary file and a rename, so a failure never leaves half a file.
+fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let temporary = path.with_extension("partial");
+    std::fs::write(&temporary, bytes).with_context(|| format!("cannot write {}", temporary.display()))?;
+    std::fs::rename(&temporary, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn import(
+    path: &Path,
+    data: &Path,
+    name: Option<String>,
+    variant: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use domain::{ModelVersion, ModelVersionCommand, ModelVersionId};
+
+    let name = match name {
+        Some(name) => name,
+        None => {
+            let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+            canonical.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "imported".into())
+        }
+    };
+    domain::values::Name::parse("name", &name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
+    eprintln!("checking {}", path.display());
+    // Everything is checked before the data directory is touched.
+    let prepared = app::sd::prepare_import(path, variant)?;
+    let dir = app::data::DataDir::open_or_create(data)?;
+    let blobs = dir.blobs()?;
+    let mut bytes = 0usize;
+    for (file, contents) in &prepared.files {
+        let stored = app::blobs::BlobStore::put(&blobs, contents)?;
+        anyhow::ensure!(
+            prepared.manifest.files.get(file) == Some(&stored.hash.as_str().to_string()),
+            "{file} changed while it was being imported"
+        );
+        bytes += contents.len();
+    }
+    let manifest = serde_json::to_vec_pretty(&prepared.manifest)?;
+    let weights = app::blobs::BlobStore::put(&blobs, &manifest)?.hash;
+    let id = ModelVersionId(uuid::Uuid::now_v7());
+    let bus = app::commands::CommandBus::new(dir.store.clone());
+    let context = app::commands::CommandContext::new(domain::Actor::new("thitl-cli", domain::Role::Operator));
+    bus.execute::<ModelVersion>(
+        &id.stream(),
+        None,
+        &context,
+        ModelVersionCommand::RegisterBase {
+            model_version_id: id,
+            name: name.clone(),
+            weights: weights.clone(),
+            config: prepared.config.clone(),
+        },
+    )?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "model_version": id.to_string(),
+                "name": name,
+                "family": app::sd::FAMILY,
+                "weights": weights.as_str(),
+                "files": prepared.manifest.files,
+                "bytes": bytes,
+            })
+        );
+    } else {
+        println!(
+            "imported {} as model version {id} ({name}): {} files, {:.1} MB, manifest blob {}",
+            path.display(),
+            prepared.files.len(),
+            bytes as f64 / 1e6,
+            weights.as_str()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -138,6 +138,12 @@ impl DataDir {
         LocalBlobStore::open(&Self::blobs_path(&self.root))
     }
 
+    /// Where imported pipelines are unpacked from their blobs to be loaded (a cache: every file
+    /// is checked against its blob's hash and can be deleted).
+    pub fn models_cache_path(root: &Path) -> PathBuf {
+        root.join("models")
+    }
+
     /// The `Idempotency-Key` records' SQLite file.
     pub fn idempotency_path(&self) -> PathBuf {
         self.root.join("idempotency.db")

@@ -53,8 +53,10 @@ pub struct DriverParts {
     pub bus: CommandBus,
     pub blobs: Arc<dyn BlobStore>,
     pub projections: Arc<ProjectionRunner>,
-    /// The family of the models the jobs run on.
+    /// The family of the models the jobs run on (and the campaigns' world).
     pub family: Arc<dyn ModelFamily>,
+    /// Other families, for the versions whose config names them (imported pipelines).
+    pub named_families: Vec<(String, Arc<dyn ModelFamily>)>,
     /// The campaigns' automatic quality judge, if any.
     pub rater: Option<Arc<dyn QualityRater>>,
     /// The prompt generator and seed the campaigns use; `None` runs jobs only (`thitl worker`).
@@ -95,8 +97,10 @@ impl Drop for Driver {
 }
 
 fn drive(parts: DriverParts, stop: &AtomicBool) {
-    let DriverParts { bus, blobs, projections, family, rater, campaigns, worker } = parts;
-    let models = Models::new(blobs.clone(), family.clone());
+    let DriverParts { bus, blobs, projections, family, named_families, rater, campaigns, worker } = parts;
+    let models = named_families
+        .into_iter()
+        .fold(Models::new(blobs.clone(), family.clone()), |models, (name, family)| models.with_family(&name, family));
     let narrate = |line: &str| tracing::info!(target: "thitl::campaign", "{line}");
     let mut runner = campaigns.map(|(generator, seed)| {
         CampaignRunner::new(bus.clone(), blobs.clone(), generator, family, rater, seed, Box::new(narrate))

@@ -42,4 +42,5 @@ pub mod ports;
 pub mod prompts;
 pub mod reference;
 pub mod runner;
+pub mod sd;
 pub mod workers;

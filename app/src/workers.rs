@@ -213,12 +213,36 @@ impl Drop for Heartbeat {
 pub struct Models {
     blobs: Arc<dyn BlobStore>,
     family: Arc<dyn ModelFamily>,
+    /// Families a base version names in its config (`"family"`), by name.
+    named: HashMap<String, Arc<dyn ModelFamily>>,
     loaded: Mutex<HashMap<ModelVersionId, Arc<dyn Model>>>,
 }
 
 impl Models {
+    /// Versions whose config names no family load with `family`.
     pub fn new(blobs: Arc<dyn BlobStore>, family: Arc<dyn ModelFamily>) -> Self {
-        Models { blobs, family, loaded: Mutex::new(HashMap::new()) }
+        Models { blobs, family, named: HashMap::new(), loaded: Mutex::new(HashMap::new()) }
+    }
+
+    /// Also runs the versions whose config names `name` as their family (an imported Stable
+    /// Diffusion pipeline: [`crate::sd::FAMILY`]).
+    pub fn with_family(mut self, name: &str, family: Arc<dyn ModelFamily>) -> Self {
+        self.named.insert(name.to_string(), family);
+        self
+    }
+
+    fn family_named(&self, id: ModelVersionId, name: Option<&str>) -> Result<&Arc<dyn ModelFamily>, WorkerError> {
+        match name {
+            None => Ok(&self.family),
+            Some(name) => self.named.get(name).ok_or_else(|| {
+                let mut known: Vec<&str> = self.named.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                WorkerError::Unusable(format!(
+                    "model version {id} belongs to the model family {name:?}, which this worker does not run (it runs {})",
+                    if known.is_empty() { "the reference world only".to_string() } else { format!("the reference world and {}", known.join(", ")) }
+                ))
+            }),
+        }
     }
 
     /// The family the versions belong to.
@@ -241,7 +265,9 @@ impl Models {
             })
         };
         let model = match (&version.weights, version.parent, &version.adapter) {
-            (Some(weights), _, _) => self.family.load(&blob(weights, "weights")?)?,
+            (Some(weights), _, _) => {
+                self.family_named(id, version.family.as_deref())?.load(&blob(weights, "weights")?)?
+            }
             (None, Some(parent), Some(adapter)) => {
                 let parent_model = self.load(bus, parent)?;
                 if parent_model.is_tuned() {
@@ -591,6 +617,28 @@ mod tests {
         let (second, _) = setup.bus.load::<Generation>(&again.stream()).unwrap();
         assert_eq!(second.images[&0].1, job.images[&0].1, "same prompt and seed, same blob");
         assert_eq!(second.images[&1].1, job.images[&1].1);
+    }
+
+    #[test]
+    fn a_version_of_a_family_the_worker_does_not_run_is_refused_by_name() {
+        let setup = setup();
+        let other = ModelVersionId(Uuid::now_v7());
+        let operator = CommandContext::new(Actor::new("operator", Role::Operator));
+        let (reference, _) = setup.bus.load::<ModelVersion>(&setup.model.stream()).unwrap();
+        let register = ModelVersionCommand::RegisterBase {
+            model_version_id: other,
+            name: "elsewhere".into(),
+            weights: reference.weights.clone().unwrap(),
+            config: serde_json::json!({"family": "some-other-family"}),
+        };
+        setup.bus.execute::<ModelVersion>(&other.stream(), None, &operator, register).unwrap();
+        let error = setup.models.load(&setup.bus, other).err().expect("refused");
+        assert!(error.to_string().contains("\"some-other-family\""), "{error}");
+        // The same weights under a family the worker runs load, through that family.
+        let models =
+            Models::new(setup.blobs.clone(), Arc::new(crate::reference::ReferenceWorld::new(gpu::Backend::Cpu)))
+                .with_family("some-other-family", Arc::new(crate::reference::ReferenceWorld::new(gpu::Backend::Cpu)));
+        assert!(models.load(&setup.bus, other).is_ok());
     }
 
     #[test]

@@ -75,6 +75,9 @@ pub struct ModelVersion {
     pub fine_tune_id: Option<FineTuneId>,
     pub weights: Option<BlobHash>,
     pub adapter: Option<BlobHash>,
+    /// The model family a base version's config names (`"family"`); `None` for the reference
+    /// world's models, which predate the key. A derived version belongs to its parent's family.
+    pub family: Option<String>,
 }
 
 impl Aggregate for ModelVersion {
@@ -159,11 +162,12 @@ impl Aggregate for ModelVersion {
 
     fn evolve(&mut self, event: &ModelVersionEvent) {
         match event {
-            ModelVersionEvent::BaseModelRegistered { model_version_id, name, weights, .. } => {
+            ModelVersionEvent::BaseModelRegistered { model_version_id, name, weights, config } => {
                 self.id = Some(*model_version_id);
                 self.status = ModelStatus::Registered;
                 self.name = name.clone();
                 self.weights = Some(weights.clone());
+                self.family = config.get("family").and_then(Value::as_str).map(str::to_string);
             }
             ModelVersionEvent::ModelVersionDerived {
                 model_version_id, name, parent, fine_tune_id, adapter, ..

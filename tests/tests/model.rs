@@ -63,3 +63,241 @@ fn tokenize_refuses_a_folder_without_model_index_json() {
     assert!(message.contains(dir.path().join("model_index.json").to_str().unwrap()), "{message}");
     assert!(message.contains("not a diffusers pipeline folder"), "{message}");
 }
+
+/// A reference tensor of a fixture.
+fn reference_tensor(variant: &str, name: &str) -> gpu::sd::Latents {
+    let path = fixture(variant).join("reference.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let mut found = None;
+    gpu::sd::weights::read_safetensors(&path, &bytes, &mut |n, tensor| {
+        if n == name {
+            found = Some(tensor);
+        }
+    })
+    .unwrap();
+    let tensor = found.unwrap_or_else(|| panic!("{variant} has no reference {name}"));
+    gpu::sd::Latents { shape: tensor.shape.try_into().expect("4-d"), values: tensor.data }
+}
+
+fn max_relative_difference(actual: &[f32], expected: &[f32]) -> f32 {
+    assert_eq!(actual.len(), expected.len());
+    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+    actual.iter().zip(expected).fold(0f32, |m, (a, e)| m.max((a - e).abs())) / scale
+}
+
+/// `thitl model sample` with diffusers' initial latents: the final latents diffusers gave
+/// (`output_type="latent"`), for SD1 and SD2, on the CPU backend and on wgpu (lavapipe in CI).
+#[test]
+fn sample_gives_diffusers_latents_on_cpu_and_wgpu() {
+    let dir = tempfile::tempdir().unwrap();
+    for variant in ["sd1", "sd2"] {
+        let reference: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture(variant).join("reference.json")).unwrap()).unwrap();
+        let settings = &reference["sample"];
+        let init = dir.path().join(format!("{variant}-init.safetensors"));
+        std::fs::write(&init, reference_tensor(variant, "sample_init_latents").to_safetensors().unwrap()).unwrap();
+        let expected = reference_tensor(variant, "sample_latents");
+        for device in ["cpu", "wgpu"] {
+            let out = dir.path().join(format!("{variant}-{device}.safetensors"));
+            let image = dir.path().join(format!("{variant}-{device}.png"));
+            let pipeline = fixture(variant).join("pipeline");
+            let output = thitl(&[
+                "model",
+                "sample",
+                pipeline.to_str().unwrap(),
+                "--prompt",
+                settings["prompt"].as_str().unwrap(),
+                "--negative-prompt",
+                settings["negative_prompt"].as_str().unwrap(),
+                "--steps",
+                "5",
+                "--guidance",
+                "7.5",
+                "--scheduler",
+                "ddim",
+                "--eta",
+                "0",
+                "--latents",
+                init.to_str().unwrap(),
+                "--out-latents",
+                out.to_str().unwrap(),
+                "--out",
+                image.to_str().unwrap(),
+                "--device",
+                device,
+            ]);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(output.status.success(), "{variant} on {device}: {stderr}");
+            assert!(stderr.contains("step 5/5"), "progress on stderr: {stderr}");
+            let summary: serde_json::Value = serde_json::from_str(stdout(&output).trim()).expect("JSON summary");
+            assert!(summary["device"].as_str().unwrap().starts_with(device), "{summary}");
+            let bytes = std::fs::read(&out).unwrap();
+            let latents = gpu::sd::Latents::from_safetensors(&out, &bytes).unwrap();
+            assert_eq!(latents.shape, expected.shape);
+            let error = max_relative_difference(&latents.values, &expected.values);
+            assert!(error <= 1e-3, "{variant} on {device}: final latents differ by {error:.2e} (max abs / max |ref|)");
+            let png = std::fs::read(&image).unwrap();
+            assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "{variant} on {device}: a PNG");
+        }
+    }
+}
+
+/// A folder that is not a whole safetensors pipeline is refused by `sample` and `import`, naming
+/// the file, before anything is written.
+#[test]
+fn sample_and_import_refuse_pickles_missing_components_and_truncated_weights() {
+    let source = fixture("sd1").join("pipeline");
+    let copy = |name: &str| {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join(name);
+        copy_dir(&source, &target);
+        (root, target)
+    };
+    let sample = |path: &std::path::Path, out: &std::path::Path| {
+        thitl(&[
+            "model",
+            "sample",
+            path.to_str().unwrap(),
+            "--prompt",
+            "a cat",
+            "--steps",
+            "2",
+            "--device",
+            "cpu",
+            "--out-latents",
+            out.to_str().unwrap(),
+        ])
+    };
+    let refused = |path: &std::path::Path, root: &std::path::Path, expected: &[&str]| {
+        let out = root.join("latents.safetensors");
+        let output = sample(path, &out);
+        let message = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "refused: {message}");
+        for part in expected {
+            assert!(message.contains(part), "message names {part:?}: {message}");
+        }
+        assert!(!out.exists(), "nothing written");
+        // Import refuses it the same way, before the data directory exists.
+        let data = root.join("data");
+        let output = thitl(&["model", "import", path.to_str().unwrap(), "--data", data.to_str().unwrap()]);
+        let message = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "import refused: {message}");
+        for part in expected {
+            assert!(message.contains(part), "import's message names {part:?}: {message}");
+        }
+        assert!(!data.exists(), "import wrote nothing into the data directory");
+    };
+
+    // Pickle weights only: refused, never loaded.
+    let (root, pipeline) = copy("pickle");
+    let unet = pipeline.join("unet");
+    std::fs::remove_file(unet.join("diffusion_pytorch_model.safetensors")).unwrap();
+    std::fs::remove_file(unet.join("diffusion_pytorch_model.fp16.safetensors")).unwrap();
+    std::fs::write(unet.join("diffusion_pytorch_model.bin"), b"\x80\x02}q\x00.").unwrap();
+    refused(&pipeline, root.path(), &["diffusion_pytorch_model.bin", "pickle"]);
+
+    // A missing component folder.
+    let (root, pipeline) = copy("missing");
+    std::fs::remove_dir_all(pipeline.join("vae")).unwrap();
+    refused(&pipeline, root.path(), &["vae", "missing"]);
+
+    // A truncated safetensors file.
+    let (root, pipeline) = copy("truncated");
+    let file = pipeline.join("text_encoder/model.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+    refused(&pipeline, root.path(), &["model.safetensors", "not a valid safetensors file"]);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// `thitl model import` of a fixture, then a generation job on the imported version (what a
+/// campaign's probe and candidate images are) served by `thitl serve`: PNG images whose blobs
+/// and prompts are on the audit log, and `thitl audit verify` passes.
+#[test]
+fn an_imported_pipeline_serves_generation_jobs_on_the_audit_log() {
+    use crate::helpers::{Server, TestApp, create_token};
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    let pipeline = fixture("sd1").join("pipeline");
+    let output = thitl(&[
+        "model",
+        "import",
+        pipeline.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--name",
+        "tiny-sd1",
+        "--json",
+    ]);
+    assert!(output.status.success(), "import: {}", String::from_utf8_lossy(&output.stderr));
+    let imported: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    let version = imported["model_version"].as_str().unwrap().to_string();
+    let files = imported["files"].as_object().unwrap();
+    assert!(
+        files.contains_key("unet/diffusion_pytorch_model.safetensors") && files.contains_key("tokenizer/vocab.json")
+    );
+    assert!(!files.contains_key("unet/diffusion_pytorch_model.fp16.safetensors"), "only the files loading reads");
+
+    let admin = create_token(&data, "admin", "root");
+    let server = Server::start_with(&data, &[("THITL_DEVICE", "cpu")]);
+    let app = TestApp { address: server.address.clone(), dir, admin };
+    let operator = app.token("operator", "otto");
+    let version_view = app.get(&format!("/v1/model-versions/{version}"), &operator).expect(200).json();
+    assert_eq!(version_view["name"], "tiny-sd1", "{version_view}");
+
+    let prompts = ["a photo of a nurse at work", "a photo of a wheelchair user in a park"];
+    let items: Vec<serde_json::Value> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| serde_json::json!({"prompt": p, "negative_prompt": "blurry", "seed": 40 + i}))
+        .collect();
+    let body = serde_json::json!({"model_version": version, "purpose": "baseline", "items": items,
+        "sampler": {"steps": 3, "guidance_scale": 7.5, "eta": 0.0}});
+    let job = app.post("/v1/generations", &operator, body).expect(201).json()["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let view = loop {
+        let view = app.get(&format!("/v1/generations/{job}"), &operator).expect(200).json();
+        match view["status"].as_str().unwrap() {
+            "completed" => break view,
+            "failed" => panic!("the job failed: {view}"),
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "the job did not complete: {view}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let images = view["images"].as_array().unwrap();
+    assert_eq!(images.len(), prompts.len(), "{view}");
+    let log =
+        app.get(&format!("/v1/audit/streams/generation-{job}?limit=100"), &app.admin).expect(200).json().to_string();
+    for prompt in prompts {
+        assert!(log.contains(prompt), "the prompt {prompt:?} is on the audit log");
+    }
+    let mut blobs = std::collections::BTreeSet::new();
+    for image in images {
+        let blob = image["blob"].as_str().unwrap_or_else(|| panic!("an image's blob: {image}"));
+        assert!(log.contains(blob), "the image blob {blob} is on the audit log");
+        let png = app.request("GET", &format!("/v1/blobs/{blob}"), Some(&operator), &[], None);
+        png.expect(200);
+        assert_eq!(png.header("content-type"), Some("image/png"), "blob {blob}");
+        assert!(png.body.contains("PNG") && png.body.contains("IHDR"), "blob {blob} is a PNG");
+        blobs.insert(blob.to_string());
+    }
+    assert_eq!(blobs.len(), prompts.len(), "different prompts and seeds give different images");
+    drop(server);
+    let verify = thitl(&["audit", "verify", "--data", app.dir.path().to_str().unwrap()]);
+    assert!(verify.status.success(), "audit verify: {}{}", stdout(&verify), String::from_utf8_lossy(&verify.stderr));
+}

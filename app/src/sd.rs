@@ -1,0 +1,360 @@
+//! Stable Diffusion pipelines imported from users' diffusers folders: the import (every file a
+//! blob, a manifest naming them, a base model version whose config holds the components'
+//! configs), the [`ModelFamily`] that loads such a version from its blobs and samples it on
+//! thitl's kernels, and images as PNG.
+//!
+//! A version's weights blob is its manifest: JSON mapping each file's path in the folder to its
+//! blob. Loading unpacks the files into the data directory's model cache (each checked against
+//! its hash) and opens the folder there, so the pipeline that samples is byte for byte the one
+//! imported.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use domain::fine_tune::LoraConfig;
+use domain::generation::SamplerSettings;
+use domain::values::BlobHash;
+use gpu::device::{CpuDevice, ImageOps, WgpuDevice};
+use gpu::sd::{PipelineFolder, SampleOptions, SdError, StableDiffusion};
+use serde::{Deserialize, Serialize};
+
+use crate::blobs::BlobStore;
+use crate::ports::{
+    Flow, Model, ModelError, ModelFamily, SampleRequest, TrainedAdapter, TrainingImage, TrainingProgress,
+};
+
+/// The family name a version's config carries (`"family"`).
+pub const FAMILY: &str = "stable-diffusion";
+
+/// The manifest format.
+pub const MANIFEST_FORMAT: &str = "thitl.diffusers-pipeline.v1";
+
+/// The files of an imported pipeline: its weights blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// [`MANIFEST_FORMAT`].
+    pub format: String,
+    /// [`FAMILY`].
+    pub family: String,
+    /// The pipeline class (`StableDiffusionPipeline`).
+    pub pipeline: String,
+    /// The weights variant imported (`fp16`), if one was asked for.
+    pub variant: Option<String>,
+    /// Each file's path in the folder (with `/`) and its blob's SHA-256.
+    pub files: BTreeMap<String, String>,
+}
+
+impl Manifest {
+    /// Parses and checks a manifest: known format, relative paths without `..`, SHA-256 names.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ModelError> {
+        let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| {
+            ModelError::new(format!("the weights blob is not a Stable Diffusion pipeline manifest: {e}"))
+        })?;
+        if manifest.format != MANIFEST_FORMAT || manifest.family != FAMILY {
+            return Err(ModelError::new(format!(
+                "the manifest is {} of family {}; expected {MANIFEST_FORMAT} of {FAMILY}",
+                manifest.format, manifest.family
+            )));
+        }
+        for (path, hash) in &manifest.files {
+            let safe = !path.is_empty()
+                && !path.starts_with('/')
+                && path.split('/').all(|part| !part.is_empty() && part != "." && part != "..")
+                && !path.contains('\\');
+            if !safe {
+                return Err(ModelError::new(format!("the manifest names the file {path:?}, not a relative path")));
+            }
+            BlobHash::parse(hash).map_err(|e| ModelError::new(format!("the manifest's hash for {path}: {e}")))?;
+        }
+        Ok(manifest)
+    }
+}
+
+/// A pipeline folder checked for import: every file it needs, read.
+pub struct PreparedImport {
+    /// The manifest, hashes filled in.
+    pub manifest: Manifest,
+    /// The files (path in the folder, bytes).
+    pub files: Vec<(String, Vec<u8>)>,
+    /// The config a base version records: family, pipeline class, components' configs.
+    pub config: serde_json::Value,
+}
+
+/// Reads and fully checks a pipeline folder before anything is written: the configs, the
+/// tokenizer, and every weight with the shape its config implies (the pipeline is built on the
+/// CPU backend once). Errors name the file.
+pub fn prepare_import(path: &Path, variant: Option<&str>) -> Result<PreparedImport, SdError> {
+    let folder = PipelineFolder::open(path)?;
+    let relative = gpu::sd::sample::pipeline_files(&folder, variant)?;
+    // Everything must load, as it will when a job samples it.
+    let device = CpuDevice::<f32>::new();
+    let pipeline = StableDiffusion::load(&device, &folder, variant)?;
+    drop(pipeline);
+    let mut files = Vec::new();
+    let mut hashes = BTreeMap::new();
+    let mut components = serde_json::Map::new();
+    for file in relative {
+        let full = path.join(&file);
+        let bytes =
+            std::fs::read(&full).map_err(|e| SdError::Invalid(format!("cannot read {}: {e}", full.display())))?;
+        let name = file.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+        hashes.insert(name.clone(), crate::blobs::blob_hash(&bytes).as_str().to_string());
+        if name.ends_with("config.json") && !name.starts_with("tokenizer/") {
+            let component = name.split('/').next().unwrap_or_default().to_string();
+            let value: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| SdError::Invalid(format!("{} is not JSON: {e}", full.display())))?;
+            components.insert(component, value);
+        }
+        files.push((name, bytes));
+    }
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT.into(),
+        family: FAMILY.into(),
+        pipeline: folder.class().to_string(),
+        variant: variant.map(str::to_string),
+        files: hashes,
+    };
+    let config = serde_json::json!({
+        "family": FAMILY,
+        "pipeline": folder.class(),
+        "variant": variant,
+        "components": components,
+    });
+    Ok(PreparedImport { manifest, files, config })
+}
+
+/// The named families `thitl serve` and `thitl worker` run besides the reference world: imported
+/// Stable Diffusion pipelines, on `backend`, unpacked under the data directory at `root`.
+pub fn named_families(
+    blobs: Arc<dyn BlobStore>,
+    backend: gpu::Backend,
+    root: &Path,
+) -> Vec<(String, Arc<dyn ModelFamily>)> {
+    let cache = crate::data::DataDir::models_cache_path(root);
+    vec![(FAMILY.to_string(), Arc::new(StableDiffusionFamily::new(blobs, backend, cache)))]
+}
+
+/// Runs imported Stable Diffusion versions on one backend.
+pub struct StableDiffusionFamily {
+    blobs: Arc<dyn BlobStore>,
+    backend: gpu::Backend,
+    cache: PathBuf,
+}
+
+impl StableDiffusionFamily {
+    /// Versions' files are unpacked under `cache` (the data directory's
+    /// [`crate::data::DataDir::models_cache_path`]).
+    pub fn new(blobs: Arc<dyn BlobStore>, backend: gpu::Backend, cache: PathBuf) -> Self {
+        StableDiffusionFamily { blobs, backend, cache }
+    }
+
+    /// Unpacks the manifest's files into the cache (rewriting any that differ from their blob)
+    /// and returns the folder.
+    fn unpack(&self, manifest_bytes: &[u8], manifest: &Manifest) -> Result<PathBuf, ModelError> {
+        let folder = self.cache.join(crate::blobs::blob_hash(manifest_bytes).as_str());
+        for (path, hash) in &manifest.files {
+            let hash = BlobHash::parse(hash).map_err(|e| ModelError::new(e.to_string()))?;
+            let target = folder.join(path);
+            if std::fs::read(&target).is_ok_and(|bytes| crate::blobs::blob_hash(&bytes) == hash) {
+                continue;
+            }
+            let bytes = self.blobs.get(&hash).map_err(|e| ModelError::new(e.to_string()))?.ok_or_else(|| {
+                ModelError::new(format!("the pipeline file {path} (blob {hash}) is not in the blob store"))
+            })?;
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| ModelError::new(format!("cannot create {}: {e}", parent.display())))?;
+            }
+            let partial = target.with_extension("partial");
+            std::fs::write(&partial, &bytes)
+                .and_then(|()| std::fs::rename(&partial, &target))
+                .map_err(|e| ModelError::new(format!("cannot write {}: {e}", target.display())))?;
+        }
+        Ok(folder)
+    }
+}
+
+impl ModelFamily for StableDiffusionFamily {
+    fn load(&self, weights: &[u8]) -> Result<Arc<dyn Model>, ModelError> {
+        let manifest = Manifest::parse(weights)?;
+        let folder = self.unpack(weights, &manifest)?;
+        let pipeline = PipelineFolder::open(&folder).map_err(|e| ModelError::new(e.to_string()))?;
+        let variant = manifest.variant.as_deref();
+        let loaded = match &self.backend {
+            gpu::Backend::Cpu => {
+                let device = CpuDevice::<f32>::new();
+                let model =
+                    StableDiffusion::load(&device, &pipeline, variant).map_err(|e| ModelError::new(e.to_string()))?;
+                Loaded::Cpu(device, model)
+            }
+            gpu::Backend::Wgpu(context) => {
+                let device = WgpuDevice::new(context.clone());
+                let model =
+                    StableDiffusion::load(&device, &pipeline, variant).map_err(|e| ModelError::new(e.to_string()))?;
+                Loaded::Wgpu(device, model)
+            }
+        };
+        Ok(Arc::new(StableDiffusionModel { loaded: Mutex::new(loaded) }))
+    }
+
+    fn prior_prompts(&self, targeted_groups: &[String], count: u32, seeds: &mut dyn FnMut() -> u64) -> Vec<String> {
+        // Everyday subjects none of the groups is: the model's own pictures of them keep what it
+        // draws elsewhere while the adapter learns.
+        const SUBJECTS: [&str; 8] = [
+            "a photo of a dog in a park",
+            "a photo of a bowl of fruit on a table",
+            "a photo of a city street at dusk",
+            "a photo of a mountain lake",
+            "a photo of a bicycle leaning on a wall",
+            "a photo of a cup of coffee",
+            "a photo of a garden with flowers",
+            "a photo of a bookshelf",
+        ];
+        let _ = targeted_groups;
+        (0..count).map(|_| SUBJECTS[(seeds() % SUBJECTS.len() as u64) as usize].to_string()).collect()
+    }
+
+    fn alternative_objects(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+enum Loaded {
+    Cpu(CpuDevice<f32>, StableDiffusion<CpuDevice<f32>>),
+    Wgpu(WgpuDevice, StableDiffusion<WgpuDevice>),
+}
+
+/// An imported pipeline, loaded.
+struct StableDiffusionModel {
+    /// One sampling at a time on the device.
+    loaded: Mutex<Loaded>,
+}
+
+const NOT_YET: &str = "fine-tuning imported Stable Diffusion models (LoRA adapters) is not supported yet";
+
+fn sample_one<D: ImageOps>(
+    device: &D,
+    pipeline: &StableDiffusion<D>,
+    request: &SampleRequest,
+    sampler: &SamplerSettings,
+) -> Result<Vec<u8>, SdError> {
+    let side = pipeline.unet.config().sample_size * pipeline.vae.config().scale_factor();
+    let options = SampleOptions {
+        prompt: request.prompt.clone(),
+        negative_prompt: request.negative_prompt.clone(),
+        steps: sampler.steps as usize,
+        guidance: sampler.guidance_scale,
+        scheduler: None,
+        eta: sampler.eta,
+        seed: request.seed,
+        batch: 1,
+        height: side,
+        width: side,
+        latents: None,
+    };
+    let latents = pipeline.sample(device, &options, &mut |_, _| {})?;
+    let pixels = pipeline.decode(device, &latents)?;
+    Ok(png_from_unit_rgb(&pixels, side, side))
+}
+
+impl Model for StableDiffusionModel {
+    fn with_adapter(&self, _adapter: &[u8]) -> Result<Arc<dyn Model>, ModelError> {
+        Err(ModelError::new(NOT_YET))
+    }
+
+    fn is_tuned(&self) -> bool {
+        false
+    }
+
+    fn sample(&self, requests: &[SampleRequest], sampler: &SamplerSettings) -> Result<Vec<Vec<u8>>, ModelError> {
+        let loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+        requests
+            .iter()
+            .map(|request| {
+                match &*loaded {
+                    Loaded::Cpu(device, pipeline) => sample_one(device, pipeline, request, sampler),
+                    Loaded::Wgpu(device, pipeline) => sample_one(device, pipeline, request, sampler),
+                }
+                .map_err(|e| ModelError::new(e.to_string()))
+            })
+            .collect()
+    }
+
+    fn fine_tune(
+        &self,
+        _examples: &[TrainingImage],
+        _prior: &[TrainingImage],
+        _config: &LoraConfig,
+        _progress_every: u32,
+        _report: &mut dyn FnMut(TrainingProgress) -> Flow,
+    ) -> Result<TrainedAdapter, ModelError> {
+        Err(ModelError::new(NOT_YET))
+    }
+}
+
+/// An RGB image with values in [0, 1] (`3 × height × width`, planar, as the pipeline's
+/// `output_type="pt"`) as an 8-bit PNG, each value rounded as diffusers' `numpy_to_pil` does
+/// (`round(255·v)`).
+pub fn png_from_unit_rgb(values: &[f32], height: usize, width: usize) -> Vec<u8> {
+    let plane = height * width;
+    assert_eq!(values.len(), 3 * plane, "an RGB image of {height}×{width} has {} values", 3 * plane);
+    let mut rgb = Vec::with_capacity(3 * plane);
+    for pixel in 0..plane {
+        for channel in 0..3 {
+            let v = values[channel * plane + pixel];
+            let v = if v.is_nan() { 0.0 } else { v.clamp(0.0, 1.0) };
+            rgb.push((v * 255.0).round() as u8);
+        }
+    }
+    let mut bytes = Vec::new();
+    let mut encoder = png::Encoder::new(&mut bytes, width as u32, height as u32);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    // Writing a well-formed RGB8 buffer into a Vec cannot fail.
+    let mut writer = encoder.write_header().expect("PNG header for an RGB8 image");
+    writer.write_image_data(&rgb).expect("PNG data matching the header's size");
+    writer.finish().expect("PNG end into a Vec");
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn png_round_trips_planar_unit_values() {
+        let (h, w) = (3, 5);
+        let values: Vec<f32> = (0..3 * h * w).map(|i| (i % 11) as f32 / 10.0).collect();
+        let png = png_from_unit_rgb(&values, h, w);
+        let mut reader = png::Decoder::new(std::io::Cursor::new(png)).read_info().unwrap();
+        let mut buffer = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut buffer).unwrap();
+        assert_eq!((info.width, info.height), (w as u32, h as u32));
+        for pixel in 0..h * w {
+            for channel in 0..3 {
+                let expected = (values[channel * h * w + pixel].clamp(0.0, 1.0) * 255.0).round() as u8;
+                assert_eq!(buffer[pixel * 3 + channel], expected, "pixel {pixel} channel {channel}");
+            }
+        }
+    }
+
+    #[test]
+    fn manifests_with_unsafe_paths_or_bad_hashes_are_refused() {
+        let hash = "ab".repeat(32);
+        let manifest = |path: &str, hash: &str| {
+            serde_json::to_vec(&serde_json::json!({
+                "format": MANIFEST_FORMAT, "family": FAMILY, "pipeline": "StableDiffusionPipeline",
+                "variant": null, "files": {path: hash}
+            }))
+            .unwrap()
+        };
+        assert!(Manifest::parse(&manifest("unet/config.json", &hash)).is_ok());
+        for path in ["../etc/passwd", "/etc/passwd", "unet/../../x", "unet//config.json", "a\\b", ""] {
+            let error = Manifest::parse(&manifest(path, &hash)).unwrap_err();
+            assert!(error.0.contains("not a relative path"), "{path}: {error}");
+        }
+        assert!(Manifest::parse(&manifest("unet/config.json", "xyz")).is_err());
+        assert!(Manifest::parse(b"\x00\x01safetensors").is_err());
+    }
+}
