@@ -33,7 +33,7 @@ pub enum ModelCommand {
     /// version's config records the family and the components' configs. Generation jobs (and so
     /// campaigns' probe and candidate images) then run on it.
     Import {
-        /// A diffusers pipeline folder.
+        /// A diffusers pipeline folder, or a single-file SD 1.x checkpoint (see --config, --tokenizer).
         path: PathBuf,
         /// The data directory (created if needed).
         #[arg(long)]
@@ -47,12 +47,16 @@ pub enum ModelCommand {
         /// Print one JSON object instead of a sentence.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        single_file: SingleFileArgs,
     },
 }
 
 #[derive(clap::Args)]
 pub struct SampleArgs {
-    /// A diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/).
+    /// A diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/,
+    /// scheduler/), or a single-file SD 1.x checkpoint (.safetensors with the original key names;
+    /// see --config and --tokenizer).
     path: PathBuf,
     /// The prompt.
     #[arg(long)]
@@ -102,6 +106,21 @@ pub struct SampleArgs {
     /// bf16 weights are converted to f32.
     #[arg(long)]
     variant: Option<String>,
+    #[command(flatten)]
+    single_file: SingleFileArgs,
+}
+
+/// What a single-file checkpoint (PATH a .safetensors file with the original key names) needs.
+#[derive(clap::Args)]
+pub struct SingleFileArgs {
+    /// For a single-file checkpoint: a diffusers folder of the same architecture whose configs
+    /// (and tokenizer) to use; without it, SD 1.5's configs are used.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// For a single-file checkpoint: a CLIP tokenizer folder (vocab.json, merges.txt), e.g. any
+    /// SD 1.x pipeline's tokenizer/ (default: the --config folder's).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
 }
 
 pub fn run(command: ModelCommand) -> anyhow::Result<ExitCode> {
@@ -112,8 +131,8 @@ pub fn run(command: ModelCommand) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::json!({ "input_ids": input_ids }));
             Ok(ExitCode::SUCCESS)
         }
-        ModelCommand::Import { path, data, name, variant, json } => {
-            import(&path, &data, name, variant.as_deref(), json)
+        ModelCommand::Import { path, data, name, variant, json, single_file } => {
+            import(&path, &data, name, variant.as_deref(), json, &single_file)
         }
         ModelCommand::Sample(args) => {
             let choice: DeviceChoice = args.device.parse()?;
@@ -151,7 +170,19 @@ fn sample<D: ImageOps>(device: &D, description: &str, args: &SampleArgs) -> anyh
             anyhow::bail!("cannot write {}: the folder {} does not exist", path.display(), parent.display());
         }
     }
-    let folder = PipelineFolder::open(&args.path)?;
+    let converted = match args.path.is_file() {
+        true => {
+            eprintln!("converting the single-file checkpoint {}", args.path.display());
+            let files = &args.single_file;
+            Some(app::sd::ConvertedCheckpoint::convert(
+                &args.path,
+                files.config.as_deref(),
+                files.tokenizer.as_deref(),
+            )?)
+        }
+        false => None,
+    };
+    let folder = PipelineFolder::open(converted.as_ref().map_or(args.path.as_path(), |c| c.path()))?;
     let started = Instant::now();
     eprintln!("loading {} on {description}", args.path.display());
     let pipeline = StableDiffusion::load(device, &folder, args.variant.as_deref())?;
@@ -256,6 +287,7 @@ fn import(
     name: Option<String>,
     variant: Option<&str>,
     json: bool,
+    single_file: &SingleFileArgs,
 ) -> anyhow::Result<ExitCode> {
     use domain::{ModelVersion, ModelVersionCommand, ModelVersionId};
 
@@ -263,13 +295,19 @@ fn import(
         Some(name) => name,
         None => {
             let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-            canonical.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "imported".into())
+            let base = if path.is_file() { canonical.file_stem() } else { canonical.file_name() };
+            base.map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "imported".into())
         }
     };
     domain::values::Name::parse("name", &name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
     eprintln!("checking {}", path.display());
     // Everything is checked before the data directory is touched.
-    let prepared = app::sd::prepare_import(path, variant)?;
+    let prepared = match path.is_file() {
+        true => {
+            app::sd::prepare_import_single_file(path, single_file.config.as_deref(), single_file.tokenizer.as_deref())?
+        }
+        false => app::sd::prepare_import(path, variant)?,
+    };
     let dir = app::data::DataDir::open_or_create(data)?;
     let blobs = dir.blobs()?;
     let mut bytes = 0usize;

@@ -135,6 +135,61 @@ pub fn named_families(
     vec![(FAMILY.to_string(), Arc::new(StableDiffusionFamily::new(blobs, backend, cache)))]
 }
 
+/// A single-file checkpoint converted to a diffusers folder in a temporary directory (removed
+/// when dropped).
+pub struct ConvertedCheckpoint {
+    dir: PathBuf,
+}
+
+impl ConvertedCheckpoint {
+    /// Converts `checkpoint` (see [`gpu::sd::single_file::convert`]: configs from `config`, a
+    /// diffusers folder, else SD 1.5's; the tokenizer from `tokenizer`, else `config`'s).
+    pub fn convert(checkpoint: &Path, config: Option<&Path>, tokenizer: Option<&Path>) -> Result<Self, SdError> {
+        let files = gpu::sd::single_file::convert(checkpoint, config, tokenizer)?;
+        let dir = std::env::temp_dir().join(format!("thitl-checkpoint-{}", uuid::Uuid::now_v7()));
+        let converted = ConvertedCheckpoint { dir };
+        for (name, bytes) in files {
+            let path = converted.dir.join(&name);
+            let written =
+                path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::write(&path, bytes));
+            written.map_err(|e| SdError::Invalid(format!("cannot write {}: {e}", path.display())))?;
+        }
+        Ok(converted)
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for ConvertedCheckpoint {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// [`prepare_import`] of a single-file checkpoint: converted first; the version's config also
+/// names the file and its SHA-256 (`"converted_from"`).
+pub fn prepare_import_single_file(
+    checkpoint: &Path,
+    config: Option<&Path>,
+    tokenizer: Option<&Path>,
+) -> Result<PreparedImport, SdError> {
+    let bytes = std::fs::read(checkpoint)
+        .map_err(|e| SdError::Invalid(format!("cannot read {}: {e}", checkpoint.display())))?;
+    let hash = crate::blobs::blob_hash(&bytes);
+    drop(bytes);
+    let converted = ConvertedCheckpoint::convert(checkpoint, config, tokenizer)?;
+    let mut prepared = prepare_import(converted.path(), None)?;
+    prepared.config["converted_from"] = serde_json::json!({
+        "file": checkpoint.file_name().map(|n| n.to_string_lossy().into_owned()),
+        "sha256": hash.as_str(),
+        "configs": if config.is_some() { "the --config folder" } else { "thitl's SD 1.5 configs" },
+    });
+    Ok(prepared)
+}
+
 /// Runs imported Stable Diffusion versions on one backend.
 pub struct StableDiffusionFamily {
     blobs: Arc<dyn BlobStore>,

@@ -242,3 +242,69 @@ fn sd1_sample_matches_diffusers_on_wgpu() {
 fn sd2_sample_matches_diffusers_on_wgpu() {
     sampling(&wgpu(), "sd2");
 }
+
+/// The single-file checkpoint `reference/sd_single_file.py` wrote from the SD1 fixture (diffusers'
+/// `from_single_file` gives back every tensor of it) converts to exactly the fixture's weights,
+/// and the converted folder samples as the original does.
+#[test]
+fn a_single_file_checkpoint_converts_to_the_pipelines_own_weights() {
+    let checkpoint = fixture("sd1").join("single_file.safetensors");
+    let pipeline = fixture("sd1").join("pipeline");
+    let files = gpu::sd::single_file::convert(&checkpoint, Some(&pipeline), None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes) in &files {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+    for (component, stem) in
+        [("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model")]
+    {
+        let mut original = ComponentWeights::load(&pipeline.join(component), stem, None).unwrap();
+        let mut converted = ComponentWeights::load(&dir.path().join(component), stem, None).unwrap();
+        // The text encoder keeps the checkpoint's `text_model.` prefix (transformers 4's names).
+        converted.rename(|name| name.strip_prefix("text_model.").map(str::to_string));
+        let names: Vec<String> = original.names().into_iter().map(str::to_string).collect();
+        let converted_names: Vec<String> = converted.names().into_iter().map(str::to_string).collect();
+        assert_eq!(converted_names, names, "{component}: the same tensor names");
+        for name in names {
+            let a = original.remove(&name).unwrap();
+            let b = converted.remove(&name).unwrap();
+            assert_eq!(a.data, b.data, "{component} {name}: the same values");
+        }
+    }
+    // The converted folder loads and samples like the original.
+    let device = CpuDevice::<f32>::new();
+    let original = StableDiffusion::load(&device, &PipelineFolder::open(&pipeline).unwrap(), None).unwrap();
+    let converted = StableDiffusion::load(&device, &PipelineFolder::open(dir.path()).unwrap(), None).unwrap();
+    let options = SampleOptions {
+        prompt: "a photo of a cat".into(),
+        negative_prompt: None,
+        steps: 2,
+        guidance: 7.5,
+        scheduler: Some(SchedulerKind::Ddim),
+        eta: 0.0,
+        seed: 3,
+        batch: 1,
+        height: 16,
+        width: 16,
+        latents: None,
+    };
+    let a = original.sample(&device, &options, &mut |_, _| {}).unwrap();
+    let b = converted.sample(&device, &options, &mut |_, _| {}).unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn a_single_file_checkpoint_without_a_tokenizer_or_of_another_architecture_is_refused() {
+    let checkpoint = fixture("sd1").join("single_file.safetensors");
+    let error = gpu::sd::single_file::convert(&checkpoint, None, None).unwrap_err().to_string();
+    assert!(error.contains("carries no tokenizer") && error.contains("--tokenizer"), "{error}");
+    // SD 1.5's shipped configs do not fit the tiny checkpoint: refused, naming the file.
+    let tokenizer = fixture("sd1").join("pipeline/tokenizer");
+    let error = gpu::sd::single_file::convert(&checkpoint, None, Some(&tokenizer)).unwrap_err().to_string();
+    assert!(error.contains("single_file.safetensors") && error.contains("not an SD 1.x checkpoint"), "{error}");
+    // A pickle is never opened.
+    let error = gpu::sd::single_file::convert(std::path::Path::new("model.ckpt"), None, Some(&tokenizer)).unwrap_err();
+    assert!(error.to_string().contains("pickle"), "{error}");
+}

@@ -301,3 +301,64 @@ fn an_imported_pipeline_serves_generation_jobs_on_the_audit_log() {
     let verify = thitl(&["audit", "verify", "--data", app.dir.path().to_str().unwrap()]);
     assert!(verify.status.success(), "audit verify: {}{}", stdout(&verify), String::from_utf8_lossy(&verify.stderr));
 }
+
+/// A single-file checkpoint with the original key names (written from the SD1 fixture; diffusers'
+/// `from_single_file` reads it back exactly) samples like its folder and imports.
+#[test]
+fn a_single_file_checkpoint_samples_like_its_folder_and_imports() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = fixture("sd1").join("single_file.safetensors");
+    let config = fixture("sd1").join("pipeline");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("sd1").join("reference.json")).unwrap()).unwrap();
+    let init = dir.path().join("init.safetensors");
+    std::fs::write(&init, reference_tensor("sd1", "sample_init_latents").to_safetensors().unwrap()).unwrap();
+    let out = dir.path().join("out.safetensors");
+    let output = thitl(&[
+        "model",
+        "sample",
+        checkpoint.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--prompt",
+        reference["sample"]["prompt"].as_str().unwrap(),
+        "--negative-prompt",
+        reference["sample"]["negative_prompt"].as_str().unwrap(),
+        "--steps",
+        "5",
+        "--scheduler",
+        "ddim",
+        "--latents",
+        init.to_str().unwrap(),
+        "--out-latents",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let latents = gpu::sd::Latents::from_safetensors(&out, &std::fs::read(&out).unwrap()).unwrap();
+    let error = max_relative_difference(&latents.values, &reference_tensor("sd1", "sample_latents").values);
+    assert!(error <= 1e-3, "final latents differ by {error:.2e}");
+
+    let data = dir.path().join("data");
+    let output = thitl(&[
+        "model",
+        "import",
+        checkpoint.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let imported: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert_eq!(imported["name"], "single_file");
+    assert!(imported["files"]["unet/diffusion_pytorch_model.safetensors"].is_string(), "{imported}");
+    // Without a tokenizer it is refused before anything is written.
+    let other = dir.path().join("other");
+    let output = thitl(&["model", "import", checkpoint.to_str().unwrap(), "--data", other.to_str().unwrap()]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--tokenizer"));
+    assert!(!other.exists());
+}

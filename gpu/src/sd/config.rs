@@ -168,7 +168,11 @@ pub struct ClipConfig {
 impl ClipConfig {
     /// Reads and checks the config.
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let file = ConfigFile::read(path)?;
+        Self::from_file(ConfigFile::read(path)?)
+    }
+
+    /// Checks an already parsed config (`file.path()` names it in messages).
+    pub fn from_file(file: ConfigFile) -> Result<Self, ConfigError> {
         let activation = file.str_or("hidden_act", "quick_gelu")?;
         let quick_gelu = match activation.as_str() {
             "quick_gelu" => true,
@@ -242,7 +246,11 @@ pub struct UnetConfig {
 impl UnetConfig {
     /// Reads and checks the config: SD 1.x/2.x and distilled variants with fewer blocks.
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let file = ConfigFile::read(path)?;
+        Self::from_file(ConfigFile::read(path)?)
+    }
+
+    /// Checks an already parsed config (`file.path()` names it in messages).
+    pub fn from_file(file: ConfigFile) -> Result<Self, ConfigError> {
         let string = |v: &str| Value::String(v.into());
         file.require_one_of("time_embedding_type", &[string("positional")])?;
         file.require_one_of("resnet_time_scale_shift", &[string("default")])?;
@@ -364,7 +372,11 @@ pub struct VaeConfig {
 impl VaeConfig {
     /// Reads and checks the config.
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let file = ConfigFile::read(path)?;
+        Self::from_file(ConfigFile::read(path)?)
+    }
+
+    /// Checks an already parsed config (`file.path()` names it in messages).
+    pub fn from_file(file: ConfigFile) -> Result<Self, ConfigError> {
         let block_out_channels = file.usize_list("block_out_channels")?;
         if block_out_channels.is_empty() {
             return Err(file.invalid("\"block_out_channels\" is empty".into()));

@@ -2,7 +2,8 @@
 //! folder ([`pipeline`]), component configs ([`config`]) and weights ([`weights`]: safetensors in
 //! f32/f16/bf16, sharded or not; pickles refused), CLIP's tokenizer ([`tokenizer`]) and text
 //! encoder ([`clip`]), the UNet ([`unet`]), the VAE ([`vae`]), the samplers ([`scheduler`]) and
-//! the pipeline that ties them ([`sample`]). The networks are written once over
+//! the pipeline that ties them ([`sample`]); single-file SD 1.x checkpoints convert to a folder's
+//! files ([`single_file`]). The networks are written once over
 //! [`crate::device::ImageOps`] from the layers in [`nn`], so the CPU backend and the wgpu kernels
 //! run the same code.
 //!
@@ -14,6 +15,7 @@ pub mod nn;
 pub mod pipeline;
 pub mod sample;
 pub mod scheduler;
+pub mod single_file;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;

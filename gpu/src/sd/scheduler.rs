@@ -88,7 +88,13 @@ pub struct SchedulerConfig {
 impl SchedulerConfig {
     /// Reads and checks `scheduler_config.json`.
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let file = ConfigFile::read(path)?;
+        Self::from_file(ConfigFile::read(path)?)
+    }
+
+    /// Checks an already parsed config (`file.path()` names it in messages).
+    pub fn from_file(file: ConfigFile) -> Result<Self, ConfigError> {
+        let path = file.path().to_path_buf();
+        let path = path.as_path();
         let invalid = |message: String| ConfigError::Invalid { path: path.to_path_buf(), message };
         let class = file.str_or("_class_name", "")?;
         let kind = SchedulerKind::from_class(&class).ok_or_else(|| {

@@ -117,6 +117,11 @@ impl ComponentWeights {
         Ok(tensor)
     }
 
+    /// Removes and returns `name` whatever its shape.
+    pub fn remove(&mut self, name: &str) -> Option<HostTensor> {
+        self.tensors.remove(name)
+    }
+
     /// Removes and returns `name` if present (with `shape`).
     pub fn take_optional(&mut self, name: &str, shape: &[usize]) -> Result<Option<HostTensor>, WeightsError> {
         if self.contains(name) { self.take(name, shape).map(Some) } else { Ok(None) }
@@ -210,6 +215,12 @@ pub fn read_safetensors(path: &Path, bytes: &[u8], sink: &mut dyn FnMut(&str, Ho
     let file = SafeTensors::deserialize(bytes)
         .map_err(|e| WeightsError::Malformed { path: path.to_path_buf(), message: e.to_string() })?;
     for (name, view) in file.tensors() {
+        // transformers' text encoders (and original checkpoints) carry an integer buffer of
+        // position ids: not a weight.
+        if name.ends_with("position_ids") && !matches!(view.dtype(), Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64)
+        {
+            continue;
+        }
         let data = to_f32(view.dtype(), view.data()).ok_or_else(|| WeightsError::Dtype {
             path: path.to_path_buf(),
             name: name.clone(),
