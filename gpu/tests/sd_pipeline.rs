@@ -308,3 +308,38 @@ fn a_single_file_checkpoint_without_a_tokenizer_or_of_another_architecture_is_re
     let error = gpu::sd::single_file::convert(std::path::Path::new("model.ckpt"), None, Some(&tokenizer)).unwrap_err();
     assert!(error.to_string().contains("pickle"), "{error}");
 }
+
+/// A UNet shaped like the distilled variants (three blocks, 1/2/1 ResNets and transformer layers,
+/// per-block heads, no mid block) needs no code of its own: it matches diffusers.
+fn distilled<D: ImageOps>(device: &D, backend: &str) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd/distilled");
+    let config = UnetConfig::read(&dir.join("unet/config.json")).unwrap();
+    assert!(!config.mid_block && config.layers_per_block == [1, 2, 1] && config.heads == [2, 4, 2]);
+    let mut reference = ComponentWeights::from_files(vec![dir.join("reference.safetensors")]).unwrap();
+    let mut take = |name: &str| reference.remove(name).unwrap();
+    let (latents, timesteps, context, expected) =
+        (take("latents"), take("timesteps"), take("context"), take("noise_pred"));
+    let weights = ComponentWeights::load(&dir.join("unet"), "diffusion_pytorch_model", None).unwrap();
+    let unet = gpu::sd::unet::Unet::load(device, &config, weights).unwrap();
+    let [batch, _, h, w] = latents.shape[..] else { panic!("4-d latents") };
+    let out = unet
+        .forward(
+            device,
+            &device.upload(&latents.data),
+            batch,
+            h,
+            w,
+            &timesteps.data,
+            &device.upload(&context.data),
+            context.shape[1],
+        )
+        .unwrap();
+    let output = device.download(&out, latents.data.len()).unwrap();
+    assert_relative(&output, &expected.data, 1e-4, &format!("distilled unet on {backend}"));
+}
+
+#[test]
+fn a_distilled_unet_without_a_mid_block_matches_diffusers() {
+    distilled(&CpuDevice::<f32>::new(), "cpu");
+    distilled(&wgpu(), "wgpu");
+}

@@ -213,7 +213,7 @@ pub struct UnetConfig {
     pub down_attention: Vec<bool>,
     /// Whether each up block has cross-attention (`CrossAttnUpBlock2D`).
     pub up_attention: Vec<bool>,
-    /// Whether the mid block has attention (`UNetMidBlock2DCrossAttn`) or is absent.
+    /// Whether there is a mid block (`UNetMidBlock2DCrossAttn`; distilled UNets may have none).
     pub mid_block: bool,
     /// ResNets per down block (up blocks have one more).
     pub layers_per_block: Vec<usize>,
@@ -288,13 +288,14 @@ impl UnetConfig {
             down.iter().map(|n| kind(n, "CrossAttnDownBlock2D", "DownBlock2D")).collect::<Result<Vec<_>, _>>()?;
         let up_attention =
             up.iter().map(|n| kind(n, "CrossAttnUpBlock2D", "UpBlock2D")).collect::<Result<Vec<_>, _>>()?;
-        let mid_block = match file.str_or("mid_block_type", "UNetMidBlock2DCrossAttn")?.as_str() {
-            "UNetMidBlock2DCrossAttn" => true,
-            other => return Err(file.invalid(format!("mid_block_type {other:?} is not supported"))),
+        // BK-SDM-Small/Tiny drop the mid block: `"mid_block_type": null`.
+        let mid_block = match file.map.get("mid_block_type") {
+            Some(Value::Null) => false,
+            _ => match file.str_or("mid_block_type", "UNetMidBlock2DCrossAttn")?.as_str() {
+                "UNetMidBlock2DCrossAttn" => true,
+                other => return Err(file.invalid(format!("mid_block_type {other:?} is not supported"))),
+            },
         };
-        if file.map.get("mid_block_type").is_some_and(Value::is_null) {
-            return Err(file.invalid("a UNet without a mid block is not supported".into()));
-        }
         let heads = match file.usizes("num_attention_heads", blocks)? {
             Some(heads) => heads,
             None => file.usizes("attention_head_dim", blocks)?.unwrap_or(vec![8; blocks]),

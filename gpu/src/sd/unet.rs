@@ -2,7 +2,8 @@
 //! built from its config: sinusoidal timestep embedding and its MLP, `conv_in`, down blocks
 //! (ResNets, optional cross-attention transformers, a strided convolution), the mid block, up
 //! blocks (skip concatenation, ResNets, transformers, nearest upsampling + convolution), then
-//! group norm, SiLU and `conv_out`.
+//! group norm, SiLU and `conv_out`. Block counts, ResNets and transformer layers per block, heads
+//! and the mid block (absent in BK-SDM-Small/Tiny) all come from the config.
 
 use crate::device::{ImageOps, Unary};
 
@@ -29,7 +30,7 @@ pub struct Unet<D: ImageOps> {
     time2: Linear<D>,
     conv_in: Conv<D>,
     down: Vec<DownBlock<D>>,
-    mid_first: ResnetBlock<D>,
+    mid_first: Option<ResnetBlock<D>>,
     mid: Vec<(SpatialTransformer<D>, ResnetBlock<D>)>,
     up: Vec<UpBlock<D>>,
     norm_out: Norm<D>,
@@ -131,11 +132,16 @@ impl<D: ImageOps> Unet<D> {
         }
         let top = c.block_out_channels[blocks - 1];
         let mid_heads = c.heads[blocks - 1];
-        let mid_first = ResnetBlock::load(device, w, "mid_block.resnets.0", top, top, Some(time_dim), groups, eps)?;
-        let mid = vec![(
-            transformer(w, "mid_block.attentions.0".into(), top, mid_heads, c.transformer_layers[blocks - 1])?,
-            ResnetBlock::load(device, w, "mid_block.resnets.1", top, top, Some(time_dim), groups, eps)?,
-        )];
+        let (mid_first, mid) = if c.mid_block {
+            let first = ResnetBlock::load(device, w, "mid_block.resnets.0", top, top, Some(time_dim), groups, eps)?;
+            let rest = vec![(
+                transformer(w, "mid_block.attentions.0".into(), top, mid_heads, c.transformer_layers[blocks - 1])?,
+                ResnetBlock::load(device, w, "mid_block.resnets.1", top, top, Some(time_dim), groups, eps)?,
+            )];
+            (Some(first), rest)
+        } else {
+            (None, Vec::new())
+        };
         let reversed: Vec<usize> = c.block_out_channels.iter().rev().copied().collect();
         let mut up = Vec::new();
         let mut output = reversed[0];
@@ -249,7 +255,9 @@ impl<D: ImageOps> Unet<D> {
                 skips.push((x.clone(), channels));
             }
         }
-        x = self.mid_first.forward(device, &x, batch, h, w, Some(&time));
+        if let Some(first) = &self.mid_first {
+            x = first.forward(device, &x, batch, h, w, Some(&time));
+        }
         for (attention, resnet) in &self.mid {
             x = attention.forward(device, &x, batch, h, w, context);
             x = resnet.forward(device, &x, batch, h, w, Some(&time));
