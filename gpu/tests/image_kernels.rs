@@ -15,7 +15,7 @@ fn device() -> WgpuDevice {
 }
 
 /// Runs `conv2d` on the device and compares with the direct convolution.
-fn check_conv(device: &WgpuDevice, spec: Conv2d, with_bias: bool, rng: &mut Rng, what: &str) {
+fn check_conv<D: ImageOps>(device: &D, spec: Conv2d, with_bias: bool, rng: &mut Rng, what: &str) {
     spec.validate().unwrap();
     let x = rng.vec(spec.input_len());
     let weight = rng.vec(spec.weight_len());
@@ -59,6 +59,8 @@ fn conv2d_matches_the_direct_convolution() {
     ];
     for (spec, with_bias) in cases {
         check_conv(&device, spec, with_bias, &mut rng, "conv2d");
+        // The CPU backend unfolds too (and multiplies with its gemm): the same reference.
+        check_conv(&gpu::device::CpuDevice::<f32>::new(), spec, with_bias, &mut rng, "conv2d on the CPU backend");
     }
 }
 

@@ -145,20 +145,23 @@ pub fn conv2d_planes(spec: &Conv2d, x: &[f32], weight: &[f32], bias: Option<&[f3
 /// ox]` is the padded input at channel c, row `oy·stride + ky − pad_before`, column `ox·stride +
 /// kx − pad_before` (zero outside). Then `weight (out × patch_len) · cols` is the output.
 pub fn im2col(spec: &Conv2d, image: &[f32], cols: &mut [f32]) {
+    let positions = spec.out_height() * spec.out_width();
+    for (row, out) in cols.chunks_mut(positions).enumerate().take(spec.patch_len()) {
+        im2col_row(spec, image, row, out);
+    }
+}
+
+/// Row `row` of [`im2col`]'s matrix (input channel `row / k²`, kernel offset `row % k²`).
+pub fn im2col_row(spec: &Conv2d, image: &[f32], row: usize, out: &mut [f32]) {
     let (h, w, k) = (spec.height as isize, spec.width as isize, spec.kernel);
-    let (oh, ow) = (spec.out_height(), spec.out_width());
-    for (row, out) in cols.chunks_mut(oh * ow).enumerate().take(spec.patch_len()) {
-        let (c, ky, kx) = (row / (k * k), (row / k) % k, row % k);
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let iy = (oy * spec.stride + ky) as isize - spec.pad_before as isize;
-                let ix = (ox * spec.stride + kx) as isize - spec.pad_before as isize;
-                out[oy * ow + ox] = if iy < 0 || iy >= h || ix < 0 || ix >= w {
-                    0.0
-                } else {
-                    image[c * spec.height * spec.width + (iy * w + ix) as usize]
-                };
-            }
+    let ow = spec.out_width();
+    let (c, ky, kx) = (row / (k * k), (row / k) % k, row % k);
+    let plane = &image[c * spec.height * spec.width..][..spec.height * spec.width];
+    for (oy, out_row) in out.chunks_mut(ow).enumerate() {
+        let iy = (oy * spec.stride + ky) as isize - spec.pad_before as isize;
+        for (ox, value) in out_row.iter_mut().enumerate() {
+            let ix = (ox * spec.stride + kx) as isize - spec.pad_before as isize;
+            *value = if iy < 0 || iy >= h || ix < 0 || ix >= w { 0.0 } else { plane[(iy * w + ix) as usize] };
         }
     }
 }

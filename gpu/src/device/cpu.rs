@@ -477,12 +477,36 @@ impl ImageOps for CpuDevice<f32> {
         bias: Option<&Self::Buffer>,
         y: &Self::Buffer,
     ) {
+        // The input unfolded per image (a 1×1 stride-1 convolution reads the image itself) and
+        // multiplied by the weight with the backend's gemm, then the bias; the direct loops of
+        // `image::conv2d` are the reference this is tested against.
         let (x, weight, bias) = (read(x), read(weight), bias.map(read));
-        let bias = bias.as_deref().map(Vec::as_slice);
-        let plane = spec.out_height() * spec.out_width();
-        cpu::in_parts(&mut write(y)[..spec.output_len()], plane, |first, part| {
-            image::conv2d_planes(spec, &x, &weight, bias, first, part);
-        });
+        let mut y = write(y);
+        let positions = spec.out_height() * spec.out_width();
+        let (patch, plane) = (spec.patch_len(), spec.height * spec.width);
+        let product = crate::kernels::matmul::Matmul::new(spec.out_channels, positions, patch, false, false);
+        let direct = spec.kernel == 1 && spec.stride == 1 && spec.pad_before == 0 && spec.pad_after == 0;
+        let mut cols = if direct { Vec::new() } else { vec![0f32; patch * positions] };
+        for image in 0..spec.batch {
+            let input = &x[image * spec.in_channels * plane..][..spec.in_channels * plane];
+            let out = &mut y[image * spec.out_channels * positions..][..spec.out_channels * positions];
+            if direct {
+                product.run_cpu(&weight, input, None, out);
+            } else {
+                // A part holds whole rows of the unfolded matrix.
+                cpu::in_parts(&mut cols, positions, |first, part| {
+                    for (row, values) in part.chunks_mut(positions).enumerate() {
+                        image::im2col_row(spec, input, first + row, values);
+                    }
+                });
+                product.run_cpu(&weight, &cols, None, out);
+            }
+            if let Some(bias) = bias.as_deref() {
+                for (channel, values) in out.chunks_mut(positions).enumerate() {
+                    values.iter_mut().for_each(|v| *v += bias[channel]);
+                }
+            }
+        }
     }
     fn group_norm(
         &self,
