@@ -218,6 +218,23 @@ enum BenchCommand {
         #[arg(long)]
         no_cpu: bool,
     },
+    /// Stable Diffusion 1.5 at full size (UNet 860M, CLIP ViT-L/14 text tower, VAE) with
+    /// synthetic weights: images/s of a guided pipeline call (text encoder, STEPS UNet
+    /// evaluations on 2 × batch latents, DDIM updates, VAE decode) on one backend.
+    Sd {
+        /// Image side in pixels.
+        #[arg(long, default_value_t = 512)]
+        size: usize,
+        /// Denoising steps.
+        #[arg(long, default_value_t = 25)]
+        steps: usize,
+        /// Images per call, one measurement each (e.g. 1,4).
+        #[arg(long, value_delimiter = ',', default_value = "1,4")]
+        batch: Vec<usize>,
+        /// auto, cpu or wgpu.
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
 }
 
 /// `--store`, for the commands that read or write a store.
@@ -281,6 +298,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Store(StoreCommand::Copy { from, to }) => store_copy(&from, &to),
         Command::Bench(BenchCommand::Gpu { sizes, models, batch, no_gpu, no_cpu }) => {
             bench_gpu(sizes, models, batch, !no_gpu, !no_cpu)
+        }
+        Command::Bench(BenchCommand::Sd { size, steps, batch, device }) => {
+            crate::model_cli::bench_sd(size, steps, batch, &device)
         }
         Command::Scenes(command) => crate::scenes_cli::run(command),
         Command::Model(command) => crate::model_cli::run(command),

@@ -358,3 +358,29 @@ fn import(
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `thitl bench sd`.
+pub fn bench_sd(size: usize, steps: usize, batches: Vec<usize>, device: &str) -> anyhow::Result<ExitCode> {
+    let options = gpu::sd::bench::SdBenchOptions { size, steps, batches };
+    let backend = Backend::choose(device.parse()?)?;
+    let description = backend.describe();
+    eprintln!(
+        "thitl bench sd: SD 1.5 at {size}x{size}, {steps} guided DDIM steps, batches {:?}, on {description}",
+        options.batches
+    );
+    let mut say = |line: &str| eprintln!("  {line}");
+    let rows = match backend {
+        Backend::Cpu => gpu::sd::bench::run(&CpuDevice::<f32>::new(), &options, &mut say)?,
+        Backend::Wgpu(context) => gpu::sd::bench::run(&WgpuDevice::new(context), &options, &mut say)?,
+    };
+    println!("| batch | images/s | s per call | UNet eval (2×batch) s | text s | VAE s |");
+    println!("|---|---|---|---|---|---|");
+    for row in &rows {
+        println!(
+            "| {} | {:.4} | {:.2} | {:.3} | {:.3} | {:.3} |",
+            row.batch, row.images_per_second, row.seconds, row.unet_step_seconds, row.text_seconds, row.vae_seconds
+        );
+    }
+    println!("device: {description}");
+    Ok(ExitCode::SUCCESS)
+}

@@ -9,6 +9,7 @@
 //!
 //! This is the one place in the crate that reads files: a pipeline folder is what users bring.
 
+pub mod bench;
 pub mod clip;
 pub mod config;
 pub mod nn;

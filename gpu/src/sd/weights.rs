@@ -49,6 +49,8 @@ pub struct HostTensor {
 pub struct ComponentWeights {
     files: Vec<PathBuf>,
     tensors: HashMap<String, HostTensor>,
+    /// Random weights made on demand (benchmarks of full-size architectures).
+    synthetic: Option<crate::rng::SplitMix64>,
 }
 
 impl ComponentWeights {
@@ -72,12 +74,23 @@ impl ComponentWeights {
                 tensors.insert(name.to_string(), tensor);
             })?;
         }
-        Ok(ComponentWeights { files, tensors })
+        Ok(ComponentWeights { files, tensors, synthetic: None })
     }
 
     /// Weights from tensors already in memory (a single-file checkpoint split by component).
     pub fn from_tensors(files: Vec<PathBuf>, tensors: HashMap<String, HostTensor>) -> Self {
-        ComponentWeights { files, tensors }
+        ComponentWeights { files, tensors, synthetic: None }
+    }
+
+    /// Weights that do not come from a file: every tensor asked for is made up with the shape
+    /// asked (norm scales 1, biases 0, matrices and kernels uniform with variance 1/fan-in).
+    /// For speed measurements of full-size architectures: speed does not depend on the values.
+    pub fn synthetic(seed: u64) -> Self {
+        ComponentWeights {
+            files: vec![PathBuf::from("(synthetic weights)")],
+            tensors: HashMap::new(),
+            synthetic: Some(crate::rng::SplitMix64::new(seed)),
+        }
     }
 
     /// The files read, for messages.
@@ -85,9 +98,9 @@ impl ComponentWeights {
         self.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
     }
 
-    /// Whether a tensor is present.
+    /// Whether a tensor is present (always, for synthetic weights).
     pub fn contains(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
+        self.tensors.contains_key(name) || self.synthetic.is_some()
     }
 
     /// The names, sorted.
@@ -99,6 +112,21 @@ impl ComponentWeights {
 
     /// Removes and returns the tensor `name`, which must have `shape`.
     pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<HostTensor, WeightsError> {
+        if let Some(rng) = &mut self.synthetic
+            && !self.tensors.contains_key(name)
+        {
+            let len: usize = shape.iter().product();
+            let data = if shape.len() == 1 {
+                vec![if name.ends_with("weight") { 1.0 } else { 0.0 }; len]
+            } else {
+                let fan_in: usize = shape[1..].iter().product();
+                let bound = (3.0 / fan_in.max(1) as f64).sqrt();
+                (0..len)
+                    .map(|_| (((rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * bound) as f32)
+                    .collect()
+            };
+            return Ok(HostTensor { shape: shape.to_vec(), data });
+        }
         let tensor = self.tensors.remove(name).ok_or_else(|| WeightsError::Absent {
             source_files: self.source(),
             name: name.to_string(),
