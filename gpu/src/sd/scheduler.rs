@@ -430,3 +430,60 @@ fn interpolate(table: &[f64], t: f64) -> f64 {
     let frac = t - low as f64;
     table[low] * (1.0 - frac) + table[high] * frac
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> SchedulerConfig {
+        SchedulerConfig {
+            kind: SchedulerKind::Ddim,
+            train_steps: 1000,
+            beta_start: 0.00085,
+            beta_end: 0.012,
+            scaled_linear: true,
+            prediction: Prediction::Epsilon,
+            spacing: Spacing::Leading,
+            steps_offset: 1,
+            set_alpha_to_one: false,
+            clip_sample: None,
+        }
+    }
+
+    /// DDIM with η = 1 is DDPM's ancestral step between its two timesteps: the posterior
+    /// q(x_prev | x_t, x̂₀) with ᾱ_t/ᾱ_prev as the step's α (its mean and variance written here
+    /// from the DDPM paper, not from the DDIM update).
+    #[test]
+    fn ddim_with_eta_one_takes_the_ddpm_posterior_step() {
+        let config = config();
+        let mut scheduler = Scheduler::new(&config, None, 5, 1.0).unwrap();
+        let alphas = config.alphas_cumprod();
+        let (t, previous) = (801usize, 601usize);
+        assert_eq!(scheduler.timesteps()[0], t as f64);
+        let (a, a_prev) = (alphas[t] as f64, alphas[previous] as f64);
+        let (alpha, beta) = (a / a_prev, 1.0 - a / a_prev);
+        let x = [0.7f32, -1.3, 2.1, 0.05];
+        let epsilon = [0.2f32, 0.9, -0.4, 1.5];
+        let z = [1.1f32, -0.3, 0.6, -2.0];
+        let mut sample = x;
+        scheduler.step(0, &epsilon, &mut sample, Some(&z)).unwrap();
+        for i in 0..4 {
+            let x0 = (x[i] as f64 - (1.0 - a).sqrt() * epsilon[i] as f64) / a.sqrt();
+            let mean = a_prev.sqrt() * beta / (1.0 - a) * x0 + alpha.sqrt() * (1.0 - a_prev) / (1.0 - a) * x[i] as f64;
+            let variance = (1.0 - a_prev) / (1.0 - a) * beta;
+            let expected = mean + variance.sqrt() * z[i] as f64;
+            assert!((sample[i] as f64 - expected).abs() < 1e-5, "{i}: {} vs {expected}", sample[i]);
+        }
+    }
+
+    #[test]
+    fn eta_needs_noise_and_the_ddim_scheduler() {
+        let config = config();
+        let mut scheduler = Scheduler::new(&config, None, 5, 0.5).unwrap();
+        let mut sample = [0.0f32; 2];
+        assert!(scheduler.step(0, &[0.1, 0.2], &mut sample, None).is_err());
+        assert!(Scheduler::new(&config, Some(SchedulerKind::Euler), 5, 0.5).is_err());
+        assert!(Scheduler::new(&config, None, 0, 0.0).is_err());
+        assert!(Scheduler::new(&config, None, 5, -1.0).is_err());
+    }
+}
