@@ -69,3 +69,24 @@ impl Tensor {
         Ok(Tensor { buffer: self.buffer, shape: shape.to_vec() })
     }
 }
+
+/// Serialises named f32 tensors (name, shape, values) to safetensors bytes (little-endian), with
+/// optional header metadata; the message of an error names the tensor.
+pub fn f32_safetensors<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, &'a [usize], &'a [f32])>,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<Vec<u8>, String> {
+    let bytes: Vec<(&str, &[usize], Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(name, shape, values)| (name, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect()))
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(name, shape, data)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.to_vec(), data)
+                .map(|view| (name.to_string(), view))
+                .map_err(|error| format!("{name}: {error}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    safetensors::serialize(views, metadata).map_err(|error| error.to_string())
+}

@@ -36,22 +36,9 @@ impl HostWeights {
         &self,
         metadata: Option<std::collections::HashMap<String, String>>,
     ) -> Result<Vec<u8>, WeightsError> {
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
-            .tensors
-            .iter()
-            .map(|(name, (shape, values))| {
-                (name.clone(), shape.clone(), values.iter().flat_map(|v| v.to_le_bytes()).collect())
-            })
-            .collect();
-        let views = bytes
-            .iter()
-            .map(|(name, shape, data)| {
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
-                    .map(|view| (name.clone(), view))
-                    .map_err(|error| WeightsError::Format(error.to_string()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        safetensors::serialize(views, metadata).map_err(|error| WeightsError::Format(error.to_string()))
+        let tensors =
+            self.tensors.iter().map(|(name, (shape, values))| (name.as_str(), shape.as_slice(), values.as_slice()));
+        crate::tensor::f32_safetensors(tensors, metadata).map_err(WeightsError::Format)
     }
 
     /// Parses safetensors holding f32 tensors.

@@ -270,10 +270,8 @@ impl Latents {
 
     /// A safetensors file with one f32 tensor `latents` of shape `[batch, channels, h, w]`.
     pub fn to_safetensors(&self) -> Result<Vec<u8>, SdError> {
-        let bytes: Vec<u8> = self.values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, self.shape.to_vec(), &bytes)
-            .map_err(|e| SdError::Invalid(format!("latents: {e}")))?;
-        safetensors::serialize([(Self::TENSOR, view)], None).map_err(|e| SdError::Invalid(format!("latents: {e}")))
+        crate::tensor::f32_safetensors([(Self::TENSOR, &self.shape[..], &self.values[..])], None)
+            .map_err(SdError::Invalid)
     }
 
     /// Reads a latents file written by [`Latents::to_safetensors`] (or by PyTorch's

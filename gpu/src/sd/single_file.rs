@@ -232,22 +232,9 @@ fn vae_rename(key: &str, blocks: usize) -> Option<(String, bool)> {
 fn serialize(tensors: &HashMap<String, HostTensor>) -> Result<Vec<u8>, SdError> {
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = names
-        .into_iter()
-        .map(|name| {
-            let tensor = &tensors[name];
-            (name.clone(), tensor.shape.clone(), tensor.data.iter().flat_map(|v| v.to_le_bytes()).collect())
-        })
-        .collect();
-    let views = bytes
-        .iter()
-        .map(|(name, shape, data)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
-                .map(|view| (name.clone(), view))
-                .map_err(|e| SdError::Invalid(format!("{name}: {e}")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    safetensors::serialize(views, None).map_err(|e| SdError::Invalid(e.to_string()))
+    let views =
+        names.into_iter().map(|name| (name.as_str(), tensors[name].shape.as_slice(), tensors[name].data.as_slice()));
+    crate::tensor::f32_safetensors(views, None).map_err(SdError::Invalid)
 }
 
 /// Converts a single-file checkpoint into the files of a diffusers pipeline folder (path in the
