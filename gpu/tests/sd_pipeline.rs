@@ -343,3 +343,55 @@ fn a_distilled_unet_without_a_mid_block_matches_diffusers() {
     distilled(&CpuDevice::<f32>::new(), "cpu");
     distilled(&wgpu(), "wgpu");
 }
+
+/// Shards listed by a `*.safetensors.index.json` load as the single file does; a shard the index
+/// names but the folder lacks is refused, naming the index.
+#[test]
+fn sharded_weights_load_like_the_single_file() {
+    let unet = fixture("sd1").join("pipeline/unet");
+    let mut original = ComponentWeights::load(&unet, "diffusion_pytorch_model", None).unwrap();
+    let names: Vec<String> = original.names().into_iter().map(str::to_string).collect();
+    let tensors: Vec<(String, gpu::sd::weights::HostTensor)> =
+        names.iter().map(|n| (n.clone(), original.remove(n).unwrap())).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut weight_map = serde_json::Map::new();
+    for (part, chunk) in tensors.chunks(tensors.len().div_ceil(3)).enumerate() {
+        let file = format!("diffusion_pytorch_model-0000{}-of-00003.safetensors", part + 1);
+        let bytes =
+            gpu::tensor::f32_safetensors(chunk.iter().map(|(n, t)| (n.as_str(), &t.shape[..], &t.data[..])), None)
+                .unwrap();
+        std::fs::write(dir.path().join(&file), bytes).unwrap();
+        for (name, _) in chunk {
+            weight_map.insert(name.clone(), serde_json::Value::String(file.clone()));
+        }
+    }
+    let index = serde_json::json!({"metadata": {"total_size": 0}, "weight_map": weight_map});
+    let index_path = dir.path().join("diffusion_pytorch_model.safetensors.index.json");
+    std::fs::write(&index_path, index.to_string()).unwrap();
+    let mut sharded = ComponentWeights::load(dir.path(), "diffusion_pytorch_model", None).unwrap();
+    assert_eq!(sharded.names().len(), tensors.len());
+    for (name, tensor) in &tensors {
+        assert_eq!(&sharded.remove(name).unwrap(), tensor, "{name}");
+    }
+    std::fs::remove_file(dir.path().join("diffusion_pytorch_model-00002-of-00003.safetensors")).unwrap();
+    let error = ComponentWeights::load(dir.path(), "diffusion_pytorch_model", None).unwrap_err().to_string();
+    assert!(error.contains("index.json") && error.contains("00002-of-00003"), "{error}");
+}
+
+/// bf16 and f16 tensors are widened exactly (hand-made bit patterns).
+#[test]
+fn half_precision_tensors_convert_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("half.safetensors");
+    // bf16: 1.0 = 0x3F80, -2.5 = 0xC020; f16: 1.0 = 0x3C00, -2.5 = 0xC100, 65504 = 0x7BFF.
+    let bf16: Vec<u8> = [0x3F80u16, 0xC020].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let f16: Vec<u8> = [0x3C00u16, 0xC100, 0x7BFF].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let views = [
+        ("b", safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, vec![2], &bf16).unwrap()),
+        ("h", safetensors::tensor::TensorView::new(safetensors::Dtype::F16, vec![3], &f16).unwrap()),
+    ];
+    std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+    let mut weights = ComponentWeights::from_files(vec![path]).unwrap();
+    assert_eq!(weights.take("b", &[2]).unwrap().data, [1.0, -2.5]);
+    assert_eq!(weights.take("h", &[3]).unwrap().data, [1.0, -2.5, 65504.0]);
+}
