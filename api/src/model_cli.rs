@@ -108,6 +108,13 @@ pub struct SampleArgs {
     variant: Option<String>,
     #[command(flatten)]
     single_file: SingleFileArgs,
+    /// A LoRA adapter to apply: a diffusers/PEFT file or folder (pytorch_lora_weights.safetensors,
+    /// adapter_model.safetensors) or a kohya file; merged into the weights as it loads.
+    #[arg(long)]
+    lora: Option<PathBuf>,
+    /// The adapter's strength (diffusers' adapter weight; 1 = as trained).
+    #[arg(long, default_value_t = 1.0)]
+    lora_scale: f32,
 }
 
 /// What a single-file checkpoint (PATH a .safetensors file with the original key names) needs.
@@ -185,7 +192,12 @@ fn sample<D: ImageOps>(device: &D, description: &str, args: &SampleArgs) -> anyh
     let folder = PipelineFolder::open(converted.as_ref().map_or(args.path.as_path(), |c| c.path()))?;
     let started = Instant::now();
     eprintln!("loading {} on {description}", args.path.display());
-    let pipeline = StableDiffusion::load(device, &folder, args.variant.as_deref())?;
+    let adapter = args.lora.as_deref().map(gpu::sd::lora::LoraAdapter::read).transpose()?;
+    if let Some(adapter) = &adapter {
+        eprintln!("applying the LoRA adapter {} at {}", adapter.source.display(), args.lora_scale);
+    }
+    let lora = adapter.as_ref().map(|adapter| (adapter, args.lora_scale));
+    let pipeline = StableDiffusion::load_with_lora(device, &folder, args.variant.as_deref(), lora)?;
     let loaded = started.elapsed().as_secs_f64();
     let vae_factor = pipeline.vae.config().scale_factor();
     let (batch, height, width) = match &latents {

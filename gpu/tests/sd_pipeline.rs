@@ -395,3 +395,87 @@ fn half_precision_tensors_convert_exactly() {
     assert_eq!(weights.take("b", &[2]).unwrap().data, [1.0, -2.5]);
     assert_eq!(weights.take("h", &[3]).unwrap().data, [1.0, -2.5, 65504.0]);
 }
+
+/// A LoRA adapter saved by diffusers (`save_lora_weights`: rank and alpha in the header) and the
+/// same adapter in kohya's names (diffusers' kohya loader reads it to the same sample) give
+/// diffusers' latents with `load_lora_weights`, at full strength and at 0.5.
+fn lora<D: ImageOps>(device: &D, backend: &str) {
+    let dir = fixture("sd1").join("lora");
+    let folder = PipelineFolder::open(&fixture("sd1").join("pipeline")).unwrap();
+    let mut reference = ComponentWeights::from_files(vec![dir.join("reference.safetensors")]).unwrap();
+    let mut take = |name: &str| reference.remove(name).unwrap();
+    let (init, full, half, without) =
+        (take("init_latents"), take("latents"), take("half_latents"), take("no_lora_latents"));
+    let options = SampleOptions {
+        prompt: "A lighthouse standing on a rocky cliff while waves crash below, oil painting".into(),
+        negative_prompt: Some("blurry, low quality, watermark".into()),
+        steps: 5,
+        guidance: 7.5,
+        scheduler: None,
+        eta: 0.0,
+        seed: 0,
+        batch: 1,
+        height: 16,
+        width: 24,
+        latents: Some(init.data.clone()),
+    };
+    for file in [dir.join("diffusers"), dir.join("kohya.safetensors")] {
+        let adapter = gpu::sd::lora::LoraAdapter::read(&file).unwrap();
+        assert_eq!(adapter.modules(gpu::sd::lora::Target::Unet).len(), 40, "{}", file.display());
+        for (multiplier, expected) in [(1.0, &full), (0.5, &half)] {
+            let pipeline =
+                StableDiffusion::load_with_lora(device, &folder, None, Some((&adapter, multiplier))).unwrap();
+            let latents = pipeline.sample(device, &options, &mut |_, _| {}).unwrap();
+            let what = format!("{backend}: {} at {multiplier}", file.file_name().unwrap().to_string_lossy());
+            assert_relative(&latents.values, &expected.data, 1e-3, &what);
+        }
+    }
+    // The adapter matters: without it the sample is diffusers' plain one.
+    let plain = StableDiffusion::load(device, &folder, None).unwrap().sample(device, &options, &mut |_, _| {}).unwrap();
+    assert_relative(&plain.values, &without.data, 1e-3, &format!("{backend}: without the adapter"));
+    assert!(relative_error(&plain.values, &full.data) > 0.1, "the adapter changes the sample");
+}
+
+#[test]
+fn lora_adapters_in_diffusers_and_kohya_formats_match_diffusers() {
+    lora(&CpuDevice::<f32>::new(), "cpu");
+    lora(&wgpu(), "wgpu");
+}
+
+/// An adapter for modules the UNet does not have, or with mismatched ranks, is refused naming them.
+#[test]
+fn lora_adapters_that_do_not_fit_are_refused() {
+    let folder = PipelineFolder::open(&fixture("sd1").join("pipeline")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, tensors: &[(&str, Vec<usize>)]| {
+        let data: Vec<(String, Vec<usize>, Vec<f32>)> =
+            tensors.iter().map(|(n, s)| (n.to_string(), s.clone(), vec![0.5; s.iter().product()])).collect();
+        let bytes =
+            gpu::tensor::f32_safetensors(data.iter().map(|(n, s, d)| (n.as_str(), &s[..], &d[..])), None).unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    let device = CpuDevice::<f32>::new();
+    let elsewhere = write(
+        "elsewhere.safetensors",
+        &[
+            ("unet.down_blocks.7.attentions.0.to_q.lora_A.weight", vec![2, 16]),
+            ("unet.down_blocks.7.attentions.0.to_q.lora_B.weight", vec![16, 2]),
+        ],
+    );
+    let adapter = gpu::sd::lora::LoraAdapter::read(&elsewhere).unwrap();
+    let error =
+        StableDiffusion::load_with_lora(&device, &folder, None, Some((&adapter, 1.0))).err().unwrap().to_string();
+    assert!(error.contains("down_blocks.7.attentions.0.to_q") && error.contains("elsewhere.safetensors"), "{error}");
+    let module = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q";
+    let wrong = write(
+        "wrong.safetensors",
+        &[(&format!("{module}.lora_A.weight"), vec![2, 16]), (&format!("{module}.lora_B.weight"), vec![16, 3])],
+    );
+    let error = gpu::sd::lora::LoraAdapter::read(&wrong).unwrap_err().to_string();
+    assert!(error.contains("rank"), "{error}");
+    let lonely = write("lonely.safetensors", &[(&format!("{module}.lora_A.weight"), vec![2, 16])]);
+    let error = gpu::sd::lora::LoraAdapter::read(&lonely).unwrap_err().to_string();
+    assert!(error.contains("lora_B"), "{error}");
+}

@@ -362,3 +362,51 @@ fn a_single_file_checkpoint_samples_like_its_folder_and_imports() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("--tokenizer"));
     assert!(!other.exists());
 }
+
+/// `thitl model sample --lora` applies a diffusers-saved adapter as diffusers'
+/// `load_lora_weights` does (the fixture's reference latents).
+#[test]
+fn sample_with_a_lora_adapter_gives_diffusers_latents() {
+    let dir = tempfile::tempdir().unwrap();
+    let lora = fixture("sd1").join("lora");
+    let path = lora.join("reference.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let mut tensors = std::collections::HashMap::new();
+    gpu::sd::weights::read_safetensors(&path, &bytes, &mut |name, tensor| {
+        tensors.insert(name.to_string(), tensor);
+    })
+    .unwrap();
+    let as_latents = |name: &str| gpu::sd::Latents {
+        shape: tensors[name].shape.clone().try_into().unwrap(),
+        values: tensors[name].data.clone(),
+    };
+    let init = dir.path().join("init.safetensors");
+    std::fs::write(&init, as_latents("init_latents").to_safetensors().unwrap()).unwrap();
+    let out = dir.path().join("out.safetensors");
+    let pipeline = fixture("sd1").join("pipeline");
+    let output = thitl(&[
+        "model",
+        "sample",
+        pipeline.to_str().unwrap(),
+        "--prompt",
+        "A lighthouse standing on a rocky cliff while waves crash below, oil painting",
+        "--negative-prompt",
+        "blurry, low quality, watermark",
+        "--steps",
+        "5",
+        "--latents",
+        init.to_str().unwrap(),
+        "--out-latents",
+        out.to_str().unwrap(),
+        "--lora",
+        lora.join("diffusers").to_str().unwrap(),
+        "--lora-scale",
+        "0.5",
+        "--device",
+        "cpu",
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let latents = gpu::sd::Latents::from_safetensors(&out, &std::fs::read(&out).unwrap()).unwrap();
+    let error = max_relative_difference(&latents.values, &as_latents("half_latents").values);
+    assert!(error <= 1e-3, "latents with the adapter at 0.5 differ from diffusers' by {error:.2e}");
+}

@@ -12,6 +12,7 @@
 pub mod bench;
 pub mod clip;
 pub mod config;
+pub mod lora;
 pub mod nn;
 pub mod pipeline;
 pub mod sample;

@@ -10,6 +10,7 @@ use crate::kernels::noise::NoiseStream;
 
 use super::clip::ClipTextModel;
 use super::config::{ClipConfig, ConfigError, UnetConfig, VaeConfig};
+use super::lora::{LoraAdapter, Target};
 use super::pipeline::{PipelineError, PipelineFolder};
 use super::scheduler::{Scheduler, SchedulerConfig, SchedulerKind};
 use super::tokenizer::ClipTokenizer;
@@ -125,6 +126,17 @@ pub fn component_weights(dir: &Path, stem: &str, variant: Option<&str>) -> Resul
 impl<D: ImageOps> StableDiffusion<D> {
     /// Loads a diffusers pipeline folder onto `device`.
     pub fn load(device: &D, folder: &PipelineFolder, variant: Option<&str>) -> Result<Self, SdError> {
+        Self::load_with_lora(device, folder, variant, None)
+    }
+
+    /// [`StableDiffusion::load`] with a LoRA adapter merged into the UNet and text encoder
+    /// weights at `multiplier` (1: the adapter as trained).
+    pub fn load_with_lora(
+        device: &D,
+        folder: &PipelineFolder,
+        variant: Option<&str>,
+        lora: Option<(&LoraAdapter, f32)>,
+    ) -> Result<Self, SdError> {
         let tokenizer = folder.tokenizer()?;
         let text_dir = folder.component_dir("text_encoder")?;
         let unet_dir = folder.component_dir("unet")?;
@@ -147,8 +159,14 @@ impl<D: ImageOps> StableDiffusion<D> {
                 clip.hidden_size, unet.cross_attention_dim
             )));
         }
-        let text_encoder = ClipTextModel::load(device, &clip, component_weights(&text_dir, "model", variant)?)?;
-        let unet_model = Unet::load(device, &unet, component_weights(&unet_dir, "diffusion_pytorch_model", variant)?)?;
+        let mut text_weights = component_weights(&text_dir, "model", variant)?;
+        let mut unet_weights = component_weights(&unet_dir, "diffusion_pytorch_model", variant)?;
+        if let Some((adapter, multiplier)) = lora {
+            text_weights.merge_lora(adapter.modules(Target::TextEncoder), multiplier, "lora_te_", &adapter.source)?;
+            unet_weights.merge_lora(adapter.modules(Target::Unet), multiplier, "lora_unet_", &adapter.source)?;
+        }
+        let text_encoder = ClipTextModel::load(device, &clip, text_weights)?;
+        let unet_model = Unet::load(device, &unet, unet_weights)?;
         let vae_model = Vae::load(device, &vae, component_weights(&vae_dir, "diffusion_pytorch_model", variant)?)?;
         Ok(StableDiffusion { tokenizer, text_encoder, unet: unet_model, vae: vae_model, scheduler })
     }

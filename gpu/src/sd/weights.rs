@@ -145,6 +145,11 @@ impl ComponentWeights {
         Ok(tensor)
     }
 
+    /// Puts a tensor (back) under `name`.
+    pub fn insert(&mut self, name: String, tensor: HostTensor) {
+        self.tensors.insert(name, tensor);
+    }
+
     /// Removes and returns `name` whatever its shape.
     pub fn remove(&mut self, name: &str) -> Option<HostTensor> {
         self.tensors.remove(name)
