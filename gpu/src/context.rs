@@ -193,11 +193,19 @@ impl GpuContext {
     }
 
     async fn new_async(options: ContextOptions) -> Result<Self, GpuError> {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        if std::env::var_os("WGPU_BACKEND").is_none() {
+            // The primary backends (Vulkan, Metal, DX12) unless WGPU_BACKEND asks for others: the
+            // kernels need their compute, and the GL backend's display probe prints
+            // "XDG_RUNTIME_DIR is invalid" errors on machines without a desktop session.
+            descriptor.backends = wgpu::Backends::PRIMARY;
+        }
+        let backends = descriptor.backends;
+        let instance = wgpu::Instance::new(descriptor);
         if let Ok(wanted) = std::env::var("WGPU_ADAPTER_NAME") {
             // wgpu's helper panics when no adapter matches; say it as an error instead.
             let wanted = wanted.to_lowercase();
-            let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
+            let adapters = instance.enumerate_adapters(backends).await;
             if !adapters.iter().any(|adapter| adapter.get_info().name.to_lowercase().contains(&wanted)) {
                 let names: Vec<String> = adapters.iter().map(|adapter| adapter.get_info().name).collect();
                 return Err(GpuError::NoAdapter(format!("WGPU_ADAPTER_NAME={wanted:?} matches none of {names:?}")));

@@ -410,3 +410,19 @@ fn sample_with_a_lora_adapter_gives_diffusers_latents() {
     let error = max_relative_difference(&latents.values, &as_latents("half_latents").values);
     assert!(error <= 1e-3, "latents with the adapter at 0.5 differ from diffusers' by {error:.2e}");
 }
+
+/// Without a desktop session (no XDG_RUNTIME_DIR), looking for a GPU prints no `error:` line when
+/// nothing is wrong.
+#[test]
+fn no_error_lines_without_a_desktop_session() {
+    let pipeline = fixture("sd1").join("pipeline");
+    let output = std::process::Command::new(crate::helpers::thitl_bin())
+        .args(["model", "sample", pipeline.to_str().unwrap(), "--prompt", "a cat", "--steps", "1", "--device", "auto"])
+        .env_remove("XDG_RUNTIME_DIR")
+        .env("THITL_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.to_lowercase().contains("error"), "no error line: {stderr}");
+}
