@@ -264,3 +264,49 @@ impl ComponentWeights {
         Ok(modules.len())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(shape: &[usize], data: &[f32]) -> HostTensor {
+        HostTensor { shape: shape.to_vec(), data: data.to_vec() }
+    }
+
+    /// `W + m · s · B·A`, computed by hand, for a text encoder weight named with and without
+    /// transformers' `text_model.` prefix, reached by a kohya name and by a diffusers name.
+    #[test]
+    fn merging_adds_the_scaled_product_to_the_named_weight() {
+        let base = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]; // [out 2, in 3]
+        let down = tensor(&[1, 3], &[1.0, 0.0, -1.0]); // A: [r 1, in 3]
+        let up = tensor(&[2, 1], &[2.0, -3.0]); // B: [out 2, r 1]
+        // B·A = [[2, 0, -2], [-3, 0, 3]]; scale 0.5, multiplier 2 → factor 1.
+        let expected = [3.0, 2.0, 1.0, 1.0, 5.0, 9.0];
+        for stored in ["text_model.encoder.layers.0.self_attn.q_proj", "encoder.layers.0.self_attn.q_proj"] {
+            for adapter_name in
+                ["lora_te_text_model_encoder_layers_0_self_attn_q_proj", "text_model.encoder.layers.0.self_attn.q_proj"]
+            {
+                let mut weights = ComponentWeights::from_tensors(
+                    vec![PathBuf::from("text_encoder/model.safetensors")],
+                    HashMap::from([(format!("{stored}.weight"), tensor(&[2, 3], &base))]),
+                );
+                let module = LoraModule { module: adapter_name.into(), down: down.clone(), up: up.clone(), scale: 0.5 };
+                let merged = weights.merge_lora(&[module], 2.0, "lora_te_", Path::new("adapter.safetensors")).unwrap();
+                assert_eq!(merged, 1);
+                let weight = weights.remove(&format!("{stored}.weight")).unwrap();
+                assert_eq!(weight.data, expected, "{stored} via {adapter_name}");
+            }
+        }
+    }
+
+    #[test]
+    fn alpha_comes_from_patterns_then_the_default_then_the_rank() {
+        let header = serde_json::json!({"unet.lora_alpha": 8, "unet.alpha_pattern": {"attn2.to_k": 2}});
+        let alphas = Alphas::from_json(&header, "unet.");
+        assert_eq!(alphas.scale("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q", 4), 2.0);
+        assert_eq!(alphas.scale("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k", 4), 0.5);
+        assert_eq!(Alphas::default().scale("any", 4), 1.0);
+        let rslora = Alphas::from_json(&serde_json::json!({"lora_alpha": 8, "use_rslora": true}), "");
+        assert_eq!(rslora.scale("any", 16), 2.0);
+    }
+}
