@@ -83,7 +83,7 @@ pub fn conv_chunks(spec: &Conv2d, max_values: usize) -> Result<Vec<Im2colRange>,
 }
 
 /// Unfolds `range` of the NCHW input `x` into `cols` (see [`Im2colRange`] and
-/// [`crate::cpu::image::im2col`]): then `weight (out × patch_len) · cols` is that part of the
+/// [`crate::cpu::image::im2col_row`]): then `weight (out × patch_len) · cols` is that part of the
 /// output.
 pub fn im2col(recorder: &mut Recorder<'_>, spec: &Conv2d, range: Im2colRange, x: &wgpu::Buffer, cols: &wgpu::Buffer) {
     spec.validate().unwrap_or_else(|error| panic!("im2col: {error}"));
@@ -144,7 +144,8 @@ fn normalize(
         return;
     }
     let context = recorder.context();
-    let pipeline = context.pipeline("image_norm.normalize", "normalize", &[R, R, R, W], || NORM.to_string());
+    let pipeline =
+        context.pipeline("image_norm.normalize", "normalize", &[R, R, R, W], || format!("{}{NORM}", super::REDUCE_SUM));
     let params =
         [word(count), word(groups), word(group_len), word(spatial), word(per_group), u32::from(silu), eps.to_bits(), 0];
     indexable(count * group_len, "norm");

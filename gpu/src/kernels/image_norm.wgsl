@@ -17,19 +17,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
 const WG: u32 = 256u;
-var<workgroup> scratch: array<f32, WG>;
-
-fn reduce_sum(value: f32, lane: u32) -> f32 {
-    scratch[lane] = value;
-    workgroupBarrier();
-    for (var step = WG / 2u; step > 0u; step >>= 1u) {
-        if (lane < step) { scratch[lane] += scratch[lane + step]; }
-        workgroupBarrier();
-    }
-    let total = scratch[0];
-    workgroupBarrier();
-    return total;
-}
+// `scratch` and `reduce_sum` come from reduce_sum.wgsl, prepended.
 
 @compute @workgroup_size(256, 1, 1)
 fn normalize(@builtin(workgroup_id) workgroup: vec3<u32>, @builtin(num_workgroups) workgroups: vec3<u32>,

@@ -14,6 +14,9 @@ pub mod rows;
 
 use crate::context::{Access, Recorder, grid_1d};
 
+/// `scratch` and `reduce_sum`, prepended to the kernels that sum over a workgroup.
+const REDUCE_SUM: &str = include_str!("reduce_sum.wgsl");
+
 const R: Access = Access::Read;
 const W: Access = Access::ReadWrite;
 

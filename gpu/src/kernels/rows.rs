@@ -33,7 +33,8 @@ fn launch(
     if out_per_row {
         super::require(outputs[1], rows, entry);
     }
-    let pipeline = context.pipeline(&format!("rows.{entry}"), entry, &[R, R, R, W, W], || SOURCE.to_string());
+    let pipeline = context
+        .pipeline(&format!("rows.{entry}"), entry, &[R, R, R, W, W], || format!("{}{SOURCE}", super::REDUCE_SUM));
     let params = [word(rows), word(width), scale.to_bits(), 0];
     let buffers = [inputs[0], inputs[1], inputs[2], outputs[0], outputs[1]];
     recorder.dispatch(&pipeline, &params, &buffers, grid_1d(context, rows));

@@ -12,19 +12,7 @@ struct Params { rows: u32, width: u32, scale: f32, pad0: u32 }
 @group(0) @binding(5) var<storage, read_write> out1: array<f32>;
 
 const WG: u32 = 64u;
-var<workgroup> scratch: array<f32, WG>;
-
-fn reduce_sum(value: f32, lane: u32) -> f32 {
-    scratch[lane] = value;
-    workgroupBarrier();
-    for (var step = WG / 2u; step > 0u; step >>= 1u) {
-        if (lane < step) { scratch[lane] += scratch[lane + step]; }
-        workgroupBarrier();
-    }
-    let total = scratch[0];
-    workgroupBarrier();
-    return total;
-}
+// `scratch` and `reduce_sum` come from reduce_sum.wgsl, prepended.
 
 fn reduce_max(value: f32, lane: u32) -> f32 {
     scratch[lane] = value;
