@@ -253,7 +253,7 @@ impl ModelFamily for StableDiffusionFamily {
         Ok(Arc::new(StableDiffusionModel { loaded: Mutex::new(loaded) }))
     }
 
-    fn prior_prompts(&self, targeted_groups: &[String], count: u32, seeds: &mut dyn FnMut() -> u64) -> Vec<String> {
+    fn prior_prompts(&self, _targeted_groups: &[String], count: u32, seeds: &mut dyn FnMut() -> u64) -> Vec<String> {
         // Everyday subjects none of the groups is: the model's own pictures of them keep what it
         // draws elsewhere while the adapter learns.
         const SUBJECTS: [&str; 8] = [
@@ -266,7 +266,6 @@ impl ModelFamily for StableDiffusionFamily {
             "a photo of a garden with flowers",
             "a photo of a bookshelf",
         ];
-        let _ = targeted_groups;
         (0..count).map(|_| SUBJECTS[(seeds() % SUBJECTS.len() as u64) as usize].to_string()).collect()
     }
 

@@ -141,17 +141,10 @@ pub fn conv2d_planes(spec: &Conv2d, x: &[f32], weight: &[f32], bias: Option<&[f3
     }
 }
 
-/// Unfolds the input of one image for a convolution (im2col): `cols[(c·k + ky)·k + kx][oy·ow +
-/// ox]` is the padded input at channel c, row `oy·stride + ky − pad_before`, column `ox·stride +
-/// kx − pad_before` (zero outside). Then `weight (out × patch_len) · cols` is the output.
-pub fn im2col(spec: &Conv2d, image: &[f32], cols: &mut [f32]) {
-    let positions = spec.out_height() * spec.out_width();
-    for (row, out) in cols.chunks_mut(positions).enumerate().take(spec.patch_len()) {
-        im2col_row(spec, image, row, out);
-    }
-}
-
-/// Row `row` of [`im2col`]'s matrix (input channel `row / k²`, kernel offset `row % k²`).
+/// Row `row` of the unfolded input of one image for a convolution (im2col): `out[oy·ow + ox]` is
+/// the padded input at channel `row / k²`, row `oy·stride + ky − pad_before`, column `ox·stride +
+/// kx − pad_before` (zero outside), with `(ky, kx)` = `row % k²`. The rows stacked are a
+/// `patch_len × positions` matrix, and `weight (out × patch_len) ·` it is the output.
 pub fn im2col_row(spec: &Conv2d, image: &[f32], row: usize, out: &mut [f32]) {
     let (h, w, k) = (spec.height as isize, spec.width as isize, spec.kernel);
     let ow = spec.out_width();

@@ -118,11 +118,6 @@ pub fn pipeline_files(folder: &PipelineFolder, variant: Option<&str>) -> Result<
     Ok(relative)
 }
 
-/// Loads one component's weights: `variant` (e.g. `fp16`) when present, else the f32 files.
-pub fn component_weights(dir: &Path, stem: &str, variant: Option<&str>) -> Result<ComponentWeights, WeightsError> {
-    ComponentWeights::load(dir, stem, variant)
-}
-
 impl<D: ImageOps> StableDiffusion<D> {
     /// Loads a diffusers pipeline folder onto `device`.
     pub fn load(device: &D, folder: &PipelineFolder, variant: Option<&str>) -> Result<Self, SdError> {
@@ -159,15 +154,15 @@ impl<D: ImageOps> StableDiffusion<D> {
                 clip.hidden_size, unet.cross_attention_dim
             )));
         }
-        let mut text_weights = component_weights(&text_dir, "model", variant)?;
-        let mut unet_weights = component_weights(&unet_dir, "diffusion_pytorch_model", variant)?;
+        let mut text_weights = ComponentWeights::load(&text_dir, "model", variant)?;
+        let mut unet_weights = ComponentWeights::load(&unet_dir, "diffusion_pytorch_model", variant)?;
         if let Some((adapter, multiplier)) = lora {
             text_weights.merge_lora(adapter.modules(Target::TextEncoder), multiplier, "lora_te_", &adapter.source)?;
             unet_weights.merge_lora(adapter.modules(Target::Unet), multiplier, "lora_unet_", &adapter.source)?;
         }
         let text_encoder = ClipTextModel::load(device, &clip, text_weights)?;
         let unet_model = Unet::load(device, &unet, unet_weights)?;
-        let vae_model = Vae::load(device, &vae, component_weights(&vae_dir, "diffusion_pytorch_model", variant)?)?;
+        let vae_model = Vae::load(device, &vae, ComponentWeights::load(&vae_dir, "diffusion_pytorch_model", variant)?)?;
         Ok(StableDiffusion { tokenizer, text_encoder, unet: unet_model, vae: vae_model, scheduler })
     }
 

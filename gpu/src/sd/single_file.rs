@@ -32,11 +32,6 @@ const UNET_PREFIX: &str = "model.diffusion_model.";
 const VAE_PREFIX: &str = "first_stage_model.";
 const TEXT_PREFIX: &str = "cond_stage_model.transformer.";
 
-/// Whether a path is a single-file checkpoint rather than a folder.
-pub fn is_single_file(path: &Path) -> bool {
-    path.is_file()
-}
-
 /// The configs the conversion uses, as (file name in a diffusers folder, text).
 struct Configs {
     unet: (PathBuf, String),

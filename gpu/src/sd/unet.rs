@@ -87,6 +87,39 @@ impl<D: ImageOps> Unet<D> {
                 c.use_linear_projection,
             )
         };
+        // ResNet `j` of a block and, in a cross-attention block, its transformer; heads and
+        // transformer layers are those of down block `block` (up blocks use their mirror's).
+        let layer = |w: &mut ComponentWeights,
+                     prefix: String,
+                     j: usize,
+                     inputs: usize,
+                     output: usize,
+                     attention: bool,
+                     block: usize|
+         -> Result<Layer<D>, WeightsError> {
+            let resnet = ResnetBlock::load(
+                device,
+                w,
+                &format!("{prefix}.resnets.{j}"),
+                inputs,
+                output,
+                Some(time_dim),
+                groups,
+                eps,
+            )?;
+            let attention = attention
+                .then(|| {
+                    transformer(
+                        w,
+                        format!("{prefix}.attentions.{j}"),
+                        output,
+                        c.heads[block],
+                        c.transformer_layers[block],
+                    )
+                })
+                .transpose()?;
+            Ok((resnet, attention))
+        };
         let mut down = Vec::new();
         let mut output = base;
         for i in 0..blocks {
@@ -94,24 +127,8 @@ impl<D: ImageOps> Unet<D> {
             output = c.block_out_channels[i];
             let mut layers = Vec::new();
             for j in 0..c.layers_per_block[i] {
-                let prefix = format!("down_blocks.{i}");
                 let inputs = if j == 0 { input } else { output };
-                let resnet = ResnetBlock::load(
-                    device,
-                    w,
-                    &format!("{prefix}.resnets.{j}"),
-                    inputs,
-                    output,
-                    Some(time_dim),
-                    groups,
-                    eps,
-                )?;
-                let attention = c.down_attention[i]
-                    .then(|| {
-                        transformer(w, format!("{prefix}.attentions.{j}"), output, c.heads[i], c.transformer_layers[i])
-                    })
-                    .transpose()?;
-                layers.push((resnet, attention));
+                layers.push(layer(w, format!("down_blocks.{i}"), j, inputs, output, c.down_attention[i], i)?);
             }
             let pad = c.downsample_padding;
             let downsample = (i + 1 < blocks)
@@ -153,31 +170,9 @@ impl<D: ImageOps> Unet<D> {
             let count = c.layers_per_block[down_index] + 1;
             let mut layers = Vec::new();
             for j in 0..count {
-                let prefix = format!("up_blocks.{i}");
                 let skip = if j + 1 == count { input } else { output };
                 let inputs = if j == 0 { previous } else { output } + skip;
-                let resnet = ResnetBlock::load(
-                    device,
-                    w,
-                    &format!("{prefix}.resnets.{j}"),
-                    inputs,
-                    output,
-                    Some(time_dim),
-                    groups,
-                    eps,
-                )?;
-                let attention = c.up_attention[i]
-                    .then(|| {
-                        transformer(
-                            w,
-                            format!("{prefix}.attentions.{j}"),
-                            output,
-                            c.heads[down_index],
-                            c.transformer_layers[down_index],
-                        )
-                    })
-                    .transpose()?;
-                layers.push((resnet, attention));
+                layers.push(layer(w, format!("up_blocks.{i}"), j, inputs, output, c.up_attention[i], down_index)?);
             }
             let upsample = (i + 1 < blocks)
                 .then(|| Conv::same(device, w, &format!("up_blocks.{i}.upsamplers.0.conv"), output, output, 3))
