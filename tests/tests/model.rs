@@ -66,16 +66,20 @@ fn tokenize_refuses_a_folder_without_model_index_json() {
 
 /// A reference tensor of a fixture.
 fn reference_tensor(variant: &str, name: &str) -> gpu::sd::Latents {
-    let path = fixture(variant).join("reference.safetensors");
-    let bytes = std::fs::read(&path).unwrap();
+    tensor_in(&fixture(variant).join("reference.safetensors"), name)
+}
+
+/// A 4-d tensor of a safetensors file, as latents.
+fn tensor_in(path: &std::path::Path, name: &str) -> gpu::sd::Latents {
+    let bytes = std::fs::read(path).unwrap();
     let mut found = None;
-    gpu::sd::weights::read_safetensors(&path, &bytes, &mut |n, tensor| {
+    gpu::sd::weights::read_safetensors(path, &bytes, &mut |n, tensor| {
         if n == name {
             found = Some(tensor);
         }
     })
     .unwrap();
-    let tensor = found.unwrap_or_else(|| panic!("{variant} has no reference {name}"));
+    let tensor = found.unwrap_or_else(|| panic!("{} has no tensor {name}", path.display()));
     gpu::sd::Latents { shape: tensor.shape.try_into().expect("4-d"), values: tensor.data }
 }
 
@@ -369,17 +373,7 @@ fn a_single_file_checkpoint_samples_like_its_folder_and_imports() {
 fn sample_with_a_lora_adapter_gives_diffusers_latents() {
     let dir = tempfile::tempdir().unwrap();
     let lora = fixture("sd1").join("lora");
-    let path = lora.join("reference.safetensors");
-    let bytes = std::fs::read(&path).unwrap();
-    let mut tensors = std::collections::HashMap::new();
-    gpu::sd::weights::read_safetensors(&path, &bytes, &mut |name, tensor| {
-        tensors.insert(name.to_string(), tensor);
-    })
-    .unwrap();
-    let as_latents = |name: &str| gpu::sd::Latents {
-        shape: tensors[name].shape.clone().try_into().unwrap(),
-        values: tensors[name].data.clone(),
-    };
+    let as_latents = |name: &str| tensor_in(&lora.join("reference.safetensors"), name);
     let init = dir.path().join("init.safetensors");
     std::fs::write(&init, as_latents("init_latents").to_safetensors().unwrap()).unwrap();
     let out = dir.path().join("out.safetensors");
