@@ -3,6 +3,7 @@
 //! [`Real`] so that finite-difference tests can run them in f64.
 
 pub mod image;
+pub mod image_backward;
 
 use std::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub};
 

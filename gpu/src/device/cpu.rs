@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-use super::{Device, ImageOps};
+use super::{Device, ImageBackward, ImageOps};
 use crate::context::GpuError;
 use crate::cpu::image::{self, Conv2d, GroupNorm, Unary};
+use crate::cpu::image_backward;
 use crate::cpu::{self, AdamW, Chunk, Patches, Real};
 use crate::kernels::adaln::AdaLn;
 use crate::kernels::elementwise::Elementwise;
@@ -582,6 +583,126 @@ impl ImageOps for CpuDevice<f32> {
     fn copy_at(&self, from: &Self::Buffer, from_offset: usize, to: &Self::Buffer, to_offset: usize, len: usize) {
         let source = read(from);
         write(to)[to_offset..][..len].copy_from_slice(&source[from_offset..][..len]);
+    }
+}
+
+impl ImageBackward for CpuDevice<f32> {
+    fn conv2d_input_grad(&self, spec: &Conv2d, dy: &Self::Buffer, weight: &Self::Buffer, dx: &Self::Buffer) {
+        // Per image: the unfolded gradient Wᵀ · dy (patch_len × positions) with the backend's
+        // gemm, folded back into the image (a 1×1 stride-1 convolution's product is the image
+        // gradient itself); the direct loops of `image_backward::conv2d_input_grad` are the
+        // reference this is tested against.
+        let (dy, weight) = (read(dy), read(weight));
+        let mut dx = write(dx);
+        let positions = spec.out_height() * spec.out_width();
+        let (patch, plane) = (spec.patch_len(), spec.height * spec.width);
+        let product = crate::kernels::matmul::Matmul::new(patch, positions, spec.out_channels, true, false);
+        let direct = spec.kernel == 1 && spec.stride == 1 && spec.pad_before == 0 && spec.pad_after == 0;
+        let mut cols = if direct { Vec::new() } else { vec![0f32; patch * positions] };
+        for image in 0..spec.batch {
+            let grad = &dy[image * spec.out_channels * positions..][..spec.out_channels * positions];
+            let out = &mut dx[image * spec.in_channels * plane..][..spec.in_channels * plane];
+            if spec.out_channels == 0 {
+                out.fill(0.0);
+            } else if direct {
+                product.run_cpu(&weight, grad, None, out);
+            } else {
+                product.run_cpu(&weight, grad, None, &mut cols);
+                cpu::in_parts(out, plane, |first, part| {
+                    for (index, values) in part.chunks_mut(plane).enumerate() {
+                        image_backward::col2im_plane(spec, &cols, first + index, values);
+                    }
+                });
+            }
+        }
+    }
+    fn group_norm_backward(
+        &self,
+        spec: &GroupNorm,
+        x: &Self::Buffer,
+        gamma: &Self::Buffer,
+        beta: &Self::Buffer,
+        dy: &Self::Buffer,
+        dx: &Self::Buffer,
+    ) {
+        let (x, gamma, beta, dy) = (read(x), read(gamma), read(beta), read(dy));
+        let n = spec.group_len();
+        if n == 0 {
+            return;
+        }
+        cpu::in_parts(&mut write(dx)[..spec.len()], n, |first, part| {
+            // A part holds whole groups; the group index decides the channels.
+            for (g, out) in part.chunks_mut(n).enumerate() {
+                let group = first + g;
+                let single = GroupNorm { batch: 1, groups: 1, channels: spec.channels / spec.groups, ..*spec };
+                let channel0 = (group % spec.groups) * single.channels;
+                image_backward::group_norm_backward(
+                    &single,
+                    &x[group * n..][..n],
+                    &gamma[channel0..][..single.channels],
+                    &beta[channel0..][..single.channels],
+                    &dy[group * n..][..n],
+                    out,
+                );
+            }
+        });
+    }
+    fn layer_norm_backward(
+        &self,
+        x: &Self::Buffer,
+        gamma: &Self::Buffer,
+        dy: &Self::Buffer,
+        dx: &Self::Buffer,
+        rows: usize,
+        width: usize,
+        eps: f32,
+    ) {
+        let (x, gamma, dy) = (read(x), read(gamma), read(dy));
+        if width == 0 {
+            return;
+        }
+        cpu::in_parts(&mut write(dx)[..rows * width], width, |first, part| {
+            let values = first * width..first * width + part.len();
+            image_backward::layer_norm_backward(&x[values.clone()], &gamma, &dy[values], width, eps, part);
+        });
+    }
+    fn upsample_nearest2x_backward(
+        &self,
+        dy: &Self::Buffer,
+        dx: &Self::Buffer,
+        planes: usize,
+        height: usize,
+        width: usize,
+    ) {
+        let dy = read(dy);
+        image_backward::upsample_nearest2x_backward(
+            &dy,
+            planes,
+            height,
+            width,
+            &mut write(dx)[..planes * height * width],
+        );
+    }
+    fn unary_backward(&self, op: Unary, x: &Self::Buffer, dy: &Self::Buffer, dx: &Self::Buffer, len: usize) {
+        let (x, dy) = (read(x), read(dy));
+        cpu::in_parts(&mut write(dx)[..len], 1, |first, part| {
+            image_backward::unary_backward(op, &x[first..], &dy[first..], part);
+        });
+    }
+    fn geglu_backward(&self, x: &Self::Buffer, dy: &Self::Buffer, dx: &Self::Buffer, rows: usize, inner: usize) {
+        let (x, dy) = (read(x), read(dy));
+        if inner == 0 {
+            return;
+        }
+        cpu::in_parts(&mut write(dx)[..rows * 2 * inner], 2 * inner, |first, part| {
+            let rows_here = part.len() / (2 * inner);
+            image_backward::geglu_backward(
+                &x[first * 2 * inner..][..part.len()],
+                &dy[first * inner..][..rows_here * inner],
+                inner,
+                part,
+            );
+        });
     }
 }
 

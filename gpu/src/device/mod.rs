@@ -221,3 +221,58 @@ pub trait ImageOps: Device {
     /// Copies `len` values from `from[from_offset..]` to `to[to_offset..]` (`from` ≠ `to`).
     fn copy_at(&self, from: &Self::Buffer, from_offset: usize, to: &Self::Buffer, to_offset: usize, len: usize);
 }
+
+/// Gradients through [`ImageOps`]' operations w.r.t. their inputs (weights, γ and β are frozen):
+/// what LoRA training of a frozen network back-propagates through. Each has its CPU reference in
+/// [`crate::cpu::image_backward`]. Every operation OVERWRITES its output `dx` (it is not an
+/// accumulator), and as elsewhere an output is never one of the inputs.
+pub trait ImageBackward: ImageOps {
+    /// `dx` (`spec.input_len()` values, NCHW) = ∂L/∂x of [`ImageOps::conv2d`] given `dy`
+    /// (`spec.output_len()` values, NCHW): the transposed convolution with the same weight
+    /// (`spec.weight_len()` values), stride and padding. See
+    /// [`crate::cpu::image_backward::conv2d_input_grad`].
+    fn conv2d_input_grad(&self, spec: &Conv2d, dy: &Self::Buffer, weight: &Self::Buffer, dx: &Self::Buffer);
+    /// Backward of [`ImageOps::group_norm`] (including its SiLU when `spec.silu`): `x`, `dy` and
+    /// `dx` hold `spec.len()` values, `gamma` and `beta` `spec.channels`; the statistics are
+    /// recomputed from `x`, and `gamma`/`beta` give the SiLU's pre-activation. See
+    /// [`crate::cpu::image_backward::group_norm_backward`].
+    #[allow(clippy::too_many_arguments)]
+    fn group_norm_backward(
+        &self,
+        spec: &GroupNorm,
+        x: &Self::Buffer,
+        gamma: &Self::Buffer,
+        beta: &Self::Buffer,
+        dy: &Self::Buffer,
+        dx: &Self::Buffer,
+    );
+    /// Backward of [`ImageOps::layer_norm`] (affine) over `rows × width` values (`x`, `dy`,
+    /// `dx`; `gamma` holds `width`): statistics recomputed from `x`. See
+    /// [`crate::cpu::image_backward::layer_norm_backward`].
+    #[allow(clippy::too_many_arguments)]
+    fn layer_norm_backward(
+        &self,
+        x: &Self::Buffer,
+        gamma: &Self::Buffer,
+        dy: &Self::Buffer,
+        dx: &Self::Buffer,
+        rows: usize,
+        width: usize,
+        eps: f32,
+    );
+    /// Backward of [`ImageOps::upsample_nearest2x`]: `dx` (`planes × height × width`, the
+    /// INPUT's size) is the sum of each 2×2 block of `dy` (`planes × 2·height × 2·width`).
+    fn upsample_nearest2x_backward(
+        &self,
+        dy: &Self::Buffer,
+        dx: &Self::Buffer,
+        planes: usize,
+        height: usize,
+        width: usize,
+    );
+    /// `dx = op′(x) · dy` over `len` values.
+    fn unary_backward(&self, op: Unary, x: &Self::Buffer, dy: &Self::Buffer, dx: &Self::Buffer, len: usize);
+    /// Backward of [`ImageOps::geglu`]: `x` and `dx` hold `rows × 2·inner` (hidden states, then
+    /// gate, per row), `dy` `rows × inner`.
+    fn geglu_backward(&self, x: &Self::Buffer, dy: &Self::Buffer, dx: &Self::Buffer, rows: usize, inner: usize);
+}
