@@ -10,14 +10,18 @@
 //! upsampling) have no truncation error and use a large step. Each assertion states its
 //! tolerance as |numeric − analytic| ≤ atol + rtol·|analytic|.
 //!
-//! Then the backends against those references (see the device tests below).
+//! Then the backends against those references: the CPU backend (its convolution runs the gemm and
+//! a col2im) and the wgpu backend's WGSL kernels on awkward shapes (odd sizes, strides 1 and 2,
+//! asymmetric padding, groups longer than a workgroup, offsets far from zero, the convolution in
+//! several parts of its scratch buffer, more workgroups than one grid dimension holds), with the
+//! tolerance of `common::assert_close` given at each call.
 
 mod common;
 
-use common::Rng;
+use common::{Rng, assert_close, context};
 use gpu::cpu::image::{self, Conv2d, GroupNorm, Unary};
 use gpu::cpu::image_backward as backward;
-use gpu::device::{CpuDevice, ImageBackward};
+use gpu::device::{CpuDevice, Device, ImageBackward, WgpuDevice};
 
 /// `len` random values in [-scale, scale) + offset, rounded to multiples of 2⁻¹².
 fn inputs(rng: &mut Rng, len: usize, scale: f32, offset: f32) -> Vec<f32> {
@@ -233,7 +237,7 @@ fn check_device<D: ImageBackward>(device: &D, rng: &mut Rng, convs: &[Conv2d], t
         backward::conv2d_input_grad(spec, &dy, &weight, &mut expected);
         let (dy_buffer, weight_buffer) = (device.upload(&dy), device.upload(&weight));
         let actual = run(spec.input_len(), &|dx| device.conv2d_input_grad(spec, &dy_buffer, &weight_buffer, dx));
-        common::assert_close(&actual, &expected, tolerance, &format!("{what}: conv2d input grad {spec:?}"));
+        assert_close(&actual, &expected, tolerance, &format!("{what}: conv2d input grad {spec:?}"));
     }
     for spec in [
         GroupNorm { batch: 2, channels: 6, spatial: 37, groups: 3, eps: 1e-5, silu: true },
@@ -248,7 +252,7 @@ fn check_device<D: ImageBackward>(device: &D, rng: &mut Rng, convs: &[Conv2d], t
         let actual = run(spec.len(), &|dx| {
             device.group_norm_backward(&spec, &buffers[0], &buffers[1], &buffers[2], &buffers[3], dx)
         });
-        common::assert_close(&actual, &expected, tolerance, &format!("{what}: group norm backward {spec:?}"));
+        assert_close(&actual, &expected, tolerance, &format!("{what}: group norm backward {spec:?}"));
     }
     for (rows, width) in [(5, 77), (3, 320), (2, 1000)] {
         let x = inputs(rng, rows * width, 3.0, -0.5);
@@ -259,7 +263,7 @@ fn check_device<D: ImageBackward>(device: &D, rng: &mut Rng, convs: &[Conv2d], t
         let actual = run(rows * width, &|dx| {
             device.layer_norm_backward(&buffers[0], &buffers[1], &buffers[2], dx, rows, width, 1e-5)
         });
-        common::assert_close(&actual, &expected, tolerance, &format!("{what}: layer norm backward {rows}×{width}"));
+        assert_close(&actual, &expected, tolerance, &format!("{what}: layer norm backward {rows}×{width}"));
     }
     for (planes, height, width) in [(3, 5, 7), (2, 33, 17)] {
         let len = planes * height * width;
@@ -268,12 +272,7 @@ fn check_device<D: ImageBackward>(device: &D, rng: &mut Rng, convs: &[Conv2d], t
         backward::upsample_nearest2x_backward(&dy, planes, height, width, &mut expected);
         let dy_buffer = device.upload(&dy);
         let actual = run(len, &|dx| device.upsample_nearest2x_backward(&dy_buffer, dx, planes, height, width));
-        common::assert_close(
-            &actual,
-            &expected,
-            tolerance,
-            &format!("{what}: upsample backward {planes}×{height}×{width}"),
-        );
+        assert_close(&actual, &expected, tolerance, &format!("{what}: upsample backward {planes}×{height}×{width}"));
     }
     for op in [Unary::GeluErf, Unary::QuickGelu, Unary::Silu] {
         let len = 1000;
@@ -282,7 +281,7 @@ fn check_device<D: ImageBackward>(device: &D, rng: &mut Rng, convs: &[Conv2d], t
         backward::unary_backward(op, &x, &dy, &mut expected);
         let (x_buffer, dy_buffer) = (device.upload(&x), device.upload(&dy));
         let actual = run(len, &|dx| device.unary_backward(op, &x_buffer, &dy_buffer, dx, len));
-        common::assert_close(&actual, &expected, tolerance, &format!("{what}: {op:?} backward"));
+        assert_close(&actual, &expected, tolerance, &format!("{what}: {op:?} backward"));
     }
     for (rows, inner) in [(3, 5), (7, 300)] {
         let (x, dy) = (inputs(rng, rows * 2 * inner, 3.0, 0.0), rng.vec(rows * inner));
@@ -290,7 +289,7 @@ fn check_device<D: ImageBackward>(device: &D, rng: &mut Rng, convs: &[Conv2d], t
         backward::geglu_backward(&x, &dy, inner, &mut expected);
         let (x_buffer, dy_buffer) = (device.upload(&x), device.upload(&dy));
         let actual = run(x.len(), &|dx| device.geglu_backward(&x_buffer, &dy_buffer, dx, rows, inner));
-        common::assert_close(&actual, &expected, tolerance, &format!("{what}: geglu backward {rows}×{inner}"));
+        assert_close(&actual, &expected, tolerance, &format!("{what}: geglu backward {rows}×{inner}"));
     }
 }
 
@@ -302,4 +301,112 @@ fn the_cpu_backend_matches_the_references() {
     let mut convs = conv_cases();
     convs.push(Conv2d::same(2, 16, 20, 24, 40, 3));
     check_device(&CpuDevice::<f32>::new(), &mut rng, &convs, 1e-5, "cpu");
+}
+
+#[test]
+fn wgpu_matches_the_references() {
+    // f32 sums in a different order (the matmul's, the workgroup tree's): 1e-4 relative, as the
+    // forward kernels' tests.
+    let mut rng = Rng::new(8);
+    let mut convs = conv_cases();
+    // Larger planes: unfolded gradients of 144 × 960 values, batch 2 in one part.
+    convs.push(Conv2d::same(2, 16, 20, 24, 40, 3));
+    convs.push(Conv2d { stride: 2, pad_before: 0, pad_after: 1, ..Conv2d::same(1, 8, 12, 33, 31, 3) });
+    check_device(&WgpuDevice::new(context()), &mut rng, &convs, 1e-4, "wgpu");
+}
+
+#[test]
+fn wgpu_conv2d_input_grad_in_small_parts() {
+    let mut device = WgpuDevice::new(context());
+    let mut rng = Rng::new(9);
+    let spec = Conv2d::same(3, 3, 5, 13, 11, 3); // 27 × 143 unfolded values per image.
+    let strided = Conv2d { stride: 2, pad_before: 0, pad_after: 1, ..Conv2d::same(2, 4, 3, 12, 9, 3) };
+    let per_image = spec.patch_len() * spec.out_height() * spec.out_width();
+    // Column ranges of one image (36 columns, the last 35; single columns), two images then one,
+    // one image at a time; the strided convolution in parts of 4 columns (its rows overlap).
+    for (spec, limit) in [
+        (spec, 27 * 37),
+        (spec, 2 * per_image + 5),
+        (spec, per_image),
+        (spec, 27),
+        (strided, strided.patch_len() * 7),
+        (strided, strided.patch_len()),
+    ] {
+        device.image_scratch_limit = Some(limit);
+        assert!(device.image_scratch_values() <= limit);
+        let dy = rng.vec(spec.output_len());
+        let weight = rng.vec(spec.weight_len());
+        let mut expected = vec![0.0; spec.input_len()];
+        backward::conv2d_input_grad(&spec, &dy, &weight, &mut expected);
+        // NaN first: a value no part writes (or adds to a NaN) shows.
+        let dx = device.upload(&vec![f32::NAN; spec.input_len()]);
+        device.conv2d_input_grad(&spec, &device.upload(&dy), &device.upload(&weight), &dx);
+        let actual = device.download(&dx, spec.input_len()).unwrap();
+        assert_close(&actual, &expected, 1e-4, &format!("conv2d input grad with scratch limit {limit}: {spec:?}"));
+    }
+}
+
+#[test]
+fn wgpu_norm_backward_with_offsets_long_groups_and_many_workgroups() {
+    let device = WgpuDevice::new(context());
+    let mut rng = Rng::new(10);
+    // (batch, channels, spatial, groups): groups longer than a workgroup (3 × 1000, 5 × 257),
+    // one channel per group, one value per channel, and 66,000 groups (more workgroups than one
+    // grid dimension holds).
+    let shapes = [(2, 12, 1000, 4), (1, 15, 257, 3), (4, 32, 9, 32), (3, 5, 1, 5), (33_000, 4, 3, 2)];
+    for (batch, channels, spatial, groups) in shapes {
+        // Offsets larger than the spread: the statistics are taken around x[base], as in the
+        // forward, so a common offset costs no precision (lavapipe runs the many groups slowly:
+        // one case for them).
+        let cases: &[(bool, f32)] =
+            if batch * groups > 65_535 { &[(true, 4.0)] } else { &[(false, 4.0), (true, 4.0), (true, 100.0)] };
+        for &(silu, offset) in cases {
+            let spec = GroupNorm { batch, channels, spatial, groups, eps: 1e-5, silu };
+            let x: Vec<f32> = rng.vec(spec.len()).iter().map(|v| offset + 2.0 * v).collect();
+            let gamma: Vec<f32> = rng.vec(channels).iter().map(|v| 1.0 + v).collect();
+            let (beta, dy) = (rng.vec(channels), rng.vec(spec.len()));
+            let mut expected = vec![0.0; spec.len()];
+            backward::group_norm_backward(&spec, &x, &gamma, &beta, &dy, &mut expected);
+            let dx = device.upload(&vec![f32::NAN; spec.len()]);
+            let [x, gamma, beta, dy] = [&x, &gamma, &beta, &dy].map(|values| device.upload(values));
+            device.group_norm_backward(&spec, &x, &gamma, &beta, &dy, &dx);
+            let actual = device.download(&dx, spec.len()).unwrap();
+            assert_close(&actual, &expected, 1e-4, &format!("{spec:?} offset {offset}"));
+        }
+    }
+    // 70,000 rows: more workgroups than one grid dimension holds; a row of one value has a zero
+    // gradient.
+    for (rows, width) in [(7, 1), (3, 300), (2, 769), (70_000, 3)] {
+        let x = inputs(&mut rng, rows * width, 3.0, -1.0);
+        let (gamma, dy) = (rng.vec(width), rng.vec(rows * width));
+        let mut expected = vec![0.0; rows * width];
+        backward::layer_norm_backward(&x, &gamma, &dy, width, 1e-5, &mut expected);
+        let dx = device.upload(&vec![f32::NAN; rows * width]);
+        let [x, gamma, dy] = [&x, &gamma, &dy].map(|values| device.upload(values));
+        device.layer_norm_backward(&x, &gamma, &dy, &dx, rows, width, 1e-5);
+        let actual = device.download(&dx, rows * width).unwrap();
+        assert_close(&actual, &expected, 1e-4, &format!("layer norm backward {rows} × {width}"));
+    }
+}
+
+#[test]
+fn wgpu_activation_derivatives_stay_finite_at_extremes() {
+    let device = WgpuDevice::new(context());
+    let x = [0.0, -0.0, 1e-30, -1e-30, 30.0, -30.0, 88.0, -88.0, 100.0, -100.0, 1e4, -1e4, 1e30, -1e30, 3e38, -3e38];
+    let dy = vec![1.0f32; x.len()];
+    let (x_buffer, dy_buffer) = (device.upload(&x), device.upload(&dy));
+    for op in [Unary::GeluErf, Unary::QuickGelu, Unary::Silu] {
+        let mut expected = vec![0.0; x.len()];
+        backward::unary_backward(op, &x, &dy, &mut expected);
+        let dx = device.upload(&vec![f32::NAN; x.len()]);
+        device.unary_backward(op, &x_buffer, &dy_buffer, &dx, x.len());
+        for ((input, output), wanted) in x.iter().zip(device.download(&dx, x.len()).unwrap()).zip(expected) {
+            // The derivatives are 0 or 1 out there (or 1/2 at 0); tails below 1e-30 may be
+            // flushed to zero on a GPU.
+            assert!(
+                output.is_finite() && (output - wanted).abs() <= 1e-4 * wanted.abs() + 1e-30,
+                "{op:?}′({input}) = {output}, expected {wanted}"
+            );
+        }
+    }
 }

@@ -4,16 +4,16 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::{Conv2d, Device, GroupNorm, ImageOps, Unary};
+use super::{Conv2d, Device, GroupNorm, ImageBackward, ImageOps, Unary};
 use crate::context::{GpuContext, GpuError, Recorder};
 use crate::cpu::{AdamW, Chunk, Patches};
 use crate::kernels::adaln::AdaLn;
 use crate::kernels::elementwise::Elementwise;
 use crate::kernels::embed::{self, TextEmbedding};
-use crate::kernels::image;
 use crate::kernels::matmul::{Layout, Matmul, MatmulKernel};
 use crate::kernels::noise::{self, NoiseStream};
 use crate::kernels::{adamw, patchify, reduce, rows};
+use crate::kernels::{image, image_backward};
 
 /// The wgpu backend: operations are recorded into one command encoder, submitted when a result is
 /// read back (or on [`WgpuDevice::flush`]).
@@ -530,5 +530,107 @@ impl ImageOps for WgpuDevice {
             encoder.copy_buffer_to_buffer(from, (from_offset * 4) as u64, to, (to_offset * 4) as u64, (len * 4) as u64);
             encoder
         });
+    }
+}
+
+impl ImageBackward for WgpuDevice {
+    /// Matmul + col2im, cut as [`ImageOps::conv2d`] cuts its unfolding: a 1×1 convolution with
+    /// stride 1 and no padding is one batched matmul `Wᵀ · dy` per image straight into `dx`; any
+    /// other computes the unfolded gradient `Wᵀ · dy` (patch_len × positions) of each part
+    /// ([`image::conv_chunks`] within [`WgpuDevice::image_scratch_values`]) into a scratch buffer
+    /// and folds it back into the image ([`image_backward::col2im`]). Parts of whole images write
+    /// their images; column ranges of one image add to the input rows they reach, after `dx`
+    /// is cleared.
+    fn conv2d_input_grad(&self, spec: &Conv2d, dy: &Self::Buffer, weight: &Self::Buffer, dx: &Self::Buffer) {
+        spec.validate().unwrap_or_else(|error| panic!("conv2d input grad: {error}"));
+        if spec.input_len() == 0 {
+            return;
+        }
+        if spec.out_channels == 0 {
+            self.clear(dx, spec.input_len());
+            return;
+        }
+        let positions = spec.out_height() * spec.out_width();
+        let (patch, out_channels) = (spec.patch_len(), spec.out_channels);
+        let grad_stride = out_channels * positions;
+        if spec.kernel == 1 && spec.stride == 1 && spec.pad_before == 0 && spec.pad_after == 0 {
+            // dx[in, plane] = Wᵀ[in, out] · dy[out, plane] per image.
+            let plane = spec.height * spec.width;
+            let images = Matmul {
+                batch_outer: spec.batch,
+                b: Layout::row_major(plane).batched(grad_stride, 0),
+                c: Layout::row_major(plane).batched(spec.in_channels * plane, 0),
+                ..Matmul::new(spec.in_channels, plane, out_channels, true, false)
+            };
+            self.matmul(&images, weight, dy, None, dx);
+            return;
+        }
+        let chunks = image::conv_chunks(spec, self.image_scratch_values())
+            .unwrap_or_else(|error| panic!("conv2d input grad: {error}"));
+        let partial = chunks.iter().any(|chunk| chunk.columns != positions);
+        if partial {
+            self.clear(dx, spec.input_len());
+        }
+        let scratch_len = chunks.iter().map(|chunk| chunk.len(spec)).max().unwrap_or(0);
+        let scratch = self.output(scratch_len);
+        for chunk in chunks {
+            // cols[patch, columns] = Wᵀ[patch, out] · dy[out, the part's columns] per image.
+            let part = Matmul {
+                batch_outer: chunk.images,
+                b: Layout {
+                    offset: chunk.first_image * grad_stride + chunk.first_column,
+                    row_stride: positions,
+                    col_stride: 1,
+                    outer_stride: grad_stride,
+                    inner_stride: 0,
+                },
+                c: Layout::row_major(chunk.columns).batched(patch * chunk.columns, 0),
+                ..Matmul::new(patch, chunk.columns, out_channels, true, false)
+            };
+            self.matmul(&part, weight, dy, None, &scratch);
+            let (first_row, rows) = if partial { image_backward::col2im_rows(spec, chunk) } else { (0, spec.height) };
+            self.record(|recorder| {
+                image_backward::col2im(recorder, spec, chunk, first_row, rows, partial, &scratch, dx)
+            });
+        }
+    }
+    fn group_norm_backward(
+        &self,
+        spec: &GroupNorm,
+        x: &Self::Buffer,
+        gamma: &Self::Buffer,
+        beta: &Self::Buffer,
+        dy: &Self::Buffer,
+        dx: &Self::Buffer,
+    ) {
+        self.record(|recorder| image_backward::group_norm_backward(recorder, spec, [x, gamma, beta, dy, dx]));
+    }
+    fn layer_norm_backward(
+        &self,
+        x: &Self::Buffer,
+        gamma: &Self::Buffer,
+        dy: &Self::Buffer,
+        dx: &Self::Buffer,
+        rows: usize,
+        width: usize,
+        eps: f32,
+    ) {
+        self.record(|recorder| image_backward::layer_norm_backward(recorder, x, gamma, dy, dx, rows, width, eps));
+    }
+    fn upsample_nearest2x_backward(
+        &self,
+        dy: &Self::Buffer,
+        dx: &Self::Buffer,
+        planes: usize,
+        height: usize,
+        width: usize,
+    ) {
+        self.record(|recorder| image_backward::upsample_nearest2x_backward(recorder, dy, dx, planes, height, width));
+    }
+    fn unary_backward(&self, op: Unary, x: &Self::Buffer, dy: &Self::Buffer, dx: &Self::Buffer, len: usize) {
+        self.record(|recorder| image_backward::unary_backward(recorder, op, x, dy, dx, len));
+    }
+    fn geglu_backward(&self, x: &Self::Buffer, dy: &Self::Buffer, dx: &Self::Buffer, rows: usize, inner: usize) {
+        self.record(|recorder| image_backward::geglu_backward(recorder, x, dy, dx, rows, inner));
     }
 }

@@ -2,7 +2,8 @@
 //! [`crate::cpu::image`]): im2col for convolutions (`image_im2col.wgsl`; the product itself is a
 //! [`super::matmul::Matmul`]), group and layer norm (`image_norm.wgsl`), a tiled batched transpose
 //! (`image_transpose.wgsl`), and the point-wise ops (`image.wgsl`: exact and quick GELU, SiLU,
-//! GEGLU, the repeated add, the causal mask, nearest 2× upsampling).
+//! GEGLU, the repeated add, the causal mask, nearest 2× upsampling; the activations' shared
+//! functions in `image_activation.wgsl`). Their backward kernels are in [`super::image_backward`].
 //!
 //! Every launcher checks the sizes its kernel touches and spreads its workgroups over a 2-D grid
 //! ([`grid_1d`]), so any length that fits in u32 indices can be dispatched.
@@ -11,7 +12,7 @@ use super::{R, W, launch_1d, require, word};
 use crate::context::{Recorder, grid_1d};
 use crate::cpu::image::{Conv2d, GroupNorm, Unary};
 
-const POINTWISE: &str = include_str!("image.wgsl");
+const POINTWISE: &str = concat!(include_str!("image.wgsl"), include_str!("image_activation.wgsl"));
 const IM2COL: &str = include_str!("image_im2col.wgsl");
 const NORM: &str = include_str!("image_norm.wgsl");
 const TRANSPOSE: &str = include_str!("image_transpose.wgsl");
@@ -116,7 +117,7 @@ pub fn im2col(recorder: &mut Recorder<'_>, spec: &Conv2d, range: Im2colRange, x:
 
 /// Panics unless the indices below `values` fit the kernels' u32 arithmetic.
 #[track_caller]
-fn indexable(values: usize, what: &str) {
+pub(super) fn indexable(values: usize, what: &str) {
     assert!(u32::try_from(values).is_ok(), "{what}: {values} values exceed u32 indices");
 }
 

@@ -6,6 +6,7 @@ pub mod adamw;
 pub mod elementwise;
 pub mod embed;
 pub mod image;
+pub mod image_backward;
 pub mod matmul;
 pub mod noise;
 pub mod patchify;
