@@ -1,10 +1,12 @@
-//! Exports for analysts: annotations, images' metadata and evaluations as CSV or JSON Lines,
-//! read straight from the event log up to one position, a page of events at a time.
+//! Exports for analysts: annotations, images' metadata and evaluations as CSV, JSON Lines or
+//! Parquet, read straight from the event log up to one position, a page of events at a time.
 //!
 //! ```text
 //! ExportCursor::new(kind, format, store)   fixes `until` = the store's head now
 //!   next_chunk() ─ read_all(after, 1000) ─ rows of the events of `kind` ─ CSV / JSONL bytes
+//!                                                                     └─ Parquet: a row group per 65 536 rows
 //!   ... until `until`: later events are not in this export, so it is one consistent snapshot
+//!   last chunk ─ Parquet's last row group and footer
 //! ```
 //!
 //! Key design decisions:
@@ -13,6 +15,9 @@
 //! - **Streamed**: the HTTP route and `thitl export` pull one chunk at a time; memory holds only
 //!   what rows need from earlier events (each round's items, to say which association an
 //!   annotation is about).
+//! - **One list of columns**: [`ExportKind::columns`] names each column and its type once; CSV's
+//!   header, JSON's keys and the Parquet schema (`export/parquet_file.rs`) all come from it, and
+//!   one row builder feeds the three formats.
 //! - **Analysts are not blind**: annotation rows name the item's association and the models its
 //!   images came from; annotators never see this export (the route needs the read role).
 
@@ -26,6 +31,8 @@ use domain::*;
 use serde_json::{Value, json};
 
 use crate::commands::to_recorded;
+
+mod parquet_file;
 use store::{EventStore, StoreError};
 
 /// Events read per chunk.
@@ -56,61 +63,106 @@ impl ExportKind {
         Self::ALL.into_iter().find(|kind| kind.name() == text)
     }
 
-    /// The columns, in order (CSV header; JSON Lines objects carry the same keys).
-    pub fn columns(self) -> &'static [&'static str] {
+    /// The columns, in order: the CSV header, the JSON Lines objects' keys and the Parquet schema.
+    pub fn columns(self) -> &'static [Column] {
         match self {
-            ExportKind::Annotations => &[
-                "position",
-                "recorded_at",
-                "round_id",
-                "round_kind",
-                "item_id",
-                "association_id",
-                "models",
-                "annotator",
-                "event",
-                "concept_present",
-                "quality",
-                "group_depicted",
-                "preferred",
-            ],
-            ExportKind::Images => &[
-                "position",
-                "recorded_at",
-                "image_id",
-                "generation_id",
-                "index",
-                "model_version",
-                "purpose",
-                "association_id",
-                "prompt_id",
-                "prompt",
-                "negative_prompt",
-                "seed",
-                "blob",
-            ],
-            ExportKind::Evaluations => &[
-                "position",
-                "recorded_at",
-                "campaign_id",
-                "association_id",
-                "arm",
-                "before_rate",
-                "before_ci_low",
-                "before_ci_high",
-                "before_n",
-                "after_rate",
-                "after_ci_low",
-                "after_ci_high",
-                "after_n",
-                "quality_before",
-                "quality_after",
-                "win_rate",
-                "win_rate_ci_low",
-                "win_rate_ci_high",
-                "alpha",
-            ],
+            ExportKind::Annotations => ANNOTATION_COLUMNS,
+            ExportKind::Images => IMAGE_COLUMNS,
+            ExportKind::Evaluations => EVALUATION_COLUMNS,
         }
+    }
+}
+
+use ColumnType::{Bool, Double, Int, Text, Time, UnsignedInt};
+
+const ANNOTATION_COLUMNS: &[Column] = &[
+    Column::required("position", Int),
+    Column::required("recorded_at", Time),
+    Column::required("round_id", Text),
+    // Null when the round's opening is not in the log (never, in a valid log).
+    Column::optional("round_kind", Text),
+    Column::required("item_id", Text),
+    Column::optional("association_id", Text),
+    Column::optional("models", Text),
+    Column::required("annotator", Text),
+    Column::required("event", Text),
+    Column::optional("concept_present", Bool),
+    Column::optional("quality", Int),
+    Column::optional("group_depicted", Bool),
+    Column::optional("preferred", Text),
+];
+
+const IMAGE_COLUMNS: &[Column] = &[
+    Column::required("position", Int),
+    Column::required("recorded_at", Time),
+    Column::required("image_id", Text),
+    Column::required("generation_id", Text),
+    Column::required("index", Int),
+    Column::required("model_version", Text),
+    Column::required("purpose", Text),
+    Column::optional("association_id", Text),
+    Column::optional("prompt_id", Text),
+    Column::required("prompt", Text),
+    Column::optional("negative_prompt", Text),
+    Column::required("seed", UnsignedInt),
+    Column::required("blob", Text),
+];
+
+// Rates are optional: a rate that is not a number (no answers) is null, as in JSON.
+const EVALUATION_COLUMNS: &[Column] = &[
+    Column::required("position", Int),
+    Column::required("recorded_at", Time),
+    Column::required("campaign_id", Text),
+    Column::required("association_id", Text),
+    Column::required("arm", Text),
+    Column::optional("before_rate", Double),
+    Column::optional("before_ci_low", Double),
+    Column::optional("before_ci_high", Double),
+    Column::required("before_n", Int),
+    Column::optional("after_rate", Double),
+    Column::optional("after_ci_low", Double),
+    Column::optional("after_ci_high", Double),
+    Column::required("after_n", Int),
+    Column::optional("quality_before", Double),
+    Column::optional("quality_after", Double),
+    Column::optional("win_rate", Double),
+    Column::optional("win_rate_ci_low", Double),
+    Column::optional("win_rate_ci_high", Double),
+    Column::optional("alpha", Double),
+];
+
+/// What a column holds; CSV and JSON write the values as JSON does, Parquet as these types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    /// Positions, counts, indices: INT64.
+    Int,
+    /// Seeds (the whole `u64` range): INT64 annotated as unsigned 64-bit.
+    UnsignedInt,
+    /// Rates, interval bounds, quality means: DOUBLE.
+    Double,
+    Bool,
+    /// Ids, names, prompts: UTF-8 strings.
+    Text,
+    /// `recorded_at`: microseconds since the epoch, UTC (the log keeps microseconds).
+    Time,
+}
+
+/// One column of an export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Column {
+    pub name: &'static str,
+    pub ty: ColumnType,
+    /// Whether a row may leave it empty (null).
+    pub nullable: bool,
+}
+
+impl Column {
+    const fn required(name: &'static str, ty: ColumnType) -> Column {
+        Column { name, ty, nullable: false }
+    }
+
+    const fn optional(name: &'static str, ty: ColumnType) -> Column {
+        Column { name, ty, nullable: true }
     }
 }
 
@@ -118,24 +170,52 @@ impl ExportKind {
 pub enum ExportFormat {
     Csv,
     JsonLines,
+    /// Typed columns (see [`ColumnType`]), one row group per [`ROW_GROUP`] rows, snappy-compressed.
+    Parquet,
 }
 
 impl ExportFormat {
+    /// Every format, by its first name.
+    pub const ALL: [ExportFormat; 3] = [ExportFormat::Csv, ExportFormat::JsonLines, ExportFormat::Parquet];
+
     pub fn parse(text: &str) -> Option<ExportFormat> {
         match text {
             "csv" => Some(ExportFormat::Csv),
             "jsonl" | "ndjson" => Some(ExportFormat::JsonLines),
+            "parquet" => Some(ExportFormat::Parquet),
             _ => None,
         }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ExportFormat::Csv => "csv",
+            ExportFormat::JsonLines => "jsonl",
+            ExportFormat::Parquet => "parquet",
+        }
+    }
+
+    /// The file name extension, which is also the name.
+    pub fn extension(self) -> &'static str {
+        self.name()
     }
 
     pub fn content_type(self) -> &'static str {
         match self {
             ExportFormat::Csv => "text/csv; charset=utf-8",
             ExportFormat::JsonLines => "application/x-ndjson",
+            ExportFormat::Parquet => "application/vnd.apache.parquet",
         }
     }
+
+    /// Whether the bytes are text (a terminal can show them).
+    pub fn is_text(self) -> bool {
+        self != ExportFormat::Parquet
+    }
 }
+
+/// Rows per Parquet row group: what the cursor holds before it writes them out.
+pub const ROW_GROUP: usize = 65_536;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -143,6 +223,8 @@ pub enum ExportError {
     Store(#[from] StoreError),
     #[error("event at position {position} cannot be read: {message}")]
     Decode { position: u64, message: String },
+    #[error("the Parquet file cannot be written: {0}")]
+    Parquet(String),
 }
 
 /// What annotation rows need to know about a round's items.
@@ -158,9 +240,11 @@ pub struct ExportCursor {
     store: Arc<dyn EventStore>,
     after: u64,
     until: u64,
-    header_written: bool,
+    started: bool,
+    finished: bool,
     rows: u64,
     rounds: HashMap<RoundId, RoundInfo>,
+    parquet: Option<parquet_file::ParquetSink>,
 }
 
 impl ExportCursor {
@@ -171,15 +255,21 @@ impl ExportCursor {
         store: Arc<dyn EventStore>,
     ) -> Result<ExportCursor, ExportError> {
         let until = store.head_position()?;
+        let parquet = match format {
+            ExportFormat::Parquet => Some(parquet_file::ParquetSink::new(kind, ROW_GROUP)?),
+            _ => None,
+        };
         Ok(ExportCursor {
             kind,
             format,
             store,
             after: 0,
             until,
-            header_written: false,
+            started: false,
+            finished: false,
             rows: 0,
             rounds: HashMap::new(),
+            parquet,
         })
     }
 
@@ -195,25 +285,39 @@ impl ExportCursor {
 
     /// The next bytes of the export; `None` once it is complete.
     pub fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, ExportError> {
-        let mut out = Vec::new();
-        if !self.header_written {
-            self.header_written = true;
-            if self.format == ExportFormat::Csv {
-                out.extend_from_slice(self.kind.columns().join(",").as_bytes());
-                out.push(b'\n');
-            }
-            if self.until == 0 {
-                return Ok(Some(out));
-            }
-        }
-        if self.after >= self.until {
+        if self.finished {
             return Ok(None);
         }
+        let mut out = Vec::new();
+        if !self.started {
+            self.started = true;
+            if self.format == ExportFormat::Csv {
+                let names: Vec<&str> = self.kind.columns().iter().map(|c| c.name).collect();
+                out.extend_from_slice(names.join(",").as_bytes());
+                out.push(b'\n');
+            }
+        }
+        if self.after < self.until {
+            self.read_page(&mut out)?;
+        } else {
+            self.finished = true;
+            if let Some(sink) = &mut self.parquet {
+                sink.finish(&mut out)?;
+            }
+            if out.is_empty() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// One page of events: their rows, and for Parquet the row groups that filled up.
+    fn read_page(&mut self, out: &mut Vec<u8>) -> Result<(), ExportError> {
         let page = self.store.read_all(self.after, PAGE)?;
         if page.is_empty() {
             // The store holds fewer events than its head said: nothing more to read.
             self.after = self.until;
-            return Ok(Some(out));
+            return Ok(());
         }
         for stored in page {
             if stored.position > self.until {
@@ -224,26 +328,33 @@ impl ExportCursor {
             let recorded = to_recorded(&stored)
                 .map_err(|e| ExportError::Decode { position: stored.position, message: e.to_string() })?;
             for row in self.rows_of(&recorded) {
-                self.write_row(&mut out, row);
+                self.write_row(out, row)?;
             }
         }
-        Ok(Some(out))
+        Ok(())
     }
 
-    fn write_row(&mut self, out: &mut Vec<u8>, row: Vec<Value>) {
+    fn write_row(&mut self, out: &mut Vec<u8>, row: Vec<Value>) -> Result<(), ExportError> {
         self.rows += 1;
         match self.format {
             ExportFormat::Csv => {
                 let cells: Vec<String> = row.iter().map(csv_cell).collect();
                 out.extend_from_slice(cells.join(",").as_bytes());
+                out.push(b'\n');
             }
             ExportFormat::JsonLines => {
                 let object: serde_json::Map<String, Value> =
-                    self.kind.columns().iter().map(|c| c.to_string()).zip(row).collect();
+                    self.kind.columns().iter().map(|c| c.name.to_string()).zip(row).collect();
                 out.extend_from_slice(Value::Object(object).to_string().as_bytes());
+                out.push(b'\n');
+            }
+            ExportFormat::Parquet => {
+                if let Some(sink) = &mut self.parquet {
+                    sink.push(&row, out)?;
+                }
             }
         }
-        out.push(b'\n');
+        Ok(())
     }
 
     /// The rows one event contributes, in the kind's column order.
@@ -414,7 +525,11 @@ mod tests {
             assert_eq!(ExportKind::parse(kind.name()), Some(kind));
         }
         assert_eq!(ExportKind::parse("ratings"), None);
-        assert_eq!(ExportFormat::parse("jsonl"), Some(ExportFormat::JsonLines));
+        for format in ExportFormat::ALL {
+            assert_eq!(ExportFormat::parse(format.name()), Some(format));
+        }
+        assert_eq!(ExportFormat::parse("ndjson"), Some(ExportFormat::JsonLines));
+        assert_eq!(ExportFormat::parse("parquet"), Some(ExportFormat::Parquet));
         assert_eq!(ExportFormat::parse("xlsx"), None);
     }
 }
