@@ -119,6 +119,9 @@ enum Command {
     /// Maintain the read models.
     #[command(subcommand)]
     Projections(ProjectionsCommand),
+    /// Training prompts: try the configured generator (a chat endpoint, or the templates).
+    #[command(subcommand)]
+    Prompts(crate::prompts_cli::PromptsCommand),
     /// Move a whole event store (and its blobs) to another one.
     #[command(subcommand)]
     Store(StoreCommand),
@@ -304,6 +307,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Scenes(command) => crate::scenes_cli::run(command),
         Command::Model(command) => crate::model_cli::run(command),
+        Command::Prompts(command) => crate::prompts_cli::run(command),
     }
 }
 
@@ -457,7 +461,7 @@ fn serve(
     actix_web::rt::System::new().block_on(async move {
         let bind = settings.bind.clone();
         let blobs = std::sync::Arc::new(dir.blobs()?);
-        let generator = prompt_generator(&settings)?;
+        let generator = crate::prompts_cli::prompt_generator(&settings)?;
         let app = Application::build_with_blobs(storage, settings, blobs.clone())?;
         let driver = match jobs {
             true => {
@@ -490,26 +494,6 @@ fn serve(
         }
         tracing::info!("stopped cleanly");
         Ok(ExitCode::SUCCESS)
-    })
-}
-
-/// The chat endpoint the settings name, or the reference-world templates.
-fn prompt_generator(
-    settings: &crate::configuration::Settings,
-) -> anyhow::Result<Box<dyn app::prompts::PromptGenerator>> {
-    use app::prompts::{OpenAiCompatible, ReferenceWorldTemplates, TemplateGenerator};
-    Ok(match (&settings.chat_base_url, &settings.chat_model) {
-        (Some(base_url), Some(model)) => Box::new(OpenAiCompatible {
-            base_url: base_url.clone(),
-            model: model.clone(),
-            api_key: std::env::var("THITL_CHAT_API_KEY").ok(),
-            temperature: 0.7,
-            timeout: std::time::Duration::from_secs(120),
-        }),
-        (None, None) => Box::new(TemplateGenerator::new(ReferenceWorldTemplates)),
-        _ => {
-            anyhow::bail!("chat_base_url and chat_model go together: set both (or neither, for the built-in templates)")
-        }
     })
 }
 

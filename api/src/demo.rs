@@ -196,7 +196,10 @@ pub struct Demo<'a> {
 
 /// The REST API on a local port, and each simulated annotator's bearer token.
 struct Api {
-    address: std::net::SocketAddr,
+    /// `http://127.0.0.1:PORT`.
+    base: String,
+    /// One client for all annotators (it keeps a pool of connections, as browsers do).
+    client: reqwest::blocking::Client,
     tokens: HashMap<String, String>,
     handle: actix_web::dev::ServerHandle,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -240,7 +243,14 @@ impl Api {
             let issued = crate::auth::issue_token(bus, &admin, name, Role::Annotator)?;
             tokens.insert(name.clone(), issued.secret);
         }
-        Ok(Api { address: std::net::SocketAddr::from(([127, 0, 0, 1], port)), tokens, handle, thread: Some(thread) })
+        // The API is on this machine: no proxy from the environment applies.
+        let client = reqwest::blocking::Client::builder()
+            .no_proxy()
+            .timeout(std::time::Duration::from_secs(60))
+            .build()
+            .map_err(|e| DemoError::Other(format!("cannot make the annotators' HTTP client: {e}")))?;
+        let base = format!("http://127.0.0.1:{port}");
+        Ok(Api { base, client, tokens, handle, thread: Some(thread) })
     }
 
     /// A JSON call; an answer other than 2xx is an error with the problem's text.
@@ -251,16 +261,16 @@ impl Api {
         token: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<serde_json::Value, DemoError> {
-        let bytes = body.map(|b| b.to_string().into_bytes());
-        let (status, answer) = app::http_client::request(
-            self.address,
-            method,
-            path,
-            Some(token),
-            bytes.as_deref(),
-            std::time::Duration::from_secs(60),
-        )
-        .map_err(|e| DemoError::Other(format!("{method} {path}: {e}")))?;
+        let method = reqwest::Method::from_bytes(method.as_bytes())
+            .map_err(|e| DemoError::Other(format!("{method} {path}: {e}")))?;
+        let mut request = self.client.request(method.clone(), format!("{}{path}", self.base)).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.to_string());
+        }
+        let (status, answer) = request
+            .send()
+            .and_then(|response| Ok((response.status().as_u16(), response.bytes()?)))
+            .map_err(|e| DemoError::Other(format!("{method} {path}: {e}")))?;
         if !(200..300).contains(&status) {
             return Err(DemoError::Other(format!(
                 "{method} {path} answered {status}: {}",
@@ -272,13 +282,16 @@ impl Api {
 
     /// The bytes behind a URL the API gave (e.g. `/v1/blobs/{hash}`).
     fn fetch(&self, url: &str, token: &str) -> Result<Vec<u8>, DemoError> {
-        let (status, bytes) =
-            app::http_client::request(self.address, "GET", url, Some(token), None, std::time::Duration::from_secs(60))
-                .map_err(|e| DemoError::Other(format!("GET {url}: {e}")))?;
-        if status != 200 {
-            return Err(DemoError::Other(format!("GET {url} answered {status}")));
+        let response = self
+            .client
+            .get(format!("{}{url}", self.base))
+            .bearer_auth(token)
+            .send()
+            .map_err(|e| DemoError::Other(format!("GET {url}: {e}")))?;
+        if response.status() != reqwest::StatusCode::OK {
+            return Err(DemoError::Other(format!("GET {url} answered {}", response.status())));
         }
-        Ok(bytes)
+        Ok(response.bytes().map_err(|e| DemoError::Other(format!("GET {url}: {e}")))?.to_vec())
     }
 }
 

@@ -8,7 +8,7 @@
 //! | [`problem`] | every error as problem+json |
 //! | [`configuration`], [`metrics`] | server settings; Prometheus `/metrics` |
 //! | [`demo`] | `thitl demo`: a whole T-HITL campaign on the reference world, simulated annotators |
-//! | [`cli`], [`scenes_cli`], [`model_cli`] | the `thitl` command line |
+//! | [`cli`], [`scenes_cli`], [`model_cli`], [`prompts_cli`] | the `thitl` command line |
 //!
 //! Architecture invariant: no application rule lives here; handlers and commands parse, check
 //! the caller's role and call `app`. Modules import one another without a circle
@@ -21,6 +21,7 @@ pub mod demo;
 pub mod metrics;
 pub mod model_cli;
 pub mod problem;
+pub mod prompts_cli;
 pub mod routes;
 pub mod scenes_cli;
 pub mod startup;

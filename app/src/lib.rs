@@ -33,7 +33,6 @@ pub mod data;
 pub mod defaults;
 pub mod driver;
 pub mod export;
-pub mod http_client;
 pub mod idempotency;
 pub mod images;
 pub mod jobs;
