@@ -19,6 +19,7 @@ pub mod sample;
 pub mod scheduler;
 pub mod single_file;
 pub mod tokenizer;
+pub mod train;
 pub mod unet;
 pub mod vae;
 pub mod weights;

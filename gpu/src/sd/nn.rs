@@ -8,6 +8,9 @@ use crate::kernels::matmul::{Layout, Matmul};
 
 use super::weights::{ComponentWeights, WeightsError};
 
+mod backward;
+pub use backward::attention_backward;
+
 /// Most attention scores held at once (values): a chunk of queries is sized to stay below it.
 pub const ATTENTION_SCORE_BUDGET: usize = 1 << 24;
 
@@ -18,7 +21,38 @@ pub fn add<D: ImageOps>(device: &D, a: &D::Buffer, b: &D::Buffer, len: usize) ->
     y
 }
 
-/// A PyTorch `Linear`: weight `[out, in]`, optional bias.
+/// A trainable low-rank update of a [`Linear`] layer, kept apart from its frozen weight:
+/// `y += scale · (x Aᵀ) Bᵀ` (PEFT's `lora_A` = A `[rank, in]`, `lora_B` = B `[out, rank]`,
+/// `scale = alpha / rank`), with the gradients of A and B accumulated by the backward pass.
+pub struct LoraParams<D: ImageOps> {
+    /// A, `[rank, in]`.
+    pub a: D::Buffer,
+    /// B, `[out, rank]`.
+    pub b: D::Buffer,
+    /// ∂L/∂A (accumulated; cleared by the trainer).
+    pub grad_a: D::Buffer,
+    /// ∂L/∂B (accumulated).
+    pub grad_b: D::Buffer,
+    /// The rank r.
+    pub rank: usize,
+    /// `alpha / r`.
+    pub scale: f32,
+}
+
+impl<D: ImageOps> Clone for LoraParams<D> {
+    fn clone(&self) -> Self {
+        LoraParams {
+            a: self.a.clone(),
+            b: self.b.clone(),
+            grad_a: self.grad_a.clone(),
+            grad_b: self.grad_b.clone(),
+            rank: self.rank,
+            scale: self.scale,
+        }
+    }
+}
+
+/// A PyTorch `Linear`: weight `[out, in]`, optional bias, optional trainable [`LoraParams`].
 pub struct Linear<D: ImageOps> {
     weight: D::Buffer,
     bias: Option<D::Buffer>,
@@ -26,6 +60,8 @@ pub struct Linear<D: ImageOps> {
     pub inputs: usize,
     /// Output width.
     pub outputs: usize,
+    /// A LoRA update being trained (sampling merges adapters into `weight` instead).
+    pub lora: Option<LoraParams<D>>,
 }
 
 impl<D: ImageOps> Linear<D> {
@@ -39,16 +75,44 @@ impl<D: ImageOps> Linear<D> {
     ) -> Result<Self, WeightsError> {
         let weight = weights.take(&format!("{prefix}.weight"), &[outputs, inputs])?;
         let bias = weights.take_optional(&format!("{prefix}.bias"), &[outputs])?;
-        Ok(Linear { weight: device.upload(&weight.data), bias: bias.map(|b| device.upload(&b.data)), inputs, outputs })
+        Ok(Linear {
+            weight: device.upload(&weight.data),
+            bias: bias.map(|b| device.upload(&b.data)),
+            inputs,
+            outputs,
+            lora: None,
+        })
     }
 
-    /// `y = x Wᵀ + b` over `rows` rows.
+    /// The frozen weight, `[out, in]`.
+    pub fn weight(&self) -> &D::Buffer {
+        &self.weight
+    }
+
+    /// `y = x Wᵀ + b (+ scale · (x Aᵀ) Bᵀ)` over `rows` rows.
     pub fn forward(&self, device: &D, x: &D::Buffer, rows: usize) -> D::Buffer {
+        self.forward_with_inner(device, x, rows).0
+    }
+
+    /// [`Linear::forward`] and, with a LoRA update, its inner activations `x Aᵀ` (`rows ×
+    /// rank`), which the backward pass needs.
+    pub fn forward_with_inner(&self, device: &D, x: &D::Buffer, rows: usize) -> (D::Buffer, Option<D::Buffer>) {
         let y = device.output(rows * self.outputs);
         let spec = Matmul::new(rows, self.outputs, self.inputs, false, true)
             .with_epilogue(self.bias.is_some(), crate::kernels::matmul::Activation::None);
         device.matmul(&spec, x, &self.weight, self.bias.as_ref(), &y);
-        y
+        let inner = self.lora.as_ref().map(|lora| {
+            let inner = device.output(rows * lora.rank);
+            device.matmul(&Matmul::new(rows, lora.rank, self.inputs, false, true), x, &lora.a, None, &inner);
+            let up = Matmul {
+                alpha: lora.scale,
+                accumulate: true,
+                ..Matmul::new(rows, self.outputs, lora.rank, false, true)
+            };
+            device.matmul(&up, &inner, &lora.b, None, &y);
+            inner
+        });
+        (y, inner)
     }
 }
 
@@ -103,16 +167,9 @@ impl<D: ImageOps> Conv<D> {
         Self::load(device, weights, prefix, inputs, outputs, kernel, 1, (kernel / 2, kernel / 2))
     }
 
-    /// The convolution of `batch` images of `height × width`: the output and its size.
-    pub fn forward(
-        &self,
-        device: &D,
-        x: &D::Buffer,
-        batch: usize,
-        height: usize,
-        width: usize,
-    ) -> (D::Buffer, usize, usize) {
-        let spec = Conv2d {
+    /// The convolution's shape on `batch` images of `height × width`.
+    pub fn spec(&self, batch: usize, height: usize, width: usize) -> Conv2d {
+        Conv2d {
             batch,
             in_channels: self.inputs,
             out_channels: self.outputs,
@@ -122,7 +179,19 @@ impl<D: ImageOps> Conv<D> {
             stride: self.stride,
             pad_before: self.pad.0,
             pad_after: self.pad.1,
-        };
+        }
+    }
+
+    /// The convolution of `batch` images of `height × width`: the output and its size.
+    pub fn forward(
+        &self,
+        device: &D,
+        x: &D::Buffer,
+        batch: usize,
+        height: usize,
+        width: usize,
+    ) -> (D::Buffer, usize, usize) {
+        let spec = self.spec(batch, height, width);
         let y = device.output(spec.output_len());
         device.conv2d(&spec, x, &self.weight, self.bias.as_ref(), &y);
         (y, spec.out_height(), spec.out_width())
@@ -232,6 +301,19 @@ impl<D: ImageOps> ResnetBlock<D> {
         width: usize,
         time: Option<&D::Buffer>,
     ) -> D::Buffer {
+        self.forward_cached(device, x, batch, height, width, time).0
+    }
+
+    /// [`ResnetBlock::forward`] and what its backward pass needs.
+    pub fn forward_cached(
+        &self,
+        device: &D,
+        x: &D::Buffer,
+        batch: usize,
+        height: usize,
+        width: usize,
+        time: Option<&D::Buffer>,
+    ) -> (D::Buffer, ResnetCache<D>) {
         let spatial = height * width;
         let h = self.norm1.group(device, x, batch, spatial, self.groups, self.eps, true);
         let (h, _, _) = self.conv1.forward(device, &h, batch, height, width);
@@ -240,16 +322,27 @@ impl<D: ImageOps> ResnetBlock<D> {
             let t = projection.forward(device, time, batch);
             device.add_repeated(&t, &h, len, spatial, batch * self.outputs);
         }
-        let h = self.norm2.group(device, &h, batch, spatial, self.groups, self.eps, true);
+        let middle = h;
+        let h = self.norm2.group(device, &middle, batch, spatial, self.groups, self.eps, true);
         let (h, _, _) = self.conv2.forward(device, &h, batch, height, width);
-        match &self.shortcut {
+        let y = match &self.shortcut {
             Some(shortcut) => {
                 let (s, _, _) = shortcut.forward(device, x, batch, height, width);
                 add(device, &s, &h, len)
             }
             None => add(device, x, &h, len),
-        }
+        };
+        (y, ResnetCache { x: x.clone(), middle, batch, height, width })
     }
+}
+
+/// What [`ResnetBlock`]'s backward pass needs: its input and the input of its second norm.
+pub struct ResnetCache<D: ImageOps> {
+    x: D::Buffer,
+    middle: D::Buffer,
+    batch: usize,
+    height: usize,
+    width: usize,
 }
 
 /// Multi-head attention over packed `[rows, heads·head_dim]` projections: `out = softmax(q kᵀ ·
@@ -368,13 +461,69 @@ impl<D: ImageOps> Attention<D> {
         context: Option<(&D::Buffer, usize)>,
         causal: bool,
     ) -> D::Buffer {
-        let (context, keys) = context.unwrap_or((x, queries));
-        let q = self.q.forward(device, x, batch * queries);
-        let k = self.k.forward(device, context, batch * keys);
-        let v = self.v.forward(device, context, batch * keys);
-        let o = attention(device, &q, &k, &v, batch, queries, keys, self.heads, self.head_dim, causal);
-        self.out.forward(device, &o, batch * queries)
+        self.forward_cached(device, x, batch, queries, context, causal).0
     }
+
+    /// [`Attention::forward`] and what its backward pass needs.
+    pub fn forward_cached(
+        &self,
+        device: &D,
+        x: &D::Buffer,
+        batch: usize,
+        queries: usize,
+        context: Option<(&D::Buffer, usize)>,
+        causal: bool,
+    ) -> (D::Buffer, AttentionCache<D>) {
+        let cross = context.is_some();
+        let (context, keys) = context.unwrap_or((x, queries));
+        let (q, q_inner) = self.q.forward_with_inner(device, x, batch * queries);
+        let (k, k_inner) = self.k.forward_with_inner(device, context, batch * keys);
+        let (v, v_inner) = self.v.forward_with_inner(device, context, batch * keys);
+        let o = attention(device, &q, &k, &v, batch, queries, keys, self.heads, self.head_dim, causal);
+        let (y, out_inner) = self.out.forward_with_inner(device, &o, batch * queries);
+        let cache = AttentionCache {
+            x: x.clone(),
+            context: context.clone(),
+            q,
+            k,
+            v,
+            o,
+            inner: [q_inner, k_inner, v_inner, out_inner],
+            batch,
+            queries,
+            keys,
+            cross,
+            causal,
+        };
+        (y, cache)
+    }
+
+    /// The projections by their diffusers names (`to_q`, `to_k`, `to_v`, `to_out.0`).
+    pub fn projections_mut(&mut self) -> [(&'static str, &mut Linear<D>); 4] {
+        [
+            (ATTENTION_NAMES[0], &mut self.q),
+            (ATTENTION_NAMES[1], &mut self.k),
+            (ATTENTION_NAMES[2], &mut self.v),
+            (ATTENTION_NAMES[3], &mut self.out),
+        ]
+    }
+}
+
+/// What [`Attention`]'s backward pass needs: the inputs, the projections and the attention's
+/// output (scores are recomputed, never kept), the LoRA inner activations.
+pub struct AttentionCache<D: ImageOps> {
+    x: D::Buffer,
+    context: D::Buffer,
+    q: D::Buffer,
+    k: D::Buffer,
+    v: D::Buffer,
+    o: D::Buffer,
+    inner: [Option<D::Buffer>; 4],
+    batch: usize,
+    queries: usize,
+    keys: usize,
+    cross: bool,
+    causal: bool,
 }
 
 /// diffusers' `BasicTransformerBlock`: self-attention, cross-attention, GEGLU feed-forward, each
@@ -426,22 +575,54 @@ impl<D: ImageOps> TransformerBlock<D> {
         tokens: usize,
         context: (&D::Buffer, usize),
     ) -> D::Buffer {
+        self.forward_cached(device, x, batch, tokens, context).0
+    }
+
+    /// [`TransformerBlock::forward`] and what its backward pass needs.
+    pub fn forward_cached(
+        &self,
+        device: &D,
+        x0: &D::Buffer,
+        batch: usize,
+        tokens: usize,
+        context: (&D::Buffer, usize),
+    ) -> (D::Buffer, TransformerBlockCache<D>) {
         let rows = batch * tokens;
         let len = rows * self.dim;
-        let h = self.norm1.layer(device, x, rows, 1e-5);
-        let h = self.attn1.forward(device, &h, batch, tokens, None, false);
-        let x = add(device, x, &h, len);
-        let h = self.norm2.layer(device, &x, rows, 1e-5);
-        let h = self.attn2.forward(device, &h, batch, tokens, Some(context), false);
-        let x = add(device, &x, &h, len);
-        let h = self.norm3.layer(device, &x, rows, 1e-5);
-        let projected = self.ff_in.forward(device, &h, rows);
+        let h = self.norm1.layer(device, x0, rows, 1e-5);
+        let (h, attn1) = self.attn1.forward_cached(device, &h, batch, tokens, None, false);
+        let x1 = add(device, x0, &h, len);
+        let h = self.norm2.layer(device, &x1, rows, 1e-5);
+        let (h, attn2) = self.attn2.forward_cached(device, &h, batch, tokens, Some(context), false);
+        let x2 = add(device, &x1, &h, len);
+        let normed = self.norm3.layer(device, &x2, rows, 1e-5);
+        let projected = self.ff_in.forward(device, &normed, rows);
         let inner = self.ff_out.inputs;
         let gated = device.output(rows * inner);
         device.geglu(&projected, &gated, rows, inner);
         let h = self.ff_out.forward(device, &gated, rows);
-        add(device, &x, &h, len)
+        let y = add(device, &x2, &h, len);
+        let cache = TransformerBlockCache { x0: x0.clone(), x1, x2, attn1, attn2, normed, projected, gated, rows };
+        (y, cache)
     }
+
+    /// The self- and cross-attention layers (`attn1`, `attn2`).
+    pub fn attentions_mut(&mut self) -> [(&'static str, &mut Attention<D>); 2] {
+        [("attn1", &mut self.attn1), ("attn2", &mut self.attn2)]
+    }
+}
+
+/// What [`TransformerBlock`]'s backward pass needs.
+pub struct TransformerBlockCache<D: ImageOps> {
+    x0: D::Buffer,
+    x1: D::Buffer,
+    x2: D::Buffer,
+    attn1: AttentionCache<D>,
+    attn2: AttentionCache<D>,
+    normed: D::Buffer,
+    projected: D::Buffer,
+    gated: D::Buffer,
+    rows: usize,
 }
 
 /// A projection around the transformer blocks: a 1×1 convolution on NCHW (SD 1.x) or a linear
@@ -512,6 +693,24 @@ impl<D: ImageOps> SpatialTransformer<D> {
         width: usize,
         context: (&D::Buffer, usize),
     ) -> D::Buffer {
+        self.forward_cached(device, x, batch, height, width, context).0
+    }
+
+    /// The transformer blocks.
+    pub fn blocks_mut(&mut self) -> &mut [TransformerBlock<D>] {
+        &mut self.blocks
+    }
+
+    /// [`SpatialTransformer::forward`] and what its backward pass needs.
+    pub fn forward_cached(
+        &self,
+        device: &D,
+        x: &D::Buffer,
+        batch: usize,
+        height: usize,
+        width: usize,
+        context: (&D::Buffer, usize),
+    ) -> (D::Buffer, SpatialTransformerCache<D>) {
         let (c, hw) = (self.channels, height * width);
         let len = batch * c * hw;
         let normed = self.norm.group(device, x, batch, hw, self.groups, 1e-6, false);
@@ -523,12 +722,16 @@ impl<D: ImageOps> SpatialTransformer<D> {
             }
             Projection::Linear(_) => device.transpose(&normed, &tokens, batch, c, hw),
         }
+        let tokens_in = tokens;
         let mut tokens = match &self.proj_in {
-            Projection::Linear(linear) => linear.forward(device, &tokens, batch * hw),
-            Projection::Conv(_) => tokens,
+            Projection::Linear(linear) => linear.forward(device, &tokens_in, batch * hw),
+            Projection::Conv(_) => tokens_in.clone(),
         };
+        let mut blocks = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
-            tokens = block.forward(device, &tokens, batch, hw, context);
+            let (y, cache) = block.forward_cached(device, &tokens, batch, hw, context);
+            blocks.push(cache);
+            tokens = y;
         }
         let image = device.output(len);
         let out = match &self.proj_out {
@@ -542,8 +745,21 @@ impl<D: ImageOps> SpatialTransformer<D> {
                 conv.forward(device, &image, batch, height, width).0
             }
         };
-        add(device, &out, x, len)
+        let cache =
+            SpatialTransformerCache { x: x.clone(), tokens_in, blocks, tokens_out: tokens, batch, height, width };
+        (add(device, &out, x, len), cache)
     }
+}
+
+/// What [`SpatialTransformer`]'s backward pass needs.
+pub struct SpatialTransformerCache<D: ImageOps> {
+    x: D::Buffer,
+    tokens_in: D::Buffer,
+    blocks: Vec<TransformerBlockCache<D>>,
+    tokens_out: D::Buffer,
+    batch: usize,
+    height: usize,
+    width: usize,
 }
 
 /// Applies `op` to a new buffer.

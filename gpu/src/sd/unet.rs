@@ -5,10 +5,12 @@
 //! group norm, SiLU and `conv_out`. Block counts, ResNets and transformer layers per block, heads
 //! and the mid block (absent in BK-SDM-Small/Tiny) all come from the config.
 
-use crate::device::{ImageOps, Unary};
+use crate::device::{ImageBackward, ImageOps, Unary};
 
 use super::config::UnetConfig;
-use super::nn::{Conv, Linear, Norm, ResnetBlock, SpatialTransformer, unary};
+use super::nn::{
+    Attention, Conv, Linear, Norm, ResnetBlock, ResnetCache, SpatialTransformer, SpatialTransformerCache, add, unary,
+};
 use super::weights::{ComponentWeights, WeightsError};
 
 type Layer<D> = (ResnetBlock<D>, Option<SpatialTransformer<D>>);
@@ -212,6 +214,71 @@ impl<D: ImageOps> Unet<D> {
         context: &D::Buffer,
         context_len: usize,
     ) -> Result<D::Buffer, String> {
+        Ok(self.run(device, latents, batch, height, width, timesteps, context, context_len, false)?.0)
+    }
+
+    /// [`Unet::forward`] keeping what the backward pass needs ([`Unet::backward`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_cached(
+        &self,
+        device: &D,
+        latents: &D::Buffer,
+        batch: usize,
+        height: usize,
+        width: usize,
+        timesteps: &[f32],
+        context: &D::Buffer,
+        context_len: usize,
+    ) -> Result<(D::Buffer, UnetCache<D>), String> {
+        let (y, cache) = self.run(device, latents, batch, height, width, timesteps, context, context_len, true)?;
+        Ok((y, cache.expect("recorded")))
+    }
+
+    /// Every attention layer with its diffusers module path (`down_blocks.0.attentions.0.
+    /// transformer_blocks.0.attn1`, …), in the order of the forward pass.
+    pub fn attentions_mut(&mut self) -> Vec<(String, &mut Attention<D>)> {
+        let mut transformers: Vec<(String, &mut SpatialTransformer<D>)> = Vec::new();
+        for (i, block) in self.down.iter_mut().enumerate() {
+            for (j, (_, attention)) in block.layers.iter_mut().enumerate() {
+                if let Some(attention) = attention {
+                    transformers.push((format!("down_blocks.{i}.attentions.{j}"), attention));
+                }
+            }
+        }
+        for (j, (attention, _)) in self.mid.iter_mut().enumerate() {
+            transformers.push((format!("mid_block.attentions.{j}"), attention));
+        }
+        for (i, block) in self.up.iter_mut().enumerate() {
+            for (j, (_, attention)) in block.layers.iter_mut().enumerate() {
+                if let Some(attention) = attention {
+                    transformers.push((format!("up_blocks.{i}.attentions.{j}"), attention));
+                }
+            }
+        }
+        let mut found = Vec::new();
+        for (prefix, transformer) in transformers {
+            for (i, block) in transformer.blocks_mut().iter_mut().enumerate() {
+                for (name, attention) in block.attentions_mut() {
+                    found.push((format!("{prefix}.transformer_blocks.{i}.{name}"), attention));
+                }
+            }
+        }
+        found
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        device: &D,
+        latents: &D::Buffer,
+        batch: usize,
+        height: usize,
+        width: usize,
+        timesteps: &[f32],
+        context: &D::Buffer,
+        context_len: usize,
+        record: bool,
+    ) -> Result<(D::Buffer, Option<UnetCache<D>>), String> {
         let c = &self.config;
         let factor = 1 << c.downsamplings();
         if !height.is_multiple_of(factor) || !width.is_multiple_of(factor) {
@@ -232,17 +299,37 @@ impl<D: ImageOps> Unet<D> {
         let t = self.time2.forward(device, &t, batch);
         let time = unary(device, Unary::Silu, &t, batch * 4 * base);
         let context = (context, context_len);
+        let mut cache = UnetCache { batch, height, width, layers: Vec::new(), mid: Vec::new(), pre_out: None };
+        // One layer (ResNet, optional transformer), cached when recording.
+        let mut layer = |resnet: &ResnetBlock<D>,
+                         attention: Option<&SpatialTransformer<D>>,
+                         x: &D::Buffer,
+                         h: usize,
+                         w: usize,
+                         skip: Option<(usize, usize)>| {
+            if !record {
+                let x = resnet.forward(device, x, batch, h, w, Some(&time));
+                return attention.map_or(x.clone(), |a| a.forward(device, &x, batch, h, w, context));
+            }
+            let (x, resnet_cache) = resnet.forward_cached(device, x, batch, h, w, Some(&time));
+            let (x, attention_cache) = match attention {
+                Some(a) => {
+                    let (y, cache) = a.forward_cached(device, &x, batch, h, w, context);
+                    (y, Some(cache))
+                }
+                None => (x, None),
+            };
+            cache.layers.push(LayerCache { resnet: resnet_cache, attention: attention_cache, skip });
+            x
+        };
 
         let (mut x, mut h, mut w) = self.conv_in.forward(device, latents, batch, height, width);
         let mut channels = base;
         let mut skips = vec![(x.clone(), channels)];
         for block in &self.down {
             for (resnet, attention) in &block.layers {
-                x = resnet.forward(device, &x, batch, h, w, Some(&time));
+                x = layer(resnet, attention.as_ref(), &x, h, w, None);
                 channels = resnet.outputs;
-                if let Some(attention) = attention {
-                    x = attention.forward(device, &x, batch, h, w, context);
-                }
                 skips.push((x.clone(), channels));
             }
             if let Some(downsample) = &block.downsample {
@@ -251,21 +338,26 @@ impl<D: ImageOps> Unet<D> {
             }
         }
         if let Some(first) = &self.mid_first {
-            x = first.forward(device, &x, batch, h, w, Some(&time));
+            x = layer(first, None, &x, h, w, None);
         }
         for (attention, resnet) in &self.mid {
-            x = attention.forward(device, &x, batch, h, w, context);
-            x = resnet.forward(device, &x, batch, h, w, Some(&time));
+            // The mid block runs its transformer before its second ResNet: two cached layers.
+            if record {
+                let (y, attention_cache) = attention.forward_cached(device, &x, batch, h, w, context);
+                let (y, resnet_cache) = resnet.forward_cached(device, &y, batch, h, w, Some(&time));
+                cache.mid.push((attention_cache, resnet_cache));
+                x = y;
+            } else {
+                x = attention.forward(device, &x, batch, h, w, context);
+                x = resnet.forward(device, &x, batch, h, w, Some(&time));
+            }
         }
         for block in &self.up {
             for (resnet, attention) in &block.layers {
                 let (skip, skip_channels) = skips.pop().ok_or("the UNet's skip connections ran out")?;
                 let joined = concat_channels(device, &x, channels, &skip, skip_channels, batch, h * w);
-                x = resnet.forward(device, &joined, batch, h, w, Some(&time));
+                x = layer(resnet, attention.as_ref(), &joined, h, w, Some((channels, skip_channels)));
                 channels = resnet.outputs;
-                if let Some(attention) = attention {
-                    x = attention.forward(device, &x, batch, h, w, context);
-                }
             }
             if let Some(upsample) = &block.upsample {
                 let doubled = device.output(batch * channels * 4 * h * w);
@@ -274,9 +366,140 @@ impl<D: ImageOps> Unet<D> {
                 x = upsample.forward(device, &doubled, batch, h, w).0;
             }
         }
-        let x = self.norm_out.group(device, &x, batch, h * w, c.norm_groups, c.norm_eps, true);
-        Ok(self.conv_out.forward(device, &x, batch, h, w).0)
+        let normed = self.norm_out.group(device, &x, batch, h * w, c.norm_groups, c.norm_eps, true);
+        let y = self.conv_out.forward(device, &normed, batch, h, w).0;
+        if record {
+            cache.pre_out = Some(x);
+            Ok((y, Some(cache)))
+        } else {
+            Ok((y, None))
+        }
     }
+}
+
+/// One cached UNet layer: a ResNet, its transformer, and for an up block's layer the channels of
+/// its two concatenated inputs (the path, then the skip connection).
+struct LayerCache<D: ImageOps> {
+    resnet: ResnetCache<D>,
+    attention: Option<SpatialTransformerCache<D>>,
+    skip: Option<(usize, usize)>,
+}
+
+/// What [`Unet::backward`] needs from [`Unet::forward_cached`].
+pub struct UnetCache<D: ImageOps> {
+    batch: usize,
+    height: usize,
+    width: usize,
+    layers: Vec<LayerCache<D>>,
+    mid: Vec<(SpatialTransformerCache<D>, ResnetCache<D>)>,
+    pre_out: Option<D::Buffer>,
+}
+
+impl<D: ImageBackward> Unet<D> {
+    /// The backward pass from ∂L/∂output: accumulates the gradients of every [`LoraParams`]
+    /// attached to the attention projections (see [`Unet::attentions_mut`]). The gradient goes
+    /// back only as far as the first adapted layer; the timestep embedding and the text
+    /// conditioning are frozen.
+    ///
+    /// [`LoraParams`]: super::nn::LoraParams
+    pub fn backward(&self, device: &D, cache: &UnetCache<D>, dy: &D::Buffer) {
+        let c = &self.config;
+        let batch = cache.batch;
+        let blocks = c.block_out_channels.len();
+        // The latent size at each block (down block i works at sizes[i]).
+        let sizes: Vec<(usize, usize)> = (0..blocks).map(|i| (cache.height >> i, cache.width >> i)).collect();
+        let (mut h, mut w) = sizes[0];
+        let base = c.block_out_channels[0];
+        let pre_out = cache.pre_out.as_ref().expect("a recorded forward pass");
+        let d = self.conv_out.input_grad(device, dy, batch, h, w);
+        let mut d = self.norm_out.group_backward(device, pre_out, &d, batch, h * w, c.norm_groups, c.norm_eps, true);
+        let mut channels = base;
+        let mut layers = cache.layers.iter().rev();
+        // Gradients of the skip connections, by position in the forward pass's skip stack.
+        let mut skip_grads: Vec<D::Buffer> = Vec::new();
+        for block in self.up.iter().rev() {
+            if let Some(upsample) = &block.upsample {
+                let doubled = upsample.input_grad(device, &d, batch, h, w);
+                (h, w) = (h / 2, w / 2);
+                d = device.output(batch * channels * h * w);
+                device.upsample_nearest2x_backward(&doubled, &d, batch * channels, h, w);
+            }
+            for (resnet, attention) in block.layers.iter().rev() {
+                let layer = layers.next().expect("one cached layer per layer");
+                if let (Some(attention), Some(attention_cache)) = (attention, &layer.attention) {
+                    d = attention.backward(device, attention_cache, &d);
+                }
+                let joined = resnet.backward(device, &layer.resnet, &d);
+                let (path, skip) = layer.skip.expect("an up block's layer records its inputs");
+                let spatial = h * w;
+                let (dx, ds) = split_channels(device, &joined, path, skip, batch, spatial);
+                skip_grads.push(ds);
+                d = dx;
+                channels = path;
+            }
+        }
+        for ((attention, resnet), (attention_cache, resnet_cache)) in self.mid.iter().zip(&cache.mid).rev() {
+            d = resnet.backward(device, resnet_cache, &d);
+            d = attention.backward(device, attention_cache, &d);
+        }
+        if let Some(first) = &self.mid_first {
+            let layer = layers.next().expect("the mid block's first ResNet");
+            d = first.backward(device, &layer.resnet, &d);
+        }
+        // Down blocks: each output there was also a skip connection, whose gradient is added.
+        // Stop once no adapted layer is left before the current point.
+        let trainable = |layer: &LayerCache<D>| layer.attention.is_some();
+        let mut remaining: Vec<&LayerCache<D>> = layers.collect();
+        remaining.reverse(); // now in forward order: the down layers
+        let mut left = remaining.iter().filter(|l| trainable(l)).count();
+        let mut down_layers = remaining.into_iter().rev();
+        let mut skip_grads = skip_grads.into_iter().rev();
+        for (i, block) in self.down.iter().enumerate().rev() {
+            if left == 0 {
+                break;
+            }
+            let len = |channels: usize, (h, w): (usize, usize)| batch * channels * h * w;
+            let out_channels = c.block_out_channels[i];
+            if let Some(downsample) = &block.downsample {
+                let ds = skip_grads.next().expect("a skip gradient per skip");
+                d = add(device, &d, &ds, len(out_channels, sizes[i + 1]));
+                let (bh, bw) = sizes[i];
+                d = downsample.input_grad(device, &d, batch, bh, bw);
+            }
+            for (resnet, attention) in block.layers.iter().rev() {
+                let layer = down_layers.next().expect("one cached layer per down layer");
+                let ds = skip_grads.next().expect("a skip gradient per skip");
+                d = add(device, &d, &ds, len(out_channels, sizes[i]));
+                if let (Some(attention), Some(attention_cache)) = (attention, &layer.attention) {
+                    d = attention.backward(device, attention_cache, &d);
+                    left -= 1;
+                }
+                if left == 0 {
+                    break;
+                }
+                d = resnet.backward(device, &layer.resnet, &d);
+            }
+        }
+    }
+}
+
+/// The two parts of ∂L/∂[a, b] for [`concat_channels`]: (∂a, ∂b).
+fn split_channels<D: ImageOps>(
+    device: &D,
+    joined: &D::Buffer,
+    a_channels: usize,
+    b_channels: usize,
+    batch: usize,
+    spatial: usize,
+) -> (D::Buffer, D::Buffer) {
+    let channels = a_channels + b_channels;
+    let (a, b) = (device.output(batch * a_channels * spatial), device.output(batch * b_channels * spatial));
+    for image in 0..batch {
+        device.copy_at(joined, image * channels * spatial, &a, image * a_channels * spatial, a_channels * spatial);
+        let from = (image * channels + a_channels) * spatial;
+        device.copy_at(joined, from, &b, image * b_channels * spatial, b_channels * spatial);
+    }
+    (a, b)
 }
 
 /// `[a, b]` along channels of NCHW activations.
