@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Subcommand;
-use gpu::device::{CpuDevice, ImageOps, WgpuDevice};
+use gpu::device::{CpuDevice, ImageBackward, ImageOps, WgpuDevice};
 use gpu::sd::scheduler::SchedulerKind;
 use gpu::sd::{Latents, PipelineFolder, SampleOptions, StableDiffusion};
 use gpu::{Backend, DeviceChoice};
@@ -27,6 +27,15 @@ pub enum ModelCommand {
     /// Sample a Stable Diffusion 1.x/2.x pipeline on thitl's kernels, as diffusers'
     /// StableDiffusionPipeline does (same latents in, same latents out). Prints a JSON summary.
     Sample(Box<SampleArgs>),
+    /// Train a LoRA adapter on a pipeline's UNet from an image folder, as diffusers'
+    /// train_text_to_image_lora.py does (attention projections adapted, the checkpoint's
+    /// prediction type, AdamW, gradient clipping at 1), on thitl's kernels. DIR follows the
+    /// convention diffusers' training scripts read: metadata.jsonl lines {"file_name": "a.png",
+    /// "text": "a caption"} beside PNG images of one size (the model's resolution). Writes the
+    /// adapter into --out (peft: pytorch_lora_weights.safetensors, which diffusers'
+    /// load_lora_weights reads; kohya: lora_kohya.safetensors for ComfyUI/A1111; merged:
+    /// unet/ with the adapter added to the weights) and prints a JSON summary.
+    TrainLora(Box<TrainLoraArgs>),
     /// Import a Stable Diffusion pipeline as a base model version: the folder is checked whole
     /// (configs, tokenizer, every weight's shape) before anything is written; then every file
     /// it needs becomes a blob, a manifest naming them becomes the version's weights, and the
@@ -117,6 +126,54 @@ pub struct SampleArgs {
     lora_scale: f32,
 }
 
+#[derive(clap::Args)]
+pub struct TrainLoraArgs {
+    /// A diffusers pipeline folder, or a single-file SD 1.x checkpoint (see --config, --tokenizer).
+    path: PathBuf,
+    /// The image folder (metadata.jsonl + PNG images).
+    #[arg(long)]
+    images: PathBuf,
+    /// Where to write the adapter (created if needed; existing files of the same name are replaced).
+    #[arg(long)]
+    out: PathBuf,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 4)]
+    rank: usize,
+    /// LoRA alpha: the update is scaled by alpha / rank (default: the rank, i.e. scale 1).
+    #[arg(long)]
+    alpha: Option<f32>,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = 100)]
+    steps: u32,
+    /// AdamW learning rate.
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f32,
+    /// Images per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Images per forward/backward pass (the batch's gradients are accumulated over
+    /// batch / micro-batch passes; default: the whole batch at once).
+    #[arg(long)]
+    micro_batch: Option<usize>,
+    /// Seed of the adapter's initial values, the image order, noise and timesteps.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// peft (diffusers' pytorch_lora_weights.safetensors), kohya, or merged (a UNet folder).
+    #[arg(long, default_value = "peft")]
+    format: String,
+    /// Which projections of every attention layer to adapt (comma-separated).
+    #[arg(long, default_value = "to_q,to_k,to_v,to_out.0")]
+    targets: String,
+    /// auto (a hardware GPU, else the CPU), cpu, or wgpu.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Weights variant to prefer (e.g. fp16; converted to f32).
+    #[arg(long)]
+    variant: Option<String>,
+    #[command(flatten)]
+    single_file: SingleFileArgs,
+}
+
 /// What a single-file checkpoint (PATH a .safetensors file with the original key names) needs.
 #[derive(clap::Args)]
 pub struct SingleFileArgs {
@@ -140,6 +197,16 @@ pub fn run(command: ModelCommand) -> anyhow::Result<ExitCode> {
         }
         ModelCommand::Import { path, data, name, variant, json, single_file } => {
             import(&path, &data, name, variant.as_deref(), json, &single_file)
+        }
+        ModelCommand::TrainLora(args) => {
+            let choice: DeviceChoice = args.device.parse()?;
+            match Backend::choose(choice)? {
+                Backend::Cpu => train_lora(&CpuDevice::<f32>::new(), "cpu", &args),
+                Backend::Wgpu(context) => {
+                    let description = format!("wgpu: {}", context.describe());
+                    train_lora(&WgpuDevice::new(context), &description, &args)
+                }
+            }
         }
         ModelCommand::Sample(args) => {
             let choice: DeviceChoice = args.device.parse()?;
@@ -273,6 +340,152 @@ fn sample<D: ImageOps>(device: &D, description: &str, args: &SampleArgs) -> anyh
             "out_latents": args.out_latents.as_ref().map(|p| p.display().to_string()),
             "load_seconds": loaded,
             "sample_seconds": sampled,
+        })
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The adapter formats `train-lora` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AdapterFormat {
+    Peft,
+    Kohya,
+    Merged,
+}
+
+fn train_lora<D: ImageBackward>(device: &D, description: &str, args: &TrainLoraArgs) -> anyhow::Result<ExitCode> {
+    use gpu::sd::train::{LoraSettings, export};
+    let format = match args.format.as_str() {
+        "peft" => AdapterFormat::Peft,
+        "kohya" => AdapterFormat::Kohya,
+        "merged" => AdapterFormat::Merged,
+        other => anyhow::bail!("unknown --format {other:?}: choose peft, kohya or merged"),
+    };
+    let targets: Vec<String> =
+        args.targets.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
+    let known = gpu::sd::train::DEFAULT_TARGETS;
+    if let Some(unknown) = targets.iter().find(|t| !known.contains(&t.as_str())) {
+        anyhow::bail!("--targets: {unknown:?} is not an attention projection; choose among {}", known.join(","));
+    }
+    let alpha = args.alpha.unwrap_or(args.rank as f32);
+    let micro_batch = args.micro_batch.unwrap_or(args.batch);
+    let options = app::sd::train::TrainOptions {
+        lora: LoraSettings { rank: args.rank, alpha, targets },
+        steps: args.steps,
+        batch: args.batch,
+        micro_batch,
+        optimizer: gpu::cpu::AdamW { lr: args.lr, weight_decay: 1e-2, ..gpu::cpu::AdamW::default() },
+        seed: args.seed,
+    };
+    if !(args.lr.is_finite() && args.lr > 0.0) {
+        anyhow::bail!("--lr must be a positive number");
+    }
+    if args.rank == 0 || !(alpha.is_finite() && alpha > 0.0) {
+        anyhow::bail!("--rank and --alpha must be positive");
+    }
+    // Everything that can be checked before loading weights: the images and the output folder.
+    let examples = app::sd::train::read_image_folder(&args.images)?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    let converted = match args.path.is_file() {
+        true => {
+            eprintln!("converting the single-file checkpoint {}", args.path.display());
+            let files = &args.single_file;
+            Some(app::sd::ConvertedCheckpoint::convert(
+                &args.path,
+                files.config.as_deref(),
+                files.tokenizer.as_deref(),
+            )?)
+        }
+        false => None,
+    };
+    let folder = PipelineFolder::open(converted.as_ref().map_or(args.path.as_path(), |c| c.path()))?;
+    eprintln!("loading {} on {description}", args.path.display());
+    let pipeline = StableDiffusion::load(device, &folder, args.variant.as_deref())?;
+    eprintln!(
+        "training a rank-{} LoRA on {} images ({}×{}) for {} steps of {} (micro-batches of {micro_batch})",
+        args.rank,
+        examples.len(),
+        examples[0].width,
+        examples[0].height,
+        args.steps,
+        args.batch
+    );
+    let bar = indicatif::ProgressBar::new(args.steps as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "training [{bar:40}] {pos}/{len} steps, loss {msg} ({elapsed}, {eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let terminal = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let trained = app::sd::train::train_lora(device, pipeline, &examples, &options, &mut |step, steps, loss| {
+        bar.set_position(step as u64);
+        bar.set_message(format!("{loss:.4}"));
+        if !terminal {
+            eprintln!("step {step}/{steps}: loss {loss:.5} ({:.1} s)", started.elapsed().as_secs_f64());
+        }
+    })?;
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let mut files = Vec::new();
+    match format {
+        AdapterFormat::Peft => {
+            let path = args.out.join("pytorch_lora_weights.safetensors");
+            write_file(&path, &export::peft_file(trained.tensors(), &trained.settings).map_err(anyhow::Error::msg)?)?;
+            files.push(path);
+        }
+        AdapterFormat::Kohya => {
+            let path = args.out.join("lora_kohya.safetensors");
+            write_file(&path, &export::kohya_file(trained.tensors(), &trained.settings).map_err(anyhow::Error::msg)?)?;
+            files.push(path);
+        }
+        AdapterFormat::Merged => {
+            let unet_dir = folder.component_dir("unet")?;
+            let mut weights = gpu::sd::weights::ComponentWeights::load(
+                &unet_dir,
+                "diffusion_pytorch_model",
+                args.variant.as_deref(),
+            )?;
+            export::merge_into(&mut weights, trained.tensors(), &trained.settings).map_err(anyhow::Error::msg)?;
+            let out = args.out.join("unet");
+            std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+            let names: Vec<String> = weights.names().into_iter().map(str::to_string).collect();
+            let tensors: Vec<(String, gpu::sd::weights::HostTensor)> = names
+                .into_iter()
+                .map(|name| {
+                    let t = weights.remove(&name).expect("listed");
+                    (name, t)
+                })
+                .collect();
+            let bytes = gpu::tensor::f32_safetensors(
+                tensors.iter().map(|(name, t)| (name.as_str(), t.shape.as_slice(), t.data.as_slice())),
+                Some(std::collections::HashMap::from([("format".to_string(), "pt".to_string())])),
+            )
+            .map_err(anyhow::Error::msg)?;
+            let path = out.join("diffusion_pytorch_model.safetensors");
+            write_file(&path, &bytes)?;
+            let config = out.join("config.json");
+            std::fs::copy(unet_dir.join("config.json"), &config)
+                .with_context(|| format!("cannot write {}", config.display()))?;
+            files.extend([path, config]);
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "device": description,
+            "format": args.format,
+            "files": files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "images": examples.len(),
+            "steps": args.steps,
+            "rank": args.rank,
+            "alpha": alpha,
+            "first_loss": trained.losses.first(),
+            "last_loss": trained.losses.last(),
+            "losses": trained.losses,
+            "train_seconds": seconds,
         })
     );
     Ok(ExitCode::SUCCESS)

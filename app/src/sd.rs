@@ -8,6 +8,8 @@
 //! its hash) and opens the folder there, so the pipeline that samples is byte for byte the one
 //! imported.
 
+pub mod train;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};

@@ -420,3 +420,177 @@ fn no_error_lines_without_a_desktop_session() {
     assert!(output.status.success(), "{stderr}");
     assert!(!stderr.to_lowercase().contains("error"), "no error line: {stderr}");
 }
+
+/// Samples the SD1 pipeline with the lighthouse prompts from `init` through `--lora` (a folder or
+/// file), returning the final latents.
+fn sample_with_lora(init: &gpu::sd::Latents, lora: &std::path::Path) -> gpu::sd::Latents {
+    let dir = tempfile::tempdir().unwrap();
+    let (init_path, out) = (dir.path().join("init.safetensors"), dir.path().join("out.safetensors"));
+    std::fs::write(&init_path, init.to_safetensors().unwrap()).unwrap();
+    let pipeline = fixture("sd1").join("pipeline");
+    let output = thitl(&[
+        "model",
+        "sample",
+        pipeline.to_str().unwrap(),
+        "--prompt",
+        "A lighthouse standing on a rocky cliff while waves crash below, oil painting",
+        "--negative-prompt",
+        "blurry, low quality, watermark",
+        "--steps",
+        "5",
+        "--latents",
+        init_path.to_str().unwrap(),
+        "--out-latents",
+        out.to_str().unwrap(),
+        "--lora",
+        lora.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    gpu::sd::Latents::from_safetensors(&out, &std::fs::read(&out).unwrap()).unwrap()
+}
+
+/// thitl's own exports (`train/thitl_export`, see the fixtures' README): diffusers'
+/// `load_lora_weights` of the PEFT export samples as `thitl model sample --lora` does, through the
+/// PEFT folder and through the kohya file.
+#[test]
+fn thitls_lora_exports_sample_as_diffusers_samples_them() {
+    let export = fixture("sd1").join("train/thitl_export");
+    let reference = export.join("reference.safetensors");
+    let init = tensor_in(&reference, "init_latents");
+    let expected = tensor_in(&reference, "latents");
+    for lora in [export.clone(), export.join("lora_kohya.safetensors")] {
+        let latents = sample_with_lora(&init, &lora);
+        let error = max_relative_difference(&latents.values, &expected.values);
+        assert!(error <= 1e-3, "{}: latents differ from diffusers' by {error:.2e}", lora.display());
+    }
+}
+
+/// `thitl model train-lora` on an image folder in diffusers' convention: the adapter it writes in
+/// each format reads back (`sample --lora`) and changes the sample, the PEFT and kohya exports of
+/// one seed are the same adapter, the merged UNet is the base plus the update, and bad input is
+/// refused before anything is written.
+#[test]
+fn train_lora_writes_adapters_that_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let mut lines = String::new();
+    for i in 0..3 {
+        // 16×24 pictures: smooth colour ramps, a different one each.
+        let (height, width) = (16, 24);
+        let mut values = vec![0f32; 3 * height * width];
+        for (index, v) in values.iter_mut().enumerate() {
+            let (c, y, x) = (index / (height * width), (index / width) % height, index % width);
+            *v = ((x as f32 / width as f32) * (c + i + 1) as f32 + y as f32 / height as f32).fract();
+        }
+        std::fs::write(images.join(format!("{i}.png")), app::sd::png_from_unit_rgb(&values, height, width)).unwrap();
+        lines += &format!("{{\"file_name\": \"{i}.png\", \"text\": \"a striped picture number {i}\"}}\n");
+    }
+    std::fs::write(images.join("metadata.jsonl"), lines).unwrap();
+    let pipeline = fixture("sd1").join("pipeline");
+    let train = |format: &str, out: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "model",
+            "train-lora",
+            pipeline.to_str().unwrap(),
+            "--images",
+            images.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--steps",
+            "6",
+            "--lr",
+            "1e-2",
+            "--batch",
+            "2",
+            "--micro-batch",
+            "1",
+            "--alpha",
+            "8",
+            "--device",
+            "cpu",
+            "--format",
+            format,
+        ];
+        args.extend_from_slice(extra);
+        thitl(&args)
+    };
+    let mut losses = Vec::new();
+    for format in ["peft", "kohya", "merged"] {
+        let output = train(format, &dir.path().join(format), &[]);
+        assert!(output.status.success(), "{format}: {}", String::from_utf8_lossy(&output.stderr));
+        let summary: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+        assert_eq!(summary["steps"], 6);
+        let step_losses = summary["losses"].as_array().unwrap().clone();
+        assert_eq!(step_losses.len(), 6);
+        assert!(step_losses.iter().all(|l| l.as_f64().unwrap().is_finite()));
+        losses.push(step_losses);
+    }
+    assert!(losses.windows(2).all(|w| w[0] == w[1]), "one seed, one training run whatever the format");
+
+    let init = tensor_in(&fixture("sd1").join("train/thitl_export/reference.safetensors"), "init_latents");
+    let peft = sample_with_lora(&init, &dir.path().join("peft"));
+    let kohya = sample_with_lora(&init, &dir.path().join("kohya/lora_kohya.safetensors"));
+    assert!(max_relative_difference(&kohya.values, &peft.values) <= 1e-5, "kohya and PEFT exports differ");
+    // The merged UNet: a pipeline folder with it in place of the base UNet samples as the adapter does.
+    let merged = dir.path().join("merged_pipeline");
+    copy_dir(&pipeline, &merged);
+    for file in ["diffusion_pytorch_model.safetensors", "config.json"] {
+        std::fs::copy(dir.path().join("merged/unet").join(file), merged.join("unet").join(file)).unwrap();
+    }
+    std::fs::remove_file(merged.join("unet/diffusion_pytorch_model.fp16.safetensors")).unwrap();
+    let out = dir.path().join("merged.safetensors");
+    let init_path = dir.path().join("init.safetensors");
+    std::fs::write(&init_path, init.to_safetensors().unwrap()).unwrap();
+    let output = thitl(&[
+        "model",
+        "sample",
+        merged.to_str().unwrap(),
+        "--prompt",
+        "A lighthouse standing on a rocky cliff while waves crash below, oil painting",
+        "--negative-prompt",
+        "blurry, low quality, watermark",
+        "--steps",
+        "5",
+        "--latents",
+        init_path.to_str().unwrap(),
+        "--out-latents",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let merged_latents = gpu::sd::Latents::from_safetensors(&out, &std::fs::read(&out).unwrap()).unwrap();
+    assert!(max_relative_difference(&merged_latents.values, &peft.values) <= 1e-4, "merged UNet vs adapter");
+
+    // Bad input: a format nobody reads, an image of another size; nothing written.
+    for (extra, expected) in [(vec!["--format", "onnx"], "choose peft, kohya or merged")] {
+        let out = dir.path().join("refused");
+        let mut args = vec!["model", "train-lora", pipeline.to_str().unwrap(), "--images", images.to_str().unwrap()];
+        args.extend(["--out", out.to_str().unwrap(), "--device", "cpu"]);
+        args.extend(extra);
+        let output = thitl(&args);
+        assert!(!output.status.success());
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains(expected),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!out.exists(), "a refused run created {}", out.display());
+    }
+    std::fs::write(images.join("3.png"), app::sd::png_from_unit_rgb(&vec![0.5; 3 * 8 * 8], 8, 8)).unwrap();
+    std::fs::write(
+        images.join("metadata.jsonl"),
+        std::fs::read_to_string(images.join("metadata.jsonl")).unwrap()
+            + "{\"file_name\": \"3.png\", \"text\": \"small\"}\n",
+    )
+    .unwrap();
+    let out = dir.path().join("refused");
+    let output = train("peft", &out, &[]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("3.png is 8×8") && stderr.contains("one size"), "{stderr}");
+    assert!(!out.exists(), "a refused run created {}", out.display());
+}
