@@ -121,6 +121,12 @@ impl Options {
 }
 
 /// A keep-alive HTTP/1.1 connection: just enough client for JSON requests to thitl.
+///
+/// Hand-written on purpose, unlike every other client in thitl (reqwest): the bench measures the
+/// server, so each client thread owns exactly one connection and does nothing per request but
+/// write the request and read the answer. A general client's pool, runtime thread and per-request
+/// bookkeeping would add their own latency and scheduling to the figures (on 2 cores, the load
+/// generator shares the CPUs with the server it measures).
 struct Connection {
     reader: BufReader<TcpStream>,
     writer: TcpStream,

@@ -136,6 +136,15 @@ impl ResponseError for ApiError {
     }
 }
 
+/// 405 for a method a route does not take, with `Allow` listing the methods it does (RFC 9110).
+pub fn method_not_allowed(allow: &str) -> HttpResponse {
+    let detail = format!("this route takes {allow} only: see /openapi.json or /docs");
+    HttpResponse::MethodNotAllowed()
+        .content_type(PROBLEM_JSON)
+        .insert_header((header::ALLOW, allow.to_string()))
+        .json(problem_body(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed", &detail))
+}
+
 /// Rewrites any error answer that is not problem+json yet (actix's own: 404 for an unknown
 /// route, 405, 413, a path or query that does not parse) into problem+json, keeping its status
 /// and, where actix said why, its reason.

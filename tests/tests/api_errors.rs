@@ -56,6 +56,12 @@ fn bad_input_is_a_clear_4xx_and_appends_nothing() {
         ("unknown query parameter", app.get("/v1/associations?colour=red", &curator), 400, "colour"),
         ("limit out of range", app.get("/v1/audit/events?limit=0", &app.admin), 400, "limit"),
         ("wait_for beyond the log", app.get("/v1/associations?wait_for=999999", &curator), 422, "beyond"),
+        ("position past int64", app.get("/v1/audit/feed?after=9223372036854775808", &app.admin), 400, "larger than any position"),
+        ("wait_for past int64", app.get("/v1/associations?wait_for=18446744073709551615", &curator), 400, "larger than any position"),
+        ("empty time filter", app.get("/v1/audit/events?since=", &app.admin), 400, "time filter is empty"),
+        ("time filter not RFC 3339", app.get("/v1/audit/events?until=yesterday", &app.admin), 400, "RFC 3339"),
+        // Well-formed JSON of the wrong shape is 422 even where serde calls it a syntax error.
+        ("answer naming no kind", app.post(&format!("/v1/rounds/{round}/annotations"), &ann, json!({"item_id": item, "answer": {}})), 422, "does not fit"),
         ("oversized body", post_raw("/v1/associations", &curator, &vec![b' '; SMALL_BODY_LIMIT + 1]), 413, "larger"),
         ("bad If-Match", app.request("POST", "/v1/associations", Some(&curator), &[("If-Match", "yesterday")], Some(b"{}")), 400, "If-Match"),
         ("empty Idempotency-Key", app.request("POST", "/v1/associations", Some(&curator), &[("Idempotency-Key", " ")], Some(b"{}")), 400, "Idempotency-Key"),
@@ -88,4 +94,42 @@ fn requests_without_a_valid_token_are_401_with_a_bearer_challenge() {
     for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
         assert_eq!(app.request("GET", path, None, &[], None).status, 200, "{path}");
     }
+}
+
+#[test]
+fn a_method_a_path_does_not_take_is_405_with_allow_as_the_document_declares() {
+    let app = spawn_app();
+    let document = app.get("/openapi.json", &app.admin).json();
+    let paths = document["paths"].as_object().unwrap();
+    assert!(paths.len() > 40, "the document lists the API's paths");
+    let mut checked = 0;
+    for (template, item) in paths {
+        let declared: Vec<String> = item.as_object().unwrap().keys().map(|m| m.to_uppercase()).collect();
+        // A concrete path: UUIDs for ids, a SHA-256 for blobs, a word for other parameters.
+        let path = template
+            .replace("{sha256}", &"0".repeat(64))
+            .replace("{kind}", "annotations")
+            .replace("{key}", "threat")
+            .replace("{stream}", "association-0")
+            .replace("{id}", "01900000-0000-7000-8000-000000000000")
+            .replace("{prompt_id}", "01900000-0000-7000-8000-000000000001");
+        for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
+            if declared.iter().any(|d| d == method) {
+                continue;
+            }
+            let response = app.request(method, &path, Some(&app.admin), &[], None);
+            assert_eq!(response.status, 405, "{method} {path}: {}", response.body);
+            assert_eq!(response.header("content-type"), Some("application/problem+json"), "{method} {path}");
+            let mut allowed: Vec<String> =
+                response.header("allow").unwrap_or_default().split(',').map(|m| m.trim().to_string()).collect();
+            let mut expected = declared.clone();
+            allowed.sort();
+            expected.sort();
+            assert_eq!(allowed, expected, "{method} {path}: Allow lists the declared methods");
+            checked += 1;
+        }
+    }
+    assert!(checked > 100, "only {checked} method/path pairs were tried");
+    // A path no route serves stays a 404.
+    app.request("DELETE", "/v1/no-such-thing", Some(&app.admin), &[], None).expect(404);
 }

@@ -1,7 +1,6 @@
 //! Running the `thitl` binary and talking to it, as a user would.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -19,6 +18,21 @@ pub fn thitl_bin() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// The tests' HTTP client: no proxy (every server is on this machine), no redirects followed, a
+/// new connection per request (as a test sees a server most plainly), 30 s at most.
+pub fn http() -> &'static reqwest::blocking::Client {
+    static CLIENT: OnceLock<reqwest::blocking::Client> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::blocking::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("an HTTP client")
+    })
 }
 
 pub fn thitl(args: &[&str]) -> Output {
@@ -127,16 +141,13 @@ impl Server {
 
     /// GET `path` with a bearer token; returns (status, body).
     pub fn get_as(&self, path: &str, token: Option<&str>) -> (u16, String) {
-        let mut stream = TcpStream::connect(&self.address).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let authorization = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: {}\r\n{authorization}Connection: close\r\n\r\n", self.address)
-            .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("read response");
-        let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status line");
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        (status, dechunk(&body))
+        let mut request = http().get(format!("http://{}{path}", self.address));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = response.status().as_u16();
+        (status, response.text().unwrap_or_else(|e| panic!("GET {path}: {e}")))
     }
 
     /// Sends SIGINT (Ctrl-C) and waits for the exit status.
@@ -159,25 +170,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Decodes a chunked HTTP body (actix answers JSON with Content-Length, but be safe).
-fn dechunk(body: &str) -> String {
-    let looks_chunked = body.lines().next().is_some_and(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_hexdigit()));
-    if !looks_chunked || body.trim_start().starts_with('{') {
-        return body.to_string();
-    }
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
-        if size == 0 {
-            break;
-        }
-        out.push_str(&after[..size.min(after.len())]);
-        rest = after.get(size + 2..).unwrap_or("");
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -278,30 +270,29 @@ impl TestApp {
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
     ) -> Response {
-        let mut stream = TcpStream::connect(&self.address).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", self.address);
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
+        let mut request = http().request(method.clone(), format!("http://{}{path}", self.address));
         if let Some(token) = token {
-            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+            request = request.bearer_auth(token);
         }
         for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
+            request = request.header(*name, *value);
         }
         if let Some(body) = body {
             if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("content-type")) {
-                head.push_str("Content-Type: application/json\r\n");
+                request = request.header("Content-Type", "application/json");
             }
-            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+            request = request.body(body.to_vec());
         }
-        head.push_str("\r\n");
-        stream.write_all(head.as_bytes()).unwrap();
-        if let Some(body) = body {
-            // The server may answer (413) and close before reading a large body.
-            let _ = stream.write_all(body);
-        }
-        let mut raw = Vec::new();
-        let _ = stream.read_to_end(&mut raw);
-        parse_response(&raw)
+        let response = request.send().unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+            .collect();
+        let bytes = response.bytes().unwrap_or_else(|e| panic!("{method} {path}: {e}")).to_vec();
+        Response { status, headers, body: String::from_utf8_lossy(&bytes).into_owned(), bytes }
     }
 
     pub fn get(&self, path: &str, token: &str) -> Response {
@@ -330,25 +321,4 @@ impl TestApp {
         response.expect(200);
         response.json()["head"].as_u64().expect("head")
     }
-}
-
-fn parse_response(raw: &[u8]) -> Response {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP head in {:?}", String::from_utf8_lossy(raw)));
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut body = raw[split + 4..].to_vec();
-    let mut lines = head.lines();
-    let status: u16 =
-        lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).expect("status line");
-    let headers: Vec<(String, String)> =
-        lines.filter_map(|l| l.split_once(':')).map(|(n, v)| (n.trim().to_string(), v.trim().to_string())).collect();
-    if status == 100 {
-        return parse_response(&body);
-    }
-    if headers.iter().any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked")) {
-        body = dechunk(&String::from_utf8_lossy(&body)).into_bytes();
-    }
-    Response { status, headers, body: String::from_utf8_lossy(&body).into_owned(), bytes: body }
 }

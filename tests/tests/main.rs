@@ -13,6 +13,7 @@ mod audit;
 mod browser;
 mod demo;
 mod model;
+mod prompts_cli;
 mod scenes;
 mod serve;
 mod serve_campaign;

@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::auth::{Action, Principal};
 use crate::problem::{ApiError, Problem};
+use crate::routes::support::{optional_position, position};
 use crate::state::AppState;
 use app::audit::event_json;
 use store::{StoredEvent, StreamName, verify as verify_chains};
@@ -24,9 +25,10 @@ const SCAN_BUDGET: usize = 20_000;
 #[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Only events after this global position (0: from the start).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "position")]
     after: u64,
     /// At most this many events (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// Only this stream, e.g. `association-0190…`.
     stream: Option<String>,
@@ -37,11 +39,28 @@ pub struct EventsQuery {
     /// Only events whose actor is this principal.
     actor: Option<String>,
     /// Only events recorded at or after this RFC 3339 time.
-    #[param(value_type = Option<String>)]
+    #[serde(default, deserialize_with = "optional_time")]
+    #[param(value_type = Option<String>, format = DateTime)]
     since: Option<DateTime<Utc>>,
     /// Only events recorded before this RFC 3339 time.
-    #[param(value_type = Option<String>)]
+    #[serde(default, deserialize_with = "optional_time")]
+    #[param(value_type = Option<String>, format = DateTime)]
     until: Option<DateTime<Utc>>,
+}
+
+/// An RFC 3339 time from the query string. An empty `since=` is refused with words that say
+/// so: it is most often an unset variable in a client's URL, and reading it as "no bound" would
+/// answer the whole log to a request that meant to filter it.
+fn optional_time<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    if text.trim().is_empty() {
+        return Err(serde::de::Error::custom(
+            "a time filter is empty: give an RFC 3339 time (2026-01-31T12:00:00Z) or leave the parameter out",
+        ));
+    }
+    DateTime::parse_from_rfc3339(text.trim())
+        .map(|time| Some(time.with_timezone(&Utc)))
+        .map_err(|e| serde::de::Error::custom(format!("'{text}' is not an RFC 3339 time ({e})")))
 }
 
 impl EventsQuery {
@@ -109,8 +128,10 @@ pub async fn events(
 #[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
     /// From this stream version (1-based, default 1).
+    #[serde(default, deserialize_with = "optional_position")]
     from_version: Option<u64>,
     /// At most this many events (1 to 1000, default 1000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
@@ -176,13 +197,30 @@ pub async fn verify(state: web::Data<AppState>, principal: Principal) -> Result<
 #[into_params(parameter_in = Query)]
 pub struct FeedQuery {
     /// Start after this position (default: the log's end, i.e. only new events).
+    #[serde(default, deserialize_with = "optional_position")]
     after: Option<u64>,
+}
+
+/// One Server-Sent Event of the audit feed, as its fields (the OpenAPI 3.2 reading of
+/// `text/event-stream`: the schema describes each event; comments carry no event).
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)] // Only its schema is used: the feed writes the fields as text.
+pub struct FeedEvent {
+    /// Always `recorded`.
+    #[schema(pattern = "^recorded$")]
+    event: String,
+    /// The event's global position: send it back as `Last-Event-ID` (or `?after=`) to resume.
+    #[schema(pattern = "^[0-9]+$")]
+    id: String,
+    /// The event as `GET /v1/audit/events` shows it, as one line of JSON.
+    #[schema(content_media_type = "application/json")]
+    data: String,
 }
 
 /// A live Server-Sent-Events feed: one `event: recorded` per event (`id:` is its position, so a
 /// reconnecting client resumes with `Last-Event-ID`), and a comment every 15 s to keep it open.
 #[utoipa::path(get, path = "/v1/audit/feed", tag = "audit", params(FeedQuery),
-    responses((status = 200, description = "text/event-stream", content_type = "text/event-stream", body = String),
+    responses((status = 200, description = "an endless `text/event-stream`, one event per recorded event", content_type = "text/event-stream", body = FeedEvent),
         (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn feed(

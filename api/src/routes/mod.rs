@@ -13,7 +13,52 @@ pub mod support;
 pub mod tokens;
 pub mod work;
 
-use actix_web::web;
+use actix_web::dev::HttpServiceFactory;
+use actix_web::{FromRequest, Handler, Resource, Responder, web};
+
+use crate::problem::method_not_allowed;
+
+/// One path and the methods it takes; any other method answers 405 with `Allow` listing these.
+struct At {
+    resource: Resource,
+    allow: Vec<&'static str>,
+}
+
+fn at(path: &str) -> At {
+    At { resource: web::resource(path), allow: Vec::new() }
+}
+
+impl At {
+    fn get<F, Args>(mut self, handler: F) -> Self
+    where
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        self.resource = self.resource.route(web::get().to(handler));
+        self.allow.push("GET");
+        self
+    }
+
+    fn post<F, Args>(mut self, handler: F) -> Self
+    where
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        self.resource = self.resource.route(web::post().to(handler));
+        self.allow.push("POST");
+        self
+    }
+
+    fn done(self) -> impl HttpServiceFactory {
+        let allow = self.allow.join(", ");
+        self.resource.default_service(web::to(move || {
+            let answer = method_not_allowed(&allow);
+            async move { answer }
+        }))
+    }
+}
 
 pub fn configure(config: &mut web::ServiceConfig) {
     config
@@ -21,100 +66,92 @@ pub fn configure(config: &mut web::ServiceConfig) {
         // patterns only (each `{id}` pattern is a regular expression), hot routes first.
         .service(
             web::scope("/v1")
-                .route("/me", web::get().to(pages::me))
+                .service(at("/me").get(pages::me).done())
                 .service(
                     web::scope("/rounds")
-                        .route("/{id}/next", web::get().to(rounds::next))
-                        .route("/{id}/annotations", web::post().to(rounds::submit))
-                        .route("", web::post().to(rounds::open))
-                        .route("", web::get().to(rounds::list))
-                        .route("/{id}", web::get().to(rounds::progress))
-                        .route("/{id}/withdrawals", web::post().to(rounds::withdraw))
-                        .route("/{id}/close", web::post().to(rounds::close)),
+                        .service(at("/{id}/next").get(rounds::next).done())
+                        .service(at("/{id}/annotations").post(rounds::submit).done())
+                        .service(at("").post(rounds::open).get(rounds::list).done())
+                        .service(at("/{id}").get(rounds::progress).done())
+                        .service(at("/{id}/withdrawals").post(rounds::withdraw).done())
+                        .service(at("/{id}/close").post(rounds::close).done()),
                 )
                 .service(
                     web::scope("/blobs")
-                        .route("", web::post().to(images::upload))
-                        .route("/{sha256}", web::get().to(images::blob)),
+                        .service(at("").post(images::upload).done())
+                        .service(at("/{sha256}").get(images::blob).done()),
                 )
-                .route("/images/{id}", web::get().to(images::image))
+                .service(at("/images/{id}").get(images::image).done())
                 .service(
                     web::scope("/tokens")
-                        .route("", web::post().to(tokens::create))
-                        .route("", web::get().to(tokens::list))
-                        .route("/{id}/revoke", web::post().to(tokens::revoke)),
+                        .service(at("").post(tokens::create).get(tokens::list).done())
+                        .service(at("/{id}/revoke").post(tokens::revoke).done()),
                 )
                 .service(
                     web::scope("/taxonomy")
-                        .route("", web::get().to(associations::taxonomy))
-                        .route("/categories", web::post().to(associations::define_category))
-                        .route("/categories/{key}/retire", web::post().to(associations::retire_category)),
+                        .service(at("").get(associations::taxonomy).done())
+                        .service(at("/categories").post(associations::define_category).done())
+                        .service(at("/categories/{key}/retire").post(associations::retire_category).done()),
                 )
                 .service(
                     web::scope("/associations")
-                        .route("", web::post().to(associations::register))
-                        .route("", web::get().to(associations::list))
-                        .route("/{id}", web::get().to(associations::detail))
-                        .route("/{id}/evaluation", web::get().to(associations::evaluation))
-                        .route("/{id}/recategorize", web::post().to(associations::recategorize))
-                        .route("/{id}/retire", web::post().to(associations::retire)),
+                        .service(at("").post(associations::register).get(associations::list).done())
+                        .service(at("/{id}").get(associations::detail).done())
+                        .service(at("/{id}/evaluation").get(associations::evaluation).done())
+                        .service(at("/{id}/recategorize").post(associations::recategorize).done())
+                        .service(at("/{id}/retire").post(associations::retire).done()),
                 )
                 .service(
                     web::scope("/model-versions")
-                        .route("", web::post().to(work::register_model))
-                        .route("", web::get().to(work::list_model_versions))
-                        .route("/{id}", web::get().to(work::model_version))
-                        .route("/{id}/lineage", web::get().to(work::lineage))
-                        .route("/{id}/promote", web::post().to(work::promote))
-                        .route("/{id}/rollback", web::post().to(work::roll_back)),
+                        .service(at("").post(work::register_model).get(work::list_model_versions).done())
+                        .service(at("/{id}").get(work::model_version).done())
+                        .service(at("/{id}/lineage").get(work::lineage).done())
+                        .service(at("/{id}/promote").post(work::promote).done())
+                        .service(at("/{id}/rollback").post(work::roll_back).done()),
                 )
                 // The lineage under the name auditors look for first.
-                .route("/models/{id}/lineage", web::get().to(work::model_lineage))
+                .service(at("/models/{id}/lineage").get(work::model_lineage).done())
                 .service(
                     web::scope("/prompt-sets")
-                        .route("", web::post().to(work::create_prompt_set))
-                        .route("", web::get().to(work::list_prompt_sets))
-                        .route("/{id}", web::get().to(work::prompt_set))
-                        .route("/{id}/prompts", web::post().to(work::add_prompts))
-                        .route("/{id}/prompts/{prompt_id}", web::post().to(work::review_prompt))
-                        .route("/{id}/finalize", web::post().to(work::finalize)),
+                        .service(at("").post(work::create_prompt_set).get(work::list_prompt_sets).done())
+                        .service(at("/{id}").get(work::prompt_set).done())
+                        .service(at("/{id}/prompts").post(work::add_prompts).done())
+                        .service(at("/{id}/prompts/{prompt_id}").post(work::review_prompt).done())
+                        .service(at("/{id}/finalize").post(work::finalize).done()),
                 )
                 .service(
                     web::scope("/generations")
-                        .route("", web::post().to(work::request_generation))
-                        .route("", web::get().to(work::list_generations))
-                        .route("/{id}", web::get().to(work::generation)),
+                        .service(at("").post(work::request_generation).get(work::list_generations).done())
+                        .service(at("/{id}").get(work::generation).done()),
                 )
                 .service(
                     web::scope("/fine-tunes")
-                        .route("", web::post().to(work::request_fine_tune))
-                        .route("", web::get().to(work::list_fine_tunes))
-                        .route("/{id}", web::get().to(work::fine_tune)),
+                        .service(at("").post(work::request_fine_tune).get(work::list_fine_tunes).done())
+                        .service(at("/{id}").get(work::fine_tune).done()),
                 )
                 .service(
                     web::scope("/campaigns")
-                        .route("", web::post().to(work::start_campaign))
-                        .route("", web::get().to(work::list_campaigns))
-                        .route("/{id}", web::get().to(work::campaign))
-                        .route("/{id}/conclude", web::post().to(work::conclude_campaign)),
+                        .service(at("").post(work::start_campaign).get(work::list_campaigns).done())
+                        .service(at("/{id}").get(work::campaign).done())
+                        .service(at("/{id}/conclude").post(work::conclude_campaign).done()),
                 )
-                .route("/exports/{kind}", web::get().to(exports::export))
+                .service(at("/exports/{kind}").get(exports::export).done())
                 .service(
                     web::scope("/audit")
-                        .route("/events", web::get().to(audit::events))
-                        .route("/streams/{stream}", web::get().to(audit::stream_history))
-                        .route("/verify", web::get().to(audit::verify))
-                        .route("/feed", web::get().to(audit::feed)),
+                        .service(at("/events").get(audit::events).done())
+                        .service(at("/streams/{stream}").get(audit::stream_history).done())
+                        .service(at("/verify").get(audit::verify).done())
+                        .service(at("/feed").get(audit::feed).done()),
                 ),
         )
-        .route("/annotate", web::get().to(pages::annotate))
-        .route("/dashboard", web::get().to(pages::dashboard))
-        .route("/audit", web::get().to(pages::audit))
-        .route("/web/{file}", web::get().to(pages::asset))
-        .route("/healthz", web::get().to(health::healthz))
-        .route("/readyz", web::get().to(health::readyz))
-        .route("/metrics", web::get().to(health::metrics))
-        .route("/openapi.json", web::get().to(openapi::document))
+        .service(at("/annotate").get(pages::annotate).done())
+        .service(at("/dashboard").get(pages::dashboard).done())
+        .service(at("/audit").get(pages::audit).done())
+        .service(at("/web/{file}").get(pages::asset).done())
+        .service(at("/healthz").get(health::healthz).done())
+        .service(at("/readyz").get(health::readyz).done())
+        .service(at("/metrics").get(health::metrics).done())
+        .service(at("/openapi.json").get(openapi::document).done())
         // Last: its `/docs/{_:.*}` pattern would otherwise be tried on every request.
         .service(openapi::swagger_ui());
 }

@@ -3,6 +3,12 @@
 //! the server serves; `tests/tests/api_openapi.rs` fails otherwise.
 
 use actix_web::HttpResponse;
+use domain::Role;
+use domain::fine_tune::Arm;
+use domain::generation::GenerationPurpose;
+use domain::round::RoundKind;
+use serde::Serialize;
+use serde_json::{Value, json};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
@@ -58,7 +64,150 @@ pub fn document_json() -> String {
     let mut doc = ApiDoc::openapi();
     // The crate version would make every release a spurious diff of the contract.
     doc.info.version = "v1".to_string();
+    let mut doc = serde_json::to_value(&doc).unwrap_or_default();
+    exact(&mut doc);
     serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"
+}
+
+/// `Idempotency-Key`: what `support::idempotency_key` accepts.
+const IDEMPOTENCY_KEY: &str = "^[!-~]{1,200}$";
+/// `If-Match`: a stream version, bare, quoted or weak, as `support::if_match` reads it (at most 19
+/// digits: every such number fits the u64 it is parsed into).
+const IF_MATCH: &str = r#"^(W/)?"?[0-9]{1,19}"?$"#;
+/// A blob's name: its SHA-256, as `BlobHash` accepts it.
+pub const SHA256: &str = "^[0-9a-f]{64}$";
+
+/// The wire names of a serde enum's variants, in order.
+fn names<T: Serialize>(variants: &[T]) -> Value {
+    Value::Array(variants.iter().map(|v| serde_json::to_value(v).unwrap_or_default()).collect())
+}
+
+/// Every variant of each enum the request bodies name (a new variant fails to compile here, so
+/// the document cannot fall behind).
+fn enumerations() -> [(&'static str, &'static str, Value); 4] {
+    let arms = [Arm::Thitl, Arm::Traditional];
+    let purposes = [
+        GenerationPurpose::Baseline,
+        GenerationPurpose::Candidates,
+        GenerationPurpose::PriorPreservation,
+        GenerationPurpose::Evaluation,
+    ];
+    let kinds = [RoundKind::Baseline, RoundKind::Screen, RoundKind::Check];
+    for variant in &arms {
+        match variant {
+            Arm::Thitl | Arm::Traditional => {}
+        }
+    }
+    for variant in &purposes {
+        match variant {
+            GenerationPurpose::Baseline
+            | GenerationPurpose::Candidates
+            | GenerationPurpose::PriorPreservation
+            | GenerationPurpose::Evaluation => {}
+        }
+    }
+    for variant in &kinds {
+        match variant {
+            RoundKind::Baseline | RoundKind::Screen | RoundKind::Check => {}
+        }
+    }
+    // A token is never issued for the system role (the domain refuses it).
+    let roles: Vec<Role> = Role::ALL.into_iter().filter(|r| *r != Role::System).collect();
+    [
+        ("RequestFineTune", "arm", names(&arms)),
+        ("RequestGeneration", "purpose", names(&purposes)),
+        ("OpenRound", "kind", names(&kinds)),
+        ("CreateToken", "role", names(&roles)),
+    ]
+}
+
+/// A link's name, and the path and method of the operation it leads to.
+type Link = (&'static str, &'static str, &'static str);
+
+/// Each command that creates an entity answers its `id`: the operations that read it or act on
+/// it, as OpenAPI links (a client, or a stateful fuzzer, chains create → read → act with them).
+const LINKS: &[(&str, &[Link])] = &[
+    (
+        "/v1/associations",
+        &[
+            ("GetAssociation", "/v1/associations/{id}", "get"),
+            ("GetEvaluation", "/v1/associations/{id}/evaluation", "get"),
+            ("Recategorize", "/v1/associations/{id}/recategorize", "post"),
+            ("Retire", "/v1/associations/{id}/retire", "post"),
+        ],
+    ),
+    (
+        "/v1/rounds",
+        &[
+            ("GetRound", "/v1/rounds/{id}", "get"),
+            ("NextTask", "/v1/rounds/{id}/next", "get"),
+            ("Annotate", "/v1/rounds/{id}/annotations", "post"),
+            ("Withdraw", "/v1/rounds/{id}/withdrawals", "post"),
+            ("Close", "/v1/rounds/{id}/close", "post"),
+        ],
+    ),
+    ("/v1/tokens", &[("Revoke", "/v1/tokens/{id}/revoke", "post")]),
+    (
+        "/v1/model-versions",
+        &[
+            ("GetModelVersion", "/v1/model-versions/{id}", "get"),
+            ("GetLineage", "/v1/model-versions/{id}/lineage", "get"),
+            ("GetModelLineage", "/v1/models/{id}/lineage", "get"),
+            ("Promote", "/v1/model-versions/{id}/promote", "post"),
+            ("RollBack", "/v1/model-versions/{id}/rollback", "post"),
+        ],
+    ),
+    (
+        "/v1/prompt-sets",
+        &[
+            ("GetPromptSet", "/v1/prompt-sets/{id}", "get"),
+            ("AddPrompts", "/v1/prompt-sets/{id}/prompts", "post"),
+            ("Finalize", "/v1/prompt-sets/{id}/finalize", "post"),
+        ],
+    ),
+    ("/v1/generations", &[("GetGeneration", "/v1/generations/{id}", "get")]),
+    ("/v1/fine-tunes", &[("GetFineTune", "/v1/fine-tunes/{id}", "get")]),
+    (
+        "/v1/campaigns",
+        &[("GetCampaign", "/v1/campaigns/{id}", "get"), ("Conclude", "/v1/campaigns/{id}/conclude", "post")],
+    ),
+];
+
+/// What the derive cannot say: the exact shape of the headers and path ids every route reads,
+/// the enumerations of the request bodies, and the links between operations.
+fn exact(doc: &mut Value) {
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        for operation in paths.values_mut().filter_map(Value::as_object_mut).flat_map(|item| item.values_mut()) {
+            let Some(parameters) = operation.get_mut("parameters").and_then(Value::as_array_mut) else { continue };
+            for parameter in parameters {
+                let schema = match (parameter["in"].as_str(), parameter["name"].as_str()) {
+                    (Some("header"), Some("Idempotency-Key")) => json!({"type": "string", "pattern": IDEMPOTENCY_KEY}),
+                    (Some("header"), Some("If-Match")) => json!({"type": "string", "pattern": IF_MATCH}),
+                    (Some("path"), Some("id" | "prompt_id")) => json!({"type": "string", "format": "uuid"}),
+                    (Some("path"), Some("sha256")) => json!({"type": "string", "pattern": SHA256}),
+                    _ => continue,
+                };
+                parameter["schema"] = schema;
+            }
+        }
+    }
+    for (component, property, values) in enumerations() {
+        if let Some(schema) = doc.pointer_mut(&format!("/components/schemas/{component}/properties/{property}")) {
+            schema["enum"] = values;
+        }
+    }
+    for (create, targets) in LINKS {
+        let pointer = format!("/paths/{}/post/responses/201", create.replace('/', "~1"));
+        let Some(response) = doc.pointer_mut(&pointer) else { continue };
+        let links: serde_json::Map<String, Value> = targets
+            .iter()
+            .map(|(name, path, method)| {
+                let reference = format!("#/paths/{}/{method}", path.replace('/', "~1"));
+                (name.to_string(), json!({"operationRef": reference, "parameters": {"id": "$response.body#/id"}}))
+            })
+            .collect();
+        response["links"] = Value::Object(links);
+    }
 }
 
 /// `GET /openapi.json`.

@@ -35,7 +35,7 @@ pub struct ImageItem {
     #[schema(value_type = Option<String>, format = "uuid")]
     pub image_id: Option<ImageId>,
     /// SHA-256 (64 lowercase hex digits) of the PNG in the blob store.
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^[0-9a-f]{64}$")]
     pub blob: BlobHash,
     /// The prompt it was generated from (hidden from annotators).
     pub prompt: String,
@@ -58,7 +58,7 @@ pub struct PairImage {
     #[schema(value_type = Option<String>, format = "uuid")]
     pub image_id: Option<ImageId>,
     /// SHA-256 (64 lowercase hex digits) of the PNG in the blob store.
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^[0-9a-f]{64}$")]
     pub blob: BlobHash,
     /// The model version that made it (hidden from annotators).
     #[schema(value_type = String, format = "uuid")]

@@ -27,6 +27,13 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         use serde_json::error::Category;
         match error.classify() {
             Category::Data => ApiError::unprocessable(format!("the JSON body does not fit this endpoint: {error}")),
+            // serde reports some shape errors (an enum given `{}`) as syntax errors: only a body
+            // that is not JSON at all is malformed; well-formed JSON of the wrong shape is 422.
+            Category::Syntax | Category::Eof | Category::Io
+                if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() =>
+            {
+                ApiError::unprocessable(format!("the JSON body does not fit this endpoint: {error}"))
+            }
             Category::Syntax | Category::Eof | Category::Io => {
                 ApiError::bad_request(format!("the body is not valid JSON: {error}"))
             }
@@ -228,12 +235,29 @@ pub async fn head_position(state: &web::Data<AppState>) -> Result<u64, ApiError>
         .map_err(ApiError::blocking)?
 }
 
+/// A global position or stream version from a query string: a whole number the log can hold
+/// (0 to 2^63 - 1, the OpenAPI `int64` the document declares); anything larger is a 400.
+pub fn position<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let value = u64::deserialize(deserializer)?;
+    if i64::try_from(value).is_err() {
+        return Err(serde::de::Error::custom(format!("{value} is larger than any position ({})", i64::MAX)));
+    }
+    Ok(value)
+}
+
+/// [`position`], optional.
+pub fn optional_position<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    position(deserializer).map(Some)
+}
+
 /// `?wait_for=POS`: read-your-writes for queries.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct WaitFor {
-    /// Answer only once the read models reflect this global position (waits at most 10 s).
+    /// Answer only once the read models reflect this global position (waits at most 10 s);
+    /// a position beyond the end of the log is a 422.
+    #[serde(default, deserialize_with = "optional_position")]
     pub wait_for: Option<u64>,
 }
 

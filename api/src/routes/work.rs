@@ -32,7 +32,7 @@ use app::jobs::{self, FineTuneRequest, GenerationRequest};
 pub struct RegisterBaseModel {
     pub name: String,
     /// SHA-256 of the weights file in the blob store.
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^[0-9a-f]{64}$")]
     pub weights: BlobHash,
     /// The architecture's settings, as the weights need them.
     #[serde(default)]
