@@ -98,15 +98,15 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
-    /// For analysts: annotations, images' metadata or evaluations as CSV or JSON Lines, from the
-    /// event log (every row names its event's position; the summary on stderr, the position the
-    /// export reflects).
+    /// For analysts: annotations, images' metadata or evaluations as CSV, JSON Lines or Parquet,
+    /// from the event log (every row names its event's position; the summary on stderr, the
+    /// position the export reflects).
     Export {
         /// annotations, images or evaluations.
         kind: String,
         #[arg(long, env = "THITL_DATA", default_value = "thitl-data")]
         data: PathBuf,
-        /// csv or jsonl.
+        /// csv, jsonl or parquet (typed columns; needs --out or a redirected standard output).
         #[arg(long, default_value = "csv")]
         format: String,
         /// Write here instead of standard output.
@@ -502,8 +502,11 @@ fn export(kind: &str, data: &Path, format: &str, out: Option<&Path>) -> anyhow::
     use std::io::Write;
     let kind = ExportKind::parse(kind)
         .ok_or_else(|| anyhow::anyhow!("no export is called '{kind}': use annotations, images or evaluations"))?;
-    let format =
-        ExportFormat::parse(format).ok_or_else(|| anyhow::anyhow!("format '{format}' is not one of csv, jsonl"))?;
+    let format = ExportFormat::parse(format)
+        .ok_or_else(|| anyhow::anyhow!("format '{format}' is not one of csv, jsonl, parquet"))?;
+    if out.is_none() && !format.is_text() && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        anyhow::bail!("a {} export is binary: write it with --out FILE or redirect standard output", format.name());
+    }
     let dir = DataDir::open_existing(data)?;
     let mut cursor = ExportCursor::new(kind, format, dir.store.clone())?;
     let mut sink: Box<dyn Write> = match out {

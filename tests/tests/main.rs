@@ -12,6 +12,7 @@ mod api_roles;
 mod audit;
 mod browser;
 mod demo;
+mod export_parquet;
 mod model;
 mod prompts_cli;
 mod scenes;
