@@ -4,10 +4,7 @@
 //! data. The columns' types are what this test expects of each column's name, not what thitl
 //! says they are.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
-use std::time::Duration;
 
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::Field;
@@ -120,42 +117,10 @@ fn assert_same_rows(kind: &str, parquet: &Path, csv: &str) -> usize {
     rows.len()
 }
 
-/// GET, keeping the body's exact bytes (the shared client reads bodies as text); a chunked body
-/// is decoded here.
+/// GET, keeping the body's exact bytes (header names come in lower case).
 fn get_bytes(app: &TestApp, path: &str, token: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    let mut stream = TcpStream::connect(&app.address).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n",
-        app.address
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("read the answer");
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP head");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).expect("status");
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
-        .collect();
-    let mut body = raw[split + 4..].to_vec();
-    if header(&headers, "transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-        let (mut decoded, mut rest) = (Vec::new(), body.as_slice());
-        loop {
-            let line = rest.windows(2).position(|w| w == b"\r\n").expect("a chunk size line");
-            let size = usize::from_str_radix(std::str::from_utf8(&rest[..line]).unwrap().trim(), 16).expect("hex size");
-            if size == 0 {
-                break;
-            }
-            decoded.extend_from_slice(&rest[line + 2..line + 2 + size]);
-            rest = &rest[line + 2 + size + 2..];
-        }
-        body = decoded;
-    }
-    (status, headers, body)
+    let response = app.get(path, token);
+    (response.status, response.headers, response.bytes)
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {

@@ -21,7 +21,8 @@ pub fn thitl_bin() -> PathBuf {
 }
 
 /// The tests' HTTP client: no proxy (every server is on this machine), no redirects followed, a
-/// new connection per request (as a test sees a server most plainly), 30 s at most.
+/// new connection per request (as a test sees a server most plainly), two minutes at most (a
+/// guard against a hung server on a loaded machine, not a deadline).
 pub fn http() -> &'static reqwest::blocking::Client {
     static CLIENT: OnceLock<reqwest::blocking::Client> = OnceLock::new();
     CLIENT.get_or_init(|| {
@@ -29,7 +30,7 @@ pub fn http() -> &'static reqwest::blocking::Client {
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(0)
-            .timeout(Duration::from_secs(30))
+            .timeout(Duration::from_secs(120))
             .build()
             .expect("an HTTP client")
     })
