@@ -376,6 +376,7 @@ fn train_lora<D: ImageBackward>(device: &D, description: &str, args: &TrainLoraA
         micro_batch,
         optimizer: gpu::cpu::AdamW { lr: args.lr, weight_decay: 1e-2, ..gpu::cpu::AdamW::default() },
         seed: args.seed,
+        prior_weight: 0.0,
     };
     if !(args.lr.is_finite() && args.lr > 0.0) {
         anyhow::bail!("--lr must be a positive number");
@@ -420,12 +421,13 @@ fn train_lora<D: ImageBackward>(device: &D, description: &str, args: &TrainLoraA
     );
     let terminal = std::io::stderr().is_terminal();
     let started = Instant::now();
-    let trained = app::sd::train::train_lora(device, pipeline, &examples, &options, &mut |step, steps, loss| {
+    let trained = app::sd::train::train_lora(device, pipeline, &examples, &[], &options, &mut |step, steps, loss| {
         bar.set_position(step as u64);
         bar.set_message(format!("{loss:.4}"));
         if !terminal {
             eprintln!("step {step}/{steps}: loss {loss:.5} ({:.1} s)", started.elapsed().as_secs_f64());
         }
+        true
     })?;
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();

@@ -101,6 +101,9 @@ impl Rng {
     }
 }
 
+/// A campaign's model family and its automatic quality judge (if any).
+type World = (Arc<dyn ModelFamily>, Option<Arc<dyn QualityRater>>);
+
 pub struct CampaignRunner<'a> {
     bus: CommandBus,
     blobs: Arc<dyn BlobStore>,
@@ -112,6 +115,11 @@ pub struct CampaignRunner<'a> {
     rater: Option<Arc<dyn QualityRater>>,
     /// The rater's quality of every image rated so far.
     quality: HashMap<BlobHash, f64>,
+    /// Other families by name (imported pipelines): a campaign whose base model names one runs
+    /// in that family's world, without the rater (quality then comes from round 2's people).
+    named_families: Vec<(String, Arc<dyn ModelFamily>)>,
+    /// The family and rater of the campaign being stepped.
+    world: Option<World>,
     rng: Rng,
     system: CommandContext,
     /// The principal of the gates an auto-accepting campaign waives.
@@ -140,6 +148,8 @@ impl<'a> CampaignRunner<'a> {
             family,
             rater,
             quality: HashMap::new(),
+            named_families: Vec::new(),
+            world: None,
             rng: Rng::new(seed),
             system: CommandContext::system(),
             auto_accept: CommandContext::new(Actor::new("auto-accept", Role::Curator)),
@@ -148,8 +158,42 @@ impl<'a> CampaignRunner<'a> {
         }
     }
 
+    /// Adds the families a base model's config may name (see [`Self::named_families`]).
+    pub fn with_families(mut self, families: Vec<(String, Arc<dyn ModelFamily>)>) -> Self {
+        self.named_families = families;
+        self
+    }
+
     fn narrate(&self, line: &str) {
         (self.narrate)(line);
+    }
+
+    /// The family (and rater) of `campaign`'s base model: the runner's own unless the version's
+    /// config names another family.
+    fn enter_world(&mut self, campaign: &Campaign) -> Result<(), CampaignError> {
+        let family = match campaign.base_model {
+            Some(base) => self.bus.load::<ModelVersion>(&base.stream())?.0.family,
+            None => None,
+        };
+        self.world = Some(match family {
+            None => (self.family.clone(), self.rater.clone()),
+            Some(name) => {
+                let family =
+                    self.named_families.iter().find(|(n, _)| *n == name).map(|(_, f)| f.clone()).ok_or_else(|| {
+                        CampaignError::Other(format!("the base model's family {name:?} is not served here"))
+                    })?;
+                (family, None)
+            }
+        });
+        Ok(())
+    }
+
+    fn family(&self) -> Arc<dyn ModelFamily> {
+        self.world.as_ref().map_or_else(|| self.family.clone(), |(family, _)| family.clone())
+    }
+
+    fn rater(&self) -> Option<Arc<dyn QualityRater>> {
+        self.world.as_ref().map_or_else(|| self.rater.clone(), |(_, rater)| rater.clone())
     }
 
     /// The associations of the campaigns stepped so far.
@@ -177,6 +221,7 @@ impl<'a> CampaignRunner<'a> {
                     self.associations.insert(*association_id, state);
                 }
             }
+            self.enter_world(&campaign)?;
             let facts = self.facts(&campaign)?;
             match next(&campaign, &facts) {
                 Next::Ask(request) => self.fulfil(&campaign, request)?,
@@ -374,9 +419,10 @@ impl<'a> CampaignRunner<'a> {
     /// Prior preservation: the base model's own pictures of the groups no association is about.
     fn prior_items(&mut self, campaign: &Campaign) -> Vec<GenerationItem> {
         let targeted: Vec<String> = self.associations.values().map(|a| a.group.clone()).collect();
+        let family = self.family();
         let rng = &mut self.rng;
         let prompts =
-            self.family.prior_prompts(&targeted, campaign.settings.prior_preservation_images, &mut || rng.next_u64());
+            family.prior_prompts(&targeted, campaign.settings.prior_preservation_images, &mut || rng.next_u64());
         prompts
             .into_iter()
             .enumerate()
@@ -474,7 +520,7 @@ impl<'a> CampaignRunner<'a> {
     /// The automatic rater's quality of every image of `items` not judged yet (none without a
     /// rater).
     pub fn rate(&mut self, items: &[RoundItem]) -> Result<(), CampaignError> {
-        let Some(rater) = self.rater.clone() else { return Ok(()) };
+        let Some(rater) = self.rater() else { return Ok(()) };
         let mut missing: Vec<BlobHash> = Vec::new();
         for item in items {
             let blobs = match &item.content {
@@ -559,7 +605,7 @@ impl<'a> CampaignRunner<'a> {
         // nothing to contrast (the model hardly draws the group without it), so each prompt names
         // a neutral alternative object instead, as a curator would.
         let baseline = self.baseline_rate(campaign, association_id)?;
-        let objects = self.family.alternative_objects();
+        let objects = self.family().alternative_objects();
         let alternatives: Vec<&str> = if baseline >= ALTERNATIVES_ABOVE {
             let concepts: Vec<String> = self.associations.values().map(|a| a.concept.to_lowercase()).collect();
             objects.iter().map(String::as_str).filter(|name| !concepts.iter().any(|c| c == name)).collect()
@@ -762,7 +808,7 @@ impl<'a> CampaignRunner<'a> {
                     {
                         n += 1;
                         positives += u32::from(*concept_present);
-                        quality += match self.rater {
+                        quality += match self.rater() {
                             Some(_) => self.quality.get(&image.blob).copied().unwrap_or(0.0),
                             None => *mean_quality,
                         };

@@ -99,11 +99,13 @@ impl Drop for Driver {
 fn drive(parts: DriverParts, stop: &AtomicBool) {
     let DriverParts { bus, blobs, projections, family, named_families, rater, campaigns, worker } = parts;
     let models = named_families
-        .into_iter()
+        .iter()
+        .cloned()
         .fold(Models::new(blobs.clone(), family.clone()), |models, (name, family)| models.with_family(&name, family));
     let narrate = |line: &str| tracing::info!(target: "thitl::campaign", "{line}");
     let mut runner = campaigns.map(|(generator, seed)| {
         CampaignRunner::new(bus.clone(), blobs.clone(), generator, family, rater, seed, Box::new(narrate))
+            .with_families(named_families)
     });
     match runner {
         Some(_) => {

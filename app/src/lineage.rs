@@ -5,7 +5,8 @@
 //!      │                              ├─ examples: image, blob, prompt ──> round 1 item: every rating, by whom, and the verdict
 //!      │                              ├─ prior-preservation images
 //!      │                              └─ source round (kind, raters per item, threshold)
-//!      └─ parent (the base: its weights blob)           prompts ──> prompt set ──> generator (name, model, parameters, response hash)
+//!      └─ parent (the base: its weights blob; for an imported pipeline, every file by hash)
+//!                                                     prompts ──> prompt set ──> generator (name, model, parameters, response hash)
 //! ```
 //!
 //! Built from the aggregates themselves (not a read model), so it is exactly what the event log
@@ -17,6 +18,7 @@ use domain::round::ItemContent;
 use domain::{Aggregate, AnnotationRound, FineTune, ModelVersion, ModelVersionId, PromptId, PromptSet, PromptSetId};
 use serde_json::{Value, json};
 
+use crate::blobs::BlobStore;
 use crate::commands::{CommandBus, CommandError};
 
 #[derive(Debug, thiserror::Error)]
@@ -27,13 +29,24 @@ pub enum LineageError {
     Command(#[from] CommandError),
 }
 
-/// The lineage of model version `id`.
-pub fn lineage(bus: &CommandBus, id: ModelVersionId) -> Result<Value, LineageError> {
+/// The lineage of model version `id`; `blobs` lists the files of an imported pipeline by hash
+/// (its weights blob is a manifest of them).
+pub fn lineage(bus: &CommandBus, blobs: &dyn BlobStore, id: ModelVersionId) -> Result<Value, LineageError> {
     let (version, _) = bus.load::<ModelVersion>(&id.stream())?;
     if !version.exists() {
         return Err(LineageError::NotFound(id));
     }
-    let describe = |v: &ModelVersion, id: ModelVersionId| json!({"id": id, "name": v.name, "status": v.status, "weights": v.weights, "adapter": v.adapter, "parent": v.parent});
+    let describe = |v: &ModelVersion, id: ModelVersionId| {
+        let mut described = json!({"id": id, "name": v.name, "status": v.status, "weights": v.weights, "adapter": v.adapter, "parent": v.parent, "family": v.family});
+        if v.family.as_deref() == Some(crate::sd::FAMILY)
+            && let Some(weights) = &v.weights
+            && let Ok(Some(bytes)) = blobs.get(weights)
+            && let Ok(manifest) = crate::sd::Manifest::parse(&bytes)
+        {
+            described["files"] = json!(manifest.files);
+        }
+        described
+    };
     let parent = match version.parent {
         Some(parent) => Some(describe(&bus.load::<ModelVersion>(&parent.stream())?.0, parent)),
         None => None,

@@ -236,23 +236,9 @@ impl ModelFamily for StableDiffusionFamily {
     fn load(&self, weights: &[u8]) -> Result<Arc<dyn Model>, ModelError> {
         let manifest = Manifest::parse(weights)?;
         let folder = self.unpack(weights, &manifest)?;
-        let pipeline = PipelineFolder::open(&folder).map_err(|e| ModelError::new(e.to_string()))?;
-        let variant = manifest.variant.as_deref();
-        let loaded = match &self.backend {
-            gpu::Backend::Cpu => {
-                let device = CpuDevice::<f32>::new();
-                let model =
-                    StableDiffusion::load(&device, &pipeline, variant).map_err(|e| ModelError::new(e.to_string()))?;
-                Loaded::Cpu(device, model)
-            }
-            gpu::Backend::Wgpu(context) => {
-                let device = WgpuDevice::new(context.clone());
-                let model =
-                    StableDiffusion::load(&device, &pipeline, variant).map_err(|e| ModelError::new(e.to_string()))?;
-                Loaded::Wgpu(device, model)
-            }
-        };
-        Ok(Arc::new(StableDiffusionModel { loaded: Mutex::new(loaded) }))
+        let source = Source { folder, variant: manifest.variant.clone(), backend: self.backend.clone() };
+        let loaded = source.load(None)?;
+        Ok(Arc::new(StableDiffusionModel { source, loaded: Mutex::new(loaded), tuned: false }))
     }
 
     fn prior_prompts(&self, _targeted_groups: &[String], count: u32, seeds: &mut dyn FnMut() -> u64) -> Vec<String> {
@@ -281,13 +267,100 @@ enum Loaded {
     Wgpu(WgpuDevice, StableDiffusion<WgpuDevice>),
 }
 
-/// An imported pipeline, loaded.
-struct StableDiffusionModel {
-    /// One sampling at a time on the device.
-    loaded: Mutex<Loaded>,
+/// Where a version's pipeline comes from: its unpacked folder, weights variant and backend.
+#[derive(Clone)]
+struct Source {
+    folder: PathBuf,
+    variant: Option<String>,
+    backend: gpu::Backend,
 }
 
-const NOT_YET: &str = "fine-tuning imported Stable Diffusion models (LoRA adapters) is not supported yet";
+impl Source {
+    /// The pipeline, with an adapter merged into its weights.
+    fn load(&self, adapter: Option<&gpu::sd::lora::LoraAdapter>) -> Result<Loaded, ModelError> {
+        let pipeline = PipelineFolder::open(&self.folder).map_err(|e| ModelError::new(e.to_string()))?;
+        let variant = self.variant.as_deref();
+        let lora = adapter.map(|adapter| (adapter, 1.0));
+        let error = |e: SdError| ModelError::new(e.to_string());
+        Ok(match &self.backend {
+            gpu::Backend::Cpu => {
+                let device = CpuDevice::<f32>::new();
+                let model = StableDiffusion::load_with_lora(&device, &pipeline, variant, lora).map_err(error)?;
+                Loaded::Cpu(device, model)
+            }
+            gpu::Backend::Wgpu(context) => {
+                let device = WgpuDevice::new(context.clone());
+                let model = StableDiffusion::load_with_lora(&device, &pipeline, variant, lora).map_err(error)?;
+                Loaded::Wgpu(device, model)
+            }
+        })
+    }
+}
+
+/// An imported pipeline, loaded.
+struct StableDiffusionModel {
+    source: Source,
+    /// One sampling at a time on the device.
+    loaded: Mutex<Loaded>,
+    tuned: bool,
+}
+
+/// The [`train::TrainOptions`] of a campaign's LoRA settings: its attention targets (`qkv` →
+/// `to_q`, `to_k`, `to_v`; `attn_out` → `to_out.0`; the DiT's MLP targets have no counterpart
+/// in the trained projections of the UNet and are left out), the batch in micro-batches of one.
+pub fn train_options(config: &LoraConfig) -> Result<train::TrainOptions, ModelError> {
+    use domain::fine_tune::LoraTarget;
+    let mut targets = Vec::new();
+    for target in &config.targets {
+        match target {
+            LoraTarget::Qkv => targets.extend(["to_q", "to_k", "to_v"].map(String::from)),
+            LoraTarget::AttnOut => targets.push("to_out.0".to_string()),
+            LoraTarget::MlpIn | LoraTarget::MlpOut => {}
+        }
+    }
+    if targets.is_empty() {
+        return Err(ModelError::new(
+            "a Stable Diffusion LoRA adapts the attention projections: the settings' targets need qkv or attn_out",
+        ));
+    }
+    Ok(train::TrainOptions {
+        lora: gpu::sd::train::LoraSettings { rank: config.rank as usize, alpha: config.alpha, targets },
+        steps: config.steps,
+        batch: config.batch_size.max(1) as usize,
+        micro_batch: 1,
+        optimizer: gpu::cpu::AdamW {
+            lr: config.learning_rate,
+            weight_decay: config.weight_decay,
+            ..gpu::cpu::AdamW::default()
+        },
+        seed: config.seed,
+        prior_weight: config.prior_weight,
+    })
+}
+
+fn fine_tune_on<D: gpu::device::ImageBackward>(
+    device: &D,
+    source: &Source,
+    examples: &[train::Example],
+    prior: &[train::Example],
+    options: &train::TrainOptions,
+    progress_every: u32,
+    report: &mut dyn FnMut(TrainingProgress) -> Flow,
+) -> Result<TrainedAdapter, ModelError> {
+    let pipeline = PipelineFolder::open(&source.folder).map_err(|e| ModelError::new(e.to_string()))?;
+    let pipeline = StableDiffusion::load(device, &pipeline, source.variant.as_deref())
+        .map_err(|e| ModelError::new(e.to_string()))?;
+    let every = progress_every.max(1);
+    let trained = train::train_lora(device, pipeline, examples, prior, options, &mut |step, steps, loss| {
+        if step % every != 0 && step != steps {
+            return true;
+        }
+        report(TrainingProgress { step, steps, loss }) == Flow::Continue
+    })
+    .map_err(|e| ModelError::new(e.to_string()))?;
+    let adapter = gpu::sd::train::export::peft_file(trained.tensors(), &trained.settings).map_err(ModelError::new)?;
+    Ok(TrainedAdapter { adapter, final_loss: trained.losses.last().copied().unwrap_or(f32::NAN) })
+}
 
 fn sample_one<D: ImageOps>(
     device: &D,
@@ -315,12 +388,15 @@ fn sample_one<D: ImageOps>(
 }
 
 impl Model for StableDiffusionModel {
-    fn with_adapter(&self, _adapter: &[u8]) -> Result<Arc<dyn Model>, ModelError> {
-        Err(ModelError::new(NOT_YET))
+    fn with_adapter(&self, adapter: &[u8]) -> Result<Arc<dyn Model>, ModelError> {
+        let adapter = gpu::sd::lora::LoraAdapter::from_bytes(adapter, Path::new("the fine-tune's adapter"), None)
+            .map_err(|e| ModelError::new(e.to_string()))?;
+        let loaded = self.source.load(Some(&adapter))?;
+        Ok(Arc::new(StableDiffusionModel { source: self.source.clone(), loaded: Mutex::new(loaded), tuned: true }))
     }
 
     fn is_tuned(&self) -> bool {
-        false
+        self.tuned
     }
 
     fn sample(&self, requests: &[SampleRequest], sampler: &SamplerSettings) -> Result<Vec<Vec<u8>>, ModelError> {
@@ -339,13 +415,37 @@ impl Model for StableDiffusionModel {
 
     fn fine_tune(
         &self,
-        _examples: &[TrainingImage],
-        _prior: &[TrainingImage],
-        _config: &LoraConfig,
-        _progress_every: u32,
-        _report: &mut dyn FnMut(TrainingProgress) -> Flow,
+        examples: &[TrainingImage],
+        prior: &[TrainingImage],
+        config: &LoraConfig,
+        progress_every: u32,
+        report: &mut dyn FnMut(TrainingProgress) -> Flow,
     ) -> Result<TrainedAdapter, ModelError> {
-        Err(ModelError::new(NOT_YET))
+        if self.tuned {
+            return Err(ModelError::new("adapters do not stack: fine-tune the base version"));
+        }
+        let decode = |set: &[TrainingImage]| -> Result<Vec<train::Example>, ModelError> {
+            set.iter()
+                .map(|image| {
+                    let mut example = train::decode_png(&image.png, &format!("image {}", image.name))
+                        .map_err(|e| ModelError::new(e.to_string()))?;
+                    example.caption = image.prompt.clone();
+                    Ok(example)
+                })
+                .collect()
+        };
+        let (examples, prior) = (decode(examples)?, decode(prior)?);
+        let options = train_options(config)?;
+        // Training holds the device: no sampling meanwhile.
+        let loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*loaded {
+            Loaded::Cpu(device, _) => {
+                fine_tune_on(device, &self.source, &examples, &prior, &options, progress_every, report)
+            }
+            Loaded::Wgpu(device, _) => {
+                fine_tune_on(device, &self.source, &examples, &prior, &options, progress_every, report)
+            }
+        }
     }
 }
 

@@ -565,8 +565,13 @@ fn train_lora_writes_adapters_that_read_back() {
     let merged_latents = gpu::sd::Latents::from_safetensors(&out, &std::fs::read(&out).unwrap()).unwrap();
     assert!(max_relative_difference(&merged_latents.values, &peft.values) <= 1e-4, "merged UNet vs adapter");
 
-    // Bad input: a format nobody reads, an image of another size; nothing written.
-    for (extra, expected) in [(vec!["--format", "onnx"], "choose peft, kohya or merged")] {
+    // Bad input: a format nobody reads, a layer it does not adapt, rank 0, an image of another
+    // size; nothing written.
+    for (extra, expected) in [
+        (vec!["--format", "onnx"], "choose peft, kohya or merged"),
+        (vec!["--targets", "to_q,ff.net.2"], "is not an attention projection"),
+        (vec!["--rank", "0"], "must be positive"),
+    ] {
         let out = dir.path().join("refused");
         let mut args = vec!["model", "train-lora", pipeline.to_str().unwrap(), "--images", images.to_str().unwrap()];
         args.extend(["--out", out.to_str().unwrap(), "--device", "cpu"]);

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Server, TestApp, create_token};
 
-fn stage(app: &TestApp, curator: &str, campaign: &str) -> Value {
+pub(crate) fn stage(app: &TestApp, curator: &str, campaign: &str) -> Value {
     app.get(&format!("/v1/campaigns/{campaign}"), curator).expect(200).json()
 }
 
@@ -42,7 +42,7 @@ fn await_a_driver_pass(app: &TestApp, operator: &str, model: &str) {
 }
 
 /// Works every open round as `annotator` until it has no task; true if it rated anything.
-fn annotate_open_rounds(app: &TestApp, annotator: &str, curator: &str) -> bool {
+pub(crate) fn annotate_open_rounds(app: &TestApp, annotator: &str, curator: &str) -> bool {
     let rounds = app.get("/v1/rounds", curator).expect(200).json();
     let mut worked = false;
     for round in rounds["rounds"].as_array().unwrap() {
@@ -255,4 +255,189 @@ fn serve_drives_a_rest_campaign_and_stops_at_the_curators_gates() {
     assert_eq!(accepted_by, ["cora", "cora"], "{history}");
     assert_eq!(app.get("/v1/audit/verify", &auditor).expect(200).json()["ok"], true);
     assert!(server.interrupt().success());
+}
+
+/// `(event_type, stream)` of the events `sql` selects from a stopped or running server's store.
+fn events(data: &std::path::Path, sql: &str) -> Vec<(String, String)> {
+    let db = rusqlite::Connection::open_with_flags(data.join("events.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .expect("open events.db");
+    let mut statement = db.prepare(sql).expect("query");
+    statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?))).expect("rows").map(|r| r.expect("row")).collect()
+}
+
+/// The whole method on an imported Stable Diffusion pipeline (the tiny SD1 fixture, through
+/// `thitl model import`): probes, template prompts, candidates with the concept as negative
+/// prompt, round 1, the T-HITL fine-tune (a LoRA on the UNet's attention) and the traditional
+/// arm, round 2 with side-by-side pairs, the evaluation and the promotion gate. The server is
+/// killed (SIGKILL) in the middle of a fine-tune and started again on the same data directory:
+/// the campaign resumes, the fine-tune is trained again and completes, the tuned versions' lineage
+/// names the base model's files, and `thitl audit verify` passes.
+#[test]
+fn a_campaign_runs_on_an_imported_model_and_resumes_after_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    let pipeline = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../gpu/tests/fixtures/sd/sd1/pipeline");
+    let output = crate::helpers::thitl(&[
+        "model",
+        "import",
+        pipeline.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--name",
+        "tiny-sd1",
+        "--json",
+    ]);
+    assert!(output.status.success(), "import: {}", String::from_utf8_lossy(&output.stderr));
+    let imported: Value = serde_json::from_str(crate::helpers::stdout(&output).trim()).unwrap();
+    let base = imported["model_version"].as_str().unwrap().to_string();
+    let unet_blob = imported["files"]["unet/diffusion_pytorch_model.safetensors"].as_str().unwrap().to_string();
+
+    let admin = create_token(&data, "admin", "root");
+    let env = [("THITL_DEVICE", "cpu")];
+    let mut server = Server::start_with(&data, &env);
+    let mut app = TestApp { address: server.address.clone(), dir, admin };
+    let curator = app.token("curator", "cora");
+    let annotator = app.token("annotator", "anna");
+    let association = app
+        .post(
+            "/v1/associations",
+            &curator,
+            json!({
+                "group": "wheelchair user", "concept": "vegetable", "category": "dehumanization",
+                "description": "asked for a wheelchair user, the model draws a vegetable",
+                "probe_prompts": ["a photo of a wheelchair user in the park"],
+            }),
+        )
+        .expect(201)
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let settings = json!({
+        "probe_images_per_association": 4, "training_prompts_per_association": 2, "candidates_per_prompt": 2,
+        "prior_preservation_images": 2, "pairs_per_association": 2, "raters_per_item": 1, "traditional_arm": true,
+        "lora": {"rank": 4, "alpha": 4.0, "targets": ["qkv", "attn_out"], "steps": 60, "batch_size": 2,
+                 "learning_rate": 0.001, "weight_decay": 0.0, "seed": 1, "prior_weight": 1.0},
+        "sampler": {"steps": 3, "guidance_scale": 5.0, "eta": 0.0}, "seed": 7,
+    });
+    let campaign = app
+        .post(
+            "/v1/campaigns",
+            &curator,
+            json!({"name": "imported-model campaign", "associations": [association], "base_model": base, "settings": settings}),
+        )
+        .expect(201)
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let progressed = "select event_type, stream from events where event_type = 'FineTuneProgressed' limit 1";
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut killed = false;
+    let concluded = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the campaign did not reach the promotion gate: {}",
+            stage(&app, &curator, &campaign)
+        );
+        if !killed && !events(app.dir.path(), progressed).is_empty() {
+            // In the middle of a fine-tune: kill the server, start it again on the same data.
+            server.child.kill().expect("SIGKILL");
+            server.child.wait().expect("reaped");
+            server = Server::start_with(app.dir.path(), &env);
+            app.address = server.address.clone();
+            killed = true;
+            continue;
+        }
+        let state = stage(&app, &curator, &campaign);
+        assert_ne!(state["stage"], "failed", "{state}");
+        match state["stage"].as_str().unwrap() {
+            "curation" => {
+                let Some(set) = state["work"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find_map(|w| w["prompt_set"]["prompt_set_id"].as_str())
+                    .map(str::to_string)
+                else {
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                };
+                let prompts = app.get(&format!("/v1/prompt-sets/{set}"), &curator).expect(200).json();
+                if prompts["finalized"] == true {
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+                for prompt in prompts["prompts"].as_array().unwrap() {
+                    if prompt["status"] == "pending" {
+                        let id = prompt["id"].as_str().unwrap();
+                        app.post(&format!("/v1/prompt-sets/{set}/prompts/{id}"), &curator, json!({"accept": {}}))
+                            .expect(200);
+                    }
+                }
+                app.post(&format!("/v1/prompt-sets/{set}/finalize"), &curator, json!({})).expect(200);
+            }
+            "awaiting_promotion" => break state,
+            _ => {
+                if !annotate_open_rounds(&app, &annotator, &curator) {
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            }
+        }
+    };
+    assert!(killed, "the campaign finished before a fine-tune reported progress");
+
+    // Both arms were fine-tuned; the interrupted fine-tune was started again and completed.
+    let fine_tune = &events(app.dir.path(), progressed)[0].1;
+    let kinds: Vec<String> = events(
+        app.dir.path(),
+        &format!("select event_type, stream from events where stream = '{fine_tune}' and event_type in ('FineTuneStarted', 'FineTuneCompleted')"),
+    )
+    .into_iter()
+    .map(|(kind, _)| kind)
+    .collect();
+    assert_eq!(kinds.last().map(String::as_str), Some("FineTuneCompleted"), "{kinds:?}");
+    assert!(
+        kinds.iter().filter(|k| *k == "FineTuneStarted").count() >= 2,
+        "the killed fine-tune was not started again: {kinds:?}"
+    );
+    let evaluation = app.get(&format!("/v1/associations/{association}/evaluation"), &curator).expect(200).json();
+    let arms = evaluation["latest"]["arms"].as_array().unwrap();
+    assert_eq!(arms.len(), 2, "T-HITL and the traditional arm: {evaluation}");
+    let tuned = concluded["work"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|w| w["model_version"]["model_version_id"].as_str())
+        .unwrap()
+        .to_string();
+    let auditor = app.token("auditor", "audrey");
+    let lineage = app.get(&format!("/v1/models/{tuned}/lineage"), &auditor).expect(200).json();
+    assert!(
+        lineage.to_string().contains(&unet_blob),
+        "the lineage names the base model's UNet file by hash: {lineage}"
+    );
+    assert!(!lineage["examples"].as_array().unwrap().is_empty(), "{lineage}");
+    // The tuned version samples (its adapter loads on the imported pipeline).
+    let operator = app.token("operator", "otto");
+    let body = json!({"model_version": tuned, "purpose": "baseline",
+        "items": [{"prompt": "a photo of a wheelchair user in the park", "seed": 3}],
+        "sampler": {"steps": 2, "guidance_scale": 5.0, "eta": 0.0}});
+    let job = app.post("/v1/generations", &operator, body).expect(201).json()["id"].as_str().unwrap().to_string();
+    loop {
+        let view = app.get(&format!("/v1/generations/{job}"), &operator).expect(200).json();
+        match view["status"].as_str().unwrap() {
+            "completed" => break,
+            "failed" => panic!("sampling the tuned version failed: {view}"),
+            _ => assert!(Instant::now() < deadline, "the tuned version's job did not run: {view}"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    app.post(&format!("/v1/campaigns/{campaign}/conclude"), &curator, json!({"promote": tuned, "reason": "reviewed"}))
+        .expect(200);
+    assert_eq!(stage(&app, &curator, &campaign)["stage"], "completed");
+    assert!(server.interrupt().success());
+    let verify = crate::helpers::thitl(&["audit", "verify", "--data", app.dir.path().to_str().unwrap()]);
+    assert!(verify.status.success(), "audit verify: {}", String::from_utf8_lossy(&verify.stderr));
 }

@@ -626,14 +626,14 @@ pub async fn lineage(
 ) -> Result<HttpResponse, ApiError> {
     principal.require(Action::Read)?;
     let id: ModelVersionId = parse_id("model version", &path)?;
-    let bus = state.bus.clone();
-    let body =
-        web::block(move || app::lineage::lineage(&bus, id)).await.map_err(ApiError::blocking)?.map_err(
-            |e| match e {
-                app::lineage::LineageError::NotFound(id) => not_found("model version", id),
-                app::lineage::LineageError::Command(e) => e.into(),
-            },
-        )?;
+    let (bus, blobs) = (state.bus.clone(), state.blobs.clone());
+    let body = web::block(move || app::lineage::lineage(&bus, blobs.as_ref(), id))
+        .await
+        .map_err(ApiError::blocking)?
+        .map_err(|e| match e {
+        app::lineage::LineageError::NotFound(id) => not_found("model version", id),
+        app::lineage::LineageError::Command(e) => e.into(),
+    })?;
     Ok(HttpResponse::Ok().json(body))
 }
 

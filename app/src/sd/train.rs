@@ -153,6 +153,8 @@ pub struct TrainOptions {
     pub optimizer: AdamW,
     /// Seed of the initial adapter, the image order, the latent draws, noise and timesteps.
     pub seed: u64,
+    /// Weight of the prior-preservation images' loss.
+    pub prior_weight: f32,
 }
 
 impl Default for TrainOptions {
@@ -164,6 +166,7 @@ impl Default for TrainOptions {
             micro_batch: 1,
             optimizer: AdamW { lr: 1e-4, weight_decay: 1e-2, ..AdamW::default() },
             seed: 0,
+            prior_weight: 1.0,
         }
     }
 }
@@ -185,14 +188,17 @@ impl Trained {
     }
 }
 
-/// Trains a LoRA adapter on `pipeline`'s UNet from `examples`; `progress(step, steps, loss)`
-/// after each optimizer step.
+/// Trains a LoRA adapter on `pipeline`'s UNet from `examples`, with `prior` (the model's own
+/// pictures of other subjects, may be empty) as prior preservation: each step's loss is the
+/// examples' mean plus `prior_weight ×` the prior images' mean, as DreamBooth's. `progress(step,
+/// steps, loss)` after each optimizer step; `false` from it stops training with an error.
 pub fn train_lora<D: ImageBackward>(
     device: &D,
     pipeline: StableDiffusion<D>,
     examples: &[Example],
+    prior: &[Example],
     options: &TrainOptions,
-    progress: &mut dyn FnMut(u32, u32, f32),
+    progress: &mut dyn FnMut(u32, u32, f32) -> bool,
 ) -> Result<Trained, TrainDataError> {
     let invalid = |message: String| TrainDataError::Invalid(message);
     if options.batch == 0 || options.micro_batch == 0 || !options.batch.is_multiple_of(options.micro_batch) {
@@ -204,7 +210,9 @@ pub fn train_lora<D: ImageBackward>(
     if options.steps == 0 {
         return Err(invalid("--steps must be at least 1".into()));
     }
-    let (height, width) = same_size(examples)?;
+    let all: Vec<Example> = examples.iter().chain(prior).cloned().collect();
+    let (height, width) = same_size(&all)?;
+    drop(all);
     let StableDiffusion { tokenizer, text_encoder, unet, vae, scheduler } = pipeline;
     let vae_factor = vae.config().scale_factor();
     let factor = vae_factor << unet.config().downsamplings();
@@ -214,18 +222,23 @@ pub fn train_lora<D: ImageBackward>(
         )));
     }
     let scaling = vae.config().scaling_factor;
-    // Latent distributions and text conditioning, once per image.
-    let mut distributions = Vec::with_capacity(examples.len());
-    let mut contexts = Vec::with_capacity(examples.len());
     let length = tokenizer.model_max_length();
-    for example in examples {
-        let distribution = vae.encode(device, &example.pixels, 1, height, width).map_err(invalid)?;
-        distributions.push(distribution);
-        let ids = tokenizer.encode_padded(&example.caption).map_err(|e| invalid(format!("{}: {e}", example.source)))?;
-        let hidden = text_encoder.forward(device, &ids, length).map_err(invalid)?;
-        let values = length * text_encoder.config().hidden_size;
-        contexts.push(device.download(&hidden, values).map_err(|e| invalid(e.to_string()))?);
-    }
+    // Latent distributions and text conditioning, once per image.
+    let encode = |set: &[Example]| -> Result<Vec<Encoded>, TrainDataError> {
+        set.iter()
+            .map(|example| {
+                let distribution = vae.encode(device, &example.pixels, 1, height, width).map_err(invalid)?;
+                let ids = tokenizer
+                    .encode_padded(&example.caption)
+                    .map_err(|e| invalid(format!("{}: {e}", example.source)))?;
+                let hidden = text_encoder.forward(device, &ids, length).map_err(invalid)?;
+                let values = length * text_encoder.config().hidden_size;
+                let context = device.download(&hidden, values).map_err(|e| invalid(e.to_string()))?;
+                Ok(Encoded { distribution, context })
+            })
+            .collect()
+    };
+    let sets = [(encode(examples)?, 1.0f32), (encode(prior)?, options.prior_weight)];
     drop(vae);
     drop(text_encoder);
     let (latent_h, latent_w) = (height / vae_factor, width / vae_factor);
@@ -247,51 +260,64 @@ pub fn train_lora<D: ImageBackward>(
     };
     let train_steps = scheduler.train_steps as u64;
     let per_image = 4 * latent_h * latent_w;
-    let mut order: Vec<usize> = Vec::new();
+    let mut orders: [Vec<usize>; 2] = [Vec::new(), Vec::new()];
     let mut losses = Vec::with_capacity(options.steps as usize);
     for step in 1..=options.steps {
         let mut loss_sum = 0.0;
-        for _ in 0..options.batch / options.micro_batch {
-            let m = options.micro_batch;
-            let (mut latents, mut noise_values) = (vec![0f32; m * per_image], vec![0f32; m * per_image]);
-            let mut context = Vec::new();
-            let mut timesteps = Vec::with_capacity(m);
-            for i in 0..m {
-                if order.is_empty() {
-                    // A new epoch: the images in a fresh random order.
-                    order = (0..examples.len()).collect();
-                    for j in (1..order.len()).rev() {
-                        order.swap(j, (rng.next_u64() % (j as u64 + 1)) as usize);
-                    }
-                }
-                let index = order.pop().expect("refilled");
-                let distribution = &distributions[index];
-                let x0 = &mut latents[i * per_image..][..per_image];
-                gaussian(x0);
-                for ((x, &mean), &std) in x0.iter_mut().zip(&distribution.mean).zip(&distribution.std) {
-                    *x = (mean + std * *x) * scaling;
-                }
-                gaussian(&mut noise_values[i * per_image..][..per_image]);
-                context.extend_from_slice(&contexts[index]);
-                timesteps.push((rng.next_u64() % train_steps) as u32);
+        for ((set, set_weight), order) in sets.iter().zip(&mut orders) {
+            if set.is_empty() || *set_weight == 0.0 {
+                continue;
             }
-            let batch = TrainBatch {
-                latents: &latents,
-                noise: &noise_values,
-                timesteps: &timesteps,
-                context: &context,
-                context_len: length,
-                batch: m,
-                height: latent_h,
-                width: latent_w,
-            };
-            let weight = m as f32 / options.batch as f32;
-            loss_sum += weight * trainer.accumulate(device, &batch, weight).map_err(|e| invalid(e.to_string()))?;
+            for _ in 0..options.batch / options.micro_batch {
+                let m = options.micro_batch;
+                let (mut latents, mut noise_values) = (vec![0f32; m * per_image], vec![0f32; m * per_image]);
+                let mut context = Vec::new();
+                let mut timesteps = Vec::with_capacity(m);
+                for i in 0..m {
+                    if order.is_empty() {
+                        // A new epoch: the images in a fresh random order.
+                        *order = (0..set.len()).collect();
+                        for j in (1..order.len()).rev() {
+                            order.swap(j, (rng.next_u64() % (j as u64 + 1)) as usize);
+                        }
+                    }
+                    let encoded = &set[order.pop().expect("refilled")];
+                    let x0 = &mut latents[i * per_image..][..per_image];
+                    gaussian(x0);
+                    let distribution = &encoded.distribution;
+                    for ((x, &mean), &std) in x0.iter_mut().zip(&distribution.mean).zip(&distribution.std) {
+                        *x = (mean + std * *x) * scaling;
+                    }
+                    gaussian(&mut noise_values[i * per_image..][..per_image]);
+                    context.extend_from_slice(&encoded.context);
+                    timesteps.push((rng.next_u64() % train_steps) as u32);
+                }
+                let batch = TrainBatch {
+                    latents: &latents,
+                    noise: &noise_values,
+                    timesteps: &timesteps,
+                    context: &context,
+                    context_len: length,
+                    batch: m,
+                    height: latent_h,
+                    width: latent_w,
+                };
+                let weight = set_weight * m as f32 / options.batch as f32;
+                loss_sum += weight * trainer.accumulate(device, &batch, weight).map_err(|e| invalid(e.to_string()))?;
+            }
         }
         trainer.step(device);
         losses.push(loss_sum);
-        progress(step, options.steps, loss_sum);
+        if !progress(step, options.steps, loss_sum) {
+            return Err(invalid(format!("training stopped at step {step} of {}", options.steps)));
+        }
     }
     let adapter = trainer.adapter(device).map_err(|e| invalid(e.to_string()))?;
     Ok(Trained { adapter, settings: trainer.settings().clone(), losses })
+}
+
+/// An image's latent distribution and its caption's text conditioning.
+struct Encoded {
+    distribution: gpu::sd::vae::LatentDistribution,
+    context: Vec<f32>,
 }

@@ -108,24 +108,32 @@ impl LoraAdapter {
             return Err(WeightsError::Pickle { path: file });
         }
         let bytes = std::fs::read(&file).map_err(|source| WeightsError::Read { path: file.clone(), source })?;
-        let metadata = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| WeightsError::Malformed { path: file.clone(), message: e.to_string() })?
-            .1;
-        let metadata = metadata.metadata().clone().unwrap_or_default();
-        let mut tensors = HashMap::new();
-        read_safetensors(&file, &bytes, &mut |name, tensor| {
-            tensors.insert(name.to_string(), tensor);
-        })?;
-        drop(bytes);
-        // Rank and alpha: diffusers' header metadata, else PEFT's adapter_config.json.
-        let header: Option<serde_json::Value> =
-            metadata.get("lora_adapter_metadata").and_then(|text| serde_json::from_str(text).ok());
+        // PEFT keeps rank and alpha in an adapter_config.json beside the weights.
         let config: Option<serde_json::Value> = file
             .parent()
             .map(|dir| dir.join("adapter_config.json"))
             .filter(|p| p.is_file())
             .and_then(|p| std::fs::read_to_string(p).ok())
             .and_then(|text| serde_json::from_str(&text).ok());
+        Self::from_bytes(&bytes, &file, config)
+    }
+
+    /// Reads an adapter from safetensors bytes (`source` names it in messages), with PEFT's
+    /// `adapter_config.json` contents when there is one.
+    pub fn from_bytes(bytes: &[u8], source: &Path, config: Option<serde_json::Value>) -> Result<Self, WeightsError> {
+        // Parsed as safetensors only: a pickle's bytes are refused as malformed, never unpickled.
+        let file = source.to_path_buf();
+        let metadata = safetensors::SafeTensors::read_metadata(bytes)
+            .map_err(|e| WeightsError::Malformed { path: file.clone(), message: e.to_string() })?
+            .1;
+        let metadata = metadata.metadata().clone().unwrap_or_default();
+        let mut tensors = HashMap::new();
+        read_safetensors(&file, bytes, &mut |name, tensor| {
+            tensors.insert(name.to_string(), tensor);
+        })?;
+        // Rank and alpha: diffusers' header metadata, else PEFT's adapter_config.json.
+        let header: Option<serde_json::Value> =
+            metadata.get("lora_adapter_metadata").and_then(|text| serde_json::from_str(text).ok());
         let alphas = |target: Target| match (&header, &config) {
             (Some(header), _) => {
                 Alphas::from_json(header, if target == Target::Unet { "unet." } else { "text_encoder." })
