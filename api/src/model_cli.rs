@@ -36,6 +36,23 @@ pub enum ModelCommand {
     /// load_lora_weights reads; kohya: lora_kohya.safetensors for ComfyUI/A1111; merged:
     /// unet/ with the adapter added to the weights) and prints a JSON summary.
     TrainLora(Box<TrainLoraArgs>),
+    /// Export a fine-tuned version of an imported pipeline (a campaign's T-HITL or traditional
+    /// version) in the formats other tools load: peft (pytorch_lora_weights.safetensors, for
+    /// diffusers' load_lora_weights), kohya (lora_kohya.safetensors, for ComfyUI/A1111) or merged
+    /// (unet/ with the adapter added to the base UNet's weights, in f32, for from_pretrained).
+    Export {
+        /// The model version's id.
+        version: String,
+        /// The data directory.
+        #[arg(long)]
+        data: PathBuf,
+        /// peft, kohya or merged.
+        #[arg(long, default_value = "peft")]
+        format: String,
+        /// The folder to write into (created if needed).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Import a Stable Diffusion pipeline as a base model version: the folder is checked whole
     /// (configs, tokenizer, every weight's shape) before anything is written; then every file
     /// it needs becomes a blob, a manifest naming them becomes the version's weights, and the
@@ -197,6 +214,26 @@ pub fn run(command: ModelCommand) -> anyhow::Result<ExitCode> {
         }
         ModelCommand::Import { path, data, name, variant, json, single_file } => {
             import(&path, &data, name, variant.as_deref(), json, &single_file)
+        }
+        ModelCommand::Export { version, data, format, out } => {
+            let format: app::sd::export::ExportFormat = format.parse()?;
+            let id: domain::ModelVersionId =
+                version.parse().map_err(|_| anyhow::anyhow!("{version:?} is not a model version id (a UUID)"))?;
+            let dir = app::data::DataDir::open_existing(&data)?;
+            let blobs = dir.blobs()?;
+            let bus = app::commands::CommandBus::new(dir.store.clone());
+            let files = app::sd::export::export_version(&bus, &blobs, id, format)?;
+            let mut written = Vec::new();
+            for file in &files {
+                let path = out.join(&file.path);
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+                }
+                write_file(&path, &file.bytes)?;
+                written.push(path.display().to_string());
+            }
+            println!("{}", serde_json::json!({ "model_version": id.to_string(), "files": written }));
+            Ok(ExitCode::SUCCESS)
         }
         ModelCommand::TrainLora(args) => {
             let choice: DeviceChoice = args.device.parse()?;

@@ -8,6 +8,7 @@
 //! its hash) and opens the folder there, so the pipeline that samples is byte for byte the one
 //! imported.
 
+pub mod export;
 pub mod train;
 
 use std::collections::BTreeMap;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::helpers::{stdout, thitl};
 
-fn fixture(variant: &str) -> PathBuf {
+pub(crate) fn fixture(variant: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../gpu/tests/fixtures/sd").join(variant)
 }
 
@@ -70,7 +70,7 @@ fn reference_tensor(variant: &str, name: &str) -> gpu::sd::Latents {
 }
 
 /// A 4-d tensor of a safetensors file, as latents.
-fn tensor_in(path: &std::path::Path, name: &str) -> gpu::sd::Latents {
+pub(crate) fn tensor_in(path: &std::path::Path, name: &str) -> gpu::sd::Latents {
     let bytes = std::fs::read(path).unwrap();
     let mut found = None;
     gpu::sd::weights::read_safetensors(path, &bytes, &mut |n, tensor| {
@@ -83,7 +83,7 @@ fn tensor_in(path: &std::path::Path, name: &str) -> gpu::sd::Latents {
     gpu::sd::Latents { shape: tensor.shape.try_into().expect("4-d"), values: tensor.data }
 }
 
-fn max_relative_difference(actual: &[f32], expected: &[f32]) -> f32 {
+pub(crate) fn max_relative_difference(actual: &[f32], expected: &[f32]) -> f32 {
     assert_eq!(actual.len(), expected.len());
     let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
     actual.iter().zip(expected).fold(0f32, |m, (a, e)| m.max((a - e).abs())) / scale
@@ -213,7 +213,7 @@ fn sample_and_import_refuse_pickles_missing_components_and_truncated_weights() {
     refused(&pipeline, root.path(), &["model.safetensors", "not a valid safetensors file"]);
 }
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+pub(crate) fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
@@ -423,12 +423,24 @@ fn no_error_lines_without_a_desktop_session() {
 
 /// Samples the SD1 pipeline with the lighthouse prompts from `init` through `--lora` (a folder or
 /// file), returning the final latents.
-fn sample_with_lora(init: &gpu::sd::Latents, lora: &std::path::Path) -> gpu::sd::Latents {
+pub(crate) fn sample_with_lora(init: &gpu::sd::Latents, lora: &std::path::Path) -> gpu::sd::Latents {
+    sample_lighthouse(init, &fixture("sd1").join("pipeline"), Some(lora))
+}
+
+/// Samples `pipeline` (an SD1-shaped folder) with the lighthouse prompts from `init`.
+pub(crate) fn sample_pipeline(init: &gpu::sd::Latents, pipeline: &std::path::Path) -> gpu::sd::Latents {
+    sample_lighthouse(init, pipeline, None)
+}
+
+fn sample_lighthouse(
+    init: &gpu::sd::Latents,
+    pipeline: &std::path::Path,
+    lora: Option<&std::path::Path>,
+) -> gpu::sd::Latents {
     let dir = tempfile::tempdir().unwrap();
     let (init_path, out) = (dir.path().join("init.safetensors"), dir.path().join("out.safetensors"));
     std::fs::write(&init_path, init.to_safetensors().unwrap()).unwrap();
-    let pipeline = fixture("sd1").join("pipeline");
-    let output = thitl(&[
+    let mut args = vec![
         "model",
         "sample",
         pipeline.to_str().unwrap(),
@@ -442,11 +454,13 @@ fn sample_with_lora(init: &gpu::sd::Latents, lora: &std::path::Path) -> gpu::sd:
         init_path.to_str().unwrap(),
         "--out-latents",
         out.to_str().unwrap(),
-        "--lora",
-        lora.to_str().unwrap(),
         "--device",
         "cpu",
-    ]);
+    ];
+    if let Some(lora) = lora {
+        args.extend(["--lora", lora.to_str().unwrap()]);
+    }
+    let output = thitl(&args);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     gpu::sd::Latents::from_safetensors(&out, &std::fs::read(&out).unwrap()).unwrap()
 }
@@ -541,28 +555,7 @@ fn train_lora_writes_adapters_that_read_back() {
         std::fs::copy(dir.path().join("merged/unet").join(file), merged.join("unet").join(file)).unwrap();
     }
     std::fs::remove_file(merged.join("unet/diffusion_pytorch_model.fp16.safetensors")).unwrap();
-    let out = dir.path().join("merged.safetensors");
-    let init_path = dir.path().join("init.safetensors");
-    std::fs::write(&init_path, init.to_safetensors().unwrap()).unwrap();
-    let output = thitl(&[
-        "model",
-        "sample",
-        merged.to_str().unwrap(),
-        "--prompt",
-        "A lighthouse standing on a rocky cliff while waves crash below, oil painting",
-        "--negative-prompt",
-        "blurry, low quality, watermark",
-        "--steps",
-        "5",
-        "--latents",
-        init_path.to_str().unwrap(),
-        "--out-latents",
-        out.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let merged_latents = gpu::sd::Latents::from_safetensors(&out, &std::fs::read(&out).unwrap()).unwrap();
+    let merged_latents = sample_pipeline(&init, &merged);
     assert!(max_relative_difference(&merged_latents.values, &peft.values) <= 1e-4, "merged UNet vs adapter");
 
     // Bad input: a format nobody reads, a layer it does not adapt, rank 0, an image of another

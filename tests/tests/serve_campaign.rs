@@ -434,10 +434,88 @@ fn a_campaign_runs_on_an_imported_model_and_resumes_after_a_kill() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The tuned version's adapter over REST, as diffusers/PEFT (the stored adapter) and kohya (the
+    // same modules); a base version has none; annotators may not export.
+    let adapter = app.get(&format!("/v1/model-versions/{tuned}"), &curator).expect(200).json()["adapter"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let export = |format: &str, token: &str| {
+        app.request("GET", &format!("/v1/model-versions/{tuned}/export?format={format}"), Some(token), &[], None)
+    };
+    let peft = crate::helpers::http()
+        .get(format!("http://{}/v1/model-versions/{tuned}/export?format=peft", app.address))
+        .bearer_auth(&curator)
+        .send()
+        .unwrap();
+    assert_eq!(peft.status(), 200);
+    assert!(peft.headers()["content-disposition"].to_str().unwrap().contains("pytorch_lora_weights.safetensors"));
+    let peft = peft.bytes().unwrap().to_vec();
+    assert_eq!(app::blobs::blob_hash(&peft).as_str(), adapter, "the PEFT export is the stored adapter");
+    let kohya = crate::helpers::http()
+        .get(format!("http://{}/v1/model-versions/{tuned}/export?format=kohya", app.address))
+        .bearer_auth(&curator)
+        .send()
+        .unwrap();
+    assert_eq!(kohya.status(), 200);
+    let kohya = kohya.bytes().unwrap().to_vec();
+    let read = |bytes: &[u8]| {
+        let adapter = gpu::sd::lora::LoraAdapter::from_bytes(bytes, std::path::Path::new("export"), None).unwrap();
+        let mut modules = adapter.modules(gpu::sd::lora::Target::Unet).to_vec();
+        modules.sort_by(|a, b| a.down.data.partial_cmp(&b.down.data).unwrap());
+        modules.iter().map(|m| (m.down.clone(), m.up.clone(), m.scale)).collect::<Vec<_>>()
+    };
+    assert_eq!(read(&kohya), read(&peft), "kohya and PEFT exports hold the same adapter");
+    export("onnx", &curator).expect(400);
+    export("peft", &annotator).expect(403);
+    app.request("GET", &format!("/v1/model-versions/{base}/export"), Some(&curator), &[], None).expect(422);
+
     app.post(&format!("/v1/campaigns/{campaign}/conclude"), &curator, json!({"promote": tuned, "reason": "reviewed"}))
         .expect(200);
     assert_eq!(stage(&app, &curator, &campaign)["stage"], "completed");
     assert!(server.interrupt().success());
     let verify = crate::helpers::thitl(&["audit", "verify", "--data", app.dir.path().to_str().unwrap()]);
     assert!(verify.status.success(), "audit verify: {}", String::from_utf8_lossy(&verify.stderr));
+
+    // `thitl model export`: the merged UNet in a copy of the pipeline samples as the PEFT adapter does.
+    let out = app.dir.path().join("exported");
+    for format in ["peft", "merged"] {
+        let output = crate::helpers::thitl(&[
+            "model",
+            "export",
+            &tuned,
+            "--data",
+            app.dir.path().to_str().unwrap(),
+            "--format",
+            format,
+            "--out",
+            out.join(format).to_str().unwrap(),
+        ]);
+        assert!(output.status.success(), "{format}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    assert_eq!(std::fs::read(out.join("peft/pytorch_lora_weights.safetensors")).unwrap(), peft);
+    let init = crate::model::tensor_in(
+        &crate::model::fixture("sd1").join("train/thitl_export/reference.safetensors"),
+        "init_latents",
+    );
+    let with_adapter = crate::model::sample_with_lora(&init, &out.join("peft"));
+    let merged = app.dir.path().join("merged-pipeline");
+    crate::model::copy_dir(&pipeline, &merged);
+    std::fs::remove_file(merged.join("unet/diffusion_pytorch_model.fp16.safetensors")).unwrap();
+    for file in ["diffusion_pytorch_model.safetensors", "config.json"] {
+        std::fs::copy(out.join("merged/unet").join(file), merged.join("unet").join(file)).unwrap();
+    }
+    let merged_latents = crate::model::sample_pipeline(&init, &merged);
+    let error = crate::model::max_relative_difference(&merged_latents.values, &with_adapter.values);
+    assert!(error <= 1e-4, "the merged export samples {error:.2e} away from the adapter");
+    let output = crate::helpers::thitl(&[
+        "model",
+        "export",
+        &base,
+        "--data",
+        app.dir.path().to_str().unwrap(),
+        "--out",
+        out.join("base").to_str().unwrap(),
+    ]);
+    assert!(!output.status.success() && String::from_utf8_lossy(&output.stderr).contains("is a base model"));
 }

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod exports;
 mod health;
 pub mod images;
+pub mod model_export;
 pub mod openapi;
 pub mod pages;
 pub mod rounds;
@@ -106,6 +107,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
                         .service(at("").post(work::register_model).get(work::list_model_versions).done())
                         .service(at("/{id}").get(work::model_version).done())
                         .service(at("/{id}/lineage").get(work::lineage).done())
+                        .service(at("/{id}/export").get(model_export::export_version).done())
                         .service(at("/{id}/promote").post(work::promote).done())
                         .service(at("/{id}/rollback").post(work::roll_back).done()),
                 )

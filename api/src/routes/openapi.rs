@@ -13,7 +13,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{associations, audit, exports, health, images, pages, rounds, support, tokens, work};
+use super::{associations, audit, exports, health, images, model_export, pages, rounds, support, tokens, work};
 use crate::problem;
 
 #[derive(OpenApi)]
@@ -28,7 +28,7 @@ use crate::problem;
         associations::register, associations::list, associations::detail, associations::evaluation, associations::recategorize, associations::retire,
         rounds::open, rounds::list, rounds::progress, rounds::next, rounds::submit, rounds::withdraw, rounds::close,
         images::image, images::blob, images::upload,
-        work::register_model, work::list_model_versions, work::model_version, work::lineage, work::model_lineage, work::promote, work::roll_back,
+        work::register_model, work::list_model_versions, work::model_version, work::lineage, work::model_lineage, model_export::export_version, work::promote, work::roll_back,
         work::create_prompt_set, work::list_prompt_sets, work::prompt_set, work::add_prompts, work::review_prompt, work::finalize,
         work::request_generation, work::list_generations, work::generation,
         work::request_fine_tune, work::list_fine_tunes, work::fine_tune,
