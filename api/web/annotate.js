@@ -162,7 +162,7 @@ function render() {
     el("span", {}, KIND_NAMES[kind] || kind));
   const pictures = el("div", { class: "pictures" }, state.pictures.map(({ side, src }) =>
     el("div", { class: `picture${side && state.answers.preferred === side ? " chosen" : ""}` },
-      el("img", { src, alt: side ? `${side} picture` : "picture to rate" }),
+      fitted(el("img", { src, alt: side ? `${side} picture` : "picture to rate" })),
       side ? el("div", { class: "label" }, side === "left" ? "← left" : "right →") : null)));
   const list = el("div", { class: "questions" }, asked.map((question, i) =>
     el("div", { class: `question${i === state.active ? " active" : ""}`, "data-question": question.key },
@@ -249,3 +249,12 @@ async function undo() {
 }
 
 start();
+
+// The reference world's 32×32 pictures are enlarged with hard pixel edges; a real model's
+// pictures (an imported pipeline's 512×512) are shown at their own size, as large as fits.
+function fitted(img) {
+  const decide = () => img.classList.toggle("full", img.naturalWidth > 128);
+  img.addEventListener("load", decide);
+  if (img.complete) decide();
+  return img;
+}
