@@ -281,19 +281,7 @@ fn sample<D: ImageOps>(device: &D, description: &str, args: &SampleArgs) -> anyh
             anyhow::bail!("cannot write {}: the folder {} does not exist", path.display(), parent.display());
         }
     }
-    let converted = match args.path.is_file() {
-        true => {
-            eprintln!("converting the single-file checkpoint {}", args.path.display());
-            let files = &args.single_file;
-            Some(app::sd::ConvertedCheckpoint::convert(
-                &args.path,
-                files.config.as_deref(),
-                files.tokenizer.as_deref(),
-            )?)
-        }
-        false => None,
-    };
-    let folder = PipelineFolder::open(converted.as_ref().map_or(args.path.as_path(), |c| c.path()))?;
+    let (folder, _converted) = open_pipeline(&args.path, &args.single_file)?;
     let started = Instant::now();
     eprintln!("loading {} on {description}", args.path.display());
     let adapter = args.lora.as_deref().map(gpu::sd::lora::LoraAdapter::read).transpose()?;
@@ -424,19 +412,7 @@ fn train_lora<D: ImageBackward>(device: &D, description: &str, args: &TrainLoraA
     // Everything that can be checked before loading weights: the images and the output folder.
     let examples = app::sd::train::read_image_folder(&args.images)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
-    let converted = match args.path.is_file() {
-        true => {
-            eprintln!("converting the single-file checkpoint {}", args.path.display());
-            let files = &args.single_file;
-            Some(app::sd::ConvertedCheckpoint::convert(
-                &args.path,
-                files.config.as_deref(),
-                files.tokenizer.as_deref(),
-            )?)
-        }
-        false => None,
-    };
-    let folder = PipelineFolder::open(converted.as_ref().map_or(args.path.as_path(), |c| c.path()))?;
+    let (folder, _converted) = open_pipeline(&args.path, &args.single_file)?;
     eprintln!("loading {} on {description}", args.path.display());
     let pipeline = StableDiffusion::load(device, &folder, args.variant.as_deref())?;
     eprintln!(
@@ -528,6 +504,27 @@ fn train_lora<D: ImageBackward>(device: &D, description: &str, args: &TrainLoraA
         })
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The pipeline folder at `path`, or a single-file checkpoint there converted into a temporary
+/// folder (removed when the returned checkpoint is dropped: keep it while the folder is used).
+fn open_pipeline(
+    path: &Path,
+    single_file: &SingleFileArgs,
+) -> anyhow::Result<(PipelineFolder, Option<app::sd::ConvertedCheckpoint>)> {
+    let converted = match path.is_file() {
+        true => {
+            eprintln!("converting the single-file checkpoint {}", path.display());
+            Some(app::sd::ConvertedCheckpoint::convert(
+                path,
+                single_file.config.as_deref(),
+                single_file.tokenizer.as_deref(),
+            )?)
+        }
+        false => None,
+    };
+    let folder = PipelineFolder::open(converted.as_ref().map_or(path, |c| c.path()))?;
+    Ok((folder, converted))
 }
 
 /// `NAME-index.EXT`.

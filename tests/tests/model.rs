@@ -226,16 +226,8 @@ pub(crate) fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
-/// `thitl model import` of a fixture, then a generation job on the imported version (what a
-/// campaign's probe and candidate images are) served by `thitl serve`: PNG images whose blobs
-/// and prompts are on the audit log, and `thitl audit verify` passes.
-#[test]
-fn an_imported_pipeline_serves_generation_jobs_on_the_audit_log() {
-    use crate::helpers::{Server, TestApp, create_token};
-    use std::time::{Duration, Instant};
-
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().to_path_buf();
+/// `thitl model import` of the tiny SD1 pipeline into `data` as `tiny-sd1`: the printed JSON.
+pub(crate) fn import_fixture(data: &std::path::Path) -> serde_json::Value {
     let pipeline = fixture("sd1").join("pipeline");
     let output = thitl(&[
         "model",
@@ -248,7 +240,20 @@ fn an_imported_pipeline_serves_generation_jobs_on_the_audit_log() {
         "--json",
     ]);
     assert!(output.status.success(), "import: {}", String::from_utf8_lossy(&output.stderr));
-    let imported: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    serde_json::from_str(stdout(&output).trim()).unwrap()
+}
+
+/// `thitl model import` of a fixture, then a generation job on the imported version (what a
+/// campaign's probe and candidate images are) served by `thitl serve`: PNG images whose blobs
+/// and prompts are on the audit log, and `thitl audit verify` passes.
+#[test]
+fn an_imported_pipeline_serves_generation_jobs_on_the_audit_log() {
+    use crate::helpers::{Server, TestApp, create_token};
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    let imported = import_fixture(&data);
     let version = imported["model_version"].as_str().unwrap().to_string();
     let files = imported["files"].as_object().unwrap();
     assert!(
@@ -371,36 +376,11 @@ fn a_single_file_checkpoint_samples_like_its_folder_and_imports() {
 /// `load_lora_weights` does (the fixture's reference latents).
 #[test]
 fn sample_with_a_lora_adapter_gives_diffusers_latents() {
-    let dir = tempfile::tempdir().unwrap();
     let lora = fixture("sd1").join("lora");
     let as_latents = |name: &str| tensor_in(&lora.join("reference.safetensors"), name);
-    let init = dir.path().join("init.safetensors");
-    std::fs::write(&init, as_latents("init_latents").to_safetensors().unwrap()).unwrap();
-    let out = dir.path().join("out.safetensors");
-    let pipeline = fixture("sd1").join("pipeline");
-    let output = thitl(&[
-        "model",
-        "sample",
-        pipeline.to_str().unwrap(),
-        "--prompt",
-        "A lighthouse standing on a rocky cliff while waves crash below, oil painting",
-        "--negative-prompt",
-        "blurry, low quality, watermark",
-        "--steps",
-        "5",
-        "--latents",
-        init.to_str().unwrap(),
-        "--out-latents",
-        out.to_str().unwrap(),
-        "--lora",
-        lora.join("diffusers").to_str().unwrap(),
-        "--lora-scale",
-        "0.5",
-        "--device",
-        "cpu",
-    ]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let latents = gpu::sd::Latents::from_safetensors(&out, &std::fs::read(&out).unwrap()).unwrap();
+    let adapter = lora.join("diffusers");
+    let extra = ["--lora", adapter.to_str().unwrap(), "--lora-scale", "0.5"];
+    let latents = sample_lighthouse(&as_latents("init_latents"), &fixture("sd1").join("pipeline"), &extra);
     let error = max_relative_difference(&latents.values, &as_latents("half_latents").values);
     assert!(error <= 1e-3, "latents with the adapter at 0.5 differ from diffusers' by {error:.2e}");
 }
@@ -424,19 +404,17 @@ fn no_error_lines_without_a_desktop_session() {
 /// Samples the SD1 pipeline with the lighthouse prompts from `init` through `--lora` (a folder or
 /// file), returning the final latents.
 pub(crate) fn sample_with_lora(init: &gpu::sd::Latents, lora: &std::path::Path) -> gpu::sd::Latents {
-    sample_lighthouse(init, &fixture("sd1").join("pipeline"), Some(lora))
+    sample_lighthouse(init, &fixture("sd1").join("pipeline"), &["--lora", lora.to_str().unwrap()])
 }
 
 /// Samples `pipeline` (an SD1-shaped folder) with the lighthouse prompts from `init`.
 pub(crate) fn sample_pipeline(init: &gpu::sd::Latents, pipeline: &std::path::Path) -> gpu::sd::Latents {
-    sample_lighthouse(init, pipeline, None)
+    sample_lighthouse(init, pipeline, &[])
 }
 
-fn sample_lighthouse(
-    init: &gpu::sd::Latents,
-    pipeline: &std::path::Path,
-    lora: Option<&std::path::Path>,
-) -> gpu::sd::Latents {
+/// Samples `pipeline` with the lighthouse prompts of the fixtures' references from `init`, with
+/// `extra` arguments (`--lora …`).
+fn sample_lighthouse(init: &gpu::sd::Latents, pipeline: &std::path::Path, extra: &[&str]) -> gpu::sd::Latents {
     let dir = tempfile::tempdir().unwrap();
     let (init_path, out) = (dir.path().join("init.safetensors"), dir.path().join("out.safetensors"));
     std::fs::write(&init_path, init.to_safetensors().unwrap()).unwrap();
@@ -457,9 +435,7 @@ fn sample_lighthouse(
         "--device",
         "cpu",
     ];
-    if let Some(lora) = lora {
-        args.extend(["--lora", lora.to_str().unwrap()]);
-    }
+    args.extend_from_slice(extra);
     let output = thitl(&args);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     gpu::sd::Latents::from_safetensors(&out, &std::fs::read(&out).unwrap()).unwrap()

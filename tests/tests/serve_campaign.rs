@@ -277,18 +277,7 @@ fn a_campaign_runs_on_an_imported_model_and_resumes_after_a_kill() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_path_buf();
     let pipeline = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../gpu/tests/fixtures/sd/sd1/pipeline");
-    let output = crate::helpers::thitl(&[
-        "model",
-        "import",
-        pipeline.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--name",
-        "tiny-sd1",
-        "--json",
-    ]);
-    assert!(output.status.success(), "import: {}", String::from_utf8_lossy(&output.stderr));
-    let imported: Value = serde_json::from_str(crate::helpers::stdout(&output).trim()).unwrap();
+    let imported = crate::model::import_fixture(&data);
     let base = imported["model_version"].as_str().unwrap().to_string();
     let unet_blob = imported["files"]["unet/diffusion_pytorch_model.safetensors"].as_str().unwrap().to_string();
 
