@@ -31,7 +31,7 @@ pub enum ModelCommand {
     /// train_text_to_image_lora.py does (attention projections adapted, the checkpoint's
     /// prediction type, AdamW, gradient clipping at 1), on thitl's kernels. DIR follows the
     /// convention diffusers' training scripts read: metadata.jsonl lines {"file_name": "a.png",
-    /// "text": "a caption"} beside PNG images of one size (the model's resolution). Writes the
+    /// "text": "a caption"} beside PNG or JPEG images of one size (the model's resolution). Writes the
     /// adapter into --out (peft: pytorch_lora_weights.safetensors, which diffusers'
     /// load_lora_weights reads; kohya: lora_kohya.safetensors for ComfyUI/A1111; merged:
     /// unet/ with the adapter added to the weights) and prints a JSON summary.
@@ -147,7 +147,7 @@ pub struct SampleArgs {
 pub struct TrainLoraArgs {
     /// A diffusers pipeline folder, or a single-file SD 1.x checkpoint (see --config, --tokenizer).
     path: PathBuf,
-    /// The image folder (metadata.jsonl + PNG images).
+    /// The image folder (metadata.jsonl + PNG or JPEG images).
     #[arg(long)]
     images: PathBuf,
     /// Where to write the adapter (created if needed; existing files of the same name are replaced).

@@ -428,7 +428,7 @@ impl Model for StableDiffusionModel {
         let decode = |set: &[TrainingImage]| -> Result<Vec<train::Example>, ModelError> {
             set.iter()
                 .map(|image| {
-                    let mut example = train::decode_png(&image.png, &format!("image {}", image.name))
+                    let mut example = train::decode_image(&image.png, &format!("image {}", image.name))
                         .map_err(|e| ModelError::new(e.to_string()))?;
                     example.caption = image.prompt.clone();
                     Ok(example)

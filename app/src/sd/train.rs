@@ -5,7 +5,7 @@
 //! run's seed, micro-batches accumulated into each optimizer step.
 //!
 //! Image folders follow the convention diffusers' training scripts read: `metadata.jsonl` lines
-//! `{"file_name": "a.png", "text": "a caption"}` beside the images.
+//! `{"file_name": "a.png", "text": "a caption"}` beside the images (PNG or JPEG).
 
 use std::path::{Path, PathBuf};
 
@@ -46,6 +46,43 @@ pub enum TrainDataError {
     Invalid(String),
 }
 
+/// Largest side of a training image.
+const MAX_SIDE: usize = 4096;
+
+/// Decodes a training image, PNG or JPEG (told apart by their signatures), into `3 × h × w`
+/// values in [−1, 1].
+pub fn decode_image(bytes: &[u8], source: &str) -> Result<Example, TrainDataError> {
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) { decode_jpeg(bytes, source) } else { decode_png(bytes, source) }
+}
+
+/// Decodes a baseline or progressive JPEG (grey, RGB or YCbCr; CMYK refused) into `3 × h × w`
+/// values in [−1, 1].
+pub fn decode_jpeg(bytes: &[u8], source: &str) -> Result<Example, TrainDataError> {
+    use zune_jpeg::zune_core::bytestream::ZCursor;
+    use zune_jpeg::zune_core::colorspace::ColorSpace;
+    use zune_jpeg::zune_core::options::DecoderOptions;
+    let bad = |problem: String| TrainDataError::Invalid(format!("{source}: {problem}"));
+    let options = DecoderOptions::default()
+        .jpeg_set_out_colorspace(ColorSpace::RGB)
+        .set_max_width(MAX_SIDE)
+        .set_max_height(MAX_SIDE);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    let rgb = decoder.decode().map_err(|e| bad(format!("not a readable JPEG ({e:?})")))?;
+    let info = decoder.info().ok_or_else(|| bad("not a readable JPEG (no header)".into()))?;
+    let (width, height) = (info.width as usize, info.height as usize);
+    let plane = width * height;
+    if rgb.len() != 3 * plane {
+        return Err(bad(format!("{} decoded bytes for a {width}×{height} RGB image", rgb.len())));
+    }
+    let mut pixels = vec![0f32; 3 * plane];
+    for (i, pixel) in rgb.chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            pixels[c * plane + i] = pixel[c] as f32 / 127.5 - 1.0;
+        }
+    }
+    Ok(Example { source: source.to_string(), caption: String::new(), pixels, height, width })
+}
+
 /// Decodes an 8-bit PNG (grey, grey + alpha, RGB or RGBA; alpha dropped) into `3 × h × w`
 /// values in [−1, 1].
 pub fn decode_png(bytes: &[u8], source: &str) -> Result<Example, TrainDataError> {
@@ -54,8 +91,8 @@ pub fn decode_png(bytes: &[u8], source: &str) -> Result<Example, TrainDataError>
     decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     let mut reader = decoder.read_info().map_err(|e| bad(format!("not a readable PNG ({e})")))?;
     let size = reader.output_buffer_size().ok_or_else(|| bad("its size overflows".into()))?;
-    if size > 4096 * 4096 * 4 {
-        return Err(bad(format!("{size} bytes of pixels is more than a 4096×4096 image")));
+    if size > MAX_SIDE * MAX_SIDE * 4 {
+        return Err(bad(format!("{size} bytes of pixels is more than a {MAX_SIDE}×{MAX_SIDE} image")));
     }
     let mut buffer = vec![0; size];
     let info = reader.next_frame(&mut buffer).map_err(|e| bad(format!("not a readable PNG ({e})")))?;
@@ -107,14 +144,14 @@ pub fn read_image_folder(dir: &Path) -> Result<Vec<Example>, TrainDataError> {
         }
         let path = dir.join(relative);
         let lower = file.to_ascii_lowercase();
-        if !lower.ends_with(".png") {
+        if ![".png", ".jpg", ".jpeg"].iter().any(|extension| lower.ends_with(extension)) {
             return Err(TrainDataError::Invalid(format!(
-                "{}: {file} is not a PNG; thitl reads PNG images (convert others first, e.g. with ImageMagick's `mogrify -format png`)",
+                "{}: {file} is neither PNG nor JPEG; thitl reads those (convert others first, e.g. with ImageMagick's `mogrify -format png`)",
                 at()
             )));
         }
         let bytes = std::fs::read(&path).map_err(|error| TrainDataError::Read { path: path.clone(), error })?;
-        let mut example = decode_png(&bytes, &path.display().to_string())?;
+        let mut example = decode_image(&bytes, &path.display().to_string())?;
         example.caption = caption;
         examples.push(example);
     }
@@ -320,4 +357,44 @@ pub fn train_lora<D: ImageBackward>(
 struct Encoded {
     distribution: gpu::sd::vae::LatentDistribution,
     context: Vec<f32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../gpu/tests/fixtures/sd/images").join(name);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// JPEG images (4:2:0 and 4:4:4 progressive colour, grey) decode as Pillow decodes them
+    /// (`reference/sd_image_fixtures.py`), within the few levels two conforming decoders may differ
+    /// by (inverse DCT and chroma upsampling are not bit-exact across libraries).
+    #[test]
+    fn jpegs_decode_as_pillow_decodes_them() {
+        for case in ["rgb420", "rgb444_progressive", "grey"] {
+            let jpeg = decode_image(&fixture(&format!("{case}.jpg")), case).unwrap();
+            let reference = decode_image(&fixture(&format!("{case}.decoded.png")), case).unwrap();
+            assert_eq!((jpeg.height, jpeg.width), (16, 24), "{case}");
+            assert_eq!((reference.height, reference.width), (16, 24), "{case}");
+            let levels =
+                jpeg.pixels.iter().zip(&reference.pixels).map(|(a, b)| ((a - b) * 127.5).abs()).fold(0f32, f32::max);
+            let mean = jpeg.pixels.iter().zip(&reference.pixels).map(|(a, b)| ((a - b) * 127.5).abs()).sum::<f32>()
+                / jpeg.pixels.len() as f32;
+            assert!(levels <= 8.0 && mean <= 1.5, "{case}: up to {levels} levels from Pillow's decoding (mean {mean})");
+        }
+        let grey = decode_image(&fixture("grey.jpg"), "grey").unwrap();
+        let plane = 16 * 24;
+        assert_eq!(grey.pixels[..plane], grey.pixels[plane..2 * plane], "a grey JPEG gives three equal channels");
+    }
+
+    #[test]
+    fn broken_images_are_clear_errors() {
+        let jpeg = fixture("rgb420.jpg");
+        let error = decode_image(&jpeg[..jpeg.len() / 3], "cut.jpg").unwrap_err().to_string();
+        assert!(error.starts_with("cut.jpg: "), "{error}");
+        let error = decode_image(b"GIF89a....", "a.gif").unwrap_err().to_string();
+        assert!(error.contains("a.gif") && error.contains("PNG"), "{error}");
+    }
 }
