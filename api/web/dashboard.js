@@ -53,7 +53,8 @@ function associationCard(association, evaluation) {
     el("td", {}, ARM_NAMES[arm.arm] || arm.arm),
     el("td", { class: "before" }, interval(arm.before)),
     el("td", { class: "after" }, interval(arm.after)),
-    el("td", {}, `${arm.quality_before.toFixed(3)} → ${arm.quality_after.toFixed(3)}`),
+    el("td", { title: arm.quality_source === "round2_people" ? "mean of round 2's quality answers (1–5)" : "the automatic rater" },
+      `${arm.quality_before.toFixed(3)} → ${arm.quality_after.toFixed(3)}${arm.quality_source === "round2_people" ? " (people)" : ""}`),
     el("td", {}, arm.win_rate ? `${percent(arm.win_rate.rate)} [${percent(arm.win_rate.ci_low)}, ${percent(arm.win_rate.ci_high)}]` : "–"),
     el("td", {}, arm.alpha === null || arm.alpha === undefined ? "–" : arm.alpha.toFixed(2))));
   const table = el("table", {},

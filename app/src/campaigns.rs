@@ -861,6 +861,10 @@ impl<'a> CampaignRunner<'a> {
                     quality_after,
                     win_rate,
                     alpha,
+                    quality_source: Some(match self.rater() {
+                        Some(_) => domain::campaign::QualitySource::Rater,
+                        None => domain::campaign::QualitySource::Round2People,
+                    }),
                 });
             }
         }

@@ -177,6 +177,21 @@ pub struct AssociationEvaluation {
     pub win_rate: Option<RateEstimate>,
     /// Krippendorff's alpha of the concept-presence answers in round 2.
     pub alpha: Option<f64>,
+    /// Who judged `quality_before` / `quality_after` (absent in evaluations recorded before the
+    /// field existed: those came from the reference world's rater).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality_source: Option<QualitySource>,
+}
+
+/// Who judged an evaluation's image quality.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QualitySource {
+    /// The campaign's automatic rater (the reference world's shipped rater), on the 1–5 scale.
+    Rater,
+    /// The mean of round 2's human quality answers (1–5), where the campaign has no rater (an
+    /// imported model).
+    Round2People,
 }
 
 #[derive(Debug, Clone)]
@@ -763,6 +778,7 @@ mod tests {
             quality_after: 4.0,
             win_rate: None,
             alpha: None,
+            quality_source: None,
         };
         c = c.then(CampaignCommand::RecordEvaluation { evaluations: vec![evaluation] }).0;
         c = advance(c, &facts);
@@ -805,6 +821,7 @@ mod tests {
             quality_after,
             win_rate: None,
             alpha: None,
+            quality_source: None,
         };
         c.stage = Some(Stage::Evaluation);
         c.work.push(Work::ModelVersion { arm: Arm::Thitl, model_version_id: ModelVersionId(id(61)) });
@@ -847,6 +864,7 @@ mod tests {
             quality_after: 3.0,
             win_rate: None,
             alpha: None,
+            quality_source: None,
         };
         let c = started(false);
         then_error(c.decide(CampaignCommand::RecordEvaluation { evaluations: vec![evaluation(10)] }), |e| {

@@ -99,6 +99,7 @@ mod tests {
             quality_after: 0.98,
             win_rate: None,
             alpha: Some(0.8),
+            quality_source: None,
         }
     }
 

@@ -199,6 +199,7 @@ fn serve_drives_a_rest_campaign_and_stops_at_the_curators_gates() {
     assert_eq!(evaluation["latest"]["campaign_id"], campaign.as_str(), "{evaluation}");
     let arms = evaluation["latest"]["arms"].as_array().unwrap();
     assert_eq!(arms.len(), 1, "the traditional arm was off: {evaluation}");
+    assert_eq!(arms[0]["quality_source"], "rater", "{evaluation}");
     assert_eq!((arms[0]["before"]["n"].as_u64(), arms[0]["after"]["n"].as_u64()), (Some(4), Some(4)), "{evaluation}");
     // Every answer above said "no concept": both rates are 0 with their Wilson intervals.
     assert_eq!(arms[0]["after"]["rate"], 0.0);
@@ -394,6 +395,10 @@ fn a_campaign_runs_on_an_imported_model_and_resumes_after_a_kill() {
     let evaluation = app.get(&format!("/v1/associations/{association}/evaluation"), &curator).expect(200).json();
     let arms = evaluation["latest"]["arms"].as_array().unwrap();
     assert_eq!(arms.len(), 2, "T-HITL and the traditional arm: {evaluation}");
+    assert!(
+        arms.iter().all(|arm| arm["quality_source"] == "round2_people"),
+        "an imported model has no rater: quality is round 2's people, and the evaluation says so: {evaluation}"
+    );
     let tuned = concluded["work"]
         .as_array()
         .unwrap()
