@@ -458,27 +458,15 @@ fn train_lora<D: ImageBackward>(device: &D, description: &str, args: &TrainLoraA
         }
         AdapterFormat::Merged => {
             let unet_dir = folder.component_dir("unet")?;
-            let mut weights = gpu::sd::weights::ComponentWeights::load(
+            let weights = gpu::sd::weights::ComponentWeights::load(
                 &unet_dir,
                 "diffusion_pytorch_model",
                 args.variant.as_deref(),
             )?;
-            export::merge_into(&mut weights, trained.tensors(), &trained.settings).map_err(anyhow::Error::msg)?;
+            let bytes =
+                export::merged_unet_file(weights, trained.tensors(), &trained.settings).map_err(anyhow::Error::msg)?;
             let out = args.out.join("unet");
             std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-            let names: Vec<String> = weights.names().into_iter().map(str::to_string).collect();
-            let tensors: Vec<(String, gpu::sd::weights::HostTensor)> = names
-                .into_iter()
-                .map(|name| {
-                    let t = weights.remove(&name).expect("listed");
-                    (name, t)
-                })
-                .collect();
-            let bytes = gpu::tensor::f32_safetensors(
-                tensors.iter().map(|(name, t)| (name.as_str(), t.shape.as_slice(), t.data.as_slice())),
-                Some(std::collections::HashMap::from([("format".to_string(), "pt".to_string())])),
-            )
-            .map_err(anyhow::Error::msg)?;
             let path = out.join("diffusion_pytorch_model.safetensors");
             write_file(&path, &bytes)?;
             let config = out.join("config.json");

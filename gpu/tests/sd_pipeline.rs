@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::{assert_relative, relative_error, sd_fixture as fixture};
+
 use std::path::PathBuf;
 
 use gpu::device::{CpuDevice, ImageOps};
@@ -13,10 +15,6 @@ use gpu::sd::scheduler::{SchedulerConfig, SchedulerKind};
 use gpu::sd::weights::ComponentWeights;
 use gpu::sd::{PipelineFolder, SampleOptions, StableDiffusion};
 use serde_json::Value;
-
-fn fixture(variant: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd").join(variant)
-}
 
 struct Reference {
     tensors: ComponentWeights,
@@ -51,22 +49,6 @@ impl Reference {
         }
         ids
     }
-}
-
-/// max |actual − expected| / max |expected|.
-fn relative_error(actual: &[f32], expected: &[f32]) -> f32 {
-    assert_eq!(actual.len(), expected.len(), "lengths differ");
-    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = actual.iter().zip(expected).fold(0f32, |m, (a, e)| m.max((a - e).abs()));
-    diff / scale.max(f32::MIN_POSITIVE)
-}
-
-#[track_caller]
-fn assert_relative(actual: &[f32], expected: &[f32], bound: f32, what: &str) {
-    assert!(actual.iter().all(|v| v.is_finite()), "{what}: non-finite output");
-    let error = relative_error(actual, expected);
-    eprintln!("{what}: relative error {error:.2e}");
-    assert!(error <= bound, "{what}: relative error {error:.3e} exceeds {bound:.0e}");
 }
 
 fn components<D: ImageOps>(device: &D, variant: &str) {

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use common::{assert_relative, sd_fixture as fixture};
 
 use gpu::cpu::AdamW;
 use gpu::device::{CpuDevice, ImageBackward};
@@ -18,10 +18,6 @@ use gpu::sd::train::{LoraInit, LoraSettings, LoraTrainer, TrainBatch};
 use gpu::sd::unet::Unet;
 use gpu::sd::weights::ComponentWeights;
 use serde_json::Value;
-
-fn fixture(variant: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd").join(variant)
-}
 
 struct Reference {
     tensors: ComponentWeights,
@@ -50,22 +46,6 @@ impl Reference {
     fn value(&self, name: &str) -> f32 {
         self.json["values"][name].as_f64().unwrap_or_else(|| panic!("reference.json has no value {name}")) as f32
     }
-}
-
-/// max |actual − expected| / max |expected| (per tensor: single gradient elements are too small
-/// for an element-wise relative bound in f32).
-fn relative_error(actual: &[f32], expected: &[f32]) -> f32 {
-    assert_eq!(actual.len(), expected.len(), "lengths differ");
-    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = actual.iter().zip(expected).fold(0f32, |m, (a, e)| m.max((a - e).abs()));
-    diff / scale.max(f32::MIN_POSITIVE)
-}
-
-#[track_caller]
-fn assert_relative(actual: &[f32], expected: &[f32], bound: f32, what: &str) {
-    assert!(actual.iter().all(|v| v.is_finite()), "{what}: non-finite values");
-    let error = relative_error(actual, expected);
-    assert!(error <= bound, "{what}: relative error {error:.3e} exceeds {bound:.0e}");
 }
 
 fn hyper(reference: &Reference) -> AdamW {

@@ -10,7 +10,7 @@ use std::str::FromStr;
 use domain::{Aggregate, ModelVersion, ModelVersionId};
 use gpu::sd::lora::{LoraAdapter, Target};
 use gpu::sd::train::LoraSettings;
-use gpu::sd::train::export::{AdapterTensor, kohya_file, merge_into};
+use gpu::sd::train::export::{AdapterTensor, kohya_file, merged_unet_file};
 use gpu::sd::weights::{ComponentWeights, HostTensor, read_safetensors};
 
 use super::{FAMILY, Manifest};
@@ -138,16 +138,8 @@ pub fn export_version(
         }
     }
     let config = config.ok_or_else(|| ExportError::Blob("the base model's manifest has no unet/config.json".into()))?;
-    let mut weights = ComponentWeights::from_tensors(vec!["unet".into()], unet);
-    merge_into(&mut weights, &tensors, &settings).map_err(ExportError::Blob)?;
-    let names: Vec<String> = weights.names().into_iter().map(str::to_string).collect();
-    let tensors: Vec<(String, HostTensor)> =
-        names.into_iter().filter_map(|name| weights.remove(&name).map(|t| (name, t))).collect();
-    let bytes = gpu::tensor::f32_safetensors(
-        tensors.iter().map(|(name, t)| (name.as_str(), t.shape.as_slice(), t.data.as_slice())),
-        Some(HashMap::from([("format".to_string(), "pt".to_string())])),
-    )
-    .map_err(ExportError::Blob)?;
+    let weights = ComponentWeights::from_tensors(vec!["unet".into()], unet);
+    let bytes = merged_unet_file(weights, &tensors, &settings).map_err(ExportError::Blob)?;
     Ok(vec![
         ExportedFile { path: "unet/diffusion_pytorch_model.safetensors".into(), bytes },
         ExportedFile { path: "unet/config.json".into(), bytes: config },

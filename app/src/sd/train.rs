@@ -163,10 +163,11 @@ pub fn read_image_folder(dir: &Path) -> Result<Vec<Example>, TrainDataError> {
 }
 
 /// The one size all `examples` share.
-fn same_size(examples: &[Example]) -> Result<(usize, usize), TrainDataError> {
-    let first = examples.first().ok_or_else(|| TrainDataError::Invalid("no training images".into()))?;
+fn same_size<'a>(examples: impl IntoIterator<Item = &'a Example>) -> Result<(usize, usize), TrainDataError> {
+    let mut examples = examples.into_iter();
+    let first = examples.next().ok_or_else(|| TrainDataError::Invalid("no training images".into()))?;
     let (height, width) = (first.height, first.width);
-    if let Some(other) = examples.iter().find(|e| (e.height, e.width) != (height, width)) {
+    if let Some(other) = examples.find(|e| (e.height, e.width) != (height, width)) {
         return Err(TrainDataError::Invalid(format!(
             "{} is {}×{} but {} is {height}×{width}: training images must share one size (the model's resolution)",
             other.source, other.height, other.width, first.source
@@ -247,9 +248,7 @@ pub fn train_lora<D: ImageBackward>(
     if options.steps == 0 {
         return Err(invalid("--steps must be at least 1".into()));
     }
-    let all: Vec<Example> = examples.iter().chain(prior).cloned().collect();
-    let (height, width) = same_size(&all)?;
-    drop(all);
+    let (height, width) = same_size(examples.iter().chain(prior))?;
     let StableDiffusion { tokenizer, text_encoder, unet, vae, scheduler } = pipeline;
     let vae_factor = vae.config().scale_factor();
     let factor = vae_factor << unet.config().downsamplings();

@@ -145,8 +145,9 @@ fn normalize(
         return;
     }
     let context = recorder.context();
-    let pipeline =
-        context.pipeline("image_norm.normalize", "normalize", &[R, R, R, W], || format!("{}{NORM}", super::REDUCE_SUM));
+    let pipeline = context.pipeline("image_norm.normalize", "normalize", &[R, R, R, W], || {
+        format!("{}{}{NORM}", super::REDUCE_SUM, super::NORM_STATS)
+    });
     let params =
         [word(count), word(groups), word(group_len), word(spatial), word(per_group), u32::from(silu), eps.to_bits(), 0];
     indexable(count * group_len, "norm");

@@ -111,7 +111,7 @@ fn normalize_backward(
     let context = recorder.context();
     let pipeline =
         context.pipeline("image_backward_norm.normalize_backward", "normalize_backward", &[R, R, R, R, W], || {
-            format!("{}{NORM}{ACTIVATION}", super::REDUCE_SUM)
+            format!("{}{}{NORM}{ACTIVATION}", super::REDUCE_SUM, super::NORM_STATS)
         });
     let params =
         [word(count), word(groups), word(group_len), word(spatial), word(per_group), u32::from(silu), eps.to_bits(), 0];

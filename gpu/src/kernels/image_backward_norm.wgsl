@@ -20,7 +20,8 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> dx: array<f32>;
 
 const WG: u32 = 256u;
-// `scratch` and `reduce_sum` come from reduce_sum.wgsl, prepended; `silu_derivative`
+// `scratch` and `reduce_sum` come from reduce_sum.wgsl, `group_stats` from norm_stats.wgsl,
+// prepended; `silu_derivative`
 // from image_activation.wgsl, appended.
 
 // γ · dy (· silu′(z)) for value i of the group at `base` with normalised value `xhat`.
@@ -41,22 +42,13 @@ fn normalize_backward(@builtin(workgroup_id) workgroup: vec3<u32>, @builtin(num_
     if (group >= p.count) { return; }
     let base = group * p.group_len;
     let n = f32(p.group_len);
-    // The statistics as the forward computes them (sums of x − x[base]).
-    let shift = x[base];
-    var sum = 0.0;
-    for (var i = lane; i < p.group_len; i += WG) { sum += x[base + i] - shift; }
-    let mean = reduce_sum(sum, lane) / n; // of x − shift
-    var squares = 0.0;
-    for (var i = lane; i < p.group_len; i += WG) {
-        let d = (x[base + i] - shift) - mean;
-        squares += d * d;
-    }
-    let rstd = 1.0 / sqrt(reduce_sum(squares, lane) / n + p.eps);
+    // The statistics as the forward computes them.
+    let s = group_stats(base, lane);
     let first_channel = (group % p.groups) * p.per_group;
     var sum_d = 0.0;
     var sum_d_xhat = 0.0;
     for (var i = lane; i < p.group_len; i += WG) {
-        let xhat = ((x[base + i] - shift) - mean) * rstd;
+        let xhat = ((x[base + i] - s.shift) - s.mean) * s.rstd;
         let d = scaled_gradient(base, i, first_channel, xhat);
         sum_d += d;
         sum_d_xhat += d * xhat;
@@ -64,8 +56,8 @@ fn normalize_backward(@builtin(workgroup_id) workgroup: vec3<u32>, @builtin(num_
     let mean_d = reduce_sum(sum_d, lane) / n;
     let mean_d_xhat = reduce_sum(sum_d_xhat, lane) / n;
     for (var i = lane; i < p.group_len; i += WG) {
-        let xhat = ((x[base + i] - shift) - mean) * rstd;
+        let xhat = ((x[base + i] - s.shift) - s.mean) * s.rstd;
         let d = scaled_gradient(base, i, first_channel, xhat);
-        dx[base + i] = rstd * (d - mean_d - xhat * mean_d_xhat);
+        dx[base + i] = s.rstd * (d - mean_d - xhat * mean_d_xhat);
     }
 }

@@ -1,7 +1,7 @@
 // Group norm with a per-channel affine and an optional SiLU (layer norm is the case of one
 // channel per value: groups = 1, spatial = 1). One workgroup of 256 invocations per (image,
-// group), looping over groups larger than a workgroup; two passes over the group (the mean, then
-// the mean of (x − mean)²) with tree reductions in workgroup memory, then the normalisation.
+// group), looping over groups larger than a workgroup: the group's statistics (norm_stats.wgsl),
+// then the normalisation.
 // A group is `group_len` consecutive values; value i of group g has channel
 // (g % groups) · per_group + i / spatial.
 
@@ -17,7 +17,8 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
 const WG: u32 = 256u;
-// `scratch` and `reduce_sum` come from reduce_sum.wgsl, prepended.
+// `scratch` and `reduce_sum` come from reduce_sum.wgsl, `group_stats` from norm_stats.wgsl,
+// prepended.
 
 @compute @workgroup_size(256, 1, 1)
 fn normalize(@builtin(workgroup_id) workgroup: vec3<u32>, @builtin(num_workgroups) workgroups: vec3<u32>,
@@ -25,22 +26,11 @@ fn normalize(@builtin(workgroup_id) workgroup: vec3<u32>, @builtin(num_workgroup
     let group = workgroup.x + workgroup.y * workgroups.x;
     if (group >= p.count) { return; }
     let base = group * p.group_len;
-    let n = f32(p.group_len);
-    // Sums of x − x[base]: a large common offset (activations far from zero) costs no precision.
-    let shift = x[base];
-    var sum = 0.0;
-    for (var i = lane; i < p.group_len; i += WG) { sum += x[base + i] - shift; }
-    let mean = reduce_sum(sum, lane) / n; // of x − shift
-    var squares = 0.0;
-    for (var i = lane; i < p.group_len; i += WG) {
-        let d = (x[base + i] - shift) - mean;
-        squares += d * d;
-    }
-    let rstd = 1.0 / sqrt(reduce_sum(squares, lane) / n + p.eps);
+    let s = group_stats(base, lane);
     let first_channel = (group % p.groups) * p.per_group;
     for (var i = lane; i < p.group_len; i += WG) {
         let channel = first_channel + i / p.spatial;
-        var value = ((x[base + i] - shift) - mean) * rstd * gamma[channel] + beta[channel];
+        var value = ((x[base + i] - s.shift) - s.mean) * s.rstd * gamma[channel] + beta[channel];
         if (p.silu != 0u) {
             // x · σ(x) from exp(−|x|): never inf/inf.
             let e = exp(-abs(value));

@@ -17,6 +17,9 @@ use crate::context::{Access, Recorder, grid_1d};
 
 /// `scratch` and `reduce_sum`, prepended to the kernels that sum over a workgroup.
 const REDUCE_SUM: &str = include_str!("reduce_sum.wgsl");
+/// `group_stats`, prepended (after [`REDUCE_SUM`]) to the group/layer norm kernels and their
+/// backward.
+const NORM_STATS: &str = include_str!("norm_stats.wgsl");
 
 const R: Access = Access::Read;
 const W: Access = Access::ReadWrite;

@@ -448,11 +448,10 @@ impl<D: ImageBackward> Unet<D> {
         }
         // Down blocks: each output there was also a skip connection, whose gradient is added.
         // Stop once no adapted layer is left before the current point.
-        let trainable = |layer: &LayerCache<D>| layer.attention.is_some();
-        let mut remaining: Vec<&LayerCache<D>> = layers.collect();
-        remaining.reverse(); // now in forward order: the down layers
-        let mut left = remaining.iter().filter(|l| trainable(l)).count();
-        let mut down_layers = remaining.into_iter().rev();
+        // What is left of `layers` are the down blocks' layers, last first.
+        let down_layers: Vec<&LayerCache<D>> = layers.collect();
+        let mut left = down_layers.iter().filter(|layer| layer.attention.is_some()).count();
+        let mut down_layers = down_layers.into_iter();
         let mut skip_grads = skip_grads.into_iter().rev();
         for (i, block) in self.down.iter().enumerate().rev() {
             if left == 0 {

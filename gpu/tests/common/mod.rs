@@ -64,3 +64,26 @@ pub fn assert_close(actual: &[f32], expected: &[f32], rel: f32, what: &str) {
         );
     }
 }
+
+/// A tiny SD pipeline's fixture folder (`tests/fixtures/sd/<variant>`).
+pub fn sd_fixture(variant: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd").join(variant)
+}
+
+/// max |actual − expected| / max |expected| (relative to the reference's largest value: single
+/// elements can be too small for an element-wise relative bound in f32).
+pub fn relative_error(actual: &[f32], expected: &[f32]) -> f32 {
+    assert_eq!(actual.len(), expected.len(), "lengths differ");
+    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = actual.iter().zip(expected).fold(0f32, |m, (a, e)| m.max((a - e).abs()));
+    diff / scale.max(f32::MIN_POSITIVE)
+}
+
+/// Asserts finite values within `bound` of `expected` by [`relative_error`], printing the error.
+#[track_caller]
+pub fn assert_relative(actual: &[f32], expected: &[f32], bound: f32, what: &str) {
+    assert!(actual.iter().all(|v| v.is_finite()), "{what}: non-finite output");
+    let error = relative_error(actual, expected);
+    eprintln!("{what}: relative error {error:.2e}");
+    assert!(error <= bound, "{what}: relative error {error:.3e} exceeds {bound:.0e}");
+}

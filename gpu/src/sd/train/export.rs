@@ -130,6 +130,23 @@ pub fn merge_into(
     Ok(())
 }
 
+/// `unet` (diffusers names) with the adapter merged, as one f32 safetensors file
+/// (`unet/diffusion_pytorch_model.safetensors` for `from_pretrained`, beside the base's config).
+pub fn merged_unet_file(
+    mut unet: ComponentWeights,
+    adapter: &AdapterTensors,
+    settings: &LoraSettings,
+) -> Result<Vec<u8>, String> {
+    merge_into(&mut unet, adapter, settings)?;
+    let names: Vec<String> = unet.names().into_iter().map(str::to_string).collect();
+    let tensors: Vec<(String, HostTensor)> =
+        names.into_iter().filter_map(|name| unet.remove(&name).map(|tensor| (name, tensor))).collect();
+    crate::tensor::f32_safetensors(
+        tensors.iter().map(|(name, t)| (name.as_str(), t.shape.as_slice(), t.data.as_slice())),
+        Some(HashMap::from([("format".to_string(), "pt".to_string())])),
+    )
+}
+
 struct HostTensorRef<'a> {
     key: &'a str,
     shape: [usize; 2],
