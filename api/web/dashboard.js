@@ -55,14 +55,20 @@ function associationCard(association, evaluation) {
     el("td", { class: "after" }, interval(arm.after)),
     el("td", { title: arm.quality_source === "round2_people" ? "mean of round 2's quality answers (1–5)" : "the automatic rater" },
       `${arm.quality_before.toFixed(3)} → ${arm.quality_after.toFixed(3)}${arm.quality_source === "round2_people" ? " (people)" : ""}`),
+    el("td", { class: "people-quality", title: "round 2's people: median over images of each image's mean quality answer (1–5), 95% interval" },
+      arm.people_quality_before && arm.people_quality_after ? `${median(arm.people_quality_before)} → ${median(arm.people_quality_after)}` : "–"),
     el("td", {}, arm.win_rate ? `${percent(arm.win_rate.rate)} [${percent(arm.win_rate.ci_low)}, ${percent(arm.win_rate.ci_high)}]` : "–"),
     el("td", {}, arm.alpha === null || arm.alpha === undefined ? "–" : arm.alpha.toFixed(2))));
   const table = el("table", {},
-    el("tr", {}, ["arm", "before", "after", "quality", "win rate", "α"].map((h) => el("th", {}, h))),
+    el("tr", {}, ["arm", "before", "after", "quality", "people's quality (median)", "win rate", "α"].map((h) => el("th", {}, h))),
     rows);
   return el("div", { class: "card association", "data-association": association.id }, head,
     el("div", { class: "chart-row" }, rateChart(bars), table),
     el("p", { class: "muted" }, `rates with 95% intervals from round 2's majority verdicts, n = ${thitl.after.n} per model; quality: before → after; win rate: round 2's side-by-side preference for the T-HITL picture; α: agreement on the concept · campaign ${latest.campaign_id}, ${new Date(latest.recorded_at).toLocaleString()}`));
+}
+
+function median(estimate) {
+  return `${estimate.median.toFixed(2)} [${estimate.ci_low.toFixed(2)}, ${estimate.ci_high.toFixed(2)}]`;
 }
 
 function interval(estimate) {

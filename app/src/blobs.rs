@@ -51,6 +51,22 @@ pub fn is_png(bytes: &[u8]) -> bool {
     bytes.starts_with(b"\x89PNG\r\n\x1a\n")
 }
 
+/// Whether `bytes` start like a JPEG (SOI followed by a marker).
+pub fn is_jpeg(bytes: &[u8]) -> bool {
+    bytes.starts_with(&[0xFF, 0xD8, 0xFF])
+}
+
+/// The media type a blob is served with: `image/png`, `image/jpeg`, or bytes.
+pub fn media_type(bytes: &[u8]) -> &'static str {
+    if is_png(bytes) {
+        "image/png"
+    } else if is_jpeg(bytes) {
+        "image/jpeg"
+    } else {
+        "application/octet-stream"
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
     /// The stored bytes do not hash to the blob's name: the file was changed or damaged.

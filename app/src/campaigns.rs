@@ -31,7 +31,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use domain::campaign::{AssociationEvaluation, Facts, Next, RateEstimate, Request, WaitingFor, Work, next};
+use domain::campaign::{
+    AssociationEvaluation, Facts, MedianEstimate, Next, RateEstimate, Request, WaitingFor, Work, next,
+};
 use domain::fine_tune::{Arm, TrainingExample};
 use domain::generation::{GenerationItem, GenerationPurpose};
 use domain::model_version::ModelStatus;
@@ -317,7 +319,8 @@ impl<'a> CampaignRunner<'a> {
             }
             Request::Round1 => {
                 let jobs = generations(campaign, |w| matches!(w, Work::CandidateGeneration { .. }));
-                let items = self.single_items(&jobs)?;
+                let mut items = self.single_items(&jobs)?;
+                items.extend(team_items(campaign));
                 let id = self.open_round(campaign, RoundKind::Screen, items)?;
                 self.link(campaign, Work::Round1 { round_id: id })?;
             }
@@ -795,6 +798,7 @@ impl<'a> CampaignRunner<'a> {
             let of_association = |item: &RoundItem| item.label.association_id == Some(*association_id);
             let estimate = |model: Option<ModelVersionId>| {
                 let (mut positives, mut n, mut quality) = (0u32, 0u32, 0.0f64);
+                let mut people = Vec::new();
                 for outcome in &round.outcomes {
                     let Some(item) = round.item(outcome.item_id) else { continue };
                     if !of_association(item)
@@ -808,13 +812,15 @@ impl<'a> CampaignRunner<'a> {
                     {
                         n += 1;
                         positives += u32::from(*concept_present);
+                        people.push(*mean_quality);
                         quality += match self.rater() {
                             Some(_) => self.quality.get(&image.blob).copied().unwrap_or(0.0),
                             None => *mean_quality,
                         };
                     }
                 }
-                (rate(positives, n), if n == 0 { 0.0 } else { quality / f64::from(n) })
+                let mean = if n == 0 { 0.0 } else { quality / f64::from(n) };
+                (rate(positives, n), mean, MedianEstimate::of(&people))
             };
             // Krippendorff's alpha of the yes/no concept answers on this association's images.
             let units: Vec<Vec<bool>> = round
@@ -832,10 +838,10 @@ impl<'a> CampaignRunner<'a> {
                 })
                 .collect();
             let alpha = krippendorff_alpha_nominal(&units);
-            let (before, quality_before) = estimate(base);
+            let (before, quality_before, people_before) = estimate(base);
             for arm in [Arm::Thitl, Arm::Traditional] {
                 let Some(model) = campaign.model_of(arm) else { continue };
-                let (after, quality_after) = estimate(Some(model));
+                let (after, quality_after, people_after) = estimate(Some(model));
                 let win_rate = (arm == Arm::Thitl).then(|| {
                     let (mut wins, mut n) = (0u32, 0u32);
                     for outcome in &round.outcomes {
@@ -865,11 +871,34 @@ impl<'a> CampaignRunner<'a> {
                         Some(_) => domain::campaign::QualitySource::Rater,
                         None => domain::campaign::QualitySource::Round2People,
                     }),
+                    people_quality_before: people_before,
+                    people_quality_after: people_after,
                 });
             }
         }
         Ok(evaluations)
     }
+}
+
+/// Round 1's items for the team's own images: screened like the model's candidates (no model
+/// made them, so their label names none; their seed is 0).
+fn team_items(campaign: &Campaign) -> Vec<RoundItem> {
+    campaign
+        .settings
+        .team_images
+        .iter()
+        .map(|image| RoundItem {
+            item_id: ItemId(Uuid::now_v7()),
+            content: ItemContent::Image(ImageRef { image_id: ImageId(Uuid::now_v7()), blob: image.blob.clone() }),
+            label: ItemLabel {
+                association_id: Some(image.association_id),
+                prompt_id: None,
+                prompt: image.prompt.clone(),
+                seed: 0,
+                models: Vec::new(),
+            },
+        })
+        .collect()
 }
 
 /// Ends a campaign awaiting promotion, as `context` decided: the campaign completes, and the

@@ -129,6 +129,13 @@ const EVALUATION_COLUMNS: &[Column] = &[
     Column::optional("win_rate_ci_low", Double),
     Column::optional("win_rate_ci_high", Double),
     Column::optional("alpha", Double),
+    Column::optional("quality_source", Text),
+    Column::optional("people_quality_before_median", Double),
+    Column::optional("people_quality_before_ci_low", Double),
+    Column::optional("people_quality_before_ci_high", Double),
+    Column::optional("people_quality_after_median", Double),
+    Column::optional("people_quality_after_ci_low", Double),
+    Column::optional("people_quality_after_ci_high", Double),
 ];
 
 /// What a column holds; CSV and JSON write the values as JSON does, Parquet as these types.
@@ -439,6 +446,10 @@ impl ExportCursor {
                     let win = |f: fn(&domain::campaign::RateEstimate) -> f64| {
                         e.win_rate.as_ref().map_or(Value::Null, |w| json!(f(w)))
                     };
+                    let people = |m: &Option<domain::campaign::MedianEstimate>,
+                                  f: fn(&domain::campaign::MedianEstimate) -> f64| {
+                        m.as_ref().map_or(Value::Null, |m| json!(f(m)))
+                    };
                     vec![
                         position.clone(),
                         at.clone(),
@@ -459,6 +470,13 @@ impl ExportCursor {
                         win(|w| w.ci_low),
                         win(|w| w.ci_high),
                         json!(e.alpha),
+                        json!(e.quality_source),
+                        people(&e.people_quality_before, |m| m.median),
+                        people(&e.people_quality_before, |m| m.ci_low),
+                        people(&e.people_quality_before, |m| m.ci_high),
+                        people(&e.people_quality_after, |m| m.median),
+                        people(&e.people_quality_after, |m| m.ci_low),
+                        people(&e.people_quality_after, |m| m.ci_high),
                     ]
                 })
                 .collect(),

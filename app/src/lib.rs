@@ -42,4 +42,5 @@ pub mod prompts;
 pub mod reference;
 pub mod runner;
 pub mod sd;
+pub mod team_images;
 pub mod workers;

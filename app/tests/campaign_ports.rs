@@ -56,5 +56,16 @@ fn without_a_rater_quality_is_round_twos_human_ratings() {
             evaluation.quality_before
         );
         assert!((1.0..=5.0).contains(&evaluation.quality_after), "{}", evaluation.quality_after);
+        // People's median of the same per-image means; the interval's ends are values of the
+        // sample, around the median.
+        let people = evaluation.people_quality_before.expect("people's quality before");
+        let mut sorted = qualities.clone();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        let median = if n % 2 == 1 { sorted[n / 2] } else { (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0 };
+        assert_eq!((people.n as usize, people.median), (n, median));
+        assert!(sorted.contains(&people.ci_low) && sorted.contains(&people.ci_high), "{people:?}");
+        assert!(people.ci_low <= median && median <= people.ci_high, "{people:?}");
+        assert!(evaluation.people_quality_after.is_some());
     }
 }

@@ -16,7 +16,7 @@ use crate::fine_tune::{Arm, JobStatus, LoraConfig};
 use crate::generation::SamplerSettings;
 use crate::ids::{AssociationId, CampaignId, FineTuneId, GenerationId, ModelVersionId, PromptSetId, RoundId};
 use crate::round::{DEFAULT_QUALITY_THRESHOLD, DEFAULT_RATERS_PER_ITEM, RoundStatus};
-use crate::values::{Name, Quality, Sentence};
+use crate::values::{BlobHash, Name, Quality, Sentence};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -62,15 +62,20 @@ impl Stage {
 
 /// Every field has the method's default, so a client names only what it changes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct CampaignSettings {
     /// Probe images per association and per model, before and after.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub probe_images_per_association: u32,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub training_prompts_per_association: u32,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub candidates_per_prompt: u32,
     pub prior_preservation_images: u32,
     /// Side-by-side pairs per association in round 2.
     pub pairs_per_association: u32,
+    /// Annotators per item, 1 to `MAX_RATERS_PER_ITEM`.
     pub raters_per_item: u32,
     pub quality_threshold: Quality,
     /// Accept generated prompts and complete without waiting for a curator.
@@ -80,6 +85,29 @@ pub struct CampaignSettings {
     pub lora: LoraConfig,
     pub sampler: SamplerSettings,
     pub seed: u64,
+    /// The team's own training images (uploaded with `POST /v1/blobs`), screened in round 1
+    /// beside the model's candidates and trained on like them when people accept them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub team_images: Vec<TeamImage>,
+}
+
+/// Most team images one campaign takes.
+pub const MAX_TEAM_IMAGES: usize = 10_000;
+
+/// One of a team's own training images: a PNG or JPEG at the base model's resolution, and the
+/// prompt it illustrates for the association it is meant to help.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TeamImage {
+    /// One of the campaign's associations.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = "uuid"))]
+    pub association_id: AssociationId,
+    /// SHA-256 of the image in the blob store.
+    pub blob: BlobHash,
+    /// What the image shows, as a training prompt (it names the group, not the concept).
+    #[cfg_attr(feature = "openapi", schema(value_type = Sentence))]
+    pub prompt: String,
 }
 
 impl Default for CampaignSettings {
@@ -97,6 +125,7 @@ impl Default for CampaignSettings {
             lora: LoraConfig::default(),
             sampler: SamplerSettings::default(),
             seed: 0,
+            team_images: Vec::new(),
         }
     }
 }
@@ -181,6 +210,86 @@ pub struct AssociationEvaluation {
     /// field existed: those came from the reference world's rater).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quality_source: Option<QualitySource>,
+    /// Round 2's people on the base model's images: the median over images of each image's
+    /// mean quality answer (1–5), with a distribution-free 95% interval. Absent in evaluations
+    /// recorded before the field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub people_quality_before: Option<MedianEstimate>,
+    /// The same for the arm's model's images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub people_quality_after: Option<MedianEstimate>,
+}
+
+/// A median with its 95% interval: order statistics chosen by the binomial distribution of the
+/// count of values below the true median, so the interval holds whatever the distribution
+/// (at least 95% coverage; the two order statistics furthest out when `n` is too small for 95%).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MedianEstimate {
+    pub n: u32,
+    pub median: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+}
+
+impl MedianEstimate {
+    /// The estimate over `values` (NaN ignored); `None` when none is left.
+    pub fn of(values: &[f64]) -> Option<MedianEstimate> {
+        let mut sorted: Vec<f64> = values.iter().copied().filter(|v| !v.is_nan()).collect();
+        if sorted.is_empty() {
+            return None;
+        }
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        let median = if n % 2 == 1 { sorted[n / 2] } else { (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0 };
+        // The largest k (1-based) with P(Bin(n, ½) < k) ≤ 2.5%: then [x_(k), x_(n+1−k)] covers
+        // the median with probability ≥ 95%.
+        let k = order_statistic_rank(n);
+        Some(MedianEstimate { n: n as u32, median, ci_low: sorted[k - 1], ci_high: sorted[n - k] })
+    }
+}
+
+/// A campaign's team images: at most [`MAX_TEAM_IMAGES`], each for one of the campaign's
+/// associations, with a prompt, and no image twice.
+fn check_team_images(images: &[TeamImage], associations: &[AssociationId]) -> Result<(), DomainError> {
+    if images.len() > MAX_TEAM_IMAGES {
+        return Err(DomainError::invalid(
+            "team_images",
+            format!("holds {} images; a campaign takes at most {MAX_TEAM_IMAGES}", images.len()),
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, image) in images.iter().enumerate() {
+        if !associations.contains(&image.association_id) {
+            return Err(DomainError::invalid(
+                "team_images",
+                format!("image {i} is for association {}, which the campaign does not name", image.association_id),
+            ));
+        }
+        Sentence::parse("team_images.prompt", &image.prompt)?;
+        if !seen.insert(&image.blob) {
+            return Err(DomainError::invalid("team_images", format!("image {i} ({}) appears twice", image.blob)));
+        }
+    }
+    Ok(())
+}
+
+/// The rank k ≥ 1 of the lower end of the median's 95% interval among `n` sorted values:
+/// the largest k with P(Bin(n, ½) ≤ k − 1) ≤ 0.025 (1 when no such k exists).
+fn order_statistic_rank(n: usize) -> usize {
+    // P(Bin(n, ½) = i) computed in logs, so that large n neither overflows nor underflows early.
+    let ln_half_n = -(n as f64) * std::f64::consts::LN_2;
+    let mut ln_choose = 0.0f64; // ln C(n, 0)
+    let mut below = 0.0f64; // P(Bin(n, ½) ≤ i)
+    let mut k = 1;
+    for i in 0..n {
+        below += (ln_choose + ln_half_n).exp();
+        if below > 0.025 {
+            break;
+        }
+        k = i + 1;
+        ln_choose += ((n - i) as f64).ln() - ((i + 1) as f64).ln();
+    }
+    k.min(n.div_ceil(2))
 }
 
 /// Who judged an evaluation's image quality.
@@ -564,6 +673,10 @@ impl Aggregate for Campaign {
                 if !(1..=crate::round::MAX_RATERS_PER_ITEM).contains(&settings.raters_per_item) {
                     return Err(DomainError::invalid("raters_per_item", "must be between 1 and 15"));
                 }
+                check_team_images(&settings.team_images, &associations)?;
+                // Checked now, not when the campaign reaches the job that would refuse them.
+                crate::fine_tune::validate_config(&settings.lora)?;
+                settings.sampler.validate()?;
                 Ok(vec![
                     CampaignEvent::CampaignStarted {
                         campaign_id,
@@ -779,6 +892,8 @@ mod tests {
             win_rate: None,
             alpha: None,
             quality_source: None,
+            people_quality_before: None,
+            people_quality_after: None,
         };
         c = c.then(CampaignCommand::RecordEvaluation { evaluations: vec![evaluation] }).0;
         c = advance(c, &facts);
@@ -822,6 +937,8 @@ mod tests {
             win_rate: None,
             alpha: None,
             quality_source: None,
+            people_quality_before: None,
+            people_quality_after: None,
         };
         c.stage = Some(Stage::Evaluation);
         c.work.push(Work::ModelVersion { arm: Arm::Thitl, model_version_id: ModelVersionId(id(61)) });
@@ -865,6 +982,8 @@ mod tests {
             win_rate: None,
             alpha: None,
             quality_source: None,
+            people_quality_before: None,
+            people_quality_after: None,
         };
         let c = started(false);
         then_error(c.decide(CampaignCommand::RecordEvaluation { evaluations: vec![evaluation(10)] }), |e| {
@@ -932,5 +1051,57 @@ mod tests {
             }),
             |e| matches!(e, DomainError::AlreadyExists { .. }),
         );
+    }
+
+    #[test]
+    fn team_images_belong_to_the_campaigns_associations_once_each() {
+        let blob = |c: char| BlobHash::parse(&c.to_string().repeat(64)).unwrap();
+        let image = |association: u128, c: char, prompt: &str| TeamImage {
+            association_id: AssociationId(id(association)),
+            blob: blob(c),
+            prompt: prompt.into(),
+        };
+        let start = |images: Vec<TeamImage>| {
+            Campaign::default().decide(CampaignCommand::Start {
+                campaign_id: CampaignId(id(1)),
+                name: "c".into(),
+                associations: vec![AssociationId(id(3)), AssociationId(id(4))],
+                base_model: ModelVersionId(id(2)),
+                settings: CampaignSettings { team_images: images, ..CampaignSettings::default() },
+            })
+        };
+        let invalid = |e: &DomainError| matches!(e, DomainError::Invalid { field: "team_images", .. });
+        then_error(start(vec![image(5, 'a', "a woman at the beach")]), invalid);
+        then_error(start(vec![image(3, 'a', "a woman"), image(4, 'a', "a man")]), invalid);
+        then_error(start(vec![image(3, 'a', "  ")]), |e| {
+            matches!(e, DomainError::Invalid { field: "team_images.prompt", .. })
+        });
+        let events = start(vec![image(3, 'a', "a woman at the beach"), image(4, 'b', "a man")]).unwrap();
+        let Some(CampaignEvent::CampaignStarted { settings, .. }) = events.first() else { panic!("{events:?}") };
+        assert_eq!(settings.team_images.len(), 2);
+        // Settings without team images serialize as before the field existed.
+        let plain = serde_json::to_value(CampaignSettings::default()).unwrap();
+        assert!(plain.get("team_images").is_none(), "{plain}");
+    }
+
+    /// The interval's ranks against binomial tables: n = 6 is the smallest sample whose
+    /// extremes reach 95% (1 − 2/64 = 96.9%); n = 20 takes the 6th and 15th values
+    /// (P(Bin(20, ½) ≤ 5) = 2.07%, ≤ 6 is 5.77%); n = 100 the 40th and 61st (P(≤ 39) = 1.76%,
+    /// P(≤ 40) = 2.84%).
+    #[test]
+    fn the_median_interval_takes_the_binomial_order_statistics() {
+        assert_eq!(order_statistic_rank(1), 1);
+        assert_eq!(order_statistic_rank(5), 1);
+        assert_eq!(order_statistic_rank(6), 1);
+        assert_eq!(order_statistic_rank(8), 1);
+        assert_eq!(order_statistic_rank(9), 2);
+        assert_eq!(order_statistic_rank(20), 6);
+        assert_eq!(order_statistic_rank(100), 40);
+        let values: Vec<f64> = (1..=20).rev().map(f64::from).collect();
+        let estimate = MedianEstimate::of(&values).unwrap();
+        assert_eq!((estimate.n, estimate.median, estimate.ci_low, estimate.ci_high), (20, 10.5, 6.0, 15.0));
+        let odd = MedianEstimate::of(&[3.0, f64::NAN, 1.0, 2.0]).unwrap();
+        assert_eq!((odd.n, odd.median, odd.ci_low, odd.ci_high), (3, 2.0, 1.0, 3.0));
+        assert_eq!(MedianEstimate::of(&[f64::NAN]), None);
     }
 }

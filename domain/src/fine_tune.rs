@@ -23,6 +23,7 @@ pub enum Arm {
 
 /// Layers an adapter can target (attention qkv and output, the MLP's two layers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum LoraTarget {
     Qkv,
@@ -31,18 +32,31 @@ pub enum LoraTarget {
     MlpOut,
 }
 
+/// LoRA settings (every field has its default: a client names only what it changes). The
+/// bounds are those `validate_config` checks; a number beyond the largest single-precision float is not
+/// finite once read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct LoraConfig {
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 256))]
     pub rank: u32,
+    #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0, maximum = 3.4028235e38))]
     pub alpha: f32,
+    /// The layers to adapt: at least one.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1))]
     pub targets: Vec<LoraTarget>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1_000_000))]
     pub steps: u32,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 4096))]
     pub batch_size: u32,
+    #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0, exclusive_maximum = 1, default = 0.001))]
     pub learning_rate: f32,
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, exclusive_maximum = 1))]
     pub weight_decay: f32,
     pub seed: u64,
     /// Weight of the prior-preservation loss.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 3.4028235e38))]
     pub prior_weight: f32,
 }
 
@@ -62,12 +76,17 @@ impl Default for LoraConfig {
     }
 }
 
+/// One image to train on, with its prompt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TrainingExample {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = "uuid"))]
     pub image_id: ImageId,
     pub blob: BlobHash,
     /// The original training prompt (not its neutral form).
+    #[cfg_attr(feature = "openapi", schema(value_type = Sentence))]
     pub prompt: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = "uuid"))]
     pub prompt_id: Option<PromptId>,
 }
 
@@ -209,7 +228,7 @@ impl FineTune {
     }
 }
 
-fn validate_config(config: &LoraConfig) -> Result<(), DomainError> {
+pub(crate) fn validate_config(config: &LoraConfig) -> Result<(), DomainError> {
     if !(1..=256).contains(&config.rank) {
         return Err(DomainError::invalid("rank", "must be between 1 and 256"));
     }

@@ -28,12 +28,36 @@ pub enum GenerationPurpose {
     Evaluation,
 }
 
+/// How a generation samples (every field has its default: a client names only what it changes).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct SamplerSettings {
+    /// Denoising steps, 1 to 1000.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000))]
     pub steps: u32,
+    /// Classifier-free guidance, 0 to 50.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 50))]
     pub guidance_scale: f32,
+    /// DDIM's eta, 0 (deterministic) to 1.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1))]
     pub eta: f32,
+}
+
+impl SamplerSettings {
+    /// Steps 1 to 1000, guidance 0 to 50, eta 0 to 1.
+    pub fn validate(&self) -> Result<(), DomainError> {
+        if !(1..=1000).contains(&self.steps) {
+            return Err(DomainError::invalid("steps", "must be between 1 and 1000"));
+        }
+        if !(self.guidance_scale.is_finite() && (0.0..=50.0).contains(&self.guidance_scale)) {
+            return Err(DomainError::invalid("guidance_scale", "must be between 0 and 50"));
+        }
+        if !(self.eta.is_finite() && (0.0..=1.0).contains(&self.eta)) {
+            return Err(DomainError::invalid("eta", "must be between 0 and 1"));
+        }
+        Ok(())
+    }
 }
 
 impl Default for SamplerSettings {
@@ -42,14 +66,20 @@ impl Default for SamplerSettings {
     }
 }
 
+/// One image to generate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GenerationItem {
+    #[cfg_attr(feature = "openapi", schema(value_type = Sentence))]
     pub prompt: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Sentence>))]
     pub negative_prompt: Option<String>,
     pub seed: u64,
     /// The curated prompt this item came from, if any (candidates).
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = "uuid"))]
     pub prompt_id: Option<PromptId>,
     /// The association the item measures or mitigates, if any.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = "uuid"))]
     pub association_id: Option<AssociationId>,
 }
 
@@ -218,15 +248,7 @@ impl Aggregate for Generation {
                         Sentence::parse("negative_prompt", negative)?;
                     }
                 }
-                if !(1..=1000).contains(&sampler.steps) {
-                    return Err(DomainError::invalid("steps", "must be between 1 and 1000"));
-                }
-                if !(sampler.guidance_scale.is_finite() && (0.0..=50.0).contains(&sampler.guidance_scale)) {
-                    return Err(DomainError::invalid("guidance_scale", "must be between 0 and 50"));
-                }
-                if !(sampler.eta.is_finite() && (0.0..=1.0).contains(&sampler.eta)) {
-                    return Err(DomainError::invalid("eta", "must be between 0 and 1"));
-                }
+                sampler.validate()?;
                 Ok(vec![GenerationEvent::GenerationRequested {
                     generation_id,
                     model_version,

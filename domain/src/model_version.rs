@@ -78,6 +78,8 @@ pub struct ModelVersion {
     /// The model family a base version's config names (`"family"`); `None` for the reference
     /// world's models, which predate the key. A derived version belongs to its parent's family.
     pub family: Option<String>,
+    /// A base version's config as registered (`None` for a derived version: see its parent).
+    pub config: Option<Value>,
 }
 
 impl Aggregate for ModelVersion {
@@ -168,6 +170,7 @@ impl Aggregate for ModelVersion {
                 self.name = name.clone();
                 self.weights = Some(weights.clone());
                 self.family = config.get("family").and_then(Value::as_str).map(str::to_string);
+                self.config = Some(config.clone());
             }
             ModelVersionEvent::ModelVersionDerived {
                 model_version_id, name, parent, fine_tune_id, adapter, ..

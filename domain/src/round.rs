@@ -68,7 +68,8 @@ pub struct ItemLabel {
     pub prompt_id: Option<PromptId>,
     pub prompt: String,
     pub seed: u64,
-    /// One per image, in order (left, right for pairs).
+    /// One per image, in order (left, right for pairs); none for a team's own picture that
+    /// round 1 screens for training.
     pub models: Vec<ModelVersionId>,
 }
 
@@ -80,6 +81,7 @@ pub struct RoundItem {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Side {
     Left,
@@ -88,6 +90,7 @@ pub enum Side {
 
 /// One annotator's answers for one item; which form is allowed depends on the round and item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Answer {
     Baseline { concept_present: bool },
@@ -485,7 +488,9 @@ impl Aggregate for AnnotationRound {
                         return Err(DomainError::invalid("items", "side-by-side pairs belong only in round 2"));
                     }
                     let images = if pair { 2 } else { 1 };
-                    if item.label.models.len() != images {
+                    // A team's own picture, screened for training in round 1, came from no model.
+                    let unmodelled = kind == RoundKind::Screen && item.label.models.is_empty();
+                    if item.label.models.len() != images && !unmodelled {
                         return Err(DomainError::invalid(
                             "items",
                             format!("item {} must name the model of each of its {images} image(s)", item.item_id),
@@ -1021,6 +1026,16 @@ pub(crate) mod tests {
         then_error(opened(RoundKind::Screen, vec![image_item(1), image_item(1)], 3), |e| {
             matches!(e, DomainError::Invalid { field: "items", .. })
         });
+        // A team's own picture names no model: round 1 screens it; the other rounds compare
+        // models, so each of their images must name one.
+        let mut team = image_item(3);
+        team.label.models.clear();
+        assert!(opened(RoundKind::Screen, vec![image_item(1), team.clone()], 3).is_ok());
+        for kind in [RoundKind::Baseline, RoundKind::Check] {
+            then_error(opened(kind, vec![team.clone()], 3), |e| {
+                matches!(e, DomainError::Invalid { field: "items", .. })
+            });
+        }
         let round = open(RoundKind::Screen, vec![image_item(1)], 3).apply_all(&[]);
         then_error(
             round.decide(RoundCommand::Open {

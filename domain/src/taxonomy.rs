@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Aggregate, EventPayload};
 use crate::error::DomainError;
-use crate::values::{Name, Sentence};
+use crate::values::{Name, Sentence, WHITESPACE};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Category {
@@ -81,6 +81,17 @@ impl Taxonomy {
     /// A category that can be used for new associations.
     pub fn active(&self, key: &str) -> Option<&Category> {
         self.categories.get(key)
+    }
+
+    /// What a new category's key may be, as a regular expression (see [`crate::values::Text::pattern`]):
+    /// whitespace around 1 to [`Name::MAX`] lowercase letters, digits and `_`.
+    pub fn key_pattern() -> String {
+        format!("^{WHITESPACE}*[a-z0-9_]{{1,{}}}{WHITESPACE}*$", Name::MAX)
+    }
+
+    /// A key as the taxonomy holds it (trimmed): what an association's `category` must equal.
+    pub fn stored_key_pattern() -> String {
+        format!("^[a-z0-9_]{{1,{}}}$", Name::MAX)
     }
 
     fn validated(key: &str, narrative: &str, example: &str) -> Result<Category, DomainError> {
@@ -160,6 +171,37 @@ impl Aggregate for Taxonomy {
 mod tests {
     use super::*;
     use crate::testing::{ApplyAll, given, then_error};
+
+    #[test]
+    fn the_key_pattern_accepts_what_define_accepts() {
+        let pattern = regex::Regex::new(&Taxonomy::key_pattern()).unwrap();
+        let stored = regex::Regex::new(&Taxonomy::stored_key_pattern()).unwrap();
+        let long = "a".repeat(100);
+        let longer = "a".repeat(101);
+        let cases = [
+            "",
+            " ",
+            "a",
+            "abc_9",
+            " abc\t",
+            "\u{a0}abc\u{3000}",
+            "Abc",
+            "a b",
+            "a-b",
+            "a\u{0}",
+            "\u{0}a",
+            "é",
+            &long,
+            &longer,
+            "a\n",
+        ];
+        for key in cases {
+            let accepted = Taxonomy::validated(key, "a narrative", "an example").is_ok();
+            assert_eq!(pattern.is_match(key), accepted, "{key:?}");
+            let held = accepted && key.trim() == key;
+            assert_eq!(stored.is_match(key), held, "{key:?}");
+        }
+    }
 
     #[test]
     fn seeding_defines_the_four_default_categories_once() {

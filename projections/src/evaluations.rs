@@ -100,6 +100,8 @@ mod tests {
             win_rate: None,
             alpha: Some(0.8),
             quality_source: None,
+            people_quality_before: None,
+            people_quality_after: None,
         }
     }
 

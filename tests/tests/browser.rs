@@ -204,6 +204,74 @@ fn an_annotator_works_a_round_with_the_keyboard_alone() {
     assert!(server.interrupt().success());
 }
 
+/// A real model's picture (an imported Stable Diffusion model samples 512×512) is shown at its
+/// own resolution, smoothed, within the screen; the reference world's 32×32 pictures are blown up
+/// without smoothing so their pixels stay visible.
+#[test]
+fn the_annotation_page_shows_a_real_models_picture_at_full_resolution() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = create_token(dir.path(), "admin", "root");
+    let server = Server::start(dir.path());
+    let address = server.address.clone();
+    let app = TestApp { address: address.clone(), dir, admin };
+    let curator = app.token("curator", "cora");
+    let operator = app.token("operator", "otto");
+    let annotator = app.token("annotator", "anna");
+    let side = 512;
+    let pixels: Vec<f32> = (0..3 * side * side).map(|i| ((i / side) % 17) as f32 / 16.0).collect();
+    let large = app::sd::png_from_unit_rgb(&pixels, side, side);
+    let small = picture(scenes::Group::Woman, None, 2);
+    let model = "01900000-0000-7000-8000-00000000000a";
+    let items: Vec<Value> = [large, small]
+        .iter()
+        .map(|png| {
+            let blob = app.upload(&operator, png).expect(201).json()["sha256"].clone();
+            json!({"blob": blob, "prompt": "a photo of a nurse", "model_version": model})
+        })
+        .collect();
+    app.post("/v1/rounds", &curator, json!({"kind": "screen", "items": items, "raters_per_item": 1})).expect(201);
+
+    let browser = Browser::start();
+    browser.open(&format!("http://{address}/annotate"));
+    browser.wait_until("the sign-in form", "return document.querySelector('#token') !== null");
+    browser.type_into("#token", &format!("{annotator}{ENTER}"));
+    let shown =
+        "const img = document.querySelector('#task img'); return img !== null && img.complete && img.naturalWidth > 0";
+    browser.wait_until("the first task", shown);
+    let look = || {
+        browser.run(
+            "const img = document.querySelector('#task img'); const parent = getComputedStyle(img.parentElement); \
+             return {natural: img.naturalWidth, width: img.width, height: img.height, \
+                     rendering: getComputedStyle(img).imageRendering, \
+                     room: img.parentElement.clientWidth - parseFloat(parent.paddingLeft) - parseFloat(parent.paddingRight)};",
+            json!([]),
+        )
+    };
+    let first = look();
+    assert_eq!(first["natural"], json!(side), "{first}");
+    assert_eq!(first["rendering"], "auto", "a real picture is smoothed: {first}");
+    let (width, room) = (first["width"].as_f64().unwrap(), first["room"].as_f64().unwrap());
+    // One to one where there is room, the 1-pixel border outside the picture.
+    let expected = (side as f64).min(room - 2.0).floor();
+    assert!((width - expected).abs() <= 1.0, "shown {width} px wide in {room} px of room: {first}");
+    assert!((first["height"].as_f64().unwrap() - width).abs() < 1.0, "square as drawn: {first}");
+    keep_screenshot("annotate-full-resolution.png", &browser.screenshot());
+
+    browser.press(&["4", "y", "n", ENTER]);
+    browser.wait_until(
+        "the second task",
+        "const img = document.querySelector('#task img'); return img !== null && img.complete && img.naturalWidth === 32",
+    );
+    let second = look();
+    assert!(
+        second["rendering"] == "pixelated" || second["rendering"] == "crisp-edges",
+        "a 32×32 picture keeps its pixels: {second}"
+    );
+    assert!(second["width"].as_f64().unwrap() > 32.0 * 4.0, "a small picture is blown up: {second}");
+    drop(browser);
+    assert!(server.interrupt().success());
+}
+
 /// True when `shown` starts with `rate` as a percentage to one decimal (JavaScript and Rust round
 /// a half differently, so within 0.05 points).
 fn shows_percent(shown: &str, rate: f64) -> bool {
@@ -239,6 +307,20 @@ fn the_dashboard_and_the_audit_timeline_show_a_finished_campaign() {
             assert!(
                 shows_percent(&before, arm["before"]["rate"].as_f64().unwrap()),
                 "{name} before: {before} vs {arm}"
+            );
+            // People's quality: the medians before → after, each with its interval.
+            let people =
+                browser.text(&format!(".association[data-association='{id}'] tr[data-arm='{name}'] .people-quality"));
+            let shown: Vec<f64> =
+                people.split(['→', '[', ']', ',']).filter_map(|part| part.trim().parse::<f64>().ok()).collect();
+            let served: Vec<f64> = ["people_quality_before", "people_quality_after"]
+                .iter()
+                .flat_map(|side| ["median", "ci_low", "ci_high"].map(|key| arm[side][key].as_f64().unwrap()))
+                .collect();
+            assert_eq!(shown.len(), 6, "{name} people's quality: {people} vs {arm}");
+            assert!(
+                shown.iter().zip(&served).all(|(a, b)| (a - b).abs() <= 0.005 + 1e-9),
+                "{name} people's quality: {people} vs {arm}"
             );
         }
         let bars = browser.run("return document.querySelectorAll(`.association[data-association='${arguments[0]}'] svg.rates .bar`).length", json!([id]));

@@ -55,7 +55,13 @@ fn expected_type(column: &str) -> Expected {
         "seed" => Expected::UnsignedLong,
         "concept_present" | "group_depicted" => Expected::Bool,
         "quality_before" | "quality_after" | "alpha" => Expected::Double,
-        name if name.ends_with("_rate") || name.ends_with("_ci_low") || name.ends_with("_ci_high") => Expected::Double,
+        name if name.ends_with("_rate")
+            || name.ends_with("_median")
+            || name.ends_with("_ci_low")
+            || name.ends_with("_ci_high") =>
+        {
+            Expected::Double
+        }
         _ => Expected::Text,
     }
 }

@@ -310,17 +310,33 @@ fn a_campaign_runs_on_an_imported_model_and_resumes_after_a_kill() {
                  "learning_rate": 0.001, "weight_decay": 0.0, "seed": 1, "prior_weight": 1.0},
         "sampler": {"steps": 3, "guidance_scale": 5.0, "eta": 0.0}, "seed": 7,
     });
-    let campaign = app
-        .post(
+    // The team's own training images: uploaded, then named in the settings. One of the model's
+    // 16×16 resolution (a PNG); a 24×16 JPEG, a picture never uploaded and one for another
+    // association are refused with the campaign, which then does not exist.
+    let operator = app.token("operator", "otto");
+    let pixels: Vec<f32> = (0..3 * 16 * 16).map(|i| (i % 7) as f32 / 6.0).collect();
+    let team_png = app::sd::png_from_unit_rgb(&pixels, 16, 16);
+    let team_blob = app.upload(&operator, &team_png).expect(201).json()["sha256"].as_str().unwrap().to_string();
+    let jpeg = std::fs::read(pipeline.join("../../images/rgb420.jpg")).unwrap();
+    let jpeg_blob = app.upload(&operator, &jpeg).expect(201).json()["sha256"].as_str().unwrap().to_string();
+    let team_image = |blob: &str, association: &str| json!({"association_id": association, "blob": blob, "prompt": "a photo of a wheelchair user in the park"});
+    let start = |team_images: Value| {
+        let mut settings = settings.clone();
+        settings["team_images"] = team_images;
+        app.post(
             "/v1/campaigns",
             &curator,
             json!({"name": "imported-model campaign", "associations": [association], "base_model": base, "settings": settings}),
         )
-        .expect(201)
-        .json()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    };
+    let refused = start(json!([team_image(&jpeg_blob, &association)]));
+    assert!(refused.expect(422).body.contains("is 24×16; this model trains on 16×16 images"), "{}", refused.body);
+    let missing = start(json!([team_image(&"ab".repeat(32), &association)]));
+    assert!(missing.expect(422).body.contains("not in the blob store"), "{}", missing.body);
+    start(json!([team_image(&team_blob, "0190b3c2-0000-7000-8000-000000000000")])).expect(422);
+    assert_eq!(app.get("/v1/campaigns", &curator).expect(200).json()["campaigns"], json!([]));
+    let campaign =
+        start(json!([team_image(&team_blob, &association)])).expect(201).json()["id"].as_str().unwrap().to_string();
 
     let progressed = "select event_type, stream from events where event_type = 'FineTuneProgressed' limit 1";
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -399,6 +415,14 @@ fn a_campaign_runs_on_an_imported_model_and_resumes_after_a_kill() {
         arms.iter().all(|arm| arm["quality_source"] == "round2_people"),
         "an imported model has no rater: quality is round 2's people, and the evaluation says so: {evaluation}"
     );
+    // Every quality answer was 4: the median and both ends of its interval are 4, over each
+    // model's round-2 images.
+    for arm in arms {
+        for (side, rate) in [("people_quality_before", "before"), ("people_quality_after", "after")] {
+            let n = arm[rate]["n"].clone();
+            assert_eq!(arm[side], json!({"n": n, "median": 4.0, "ci_low": 4.0, "ci_high": 4.0}), "{side}: {arm}");
+        }
+    }
     let tuned = concluded["work"]
         .as_array()
         .unwrap()
@@ -413,8 +437,9 @@ fn a_campaign_runs_on_an_imported_model_and_resumes_after_a_kill() {
         "the lineage names the base model's UNet file by hash: {lineage}"
     );
     assert!(!lineage["examples"].as_array().unwrap().is_empty(), "{lineage}");
+    // The team's image went through round 1 with the candidates, was accepted, and trained on.
+    assert!(lineage["examples"].to_string().contains(&team_blob), "the team image is a training example: {lineage}");
     // The tuned version samples (its adapter loads on the imported pipeline).
-    let operator = app.token("operator", "otto");
     let body = json!({"model_version": tuned, "purpose": "baseline",
         "items": [{"prompt": "a photo of a wheelchair user in the park", "seed": 3}],
         "sampler": {"steps": 2, "guidance_scale": 5.0, "eta": 0.0}});

@@ -2,6 +2,7 @@
 
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
+use domain::values::{Name, Sentence};
 use domain::{AssociationCommand, AssociationId, TAXONOMY_STREAM, Taxonomy, TaxonomyCommand};
 use serde::Deserialize;
 use serde_json::json;
@@ -20,16 +21,21 @@ use crate::state::AppState;
 #[serde(deny_unknown_fields)]
 pub struct RegisterAssociation {
     /// The demographic group, e.g. `woman`.
+    #[schema(value_type = Name)]
     pub group: String,
     /// The concept the model wrongly ties to the group, e.g. `hippopotamus`.
+    #[schema(value_type = Name)]
     pub concept: String,
     /// Other words for the concept, removed too by the neutral prompt transformation.
     #[serde(default)]
+    #[schema(value_type = Vec<Name>, default = json!([]))]
     pub concept_synonyms: Vec<String>,
     /// A taxonomy category key (see `GET /v1/taxonomy`).
     pub category: String,
+    #[schema(value_type = Sentence)]
     pub description: String,
-    /// Prompts that name the group and not the concept (1 to 100).
+    /// Prompts that name the group and not the concept (1 to 100), each once.
+    #[schema(value_type = Vec<Sentence>)]
     pub probe_prompts: Vec<String>,
 }
 
@@ -43,6 +49,7 @@ pub struct Recategorize {
 #[serde(deny_unknown_fields)]
 pub struct Reason {
     /// Why, in a sentence: recorded in the event.
+    #[schema(value_type = Sentence)]
     pub reason: String,
 }
 
@@ -51,7 +58,9 @@ pub struct Reason {
 pub struct DefineCategory {
     /// Lowercase letters, digits and `_`.
     pub key: String,
+    #[schema(value_type = Sentence)]
     pub narrative: String,
+    #[schema(value_type = Sentence)]
     pub example: String,
 }
 

@@ -25,7 +25,7 @@ use crate::auth::{Action, Principal};
 use crate::problem::{ApiError, Problem};
 use crate::routes::support::{WaitFor, parse_id};
 use crate::state::AppState;
-use app::blobs::{BlobError, is_png};
+use app::blobs::{BlobError, media_type};
 
 /// One image's metadata: the job and index that made it, prompt, seed, model version, blob hash
 /// and the rounds it is in (every role but annotator: it names the model and the prompt).
@@ -92,12 +92,12 @@ fn matches_etag(request: &HttpRequest, etag: &str) -> bool {
         .is_some_and(|v| v.split(',').map(|t| t.trim().trim_start_matches("W/")).any(|t| t == etag || t == "*"))
 }
 
-/// The bytes of a blob (`image/png` for a PNG): every role, annotators included, since a hash
+/// The bytes of a blob (`image/png` for a PNG, `image/jpeg` for a JPEG): every role, annotators included, since a hash
 /// names content only. Blobs never change, so the answer may be cached for a year; the `ETag` is
 /// the hash, and `If-None-Match` with it answers 304.
 #[utoipa::path(get, path = "/v1/blobs/{sha256}", tag = "images", params(("sha256" = String, Path, description = "64 lowercase hex digits")),
-    responses((status = 200, description = "the bytes: `image/png` for a PNG, else `application/octet-stream`", 
-        content((BlobBytes = "image/png"), (BlobBytes = "application/octet-stream"))),
+    responses((status = 200, description = "the bytes: `image/png` for a PNG, `image/jpeg` for a JPEG, else `application/octet-stream`", 
+        content((BlobBytes = "image/png"), (BlobBytes = "image/jpeg"), (BlobBytes = "application/octet-stream"))),
         (status = 304, description = "the client's copy (If-None-Match) is current"),
         (status = "4XX", description = "404 no such blob; 422 not a SHA-256", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "the stored bytes do not match the hash (corrupt) or cannot be read", body = Problem, content_type = "application/problem+json")),
@@ -127,7 +127,7 @@ pub async fn blob(
         .map_err(ApiError::blocking)?
         .map_err(blob_error)?
         .ok_or_else(|| ApiError::not_found(format!("no blob is stored under {hash}")))?;
-    let content_type = if is_png(&bytes) { "image/png" } else { "application/octet-stream" };
+    let content_type = media_type(&bytes);
     Ok(HttpResponse::Ok()
         .content_type(content_type)
         .insert_header((header::ETAG, etag))

@@ -3,10 +3,10 @@
 //! the server serves; `tests/tests/api_openapi.rs` fails otherwise.
 
 use actix_web::HttpResponse;
-use domain::Role;
 use domain::fine_tune::Arm;
 use domain::generation::GenerationPurpose;
 use domain::round::RoundKind;
+use domain::{Role, Taxonomy};
 use serde::Serialize;
 use serde_json::{Value, json};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -121,6 +121,100 @@ fn enumerations() -> [(&'static str, &'static str, Value); 4] {
     ]
 }
 
+/// What the derive cannot say about the request bodies' properties, from the domain's own
+/// constants and patterns: merged into `components.schemas.<component>.properties.<property>`.
+fn bounds() -> Vec<(&'static str, &'static str, Value)> {
+    use domain::association::{MAX_PROBE_PROMPTS, MAX_SYNONYMS};
+    use domain::campaign::MAX_TEAM_IMAGES;
+    use domain::fine_tune::MAX_EXAMPLES;
+    use domain::generation::MAX_IMAGES_PER_JOB;
+    use domain::prompt_set::MAX_PROMPTS_PER_SET;
+    use domain::round::{MAX_ITEMS_PER_ROUND, MAX_RATERS_PER_ITEM};
+    // An association names a category by its key exactly as the taxonomy holds it.
+    let category = json!({"pattern": Taxonomy::stored_key_pattern()});
+    let raters = json!({"minimum": 1, "maximum": MAX_RATERS_PER_ITEM});
+    vec![
+        ("RegisterAssociation", "concept_synonyms", json!({"maxItems": MAX_SYNONYMS})),
+        (
+            "RegisterAssociation",
+            "probe_prompts",
+            json!({"minItems": 1, "maxItems": MAX_PROBE_PROMPTS, "uniqueItems": true}),
+        ),
+        ("RegisterAssociation", "category", category.clone()),
+        ("Recategorize", "category", category),
+        ("DefineCategory", "key", json!({"pattern": Taxonomy::key_pattern()})),
+        ("AddPrompts", "prompts", json!({"minItems": 1, "maxItems": MAX_PROMPTS_PER_SET})),
+        ("RequestGeneration", "items", json!({"minItems": 1, "maxItems": MAX_IMAGES_PER_JOB})),
+        ("RequestFineTune", "examples", json!({"minItems": 1, "maxItems": MAX_EXAMPLES})),
+        ("OpenRound", "items", json!({"minItems": 1, "maxItems": MAX_ITEMS_PER_ROUND})),
+        ("OpenRound", "raters_per_item", raters.clone()),
+        ("CampaignSettings", "raters_per_item", raters),
+        ("CampaignSettings", "team_images", json!({"maxItems": MAX_TEAM_IMAGES})),
+        (
+            "StartCampaign",
+            "associations",
+            json!({"minItems": 1, "uniqueItems": true, "items": {"type": "string", "format": "uuid"}}),
+        ),
+        // An HTTP status: a `u16`, which the derive writes as any unsigned integer.
+        ("Problem", "status", json!({"minimum": 100, "maximum": 599})),
+    ]
+}
+
+/// Rules on a whole body, merged into `components.schemas.<component>`: between fields, as
+/// `if`/`then`/`else` (only round 2, `check`, holds pairs; a T-HITL fine-tune names its round 1,
+/// a traditional one names none), and a blob's bytes are never empty.
+fn rules() -> [(&'static str, Value); 3] {
+    let check = names(&[RoundKind::Check])[0].clone();
+    let thitl = names(&[Arm::Thitl])[0].clone();
+    [
+        (
+            "OpenRound",
+            json!({
+                "if": {"properties": {"kind": {"const": check}}},
+                "else": {"properties": {"items": {"items": {"$ref": "#/components/schemas/ImageItem"}}}},
+            }),
+        ),
+        (
+            "RequestFineTune",
+            json!({
+                "if": {"properties": {"arm": {"const": thitl}}},
+                "then": {"required": ["source_round"], "properties": {"source_round": {"type": "string"}}},
+                "else": {"properties": {"source_round": {"type": "null"}}},
+            }),
+        ),
+        ("BlobBytes", json!({"minLength": 1})),
+    ]
+}
+
+/// Enums serde reads externally tagged (`{"variant": {...}}`): the object holds exactly its one
+/// key; with `deny_unknown_fields`, each variant's fields too.
+const EXTERNALLY_TAGGED: [(&str, bool); 2] = [("PromptReview", true), ("Answer", false)];
+
+/// utoipa writes an unsigned integer as `format: int32` or `int64` with `minimum: 0`; those
+/// formats bound it to the signed range, half of what serde reads. Every such integer of the
+/// components without a bound of its own becomes `uint32` or `uint64`, up to its type's largest
+/// value. (Not the parameters: a log position, though a `u64`, ends at `i64::MAX`.)
+fn unsigned(schema: &mut Value) {
+    match schema {
+        Value::Object(fields) => {
+            let maximum = match fields.get("format").and_then(Value::as_str) {
+                Some("int32") => Some(("uint32", json!(u32::MAX))),
+                Some("int64") => Some(("uint64", json!(u64::MAX))),
+                _ => None,
+            };
+            let unbounded = fields.get("minimum").and_then(Value::as_i64).is_some_and(|minimum| minimum >= 0)
+                && !fields.contains_key("maximum");
+            if let (Some((format, maximum)), true) = (maximum, unbounded) {
+                fields.insert("format".into(), json!(format));
+                fields.insert("maximum".into(), maximum);
+            }
+            fields.values_mut().for_each(unsigned);
+        }
+        Value::Array(items) => items.iter_mut().for_each(unsigned),
+        _ => {}
+    }
+}
+
 /// A link's name, and the path and method of the operation it leads to.
 type Link = (&'static str, &'static str, &'static str);
 
@@ -185,6 +279,7 @@ fn exact(doc: &mut Value) {
                     (Some("header"), Some("If-Match")) => json!({"type": "string", "pattern": IF_MATCH}),
                     (Some("path"), Some("id" | "prompt_id")) => json!({"type": "string", "format": "uuid"}),
                     (Some("path"), Some("sha256")) => json!({"type": "string", "pattern": SHA256}),
+                    (Some("path"), Some("key")) => json!({"type": "string", "pattern": Taxonomy::stored_key_pattern()}),
                     _ => continue,
                 };
                 parameter["schema"] = schema;
@@ -194,6 +289,34 @@ fn exact(doc: &mut Value) {
     for (component, property, values) in enumerations() {
         if let Some(schema) = doc.pointer_mut(&format!("/components/schemas/{component}/properties/{property}")) {
             schema["enum"] = values;
+        }
+    }
+    for (component, property, keywords) in bounds() {
+        let pointer = format!("/components/schemas/{component}/properties/{property}");
+        if let (Some(schema), Value::Object(keywords)) =
+            (doc.pointer_mut(&pointer).and_then(Value::as_object_mut), keywords)
+        {
+            schema.extend(keywords);
+        }
+    }
+    for (component, keywords) in rules() {
+        if let (Some(schema), Value::Object(keywords)) =
+            (doc.pointer_mut(&format!("/components/schemas/{component}")).and_then(Value::as_object_mut), keywords)
+        {
+            schema.extend(keywords);
+        }
+    }
+    for (component, closed_variants) in EXTERNALLY_TAGGED {
+        let pointer = format!("/components/schemas/{component}/oneOf");
+        let Some(variants) = doc.pointer_mut(&pointer).and_then(Value::as_array_mut) else { continue };
+        for variant in variants {
+            variant["additionalProperties"] = Value::Bool(false);
+            match variant["properties"].as_object_mut() {
+                Some(fields) if closed_variants => {
+                    fields.values_mut().for_each(|fields| fields["additionalProperties"] = Value::Bool(false));
+                }
+                _ => {}
+            }
         }
     }
     for (create, targets) in LINKS {
@@ -208,6 +331,9 @@ fn exact(doc: &mut Value) {
             .collect();
         response["links"] = Value::Object(links);
     }
+    if let Some(schemas) = doc.pointer_mut("/components/schemas") {
+        unsigned(schemas);
+    }
 }
 
 /// `GET /openapi.json`.
@@ -218,4 +344,37 @@ pub async fn document() -> HttpResponse {
 /// Swagger UI at `/docs`, from files compiled into the binary.
 pub fn swagger_ui() -> SwaggerUi {
     SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", ApiDoc::openapi())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every amendment names a schema the derive wrote: a renamed body or field fails here rather
+    /// than silently losing its bounds.
+    #[test]
+    fn every_amendment_finds_its_schema() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        for (component, property, _) in enumerations().into_iter().chain(bounds()) {
+            let pointer = format!("/components/schemas/{component}/properties/{property}");
+            assert!(doc.pointer(&pointer).is_some(), "{pointer}");
+        }
+        for (component, _) in rules() {
+            assert!(doc.pointer(&format!("/components/schemas/{component}")).is_some(), "{component}");
+        }
+        for (component, _) in EXTERNALLY_TAGGED {
+            assert!(doc.pointer(&format!("/components/schemas/{component}/oneOf")).is_some(), "{component}");
+        }
+    }
+
+    /// The text the domain parses as `Name` or `Sentence` is described by the parser's own pattern.
+    #[test]
+    fn text_schemas_carry_the_parsers_patterns() {
+        let doc: Value = serde_json::from_str(&document_json()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        assert_eq!(schemas["Name"]["pattern"], json!(domain::values::Name::pattern()));
+        assert_eq!(schemas["Sentence"]["pattern"], json!(domain::values::Sentence::pattern()));
+        assert_eq!(schemas["RegisterAssociation"]["properties"]["group"]["$ref"], "#/components/schemas/Name");
+        assert_eq!(schemas["GenerationItem"]["properties"]["prompt"]["$ref"], "#/components/schemas/Sentence");
+    }
 }

@@ -40,6 +40,7 @@ pub struct ImageItem {
     /// The prompt it was generated from (hidden from annotators).
     pub prompt: String,
     #[serde(default)]
+    #[schema(default = 0)]
     pub seed: u64,
     /// The model version that made it (hidden from annotators).
     #[schema(value_type = String, format = "uuid")]
@@ -83,6 +84,7 @@ pub struct PairItem {
     /// The prompt both were generated from (hidden from annotators).
     pub prompt: String,
     #[serde(default)]
+    #[schema(default = 0)]
     pub seed: u64,
     #[schema(value_type = Option<String>, format = "uuid")]
     pub association_id: Option<AssociationId>,
@@ -164,9 +166,9 @@ pub struct OpenRound {
     /// Annotators per item (default 3).
     pub raters_per_item: Option<u32>,
     /// Round 1's quality threshold, 1 to 5 (default 3).
-    #[schema(value_type = Option<u8>)]
     pub quality_threshold: Option<Quality>,
-    /// How long an assigned task stays reserved (default 900 s).
+    /// How long an assigned task stays reserved, 60 s to 7 days (default 900 s).
+    #[schema(minimum = 60, maximum = 604800)]
     pub assignment_lease_seconds: Option<i64>,
     #[schema(value_type = Option<String>, format = "uuid")]
     pub campaign_id: Option<CampaignId>,
@@ -181,11 +183,11 @@ pub struct SubmitAnnotation {
     /// One of `{"baseline": {"concept_present": bool}}`,
     /// `{"screen": {"quality": 1..5, "group_depicted": bool, "concept_present": bool}}`,
     /// `{"check": {"concept_present": bool, "quality": 1..5}}`, `{"compare": {"preferred": "left"|"right"}}`.
-    #[schema(value_type = Object)]
     pub answer: Answer,
     /// Also assign the caller's next task and answer it as `next` (the same object
     /// `GET /v1/rounds/{id}/next` answers): one request per annotation instead of two.
     #[serde(default)]
+    #[schema(default = false)]
     pub next: bool,
 }
 
@@ -201,6 +203,7 @@ pub struct WithdrawAnnotation {
 pub struct CloseRound {
     /// Close although some items lack their annotations.
     #[serde(default)]
+    #[schema(default = false)]
     pub allow_incomplete: bool,
 }
 

@@ -18,6 +18,7 @@ use crate::state::AppState;
 pub struct CreateToken {
     /// The principal's name, recorded as the actor of its events (an annotator's name is how
     /// rounds tell annotators apart).
+    #[schema(value_type = domain::values::Name)]
     pub name: String,
     /// `admin`, `curator`, `annotator`, `operator` or `auditor`.
     #[schema(value_type = String)]

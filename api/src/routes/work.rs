@@ -8,7 +8,7 @@ use domain::campaign::CampaignSettings;
 use domain::fine_tune::{Arm, LoraConfig, TrainingExample};
 use domain::generation::{GenerationItem, GenerationPurpose, SamplerSettings};
 use domain::prompt_set::{GeneratorInfo, PromptDraft};
-use domain::values::BlobHash;
+use domain::values::{BlobHash, Name, Sentence};
 use domain::*;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -30,12 +30,14 @@ use app::jobs::{self, FineTuneRequest, GenerationRequest};
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterBaseModel {
+    #[schema(value_type = Name)]
     pub name: String,
     /// SHA-256 of the weights file in the blob store.
     #[schema(value_type = String, pattern = "^[0-9a-f]{64}$")]
     pub weights: BlobHash,
     /// The architecture's settings, as the weights need them.
     #[serde(default)]
+    #[schema(default = json!(null))]
     pub config: Value,
 }
 
@@ -142,8 +144,10 @@ pub struct CreatePromptSet {
 #[serde(deny_unknown_fields)]
 pub struct PromptText {
     /// A training prompt that names the group.
+    #[schema(value_type = Sentence)]
     pub text: String,
     /// A neutral word to put where the concept was, if any.
+    #[schema(value_type = Option<Sentence>)]
     pub alternative: Option<String>,
 }
 
@@ -238,8 +242,16 @@ pub async fn add_prompts(
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum PromptReview {
     Accept {},
-    Reject { reason: String },
-    Edit { text: String, alternative: Option<String> },
+    Reject {
+        #[schema(value_type = Sentence)]
+        reason: String,
+    },
+    Edit {
+        #[schema(value_type = Sentence)]
+        text: String,
+        #[schema(value_type = Option<Sentence>)]
+        alternative: Option<String>,
+    },
 }
 
 /// Accept, reject or edit one prompt (curator). Body: `{"accept": {}}`, `{"reject": {"reason"}}`
@@ -316,11 +328,9 @@ pub struct RequestGeneration {
     /// `baseline`, `candidates`, `prior_preservation` or `evaluation`.
     #[schema(value_type = String)]
     pub purpose: GenerationPurpose,
-    /// `[{"prompt", "negative_prompt", "seed", "prompt_id", "association_id"}]`.
-    #[schema(value_type = Vec<Object>)]
+    /// The images to make, one per item.
     pub items: Vec<GenerationItem>,
-    /// `{"steps", "guidance_scale", "eta"}` (default 25 steps, guidance 4).
-    #[schema(value_type = Option<Object>)]
+    /// How to sample (null: every default).
     pub sampler: Option<SamplerSettings>,
     #[schema(value_type = Option<String>, format = "uuid")]
     pub campaign_id: Option<CampaignId>,
@@ -371,16 +381,16 @@ pub struct RequestFineTune {
     /// The closed round 1 (T-HITL only).
     #[schema(value_type = Option<String>, format = "uuid")]
     pub source_round: Option<RoundId>,
-    /// `[{"image_id", "blob", "prompt", "prompt_id"}]`.
-    #[schema(value_type = Vec<Object>)]
+    /// The images to train on, with their prompts.
     pub examples: Vec<TrainingExample>,
+    /// Images of the model's own, to keep what fine-tuning must not change.
     #[serde(default)]
-    #[schema(value_type = Vec<Object>)]
+    #[schema(default = json!([]))]
     pub prior_preservation: Vec<TrainingExample>,
-    /// LoRA settings (default rank 8, 400 steps).
-    #[schema(value_type = Option<Object>)]
+    /// LoRA settings (null: every default).
     pub config: Option<LoraConfig>,
     /// Report progress every this many steps (default 50).
+    #[schema(minimum = 1)]
     pub progress_every: Option<u32>,
     #[schema(value_type = Option<String>, format = "uuid")]
     pub campaign_id: Option<CampaignId>,
@@ -429,13 +439,14 @@ pub async fn request_fine_tune(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartCampaign {
+    #[schema(value_type = Name)]
     pub name: String,
+    /// The registered, active associations to mitigate, each once.
     #[schema(value_type = Vec<String>)]
     pub associations: Vec<AssociationId>,
     #[schema(value_type = String, format = "uuid")]
     pub base_model: ModelVersionId,
-    /// Every setting of the campaign (default: the method's defaults).
-    #[schema(value_type = Option<Object>)]
+    /// Every setting of the campaign (null: the method's defaults).
     pub settings: Option<CampaignSettings>,
 }
 
@@ -451,6 +462,7 @@ pub async fn start_campaign(
     request: HttpRequest,
     body: Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    let blobs = state.blobs.clone();
     run_command(
         state,
         principal,
@@ -458,8 +470,15 @@ pub async fn start_campaign(
         body,
         Action::Curate,
         true,
-        |bus, context, expected, input: StartCampaign| {
+        move |bus, context, expected, input: StartCampaign| {
             jobs::require_model(bus, input.base_model)?;
+            let settings = input.settings.unwrap_or_default();
+            app::team_images::check(bus, blobs.as_ref(), input.base_model, &settings.team_images).map_err(
+                |e| match e {
+                    app::team_images::TeamImageError::Command(e) => ApiError::from(e),
+                    invalid => ApiError::unprocessable(invalid.to_string()),
+                },
+            )?;
             for id in &input.associations {
                 let (association, _) = bus.load::<Association>(&id.stream())?;
                 if association.status != domain::association::AssociationStatus::Active {
@@ -472,7 +491,7 @@ pub async fn start_campaign(
                 name: input.name,
                 associations: input.associations,
                 base_model: input.base_model,
-                settings: input.settings.unwrap_or_default(),
+                settings,
             };
             let outcome = bus.execute::<Campaign>(&campaign_id.stream(), expected, context, command)?;
             Ok(Done::new(outcome).with("id", campaign_id))
@@ -489,6 +508,7 @@ pub struct ConcludeCampaign {
     #[schema(value_type = Option<String>, format = "uuid")]
     pub promote: Option<ModelVersionId>,
     /// Why, for the audit log.
+    #[schema(value_type = Sentence)]
     pub reason: String,
 }
 
