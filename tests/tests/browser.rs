@@ -23,16 +23,22 @@ fn picture(group: scenes::Group, concept: Option<scenes::Concept>, seed: u64) ->
     scenes::render(&scenes::Scene { group, concept, setting: scenes::Setting::Beach }, seed).to_png(1)
 }
 
-#[test]
-fn an_annotator_works_a_round_with_the_keyboard_alone() {
+/// A server on a fresh data directory, and tokens for a curator, an operator and an annotator:
+/// who opens a round, who uploads its pictures, who works it.
+fn server_with_round_roles() -> (Server, TestApp, [String; 3]) {
     let dir = tempfile::tempdir().unwrap();
     let admin = create_token(dir.path(), "admin", "root");
     let server = Server::start(dir.path());
-    let address = server.address.clone();
-    let app = TestApp { address: address.clone(), dir, admin };
-    let curator = app.token("curator", "cora");
-    let operator = app.token("operator", "otto");
-    let annotator = app.token("annotator", "anna");
+    let app = TestApp { address: server.address.clone(), dir, admin };
+    let tokens =
+        [("curator", "cora"), ("operator", "otto"), ("annotator", "anna")].map(|(role, name)| app.token(role, name));
+    (server, app, tokens)
+}
+
+#[test]
+fn an_annotator_works_a_round_with_the_keyboard_alone() {
+    let (server, app, [curator, operator, annotator]) = server_with_round_roles();
+    let address = app.address.clone();
 
     // A round 1 screen of three pictures of one association.
     let association = app
@@ -209,14 +215,8 @@ fn an_annotator_works_a_round_with_the_keyboard_alone() {
 /// without smoothing so their pixels stay visible.
 #[test]
 fn the_annotation_page_shows_a_real_models_picture_at_full_resolution() {
-    let dir = tempfile::tempdir().unwrap();
-    let admin = create_token(dir.path(), "admin", "root");
-    let server = Server::start(dir.path());
-    let address = server.address.clone();
-    let app = TestApp { address: address.clone(), dir, admin };
-    let curator = app.token("curator", "cora");
-    let operator = app.token("operator", "otto");
-    let annotator = app.token("annotator", "anna");
+    let (server, app, [curator, operator, annotator]) = server_with_round_roles();
+    let address = app.address.clone();
     let side = 512;
     let pixels: Vec<f32> = (0..3 * side * side).map(|i| ((i / side) % 17) as f32 / 16.0).collect();
     let large = app::sd::png_from_unit_rgb(&pixels, side, side);
