@@ -655,7 +655,7 @@ impl<'a> Demo<'a> {
             &stream,
             None,
             &self.system,
-            RoundCommand::Close { allow_incomplete: false },
+            RoundCommand::Close { allow_incomplete: false, leave_out_unadjudicated: false },
         )?;
         Ok(())
     }

@@ -129,6 +129,7 @@ fn write_history(store: &dyn EventStore, events: usize) {
             quality_threshold: Quality::new(3).unwrap(),
             assignment_lease_seconds: 900,
             campaign_id: None,
+            controls: domain::round::RoundControls::default(),
         };
         store.append(&stream, ExpectedVersion::NoStream, &[new_event(&opened, &system)]).expect("append");
         written += 1;

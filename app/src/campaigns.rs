@@ -253,7 +253,7 @@ impl<'a> CampaignRunner<'a> {
                         &round_id.stream(),
                         None,
                         &self.system,
-                        RoundCommand::Close { allow_incomplete: false },
+                        RoundCommand::Close { allow_incomplete: false, leave_out_unadjudicated: false },
                     )?;
                 }
                 Next::Wait(what) => return Ok(Step::Waiting(what)),
@@ -573,6 +573,7 @@ impl<'a> CampaignRunner<'a> {
                 quality_threshold: campaign.settings.quality_threshold,
                 assignment_lease_seconds: domain::round::DEFAULT_ASSIGNMENT_LEASE_SECONDS,
                 campaign_id: campaign.id,
+                controls: domain::round::RoundControls::default(),
             },
         )?;
         Ok(id)

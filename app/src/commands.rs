@@ -694,6 +694,7 @@ mod tests {
             quality_threshold: Quality::new(3).unwrap(),
             assignment_lease_seconds: 600,
             campaign_id: None,
+            controls: domain::round::RoundControls::default(),
         };
         bus.execute::<AnnotationRound>(&round_id.stream(), None, &CommandContext::system(), command).unwrap();
         (round_id.stream(), ids)
@@ -762,7 +763,7 @@ mod tests {
         rate(&two, &stream, "bob").unwrap();
         let outcome = rate(&one, &stream, "cat").unwrap();
         assert_eq!(outcome.stream_version, 7);
-        let close = RoundCommand::Close { allow_incomplete: true };
+        let close = RoundCommand::Close { allow_incomplete: true, leave_out_unadjudicated: false };
         let stale = one.execute::<AnnotationRound>(&stream, Some(5), &CommandContext::system(), close.clone());
         assert!(matches!(stale, Err(CommandError::Conflict { expected: 5, actual: 7, .. })), "{stale:?}");
         two.execute::<AnnotationRound>(&stream, Some(7), &CommandContext::system(), close).unwrap();

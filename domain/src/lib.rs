@@ -17,6 +17,7 @@
 //! `decide` gives the same events for the same state and command, always.
 
 pub mod aggregate;
+pub mod aggregation;
 pub mod association;
 pub mod campaign;
 pub mod error;
@@ -27,6 +28,7 @@ pub mod lease;
 pub mod metadata;
 pub mod model_version;
 pub mod neutral;
+pub mod planning;
 pub mod prompt_set;
 pub mod round;
 pub mod taxonomy;

@@ -5,6 +5,19 @@
 //! Each item is rated by `raters_per_item` annotators. Annotators ask for their next task and
 //! are given the item that most needs a rating (balanced assignment); they see only the image,
 //! never the model or arm that made it (the label stays in the event log for auditors).
+//!
+//! A round may also control its raters' quality ([`RoundControls`]):
+//! - **gold items**, whose correct answers are known: served to each annotator among the other
+//!   items (same task shape), scored per annotator, never part of a campaign's data;
+//! - an **exclusion rule**: an annotator whose gold accuracy's upper 95% bound falls below the
+//!   rule's after enough gold answers is excluded (an event with the evidence); their answers
+//!   leave the verdicts (kept aside, in the log), their open tasks return to the pool, they get no
+//!   more tasks; a curator may reinstate them (an event with the reason);
+//! - **adaptive overlap**: each item starts with `raters_per_item`; an item whose answers split
+//!   (margin below the setting) gets one more rater at a time up to `max_raters` (an event each);
+//!   an item still split then waits for a curator's **adjudication** (an event with the decision
+//!   and the reason), and the round closes only when none waits (or the curator leaves them out,
+//!   recorded in the closing event).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,7 +27,8 @@ use serde::{Deserialize, Serialize};
 use crate::aggregate::{Aggregate, EventPayload};
 use crate::error::DomainError;
 use crate::ids::{AssociationId, CampaignId, ImageId, ItemId, ModelVersionId, PromptId, RoundId};
-use crate::values::{BlobHash, Name, Quality};
+use crate::planning::Z95;
+use crate::values::{BlobHash, Name, Quality, Sentence};
 
 pub const MAX_ITEMS_PER_ROUND: usize = 100_000;
 pub const MAX_RATERS_PER_ITEM: u32 = 15;
@@ -99,6 +113,91 @@ pub enum Answer {
     Compare { preferred: Side },
 }
 
+/// The known answers of a gold item: each question the round asks that has a known answer.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gold {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concept_present: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_depicted: Option<bool>,
+}
+
+impl Gold {
+    /// Whether `answer` gets every known question right; `None` when the answer asks none of
+    /// the known questions.
+    pub fn scores(&self, answer: &Answer) -> Option<bool> {
+        let (concept, group) = match answer {
+            Answer::Baseline { concept_present } | Answer::Check { concept_present, .. } => {
+                (Some(*concept_present), None)
+            }
+            Answer::Screen { group_depicted, concept_present, .. } => (Some(*concept_present), Some(*group_depicted)),
+            Answer::Compare { .. } => (None, None),
+        };
+        let checks: Vec<bool> = [(self.concept_present, concept), (self.group_depicted, group)]
+            .into_iter()
+            .filter_map(|(known, given)| Some(known? == given?))
+            .collect();
+        (!checks.is_empty()).then(|| checks.iter().all(|ok| *ok))
+    }
+}
+
+/// Exclude an annotator once they have answered at least `min_gold_answers` gold items and the
+/// upper end of the Wilson 95% interval of their gold accuracy is below `min_accuracy`: even
+/// the most generous reading of their record says they answer worse than that.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExclusionRule {
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    pub min_gold_answers: u32,
+    #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0.0, maximum = 1.0))]
+    pub min_accuracy: f64,
+}
+
+/// More raters for split items: an item whose answers' margin (see [`AnnotationRound::margin`])
+/// is below `margin` once it has its raters gets one more, up to `max_raters`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveOverlap {
+    /// At most this many raters per item (from the round's `raters_per_item` to 15).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 15))]
+    pub max_raters: u32,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    pub margin: u32,
+}
+
+/// How a round controls its raters' quality; all off by default (every item gets
+/// `raters_per_item` answers and a majority decides).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct RoundControls {
+    /// Gold items (by id, among the round's items) and their known answers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub gold: BTreeMap<ItemId, Gold>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclusion: Option<ExclusionRule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap: Option<AdaptiveOverlap>,
+}
+
+impl RoundControls {
+    fn is_empty(&self) -> bool {
+        self == &RoundControls::default()
+    }
+}
+
+/// What an exclusion rule saw when it fired.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GoldEvidence {
+    pub gold_answers: u32,
+    pub gold_correct: u32,
+    /// Upper end of the Wilson 95% interval of `gold_correct / gold_answers`.
+    pub accuracy_upper_bound: f64,
+}
+
 #[derive(Debug, Clone)]
 pub enum RoundCommand {
     Open {
@@ -109,6 +208,7 @@ pub enum RoundCommand {
         quality_threshold: Quality,
         assignment_lease_seconds: i64,
         campaign_id: Option<CampaignId>,
+        controls: RoundControls,
     },
     /// Gives `annotator` the item that most needs a rating, unless they hold one already.
     AssignNext {
@@ -127,6 +227,19 @@ pub enum RoundCommand {
     },
     Close {
         allow_incomplete: bool,
+        /// Close although items wait for adjudication: they are left out (no verdict).
+        leave_out_unadjudicated: bool,
+    },
+    /// A curator settles a split item with the answer that decides it, and why.
+    Adjudicate {
+        item_id: ItemId,
+        answer: Answer,
+        reason: String,
+    },
+    /// A curator lets an excluded annotator back in: their answers count again.
+    Reinstate {
+        annotator: String,
+        reason: String,
     },
 }
 
@@ -140,6 +253,8 @@ pub enum RoundEvent {
         quality_threshold: Quality,
         assignment_lease_seconds: i64,
         campaign_id: Option<CampaignId>,
+        #[serde(default, skip_serializing_if = "RoundControls::is_empty")]
+        controls: RoundControls,
     },
     TaskAssigned {
         round_id: RoundId,
@@ -158,10 +273,39 @@ pub enum RoundEvent {
         item_id: ItemId,
         annotator: String,
     },
+    /// An item's answers split: it needs `raters` answers now.
+    RaterAdded {
+        round_id: RoundId,
+        item_id: ItemId,
+        raters: u32,
+        margin: u32,
+    },
+    /// The round's exclusion rule fired on `annotator`'s gold record.
+    AnnotatorExcluded {
+        round_id: RoundId,
+        annotator: String,
+        rule: ExclusionRule,
+        evidence: GoldEvidence,
+    },
+    AnnotatorReinstated {
+        round_id: RoundId,
+        annotator: String,
+        reason: String,
+    },
+    /// A split item decided by a curator's answer.
+    ItemAdjudicated {
+        round_id: RoundId,
+        item_id: ItemId,
+        answer: Answer,
+        reason: String,
+    },
     RoundClosed {
         round_id: RoundId,
         kind: RoundKind,
         outcomes: Vec<ItemOutcome>,
+        /// Items still split at the most raters, closed without a verdict by a curator's decision.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        left_out: Vec<ItemId>,
     },
 }
 
@@ -174,6 +318,9 @@ pub struct ItemOutcome {
     /// How many annotations it had.
     pub n: u32,
     pub verdict: Verdict,
+    /// Decided by a curator's answer (the annotators' split).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adjudicated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -228,6 +375,19 @@ pub struct AnnotationRound {
     /// item → annotator → answer.
     pub submissions: BTreeMap<ItemId, BTreeMap<String, Answer>>,
     pub outcomes: Vec<ItemOutcome>,
+    pub controls: RoundControls,
+    /// item → the answers it needs now, where adaptive overlap raised it above `raters_per_item`.
+    pub raised: BTreeMap<ItemId, u32>,
+    /// Excluded annotators, with the evidence.
+    pub excluded: BTreeMap<String, GoldEvidence>,
+    /// The answers of excluded annotators, out of the verdicts: item → annotator → answer.
+    pub set_aside: BTreeMap<ItemId, BTreeMap<String, Answer>>,
+    /// Curators' decisions on split items.
+    pub adjudications: BTreeMap<ItemId, Answer>,
+    /// The answers each position needs (0 for gold items, which are served apart).
+    need: Vec<u32>,
+    /// annotator → answers on items that are not gold (for serving gold among them).
+    regular_done: BTreeMap<String, u32>,
     /// Derived from the fields above by `evolve` (never stored), so that assigning and
     /// submitting cost the same in a round of ten items or of a hundred thousand.
     load: Vec<u32>,
@@ -237,9 +397,11 @@ pub struct AnnotationRound {
     expiries: BTreeSet<(DateTime<Utc>, usize, String)>,
     /// Annotations submitted (and not withdrawn).
     done: u64,
-    /// For each load below `raters_per_item`, the positions of the items with that load: the
+    /// For each load, the positions of the items with that load below their need: the
     /// candidates for assignment in the order the rule prefers them.
     by_load: Vec<BTreeSet<usize>>,
+    /// Answers the items need in all (gold items apart).
+    total_need: u64,
 }
 
 impl AnnotationRound {
@@ -274,15 +436,122 @@ impl AnnotationRound {
         open.iter().find(|(_, expires)| **expires > now).map(|(&position, _)| self.items[position].item_id)
     }
 
-    /// Annotations submitted, and annotations the round needs in all.
+    /// Annotations submitted on items that are not gold, and annotations those items need in all.
     pub fn progress(&self) -> (u64, u64) {
-        (self.done, self.items.len() as u64 * u64::from(self.raters_per_item))
+        (self.done, self.total_need)
     }
 
-    /// The item `annotator` should rate next: among items they have not rated that still need
-    /// raters, the one with the fewest ratings plus live assignments, the earliest on a tie.
+    /// The answers item `item_id` needs now: `raters_per_item`, or more where its answers split.
+    pub fn needed(&self, item_id: ItemId) -> u32 {
+        self.raised.get(&item_id).copied().unwrap_or(self.raters_per_item)
+    }
+
+    pub fn is_gold(&self, item_id: ItemId) -> bool {
+        self.controls.gold.contains_key(&item_id)
+    }
+
+    /// `annotator`'s gold record: gold items answered (and scored), and answered right.
+    pub fn gold_record(&self, annotator: &str) -> (u32, u32) {
+        let (mut answered, mut correct) = (0, 0);
+        for (item_id, gold) in &self.controls.gold {
+            let answer = self
+                .submissions
+                .get(item_id)
+                .and_then(|s| s.get(annotator))
+                .or_else(|| self.set_aside.get(item_id).and_then(|s| s.get(annotator)));
+            if let Some(right) = answer.and_then(|a| gold.scores(a)) {
+                answered += 1;
+                correct += u32::from(right);
+            }
+        }
+        (answered, correct)
+    }
+
+    /// How decided an item's answers are: the smallest gap between the two sides of any yes/no
+    /// question the verdict rests on (for round 1 also quality at or above the threshold against
+    /// below it; for pairs left against right). Unanimous answers of n raters have margin n.
+    pub fn margin(&self, item: &RoundItem, answers: &[&Answer]) -> u32 {
+        let n = answers.len() as u32;
+        let count = |pred: &dyn Fn(&Answer) -> bool| answers.iter().filter(|a| pred(a)).count() as u32;
+        let gap = |yes: u32| yes.abs_diff(n - yes);
+        let threshold = self.quality_threshold.map_or(DEFAULT_QUALITY_THRESHOLD, Quality::get);
+        match (self.kind, &item.content) {
+            (_, ItemContent::Pair { .. }) => {
+                let left = count(&|a| matches!(a, Answer::Compare { preferred: Side::Left }));
+                left.abs_diff(count(&|a| matches!(a, Answer::Compare { preferred: Side::Right })))
+            }
+            (Some(RoundKind::Screen), _) => {
+                let group = gap(count(&|a| matches!(a, Answer::Screen { group_depicted: true, .. })));
+                let concept = gap(count(&|a| matches!(a, Answer::Screen { concept_present: true, .. })));
+                let good = gap(count(&|a| matches!(a, Answer::Screen { quality, .. } if quality.get() >= threshold)));
+                group.min(concept).min(good)
+            }
+            _ => gap(count(&|a| {
+                matches!(a, Answer::Baseline { concept_present: true } | Answer::Check { concept_present: true, .. })
+            })),
+        }
+    }
+
+    fn answers(&self, item_id: ItemId) -> Vec<&Answer> {
+        self.submissions.get(&item_id).map(|s| s.values().collect()).unwrap_or_default()
+    }
+
+    /// Whether `item` has all its answers and they still split at the most raters adaptive
+    /// overlap allows (never without adaptive overlap, or once adjudicated).
+    fn awaits_adjudication(&self, item: &RoundItem) -> bool {
+        let Some(overlap) = self.controls.overlap else { return false };
+        let answers = self.answers(item.item_id);
+        !self.is_gold(item.item_id)
+            && !self.adjudications.contains_key(&item.item_id)
+            && answers.len() as u32 >= self.needed(item.item_id).max(overlap.max_raters)
+            && self.margin(item, &answers) < overlap.margin
+    }
+
+    /// The items waiting for a curator's adjudication, in round order.
+    pub fn adjudication_queue(&self) -> Vec<ItemId> {
+        self.items.iter().filter(|item| self.awaits_adjudication(item)).map(|item| item.item_id).collect()
+    }
+
+    /// The gold item `annotator` should see next, if it is their turn for one: gold items are
+    /// spread through each annotator's tasks in the round's proportion (one per `period` other
+    /// answers, the first halfway into the first period), each at most once per annotator.
+    fn next_gold(&self, annotator: &str) -> Option<usize> {
+        let gold = self.controls.gold.len() as u32;
+        if gold == 0 {
+            return None;
+        }
+        let regular = self.items.len() as u32 - gold;
+        let period = (regular / gold).max(1);
+        let seen = self
+            .controls
+            .gold
+            .keys()
+            .filter(|item_id| {
+                self.has_submitted(**item_id, annotator)
+                    || self.assignments.contains_key(&(**item_id, annotator.to_string()))
+            })
+            .count() as u32;
+        let done = self.regular_done.get(annotator).copied().unwrap_or(0);
+        if seen >= gold || done < seen * period + period / 2 {
+            return None;
+        }
+        self.controls
+            .gold
+            .keys()
+            .find(|item_id| {
+                !self.has_submitted(**item_id, annotator)
+                    && !self.assignments.contains_key(&(**item_id, annotator.to_string()))
+            })
+            .and_then(|item_id| self.index.get(item_id).copied())
+    }
+
+    /// The item `annotator` should rate next: their gold item if it is its turn; else among
+    /// items they have not rated that still need raters, the one with the fewest ratings plus
+    /// live assignments, the earliest on a tie.
     fn next_item(&self, annotator: &str, now: DateTime<Utc>) -> Option<usize> {
-        let needed = self.raters_per_item;
+        if let Some(position) = self.next_gold(annotator) {
+            return Some(position);
+        }
         // `load` counts every open assignment; lapsed ones no longer hold their item.
         let mut lapsed: BTreeMap<usize, u32> = BTreeMap::new();
         for (_, position, _) in self.expiries.iter().take_while(|(expires, _, _)| *expires <= now) {
@@ -292,7 +561,7 @@ impl AnnotationRound {
         let mut best: Option<(u32, usize)> = None;
         for (&position, &count) in &lapsed {
             let taken = self.load[position] - count;
-            if taken < needed && best.is_none_or(|b| (taken, position) < b) && eligible(position) {
+            if taken < self.need[position] && best.is_none_or(|b| (taken, position) < b) && eligible(position) {
                 best = Some((taken, position));
             }
         }
@@ -316,7 +585,12 @@ impl AnnotationRound {
         let Some(&position) = self.index.get(&item_id) else { return };
         if self.has_submitted(item_id, annotator) {
             self.set_load(position, self.load[position] - 1);
-            self.done -= 1;
+            if !self.is_gold(item_id) {
+                self.done -= 1;
+                if let Some(done) = self.regular_done.get_mut(annotator) {
+                    *done -= 1;
+                }
+            }
         } else if let Some(&expires) = self.assignments.get(&(item_id, annotator.to_string())) {
             self.set_load(position, self.load[position] - 1);
             if let Some(open) = self.open.get_mut(annotator) {
@@ -339,15 +613,21 @@ impl AnnotationRound {
         if let Some(bucket) = self.by_load.get_mut(old as usize) {
             bucket.remove(&position);
         }
-        if let Some(bucket) = self.by_load.get_mut(load as usize) {
-            bucket.insert(position);
+        if load < self.need[position] {
+            if self.by_load.len() <= load as usize {
+                self.by_load.resize_with(load as usize + 1, BTreeSet::new);
+            }
+            self.by_load[load as usize].insert(position);
         }
     }
 
     fn index_pair_at(&mut self, position: usize, item_id: ItemId, annotator: &str) {
         if self.has_submitted(item_id, annotator) {
             self.set_load(position, self.load[position] + 1);
-            self.done += 1;
+            if !self.is_gold(item_id) {
+                self.done += 1;
+                *self.regular_done.entry(annotator.to_string()).or_default() += 1;
+            }
         } else if let Some(&expires) = self.assignments.get(&(item_id, annotator.to_string())) {
             self.set_load(position, self.load[position] + 1);
             self.open.entry(annotator.to_string()).or_default().insert(position, expires);
@@ -366,12 +646,22 @@ impl AnnotationRound {
     }
 
     fn outcome(&self, item: &RoundItem) -> ItemOutcome {
-        let answers: Vec<&Answer> =
-            self.submissions.get(&item.item_id).map(|s| s.values().collect()).unwrap_or_default();
+        let answers = self.answers(item.item_id);
+        let n = answers.len() as u32;
+        match self.adjudications.get(&item.item_id) {
+            Some(decision) => {
+                ItemOutcome { item_id: item.item_id, n, verdict: self.verdict(item, &[decision]), adjudicated: true }
+            }
+            None => ItemOutcome { item_id: item.item_id, n, verdict: self.verdict(item, &answers), adjudicated: false },
+        }
+    }
+
+    /// The verdict `answers` give `item`: majorities, the median quality for round 1.
+    fn verdict(&self, item: &RoundItem, answers: &[&Answer]) -> Verdict {
         let n = answers.len() as u32;
         let count = |pred: &dyn Fn(&Answer) -> bool| answers.iter().filter(|a| pred(a)).count() as u32;
         let majority = |votes: u32| 2 * votes > n;
-        let verdict = if n == 0 {
+        if n == 0 {
             Verdict::Undecided
         } else {
             match (self.kind, &item.content) {
@@ -421,9 +711,186 @@ impl AnnotationRound {
                     }
                 }
             }
-        };
-        ItemOutcome { item_id: item.item_id, n, verdict }
+        }
     }
+}
+
+/// One annotator's record in a round: what `GET /v1/rounds/{id}/annotators` shows a curator.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AnnotatorRecord {
+    pub annotator: String,
+    /// Answers on items that are not gold (counted or, once excluded, set aside).
+    pub submitted: u32,
+    pub gold_answers: u32,
+    pub gold_correct: u32,
+    /// `gold_correct / gold_answers` with its Wilson 95% interval; absent without gold answers.
+    pub gold_accuracy: Option<f64>,
+    pub gold_accuracy_ci: Option<(f64, f64)>,
+    /// Share of their answers on the concept (or, for pairs, the preferred side) that agree
+    /// with the item's current majority; items tied without them are skipped.
+    pub agreement: Option<f64>,
+    /// Why they are excluded, if they are.
+    pub excluded: Option<GoldEvidence>,
+}
+
+impl AnnotationRound {
+    /// Every annotator who answered or holds a task, by name.
+    pub fn annotator_records(&self) -> Vec<AnnotatorRecord> {
+        let key = |answer: &Answer| match answer {
+            Answer::Baseline { concept_present }
+            | Answer::Check { concept_present, .. }
+            | Answer::Screen { concept_present, .. } => *concept_present,
+            Answer::Compare { preferred } => *preferred == Side::Right,
+        };
+        let mut names: BTreeSet<&str> = self.assignments.keys().map(|(_, who)| who.as_str()).collect();
+        for answers in self.submissions.values().chain(self.set_aside.values()) {
+            names.extend(answers.keys().map(String::as_str));
+        }
+        names
+            .into_iter()
+            .map(|annotator| {
+                let (gold_answers, gold_correct) = self.gold_record(annotator);
+                let (mut submitted, mut agreeing, mut compared) = (0u32, 0u32, 0u32);
+                for item in self.items.iter().filter(|item| !self.is_gold(item.item_id)) {
+                    let counted = self.submissions.get(&item.item_id);
+                    let own = counted
+                        .and_then(|s| s.get(annotator))
+                        .or_else(|| self.set_aside.get(&item.item_id).and_then(|s| s.get(annotator)));
+                    let Some(own) = own else { continue };
+                    submitted += 1;
+                    let votes: Vec<bool> = counted.map(|s| s.values().map(key).collect()).unwrap_or_default();
+                    let yes = votes.iter().filter(|v| **v).count();
+                    if votes.is_empty() || 2 * yes == votes.len() {
+                        continue;
+                    }
+                    compared += 1;
+                    agreeing += u32::from(key(own) == (2 * yes > votes.len()));
+                }
+                let ci = (gold_answers > 0)
+                    .then(|| crate::planning::wilson_interval(u64::from(gold_correct), u64::from(gold_answers), Z95));
+                AnnotatorRecord {
+                    annotator: annotator.to_string(),
+                    submitted,
+                    gold_answers,
+                    gold_correct,
+                    gold_accuracy: (gold_answers > 0).then(|| f64::from(gold_correct) / f64::from(gold_answers)),
+                    gold_accuracy_ci: ci,
+                    agreement: (compared > 0).then(|| f64::from(agreeing) / f64::from(compared)),
+                    excluded: self.excluded.get(annotator).copied(),
+                }
+            })
+            .collect()
+    }
+
+    fn not_excluded(&self, annotator: &str) -> Result<(), DomainError> {
+        match self.excluded.get(annotator) {
+            Some(evidence) => Err(DomainError::Forbidden {
+                message: format!(
+                    "{annotator} is excluded from this round: {} of {} gold answers right (accuracy at most {:.2})",
+                    evidence.gold_correct, evidence.gold_answers, evidence.accuracy_upper_bound
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// What follows `annotator`'s `answer` on `item` (not yet applied): one more rater for the
+    /// item if its answers now split, and the annotator's exclusion if a gold answer makes the
+    /// rule fire.
+    fn after_submission(
+        &self,
+        round_id: RoundId,
+        item: &RoundItem,
+        annotator: &str,
+        answer: &Answer,
+    ) -> Vec<RoundEvent> {
+        let mut events = Vec::new();
+        if let Some(gold) = self.controls.gold.get(&item.item_id) {
+            if let (Some(rule), Some(right)) = (self.controls.exclusion, gold.scores(answer)) {
+                let (answered, correct) = self.gold_record(annotator);
+                let (answered, correct) = (answered + 1, correct + u32::from(right));
+                let (_, upper) = crate::planning::wilson_interval(u64::from(correct), u64::from(answered), Z95);
+                if answered >= rule.min_gold_answers && upper < rule.min_accuracy {
+                    events.push(RoundEvent::AnnotatorExcluded {
+                        round_id,
+                        annotator: annotator.to_string(),
+                        rule,
+                        evidence: GoldEvidence {
+                            gold_answers: answered,
+                            gold_correct: correct,
+                            accuracy_upper_bound: upper,
+                        },
+                    });
+                }
+            }
+            return events;
+        }
+        if let Some(overlap) = self.controls.overlap {
+            let needed = self.needed(item.item_id);
+            let mut answers = self.answers(item.item_id);
+            answers.push(answer);
+            let margin = self.margin(item, &answers);
+            if answers.len() as u32 == needed && needed < overlap.max_raters && margin < overlap.margin {
+                events.push(RoundEvent::RaterAdded { round_id, item_id: item.item_id, raters: needed + 1, margin });
+            }
+        }
+        events
+    }
+}
+
+/// A round's controls, checked against its items and settings.
+fn check_controls(
+    kind: RoundKind,
+    items: &[RoundItem],
+    raters_per_item: u32,
+    controls: &RoundControls,
+) -> Result<(), DomainError> {
+    for (item_id, gold) in &controls.gold {
+        let Some(item) = items.iter().find(|item| item.item_id == *item_id) else {
+            return Err(DomainError::invalid("gold", format!("names item {item_id}, which the round does not hold")));
+        };
+        if matches!(item.content, ItemContent::Pair { .. }) {
+            return Err(DomainError::invalid(
+                "gold",
+                format!("item {item_id} is a pair: gold items are single images"),
+            ));
+        }
+        let asks = match kind {
+            RoundKind::Screen => gold.concept_present.is_some() || gold.group_depicted.is_some(),
+            RoundKind::Baseline | RoundKind::Check => gold.concept_present.is_some(),
+        };
+        if !asks {
+            return Err(DomainError::invalid(
+                "gold",
+                format!("item {item_id} knows no answer to a question this round asks"),
+            ));
+        }
+    }
+    if !controls.gold.is_empty() && controls.gold.len() >= items.len() {
+        return Err(DomainError::invalid("gold", "a round needs items besides its gold items"));
+    }
+    if let Some(rule) = controls.exclusion {
+        if controls.gold.is_empty() {
+            return Err(DomainError::invalid("exclusion", "needs gold items to score annotators on"));
+        }
+        if rule.min_gold_answers == 0 || !(rule.min_accuracy > 0.0 && rule.min_accuracy <= 1.0) {
+            return Err(DomainError::invalid(
+                "exclusion",
+                "needs at least 1 gold answer and a minimum accuracy in (0, 1]",
+            ));
+        }
+    }
+    if let Some(overlap) = controls.overlap {
+        if !(raters_per_item..=MAX_RATERS_PER_ITEM).contains(&overlap.max_raters) || overlap.margin == 0 {
+            return Err(DomainError::invalid(
+                "overlap",
+                format!(
+                    "needs max_raters from raters_per_item ({raters_per_item}) to {MAX_RATERS_PER_ITEM} and a margin of at least 1"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The median of whole-number ratings (the mean of the middle two for an even count).
@@ -459,6 +926,7 @@ impl Aggregate for AnnotationRound {
                 quality_threshold,
                 assignment_lease_seconds,
                 campaign_id,
+                controls,
             } => {
                 if self.exists() {
                     return Err(DomainError::AlreadyExists { entity: "round", id: round_id.to_string() });
@@ -497,6 +965,7 @@ impl Aggregate for AnnotationRound {
                         ));
                     }
                 }
+                check_controls(kind, &items, raters_per_item, &controls)?;
                 Ok(vec![RoundEvent::RoundOpened {
                     round_id,
                     kind,
@@ -505,11 +974,13 @@ impl Aggregate for AnnotationRound {
                     quality_threshold,
                     assignment_lease_seconds,
                     campaign_id,
+                    controls,
                 }])
             }
             RoundCommand::AssignNext { annotator, now } => {
                 let round_id = self.open_id()?;
                 let annotator = String::from(Name::parse("annotator", &annotator)?);
+                self.not_excluded(&annotator)?;
                 if self.current_task(&annotator, now).is_some() {
                     return Ok(vec![]);
                 }
@@ -526,6 +997,7 @@ impl Aggregate for AnnotationRound {
             }
             RoundCommand::Submit { annotator, item_id, answer } => {
                 let round_id = self.open_id()?;
+                self.not_excluded(&annotator)?;
                 let item =
                     self.item(item_id).ok_or(DomainError::NotFound { entity: "item", id: item_id.to_string() })?;
                 if self.has_submitted(item_id, &annotator) {
@@ -534,8 +1006,9 @@ impl Aggregate for AnnotationRound {
                 if !self.assignments.contains_key(&(item_id, annotator.clone())) {
                     return Err(DomainError::NotAssigned { annotator, item: item_id.to_string() });
                 }
-                if self.submitted(item_id) >= self.raters_per_item as usize {
-                    return Err(DomainError::ItemComplete { item: item_id.to_string(), needed: self.raters_per_item });
+                let needed = self.needed(item_id);
+                if !self.is_gold(item_id) && self.submitted(item_id) >= needed as usize {
+                    return Err(DomainError::ItemComplete { item: item_id.to_string(), needed });
                 }
                 if !self.answer_fits(item, &answer) {
                     return Err(DomainError::invalid(
@@ -552,7 +1025,10 @@ impl Aggregate for AnnotationRound {
                         },
                     ));
                 }
-                Ok(vec![RoundEvent::AnnotationSubmitted { round_id, item_id, annotator, answer }])
+                let mut events =
+                    vec![RoundEvent::AnnotationSubmitted { round_id, item_id, annotator: annotator.clone(), answer }];
+                events.extend(self.after_submission(round_id, item, &annotator, &answer));
+                Ok(events)
             }
             RoundCommand::Withdraw { annotator, item_id } => {
                 let round_id = self.open_id()?;
@@ -567,10 +1043,11 @@ impl Aggregate for AnnotationRound {
                 }
                 Ok(vec![RoundEvent::AnnotationWithdrawn { round_id, item_id, annotator }])
             }
-            RoundCommand::Close { allow_incomplete } => {
+            RoundCommand::Close { allow_incomplete, leave_out_unadjudicated } => {
                 let round_id = self.open_id()?;
-                let needed = self.raters_per_item as usize;
-                let short = self.items.iter().filter(|item| self.submitted(item.item_id) < needed).count();
+                let regular = self.items.iter().filter(|item| !self.is_gold(item.item_id));
+                let short =
+                    regular.filter(|item| self.submitted(item.item_id) < self.needed(item.item_id) as usize).count();
                 if short > 0 && !allow_incomplete {
                     return Err(DomainError::WrongState {
                         entity: "round",
@@ -578,8 +1055,58 @@ impl Aggregate for AnnotationRound {
                         action: "closing without allow_incomplete",
                     });
                 }
-                let outcomes = self.items.iter().map(|item| self.outcome(item)).collect();
-                Ok(vec![RoundEvent::RoundClosed { round_id, kind: self.kind.unwrap_or(RoundKind::Screen), outcomes }])
+                let left_out = self.adjudication_queue();
+                if !left_out.is_empty() && !leave_out_unadjudicated {
+                    return Err(DomainError::WrongState {
+                        entity: "round",
+                        state: format!("waiting for the adjudication of {} split items", left_out.len()),
+                        action: "closing without adjudicating them or leaving them out",
+                    });
+                }
+                let outcomes = self
+                    .items
+                    .iter()
+                    .map(|item| match left_out.contains(&item.item_id) {
+                        true => ItemOutcome {
+                            item_id: item.item_id,
+                            n: self.submitted(item.item_id) as u32,
+                            verdict: Verdict::Undecided,
+                            adjudicated: false,
+                        },
+                        false => self.outcome(item),
+                    })
+                    .collect();
+                Ok(vec![RoundEvent::RoundClosed {
+                    round_id,
+                    kind: self.kind.unwrap_or(RoundKind::Screen),
+                    outcomes,
+                    left_out,
+                }])
+            }
+            RoundCommand::Adjudicate { item_id, answer, reason } => {
+                let round_id = self.open_id()?;
+                let item =
+                    self.item(item_id).ok_or(DomainError::NotFound { entity: "item", id: item_id.to_string() })?;
+                if !self.awaits_adjudication(item) {
+                    return Err(DomainError::WrongState {
+                        entity: "item",
+                        state: "not waiting for adjudication (only items still split at the most raters do)".into(),
+                        action: "adjudicating it",
+                    });
+                }
+                if !self.answer_fits(item, &answer) {
+                    return Err(DomainError::invalid("answer", "does not fit the round and item"));
+                }
+                let reason = String::from(Sentence::parse("reason", &reason)?);
+                Ok(vec![RoundEvent::ItemAdjudicated { round_id, item_id, answer, reason }])
+            }
+            RoundCommand::Reinstate { annotator, reason } => {
+                let round_id = self.open_id()?;
+                if !self.excluded.contains_key(&annotator) {
+                    return Err(DomainError::NotFound { entity: "exclusion", id: format!("of {annotator}") });
+                }
+                let reason = String::from(Sentence::parse("reason", &reason)?);
+                Ok(vec![RoundEvent::AnnotatorReinstated { round_id, annotator, reason }])
             }
         }
     }
@@ -594,6 +1121,7 @@ impl Aggregate for AnnotationRound {
                 quality_threshold,
                 assignment_lease_seconds,
                 campaign_id,
+                controls,
             } => {
                 self.id = Some(*round_id);
                 self.status = RoundStatus::Open;
@@ -601,10 +1129,16 @@ impl Aggregate for AnnotationRound {
                 self.index = items.iter().enumerate().map(|(i, item)| (item.item_id, i)).collect();
                 self.items = items.clone();
                 self.load = vec![0; items.len()];
+                self.need = items
+                    .iter()
+                    .map(|item| if controls.gold.contains_key(&item.item_id) { 0 } else { *raters_per_item })
+                    .collect();
+                self.total_need = self.need.iter().map(|n| u64::from(*n)).sum();
                 self.by_load = (0..*raters_per_item).map(|_| BTreeSet::new()).collect();
                 if let Some(unrated) = self.by_load.first_mut() {
-                    unrated.extend(0..items.len());
+                    unrated.extend((0..items.len()).filter(|position| self.need[*position] > 0));
                 }
+                self.controls = controls.clone();
                 self.raters_per_item = *raters_per_item;
                 self.quality_threshold = Some(*quality_threshold);
                 self.lease = Duration::seconds(*assignment_lease_seconds);
@@ -626,6 +1160,49 @@ impl Aggregate for AnnotationRound {
                     answers.remove(annotator);
                 }
                 self.index_pair(*item_id, annotator);
+            }
+            RoundEvent::RaterAdded { item_id, raters, .. } => {
+                if let Some(&position) = self.index.get(item_id) {
+                    self.total_need = self.total_need - u64::from(self.need[position]) + u64::from(*raters);
+                    self.need[position] = *raters;
+                    self.raised.insert(*item_id, *raters);
+                    self.set_load(position, self.load[position]);
+                }
+            }
+            RoundEvent::AnnotatorExcluded { annotator, evidence, .. } => {
+                let held: Vec<ItemId> = self
+                    .assignments
+                    .keys()
+                    .filter(|(_, who)| who == annotator)
+                    .map(|(item_id, _)| *item_id)
+                    .chain(self.submissions.iter().filter(|(_, s)| s.contains_key(annotator)).map(|(id, _)| *id))
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                for item_id in held {
+                    self.unindex_pair(item_id, annotator);
+                    self.assignments.remove(&(item_id, annotator.clone()));
+                    if let Some(answer) = self.submissions.get_mut(&item_id).and_then(|s| s.remove(annotator)) {
+                        self.set_aside.entry(item_id).or_default().insert(annotator.clone(), answer);
+                    }
+                }
+                self.excluded.insert(annotator.clone(), *evidence);
+            }
+            RoundEvent::AnnotatorReinstated { annotator, .. } => {
+                self.excluded.remove(annotator);
+                let back: Vec<(ItemId, Answer)> = self
+                    .set_aside
+                    .iter_mut()
+                    .filter_map(|(item_id, answers)| answers.remove(annotator).map(|answer| (*item_id, answer)))
+                    .collect();
+                self.set_aside.retain(|_, answers| !answers.is_empty());
+                for (item_id, answer) in back {
+                    self.submissions.entry(item_id).or_default().insert(annotator.clone(), answer);
+                    self.index_pair(item_id, annotator);
+                }
+            }
+            RoundEvent::ItemAdjudicated { item_id, answer, .. } => {
+                self.adjudications.insert(*item_id, *answer);
             }
             RoundEvent::RoundClosed { outcomes, .. } => {
                 self.status = RoundStatus::Closed;
@@ -667,6 +1244,10 @@ pub(crate) mod tests {
     }
 
     pub fn open(kind: RoundKind, items: Vec<RoundItem>, k: u32) -> AnnotationRound {
+        open_with(kind, items, k, RoundControls::default())
+    }
+
+    fn open_with(kind: RoundKind, items: Vec<RoundItem>, k: u32, controls: RoundControls) -> AnnotationRound {
         AnnotationRound::default()
             .then(RoundCommand::Open {
                 round_id: RoundId(Uuid::from_u128(1)),
@@ -676,6 +1257,7 @@ pub(crate) mod tests {
                 quality_threshold: Quality::new(3).unwrap(),
                 assignment_lease_seconds: 600,
                 campaign_id: None,
+                controls,
             })
             .0
     }
@@ -709,7 +1291,7 @@ pub(crate) mod tests {
                     .count();
                 (submitted + live, position, item.item_id)
             })
-            .filter(|(taken, _, _)| *taken < round.raters_per_item as usize)
+            .filter(|(taken, _, item_id)| *taken < round.needed(*item_id) as usize && !round.is_gold(*item_id))
             .min()
             .map(|(_, _, item_id)| item_id)
     }
@@ -737,7 +1319,12 @@ pub(crate) mod tests {
         for _history in 0..40 {
             let items: Vec<RoundItem> = (1..=7).map(image_item).collect();
             let k = 1 + next(3) as u32;
-            let mut round = open(RoundKind::Screen, items, k);
+            // Half the histories let split items call for more raters.
+            let controls = RoundControls {
+                overlap: (next(2) == 0).then_some(AdaptiveOverlap { max_raters: k + 2, margin: 2 }),
+                ..RoundControls::default()
+            };
+            let mut round = open_with(RoundKind::Screen, items, k, controls);
             let mut clock = 0i64;
             for _step in 0..120 {
                 clock += next(8) as i64;
@@ -751,9 +1338,11 @@ pub(crate) mod tests {
                         let item = item(1 + u128::from(next(7)));
                         Some(item)
                     }) {
-                        Some(item_id) => {
-                            RoundCommand::Submit { annotator: who.into(), item_id, answer: screen(4, true, false) }
-                        }
+                        Some(item_id) => RoundCommand::Submit {
+                            annotator: who.into(),
+                            item_id,
+                            answer: screen(2 + next(3) as u8, next(4) > 0, next(4) == 0),
+                        },
                         None => continue,
                     },
                     _ => RoundCommand::Withdraw { annotator: who.into(), item_id: item(1 + u128::from(next(7))) },
@@ -864,7 +1453,7 @@ pub(crate) mod tests {
     fn annotating_a_closed_round_is_rejected() {
         let round = open(RoundKind::Baseline, vec![image_item(1)], 1);
         let round = rate(round, "ann", 0, Answer::Baseline { concept_present: true });
-        let (round, _) = round.then(RoundCommand::Close { allow_incomplete: false });
+        let (round, _) = round.then(RoundCommand::Close { allow_incomplete: false, leave_out_unadjudicated: false });
         then_error(
             round.decide(RoundCommand::Submit {
                 annotator: "bob".into(),
@@ -876,7 +1465,7 @@ pub(crate) mod tests {
         then_error(round.decide(RoundCommand::AssignNext { annotator: "bob".into(), now: t(0) }), |e| {
             matches!(e, DomainError::RoundClosed { .. })
         });
-        then_error(round.decide(RoundCommand::Close { allow_incomplete: true }), |e| {
+        then_error(round.decide(RoundCommand::Close { allow_incomplete: true, leave_out_unadjudicated: false }), |e| {
             matches!(e, DomainError::RoundClosed { .. })
         });
     }
@@ -922,10 +1511,11 @@ pub(crate) mod tests {
     fn closing_needs_every_item_rated_unless_allowed_incomplete() {
         let round = open(RoundKind::Screen, vec![image_item(1), image_item(2)], 1);
         let round = rate(round, "ann", 0, screen(4, true, false));
-        then_error(round.decide(RoundCommand::Close { allow_incomplete: false }), |e| {
-            matches!(e, DomainError::WrongState { .. })
-        });
-        let (_, events) = round.then(RoundCommand::Close { allow_incomplete: true });
+        then_error(
+            round.decide(RoundCommand::Close { allow_incomplete: false, leave_out_unadjudicated: false }),
+            |e| matches!(e, DomainError::WrongState { .. }),
+        );
+        let (_, events) = round.then(RoundCommand::Close { allow_incomplete: true, leave_out_unadjudicated: false });
         let [RoundEvent::RoundClosed { outcomes, .. }] = &events[..] else { panic!("{events:?}") };
         assert_eq!(outcomes[1].verdict, Verdict::Undecided);
         assert!(matches!(outcomes[0].verdict, Verdict::Screen { accepted: true, .. }));
@@ -949,7 +1539,7 @@ pub(crate) mod tests {
                 round = rate(round, annotator, 0, item_answers[i]);
             }
         }
-        let (_, events) = round.then(RoundCommand::Close { allow_incomplete: false });
+        let (_, events) = round.then(RoundCommand::Close { allow_incomplete: false, leave_out_unadjudicated: false });
         let [RoundEvent::RoundClosed { outcomes, .. }] = &events[..] else { panic!("{events:?}") };
         let accepted: Vec<bool> = outcomes
             .iter()
@@ -997,7 +1587,7 @@ pub(crate) mod tests {
             |e| matches!(e, DomainError::Invalid { field: "answer", .. }),
         );
         round = rate(round, "bob", 0, Answer::Compare { preferred: Side::Right });
-        let (_, events) = round.then(RoundCommand::Close { allow_incomplete: false });
+        let (_, events) = round.then(RoundCommand::Close { allow_incomplete: false, leave_out_unadjudicated: false });
         let [RoundEvent::RoundClosed { outcomes, .. }] = &events[..] else { panic!("{events:?}") };
         assert_eq!(
             outcomes[0].verdict,
@@ -1017,6 +1607,7 @@ pub(crate) mod tests {
                 quality_threshold: Quality::new(3).unwrap(),
                 assignment_lease_seconds: 600,
                 campaign_id: None,
+                controls: RoundControls::default(),
             })
         };
         then_error(opened(RoundKind::Screen, vec![], 3), |e| matches!(e, DomainError::Invalid { field: "items", .. }));
@@ -1046,6 +1637,7 @@ pub(crate) mod tests {
                 quality_threshold: Quality::new(3).unwrap(),
                 assignment_lease_seconds: 600,
                 campaign_id: None,
+                controls: RoundControls::default(),
             }),
             |e| matches!(e, DomainError::AlreadyExists { .. }),
         );
@@ -1056,5 +1648,293 @@ pub(crate) mod tests {
         assert_eq!(median(&mut [1, 5, 3]), 3.0);
         assert_eq!(median(&mut [4, 1, 3, 5]), 3.5);
         assert_eq!(median(&mut []), 0.0);
+    }
+
+    fn check(concept: bool) -> Answer {
+        Answer::Check { concept_present: concept, quality: Quality::new(4).unwrap() }
+    }
+
+    /// Every event of `round`'s history applied again, from nothing: the state a replay sees.
+    fn replayed(events: &[RoundEvent]) -> AnnotationRound {
+        AnnotationRound::default().apply_all(events)
+    }
+
+    #[test]
+    fn a_careless_annotator_is_excluded_by_the_rule_and_their_answers_leave_the_verdicts() {
+        let gold = Gold { concept_present: Some(false), group_depicted: Some(true) };
+        let regular: Vec<RoundItem> = (1..=8).map(image_item).collect();
+        let golden: Vec<RoundItem> = (101..=104).map(image_item).collect();
+        let controls = RoundControls {
+            gold: golden.iter().map(|item| (item.item_id, gold)).collect(),
+            exclusion: Some(ExclusionRule { min_gold_answers: 4, min_accuracy: 0.8 }),
+            overlap: None,
+        };
+        let items: Vec<RoundItem> = regular.iter().chain(&golden).cloned().collect();
+        let (mut round, mut history) = AnnotationRound::default().then(RoundCommand::Open {
+            round_id: RoundId(Uuid::from_u128(1)),
+            kind: RoundKind::Screen,
+            items,
+            raters_per_item: 2,
+            quality_threshold: Quality::new(3).unwrap(),
+            assignment_lease_seconds: 600,
+            campaign_id: None,
+            controls,
+        });
+        let mut served: BTreeMap<&str, Vec<ItemId>> = BTreeMap::new();
+        let mut minute = 0;
+        'work: loop {
+            let mut worked = false;
+            for who in ["good", "bad"] {
+                minute += 1;
+                let Ok(events) = round.decide(RoundCommand::AssignNext { annotator: who.into(), now: t(minute) })
+                else {
+                    continue;
+                };
+                history.extend(events.clone());
+                round = round.apply_all(&events);
+                let Some(item_id) = round.current_task(who, t(minute)) else { continue };
+                served.entry(who).or_default().push(item_id);
+                let answer = match (round.is_gold(item_id), who) {
+                    (true, "bad") => screen(4, false, true),
+                    _ => screen(4, true, false),
+                };
+                let events = round.decide(RoundCommand::Submit { annotator: who.into(), item_id, answer }).unwrap();
+                history.extend(events.clone());
+                round = round.apply_all(&events);
+                worked = true;
+                if round.excluded.contains_key("bad") && served["bad"].len() > 20 {
+                    break 'work;
+                }
+            }
+            if !worked {
+                break;
+            }
+        }
+        // Gold items come among the others, one per two other items, never first.
+        let good = &served["good"];
+        assert!(!round.is_gold(good[0]), "{good:?}");
+        assert_eq!(good.iter().filter(|i| round.is_gold(**i)).count(), 4, "{good:?}");
+        assert_eq!(round.gold_record("good"), (4, 4));
+        // The rule fired on the fourth wrong gold answer, with the evidence.
+        let exclusion = history.iter().find_map(|e| match e {
+            RoundEvent::AnnotatorExcluded { annotator, rule, evidence, .. } => {
+                Some((annotator.clone(), *rule, *evidence))
+            }
+            _ => None,
+        });
+        let (annotator, rule, evidence) = exclusion.expect("the careless annotator is excluded");
+        assert_eq!((annotator.as_str(), rule.min_gold_answers), ("bad", 4));
+        assert_eq!((evidence.gold_answers, evidence.gold_correct), (4, 0));
+        // Wilson's upper bound of 0 of 4: z²/(4 + z²).
+        let z2 = Z95 * Z95;
+        assert!((evidence.accuracy_upper_bound - z2 / (4.0 + z2)).abs() < 1e-12, "{evidence:?}");
+        // Their answers left the verdicts (kept aside), so their items went back to the good
+        // annotator... who rated every item once already: the items lack their second answer.
+        assert!(round.submissions.values().all(|answers| !answers.contains_key("bad")));
+        let aside: usize = round.set_aside.values().filter(|a| a.contains_key("bad")).count();
+        assert!(aside >= 4, "{:?}", round.set_aside);
+        assert_eq!(round.progress(), (8, 16), "only the good annotator's 8 answers count");
+        // No more tasks, no more answers.
+        let refused = |e: &DomainError| matches!(e, DomainError::Forbidden { message } if message.contains("excluded"));
+        then_error(round.decide(RoundCommand::AssignNext { annotator: "bad".into(), now: t(minute) }), refused);
+        then_error(
+            round.decide(RoundCommand::Submit {
+                annotator: "bad".into(),
+                item_id: item(1),
+                answer: screen(4, true, false),
+            }),
+            refused,
+        );
+        // What a curator sees per annotator.
+        let records = round.annotator_records();
+        let record = |name: &str| records.iter().find(|r| r.annotator == name).unwrap().clone();
+        let (good, bad) = (record("good"), record("bad"));
+        assert_eq!((good.gold_answers, good.gold_correct, good.gold_accuracy), (4, 4, Some(1.0)));
+        assert_eq!((good.submitted, good.excluded, good.agreement), (8, None, Some(1.0)));
+        assert_eq!((bad.gold_answers, bad.gold_correct, bad.gold_accuracy), (4, 0, Some(0.0)));
+        assert_eq!((bad.submitted, bad.excluded), (aside as u32 - 4, Some(evidence)));
+        let (low, high) = bad.gold_accuracy_ci.unwrap();
+        assert!(low == 0.0 && (high - evidence.accuracy_upper_bound).abs() < 1e-12);
+        // A replay of the log sees the same round.
+        assert_eq!(replayed(&history), round);
+        // A curator reinstates: the answers count again.
+        let events = round
+            .decide(RoundCommand::Reinstate {
+                annotator: "bad".into(),
+                reason: "the gold answers were mislabelled".into(),
+            })
+            .unwrap();
+        history.extend(events.clone());
+        round = round.apply_all(&events);
+        assert!(round.excluded.is_empty() && round.set_aside.is_empty());
+        assert_eq!(round.progress().0, 8 + (aside as u64 - 4), "the careless annotator's other answers are back");
+        assert_eq!(replayed(&history), round);
+        then_error(
+            round.decide(RoundCommand::Reinstate { annotator: "good".into(), reason: "never excluded".into() }),
+            |e| matches!(e, DomainError::NotFound { .. }),
+        );
+    }
+
+    /// One image of round 2, rated by as many annotators as it asks for, answering `votes` in turn.
+    fn rate_one(votes: &[bool], overlap: AdaptiveOverlap) -> (AnnotationRound, Vec<RoundEvent>) {
+        let controls = RoundControls { overlap: Some(overlap), ..RoundControls::default() };
+        let (mut round, mut history) = AnnotationRound::default().then(RoundCommand::Open {
+            round_id: RoundId(Uuid::from_u128(1)),
+            kind: RoundKind::Check,
+            items: vec![image_item(1)],
+            raters_per_item: 3,
+            quality_threshold: Quality::new(3).unwrap(),
+            assignment_lease_seconds: 600,
+            campaign_id: None,
+            controls,
+        });
+        for (i, vote) in votes.iter().enumerate() {
+            let who = format!("annotator-{i}");
+            let events = round.decide(RoundCommand::AssignNext { annotator: who.clone(), now: t(0) }).unwrap();
+            round = round.apply_all(&events);
+            history.extend(events);
+            let Some(item_id) = round.current_task(&who, t(0)) else { break };
+            let events = round.decide(RoundCommand::Submit { annotator: who, item_id, answer: check(*vote) }).unwrap();
+            round = round.apply_all(&events);
+            history.extend(events);
+        }
+        (round, history)
+    }
+
+    #[test]
+    fn adaptive_overlap_gives_a_split_item_more_raters_and_a_clear_one_none() {
+        let overlap = AdaptiveOverlap { max_raters: 5, margin: 2 };
+        let added = |history: &[RoundEvent]| {
+            history
+                .iter()
+                .filter_map(|e| if let RoundEvent::RaterAdded { raters, .. } = e { Some(*raters) } else { None })
+                .collect::<Vec<_>>()
+        };
+        // Unanimous: three raters, no more; a fourth annotator gets nothing.
+        let (clear, history) = rate_one(&[true, true, true, true], overlap);
+        assert_eq!(added(&history), Vec::<u32>::new());
+        assert_eq!(clear.submitted(item(1)), 3);
+        assert!(clear.adjudication_queue().is_empty());
+        // 2–1 splits: a fourth rater; 3–1 is decided.
+        let (decided, history) = rate_one(&[true, false, true, true, true], overlap);
+        assert_eq!(added(&history), vec![4]);
+        assert_eq!((decided.submitted(item(1)), decided.progress()), (4, (4, 4)));
+        // Split to the end: raters up to five, then the curator's queue.
+        let (split, mut history) = rate_one(&[true, false, true, false, true, false], overlap);
+        assert_eq!(added(&history), vec![4, 5]);
+        assert_eq!(split.submitted(item(1)), 5);
+        assert_eq!(split.adjudication_queue(), vec![item(1)]);
+        then_error(
+            split.decide(RoundCommand::Close { allow_incomplete: false, leave_out_unadjudicated: false }),
+            |e| matches!(e, DomainError::WrongState { .. }),
+        );
+        // Left out by a curator's decision: no verdict, and the closing event says which.
+        let (_, events) =
+            split.clone().then(RoundCommand::Close { allow_incomplete: false, leave_out_unadjudicated: true });
+        let [RoundEvent::RoundClosed { left_out, outcomes, .. }] = &events[..] else { panic!("{events:?}") };
+        assert_eq!((left_out.clone(), outcomes[0].verdict.clone()), (vec![item(1)], Verdict::Undecided));
+        // Adjudicated: the curator's answer decides, and the round closes.
+        then_error(
+            split.decide(RoundCommand::Adjudicate {
+                item_id: item(1),
+                answer: screen(4, true, false),
+                reason: "x".into(),
+            }),
+            |e| matches!(e, DomainError::Invalid { field: "answer", .. }),
+        );
+        let events = split
+            .decide(RoundCommand::Adjudicate {
+                item_id: item(1),
+                answer: check(true),
+                reason: "a hippo behind the tree".into(),
+            })
+            .unwrap();
+        history.extend(events.clone());
+        let split = split.apply_all(&events);
+        assert!(split.adjudication_queue().is_empty());
+        then_error(
+            split.decide(RoundCommand::Adjudicate { item_id: item(1), answer: check(false), reason: "again".into() }),
+            |e| matches!(e, DomainError::WrongState { .. }),
+        );
+        let (closed, events) =
+            split.then(RoundCommand::Close { allow_incomplete: false, leave_out_unadjudicated: false });
+        history.extend(events);
+        assert_eq!(
+            closed.outcomes[0],
+            ItemOutcome {
+                item_id: item(1),
+                n: 5,
+                verdict: Verdict::Check { concept_present_votes: 1, concept_present: true, mean_quality: 4.0 },
+                adjudicated: true,
+            }
+        );
+        assert_eq!(replayed(&history), closed);
+        // A clear item cannot be adjudicated.
+        then_error(
+            clear.decide(RoundCommand::Adjudicate { item_id: item(1), answer: check(true), reason: "x".into() }),
+            |e| matches!(e, DomainError::WrongState { .. }),
+        );
+    }
+
+    #[test]
+    fn controls_are_checked_against_the_rounds_items() {
+        let opened = |kind, items: Vec<RoundItem>, controls| {
+            AnnotationRound::default().decide(RoundCommand::Open {
+                round_id: RoundId(Uuid::from_u128(1)),
+                kind,
+                items,
+                raters_per_item: 3,
+                quality_threshold: Quality::new(3).unwrap(),
+                assignment_lease_seconds: 600,
+                campaign_id: None,
+                controls,
+            })
+        };
+        let gold = |pairs: &[(u128, Gold)]| RoundControls {
+            gold: pairs.iter().map(|(n, g)| (item(*n), *g)).collect(),
+            ..RoundControls::default()
+        };
+        let concept = Gold { concept_present: Some(false), group_depicted: None };
+        let group = Gold { concept_present: None, group_depicted: Some(true) };
+        let two = || vec![image_item(1), image_item(2)];
+        let invalid = |field: &'static str| move |e: &DomainError| matches!(e, DomainError::Invalid { field: f, .. } if *f == field);
+        then_error(opened(RoundKind::Screen, two(), gold(&[(9, concept)])), invalid("gold"));
+        then_error(opened(RoundKind::Screen, two(), gold(&[(1, concept), (2, concept)])), invalid("gold"));
+        then_error(opened(RoundKind::Check, two(), gold(&[(1, group)])), invalid("gold"));
+        assert!(opened(RoundKind::Screen, two(), gold(&[(1, group)])).is_ok());
+        let rule = Some(ExclusionRule { min_gold_answers: 10, min_accuracy: 0.8 });
+        then_error(
+            opened(RoundKind::Screen, two(), RoundControls { exclusion: rule, ..RoundControls::default() }),
+            invalid("exclusion"),
+        );
+        let zero = Some(ExclusionRule { min_gold_answers: 0, min_accuracy: 0.8 });
+        then_error(
+            opened(RoundKind::Screen, two(), RoundControls { exclusion: zero, ..gold(&[(1, concept)]) }),
+            invalid("exclusion"),
+        );
+        for overlap in [
+            AdaptiveOverlap { max_raters: 2, margin: 1 },
+            AdaptiveOverlap { max_raters: 5, margin: 0 },
+            AdaptiveOverlap { max_raters: 16, margin: 1 },
+        ] {
+            then_error(
+                opened(RoundKind::Screen, two(), RoundControls { overlap: Some(overlap), ..RoundControls::default() }),
+                invalid("overlap"),
+            );
+        }
+        // Rounds without controls record none (their events read as before).
+        let events = opened(RoundKind::Screen, two(), RoundControls::default()).unwrap();
+        let json = serde_json::to_value(&events[0]).unwrap();
+        assert!(json["RoundOpened"].get("controls").is_none(), "{json}");
+    }
+
+    #[test]
+    fn gold_scores_only_the_questions_it_knows() {
+        let gold = Gold { concept_present: Some(false), group_depicted: Some(true) };
+        assert_eq!(gold.scores(&screen(1, true, false)), Some(true));
+        assert_eq!(gold.scores(&screen(5, false, false)), Some(false));
+        assert_eq!(gold.scores(&check(false)), Some(true));
+        assert_eq!(gold.scores(&Answer::Compare { preferred: Side::Left }), None);
+        assert_eq!(Gold::default().scores(&check(true)), None);
     }
 }

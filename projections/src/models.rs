@@ -1,11 +1,13 @@
 //! The read models.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use domain::campaign::AssociationEvaluation;
 use domain::round::{RoundKind, Verdict};
-use domain::{AssociationEvent, AssociationId, CampaignEvent, CampaignId, DomainEvent, Recorded, RoundEvent, RoundId};
+use domain::{
+    AssociationEvent, AssociationId, CampaignEvent, CampaignId, DomainEvent, ItemId, Recorded, RoundEvent, RoundId,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::Projection;
@@ -194,10 +196,35 @@ pub struct RoundView {
     pub campaign_id: Option<CampaignId>,
     pub items: u64,
     pub raters_per_item: u32,
-    /// Annotations submitted (withdrawn ones no longer count).
+    /// Annotations submitted on items that are not gold, by annotators not excluded (withdrawn
+    /// ones no longer count).
     pub submitted: u64,
-    /// Annotations the round needs in all (items × raters per item).
+    /// Annotations the round needs in all: items that are not gold × raters per item, plus the
+    /// raters adaptive overlap added to split items.
     pub needed: u64,
+    /// Gold items (scored per annotator, not counted in `submitted` or `needed`).
+    #[serde(default)]
+    pub gold_items: u64,
+    /// Annotators excluded by the round's rule (and not reinstated), with the evidence.
+    #[serde(default)]
+    pub excluded: BTreeMap<String, domain::round::GoldEvidence>,
+    /// Raters added to split items.
+    #[serde(default)]
+    pub raters_added: u64,
+    /// Split items a curator decided.
+    #[serde(default)]
+    pub adjudicated: u64,
+    /// Split items closed without a verdict by a curator's decision.
+    #[serde(default)]
+    pub left_out: u64,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    gold: BTreeSet<ItemId>,
+    /// item → the answers it needs, where raised above `raters_per_item`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    raised: BTreeMap<ItemId, u32>,
+    /// annotator → their answers on items that are not gold.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    regular: BTreeMap<String, u64>,
     /// `open` or `closed`.
     pub status: String,
     pub annotators: BTreeMap<String, u64>,
@@ -219,7 +246,9 @@ impl Projection for RoundProgress {
     fn apply(&mut self, event: &Recorded) {
         let DomainEvent::Round(round_event) = &event.event else { return };
         match round_event {
-            RoundEvent::RoundOpened { round_id, kind, items, raters_per_item, campaign_id, .. } => {
+            RoundEvent::RoundOpened { round_id, kind, items, raters_per_item, campaign_id, controls, .. } => {
+                let gold: BTreeSet<ItemId> = controls.gold.keys().copied().collect();
+                let regular = items.iter().filter(|item| !gold.contains(&item.item_id)).count() as u64;
                 self.rounds.insert(
                     *round_id,
                     RoundView {
@@ -229,7 +258,15 @@ impl Projection for RoundProgress {
                         items: items.len() as u64,
                         raters_per_item: *raters_per_item,
                         submitted: 0,
-                        needed: items.len() as u64 * u64::from(*raters_per_item),
+                        needed: regular * u64::from(*raters_per_item),
+                        gold_items: gold.len() as u64,
+                        excluded: BTreeMap::new(),
+                        raters_added: 0,
+                        adjudicated: 0,
+                        left_out: 0,
+                        gold,
+                        raised: BTreeMap::new(),
+                        regular: BTreeMap::new(),
                         status: "open".into(),
                         annotators: BTreeMap::new(),
                         opened_at: event.metadata.recorded_at,
@@ -239,23 +276,56 @@ impl Projection for RoundProgress {
                 );
             }
             RoundEvent::TaskAssigned { .. } => {}
-            RoundEvent::AnnotationSubmitted { round_id, annotator, .. } => {
+            RoundEvent::AnnotationSubmitted { round_id, annotator, item_id, .. } => {
                 if let Some(view) = self.rounds.get_mut(round_id) {
-                    view.submitted += 1;
                     bump(&mut view.annotators, annotator);
-                }
-            }
-            RoundEvent::AnnotationWithdrawn { round_id, annotator, .. } => {
-                if let Some(view) = self.rounds.get_mut(round_id) {
-                    view.submitted = view.submitted.saturating_sub(1);
-                    if let Some(count) = view.annotators.get_mut(annotator) {
-                        *count = count.saturating_sub(1);
+                    if !view.gold.contains(item_id) {
+                        view.submitted += 1;
+                        bump(&mut view.regular, annotator);
                     }
                 }
             }
-            RoundEvent::RoundClosed { round_id, outcomes, .. } => {
+            RoundEvent::AnnotationWithdrawn { round_id, annotator, item_id } => {
+                if let Some(view) = self.rounds.get_mut(round_id) {
+                    if let Some(count) = view.annotators.get_mut(annotator) {
+                        *count = count.saturating_sub(1);
+                    }
+                    if !view.gold.contains(item_id) {
+                        view.submitted = view.submitted.saturating_sub(1);
+                        if let Some(count) = view.regular.get_mut(annotator) {
+                            *count = count.saturating_sub(1);
+                        }
+                    }
+                }
+            }
+            RoundEvent::RaterAdded { round_id, item_id, raters, .. } => {
+                if let Some(view) = self.rounds.get_mut(round_id) {
+                    let before = view.raised.insert(*item_id, *raters).unwrap_or(view.raters_per_item);
+                    view.needed = view.needed + u64::from(*raters) - u64::from(before);
+                    view.raters_added += 1;
+                }
+            }
+            RoundEvent::AnnotatorExcluded { round_id, annotator, evidence, .. } => {
+                if let Some(view) = self.rounds.get_mut(round_id) {
+                    view.submitted -= view.regular.get(annotator).copied().unwrap_or(0);
+                    view.excluded.insert(annotator.clone(), *evidence);
+                }
+            }
+            RoundEvent::AnnotatorReinstated { round_id, annotator, .. } => {
+                if let Some(view) = self.rounds.get_mut(round_id) {
+                    view.submitted += view.regular.get(annotator).copied().unwrap_or(0);
+                    view.excluded.remove(annotator);
+                }
+            }
+            RoundEvent::ItemAdjudicated { round_id, .. } => {
+                if let Some(view) = self.rounds.get_mut(round_id) {
+                    view.adjudicated += 1;
+                }
+            }
+            RoundEvent::RoundClosed { round_id, outcomes, left_out, .. } => {
                 if let Some(view) = self.rounds.get_mut(round_id) {
                     view.status = "closed".into();
+                    view.left_out = left_out.len() as u64;
                     view.closed_at = Some(event.metadata.recorded_at);
                     if view.kind == RoundKind::Screen {
                         let accepted = outcomes

@@ -7,6 +7,7 @@ mod api_errors;
 mod api_idempotency;
 mod api_images;
 mod api_openapi;
+mod api_quality;
 mod api_resources;
 mod api_roles;
 mod audit;

@@ -75,7 +75,14 @@ pub fn configure(config: &mut web::ServiceConfig) {
                         .service(at("").post(rounds::open).get(rounds::list).done())
                         .service(at("/{id}").get(rounds::progress).done())
                         .service(at("/{id}/withdrawals").post(rounds::withdraw).done())
-                        .service(at("/{id}/close").post(rounds::close).done()),
+                        .service(at("/{id}/close").post(rounds::close).done())
+                        .service(at("/{id}/annotators").get(rounds::annotators).done())
+                        .service(at("/{id}/reinstatements").post(rounds::reinstate).done()),
+                )
+                .service(
+                    web::scope("/adjudications")
+                        .service(at("").get(rounds::adjudications).done())
+                        .service(at("/{item_id}").post(rounds::adjudicate).done()),
                 )
                 .service(
                     web::scope("/blobs")

@@ -7,10 +7,10 @@ use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
 use chrono::Utc;
 use domain::round::{
-    Answer, DEFAULT_ASSIGNMENT_LEASE_SECONDS, DEFAULT_QUALITY_THRESHOLD, DEFAULT_RATERS_PER_ITEM, ImageRef,
-    ItemContent, ItemLabel, RoundItem, RoundKind,
+    AdaptiveOverlap, Answer, DEFAULT_ASSIGNMENT_LEASE_SECONDS, DEFAULT_QUALITY_THRESHOLD, DEFAULT_RATERS_PER_ITEM,
+    ExclusionRule, Gold, ImageRef, ItemContent, ItemLabel, RoundControls, RoundItem, RoundKind,
 };
-use domain::values::{BlobHash, Quality};
+use domain::values::{BlobHash, Name, Quality, Sentence};
 use domain::{
     AnnotationRound, AssociationId, CampaignId, ImageId, ItemId, ModelVersionId, PromptId, RoundCommand, RoundId,
 };
@@ -49,6 +49,10 @@ pub struct ImageItem {
     pub association_id: Option<AssociationId>,
     #[schema(value_type = Option<String>, format = "uuid")]
     pub prompt_id: Option<PromptId>,
+    /// Makes this a gold item: the answers known to be right (hidden from annotators, who
+    /// see it as any other item). Each annotator gets each gold item at most once, spread among
+    /// their other tasks; gold items score annotators and are never part of a verdict's data.
+    pub gold: Option<Gold>,
 }
 
 /// One image of a side-by-side pair.
@@ -119,24 +123,28 @@ impl<'de> Deserialize<'de> for RoundItemInput {
 }
 
 impl RoundItemInput {
-    fn into_round_item(self) -> RoundItem {
+    /// The item, and its known answers if it is a gold item.
+    fn into_round_item(self) -> (RoundItem, Option<Gold>) {
         let image =
             |image_id: Option<ImageId>, blob| ImageRef { image_id: image_id.unwrap_or(ImageId(Uuid::now_v7())), blob };
         match self {
-            RoundItemInput::Image(item) => RoundItem {
-                item_id: ItemId(Uuid::now_v7()),
-                content: ItemContent::Image(image(item.image_id, item.blob)),
-                label: ItemLabel {
-                    association_id: item.association_id,
-                    prompt_id: item.prompt_id,
-                    prompt: item.prompt,
-                    seed: item.seed,
-                    models: vec![item.model_version],
+            RoundItemInput::Image(item) => (
+                RoundItem {
+                    item_id: ItemId(Uuid::now_v7()),
+                    content: ItemContent::Image(image(item.image_id, item.blob)),
+                    label: ItemLabel {
+                        association_id: item.association_id,
+                        prompt_id: item.prompt_id,
+                        prompt: item.prompt,
+                        seed: item.seed,
+                        models: vec![item.model_version],
+                    },
                 },
-            },
+                item.gold,
+            ),
             RoundItemInput::Pair(item) => {
                 let PairSides { left, right } = item.pair;
-                RoundItem {
+                let item = RoundItem {
                     item_id: ItemId(Uuid::now_v7()),
                     label: ItemLabel {
                         association_id: item.association_id,
@@ -149,7 +157,8 @@ impl RoundItemInput {
                         left: image(left.image_id, left.blob),
                         right: image(right.image_id, right.blob),
                     },
-                }
+                };
+                (item, None)
             }
         }
     }
@@ -172,6 +181,10 @@ pub struct OpenRound {
     pub assignment_lease_seconds: Option<i64>,
     #[schema(value_type = Option<String>, format = "uuid")]
     pub campaign_id: Option<CampaignId>,
+    /// Exclude annotators whose gold accuracy is too low (needs gold items).
+    pub exclusion: Option<ExclusionRule>,
+    /// More raters for items whose answers split, then a curator's adjudication.
+    pub overlap: Option<AdaptiveOverlap>,
 }
 
 /// One annotation.
@@ -205,6 +218,33 @@ pub struct CloseRound {
     #[serde(default)]
     #[schema(default = false)]
     pub allow_incomplete: bool,
+    /// Close although split items wait for adjudication: they are left out, without a verdict
+    /// (recorded in the closing event).
+    #[serde(default)]
+    #[schema(default = false)]
+    pub leave_out_unadjudicated: bool,
+}
+
+/// Let an excluded annotator back into a round: their answers count again.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Reinstate {
+    #[schema(value_type = Name)]
+    pub annotator: String,
+    /// Why, for the audit log.
+    #[schema(value_type = Sentence)]
+    pub reason: String,
+}
+
+/// A curator's decision on a split item.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Adjudicate {
+    /// The answer that decides the item, in the round's form (as an annotator would give it).
+    pub answer: Answer,
+    /// Why, for the audit log.
+    #[schema(value_type = Sentence)]
+    pub reason: String,
 }
 
 /// Open an annotation round over images (curator).
@@ -222,8 +262,14 @@ pub async fn open(
 ) -> Result<HttpResponse, ApiError> {
     run_command(state, principal, request, body, Action::Curate, true, |bus, context, expected, input: OpenRound| {
         let round_id = RoundId(Uuid::now_v7());
-        let items: Vec<RoundItem> = input.items.into_iter().map(RoundItemInput::into_round_item).collect();
+        let (items, gold): (Vec<RoundItem>, Vec<Option<Gold>>) =
+            input.items.into_iter().map(RoundItemInput::into_round_item).unzip();
         let item_ids: Vec<ItemId> = items.iter().map(|i| i.item_id).collect();
+        let controls = RoundControls {
+            gold: item_ids.iter().zip(gold).filter_map(|(id, gold)| Some((*id, gold?))).collect(),
+            exclusion: input.exclusion,
+            overlap: input.overlap,
+        };
         let default_threshold = Quality::new(DEFAULT_QUALITY_THRESHOLD)?;
         let command = RoundCommand::Open {
             round_id,
@@ -233,6 +279,7 @@ pub async fn open(
             quality_threshold: input.quality_threshold.unwrap_or(default_threshold),
             assignment_lease_seconds: input.assignment_lease_seconds.unwrap_or(DEFAULT_ASSIGNMENT_LEASE_SECONDS),
             campaign_id: input.campaign_id,
+            controls,
         };
         let outcome = bus.execute::<AnnotationRound>(&round_id.stream(), expected, context, command)?;
         Ok(Done::new(outcome).with("id", round_id).with("items", item_ids))
@@ -446,7 +493,10 @@ pub async fn close(
         Action::Curate,
         false,
         move |bus, context, expected, input: CloseRound| {
-            let command = RoundCommand::Close { allow_incomplete: input.allow_incomplete };
+            let command = RoundCommand::Close {
+                allow_incomplete: input.allow_incomplete,
+                leave_out_unadjudicated: input.leave_out_unadjudicated,
+            };
             let outcome = bus
                 .execute::<AnnotationRound>(&id.stream(), expected, context, command)
                 .map_err(|e| named(e, "round", id))?;
@@ -504,4 +554,135 @@ pub async fn progress(
         map.insert("agreement".into(), json!(projections::stats::round_agreement(&round.submissions)));
     }
     Ok(query_answer(body, position, version))
+}
+
+/// Let an excluded annotator back into the round (curator): their answers count again.
+#[utoipa::path(post, path = "/v1/rounds/{id}/reinstatements", tag = "rounds", request_body = Reinstate,
+    params(("id" = String, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = CommandAnswer), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(principal = %principal.name))]
+pub async fn reinstate(
+    state: web::Data<AppState>,
+    principal: Principal,
+    request: HttpRequest,
+    path: web::Path<String>,
+    body: Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let id: RoundId = parse_id("round", &path)?;
+    run_command(
+        state,
+        principal,
+        request,
+        body,
+        Action::Curate,
+        false,
+        move |bus, context, expected, input: Reinstate| {
+            let command = RoundCommand::Reinstate { annotator: input.annotator, reason: input.reason };
+            let outcome = bus
+                .execute::<AnnotationRound>(&id.stream(), expected, context, command)
+                .map_err(|e| named(e, "round", id))?;
+            Ok(Done::new(outcome))
+        },
+    )
+    .await
+}
+
+/// Each annotator of a round: answers, gold answers and how many were right, gold accuracy
+/// with its Wilson 95% interval, agreement with the items' current majorities, and the
+/// exclusion's evidence if the round's rule excluded them.
+#[utoipa::path(get, path = "/v1/rounds/{id}/annotators", tag = "rounds", params(("id" = String, Path), WaitFor),
+    responses((status = 200, description = "`{\"annotators\": [{\"annotator\", \"submitted\", \"gold_answers\", \"gold_correct\", \"gold_accuracy\", \"gold_accuracy_ci\": [low, high], \"agreement\", \"excluded\": {\"gold_answers\", \"gold_correct\", \"accuracy_upper_bound\"} | null}], \"position\"}`", body = Object),
+        (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn annotators(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<String>,
+    query: web::Query<WaitFor>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require(Action::Read)?;
+    let id: RoundId = parse_id("round", &path)?;
+    wait_for(&state, query.wait_for).await?;
+    let (round, version, position) = crate::routes::support::load::<AnnotationRound>(&state, id.stream()).await?;
+    if round.id.is_none() {
+        return Err(ApiError::not_found(format!("round {id} does not exist")));
+    }
+    Ok(query_answer(json!({"annotators": round.annotator_records()}), position, Some(version)))
+}
+
+/// Items whose answers still split at the most raters their round allows, waiting for a
+/// curator's decision: per item its round, content (as annotators see it) and every answer.
+#[utoipa::path(get, path = "/v1/adjudications", tag = "rounds", params(WaitFor),
+    responses((status = 200, description = "`{\"adjudications\": [{\"round_id\", \"item_id\", \"content\", \"answers\": {annotator: answer}, \"margin\"}], \"position\"}`", body = Object),
+        (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn adjudications(
+    state: web::Data<AppState>,
+    principal: Principal,
+    query: web::Query<WaitFor>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require(Action::Read)?;
+    wait_for(&state, query.wait_for).await?;
+    let (open, position) = state.projections.read(|p| {
+        let open: Vec<RoundId> = p.rounds.rounds.values().filter(|r| r.status == "open").map(|r| r.id).collect();
+        (open, p.position)
+    });
+    let mut queue = Vec::new();
+    for round_id in open {
+        let (round, _, _) = crate::routes::support::load::<AnnotationRound>(&state, round_id.stream()).await?;
+        for item_id in round.adjudication_queue() {
+            let Some(item) = round.item(item_id) else { continue };
+            let answers = round.submissions.get(&item_id).cloned().unwrap_or_default();
+            let margin = round.margin(item, &answers.values().collect::<Vec<_>>());
+            queue.push(json!({"round_id": round_id, "item_id": item_id, "content": blind_content(&item.content), "answers": answers, "margin": margin}));
+        }
+    }
+    Ok(query_answer(json!({ "adjudications": queue }), position, None))
+}
+
+/// Decide a split item (curator): the answer that settles it and why. The item's round is
+/// found among the open rounds.
+#[utoipa::path(post, path = "/v1/adjudications/{item_id}", tag = "rounds", request_body = Adjudicate,
+    params(("item_id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = CommandAnswer), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(principal = %principal.name))]
+pub async fn adjudicate(
+    state: web::Data<AppState>,
+    principal: Principal,
+    request: HttpRequest,
+    path: web::Path<String>,
+    body: Bytes,
+) -> Result<HttpResponse, ApiError> {
+    // The role first: the search below must not tell a caller without it which items exist.
+    principal.require(Action::Curate)?;
+    let item_id: ItemId = parse_id("item", &path)?;
+    let open: Vec<RoundId> =
+        state.projections.read(|p| p.rounds.rounds.values().filter(|r| r.status == "open").map(|r| r.id).collect());
+    let mut found = None;
+    for round_id in open {
+        let (round, _, _) = crate::routes::support::load::<AnnotationRound>(&state, round_id.stream()).await?;
+        if round.item(item_id).is_some() {
+            found = Some(round_id);
+            break;
+        }
+    }
+    let round_id = found.ok_or_else(|| ApiError::not_found(format!("no open round holds item {item_id}")))?;
+    run_command(
+        state,
+        principal,
+        request,
+        body,
+        Action::Curate,
+        false,
+        move |bus, context, expected, input: Adjudicate| {
+            let command = RoundCommand::Adjudicate { item_id, answer: input.answer, reason: input.reason };
+            let outcome = bus
+                .execute::<AnnotationRound>(&round_id.stream(), expected, context, command)
+                .map_err(|e| named(e, "round", round_id))?;
+            Ok(Done::new(outcome).with("round_id", round_id))
+        },
+    )
+    .await
 }
