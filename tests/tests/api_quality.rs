@@ -127,4 +127,31 @@ fn a_careless_annotator_is_excluded_and_a_split_item_is_adjudicated() {
     let outcome = closed["outcomes"].as_array().unwrap().iter().find(|o| o["item_id"] == split.as_str()).unwrap();
     assert_eq!(outcome["adjudicated"], true);
     assert_eq!(outcome["verdict"]["check"]["concept_present"], true);
+
+    // A round that aggregates by Dawid–Skene says so in each outcome.
+    let items: Vec<Value> = (20..24)
+        .map(|i| json!({"blob": format!("{i:064x}"), "prompt": "a photo of a woman at the beach", "model_version": model}))
+        .collect();
+    let body = json!({"kind": "check", "items": items, "raters_per_item": 2, "aggregation": "dawid_skene"});
+    let round = app.post("/v1/rounds", &curator, body).expect(201).json()["id"].as_str().unwrap().to_string();
+    for who in ["ann", "bob"] {
+        loop {
+            let task = app.get(&format!("/v1/rounds/{round}/next"), &tokens[who]).expect(200).json()["task"].clone();
+            if task.is_null() {
+                break;
+            }
+            let body =
+                json!({"item_id": task["item_id"], "answer": {"check": {"concept_present": false, "quality": 3}}});
+            app.post(&format!("/v1/rounds/{round}/annotations"), &tokens[who], body).expect(201);
+        }
+    }
+    app.post(&format!("/v1/rounds/{round}/close"), &curator, json!({})).expect(200);
+    let history = app.get(&format!("/v1/audit/streams/round-{round}"), &auditor).expect(200).json();
+    let closed = history["events"].as_array().unwrap().iter().find(|e| e["type"] == "RoundClosed").unwrap().clone();
+    let outcomes = closed["payload"]["outcomes"].as_array().unwrap();
+    assert_eq!(outcomes.len(), 4);
+    for outcome in outcomes {
+        assert_eq!(outcome["aggregation"], "dawid_skene", "{outcome}");
+        assert_eq!(outcome["verdict"]["check"]["concept_present"], false, "{outcome}");
+    }
 }

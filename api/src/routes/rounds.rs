@@ -7,8 +7,9 @@ use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
 use chrono::Utc;
 use domain::round::{
-    AdaptiveOverlap, Answer, DEFAULT_ASSIGNMENT_LEASE_SECONDS, DEFAULT_QUALITY_THRESHOLD, DEFAULT_RATERS_PER_ITEM,
-    ExclusionRule, Gold, ImageRef, ItemContent, ItemLabel, RoundControls, RoundItem, RoundKind,
+    AdaptiveOverlap, Aggregation, Answer, DEFAULT_ASSIGNMENT_LEASE_SECONDS, DEFAULT_QUALITY_THRESHOLD,
+    DEFAULT_RATERS_PER_ITEM, ExclusionRule, Gold, ImageRef, ItemContent, ItemLabel, RoundControls, RoundItem,
+    RoundKind,
 };
 use domain::values::{BlobHash, Name, Quality, Sentence};
 use domain::{
@@ -185,6 +186,8 @@ pub struct OpenRound {
     pub exclusion: Option<ExclusionRule>,
     /// More raters for items whose answers split, then a curator's adjudication.
     pub overlap: Option<AdaptiveOverlap>,
+    /// How yes/no answers become verdicts: `majority` (default) or `dawid_skene`.
+    pub aggregation: Option<Aggregation>,
 }
 
 /// One annotation.
@@ -269,6 +272,7 @@ pub async fn open(
             gold: item_ids.iter().zip(gold).filter_map(|(id, gold)| Some((*id, gold?))).collect(),
             exclusion: input.exclusion,
             overlap: input.overlap,
+            aggregation: input.aggregation.unwrap_or_default(),
         };
         let default_threshold = Quality::new(DEFAULT_QUALITY_THRESHOLD)?;
         let command = RoundCommand::Open {
