@@ -1,6 +1,7 @@
 // The dashboard, for curators, analysts and auditors: each association's rate before and after
 // (with 95% intervals), quality and side-by-side win rate; campaigns and their stage; rounds with
-// completion and agreement; fine-tune loss curves. Every number comes from the REST API.
+// completion and agreement; annotators' gold records and exclusions; items waiting for
+// adjudication; fine-tune loss curves. Every number comes from the REST API.
 import { api, el, percent, signIn, svg } from "./common.js";
 
 const view = document.getElementById("view");
@@ -19,6 +20,10 @@ async function load() {
     const evaluations = await Promise.all(associations.associations.map((a) => api("GET", `/v1/associations/${a.id}/evaluation`)));
     const recentRounds = rounds.rounds.slice(-12).reverse();
     const details = await Promise.all(recentRounds.map((r) => api("GET", `/v1/rounds/${r.id}`)));
+    // Who rated how well, for the rounds that score their annotators on gold items.
+    const scored = details.filter((r) => r.gold_items > 0);
+    const records = await Promise.all(scored.map((r) => api("GET", `/v1/rounds/${r.id}/annotators`)));
+    const adjudications = await api("GET", "/v1/adjudications");
     const recentTunes = fineTunes.fine_tunes.slice(-6).reverse();
     const tunes = await Promise.all(recentTunes.map((f) => api("GET", `/v1/fine-tunes/${f.id}`)));
     view.replaceChildren(
@@ -28,6 +33,10 @@ async function load() {
         : associations.associations.map((a, i) => associationCard(a, evaluations[i]))),
       section("Campaigns", "campaigns", campaignTable(campaigns.campaigns)),
       section("Rounds", "rounds", roundTable(details)),
+      section("Annotators", "annotators", scored.length === 0
+        ? el("p", { class: "muted" }, "No round scores its annotators on gold items.")
+        : scored.map((r, i) => annotatorTable(r, records[i].annotators))),
+      section("Adjudications", "adjudications", adjudicationTable(adjudications.adjudications)),
       section("Fine-tunes", "fine-tunes", tunes.length === 0 ? el("p", { class: "muted" }, "No fine-tune yet.") : el("div", { class: "curves" }, tunes.map(lossCurve))),
     );
   } catch (error) {
@@ -115,6 +124,36 @@ function roundTable(rounds) {
       el("td", {}, r.id.slice(-8)), el("td", {}, r.kind), el("td", {}, r.status),
       el("td", {}, el("div", { class: "progress" }, el("div", { class: "bar" }, el("span", { style: `width: ${(100 * r.submitted / Math.max(1, r.needed)).toFixed(1)}%` })), `${r.submitted} of ${r.needed}`)),
       el("td", { class: "agreement" }, agreement(r.agreement)))));
+}
+
+/** Each annotator of a round with gold items: answers, gold record, agreement, exclusion. */
+function annotatorTable(round, annotators) {
+  const accuracy = (a) => a.gold_accuracy === null
+    ? "–"
+    : `${percent(a.gold_accuracy)} [${percent(a.gold_accuracy_ci[0])}, ${percent(a.gold_accuracy_ci[1])}]`;
+  const excluded = (a) => a.excluded
+    ? `excluded: ${a.excluded.gold_correct} of ${a.excluded.gold_answers} gold right (at most ${percent(a.excluded.accuracy_upper_bound)})`
+    : "–";
+  return el("div", { class: "card", "data-round": round.id },
+    el("h3", {}, `round ${round.id.slice(-8)} · ${round.kind} · ${round.gold_items} gold items`),
+    el("table", {}, el("tr", {}, ["annotator", "answers", "gold right", "gold accuracy (95%)", "agreement", "exclusion"].map((h) => el("th", {}, h))),
+      annotators.map((a) => el("tr", { "data-annotator": a.annotator, class: a.excluded ? "excluded" : "" },
+        el("td", {}, a.annotator), el("td", {}, String(a.submitted)), el("td", {}, `${a.gold_correct} of ${a.gold_answers}`),
+        el("td", { class: "accuracy" }, accuracy(a)),
+        el("td", {}, a.agreement === null ? "–" : percent(a.agreement)),
+        el("td", { class: "exclusion" }, excluded(a))))));
+}
+
+/** Split items waiting for a curator (decided with `POST /v1/adjudications/{item_id}`). */
+function adjudicationTable(queue) {
+  if (queue.length === 0) return el("p", { class: "muted" }, "No item waits for adjudication.");
+  const answer = (a) => Object.entries(a).map(([kind, fields]) => `${kind}: ${Object.entries(fields).map(([k, v]) => `${k.replace("_", " ")} ${v}`).join(", ")}`).join("");
+  return el("div", {},
+    el("p", { class: "muted" }, "Items whose answers still split at the most raters their round allows; decide each with POST /v1/adjudications/{item_id} and a reason."),
+    el("table", {}, el("tr", {}, ["round", "item", "margin", "answers"].map((h) => el("th", {}, h))),
+      queue.map((q) => el("tr", { "data-item": q.item_id },
+        el("td", {}, q.round_id.slice(-8)), el("td", {}, q.item_id), el("td", {}, String(q.margin)),
+        el("td", { class: "answers" }, Object.entries(q.answers).map(([who, a]) => `${who} — ${answer(a)}`).join("; "))))));
 }
 
 /** A fine-tune's loss against its step. */

@@ -7,15 +7,35 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use crate::api_resources::base_model;
-use crate::helpers::spawn_app;
+use crate::helpers::{TestApp, spawn_app};
 
-#[test]
-fn a_careless_annotator_is_excluded_and_a_split_item_is_adjudicated() {
-    let app = spawn_app();
+/// A round 2 worked to its end: six pictures and four gold ones, three careful annotators and a
+/// careless one (excluded by the rule), the first picture split and waiting for a curator.
+pub(crate) struct CarelessRound {
+    pub round: String,
+    pub split: String,
+    pub curator: String,
+    pub auditor: String,
+    pub model: String,
+    pub tokens: BTreeMap<&'static str, String>,
+    /// What the careless annotator's `next` answered once excluded.
+    pub refusal: String,
+    /// The round's opening body.
+    pub body: Value,
+}
+
+/// What each annotator answers: the careless one sees the concept everywhere; two of the careful
+/// ones see it in the first picture.
+fn answer(who: &str, item: &str, split: &str) -> Value {
+    let concept = who == "dan" || (item == split && who != "bob");
+    json!({"check": {"concept_present": concept, "quality": 4}})
+}
+
+pub(crate) fn careless_round(app: &TestApp) -> CarelessRound {
     let curator = app.token("curator", "cora");
     let operator = app.token("operator", "otto");
     let auditor = app.token("auditor", "audrey");
-    let model = base_model(&app, &operator);
+    let model = base_model(app, &operator);
     // Six pictures to rate and four gold pictures known to show no concept.
     let items: Vec<Value> = (0..10)
         .map(|i| {
@@ -36,20 +56,8 @@ fn a_careless_annotator_is_excluded_and_a_split_item_is_adjudicated() {
     let round = opened["id"].as_str().unwrap().to_string();
     let ids: Vec<String> = opened["items"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().into()).collect();
     let split = ids[0].clone();
-    // Bad settings are refused with the field named, and nothing is opened.
-    let mut no_gold = body.clone();
-    no_gold["items"] = json!([body["items"][0]]);
-    let refused = app.post("/v1/rounds", &curator, no_gold);
-    assert!(refused.expect(422).body.contains("exclusion"), "{}", refused.body);
-
-    // Three careful annotators (one sees the concept in the first picture) and a careless one
-    // who sees it everywhere.
     let names = ["ann", "bob", "cat", "dan"];
     let tokens: BTreeMap<&str, String> = names.iter().map(|name| (*name, app.token("annotator", name))).collect();
-    let answer = |who: &str, item: &str| {
-        let concept = who == "dan" || (item == split && who != "bob");
-        json!({"check": {"concept_present": concept, "quality": 4}})
-    };
     let mut refusal = None;
     loop {
         let mut worked = false;
@@ -64,7 +72,7 @@ fn a_careless_annotator_is_excluded_and_a_split_item_is_adjudicated() {
                 continue;
             }
             let item = task["item_id"].as_str().unwrap();
-            let body = json!({"item_id": item, "answer": answer(who, item)});
+            let body = json!({"item_id": item, "answer": answer(who, item, &split)});
             app.post(&format!("/v1/rounds/{round}/annotations"), &tokens[who], body).expect(201);
             worked = true;
         }
@@ -73,6 +81,18 @@ fn a_careless_annotator_is_excluded_and_a_split_item_is_adjudicated() {
         }
     }
     let refusal = refusal.expect("the careless annotator is refused");
+    CarelessRound { round, split, curator, auditor, model, tokens, refusal, body }
+}
+
+#[test]
+fn a_careless_annotator_is_excluded_and_a_split_item_is_adjudicated() {
+    let app = spawn_app();
+    let CarelessRound { round, split, curator, auditor, model, tokens, refusal, body } = careless_round(&app);
+    // Bad settings are refused with the field named, and nothing is opened.
+    let mut no_gold = body.clone();
+    no_gold["items"] = json!([body["items"][0]]);
+    let refused = app.post("/v1/rounds", &curator, no_gold);
+    assert!(refused.expect(422).body.contains("exclusion"), "{}", refused.body);
     assert!(refusal.contains("dan is excluded from this round: 0 of 3 gold answers right"), "{refusal}");
 
     let annotators = app.get(&format!("/v1/rounds/{round}/annotators"), &auditor).expect(200).json();
@@ -101,7 +121,7 @@ fn a_careless_annotator_is_excluded_and_a_split_item_is_adjudicated() {
     app.post(
         &format!("/v1/adjudications/{split}"),
         &tokens["ann"],
-        json!({"answer": answer("bob", &split), "reason": "r"}),
+        json!({"answer": answer("bob", &split, &split), "reason": "r"}),
     )
     .expect(403);
     app.post(

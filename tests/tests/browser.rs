@@ -272,6 +272,35 @@ fn the_annotation_page_shows_a_real_models_picture_at_full_resolution() {
     assert!(server.interrupt().success());
 }
 
+/// The dashboard shows a round's annotators with their gold records (the careless one excluded,
+/// and why) and the split item waiting for a curator.
+#[test]
+fn the_dashboard_shows_annotators_gold_records_and_the_adjudication_queue() {
+    let app = crate::helpers::spawn_app();
+    let rated = crate::api_quality::careless_round(&app);
+    let browser = Browser::start();
+    browser.open(&format!("http://{}/dashboard", app.address));
+    browser.wait_until("the sign-in form", "return document.querySelector('#token') !== null");
+    browser.type_into("#token", &format!("{}{ENTER}", rated.auditor));
+    browser.wait_until(
+        "the annotators",
+        "return document.querySelector(\"#annotators tr[data-annotator='dan']\") !== null",
+    );
+    let dan = browser.text("#annotators tr[data-annotator='dan'] .exclusion");
+    assert!(dan.starts_with("excluded: 0 of 3 gold right (at most"), "{dan}");
+    for careful in ["ann", "bob", "cat"] {
+        let accuracy = browser.text(&format!("#annotators tr[data-annotator='{careful}'] .accuracy"));
+        assert!(accuracy.starts_with("100.0% ["), "{careful}: {accuracy}");
+        assert_eq!(browser.text(&format!("#annotators tr[data-annotator='{careful}'] .exclusion")), "–");
+    }
+    let queue = browser.text("#adjudications");
+    assert!(queue.contains(&rated.split), "{queue}");
+    let answers = browser.text(&format!("#adjudications tr[data-item='{}'] .answers", rated.split));
+    assert_eq!(answers.matches("concept present true").count(), 2, "{answers}");
+    assert_eq!(answers.matches("concept present false").count(), 1, "{answers}");
+    keep_screenshot("dashboard-annotators.png", &browser.screenshot());
+}
+
 /// True when `shown` starts with `rate` as a percentage to one decimal (JavaScript and Rust round
 /// a half differently, so within 0.05 points).
 fn shows_percent(shown: &str, rate: f64) -> bool {
