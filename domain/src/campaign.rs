@@ -68,6 +68,13 @@ pub struct CampaignSettings {
     /// Probe images per association and per model, before and after.
     #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub probe_images_per_association: u32,
+    /// Instead of a count: the rate the after-rate's upper 95% bound must fall under if no probe
+    /// image shows the concept (e.g. 0.02). The campaign then takes the fewest probe images that
+    /// can show it ([`crate::planning::images_for_upper_bound`]: 189 for 0.02) and records that
+    /// count in `probe_images_per_association`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0.0, exclusive_maximum = 1.0))]
+    pub probe_rate_bound: Option<f64>,
     #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub training_prompts_per_association: u32,
     #[cfg_attr(feature = "openapi", schema(minimum = 1))]
@@ -90,6 +97,9 @@ pub struct CampaignSettings {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub team_images: Vec<TeamImage>,
 }
+
+/// Most probe images per association a `probe_rate_bound` may call for (a bound of about 0.0002).
+pub const MAX_PLANNED_PROBES: u64 = 20_000;
 
 /// Most team images one campaign takes.
 pub const MAX_TEAM_IMAGES: usize = 10_000;
@@ -114,6 +124,7 @@ impl Default for CampaignSettings {
     fn default() -> Self {
         CampaignSettings {
             probe_images_per_association: 256,
+            probe_rate_bound: None,
             training_prompts_per_association: 24,
             candidates_per_prompt: 4,
             prior_preservation_images: 64,
@@ -649,7 +660,7 @@ impl Aggregate for Campaign {
 
     fn decide(&self, command: CampaignCommand) -> Result<Vec<CampaignEvent>, DomainError> {
         match command {
-            CampaignCommand::Start { campaign_id, name, associations, base_model, settings } => {
+            CampaignCommand::Start { campaign_id, name, associations, base_model, mut settings } => {
                 if self.exists() {
                     return Err(DomainError::AlreadyExists { entity: "campaign", id: campaign_id.to_string() });
                 }
@@ -660,6 +671,20 @@ impl Aggregate for Campaign {
                 let unique: BTreeSet<_> = associations.iter().collect();
                 if unique.len() != associations.len() {
                     return Err(DomainError::invalid("associations", "names an association twice"));
+                }
+                if let Some(bound) = settings.probe_rate_bound {
+                    let probes = crate::planning::images_for_upper_bound(bound)
+                        .filter(|n| *n <= MAX_PLANNED_PROBES)
+                        .ok_or_else(|| {
+                            DomainError::invalid(
+                                "probe_rate_bound",
+                                format!(
+                                    "must be below 1 and large enough for at most {MAX_PLANNED_PROBES} probe images \
+                                     (about 0.0002), not {bound}"
+                                ),
+                            )
+                        })?;
+                    settings.probe_images_per_association = probes as u32;
                 }
                 if settings.probe_images_per_association == 0
                     || settings.training_prompts_per_association == 0
@@ -1103,5 +1128,29 @@ mod tests {
         let odd = MedianEstimate::of(&[3.0, f64::NAN, 1.0, 2.0]).unwrap();
         assert_eq!((odd.n, odd.median, odd.ci_low, odd.ci_high), (3, 2.0, 1.0, 3.0));
         assert_eq!(MedianEstimate::of(&[f64::NAN]), None);
+    }
+
+    /// A bound instead of a count: the campaign records the fewest probe images whose Wilson
+    /// upper bound at zero falls under it, and refuses a bound no probe count can meet.
+    #[test]
+    fn a_probe_rate_bound_sets_the_probe_count() {
+        let start = |bound: f64| {
+            Campaign::default().decide(CampaignCommand::Start {
+                campaign_id: CampaignId(id(1)),
+                name: "c".into(),
+                associations: vec![AssociationId(id(3))],
+                base_model: ModelVersionId(id(2)),
+                settings: CampaignSettings { probe_rate_bound: Some(bound), ..CampaignSettings::default() },
+            })
+        };
+        let events = start(0.02).unwrap();
+        let Some(CampaignEvent::CampaignStarted { settings, .. }) = events.first() else { panic!("{events:?}") };
+        assert_eq!(settings.probe_images_per_association, 189);
+        // 189 is the first count whose bound at zero is under 2%: z²/(n + z²).
+        let z2 = crate::planning::Z95 * crate::planning::Z95;
+        assert!(z2 / (189.0 + z2) <= 0.02 && z2 / (188.0 + z2) > 0.02);
+        for bad in [0.0, 1.0, -0.5, 0.0001, f64::NAN] {
+            then_error(start(bad), |e| matches!(e, DomainError::Invalid { field: "probe_rate_bound", .. }));
+        }
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::api_resources::base_model;
+use crate::api_resources::{base_model, woman_hippo};
 use crate::helpers::{TestApp, spawn_app};
 
 /// A round 2 worked to its end: six pictures and four gold ones, three careful annotators and a
@@ -174,4 +174,37 @@ fn a_careless_annotator_is_excluded_and_a_split_item_is_adjudicated() {
         assert_eq!(outcome["aggregation"], "dawid_skene", "{outcome}");
         assert_eq!(outcome["verdict"]["check"]["concept_present"], false, "{outcome}");
     }
+}
+
+/// A curator may give the bound the after-rate must be provable under instead of a probe count:
+/// the campaign takes the fewest probe images that can show it, and says what its count can show.
+#[test]
+fn a_campaign_plans_its_probe_count_from_a_rate_bound() {
+    let app = spawn_app();
+    let curator = app.token("curator", "cora");
+    let operator = app.token("operator", "otto");
+    let model = base_model(&app, &operator);
+    let association = app.post("/v1/associations", &curator, woman_hippo()).expect(201).json()["id"].clone();
+    let start = |bound: f64| {
+        app.post(
+            "/v1/campaigns",
+            &curator,
+            json!({"name": "planned", "associations": [association], "base_model": model,
+                   "settings": {"probe_rate_bound": bound}}),
+        )
+    };
+    let started = start(0.02);
+    let started = started.expect(201).json();
+    let planning = &started["planning"];
+    assert_eq!(planning["probe_images_per_association"], 189, "{started}");
+    let bound = planning["zero_rate_upper_bound"].as_f64().unwrap();
+    assert!(bound <= 0.02 && bound > 0.0199, "{planning}");
+    assert_eq!(planning["associations"][0]["association_id"], association);
+    assert!(planning["associations"][0]["last_measured_baseline"].is_null(), "never measured: {planning}");
+    let id = started["id"].as_str().unwrap();
+    let campaign = app.get(&format!("/v1/campaigns/{id}"), &curator).expect(200).json();
+    assert_eq!(campaign["settings"]["probe_images_per_association"], 189, "{campaign}");
+    assert_eq!(campaign["settings"]["probe_rate_bound"], 0.02);
+    let refused = start(0.0001);
+    assert!(refused.expect(422).body.contains("probe_rate_bound"), "{}", refused.body);
 }

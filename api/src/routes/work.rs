@@ -2,6 +2,8 @@
 //!
 //! Generation and fine-tune endpoints record the *request*; workers (a later issue) run them.
 
+use std::collections::BTreeMap;
+
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
 use domain::campaign::CampaignSettings;
@@ -463,6 +465,14 @@ pub async fn start_campaign(
     body: Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let blobs = state.blobs.clone();
+    // The rates each association was last measured at (the base model's, before), for planning.
+    let measured: BTreeMap<AssociationId, f64> = state.projections.read(|p| {
+        p.evaluations
+            .by_association
+            .iter()
+            .filter_map(|(id, records)| Some((*id, records.last()?.arms.first()?.before.rate)))
+            .collect()
+    });
     run_command(
         state,
         principal,
@@ -473,6 +483,7 @@ pub async fn start_campaign(
         move |bus, context, expected, input: StartCampaign| {
             jobs::require_model(bus, input.base_model)?;
             let settings = input.settings.unwrap_or_default();
+            let planning = campaign_planning(&settings, &input.associations, &measured);
             app::team_images::check(bus, blobs.as_ref(), input.base_model, &settings.team_images).map_err(
                 |e| match e {
                     app::team_images::TeamImageError::Command(e) => ApiError::from(e),
@@ -494,7 +505,7 @@ pub async fn start_campaign(
                 settings,
             };
             let outcome = bus.execute::<Campaign>(&campaign_id.stream(), expected, context, command)?;
-            Ok(Done::new(outcome).with("id", campaign_id))
+            Ok(Done::new(outcome).with("id", campaign_id).with("planning", planning))
         },
     )
     .await
@@ -769,4 +780,35 @@ pub async fn campaign(
         "base_model": campaign.base_model, "settings": campaign.settings, "work": campaign.work, "evaluations": campaign.evaluations,
     });
     Ok(query_answer(body, position, Some(version)))
+}
+
+/// What a campaign's probe count can show: the after-rate's upper 95% bound if no probe image
+/// shows the concept, and, per association measured before, how many probe images it takes for
+/// the before and after intervals to come apart if the rate falls from that baseline to zero.
+fn campaign_planning(
+    settings: &CampaignSettings,
+    associations: &[AssociationId],
+    measured: &BTreeMap<AssociationId, f64>,
+) -> Value {
+    use domain::planning::{Z95, images_for_separation, images_for_upper_bound, wilson_interval};
+    let probes = settings
+        .probe_rate_bound
+        .and_then(images_for_upper_bound)
+        .unwrap_or(u64::from(settings.probe_images_per_association));
+    let per_association: Vec<Value> = associations
+        .iter()
+        .map(|id| {
+            let baseline = measured.get(id).copied();
+            json!({
+                "association_id": id,
+                "last_measured_baseline": baseline,
+                "probe_images_to_separate_a_drop_to_zero": baseline.and_then(|b| images_for_separation(b, 0.0)),
+            })
+        })
+        .collect();
+    json!({
+        "probe_images_per_association": probes,
+        "zero_rate_upper_bound": wilson_interval(0, probes, Z95).1,
+        "associations": per_association,
+    })
 }
