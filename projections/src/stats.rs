@@ -3,24 +3,9 @@
 
 use std::collections::BTreeMap;
 
-/// z for a two-sided 95% interval.
-pub const Z95: f64 = 1.959_963_984_540_054;
-
-/// The Wilson score interval for `positives` out of `n` at normal quantile `z`. Unlike the
-/// normal approximation it stays inside [0, 1] and is sensible at 0% and 100%.
-/// Returns (low, high); (0, 1) when `n` is 0, which says "nothing is known".
-pub fn wilson_interval(positives: u64, n: u64, z: f64) -> (f64, f64) {
-    if n == 0 {
-        return (0.0, 1.0);
-    }
-    let n_f = n as f64;
-    let p = positives.min(n) as f64 / n_f;
-    let z2 = z * z;
-    let denominator = 1.0 + z2 / n_f;
-    let centre = (p + z2 / (2.0 * n_f)) / denominator;
-    let half = z * (p * (1.0 - p) / n_f + z2 / (4.0 * n_f * n_f)).sqrt() / denominator;
-    ((centre - half).max(0.0), (centre + half).min(1.0))
-}
+/// z for a two-sided 95% interval, and the Wilson score interval: the domain's, so that a
+/// round's exclusion rule and the read models compute the same bounds.
+pub use domain::planning::{Z95, wilson_interval};
 
 /// Krippendorff's alpha for nominal data. `units` maps each unit (an item) to the values its
 /// raters gave. Units with fewer than two values are not pairable and are left out.
