@@ -307,7 +307,7 @@ impl Projection for RoundProgress {
             }
             RoundEvent::AnnotatorExcluded { round_id, annotator, evidence, .. } => {
                 if let Some(view) = self.rounds.get_mut(round_id) {
-                    view.submitted -= view.regular.get(annotator).copied().unwrap_or(0);
+                    view.submitted = view.submitted.saturating_sub(view.regular.get(annotator).copied().unwrap_or(0));
                     view.excluded.insert(annotator.clone(), *evidence);
                 }
             }
