@@ -244,16 +244,26 @@ impl<'a> CampaignRunner<'a> {
                 Next::Wait(WaitingFor::Annotations(round_id)) => {
                     // Every item has all its ratings: the round closes by itself (its verdicts
                     // are then fixed); until then the people it waits for are working.
-                    let (done, needed) =
-                        self.bus.read::<AnnotationRound, _>(&round_id.stream(), |round, _| round.progress())?;
+                    let (done, needed, split) =
+                        self.bus.read::<AnnotationRound, _>(&round_id.stream(), |round, _| {
+                            let (done, needed) = round.progress();
+                            (done, needed, round.adjudication_queue().len())
+                        })?;
                     if needed == 0 || done < needed {
                         return Ok(Step::Waiting(WaitingFor::Annotations(round_id)));
                     }
+                    // Items still split wait for a curator; auto-accept's curator leaves them out
+                    // (recorded in the closing event).
+                    let auto = campaign.settings.auto_accept;
+                    if split > 0 && !auto {
+                        return Ok(Step::Waiting(WaitingFor::Annotations(round_id)));
+                    }
+                    let context = if split > 0 { &self.auto_accept } else { &self.system };
                     self.bus.execute::<AnnotationRound>(
                         &round_id.stream(),
                         None,
-                        &self.system,
-                        RoundCommand::Close { allow_incomplete: false, leave_out_unadjudicated: false },
+                        context,
+                        RoundCommand::Close { allow_incomplete: false, leave_out_unadjudicated: auto },
                     )?;
                 }
                 Next::Wait(what) => return Ok(Step::Waiting(what)),
@@ -558,9 +568,25 @@ impl<'a> CampaignRunner<'a> {
         &mut self,
         campaign: &Campaign,
         kind: RoundKind,
-        items: Vec<RoundItem>,
+        mut items: Vec<RoundItem>,
     ) -> Result<RoundId, CampaignError> {
         let id = RoundId(Uuid::now_v7());
+        // Rounds 1 and 2 check their raters as the campaign's settings say.
+        let controls = match (kind, campaign.settings.round_controls.as_deref().copied()) {
+            (RoundKind::Screen | RoundKind::Check, Some(wanted)) => {
+                let gold = self.gold_items(campaign, wanted.gold_items_per_association)?;
+                let controls = domain::round::RoundControls {
+                    gold: gold.iter().map(|(item, gold)| (item.item_id, *gold)).collect(),
+                    // A rule needs gold to score on: without it (a family that knows no truth) none.
+                    exclusion: wanted.exclusion.filter(|_| !gold.is_empty()),
+                    overlap: wanted.overlap,
+                    aggregation: wanted.aggregation,
+                };
+                items.extend(gold.into_iter().map(|(item, _)| item));
+                controls
+            }
+            _ => domain::round::RoundControls::default(),
+        };
         self.bus.execute::<AnnotationRound>(
             &id.stream(),
             None,
@@ -573,10 +599,43 @@ impl<'a> CampaignRunner<'a> {
                 quality_threshold: campaign.settings.quality_threshold,
                 assignment_lease_seconds: domain::round::DEFAULT_ASSIGNMENT_LEASE_SECONDS,
                 campaign_id: campaign.id,
-                controls: domain::round::RoundControls::default(),
+                controls,
             },
         )?;
         Ok(id)
+    }
+
+    /// `per_association` gold items for each of the campaign's associations, from the family's
+    /// pictures of known truth (stored as blobs); none where the family knows none.
+    fn gold_items(
+        &mut self,
+        campaign: &Campaign,
+        per_association: u32,
+    ) -> Result<Vec<(RoundItem, domain::round::Gold)>, CampaignError> {
+        let mut items = Vec::new();
+        for association_id in &campaign.associations {
+            let Some(association) = self.associations.get(association_id).cloned() else { continue };
+            let family = self.family();
+            let rng = &mut self.rng;
+            let pictures =
+                family.gold_pictures(&association.group, &association.concept, per_association, &mut || rng.next_u64());
+            for picture in pictures {
+                let blob = self.blobs.put(&picture.png)?.hash;
+                let item = RoundItem {
+                    item_id: ItemId(Uuid::now_v7()),
+                    content: ItemContent::Image(ImageRef { image_id: ImageId(Uuid::now_v7()), blob }),
+                    label: ItemLabel {
+                        association_id: Some(*association_id),
+                        prompt_id: None,
+                        prompt: picture.prompt,
+                        seed: 0,
+                        models: Vec::new(),
+                    },
+                };
+                items.push((item, picture.gold));
+            }
+        }
+        Ok(items)
     }
 
     fn curate(&mut self, campaign: &Campaign, association_id: AssociationId) -> Result<PromptSetId, CampaignError> {
@@ -703,6 +762,7 @@ impl<'a> CampaignRunner<'a> {
         let examples: Vec<TrainingExample> = round
             .items
             .iter()
+            .filter(|item| !round.is_gold(item.item_id))
             .filter(|item| arm == Arm::Traditional || accepted.contains(&item.item_id))
             .filter_map(|item| match &item.content {
                 ItemContent::Image(image) => Some(TrainingExample {
@@ -827,7 +887,11 @@ impl<'a> CampaignRunner<'a> {
             let units: Vec<Vec<bool>> = round
                 .items
                 .iter()
-                .filter(|item| of_association(item) && matches!(item.content, ItemContent::Image(_)))
+                .filter(|item| {
+                    of_association(item)
+                        && matches!(item.content, ItemContent::Image(_))
+                        && !round.is_gold(item.item_id)
+                })
                 .filter_map(|item| round.submissions.get(&item.item_id))
                 .map(|answers| {
                     answers

@@ -76,6 +76,29 @@ pub trait ModelFamily: Send + Sync {
     /// Objects a curated prompt may name instead of an association's concept, when the base model
     /// hardly draws the group without it (empty: the family offers none).
     fn alternative_objects(&self) -> Vec<String>;
+
+    /// `count` gold pictures for an association of `group` and `concept`: pictures whose answers
+    /// the family knows (the group shown, the concept in some and not in others), drawing
+    /// whatever randomness they need from `seeds`. None by default: only a family that can
+    /// render known truth offers them.
+    fn gold_pictures(
+        &self,
+        _group: &str,
+        _concept: &str,
+        _count: u32,
+        _seeds: &mut dyn FnMut() -> u64,
+    ) -> Vec<GoldPicture> {
+        Vec::new()
+    }
+}
+
+/// A picture whose answers are known, for a round's gold items.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GoldPicture {
+    pub png: Vec<u8>,
+    /// What it shows, as a prompt (hidden from annotators, like every item's).
+    pub prompt: String,
+    pub gold: domain::round::Gold,
 }
 
 /// A loaded model version.

@@ -14,7 +14,8 @@ use scenes::finetune::{FineTuneSettings, adapter_from_safetensors, adapter_to_sa
 use scenes::{CaptionSpec, Concept, Example, Group, Image, Rater, Rating, Setting};
 
 use crate::ports::{
-    Flow, Model, ModelError, ModelFamily, QualityRater, SampleRequest, TrainedAdapter, TrainingImage, TrainingProgress,
+    Flow, GoldPicture, Model, ModelError, ModelFamily, QualityRater, SampleRequest, TrainedAdapter, TrainingImage,
+    TrainingProgress,
 };
 
 fn model_error(error: scenes::BaseError) -> ModelError {
@@ -58,6 +59,33 @@ impl ModelFamily for ReferenceWorld {
 
     fn alternative_objects(&self) -> Vec<String> {
         Concept::ALL.iter().map(|c| c.name().to_string()).collect()
+    }
+
+    /// The renderer's own pictures of the group, every other one with the concept, across the
+    /// settings: their truth is what was rendered.
+    fn gold_pictures(
+        &self,
+        group: &str,
+        concept: &str,
+        count: u32,
+        seeds: &mut dyn FnMut() -> u64,
+    ) -> Vec<GoldPicture> {
+        let (Some(group), Some(concept)) = (Group::from_name(group), Concept::from_name(concept)) else {
+            return Vec::new();
+        };
+        (0..count as usize)
+            .map(|i| {
+                let with = i % 2 == 0;
+                let setting = Setting::ALL[(i / 2) % Setting::ALL.len()];
+                let scene = scenes::Scene { group, concept: with.then_some(concept), setting };
+                let spec = CaptionSpec { group, object: None, setting: Some(setting) };
+                GoldPicture {
+                    png: scenes::render(&scene, seeds()).to_png(1),
+                    prompt: scenes::caption(&spec, seeds()),
+                    gold: domain::round::Gold { concept_present: Some(with), group_depicted: Some(true) },
+                }
+            })
+            .collect()
     }
 }
 

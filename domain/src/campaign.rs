@@ -96,6 +96,27 @@ pub struct CampaignSettings {
     /// beside the model's candidates and trained on like them when people accept them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub team_images: Vec<TeamImage>,
+    /// How rounds 1 and 2 check their raters (none by default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub round_controls: Option<Box<CampaignRoundControls>>,
+}
+
+/// The quality controls a campaign gives its rounds 1 and 2.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CampaignRoundControls {
+    /// Gold items per association in each round: pictures whose answers the model family knows
+    /// (the reference world renders them; an imported model's family knows none, so its rounds
+    /// get none and no exclusion rule).
+    #[serde(default)]
+    pub gold_items_per_association: u32,
+    #[serde(default)]
+    pub exclusion: Option<crate::round::ExclusionRule>,
+    #[serde(default)]
+    pub overlap: Option<crate::round::AdaptiveOverlap>,
+    #[serde(default)]
+    pub aggregation: crate::round::Aggregation,
 }
 
 /// Most probe images per association a `probe_rate_bound` may call for (a bound of about 0.0002).
@@ -137,6 +158,7 @@ impl Default for CampaignSettings {
             sampler: SamplerSettings::default(),
             seed: 0,
             team_images: Vec::new(),
+            round_controls: None,
         }
     }
 }

@@ -1045,8 +1045,10 @@ impl Aggregate for AnnotationRound {
                         return Err(DomainError::invalid("items", "side-by-side pairs belong only in round 2"));
                     }
                     let images = if pair { 2 } else { 1 };
-                    // A team's own picture, screened for training in round 1, came from no model.
-                    let unmodelled = kind == RoundKind::Screen && item.label.models.is_empty();
+                    // A team's own picture, screened for training in round 1, and a gold picture
+                    // came from no model.
+                    let unmodelled = item.label.models.is_empty()
+                        && (kind == RoundKind::Screen || controls.gold.contains_key(&item.item_id));
                     if item.label.models.len() != images && !unmodelled {
                         return Err(DomainError::invalid(
                             "items",

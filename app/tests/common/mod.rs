@@ -8,10 +8,10 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use domain::campaign::{CampaignSettings, Stage, WaitingFor};
+use domain::campaign::{CampaignRoundControls, CampaignSettings, Stage, WaitingFor};
 use domain::fine_tune::LoraConfig;
 use domain::generation::SamplerSettings;
-use domain::round::{Answer, ItemContent, RoundKind, Side};
+use domain::round::{Answer, Gold, ItemContent, RoundKind, Side};
 use domain::values::Quality;
 use domain::*;
 use gpu::rng::SplitMix64;
@@ -23,7 +23,7 @@ use app::campaigns::{CampaignRunner, Step};
 use app::commands::{CommandBus, CommandContext};
 use app::defaults::register_default_associations;
 use app::ports::{
-    Flow, Model, ModelError, ModelFamily, SampleRequest, TrainedAdapter, TrainingImage, TrainingProgress,
+    Flow, GoldPicture, Model, ModelError, ModelFamily, SampleRequest, TrainedAdapter, TrainingImage, TrainingProgress,
 };
 use app::prompts::{PlainTemplates, TemplateGenerator};
 use app::workers::{Models, Worker, run_fine_tune, run_generation};
@@ -43,6 +43,26 @@ impl ModelFamily for PlaceholderFamily {
 
     fn alternative_objects(&self) -> Vec<String> {
         vec!["kite".into(), "ball".into()]
+    }
+
+    /// Lines naming a gold picture's truth, every other one with the concept.
+    fn gold_pictures(
+        &self,
+        group: &str,
+        concept: &str,
+        count: u32,
+        seeds: &mut dyn FnMut() -> u64,
+    ) -> Vec<GoldPicture> {
+        (0..count)
+            .map(|i| {
+                let with = i % 2 == 0;
+                GoldPicture {
+                    png: format!("gold {group} {concept} {with} {:x}", seeds()).into_bytes(),
+                    prompt: format!("a photo of a {group}"),
+                    gold: Gold { concept_present: Some(with), group_depicted: Some(true) },
+                }
+            })
+            .collect()
     }
 }
 
@@ -100,11 +120,22 @@ pub struct Scale {
     pub candidates_per_prompt: u32,
     pub annotators: u32,
     pub raters_per_item: u32,
+    /// How rounds 1 and 2 check their raters.
+    pub round_controls: Option<CampaignRoundControls>,
+    /// One annotator (by index) who answers every gold item wrong.
+    pub careless: Option<usize>,
 }
 
 impl Scale {
-    pub const QUICK: Scale =
-        Scale { probe_images: 8, prompts: 4, candidates_per_prompt: 2, annotators: 4, raters_per_item: 3 };
+    pub const QUICK: Scale = Scale {
+        probe_images: 8,
+        prompts: 4,
+        candidates_per_prompt: 2,
+        annotators: 4,
+        raters_per_item: 3,
+        round_controls: None,
+        careless: None,
+    };
 }
 
 /// What a scripted campaign did.
@@ -150,6 +181,7 @@ pub fn scripted_campaign(bus: &CommandBus, scale: Scale, seed: u64) -> ScriptedR
         auto_accept: true,
         traditional_arm: true,
         lora: LoraConfig { steps: 20, ..LoraConfig::default() },
+        round_controls: scale.round_controls.map(Box::new),
         ..CampaignSettings::default()
     };
     let start = CampaignCommand::Start {
@@ -180,7 +212,8 @@ pub fn scripted_campaign(bus: &CommandBus, scale: Scale, seed: u64) -> ScriptedR
                 run_fine_tune(bus, &models, blobs.as_ref(), id, &worker, &mut |_, _, _| {}).unwrap();
             }
             Step::Waiting(WaitingFor::Annotations(id)) => {
-                report.annotations += annotate(bus, id, &annotators, &mut rng);
+                let careless = scale.careless.map(|i| annotators[i].clone());
+                report.annotations += annotate(bus, id, &annotators, careless.as_deref(), &mut rng);
             }
             Step::Waiting(other) => panic!("an auto-accepting campaign waits for {other:?}"),
         }
@@ -190,9 +223,9 @@ pub fn scripted_campaign(bus: &CommandBus, scale: Scale, seed: u64) -> ScriptedR
     report
 }
 
-/// The annotators take tasks in turn and answer at random until none is left; the count of
-/// answers.
-fn annotate(bus: &CommandBus, id: RoundId, annotators: &[String], rng: &mut SplitMix64) -> u64 {
+/// The annotators take tasks in turn and answer at random until none is left (gold items right,
+/// but the `careless` one wrong); the count of answers. An excluded annotator gets no more tasks.
+fn annotate(bus: &CommandBus, id: RoundId, annotators: &[String], careless: Option<&str>, rng: &mut SplitMix64) -> u64 {
     let stream = id.stream();
     let mut answers = 0;
     loop {
@@ -200,11 +233,17 @@ fn annotate(bus: &CommandBus, id: RoundId, annotators: &[String], rng: &mut Spli
         for annotator in annotators {
             let context = CommandContext::new(Actor::new(annotator.clone(), Role::Annotator));
             let assign = RoundCommand::AssignNext { annotator: annotator.clone(), now: Utc::now() };
-            bus.execute::<AnnotationRound>(&stream, None, &context, assign).unwrap();
+            if bus.execute::<AnnotationRound>(&stream, None, &context, assign).is_err() {
+                continue;
+            }
             let (round, _) = bus.load::<AnnotationRound>(&stream).unwrap();
             let Some(item_id) = round.current_task(annotator, Utc::now()) else { continue };
             let pair = matches!(round.item(item_id).map(|i| &i.content), Some(ItemContent::Pair { .. }));
-            let answer = random_answer(round.kind.expect("an open round has a kind"), pair, rng);
+            let kind = round.kind.expect("an open round has a kind");
+            let answer = match round.controls.gold.get(&item_id) {
+                Some(gold) => gold_answer(kind, gold, careless == Some(annotator.as_str())),
+                None => random_answer(kind, pair, rng),
+            };
             let submit = RoundCommand::Submit { annotator: annotator.clone(), item_id, answer };
             bus.execute::<AnnotationRound>(&stream, None, &context, submit).unwrap();
             answers += 1;
@@ -213,6 +252,18 @@ fn annotate(bus: &CommandBus, id: RoundId, annotators: &[String], rng: &mut Spli
         if !progressed {
             return answers;
         }
+    }
+}
+
+/// A gold item's answer: right, or every known question wrong.
+fn gold_answer(kind: RoundKind, gold: &Gold, wrong: bool) -> Answer {
+    let concept = gold.concept_present.unwrap_or(false) != wrong;
+    let group = gold.group_depicted.unwrap_or(true) != wrong;
+    let quality = Quality::new(4).expect("4 is a rating");
+    match kind {
+        RoundKind::Baseline => Answer::Baseline { concept_present: concept },
+        RoundKind::Screen => Answer::Screen { quality, group_depicted: group, concept_present: concept },
+        RoundKind::Check => Answer::Check { concept_present: concept, quality },
     }
 }
 
