@@ -938,6 +938,7 @@ impl<'a> CampaignRunner<'a> {
                     }),
                     people_quality_before: people_before,
                     people_quality_after: people_after,
+                    aggregation: Some(round.controls.aggregation),
                 });
             }
         }

@@ -136,6 +136,7 @@ const EVALUATION_COLUMNS: &[Column] = &[
     Column::optional("people_quality_after_median", Double),
     Column::optional("people_quality_after_ci_low", Double),
     Column::optional("people_quality_after_ci_high", Double),
+    Column::optional("aggregation", Text),
 ];
 
 /// What a column holds; CSV and JSON write the values as JSON does, Parquet as these types.
@@ -477,6 +478,7 @@ impl ExportCursor {
                         people(&e.people_quality_after, |m| m.median),
                         people(&e.people_quality_after, |m| m.ci_low),
                         people(&e.people_quality_after, |m| m.ci_high),
+                        json!(e.aggregation),
                     ]
                 })
                 .collect(),

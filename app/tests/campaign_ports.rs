@@ -56,6 +56,8 @@ fn without_a_rater_quality_is_round_twos_human_ratings() {
             evaluation.quality_before
         );
         assert!((1.0..=5.0).contains(&evaluation.quality_after), "{}", evaluation.quality_after);
+        // Round 2 had no controls: its verdicts were majorities, and the evaluation says so.
+        assert_eq!(evaluation.aggregation, Some(domain::round::Aggregation::Majority));
         // People's median of the same per-image means; the interval's ends are values of the
         // sample, around the median.
         let people = evaluation.people_quality_before.expect("people's quality before");

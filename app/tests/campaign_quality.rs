@@ -56,6 +56,9 @@ fn a_careless_annotator_is_excluded_from_both_rounds_and_gold_is_never_trained_o
             }
         }
     }
+    // The evaluation says how round 2 reached its verdicts.
+    assert!(!campaign.evaluations.is_empty());
+    assert!(campaign.evaluations.iter().all(|e| e.aggregation == Some(Aggregation::DawidSkene)));
     // Neither arm trained on a gold picture.
     for work in &campaign.work {
         if let Work::FineTune { fine_tune_id, .. } = work {

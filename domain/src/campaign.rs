@@ -251,6 +251,10 @@ pub struct AssociationEvaluation {
     /// The same for the arm's model's images.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub people_quality_after: Option<MedianEstimate>,
+    /// How round 2 turned its yes/no answers into the verdicts the rates count (absent in
+    /// evaluations recorded before the field existed: those were majorities).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregation: Option<crate::round::Aggregation>,
 }
 
 /// A median with its 95% interval: order statistics chosen by the binomial distribution of the
@@ -941,6 +945,7 @@ mod tests {
             quality_source: None,
             people_quality_before: None,
             people_quality_after: None,
+            aggregation: None,
         };
         c = c.then(CampaignCommand::RecordEvaluation { evaluations: vec![evaluation] }).0;
         c = advance(c, &facts);
@@ -986,6 +991,7 @@ mod tests {
             quality_source: None,
             people_quality_before: None,
             people_quality_after: None,
+            aggregation: None,
         };
         c.stage = Some(Stage::Evaluation);
         c.work.push(Work::ModelVersion { arm: Arm::Thitl, model_version_id: ModelVersionId(id(61)) });
@@ -1031,6 +1037,7 @@ mod tests {
             quality_source: None,
             people_quality_before: None,
             people_quality_after: None,
+            aggregation: None,
         };
         let c = started(false);
         then_error(c.decide(CampaignCommand::RecordEvaluation { evaluations: vec![evaluation(10)] }), |e| {

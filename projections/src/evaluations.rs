@@ -102,6 +102,7 @@ mod tests {
             quality_source: None,
             people_quality_before: None,
             people_quality_after: None,
+            aggregation: None,
         }
     }
 

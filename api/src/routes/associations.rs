@@ -209,7 +209,7 @@ pub async fn detail(
 /// and every earlier evaluation (`history`, oldest first). `latest` is null until a campaign over
 /// the association has recorded one.
 #[utoipa::path(get, path = "/v1/associations/{id}/evaluation", tag = "associations", params(("id" = String, Path), WaitFor),
-    responses((status = 200, description = "`{\"association_id\", \"group\", \"concept\", \"category\", \"latest\": {\"campaign_id\", \"position\", \"recorded_at\", \"arms\": [{\"arm\", \"before\", \"after\", \"quality_before\", \"quality_after\", \"quality_source\" (rater | round2_people), \"win_rate\", \"alpha\"}]} | null, \"history\": [...], \"position\"}`", body = Object),
+    responses((status = 200, description = "`{\"association_id\", \"group\", \"concept\", \"category\", \"latest\": {\"campaign_id\", \"position\", \"recorded_at\", \"arms\": [{\"arm\", \"before\", \"after\", \"quality_before\", \"quality_after\", \"quality_source\" (rater | round2_people), \"people_quality_before\", \"people_quality_after\" ({\"n\", \"median\", \"ci_low\", \"ci_high\"}), \"aggregation\" (majority | dawid_skene), \"win_rate\", \"alpha\"}]} | null, \"history\": [...], \"position\"}`", body = Object),
         (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn evaluation(
