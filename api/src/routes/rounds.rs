@@ -628,13 +628,9 @@ pub async fn adjudications(
 ) -> Result<HttpResponse, ApiError> {
     principal.require(Action::Read)?;
     wait_for(&state, query.wait_for).await?;
-    let (open, position) = state.projections.read(|p| {
-        let open: Vec<RoundId> = p.rounds.rounds.values().filter(|r| r.status == "open").map(|r| r.id).collect();
-        (open, p.position)
-    });
+    let (rounds, position) = open_rounds(&state).await?;
     let mut queue = Vec::new();
-    for round_id in open {
-        let (round, _, _) = crate::routes::support::load::<AnnotationRound>(&state, round_id.stream()).await?;
+    for (round_id, round) in rounds {
         for item_id in round.adjudication_queue() {
             let Some(item) = round.item(item_id) else { continue };
             let answers = round.submissions.get(&item_id).cloned().unwrap_or_default();
@@ -662,17 +658,11 @@ pub async fn adjudicate(
     // The role first: the search below must not tell a caller without it which items exist.
     principal.require(Action::Curate)?;
     let item_id: ItemId = parse_id("item", &path)?;
-    let open: Vec<RoundId> =
-        state.projections.read(|p| p.rounds.rounds.values().filter(|r| r.status == "open").map(|r| r.id).collect());
-    let mut found = None;
-    for round_id in open {
-        let (round, _, _) = crate::routes::support::load::<AnnotationRound>(&state, round_id.stream()).await?;
-        if round.item(item_id).is_some() {
-            found = Some(round_id);
-            break;
-        }
-    }
-    let round_id = found.ok_or_else(|| ApiError::not_found(format!("no open round holds item {item_id}")))?;
+    let (rounds, _) = open_rounds(&state).await?;
+    let round_id = rounds
+        .into_iter()
+        .find_map(|(round_id, round)| round.item(item_id).map(|_| round_id))
+        .ok_or_else(|| ApiError::not_found(format!("no open round holds item {item_id}")))?;
     run_command(
         state,
         principal,
@@ -689,4 +679,19 @@ pub async fn adjudicate(
         },
     )
     .await
+}
+
+/// Every open round (from the read model) loaded from its stream, and the log position the list
+/// reflects: where the adjudication routes look for split items.
+async fn open_rounds(state: &web::Data<AppState>) -> Result<(Vec<(RoundId, AnnotationRound)>, u64), ApiError> {
+    let (ids, position) = state.projections.read(|p| {
+        let ids: Vec<RoundId> = p.rounds.rounds.values().filter(|r| r.status == "open").map(|r| r.id).collect();
+        (ids, p.position)
+    });
+    let mut rounds = Vec::with_capacity(ids.len());
+    for id in ids {
+        let (round, _, _) = crate::routes::support::load::<AnnotationRound>(state, id.stream()).await?;
+        rounds.push((id, round));
+    }
+    Ok((rounds, position))
 }
