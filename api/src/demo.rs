@@ -326,7 +326,7 @@ impl<'a> Demo<'a> {
         let rater = Arc::new(ReferenceRater::default());
         Demo {
             bus,
-            models: Models::new(blobs.clone(), family.clone()),
+            models: Models::new(family.clone()),
             rater: rater.clone(),
             runner: CampaignRunner::new(
                 bus.clone(),

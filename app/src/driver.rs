@@ -28,7 +28,6 @@ use std::time::Duration;
 
 use domain::campaign::Stage;
 use domain::generation::JobStatus;
-use domain::lease::Lease;
 use domain::{CampaignId, FineTune, FineTuneId, Generation, GenerationId};
 
 use crate::blobs::BlobStore;
@@ -37,7 +36,7 @@ use crate::commands::CommandBus;
 use crate::ports::{ModelFamily, QualityRater};
 use crate::prompts::PromptGenerator;
 use crate::runner::ProjectionRunner;
-use crate::workers::{Models, Worker, run_fine_tune, run_generation};
+use crate::workers::{Models, Worker, claimable, run_fine_tune, run_generation};
 
 /// How long the driver sleeps when nothing changes.
 const IDLE_WAIT: Duration = Duration::from_secs(2);
@@ -101,7 +100,7 @@ fn drive(parts: DriverParts, stop: &AtomicBool) {
     let models = named_families
         .iter()
         .cloned()
-        .fold(Models::new(blobs.clone(), family.clone()), |models, (name, family)| models.with_family(&name, family));
+        .fold(Models::new(family.clone()), |models, (name, family)| models.with_family(&name, family));
     let narrate = |line: &str| tracing::info!(target: "thitl::campaign", "{line}");
     let mut runner = campaigns.map(|(generator, seed)| {
         CampaignRunner::new(bus.clone(), blobs.clone(), generator, family, rater, seed, Box::new(narrate))
@@ -225,30 +224,4 @@ fn run_one_job(
         return true;
     }
     false
-}
-
-/// Those of `ids` whose stream (read now, not the read model) says they still need running and
-/// are not held by another worker's unexpired lease. (`Start` checks the lease again: this only
-/// spares the log a refused claim.)
-fn claimable<A: domain::aggregate::Aggregate + 'static, Id: Copy>(
-    bus: &CommandBus,
-    worker: &Worker,
-    ids: &[Id],
-    stream: fn(&Id) -> String,
-    state: fn(&A) -> (JobStatus, Option<Lease>),
-) -> Vec<Id> {
-    let now = chrono::Utc::now();
-    let me = worker.name.clone();
-    ids.iter()
-        .copied()
-        .filter(|id| {
-            let me = me.clone();
-            bus.read::<A, _>(&stream(id), move |job, _| {
-                let (status, lease) = state(job);
-                matches!(status, JobStatus::Requested | JobStatus::Running)
-                    && Lease::check_start(lease.as_ref(), A::ENTITY, &me, now).is_ok()
-            })
-            .unwrap_or(false)
-        })
-        .collect()
 }

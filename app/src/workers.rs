@@ -29,14 +29,16 @@
 //!   taken over once its lease expires, and the old holder, should it come back, stops at its next
 //!   record without failing the job.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
-use domain::fine_tune::{FineTuneCommand, TrainingExample};
-use domain::generation::GenerationCommand;
+use domain::fine_tune::{FineTuneCommand, LoraConfig, TrainingExample};
+use domain::generation::{GenerationCommand, GenerationItem, JobStatus, SamplerSettings};
+use domain::lease::Lease;
 use domain::values::BlobHash;
 use domain::{
     Actor, Aggregate, DomainError, FineTune, FineTuneId, Generation, GenerationId, ImageId, ModelVersion,
@@ -135,61 +137,404 @@ impl Worker {
     }
 }
 
+/// A job's reference, for what every kind of job shares (its lease, its failure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobRef {
+    Generation(GenerationId),
+    FineTune(FineTuneId),
+}
+
+impl std::fmt::Display for JobRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JobRef::Generation(id) => write!(f, "generation {id}"),
+            JobRef::FineTune(id) => write!(f, "fine-tune {id}"),
+        }
+    }
+}
+
+/// A generation job as its holder needs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerationJob {
+    pub id: GenerationId,
+    pub model_version: ModelVersionId,
+    pub items: Vec<GenerationItem>,
+    pub sampler: SamplerSettings,
+    /// Indices of the items whose images are recorded already (a resumed job).
+    pub recorded: BTreeSet<u32>,
+}
+
+impl GenerationJob {
+    fn of(job: &Generation) -> Result<GenerationJob, WorkerError> {
+        let id = job.id.ok_or_else(|| WorkerError::Unusable("a generation that was never requested".into()))?;
+        Ok(GenerationJob {
+            id,
+            model_version: job
+                .model_version
+                .ok_or_else(|| WorkerError::Unusable(format!("generation {id} names no model version")))?,
+            items: job.items.clone(),
+            sampler: job.sampler.clone(),
+            recorded: job.images.keys().copied().collect(),
+        })
+    }
+}
+
+/// A fine-tune job as its holder needs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FineTuneJob {
+    pub id: FineTuneId,
+    pub base_model: ModelVersionId,
+    pub config: LoraConfig,
+    pub examples: Vec<TrainingExample>,
+    pub prior_preservation: Vec<TrainingExample>,
+    /// Record the loss every this many steps.
+    pub progress_every: u32,
+}
+
+impl FineTuneJob {
+    fn of(job: &FineTune) -> Result<FineTuneJob, WorkerError> {
+        let id = job.id.ok_or_else(|| WorkerError::Unusable("a fine-tune that was never requested".into()))?;
+        Ok(FineTuneJob {
+            id,
+            base_model: job
+                .base_model
+                .ok_or_else(|| WorkerError::Unusable(format!("fine-tune {id} names no base model")))?,
+            config: job
+                .config
+                .clone()
+                .ok_or_else(|| WorkerError::Unusable(format!("fine-tune {id} has no configuration")))?,
+            examples: job.examples.clone(),
+            prior_preservation: job.prior_preservation.clone(),
+            progress_every: job.progress_every,
+        })
+    }
+}
+
+/// What a worker needs to know of a model version to load it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelRecord {
+    pub id: ModelVersionId,
+    /// A base version's weights blob.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<BlobHash>,
+    /// A derived version's parent and adapter blob.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ModelVersionId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<BlobHash>,
+    /// The family a base version's config names (none: the reference world).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
+}
+
+/// A job a worker was given, with the model versions it runs on (the job's model and its
+/// ancestors) and until when the worker holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeasedJob {
+    pub job: Job,
+    pub lease_until: DateTime<Utc>,
+    pub models: Vec<ModelRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Job {
+    Generation(GenerationJob),
+    FineTune(FineTuneJob),
+}
+
+impl Job {
+    pub fn reference(&self) -> JobRef {
+        match self {
+            Job::Generation(job) => JobRef::Generation(job.id),
+            Job::FineTune(job) => JobRef::FineTune(job.id),
+        }
+    }
+}
+
+/// Where a worker's jobs live: the event log and blob store of this process ([`LocalJobs`]), or
+/// a thitl server reached over HTTPS (the API crate's remote worker). Every record is the job
+/// holder's: a host refuses it once another worker took the job over.
+pub trait JobHost: Send + Sync {
+    /// Model version `id`, as far as loading it goes.
+    fn model(&self, id: ModelVersionId) -> Result<ModelRecord, WorkerError>;
+    /// The bytes of a blob; `None` when the host has none under `hash`.
+    fn blob(&self, hash: &BlobHash) -> Result<Option<Vec<u8>>, WorkerError>;
+    /// Keeps `job` for the worker's lease from now; [`WorkerError::TakenOver`] once it is no
+    /// longer the worker's (another took it over, or it ended).
+    fn renew(&self, job: JobRef, worker: &Worker) -> Result<(), WorkerError>;
+    /// Stores `png` and records it as the image of item `index`.
+    fn record_image(&self, id: GenerationId, worker: &Worker, index: u32, png: &[u8]) -> Result<(), WorkerError>;
+    fn complete_generation(&self, id: GenerationId, worker: &Worker) -> Result<(), WorkerError>;
+    fn record_progress(&self, id: FineTuneId, worker: &Worker, step: u32, loss: f32) -> Result<(), WorkerError>;
+    /// Stores the adapter and completes the job with it; its blob's hash.
+    fn complete_fine_tune(
+        &self,
+        id: FineTuneId,
+        worker: &Worker,
+        adapter: &[u8],
+        final_loss: f32,
+    ) -> Result<BlobHash, WorkerError>;
+    /// Ends `job` as failed with `reason`.
+    fn fail(&self, job: JobRef, worker: &Worker, reason: &str) -> Result<(), WorkerError>;
+}
+
+/// The jobs of this process's event log and blob store.
+#[derive(Clone, Copy)]
+pub struct LocalJobs<'a> {
+    pub bus: &'a CommandBus,
+    pub blobs: &'a dyn BlobStore,
+}
+
+impl LocalJobs<'_> {
+    fn generation(&self, id: GenerationId, worker: &Worker, command: GenerationCommand) -> Result<(), WorkerError> {
+        self.bus.execute::<Generation>(&id.stream(), None, &worker.context(), command)?;
+        Ok(())
+    }
+
+    fn fine_tune(&self, id: FineTuneId, worker: &Worker, command: FineTuneCommand) -> Result<(), WorkerError> {
+        self.bus.execute::<FineTune>(&id.stream(), None, &worker.context(), command)?;
+        Ok(())
+    }
+}
+
+/// Model version `id` of `bus`'s log, as far as loading it goes.
+fn model_record(bus: &CommandBus, id: ModelVersionId) -> Result<ModelRecord, WorkerError> {
+    let (version, _) = bus.load::<ModelVersion>(&id.stream())?;
+    if !version.exists() {
+        return Err(WorkerError::Unusable(format!("model version {id} does not exist")));
+    }
+    Ok(ModelRecord {
+        id,
+        weights: version.weights,
+        parent: version.parent,
+        adapter: version.adapter,
+        family: version.family,
+    })
+}
+
+impl JobHost for LocalJobs<'_> {
+    fn model(&self, id: ModelVersionId) -> Result<ModelRecord, WorkerError> {
+        model_record(self.bus, id)
+    }
+
+    fn blob(&self, hash: &BlobHash) -> Result<Option<Vec<u8>>, WorkerError> {
+        Ok(self.blobs.get(hash)?)
+    }
+
+    fn renew(&self, job: JobRef, worker: &Worker) -> Result<(), WorkerError> {
+        let (name, now, lease_seconds) = (worker.name.clone(), Utc::now(), worker.lease_seconds);
+        let renewed = match job {
+            JobRef::Generation(id) => {
+                self.generation(id, worker, GenerationCommand::Renew { worker: name, now, lease_seconds })
+            }
+            JobRef::FineTune(id) => {
+                self.fine_tune(id, worker, FineTuneCommand::Renew { worker: name, now, lease_seconds })
+            }
+        };
+        match renewed {
+            Err(WorkerError::Command(CommandError::Domain(
+                error @ (DomainError::NotLeaseHolder { .. } | DomainError::WrongState { .. }),
+            ))) => Err(WorkerError::TakenOver(error.to_string())),
+            other => other,
+        }
+    }
+
+    fn record_image(&self, id: GenerationId, worker: &Worker, index: u32, png: &[u8]) -> Result<(), WorkerError> {
+        let blob = self.blobs.put(png)?.hash;
+        let image_id = ImageId(Uuid::now_v7());
+        self.generation(
+            id,
+            worker,
+            GenerationCommand::RecordImage { worker: worker.name.clone(), index, image_id, blob },
+        )
+    }
+
+    fn complete_generation(&self, id: GenerationId, worker: &Worker) -> Result<(), WorkerError> {
+        self.generation(id, worker, GenerationCommand::Complete { worker: worker.name.clone() })
+    }
+
+    fn record_progress(&self, id: FineTuneId, worker: &Worker, step: u32, loss: f32) -> Result<(), WorkerError> {
+        self.fine_tune(id, worker, FineTuneCommand::RecordProgress { worker: worker.name.clone(), step, loss })
+    }
+
+    fn complete_fine_tune(
+        &self,
+        id: FineTuneId,
+        worker: &Worker,
+        adapter: &[u8],
+        final_loss: f32,
+    ) -> Result<BlobHash, WorkerError> {
+        let adapter = self.blobs.put(adapter)?.hash;
+        let command = FineTuneCommand::Complete { worker: worker.name.clone(), adapter: adapter.clone(), final_loss };
+        self.fine_tune(id, worker, command)?;
+        Ok(adapter)
+    }
+
+    fn fail(&self, job: JobRef, worker: &Worker, reason: &str) -> Result<(), WorkerError> {
+        let (name, reason) = (worker.name.clone(), reason.to_string());
+        match job {
+            JobRef::Generation(id) => self.generation(id, worker, GenerationCommand::Fail { worker: name, reason }),
+            JobRef::FineTune(id) => self.fine_tune(id, worker, FineTuneCommand::Fail { worker: name, reason }),
+        }
+    }
+}
+
+/// Claims generation job `id` in this process's log for `worker` (again after a crash: the
+/// images already recorded are kept). Refused while another worker's lease runs.
+pub fn start_generation(bus: &CommandBus, id: GenerationId, worker: &Worker) -> Result<GenerationJob, WorkerError> {
+    let start =
+        GenerationCommand::Start { worker: worker.name.clone(), now: Utc::now(), lease_seconds: worker.lease_seconds };
+    bus.execute::<Generation>(&id.stream(), None, &worker.context(), start)?;
+    let (job, _) = bus.load::<Generation>(&id.stream())?;
+    GenerationJob::of(&job)
+}
+
+/// Claims fine-tune job `id` in this process's log for `worker` (training starts again from
+/// step 0). Refused while another worker's lease runs.
+pub fn start_fine_tune(bus: &CommandBus, id: FineTuneId, worker: &Worker) -> Result<FineTuneJob, WorkerError> {
+    let start =
+        FineTuneCommand::Start { worker: worker.name.clone(), now: Utc::now(), lease_seconds: worker.lease_seconds };
+    bus.execute::<FineTune>(&id.stream(), None, &worker.context(), start)?;
+    let (job, _) = bus.load::<FineTune>(&id.stream())?;
+    FineTuneJob::of(&job)
+}
+
+/// Claims the first of `generations`, then of `fine_tunes`, that `worker` may take (requested,
+/// or running under an expired lease or its own), with the model versions it needs; `None`
+/// when there is none. What `POST /v1/jobs/lease` answers a remote worker.
+pub fn lease_next_job(
+    bus: &CommandBus,
+    worker: &Worker,
+    generations: &[GenerationId],
+    fine_tunes: &[FineTuneId],
+) -> Result<Option<LeasedJob>, WorkerError> {
+    let claimed = |result: Result<Job, WorkerError>| match result {
+        Ok(job) => Ok(Some(job)),
+        // Taken by another worker since the list was made: the next one.
+        Err(error) if error.is_other_workers() => Ok(None),
+        Err(error) => Err(error),
+    };
+    let mut found = None;
+    for id in
+        claimable::<Generation, _>(bus, worker, generations, |id| id.stream(), |job| (job.status, job.lease.clone()))
+    {
+        found = claimed(start_generation(bus, id, worker).map(Job::Generation))?;
+        if found.is_some() {
+            break;
+        }
+    }
+    if found.is_none() {
+        for id in
+            claimable::<FineTune, _>(bus, worker, fine_tunes, |id| id.stream(), |job| (job.status, job.lease.clone()))
+        {
+            found = claimed(start_fine_tune(bus, id, worker).map(Job::FineTune))?;
+            if found.is_some() {
+                break;
+            }
+        }
+    }
+    let Some(job) = found else { return Ok(None) };
+    let lease = match job.reference() {
+        JobRef::Generation(id) => bus.read::<Generation, _>(&id.stream(), |job, _| job.lease.clone())?,
+        JobRef::FineTune(id) => bus.read::<FineTune, _>(&id.stream(), |job, _| job.lease.clone())?,
+    };
+    let lease_until = lease.map(|lease| lease.until).unwrap_or_else(Utc::now);
+    let mut models = Vec::new();
+    let mut next = Some(match &job {
+        Job::Generation(job) => job.model_version,
+        Job::FineTune(job) => job.base_model,
+    });
+    while let Some(id) = next {
+        if models.iter().any(|m: &ModelRecord| m.id == id) {
+            break;
+        }
+        let record = model_record(bus, id)?;
+        next = record.parent;
+        models.push(record);
+    }
+    Ok(Some(LeasedJob { job, lease_until, models }))
+}
+
+/// Those of `ids` whose stream (read now, not the read model) says they still need running and
+/// are not held by another worker's unexpired lease. (`Start` checks the lease again: this only
+/// spares the log a refused claim.)
+pub fn claimable<A: domain::aggregate::Aggregate + 'static, Id: Copy>(
+    bus: &CommandBus,
+    worker: &Worker,
+    ids: &[Id],
+    stream: fn(&Id) -> String,
+    state: fn(&A) -> (JobStatus, Option<Lease>),
+) -> Vec<Id> {
+    let now = Utc::now();
+    let me = worker.name.clone();
+    ids.iter()
+        .copied()
+        .filter(|id| {
+            let me = me.clone();
+            bus.read::<A, _>(&stream(id), move |job, _| {
+                let (status, lease) = state(job);
+                matches!(status, JobStatus::Requested | JobStatus::Running)
+                    && Lease::check_start(lease.as_ref(), A::ENTITY, &me, now).is_ok()
+            })
+            .unwrap_or(false)
+        })
+        .collect()
+}
+
 /// Renews a job's lease from its own thread while the job runs, every third of the lease; notes
-/// when another worker took the job over. Stops when dropped.
+/// when the job is no longer the worker's.
 struct Heartbeat {
-    stop: Arc<(Mutex<bool>, Condvar)>,
-    lost: Arc<Mutex<Option<String>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    stop: (Mutex<bool>, Condvar),
+    lost: Mutex<Option<String>>,
 }
 
 impl Heartbeat {
-    fn start<A: Aggregate>(
-        bus: &CommandBus,
-        stream: &str,
-        worker: &Worker,
-        renew: fn(String, DateTime<Utc>, u32) -> A::Command,
-    ) -> Heartbeat {
-        let stop = Arc::new((Mutex::new(false), Condvar::new()));
-        let lost = Arc::new(Mutex::new(None));
+    /// Runs `body` with a heartbeat renewing `job` beside it.
+    fn beside<T>(host: &dyn JobHost, job: JobRef, worker: &Worker, body: impl FnOnce(&Heartbeat) -> T) -> T {
+        let heartbeat = Heartbeat { stop: (Mutex::new(false), Condvar::new()), lost: Mutex::new(None) };
         let period = Duration::from_millis(u64::from(worker.lease_seconds) * 1000 / 3).max(Duration::from_millis(200));
-        let (bus, stream, worker, flag, lost_by) =
-            (bus.clone(), stream.to_string(), worker.clone(), stop.clone(), lost.clone());
-        let thread = std::thread::Builder::new()
-            .name("thitl-lease".into())
-            .spawn(move || {
-                let context = worker.context();
-                loop {
-                    let (lock, wake) = &*flag;
-                    let stopped = lock.lock().unwrap_or_else(PoisonError::into_inner);
-                    let (stopped, _) = wake
-                        .wait_timeout_while(stopped, period, |stopped| !*stopped)
-                        .unwrap_or_else(PoisonError::into_inner);
-                    if *stopped {
-                        return;
-                    }
-                    drop(stopped);
-                    match bus.execute::<A>(
-                        &stream,
-                        None,
-                        &context,
-                        renew(worker.name.clone(), Utc::now(), worker.lease_seconds),
-                    ) {
-                        Ok(_) => {}
-                        Err(CommandError::Domain(
-                            error @ (DomainError::NotLeaseHolder { .. } | DomainError::WrongState { .. }),
-                        )) => {
-                            *lost_by.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.to_string());
-                            return;
-                        }
-                        // The store may be busy for a moment: the lease has two more periods to go.
-                        Err(error) => tracing::warn!(%stream, %error, "cannot renew the job's lease; trying again"),
-                    }
+        std::thread::scope(|scope| {
+            let beat = &heartbeat;
+            let thread = std::thread::Builder::new()
+                .name("thitl-lease".into())
+                .spawn_scoped(scope, move || beat.run(host, job, worker, period))
+                .map_err(
+                    |error| tracing::error!(%error, "cannot start the lease heartbeat: the job's lease will lapse"),
+                )
+                .ok();
+            let result = body(beat);
+            *beat.stop.0.lock().unwrap_or_else(PoisonError::into_inner) = true;
+            beat.stop.1.notify_all();
+            if let Some(thread) = thread {
+                let _ = thread.join();
+            }
+            result
+        })
+    }
+
+    fn run(&self, host: &dyn JobHost, job: JobRef, worker: &Worker, period: Duration) {
+        loop {
+            let stopped = self.stop.0.lock().unwrap_or_else(PoisonError::into_inner);
+            let (stopped, _) = self
+                .stop
+                .1
+                .wait_timeout_while(stopped, period, |stopped| !*stopped)
+                .unwrap_or_else(PoisonError::into_inner);
+            if *stopped {
+                return;
+            }
+            drop(stopped);
+            match host.renew(job, worker) {
+                Ok(()) => {}
+                Err(WorkerError::TakenOver(why)) => {
+                    *self.lost.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
+                    return;
                 }
-            })
-            .map_err(|error| tracing::error!(%error, "cannot start the lease heartbeat: the job's lease will lapse"))
-            .ok();
-        Heartbeat { stop, lost, thread }
+                // The store or the server may be busy for a moment: the lease has two more periods to go.
+                Err(error) => tracing::warn!(%job, %error, "cannot renew the job's lease; trying again"),
+            }
+        }
     }
 
     /// Why the job is no longer this worker's, if it is not.
@@ -198,20 +543,8 @@ impl Heartbeat {
     }
 }
 
-impl Drop for Heartbeat {
-    fn drop(&mut self) {
-        let (lock, wake) = &*self.stop;
-        *lock.lock().unwrap_or_else(PoisonError::into_inner) = true;
-        wake.notify_all();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Model versions loaded from the blob store, shared by the jobs of a process.
+/// Model versions loaded from their blobs, shared by the jobs of a process.
 pub struct Models {
-    blobs: Arc<dyn BlobStore>,
     family: Arc<dyn ModelFamily>,
     /// Families a base version names in its config (`"family"`), by name.
     named: HashMap<String, Arc<dyn ModelFamily>>,
@@ -220,8 +553,8 @@ pub struct Models {
 
 impl Models {
     /// Versions whose config names no family load with `family`.
-    pub fn new(blobs: Arc<dyn BlobStore>, family: Arc<dyn ModelFamily>) -> Self {
-        Models { blobs, family, named: HashMap::new(), loaded: Mutex::new(HashMap::new()) }
+    pub fn new(family: Arc<dyn ModelFamily>) -> Self {
+        Models { family, named: HashMap::new(), loaded: Mutex::new(HashMap::new()) }
     }
 
     /// Also runs the versions whose config names `name` as their family (an imported Stable
@@ -250,17 +583,14 @@ impl Models {
         self.family.clone()
     }
 
-    /// The model of version `id`: its weights blob, or its parent with its adapter blob.
-    pub fn load(&self, bus: &CommandBus, id: ModelVersionId) -> Result<Arc<dyn Model>, WorkerError> {
+    /// The model of version `id`, from `host`: its weights blob, or its parent with its adapter blob.
+    pub fn load(&self, host: &dyn JobHost, id: ModelVersionId) -> Result<Arc<dyn Model>, WorkerError> {
         if let Some(model) = self.loaded.lock().unwrap_or_else(PoisonError::into_inner).get(&id) {
             return Ok(model.clone());
         }
-        let (version, _) = bus.load::<ModelVersion>(&id.stream())?;
-        if !version.exists() {
-            return Err(WorkerError::Unusable(format!("model version {id} does not exist")));
-        }
-        let blob = |hash: &domain::values::BlobHash, what: &str| -> Result<Vec<u8>, WorkerError> {
-            self.blobs.get(hash)?.ok_or_else(|| {
+        let version = host.model(id)?;
+        let blob = |hash: &BlobHash, what: &str| -> Result<Vec<u8>, WorkerError> {
+            host.blob(hash)?.ok_or_else(|| {
                 WorkerError::Unusable(format!("the {what} blob {hash} of model version {id} is not in the blob store"))
             })
         };
@@ -269,7 +599,7 @@ impl Models {
                 self.family_named(id, version.family.as_deref())?.load(&blob(weights, "weights")?)?
             }
             (None, Some(parent), Some(adapter)) => {
-                let parent_model = self.load(bus, parent)?;
+                let parent_model = self.load(host, parent)?;
                 if parent_model.is_tuned() {
                     return Err(WorkerError::Unusable(format!(
                         "model version {id} derives from {parent}, itself fine-tuned: stacked adapters are not supported"
@@ -297,11 +627,9 @@ pub struct GenerationRun {
     pub already_done: u32,
 }
 
-/// Runs (or resumes) generation job `generation_id` as `worker`: claims it, samples every item
-/// not yet recorded, stores each image as a PNG blob, records it, and completes the job; on an
-/// error, fails the job with the reason and returns the error. A job another worker holds is
-/// refused (an error for which [`WorkerError::is_other_workers`] is true, the job untouched).
-/// `progress(images, total)` after each batch.
+/// Runs (or resumes) generation job `generation_id` of this process's log as `worker`: claims
+/// it and works it ([`work_generation`]). A job another worker holds is refused (an error for
+/// which [`WorkerError::is_other_workers`] is true, the job untouched).
 pub fn run_generation(
     bus: &CommandBus,
     models: &Models,
@@ -310,27 +638,26 @@ pub fn run_generation(
     worker: &Worker,
     progress: &mut dyn FnMut(u32, u32),
 ) -> Result<GenerationRun, WorkerError> {
-    let stream = generation_id.stream();
-    let context = worker.context();
-    let name = worker.name.clone();
-    bus.execute::<Generation>(
-        &stream,
-        None,
-        &context,
-        GenerationCommand::Start { worker: name.clone(), now: Utc::now(), lease_seconds: worker.lease_seconds },
-    )?;
-    let heartbeat = Heartbeat::start::<Generation>(bus, &stream, worker, |worker, now, lease_seconds| {
-        GenerationCommand::Renew { worker, now, lease_seconds }
-    });
-    let (job, _) = bus.load::<Generation>(&stream)?;
+    let job = start_generation(bus, generation_id, worker)?;
+    work_generation(&LocalJobs { bus, blobs }, models, &job, worker, progress)
+}
+
+/// Works generation job `job`, which `worker` holds on `host`: samples every item not yet
+/// recorded, records each image as soon as it is made, and completes the job; on an error,
+/// fails the job with the reason and returns the error. `progress(images, total)` after each batch.
+pub fn work_generation(
+    host: &dyn JobHost,
+    models: &Models,
+    job: &GenerationJob,
+    worker: &Worker,
+    progress: &mut dyn FnMut(u32, u32),
+) -> Result<GenerationRun, WorkerError> {
     let total = job.items.len() as u32;
-    let already_done = job.images.len() as u32;
-    let result = (|| -> Result<GenerationRun, WorkerError> {
-        let model_id = job
-            .model_version
-            .ok_or_else(|| WorkerError::Unusable(format!("generation {generation_id} names no model version")))?;
-        let model = models.load(bus, model_id)?;
-        let remaining: Vec<u32> = job.remaining().collect();
+    let already_done = job.recorded.len() as u32;
+    let reference = JobRef::Generation(job.id);
+    let result = Heartbeat::beside(host, reference, worker, |heartbeat| -> Result<GenerationRun, WorkerError> {
+        let model = models.load(host, job.model_version)?;
+        let remaining: Vec<u32> = (0..total).filter(|index| !job.recorded.contains(index)).collect();
         let mut done = total - remaining.len() as u32;
         progress(done, total);
         for batch in remaining.chunks(BATCH) {
@@ -357,34 +684,28 @@ pub fn run_generation(
                 )));
             }
             for (index, png) in batch.iter().zip(images) {
-                let blob = blobs.put(&png)?.hash;
-                let command = GenerationCommand::RecordImage {
-                    worker: name.clone(),
-                    index: *index,
-                    image_id: ImageId(Uuid::now_v7()),
-                    blob,
-                };
-                bus.execute::<Generation>(&stream, None, &context, command)?;
+                host.record_image(job.id, worker, *index, &png)?;
                 done += 1;
             }
             progress(done, total);
         }
-        bus.execute::<Generation>(&stream, None, &context, GenerationCommand::Complete { worker: name.clone() })?;
+        host.complete_generation(job.id, worker)?;
         Ok(GenerationRun { images: done, already_done })
-    })();
-    drop(heartbeat);
-    if let Err(error) = &result
-        && !error.is_other_workers()
-    {
-        // The job must not stay "running" behind a worker that gave up on it. If even this
-        // append fails, the job stays running and, once its lease expires, another worker (or
-        // this one, restarted) resumes it.
-        let fail = GenerationCommand::Fail { worker: name, reason: error.to_string() };
-        if let Err(append) = bus.execute::<Generation>(&stream, None, &context, fail) {
-            tracing::error!(%generation_id, error = %append, "could not record the generation's failure");
-        }
-    }
+    });
+    fail_unless_taken_over(host, reference, worker, &result);
     result
+}
+
+/// The job must not stay "running" behind a worker that gave up on it. If even this record
+/// fails, the job stays running and, once its lease expires, another worker (or this one,
+/// restarted) resumes it.
+fn fail_unless_taken_over<T>(host: &dyn JobHost, job: JobRef, worker: &Worker, result: &Result<T, WorkerError>) {
+    if let Err(error) = result
+        && !error.is_other_workers()
+        && let Err(failed) = host.fail(job, worker, &error.to_string())
+    {
+        tracing::error!(%job, error = %failed, "could not record the job's failure");
+    }
 }
 
 /// What a fine-tune run did.
@@ -397,12 +718,9 @@ pub struct FineTuneRun {
     pub prior: usize,
 }
 
-/// Runs fine-tune job `fine_tune_id` as `worker`: decodes its examples and prior-preservation
-/// images from the blob store, trains a LoRA adapter on the job's base model, records the loss
-/// every `progress_every` steps, stores the adapter as a blob and completes the job; on an error,
-/// fails the job with the reason. A job started again after a crash trains from step 0 (the
-/// domain resets its progress on `Start`): the result depends only on the request.
-/// `progress(step, steps, loss)` after each report.
+/// Runs fine-tune job `fine_tune_id` of this process's log as `worker`: claims it and works it
+/// ([`work_fine_tune`]). A job started again after a crash trains from step 0 (the domain
+/// resets its progress on `Start`): the result depends only on the request.
 pub fn run_fine_tune(
     bus: &CommandBus,
     models: &Models,
@@ -411,39 +729,36 @@ pub fn run_fine_tune(
     worker: &Worker,
     progress: &mut dyn FnMut(u32, u32, f32),
 ) -> Result<FineTuneRun, WorkerError> {
-    let stream = fine_tune_id.stream();
-    let context = worker.context();
-    let name = worker.name.clone();
-    bus.execute::<FineTune>(
-        &stream,
-        None,
-        &context,
-        FineTuneCommand::Start { worker: name.clone(), now: Utc::now(), lease_seconds: worker.lease_seconds },
-    )?;
-    let heartbeat = Heartbeat::start::<FineTune>(bus, &stream, worker, |worker, now, lease_seconds| {
-        FineTuneCommand::Renew { worker, now, lease_seconds }
-    });
-    let (job, _) = bus.load::<FineTune>(&stream)?;
-    let result = (|| -> Result<FineTuneRun, WorkerError> {
-        let base_id = job
-            .base_model
-            .ok_or_else(|| WorkerError::Unusable(format!("fine-tune {fine_tune_id} names no base model")))?;
-        let config = job
-            .config
-            .clone()
-            .ok_or_else(|| WorkerError::Unusable(format!("fine-tune {fine_tune_id} has no configuration")))?;
-        let base = models.load(bus, base_id)?;
+    let job = start_fine_tune(bus, fine_tune_id, worker)?;
+    work_fine_tune(&LocalJobs { bus, blobs }, models, &job, worker, progress)
+}
+
+/// Works fine-tune job `job`, which `worker` holds on `host`: fetches its examples and
+/// prior-preservation images, trains a LoRA adapter on the job's base model, records the loss
+/// every `progress_every` steps, stores the adapter and completes the job; on an error, fails
+/// the job with the reason. `progress(step, steps, loss)` after each report.
+pub fn work_fine_tune(
+    host: &dyn JobHost,
+    models: &Models,
+    job: &FineTuneJob,
+    worker: &Worker,
+    progress: &mut dyn FnMut(u32, u32, f32),
+) -> Result<FineTuneRun, WorkerError> {
+    let (id, reference) = (job.id, JobRef::FineTune(job.id));
+    let result = Heartbeat::beside(host, reference, worker, |heartbeat| -> Result<FineTuneRun, WorkerError> {
+        let base = models.load(host, job.base_model)?;
         if base.is_tuned() {
             return Err(WorkerError::Unusable(format!(
-                "model version {base_id} is itself fine-tuned: stacked adapters are not supported"
+                "model version {} is itself fine-tuned: stacked adapters are not supported",
+                job.base_model
             )));
         }
         let fetch = |set: &[TrainingExample]| -> Result<Vec<TrainingImage>, WorkerError> {
             set.iter()
                 .map(|example| {
-                    let bytes = blobs.get(&example.blob)?.ok_or_else(|| {
+                    let bytes = host.blob(&example.blob)?.ok_or_else(|| {
                         WorkerError::Unusable(format!(
-                            "the image blob {} of fine-tune {fine_tune_id} is not in the blob store",
+                            "the image blob {} of fine-tune {id} is not in the blob store",
                             example.blob
                         ))
                     })?;
@@ -454,20 +769,18 @@ pub fn run_fine_tune(
         let (examples, prior) = (fetch(&job.examples)?, fetch(&job.prior_preservation)?);
         // Why training stopped early: a record refused, or the job taken over.
         let mut stopped: Option<WorkerError> = None;
-        let tuned = base.fine_tune(&examples, &prior, &config, job.progress_every, &mut |report| {
+        let tuned = base.fine_tune(&examples, &prior, &job.config, job.progress_every, &mut |report| {
             if let Some(why) = heartbeat.lost() {
                 stopped = Some(WorkerError::TakenOver(why));
                 return Flow::Stop;
             }
-            let command =
-                FineTuneCommand::RecordProgress { worker: name.clone(), step: report.step, loss: report.loss };
-            match bus.execute::<FineTune>(&stream, None, &context, command) {
-                Ok(_) => {
+            match host.record_progress(id, worker, report.step, report.loss) {
+                Ok(()) => {
                     progress(report.step, report.steps, report.loss);
                     Flow::Continue
                 }
                 Err(error) => {
-                    stopped = Some(error.into());
+                    stopped = Some(error);
                     Flow::Stop
                 }
             }
@@ -476,24 +789,10 @@ pub fn run_fine_tune(
             return Err(error);
         }
         let tuned = tuned?;
-        let adapter = blobs.put(&tuned.adapter)?.hash;
-        bus.execute::<FineTune>(
-            &stream,
-            None,
-            &context,
-            FineTuneCommand::Complete { worker: name.clone(), adapter: adapter.clone(), final_loss: tuned.final_loss },
-        )?;
+        let adapter = host.complete_fine_tune(id, worker, &tuned.adapter, tuned.final_loss)?;
         Ok(FineTuneRun { adapter, final_loss: tuned.final_loss, examples: examples.len(), prior: prior.len() })
-    })();
-    drop(heartbeat);
-    if let Err(error) = &result
-        && !error.is_other_workers()
-    {
-        let fail = FineTuneCommand::Fail { worker: name, reason: error.to_string() };
-        if let Err(append) = bus.execute::<FineTune>(&stream, None, &context, fail) {
-            tracing::error!(%fine_tune_id, error = %append, "could not record the fine-tune's failure");
-        }
-    }
+    });
+    fail_unless_taken_over(host, reference, worker, &result);
     result
 }
 
@@ -551,7 +850,7 @@ mod tests {
             config: serde_json::json!({}),
         };
         bus.execute::<ModelVersion>(&model.stream(), None, &operator, register).unwrap();
-        let models = Models::new(blobs.clone(), Arc::new(crate::reference::ReferenceWorld::new(gpu::Backend::Cpu)));
+        let models = Models::new(Arc::new(crate::reference::ReferenceWorld::new(gpu::Backend::Cpu)));
         Setup { _dir: dir, bus, blobs, models, model }
     }
 
@@ -632,13 +931,16 @@ mod tests {
             config: serde_json::json!({"family": "some-other-family"}),
         };
         setup.bus.execute::<ModelVersion>(&other.stream(), None, &operator, register).unwrap();
-        let error = setup.models.load(&setup.bus, other).err().expect("refused");
+        let error = setup
+            .models
+            .load(&LocalJobs { bus: &setup.bus, blobs: setup.blobs.as_ref() }, other)
+            .err()
+            .expect("refused");
         assert!(error.to_string().contains("\"some-other-family\""), "{error}");
         // The same weights under a family the worker runs load, through that family.
-        let models =
-            Models::new(setup.blobs.clone(), Arc::new(crate::reference::ReferenceWorld::new(gpu::Backend::Cpu)))
-                .with_family("some-other-family", Arc::new(crate::reference::ReferenceWorld::new(gpu::Backend::Cpu)));
-        assert!(models.load(&setup.bus, other).is_ok());
+        let models = Models::new(Arc::new(crate::reference::ReferenceWorld::new(gpu::Backend::Cpu)))
+            .with_family("some-other-family", Arc::new(crate::reference::ReferenceWorld::new(gpu::Backend::Cpu)));
+        assert!(models.load(&LocalJobs { bus: &setup.bus, blobs: setup.blobs.as_ref() }, other).is_ok());
     }
 
     #[test]
@@ -743,27 +1045,25 @@ mod tests {
                 GenerationCommand::Start { worker: short.name.clone(), now: Utc::now(), lease_seconds: 1 },
             )
             .unwrap();
-        let heartbeat =
-            Heartbeat::start::<Generation>(&setup.bus, &id.stream(), &short, |worker, now, lease_seconds| {
-                GenerationCommand::Renew { worker, now, lease_seconds }
-            });
-        std::thread::sleep(Duration::from_millis(1500));
-        // Past the first lease's end, it is still worker-1's: the heartbeat renewed it.
-        let other = CommandContext::new(Actor::new("worker-2", Role::System));
-        let take = |now| GenerationCommand::Start { worker: "worker-2".into(), now, lease_seconds: 60 };
-        let refused = setup.bus.execute::<Generation>(&id.stream(), None, &other, take(Utc::now())).unwrap_err();
-        assert!(matches!(refused, CommandError::Domain(DomainError::LeaseHeld { .. })), "{refused}");
-        assert!(heartbeat.lost().is_none());
-        // worker-2 takes it over (as it would once worker-1 stopped renewing); worker-1's next
-        // renewal is refused and the heartbeat says so.
-        setup
-            .bus
-            .execute::<Generation>(&id.stream(), None, &other, take(Utc::now() + chrono::TimeDelta::seconds(10)))
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(800));
-        let lost = heartbeat.lost().expect("the heartbeat noticed the takeover");
-        assert!(lost.contains("taken over"), "{lost}");
-        drop(heartbeat);
+        let host = LocalJobs { bus: &setup.bus, blobs: setup.blobs.as_ref() };
+        Heartbeat::beside(&host, JobRef::Generation(id), &short, |heartbeat| {
+            std::thread::sleep(Duration::from_millis(1500));
+            // Past the first lease's end, it is still worker-1's: the heartbeat renewed it.
+            let other = CommandContext::new(Actor::new("worker-2", Role::System));
+            let take = |now| GenerationCommand::Start { worker: "worker-2".into(), now, lease_seconds: 60 };
+            let refused = setup.bus.execute::<Generation>(&id.stream(), None, &other, take(Utc::now())).unwrap_err();
+            assert!(matches!(refused, CommandError::Domain(DomainError::LeaseHeld { .. })), "{refused}");
+            assert!(heartbeat.lost().is_none());
+            // worker-2 takes it over (as it would once worker-1 stopped renewing); worker-1's next
+            // renewal is refused and the heartbeat says so.
+            setup
+                .bus
+                .execute::<Generation>(&id.stream(), None, &other, take(Utc::now() + chrono::TimeDelta::seconds(10)))
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(800));
+            let lost = heartbeat.lost().expect("the heartbeat noticed the takeover");
+            assert!(lost.contains("taken over"), "{lost}");
+        });
         let renewals = setup
             .bus
             .store()
@@ -787,8 +1087,7 @@ mod tests {
         assert_eq!(job.status, JobStatus::Failed);
         // A model version whose weights are missing from the blob store.
         let other = Setup { blobs: Arc::new(MemoryBlobStore::default()), ..setup };
-        let models =
-            Models::new(other.blobs.clone(), Arc::new(crate::reference::ReferenceWorld::new(gpu::Backend::Cpu)));
+        let models = Models::new(Arc::new(crate::reference::ReferenceWorld::new(gpu::Backend::Cpu)));
         let id = request(&other, &["a woman"]);
         let error = run_generation(&other.bus, &models, other.blobs.as_ref(), id, &worker("worker-1"), &mut |_, _| {})
             .unwrap_err();
@@ -877,9 +1176,12 @@ mod tests {
             fine_tune: source,
         };
         setup.bus.execute::<ModelVersion>(&derived.stream(), None, &CommandContext::system(), derive).unwrap();
-        let model = setup.models.load(&setup.bus, derived).unwrap();
+        let model = setup.models.load(&LocalJobs { bus: &setup.bus, blobs: setup.blobs.as_ref() }, derived).unwrap();
         assert!(model.is_tuned());
-        let base = setup.models.load(&setup.bus, tuned.base_model.unwrap()).unwrap();
+        let base = setup
+            .models
+            .load(&LocalJobs { bus: &setup.bus, blobs: setup.blobs.as_ref() }, tuned.base_model.unwrap())
+            .unwrap();
         assert!(!base.is_tuned());
         let request =
             [crate::ports::SampleRequest { prompt: "a woman at the beach".into(), negative_prompt: None, seed: 3 }];

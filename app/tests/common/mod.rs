@@ -120,7 +120,7 @@ pub struct Scale {
     pub candidates_per_prompt: u32,
     pub annotators: u32,
     pub raters_per_item: u32,
-    /// How rounds 1 and 2 check their raters.
+    /// How the campaign's rounds check their raters.
     pub round_controls: Option<CampaignRoundControls>,
     /// One annotator (by index) who answers every gold item wrong.
     pub careless: Option<usize>,
@@ -154,7 +154,7 @@ pub struct ScriptedReport {
 pub fn scripted_campaign(bus: &CommandBus, scale: Scale, seed: u64) -> ScriptedReport {
     let blobs: Arc<dyn BlobStore> = Arc::new(MemoryBlobStore::default());
     let family: Arc<dyn ModelFamily> = Arc::new(PlaceholderFamily);
-    let models = Models::new(blobs.clone(), family.clone());
+    let models = Models::new(family.clone());
     let worker = Worker { name: "scripted-worker".into(), lease_seconds: 60 };
     let curator = CommandContext::new(Actor::new("curator", Role::Curator));
     let operator = CommandContext::new(Actor::new("operator", Role::Operator));
