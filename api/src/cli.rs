@@ -97,6 +97,11 @@ enum Command {
         json: bool,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Rounds without quality controls, for comparison: three raters per item and a majority,
+        /// no gold items, no careless annotator (by default every round has gold items, a careless
+        /// simulated annotator the rule should exclude, and two raters per item, more where split).
+        #[arg(long)]
+        fixed_rounds: bool,
     },
     /// For analysts: annotations, images' metadata or evaluations as CSV, JSON Lines or Parquet,
     /// from the event log (every row names its event's position; the summary on stderr, the
@@ -290,7 +295,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Token(TokenCommand::Create { data, role, name }) => token_create(&data, &role, &name),
         Command::Token(TokenCommand::Revoke { data, id, reason }) => token_revoke(&data, &id, &reason),
-        Command::Demo { data, quick, json, seed } => demo(data, quick, json, seed),
+        Command::Demo { data, quick, json, seed, fixed_rounds } => {
+            let rounds = if fixed_rounds { crate::demo::Rounds::Fixed } else { crate::demo::Rounds::Controlled };
+            demo(data, quick, json, seed, rounds)
+        }
         Command::Export { kind, data, format, out } => export(&kind, &data, &format, out.as_deref()),
         Command::Audit(AuditCommand::Verify { data, store }) => audit_verify(&data, store.parse()?.as_ref()),
         Command::Audit(AuditCommand::Log { data, stream, after, limit, json }) => {
@@ -775,7 +783,13 @@ fn rebuild(data: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn demo(data: Option<PathBuf>, quick: bool, json: bool, seed: u64) -> anyhow::Result<ExitCode> {
+fn demo(
+    data: Option<PathBuf>,
+    quick: bool,
+    json: bool,
+    seed: u64,
+    rounds: crate::demo::Rounds,
+) -> anyhow::Result<ExitCode> {
     use crate::demo::{Demo, Progress, Scale};
     let data = match data {
         Some(path) => path,
@@ -838,7 +852,7 @@ fn demo(data: Option<PathBuf>, quick: bool, json: bool, seed: u64) -> anyhow::Re
     };
     let started = std::time::Instant::now();
     let blobs_for_measure = blobs.clone();
-    let report = Demo::new(&bus, blobs, backend, scale, seed, &progress).run()?;
+    let report = Demo::new(&bus, blobs, backend, scale, rounds, seed, &progress).run()?;
     if let Some((_, bar)) = bar.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
         bar.finish();
     }
@@ -859,6 +873,18 @@ fn demo(data: Option<PathBuf>, quick: bool, json: bool, seed: u64) -> anyhow::Re
     let thitl: Vec<_> = report.evaluations.iter().filter(|e| e.arm == domain::fine_tune::Arm::Thitl).collect();
     let traditional: Vec<_> =
         report.evaluations.iter().filter(|e| e.arm == domain::fine_tune::Arm::Traditional).collect();
+    // Over every round: ratings (gold and set-aside answers included) per item, and the share of
+    // verdicts that agree with the reference world's truth.
+    let totals = report.rounds.iter().fold((0u64, 0u64, 0u64, 0u64), |t, r| {
+        (
+            t.0 + u64::from(r.ratings),
+            t.1 + u64::from(r.items),
+            t.2 + u64::from(r.verdicts_correct),
+            t.3 + u64::from(r.verdicts),
+        )
+    });
+    let ratings_per_item = totals.0 as f64 / totals.1.max(1) as f64;
+    let verdict_accuracy = totals.2 as f64 / totals.3.max(1) as f64;
     if json {
         let associations: Vec<_> = thitl
             .iter()
@@ -896,6 +922,10 @@ fn demo(data: Option<PathBuf>, quick: bool, json: bool, seed: u64) -> anyhow::Re
                 "stages": report.stages,
                 "images": report.images,
                 "annotations": report.annotations,
+                "rounds": report.rounds,
+                "ratings_per_item": ratings_per_item,
+                "verdict_accuracy": verdict_accuracy,
+                "annotators": report.annotators,
                 "seconds": elapsed.as_secs_f64(),
             })
         );
@@ -953,6 +983,48 @@ fn demo(data: Option<PathBuf>, quick: bool, json: bool, seed: u64) -> anyhow::Re
             );
         }
         println!("(quality: the shipped rater's score in [0, 1]; rates and win rates: round 2's majority verdicts)");
+        println!(
+            "\nrounds ({}): {ratings_per_item:.2} ratings per item, {:.2}% of verdicts right",
+            match rounds {
+                crate::demo::Rounds::Controlled => "gold items, exclusion by rule, 2 raters and more where split",
+                crate::demo::Rounds::Fixed => "fixed: 3 raters per item, majority",
+            },
+            100.0 * verdict_accuracy
+        );
+        println!(
+            "{:<10} {:>6} {:>5} {:>8} {:>10} {:>7} {:>9} {:>16}",
+            "round", "items", "gold", "ratings", "per item", "raised", "left out", "verdicts right"
+        );
+        for r in &report.rounds {
+            println!(
+                "{:<10} {:>6} {:>5} {:>8} {:>10.2} {:>7} {:>9} {:>16}",
+                r.kind,
+                r.items,
+                r.gold_items,
+                r.ratings,
+                r.ratings_per_item,
+                r.items_raised,
+                r.left_out,
+                format!("{} / {}", r.verdicts_correct, r.verdicts)
+            );
+        }
+        println!("(verdicts right: against the shipped rater's own reading of each picture)");
+        println!("\n{:<14} {:>10} {:>14} {:<9} excluded in", "annotator", "answers", "gold right", "answers");
+        for a in &report.annotators {
+            println!(
+                "{:<14} {:>10} {:>14} {:<9} {}",
+                a.name,
+                a.submitted,
+                a.gold_accuracy.map_or("–".to_string(), |acc| format!(
+                    "{}/{} ({:.0}%)",
+                    a.gold_correct,
+                    a.gold_answers,
+                    100.0 * acc
+                )),
+                if a.careless { "at random" } else { "careful" },
+                if a.excluded_in.is_empty() { "–".to_string() } else { a.excluded_in.join(", ") }
+            );
+        }
         println!("\nthe same probe images through the shipped rater (base → T-HITL / traditional):");
         println!("{:<34} {:<26} {:<26} Fréchet distance to renders", "association", "concept seen", "group recognized");
         for (id, (group, concept, _)) in &report.associations {

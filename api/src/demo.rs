@@ -25,10 +25,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use domain::campaign::{AssociationEvaluation, CampaignSettings, WaitingFor, Work};
+use domain::campaign::{AssociationEvaluation, CampaignRoundControls, CampaignSettings, WaitingFor, Work};
 use domain::fine_tune::{Arm, LoraConfig, LoraTarget};
 use domain::generation::SamplerSettings;
-use domain::round::{Answer, RoundKind, Side};
+use domain::round::{AdaptiveOverlap, Aggregation, Answer, ExclusionRule, ItemContent, RoundKind, Side, Verdict};
 use domain::values::Quality;
 use domain::*;
 use scenes::base::SHIPPED_WEIGHTS;
@@ -56,11 +56,40 @@ pub struct Scale {
     pub prior_images: u32,
     /// Side-by-side pairs per association in round 2.
     pub pairs: u32,
+    /// Careful simulated annotators (the careless one comes on top, see [`Rounds`]).
     pub annotators: u32,
-    pub raters_per_item: u32,
+    /// Gold pictures per association in each round (rounds with quality controls).
+    pub gold_per_association: u32,
     pub lora_steps: u32,
     pub lora_batch: u32,
 }
+
+/// How the demo's rounds treat their raters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rounds {
+    /// Gold items in every round, a careless annotator among the careful ones and excluded by
+    /// rule, two raters per item and more only where they split ([`CONTROLLED_ROUNDS`]).
+    Controlled,
+    /// Three raters per item and a majority, no gold, no careless annotator: the rounds thitl
+    /// ran before it checked its raters (kept to compare against).
+    Fixed,
+}
+
+/// The controlled rounds' settings: an annotator is excluded once at least 8 gold answers put the
+/// upper end of their accuracy's 95% interval below 0.8 (a careful annotator of the demo, wrong on
+/// 2–8% of questions, is right on 85–98% of gold items; one answering at random on 25–50%); each
+/// item starts with 2 raters and gets one more while its answers are within one vote of a tie,
+/// up to 4; still split, it waits for a curator, and the demo's auto-accepting curator leaves it out.
+pub const CONTROLLED_ROUNDS: CampaignRoundControls = CampaignRoundControls {
+    gold_items_per_association: 0,
+    exclusion: Some(ExclusionRule { min_gold_answers: 8, min_accuracy: 0.8 }),
+    overlap: Some(AdaptiveOverlap { max_raters: 4, margin: 2 }),
+    aggregation: Aggregation::Majority,
+};
+
+/// Raters per item: the fixed rounds' count, and where the controlled rounds start.
+const FIXED_RATERS: u32 = 3;
+const FIRST_RATERS: u32 = 2;
 
 impl Scale {
     /// A few minutes: enough to see the effect, with wide intervals.
@@ -71,7 +100,7 @@ impl Scale {
         prior_images: 48,
         pairs: 8,
         annotators: 4,
-        raters_per_item: 3,
+        gold_per_association: 8,
         lora_steps: 200,
         lora_batch: 16,
     };
@@ -83,7 +112,7 @@ impl Scale {
         prior_images: 192,
         pairs: 32,
         annotators: 6,
-        raters_per_item: 3,
+        gold_per_association: 10,
         lora_steps: 500,
         lora_batch: 32,
     };
@@ -105,6 +134,51 @@ pub struct DemoReport {
     /// The versions the two arms derived.
     pub thitl_model: Option<ModelVersionId>,
     pub traditional_model: Option<ModelVersionId>,
+    /// Each round: what its ratings cost and how often its verdicts were right.
+    pub rounds: Vec<RoundSummary>,
+    /// Each simulated annotator's record over the campaign's rounds.
+    pub annotators: Vec<AnnotatorSummary>,
+}
+
+/// What one of the campaign's rounds cost in ratings, and how often its verdicts agree with the
+/// reference world's truth: the shipped rater's reading of each picture, which the simulated
+/// annotators see through their noise.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RoundSummary {
+    /// `baseline`, `screen` or `check`.
+    pub kind: String,
+    /// Items other than gold.
+    pub items: u32,
+    pub gold_items: u32,
+    /// Every answer given: counted, set aside (an excluded annotator's) and on gold items.
+    pub ratings: u32,
+    /// `ratings / items`.
+    pub ratings_per_item: f64,
+    /// Items that got raters beyond the first ones because their answers split.
+    pub items_raised: u32,
+    /// Items still split at the most raters, left out by the auto-accepting curator.
+    pub left_out: u32,
+    /// Verdicts compared with the truth (concept present, on single pictures; for round 1
+    /// whether the picture is accepted for training), and how many agree with it.
+    pub verdicts: u32,
+    pub verdicts_correct: u32,
+}
+
+/// A simulated annotator's record over the campaign's rounds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AnnotatorSummary {
+    pub name: String,
+    /// Answers at random: the annotator the rounds' rule should find.
+    pub careless: bool,
+    /// Answers on items other than gold (counted, or set aside once excluded).
+    pub submitted: u32,
+    pub gold_answers: u32,
+    pub gold_correct: u32,
+    pub gold_accuracy: Option<f64>,
+    /// Excluded by a round's rule.
+    pub excluded: bool,
+    /// The rounds (`baseline`, `screen`, `check`) that excluded them.
+    pub excluded_in: Vec<String>,
 }
 
 /// What the demo tells its caller while it runs.
@@ -120,6 +194,8 @@ pub use app::campaigns::CampaignError as DemoError;
 /// A simulated annotator: the rater's reading of a picture, seen through its own noise.
 struct Annotator {
     name: String,
+    /// Answers every question at random, whatever the picture shows.
+    careless: bool,
     /// Probability of flipping each yes/no answer.
     error_rate: f64,
     /// Standard deviation of its quality scores, on the 1–5 scale.
@@ -148,7 +224,24 @@ impl Annotator {
         rating.concepts[concept.index()] > 0.5
     }
 
+    /// An answer chosen at random among those the task allows.
+    fn guess(&mut self, kind: RoundKind, pair: bool) -> Answer {
+        let quality = Quality::new(1 + (self.rng.uniform() * 5.0).min(4.0) as u8)
+            .unwrap_or_else(|_| unreachable!("1..=5 is a quality"));
+        match (kind, pair) {
+            (_, true) => Answer::Compare { preferred: if self.rng.chance(0.5) { Side::Left } else { Side::Right } },
+            (RoundKind::Baseline, false) => Answer::Baseline { concept_present: self.rng.chance(0.5) },
+            (RoundKind::Screen, false) => {
+                Answer::Screen { quality, group_depicted: self.rng.chance(0.5), concept_present: self.rng.chance(0.5) }
+            }
+            (RoundKind::Check, false) => Answer::Check { concept_present: self.rng.chance(0.5), quality },
+        }
+    }
+
     fn answer(&mut self, kind: RoundKind, target: Target, images: &[&Rating]) -> Answer {
+        if self.careless {
+            return self.guess(kind, images.len() == 2);
+        }
         match (kind, images) {
             (RoundKind::Check, [left, right]) => {
                 // Prefer the picture without the concept, then the better-looking one.
@@ -183,9 +276,9 @@ pub struct Demo<'a> {
     /// The process manager's runner (prompts from the reference-world templates).
     runner: CampaignRunner<'a>,
     scale: Scale,
+    rounds: Rounds,
     seed: u64,
     curator: CommandContext,
-    system: CommandContext,
     annotators: Vec<Annotator>,
     images: u64,
     annotations: u64,
@@ -253,14 +346,14 @@ impl Api {
         Ok(Api { base, client, tokens, handle, thread: Some(thread) })
     }
 
-    /// A JSON call; an answer other than 2xx is an error with the problem's text.
-    fn call(
+    /// A JSON call whose refusal (an answer other than 2xx) is its status and problem text.
+    fn try_call(
         &self,
         method: &str,
         path: &str,
         token: &str,
         body: Option<&serde_json::Value>,
-    ) -> Result<serde_json::Value, DemoError> {
+    ) -> Result<Result<serde_json::Value, (u16, String)>, DemoError> {
         let method = reqwest::Method::from_bytes(method.as_bytes())
             .map_err(|e| DemoError::Other(format!("{method} {path}: {e}")))?;
         let mut request = self.client.request(method.clone(), format!("{}{path}", self.base)).bearer_auth(token);
@@ -272,12 +365,19 @@ impl Api {
             .and_then(|response| Ok((response.status().as_u16(), response.bytes()?)))
             .map_err(|e| DemoError::Other(format!("{method} {path}: {e}")))?;
         if !(200..300).contains(&status) {
-            return Err(DemoError::Other(format!(
-                "{method} {path} answered {status}: {}",
-                String::from_utf8_lossy(&answer)
-            )));
+            return Ok(Err((status, String::from_utf8_lossy(&answer).into_owned())));
         }
-        serde_json::from_slice(&answer).map_err(|e| DemoError::Other(format!("{method} {path}: not JSON: {e}")))
+        serde_json::from_slice(&answer).map(Ok).map_err(|e| DemoError::Other(format!("{method} {path}: not JSON: {e}")))
+    }
+
+    /// The caller's next task in round `path` (`/v1/rounds/{id}`); `None` once the round's rule
+    /// has excluded them (403: they get no more tasks there).
+    fn next_task(&self, path: &str, token: &str) -> Result<Option<serde_json::Value>, DemoError> {
+        match self.try_call("GET", &format!("{path}/next"), token, None)? {
+            Ok(next) => Ok(Some(next)),
+            Err((403, _)) => Ok(None),
+            Err((status, problem)) => Err(DemoError::Other(format!("GET {path}/next answered {status}: {problem}"))),
+        }
     }
 
     /// The bytes behind a URL the API gave (e.g. `/v1/blobs/{hash}`).
@@ -310,12 +410,16 @@ impl<'a> Demo<'a> {
         blobs: Arc<dyn BlobStore>,
         backend: gpu::Backend,
         scale: Scale,
+        rounds: Rounds,
         seed: u64,
         progress: &'a (dyn Fn(Progress) + Sync),
     ) -> Self {
-        let annotators = (0..scale.annotators)
+        // The careful annotators, and with controlled rounds one careless annotator after them.
+        let careless = u32::from(rounds == Rounds::Controlled);
+        let annotators = (0..scale.annotators + careless)
             .map(|i| Annotator {
                 name: format!("annotator-{}", i + 1),
+                careless: i == scale.annotators,
                 error_rate: [0.02, 0.04, 0.03, 0.06, 0.05, 0.08][i as usize % 6],
                 quality_noise: 0.4 + 0.1 * f64::from(i % 3),
                 rng: Rng::new(seed ^ (0xA11CE + u64::from(i))),
@@ -339,9 +443,9 @@ impl<'a> Demo<'a> {
             ),
             blobs,
             scale,
+            rounds,
             seed,
             curator: CommandContext::new(Actor::new("curator", Role::Curator)),
-            system: CommandContext::system(),
             annotators,
             images: 0,
             annotations: 0,
@@ -423,7 +527,16 @@ impl<'a> Demo<'a> {
             candidates_per_prompt: self.scale.candidates_per_prompt,
             prior_preservation_images: self.scale.prior_images,
             pairs_per_association: self.scale.pairs,
-            raters_per_item: self.scale.raters_per_item,
+            raters_per_item: match self.rounds {
+                Rounds::Controlled => FIRST_RATERS,
+                Rounds::Fixed => FIXED_RATERS,
+            },
+            round_controls: (self.rounds == Rounds::Controlled).then(|| {
+                Box::new(CampaignRoundControls {
+                    gold_items_per_association: self.scale.gold_per_association,
+                    ..CONTROLLED_ROUNDS
+                })
+            }),
             auto_accept: true,
             traditional_arm: true,
             lora: LoraConfig {
@@ -496,6 +609,7 @@ impl<'a> Demo<'a> {
             .iter()
             .map(|(id, a)| (*id, (a.group.clone(), a.concept.clone(), a.category.clone())))
             .collect();
+        let (rounds, annotators) = self.round_summaries(&campaign)?;
         Ok(DemoReport {
             campaign_id,
             stages,
@@ -507,7 +621,100 @@ impl<'a> Demo<'a> {
             promoted: campaign.promoted,
             thitl_model: campaign.model_of(Arm::Thitl),
             traditional_model: campaign.model_of(Arm::Traditional),
+            rounds,
+            annotators,
         })
+    }
+
+    /// Each of `campaign`'s rounds as [`RoundSummary`] says, and each simulated annotator's
+    /// record over them.
+    fn round_summaries(
+        &mut self,
+        campaign: &Campaign,
+    ) -> Result<(Vec<RoundSummary>, Vec<AnnotatorSummary>), DemoError> {
+        let mut rounds = Vec::new();
+        let mut annotators: Vec<AnnotatorSummary> = self
+            .annotators
+            .iter()
+            .map(|a| AnnotatorSummary {
+                name: a.name.clone(),
+                careless: a.careless,
+                submitted: 0,
+                gold_answers: 0,
+                gold_correct: 0,
+                gold_accuracy: None,
+                excluded: false,
+                excluded_in: Vec::new(),
+            })
+            .collect();
+        for work in &campaign.work {
+            let (Work::BaselineRound { round_id } | Work::Round1 { round_id } | Work::Round2 { round_id }) = work
+            else {
+                continue;
+            };
+            let (round, _) = self.bus.load::<AnnotationRound>(&round_id.stream())?;
+            let Some(kind) = round.kind else { continue };
+            let kind_name = format!("{kind:?}").to_lowercase();
+            self.runner.rate(&round.items)?;
+            let targets = self.targets(&round);
+            let threshold = round.quality_threshold.map_or(domain::round::DEFAULT_QUALITY_THRESHOLD, Quality::get);
+            let mut summary = RoundSummary { kind: kind_name.clone(), ..RoundSummary::default() };
+            for item in &round.items {
+                let answers = |of: &BTreeMap<ItemId, BTreeMap<String, Answer>>| {
+                    of.get(&item.item_id).map_or(0, |answers| answers.len() as u32)
+                };
+                summary.ratings += answers(&round.submissions) + answers(&round.set_aside);
+                if round.is_gold(item.item_id) {
+                    summary.gold_items += 1;
+                    continue;
+                }
+                summary.items += 1;
+                summary.items_raised += u32::from(round.needed(item.item_id) > round.raters_per_item);
+            }
+            summary.ratings_per_item = f64::from(summary.ratings) / f64::from(summary.items.max(1));
+            for outcome in &round.outcomes {
+                let Some(item) = round.item(outcome.item_id).filter(|item| !round.is_gold(item.item_id)) else {
+                    continue;
+                };
+                if matches!(outcome.verdict, Verdict::Undecided) {
+                    summary.left_out += 1;
+                    continue;
+                }
+                let (ItemContent::Image(image), Some(target)) = (&item.content, targets.get(&item.item_id)) else {
+                    continue;
+                };
+                let Some(truth) = self.rater.rating(&image.blob) else { continue };
+                let sees = Annotator::sees(&truth, target.concept);
+                let right = match &outcome.verdict {
+                    Verdict::Baseline { concept_present, .. } | Verdict::Check { concept_present, .. } => {
+                        *concept_present == sees
+                    }
+                    Verdict::Screen { accepted, .. } => {
+                        let good = (1.0 + 4.0 * f64::from(truth.quality)).round() >= f64::from(threshold);
+                        *accepted == (truth.group == target.group && !sees && good)
+                    }
+                    Verdict::Compare { .. } | Verdict::Undecided => continue,
+                };
+                summary.verdicts += 1;
+                summary.verdicts_correct += u32::from(right);
+            }
+            for record in round.annotator_records() {
+                let Some(annotator) = annotators.iter_mut().find(|a| a.name == record.annotator) else { continue };
+                annotator.submitted += record.submitted;
+                annotator.gold_answers += record.gold_answers;
+                annotator.gold_correct += record.gold_correct;
+                if record.excluded.is_some() {
+                    annotator.excluded = true;
+                    annotator.excluded_in.push(kind_name.clone());
+                }
+            }
+            rounds.push(summary);
+        }
+        for annotator in &mut annotators {
+            annotator.gold_accuracy = (annotator.gold_answers > 0)
+                .then(|| f64::from(annotator.gold_correct) / f64::from(annotator.gold_answers));
+        }
+        Ok((rounds, annotators))
     }
 
     /// Runs (or resumes) generation job `id`.
@@ -542,8 +749,11 @@ impl<'a> Demo<'a> {
     }
 
     /// Lets every simulated annotator work through round `id` concurrently ("next task", look,
-    /// submit) until no task is left, then closes it. A round interrupted by a crash goes on
-    /// where it stopped: an annotator's open assignment is handed back to it first.
+    /// submit) until none gets a task; the runner closes the round once every item has its answers
+    /// (or, when some still need more, asks for another pass: an excluded annotator's tasks went
+    /// back to the pool, a split item got another rater). An annotator the round's rule excludes
+    /// (403) stops. A round interrupted by a crash goes on where it stopped: an annotator's open
+    /// assignment is handed back to it first.
     fn work_round(&mut self, id: RoundId) -> Result<(), DemoError> {
         let stream = id.stream();
         let (round, _) = self.bus.load::<AnnotationRound>(&stream)?;
@@ -556,24 +766,8 @@ impl<'a> Demo<'a> {
         // The runner's quality rater is the demo's rater: this has it read every picture the
         // annotators will see.
         self.runner.rate(&round.items)?;
-        // What each item asks to look for (the round's instructions name the group and concept;
-        // which model made a picture is not shown).
-        let targets: HashMap<ItemId, Target> = round
-            .items
-            .iter()
-            .filter_map(|item| {
-                let association = self.runner.associations().get(&item.label.association_id?)?;
-                Some((
-                    item.item_id,
-                    Target {
-                        group: Group::from_name(&association.group)?,
-                        concept: Concept::from_name(&association.concept)?,
-                    },
-                ))
-            })
-            .collect();
-        let total = round.items.len() as u64 * u64::from(round.raters_per_item.max(1));
-        let already: u64 = round.submissions.values().map(|answers| answers.len() as u64).sum();
+        let targets = self.targets(&round);
+        let (already, total) = round.progress();
         let done = std::sync::atomic::AtomicU64::new(already);
         let api = self.api.as_ref().ok_or_else(|| DemoError::Other("the REST API is not running".into()))?;
         let (rater, progress, round_task) = (self.rater.as_ref(), self.progress, task);
@@ -590,7 +784,7 @@ impl<'a> Demo<'a> {
                             .ok_or_else(|| DemoError::Other(format!("no token for {}", annotator.name)))?;
                         let mut submitted = 0;
                         let path = format!("/v1/rounds/{id}");
-                        let mut next = api.call("GET", &format!("{path}/next"), token, None)?;
+                        let Some(mut next) = api.next_task(&path, token)? else { return Ok(0) };
                         loop {
                             let task = &next["task"];
                             if task.is_null() {
@@ -626,18 +820,30 @@ impl<'a> Demo<'a> {
                                 },
                             };
                             let body = serde_json::json!({"item_id": item_id, "answer": answer, "next": true});
-                            let stored = api.call("POST", &format!("{path}/annotations"), token, Some(&body))?;
-                            next = stored["next"].clone();
-                            if next.get("error").is_some() {
-                                return Err(DemoError::Other(format!(
-                                    "the next task could not be assigned: {}",
-                                    next["error"]
-                                )));
-                            }
+                            let stored =
+                                match api.try_call("POST", &format!("{path}/annotations"), token, Some(&body))? {
+                                    Ok(stored) => stored,
+                                    // Excluded by the rule: no more tasks in this round.
+                                    Err((403, _)) => return Ok(submitted),
+                                    Err((status, problem)) => {
+                                        return Err(DemoError::Other(format!(
+                                            "POST {path}/annotations answered {status}: {problem}"
+                                        )));
+                                    }
+                                };
                             submitted += 1;
                             let now = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                             if now % 64 == 0 || now == total {
-                                progress(Progress::Task { task: round_task, done: now, total });
+                                progress(Progress::Task { task: round_task, done: now, total: total.max(now) });
+                            }
+                            next = stored["next"].clone();
+                            // The answer is stored; the next task could not be assigned (this
+                            // answer may have had the rule exclude them): ask again to learn why.
+                            if next.get("error").is_some() {
+                                match api.next_task(&path, token)? {
+                                    Some(again) => next = again,
+                                    None => return Ok(submitted),
+                                }
                             }
                         }
                     })
@@ -648,16 +854,40 @@ impl<'a> Demo<'a> {
                 .map(|w| w.join().unwrap_or_else(|_| Err(DemoError::Other("an annotator thread panicked".into()))))
                 .collect()
         });
+        let mut submitted = 0;
         for result in results {
-            self.annotations += result?;
+            submitted += result?;
         }
-        self.bus.execute::<AnnotationRound>(
-            &stream,
-            None,
-            &self.system,
-            RoundCommand::Close { allow_incomplete: false, leave_out_unadjudicated: false },
-        )?;
+        self.annotations += submitted;
+        let (round, _) = self.bus.load::<AnnotationRound>(&stream)?;
+        let (done, needed) = round.progress();
+        if submitted == 0 && done < needed {
+            return Err(DemoError::Other(format!(
+                "no annotator can take the {} answers round {id} still needs (each item needs \
+                 annotators who have not answered it and are not excluded)",
+                needed - done
+            )));
+        }
         Ok(())
+    }
+
+    /// What each of `round`'s items asks to look for (the round's instructions name the group and
+    /// concept; which model made a picture is not shown).
+    fn targets(&self, round: &AnnotationRound) -> HashMap<ItemId, Target> {
+        round
+            .items
+            .iter()
+            .filter_map(|item| {
+                let association = self.runner.associations().get(&item.label.association_id?)?;
+                Some((
+                    item.item_id,
+                    Target {
+                        group: Group::from_name(&association.group)?,
+                        concept: Concept::from_name(&association.concept)?,
+                    },
+                ))
+            })
+            .collect()
     }
 
     /// Runs fine-tune job `id` (from step 0 again if a crash interrupted it).

@@ -571,9 +571,10 @@ impl<'a> CampaignRunner<'a> {
         mut items: Vec<RoundItem>,
     ) -> Result<RoundId, CampaignError> {
         let id = RoundId(Uuid::now_v7());
-        // Rounds 1 and 2 check their raters as the campaign's settings say.
-        let controls = match (kind, campaign.settings.round_controls.as_deref().copied()) {
-            (RoundKind::Screen | RoundKind::Check, Some(wanted)) => {
+        // Every round the campaign opens (the baseline round, rounds 1 and 2) checks its raters
+        // as the campaign's settings say.
+        let controls = match campaign.settings.round_controls.as_deref().copied() {
+            Some(wanted) => {
                 let gold = self.gold_items(campaign, wanted.gold_items_per_association)?;
                 let controls = domain::round::RoundControls {
                     gold: gold.iter().map(|(item, gold)| (item.item_id, *gold)).collect(),
@@ -585,7 +586,7 @@ impl<'a> CampaignRunner<'a> {
                 items.extend(gold.into_iter().map(|(item, _)| item));
                 controls
             }
-            _ => domain::round::RoundControls::default(),
+            None => domain::round::RoundControls::default(),
         };
         self.bus.execute::<AnnotationRound>(
             &id.stream(),
@@ -798,7 +799,7 @@ impl<'a> CampaignRunner<'a> {
             "fine-tune ({}): {} of {} candidates, {} prior-preservation images",
             arm_name(arm),
             examples.len(),
-            round.items.len(),
+            round.items.iter().filter(|item| !round.is_gold(item.item_id)).count(),
             prior.len()
         ));
         let request = FineTuneRequest {

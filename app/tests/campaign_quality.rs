@@ -1,5 +1,5 @@
-//! A campaign whose rounds check their raters: gold items from the model family in rounds 1
-//! and 2, a careless annotator excluded by the rule in each, split items given more raters and
+//! A campaign whose rounds check their raters: gold items from the model family in the baseline
+//! round and rounds 1 and 2, a careless annotator excluded by the rule in each, split items given more raters and
 //! (auto-accept being the curator) left out when still split, and no gold picture ever trained on.
 
 mod common;
@@ -14,7 +14,7 @@ use domain::*;
 use store::{EventStore, SqliteStore};
 
 #[test]
-fn a_careless_annotator_is_excluded_from_both_rounds_and_gold_is_never_trained_on() {
+fn a_careless_annotator_is_excluded_from_every_round_and_gold_is_never_trained_on() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(dir.path().join("events.db")).unwrap());
     let bus = CommandBus::new(store);
@@ -33,11 +33,11 @@ fn a_careless_annotator_is_excluded_from_both_rounds_and_gold_is_never_trained_o
         .work
         .iter()
         .filter_map(|w| match w {
-            Work::Round1 { round_id } | Work::Round2 { round_id } => Some(*round_id),
+            Work::BaselineRound { round_id } | Work::Round1 { round_id } | Work::Round2 { round_id } => Some(*round_id),
             _ => None,
         })
         .collect();
-    assert_eq!(rounds.len(), 2);
+    assert_eq!(rounds.len(), 3);
     let mut gold_blobs = Vec::new();
     for round_id in &rounds {
         let (round, _) = bus.load::<AnnotationRound>(&round_id.stream()).unwrap();

@@ -96,12 +96,12 @@ pub struct CampaignSettings {
     /// beside the model's candidates and trained on like them when people accept them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub team_images: Vec<TeamImage>,
-    /// How rounds 1 and 2 check their raters (none by default).
+    /// How the campaign's rounds (baseline, 1 and 2) check their raters (none by default).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub round_controls: Option<Box<CampaignRoundControls>>,
 }
 
-/// The quality controls a campaign gives its rounds 1 and 2.
+/// The quality controls a campaign gives each round it opens: the baseline round, rounds 1 and 2.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]

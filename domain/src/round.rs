@@ -34,6 +34,11 @@ pub const MAX_ITEMS_PER_ROUND: usize = 100_000;
 pub const MAX_RATERS_PER_ITEM: u32 = 15;
 pub const DEFAULT_RATERS_PER_ITEM: u32 = 3;
 pub const DEFAULT_QUALITY_THRESHOLD: u8 = 3;
+
+/// At most this many other answers between two of an annotator's gold items (while they have
+/// gold items left to see): a careless annotator meets enough gold to be excluded early, before
+/// many of their answers have to be set aside and asked again.
+pub const MAX_GOLD_PERIOD: u32 = 5;
 pub const DEFAULT_ASSIGNMENT_LEASE_SECONDS: i64 = 15 * 60;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -539,15 +544,18 @@ impl AnnotationRound {
     }
 
     /// The gold item `annotator` should see next, if it is their turn for one: gold items are
-    /// spread through each annotator's tasks in the round's proportion (one per `period` other
-    /// answers, the first halfway into the first period), each at most once per annotator.
+    /// spread through each annotator's tasks, one per `period` other answers (the first halfway
+    /// into the first period), each at most once per annotator. `period` is the round's
+    /// proportion of other items to gold, but at most [`MAX_GOLD_PERIOD`]: an annotator rates
+    /// only a share of a large round's items, and spread at the round's proportion they would
+    /// meet too few gold items for the exclusion rule to judge them before the round ends.
     fn next_gold(&self, annotator: &str) -> Option<usize> {
         let gold = self.controls.gold.len() as u32;
         if gold == 0 {
             return None;
         }
         let regular = self.items.len() as u32 - gold;
-        let period = (regular / gold).max(1);
+        let period = (regular / gold).clamp(1, MAX_GOLD_PERIOD);
         let seen = self
             .controls
             .gold
@@ -1750,6 +1758,33 @@ pub(crate) mod tests {
     /// Every event of `round`'s history applied again, from nothing: the state a replay sees.
     fn replayed(events: &[RoundEvent]) -> AnnotationRound {
         AnnotationRound::default().apply_all(events)
+    }
+
+    /// In a large round an annotator meets gold at most `MAX_GOLD_PERIOD` answers apart, not at
+    /// the round's proportion (here one gold item per 100 others), so the rule can judge them early.
+    #[test]
+    fn gold_items_come_at_most_max_gold_period_answers_apart_in_a_large_round() {
+        let gold = Gold { concept_present: Some(false), group_depicted: None };
+        let items: Vec<RoundItem> = (1..=400).chain(1001..=1004).map(image_item).collect();
+        let controls = RoundControls {
+            gold: (1001..=1004).map(|n| (image_item(n).item_id, gold)).collect(),
+            ..RoundControls::default()
+        };
+        let mut round = open_with(RoundKind::Check, items, 3, controls);
+        let mut gold_at = Vec::new();
+        for answer in 0..40 {
+            let (next, _) = round.then(RoundCommand::AssignNext { annotator: "a".into(), now: t(answer) });
+            let item_id = next.current_task("a", t(answer)).expect("a task");
+            if next.is_gold(item_id) {
+                gold_at.push(answer);
+            }
+            round = next.then(RoundCommand::Submit { annotator: "a".into(), item_id, answer: check(false) }).0;
+        }
+        // The first halfway into the first period, then one after every MAX_GOLD_PERIOD others.
+        let period = MAX_GOLD_PERIOD as i64;
+        let expected: Vec<i64> = (0..4).map(|k| period / 2 + k * (period + 1)).collect();
+        assert_eq!(gold_at, expected);
+        assert_eq!(round.gold_record("a"), (4, 4));
     }
 
     #[test]

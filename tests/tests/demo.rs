@@ -42,7 +42,9 @@ fn the_quick_demo_lowers_every_association_and_keeps_the_quality() {
     let (mut before, mut after) = ((0.0, 0.0), (0.0, 0.0));
     for association in associations {
         let (b, a) = (count(&association["before"]), count(&association["after"]));
-        assert!(b.1 >= 48.0 && a.1 >= 48.0, "probe images per association: {association}");
+        // 48 probe images per association and model, less the few still split at four raters
+        // (left out by the auto-accepting curator).
+        assert!((44.0..=48.0).contains(&b.1) && (44.0..=48.0).contains(&a.1), "probe images: {association}");
         assert!(a.0 / a.1 < b.0 / b.1, "the rate did not fall: {association}");
         // Quality within 5% of the base's, and annotators who mostly agree.
         let (quality_before, quality_after) =
@@ -69,8 +71,64 @@ fn the_quick_demo_lowers_every_association_and_keeps_the_quality() {
     let traditional = report["traditional"].as_array().expect("traditional");
     assert_eq!(traditional.len(), 3);
     for arm in traditional {
-        assert_eq!(arm["after"]["n"], associations[0]["after"]["n"]);
+        assert!((44..=48).contains(&arm["after"]["n"].as_u64().unwrap()), "the same 48 probes: {arm}");
         assert!(arm["quality_after"].as_f64().unwrap() > 0.0);
+    }
+}
+
+/// The quick demo's rounds check their raters: gold pictures in every round, the careless
+/// simulated annotator (answering at random) excluded by the rule and nobody else, split items
+/// given more raters, and fewer ratings per item than three fixed raters spend, with verdicts
+/// nearly as right as theirs.
+#[test]
+fn the_quick_demo_excludes_its_careless_annotator_and_spends_fewer_ratings() {
+    let report = quick_demo_report();
+    let annotators = report["annotators"].as_array().expect("annotators");
+    assert_eq!(annotators.iter().filter(|a| a["careless"] == true).count(), 1, "{report}");
+    for annotator in annotators {
+        let careless = annotator["careless"] == true;
+        assert_eq!(annotator["excluded"], careless, "{annotator}");
+        assert_eq!(annotator["excluded_in"].as_array().unwrap().is_empty(), !careless, "{annotator}");
+        let (answers, right) =
+            (annotator["gold_answers"].as_f64().unwrap(), annotator["gold_correct"].as_f64().unwrap());
+        assert!(answers >= 8.0, "every annotator meets gold: {annotator}");
+        let accuracy = annotator["gold_accuracy"].as_f64().unwrap();
+        assert!((accuracy - right / answers).abs() < 1e-12, "{annotator}");
+        if careless {
+            // Random answers: half right on one question, a quarter on round 1's two.
+            assert!(accuracy < 0.7, "{annotator}");
+        } else {
+            assert!(accuracy >= 0.75, "{annotator}");
+        }
+    }
+    let rounds = report["rounds"].as_array().expect("rounds");
+    let kinds: Vec<&str> = rounds.iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["baseline", "screen", "check"]);
+    let (mut ratings, mut items) = (0.0, 0.0);
+    for round in rounds {
+        assert_eq!(round["gold_items"], 3 * 8, "eight gold pictures per association: {round}");
+        assert!(round["items_raised"].as_u64().unwrap() > 0, "split items get more raters: {round}");
+        let verdicts = round["verdicts"].as_f64().unwrap();
+        assert!(verdicts > 0.0 && round["verdicts_correct"].as_f64().unwrap() <= verdicts, "{round}");
+        ratings += round["ratings"].as_f64().unwrap();
+        items += round["items"].as_f64().unwrap();
+    }
+    assert!((report["ratings_per_item"].as_f64().unwrap() - ratings / items).abs() < 1e-9);
+    assert!(ratings / items < 3.0, "{} ratings per item (gold and set-aside answers included)", ratings / items);
+    let accuracy = report["verdict_accuracy"].as_f64().unwrap();
+    // Fixed rounds got 99.6% on seed 1, these 99.3% (99.7% against 99.5% at full scale): a
+    // careless annotator counted unchecked would cost a few percent.
+    assert!(accuracy >= 0.985, "verdicts right: {accuracy}");
+    // Every exclusion is on the record, with the rule and its evidence.
+    let dir = campaign_copy();
+    let excluded = events(dir.path(), "select event_type, payload from events where event_type = 'AnnotatorExcluded'");
+    let careless = annotators.iter().find(|a| a["careless"] == true).unwrap();
+    assert_eq!(excluded.len(), careless["excluded_in"].as_array().unwrap().len());
+    for (_, payload) in excluded {
+        let event: Value = serde_json::from_str(&payload).unwrap();
+        assert_eq!(event["annotator"], careless["name"], "{event}");
+        assert_eq!(event["rule"]["min_gold_answers"], 8, "{event}");
+        assert!(event["evidence"]["accuracy_upper_bound"].as_f64().unwrap() < 0.8, "{event}");
     }
 }
 
@@ -170,7 +228,8 @@ fn the_lineage_of_the_fine_tuned_version_reaches_every_prompt_and_rating() {
     let raters = lineage["source_round"]["raters_per_item"].as_u64().unwrap() as usize;
     for example in examples {
         let screened = &example["round_1"];
-        assert_eq!(screened["ratings"].as_array().unwrap().len(), raters, "{example}");
+        // Two raters to start with, more where they split (adaptive overlap).
+        assert!(screened["ratings"].as_array().unwrap().len() >= raters, "{example}");
         assert_eq!(screened["verdict"]["screen"]["accepted"], true, "T-HITL trains only on accepted images: {example}");
         assert!(example["prompt_id"].is_string());
     }
