@@ -56,17 +56,32 @@ enum Command {
         /// (another `thitl serve` on the same data does).
         #[arg(long)]
         no_jobs: bool,
+        /// Step the campaigns but run no generation or fine-tune job here: workers do (`thitl
+        /// worker --api` on GPU machines that reach this server over HTTPS, or `thitl worker` on
+        /// this store).
+        #[arg(long, conflicts_with = "no_jobs")]
+        no_local_jobs: bool,
         #[command(flatten)]
         store: StoreArg,
     },
-    /// Run generation and fine-tune jobs on a data directory's store, beside `thitl serve` (which
-    /// may then run with --no-jobs) and other workers: each job is claimed with a lease, so no two
-    /// workers run the same one and a dead worker's job is taken over once its lease expires.
-    /// Stop with Ctrl-C (the job at hand runs to its end; Ctrl-C again abandons it).
+    /// Run generation and fine-tune jobs: on a data directory's store, beside `thitl serve` (which
+    /// may then run with --no-jobs) and other workers, or with --api and --token on a server
+    /// reached over HTTPS alone. Each job is claimed with a lease, so no two workers run the same
+    /// one and a dead worker's job is taken over once its lease expires. Stop with Ctrl-C (the job
+    /// at hand runs to its end; Ctrl-C again abandons it).
     Worker {
-        /// Data directory written by `thitl serve` or `thitl demo` (events.db, blobs/).
+        /// Data directory written by `thitl serve` or `thitl demo` (events.db, blobs/); with
+        /// --api, this worker's own directory: its cache of weights and blobs by hash.
         #[arg(long, env = "THITL_DATA", default_value = "thitl-data")]
         data: PathBuf,
+        /// Run the jobs of the thitl server at this URL (https://…) through its REST API, instead
+        /// of a local store: nothing but HTTPS and a worker token needed.
+        #[arg(long, env = "THITL_API", requires = "token", conflicts_with = "location")]
+        api: Option<String>,
+        /// A worker token (`thitl token create --role worker`), for --api. Prefer the variable: a
+        /// flag shows in the process list.
+        #[arg(long, env = "THITL_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         /// This worker's name: unique among the processes sharing the store (default
         /// worker@HOST-PID). A worker restarted under its old name resumes its own job at once.
         #[arg(long)]
@@ -185,7 +200,7 @@ enum TokenCommand {
     Create {
         #[arg(long, env = "THITL_DATA")]
         data: PathBuf,
-        /// admin, curator, annotator, operator or auditor.
+        /// admin, curator, annotator, operator, auditor or worker.
         #[arg(long)]
         role: String,
         /// The principal's name: the actor of every event the token causes.
@@ -286,12 +301,32 @@ enum ProjectionsCommand {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { data, bind, config, no_jobs, store } => {
-            serve(&data, store.parse()?.as_ref(), bind, config.as_deref(), !no_jobs)
+        Command::Serve { data, bind, config, no_jobs, no_local_jobs, store } => {
+            let background = match (no_jobs, no_local_jobs) {
+                (true, _) => Background::Nothing,
+                (false, true) => Background::CampaignsOnly,
+                (false, false) => Background::CampaignsAndJobs,
+            };
+            serve(&data, store.parse()?.as_ref(), bind, config.as_deref(), background)
         }
-        Command::Worker { data, name, lease_seconds, device, store } => {
+        Command::Worker { data, api, token, name, lease_seconds, device, store } => {
             let worker_name = name.unwrap_or_else(|| app::workers::Worker::default_name("worker", true));
-            worker(&data, store.parse()?.as_ref(), &device, app::workers::Worker { name: worker_name, lease_seconds })
+            match api {
+                Some(api) => remote_worker(
+                    &api,
+                    token.as_deref().unwrap_or_default(),
+                    &data,
+                    &device,
+                    worker_name,
+                    lease_seconds,
+                ),
+                None => worker(
+                    &data,
+                    store.parse()?.as_ref(),
+                    &device,
+                    app::workers::Worker { name: worker_name, lease_seconds },
+                ),
+            }
         }
         Command::Token(TokenCommand::Create { data, role, name }) => token_create(&data, &role, &name),
         Command::Token(TokenCommand::Revoke { data, id, reason }) => token_revoke(&data, &id, &reason),
@@ -346,6 +381,7 @@ fn worker(
         rater: None,
         campaigns: None,
         worker,
+        run_jobs: true,
     });
     actix_web::rt::System::new().block_on(async {
         stop_signal().await;
@@ -360,6 +396,65 @@ fn worker(
     drop(runner);
     tracing::info!("worker stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `thitl worker --api URL --token TOKEN`: the server's jobs over HTTPS, until Ctrl-C.
+fn remote_worker(
+    api: &str,
+    token: &str,
+    data: &Path,
+    device: &crate::scenes_cli::DeviceArg,
+    name: String,
+    lease_seconds: u32,
+) -> anyhow::Result<ExitCode> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if let Err(error) = domain::values::Name::parse("worker", &name) {
+        anyhow::bail!("--name: {error}");
+    }
+    let backend = device.backend()?;
+    tracing::info!(device = %backend.describe(), cache = %data.display(), "jobs run here");
+    let settings = crate::remote_worker::RemoteWorkerSettings {
+        api: api.to_string(),
+        token: token.to_string(),
+        name,
+        lease_seconds,
+        data: data.to_path_buf(),
+        backend,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    // Woken by Ctrl-C, or by the worker ending on its own (an error).
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let (flag, ended) = (stop.clone(), wake.clone());
+    let working = std::thread::Builder::new().name("thitl-remote-worker".into()).spawn(move || {
+        let result = crate::remote_worker::run(settings, flag);
+        ended.notify_one();
+        result
+    })?;
+    let result = actix_web::rt::System::new().block_on(async {
+        let interrupted = wake.clone();
+        actix_web::rt::spawn(async move {
+            stop_signal().await;
+            interrupted.notify_one();
+        });
+        wake.notified().await;
+        if !working.is_finished() {
+            tracing::info!("stopping: the job in progress runs to its end (Ctrl-C again abandons it; another worker resumes it once its lease ends)");
+            stop.store(true, Ordering::SeqCst);
+            actix_web::rt::spawn(async {
+                stop_signal().await;
+                stop_signal().await;
+                tracing::warn!("abandoning the job in progress");
+                std::process::exit(130);
+            });
+        }
+        actix_web::rt::task::spawn_blocking(move || working.join()).await
+    });
+    match result {
+        Ok(Ok(Ok(()))) => Ok(ExitCode::SUCCESS),
+        Ok(Ok(Err(error))) => Err(error),
+        _ => anyhow::bail!("the worker thread stopped unexpectedly"),
+    }
 }
 
 /// Ctrl-C or SIGTERM.
@@ -446,12 +541,22 @@ fn bench_gpu(
     Ok(ExitCode::SUCCESS)
 }
 
+/// What `thitl serve` does besides serving the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Background {
+    CampaignsAndJobs,
+    /// Workers elsewhere run the jobs (`--no-local-jobs`).
+    CampaignsOnly,
+    /// Another `thitl serve` on the same data drives (`--no-jobs`).
+    Nothing,
+}
+
 fn serve(
     data: &Path,
     store: Option<&StoreLocation>,
     bind: Option<String>,
     config: Option<&Path>,
-    jobs: bool,
+    background: Background,
 ) -> anyhow::Result<ExitCode> {
     let mut settings = crate::configuration::Settings::load(config)?;
     if let Some(bind) = bind {
@@ -471,10 +576,18 @@ fn serve(
         let blobs = std::sync::Arc::new(dir.blobs()?);
         let generator = crate::prompts_cli::prompt_generator(&settings)?;
         let app = Application::build_with_blobs(storage, settings, blobs.clone())?;
-        let driver = match jobs {
-            true => {
-                let backend = gpu::Backend::choose(gpu::DeviceChoice::from_env()?)?;
-                tracing::info!(device = %backend.describe(), "jobs run here");
+        let driver = match background {
+            Background::CampaignsAndJobs | Background::CampaignsOnly => {
+                let run_jobs = background == Background::CampaignsAndJobs;
+                let backend = match run_jobs {
+                    true => gpu::Backend::choose(gpu::DeviceChoice::from_env()?)?,
+                    // No job runs here: the reference world's family only names its objects.
+                    false => gpu::Backend::Cpu,
+                };
+                match run_jobs {
+                    true => tracing::info!(device = %backend.describe(), "jobs run here"),
+                    false => tracing::info!("jobs run on workers (thitl worker), not here"),
+                }
                 let worker = app::workers::Worker::from_env(app::workers::Worker::default_name("serve", false))
                     .map_err(|e| anyhow::anyhow!(e))?;
                 let parts = app::driver::DriverParts {
@@ -486,10 +599,11 @@ fn serve(
                     rater: Some(std::sync::Arc::new(app::reference::ReferenceRater::default())),
                     campaigns: Some((generator, 0x0007_4171)),
                     worker,
+                    run_jobs,
                 };
                 Some(app::driver::Driver::spawn(parts))
             }
-            false => None,
+            Background::Nothing => None,
         };
         let address = format!("http://{}", bind_address(&bind, app.port()));
         tracing::info!(%address, data = %data.display(), "thitl is serving; stop with Ctrl-C");
@@ -608,9 +722,9 @@ fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<u64> {
 }
 
 fn token_create(data: &Path, role: &str, name: &str) -> anyhow::Result<ExitCode> {
-    let role = domain::Role::parse(role)
-        .filter(|r| *r != domain::Role::System)
-        .ok_or_else(|| anyhow::anyhow!("unknown role '{role}': use admin, curator, annotator, operator or auditor"))?;
+    let role = domain::Role::parse(role).filter(|r| *r != domain::Role::System).ok_or_else(|| {
+        anyhow::anyhow!("unknown role '{role}': use admin, curator, annotator, operator, auditor or worker")
+    })?;
     let dir = DataDir::open_or_create(data)?;
     let bus = CommandBus::new(dir.store.clone());
     let context = app::commands::CommandContext::new(domain::Actor::new("thitl-cli", domain::Role::Admin));

@@ -8,6 +8,7 @@
 //! | [`problem`] | every error as problem+json |
 //! | [`configuration`], [`metrics`] | server settings; Prometheus `/metrics` |
 //! | [`demo`] | `thitl demo`: a whole T-HITL campaign on the reference world, simulated annotators |
+//! | [`remote_worker`] | `thitl worker --api`: jobs leased and recorded over HTTPS, blobs cached by hash |
 //! | [`cli`], [`scenes_cli`], [`model_cli`], [`prompts_cli`] | the `thitl` command line |
 //!
 //! Architecture invariant: no application rule lives here; handlers and commands parse, check
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod model_cli;
 pub mod problem;
 pub mod prompts_cli;
+pub mod remote_worker;
 pub mod routes;
 pub mod scenes_cli;
 pub mod startup;

@@ -18,6 +18,13 @@ use app::commands::CommandError;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
+/// The title of a 409 refusing a worker's record because it no longer holds the job's lease.
+pub const LEASE_LOST: &str = "Lease lost";
+
+/// The title of a 409 refusing a request whose `Idempotency-Key` belongs to a request that has not
+/// finished (or was cut off by a server stop).
+pub const KEY_IN_USE: &str = "Idempotency key in use";
+
 /// The body of every error answer.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem {
@@ -76,6 +83,10 @@ impl ApiError {
 impl From<DomainError> for ApiError {
     fn from(error: DomainError) -> Self {
         let detail = error.to_string();
+        if matches!(error, DomainError::NotLeaseHolder { .. }) {
+            // A worker tells this refusal apart: the job is no longer its to work.
+            return ApiError::new(StatusCode::CONFLICT, LEASE_LOST, detail);
+        }
         match error.kind() {
             ErrorKind::Invalid => ApiError::unprocessable(detail),
             ErrorKind::NotFound => ApiError::not_found(detail),

@@ -31,6 +31,11 @@ pub enum Action {
     Audit,
     /// Issue and revoke tokens.
     Administer,
+    /// Lease generation and fine-tune jobs, renew them, record their images, losses and
+    /// adapters, complete or fail them; upload the blobs they make.
+    Work,
+    /// Store a blob (`POST /v1/blobs`): what operators upload, and workers' images and adapters.
+    UploadBlob,
     /// Fetch a blob's bytes by its hash. Every role: a hash names content only, and annotators
     /// learn hashes only from their own tasks, so the bytes reveal no model, arm or prompt.
     FetchBlob,
@@ -41,10 +46,13 @@ pub fn allows(role: Role, action: Action) -> bool {
     use Action::*;
     match role {
         Role::Admin => true,
-        Role::Curator => matches!(action, Read | Curate | Operate | FetchBlob),
-        Role::Operator => matches!(action, Read | Operate | FetchBlob),
+        Role::Curator => matches!(action, Read | Curate | Operate | UploadBlob | FetchBlob),
+        Role::Operator => matches!(action, Read | Operate | UploadBlob | FetchBlob),
         Role::Annotator => matches!(action, Annotate | FetchBlob),
         Role::Auditor => matches!(action, Read | Audit | FetchBlob),
+        // Reads nothing but the jobs it leases (each answer names the model versions and blobs
+        // the job needs) and blobs by hash.
+        Role::Worker => matches!(action, Work | UploadBlob | FetchBlob),
         // The system role is thitl itself; no token can carry it (the Token aggregate refuses).
         Role::System => false,
     }

@@ -74,6 +74,9 @@ pub enum BlobError {
     Corrupt { hash: BlobHash, actual: BlobHash },
     #[error("blob store: {action} {path}: {source}")]
     Io { action: &'static str, path: String, source: io::Error },
+    /// A blob store reached over the network (a remote worker's) could not answer.
+    #[error("blob store: {0}")]
+    Remote(String),
 }
 
 impl BlobError {

@@ -62,6 +62,9 @@ pub struct DriverParts {
     pub campaigns: Option<(Box<dyn PromptGenerator>, u64)>,
     /// Who claims the jobs.
     pub worker: Worker,
+    /// Run generation and fine-tune jobs here; false leaves them to workers elsewhere
+    /// (`thitl serve --no-local-jobs`), and only steps the campaigns.
+    pub run_jobs: bool,
 }
 
 impl Driver {
@@ -96,7 +99,7 @@ impl Drop for Driver {
 }
 
 fn drive(parts: DriverParts, stop: &AtomicBool) {
-    let DriverParts { bus, blobs, projections, family, named_families, rater, campaigns, worker } = parts;
+    let DriverParts { bus, blobs, projections, family, named_families, rater, campaigns, worker, run_jobs } = parts;
     let models = named_families
         .iter()
         .cloned()
@@ -163,7 +166,7 @@ fn drive(parts: DriverParts, stop: &AtomicBool) {
             break;
         }
         // One job, then look at the campaigns again (the job's end may move one on).
-        if run_one_job(&bus, &models, blobs.as_ref(), &worker, &generations, &fine_tunes) {
+        if run_jobs && run_one_job(&bus, &models, blobs.as_ref(), &worker, &generations, &fine_tunes) {
             continue;
         }
         // Nothing to do: wait for the next event (a new job, an annotation closing a round).

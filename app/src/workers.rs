@@ -47,7 +47,7 @@ use domain::{
 use uuid::Uuid;
 
 use crate::blobs::{BlobError, BlobStore};
-use crate::commands::{CommandBus, CommandContext, CommandError};
+use crate::commands::{CommandBus, CommandContext, CommandError, Outcome};
 use crate::ports::{Flow, Model, ModelError, ModelFamily, SampleRequest, TrainingImage};
 
 /// The lease a worker takes when `THITL_JOB_LEASE_SECONDS` does not say.
@@ -383,58 +383,76 @@ impl JobHost for LocalJobs<'_> {
 /// Claims generation job `id` in this process's log for `worker` (again after a crash: the
 /// images already recorded are kept). Refused while another worker's lease runs.
 pub fn start_generation(bus: &CommandBus, id: GenerationId, worker: &Worker) -> Result<GenerationJob, WorkerError> {
-    let start =
-        GenerationCommand::Start { worker: worker.name.clone(), now: Utc::now(), lease_seconds: worker.lease_seconds };
-    bus.execute::<Generation>(&id.stream(), None, &worker.context(), start)?;
-    let (job, _) = bus.load::<Generation>(&id.stream())?;
-    GenerationJob::of(&job)
+    claim_generation(bus, id, worker, &worker.context()).map(|(job, _)| job)
 }
 
 /// Claims fine-tune job `id` in this process's log for `worker` (training starts again from
 /// step 0). Refused while another worker's lease runs.
 pub fn start_fine_tune(bus: &CommandBus, id: FineTuneId, worker: &Worker) -> Result<FineTuneJob, WorkerError> {
-    let start =
-        FineTuneCommand::Start { worker: worker.name.clone(), now: Utc::now(), lease_seconds: worker.lease_seconds };
-    bus.execute::<FineTune>(&id.stream(), None, &worker.context(), start)?;
-    let (job, _) = bus.load::<FineTune>(&id.stream())?;
-    FineTuneJob::of(&job)
+    claim_fine_tune(bus, id, worker, &worker.context()).map(|(job, _)| job)
 }
 
-/// Claims the first of `generations`, then of `fine_tunes`, that `worker` may take (requested,
-/// or running under an expired lease or its own), with the model versions it needs; `None`
-/// when there is none. What `POST /v1/jobs/lease` answers a remote worker.
+fn claim_generation(
+    bus: &CommandBus,
+    id: GenerationId,
+    worker: &Worker,
+    context: &CommandContext,
+) -> Result<(GenerationJob, Outcome), WorkerError> {
+    let start =
+        GenerationCommand::Start { worker: worker.name.clone(), now: Utc::now(), lease_seconds: worker.lease_seconds };
+    let outcome = bus.execute::<Generation>(&id.stream(), None, context, start)?;
+    let (job, _) = bus.load::<Generation>(&id.stream())?;
+    Ok((GenerationJob::of(&job)?, outcome))
+}
+
+fn claim_fine_tune(
+    bus: &CommandBus,
+    id: FineTuneId,
+    worker: &Worker,
+    context: &CommandContext,
+) -> Result<(FineTuneJob, Outcome), WorkerError> {
+    let start =
+        FineTuneCommand::Start { worker: worker.name.clone(), now: Utc::now(), lease_seconds: worker.lease_seconds };
+    let outcome = bus.execute::<FineTune>(&id.stream(), None, context, start)?;
+    let (job, _) = bus.load::<FineTune>(&id.stream())?;
+    Ok((FineTuneJob::of(&job)?, outcome))
+}
+
+/// Claims for `worker` the first of `generations`, then of `fine_tunes`, that it may take
+/// (requested, or running under an expired lease or its own), recording `context` as who did;
+/// the job with the model versions it needs, and where its claim landed in the log. `None` when
+/// there is none. What `POST /v1/jobs/lease` answers a remote worker.
 pub fn lease_next_job(
     bus: &CommandBus,
     worker: &Worker,
+    context: &CommandContext,
     generations: &[GenerationId],
     fine_tunes: &[FineTuneId],
-) -> Result<Option<LeasedJob>, WorkerError> {
-    let claimed = |result: Result<Job, WorkerError>| match result {
-        Ok(job) => Ok(Some(job)),
+) -> Result<Option<(LeasedJob, Outcome)>, WorkerError> {
+    let claimed = |result: Result<(Job, Outcome), WorkerError>| match result {
+        Ok(claim) => Ok(Some(claim)),
         // Taken by another worker since the list was made: the next one.
         Err(error) if error.is_other_workers() => Ok(None),
         Err(error) => Err(error),
     };
     let mut found = None;
-    for id in
-        claimable::<Generation, _>(bus, worker, generations, |id| id.stream(), |job| (job.status, job.lease.clone()))
-    {
-        found = claimed(start_generation(bus, id, worker).map(Job::Generation))?;
+    let stream_state = |job: &Generation| (job.status, job.lease.clone());
+    for id in claimable::<Generation, _>(bus, worker, generations, |id| id.stream(), stream_state) {
+        found = claimed(claim_generation(bus, id, worker, context).map(|(job, o)| (Job::Generation(job), o)))?;
         if found.is_some() {
             break;
         }
     }
     if found.is_none() {
-        for id in
-            claimable::<FineTune, _>(bus, worker, fine_tunes, |id| id.stream(), |job| (job.status, job.lease.clone()))
-        {
-            found = claimed(start_fine_tune(bus, id, worker).map(Job::FineTune))?;
+        let stream_state = |job: &FineTune| (job.status, job.lease.clone());
+        for id in claimable::<FineTune, _>(bus, worker, fine_tunes, |id| id.stream(), stream_state) {
+            found = claimed(claim_fine_tune(bus, id, worker, context).map(|(job, o)| (Job::FineTune(job), o)))?;
             if found.is_some() {
                 break;
             }
         }
     }
-    let Some(job) = found else { return Ok(None) };
+    let Some((job, outcome)) = found else { return Ok(None) };
     let lease = match job.reference() {
         JobRef::Generation(id) => bus.read::<Generation, _>(&id.stream(), |job, _| job.lease.clone())?,
         JobRef::FineTune(id) => bus.read::<FineTune, _>(&id.stream(), |job, _| job.lease.clone())?,
@@ -453,7 +471,7 @@ pub fn lease_next_job(
         next = record.parent;
         models.push(record);
     }
-    Ok(Some(LeasedJob { job, lease_until, models }))
+    Ok(Some((LeasedJob { job, lease_until, models }, outcome)))
 }
 
 /// Those of `ids` whose stream (read now, not the read model) says they still need running and

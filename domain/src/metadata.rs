@@ -13,12 +13,14 @@ pub enum Role {
     Annotator,
     Operator,
     Auditor,
+    /// A GPU worker reaching thitl over HTTPS: takes and runs generation and fine-tune jobs.
+    Worker,
     System,
 }
 
 impl Role {
-    pub const ALL: [Role; 6] =
-        [Role::Admin, Role::Curator, Role::Annotator, Role::Operator, Role::Auditor, Role::System];
+    pub const ALL: [Role; 7] =
+        [Role::Admin, Role::Curator, Role::Annotator, Role::Operator, Role::Auditor, Role::Worker, Role::System];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -27,6 +29,7 @@ impl Role {
             Role::Annotator => "annotator",
             Role::Operator => "operator",
             Role::Auditor => "auditor",
+            Role::Worker => "worker",
             Role::System => "system",
         }
     }

@@ -6,22 +6,44 @@ use crate::helpers::spawn_app;
 
 const NONE: &str = "01900000-0000-7000-8000-000000000000";
 
+/// Whether `path` (its query aside) fits the OpenAPI path `template` (`/v1/rounds/{id}/next`).
+fn matches_template(template: &str, path: &str) -> bool {
+    let path = path.split('?').next().unwrap_or_default();
+    let (mut parts, mut pattern) = (path.split('/'), template.split('/'));
+    loop {
+        match (parts.next(), pattern.next()) {
+            (None, None) => return true,
+            (Some(part), Some(segment)) if segment.starts_with('{') || segment == part => {
+                if part.is_empty() && segment.starts_with('{') {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+}
+
 #[test]
 fn every_route_checks_the_role() {
     let app = spawn_app();
-    let roles = ["admin", "curator", "operator", "annotator", "auditor"];
+    let roles = ["admin", "curator", "operator", "annotator", "auditor", "worker"];
     let tokens: Vec<(&str, String)> = roles.iter().map(|role| (*role, app.token(role, &format!("{role}-1")))).collect();
     let head = app.head();
 
     let everyone_but_annotators = &["admin", "curator", "operator", "auditor"][..];
     let curators = &["admin", "curator"][..];
     let operators = &["admin", "curator", "operator"][..];
+    let uploaders = &["admin", "curator", "operator", "worker"][..];
+    let workers = &["admin", "worker"][..];
     let annotators = &["admin", "annotator"][..];
     let auditors = &["admin", "auditor"][..];
     let admins = &["admin"][..];
     let token_readers = &["admin", "auditor"][..];
-    let everyone = &["admin", "curator", "operator", "annotator", "auditor"][..];
+    let everyone = &["admin", "curator", "operator", "annotator", "auditor", "worker"][..];
     let round = format!("/v1/rounds/{NONE}");
+    let zeros = "0".repeat(64);
+    let image_record = format!(r#"{{"index":0,"blob":"{zeros}"}}"#);
+    let adapter_record = format!(r#"{{"adapter":"{zeros}","final_loss":0.1}}"#);
     // (method, path, body, roles allowed)
     let table: Vec<(&str, String, &str, &[&str])> = vec![
         ("GET", "/v1/me".into(), "", everyone),
@@ -62,7 +84,7 @@ fn every_route_checks_the_role() {
         ),
         ("GET", format!("/v1/images/{NONE}"), "", everyone_but_annotators),
         ("GET", format!("/v1/blobs/{}", "0".repeat(64)), "", everyone),
-        ("POST", "/v1/blobs".into(), "", operators),
+        ("POST", "/v1/blobs".into(), "", uploaders),
         ("GET", "/v1/model-versions".into(), "", everyone_but_annotators),
         ("GET", format!("/v1/model-versions/{NONE}"), "", everyone_but_annotators),
         (
@@ -106,13 +128,44 @@ fn every_route_checks_the_role() {
             curators,
         ),
         ("POST", format!("/v1/campaigns/{NONE}/conclude"), r#"{"promote":null,"reason":"r"}"#, curators),
+        // A worker takes jobs (none here: `job` is null) and records only on jobs it holds.
+        ("POST", "/v1/jobs/lease".into(), "{}", workers),
+        ("POST", format!("/v1/jobs/generations/{NONE}/renew"), "{}", workers),
+        ("POST", format!("/v1/jobs/generations/{NONE}/images"), &image_record, workers),
+        ("POST", format!("/v1/jobs/generations/{NONE}/complete"), "{}", workers),
+        ("POST", format!("/v1/jobs/generations/{NONE}/fail"), r#"{"reason":"r"}"#, workers),
+        ("POST", format!("/v1/jobs/fine-tunes/{NONE}/renew"), "{}", workers),
+        ("POST", format!("/v1/jobs/fine-tunes/{NONE}/progress"), r#"{"step":1,"loss":0.5}"#, workers),
+        ("POST", format!("/v1/jobs/fine-tunes/{NONE}/complete"), &adapter_record, workers),
+        ("POST", format!("/v1/jobs/fine-tunes/{NONE}/fail"), r#"{"reason":"r"}"#, workers),
         ("GET", "/v1/tokens".into(), "", token_readers),
         ("POST", "/v1/tokens".into(), r#"{"name":"","role":"curator"}"#, admins),
         ("POST", format!("/v1/tokens/{NONE}/revoke"), r#"{"reason":"r"}"#, admins),
         ("GET", "/v1/audit/events?limit=1".into(), "", auditors),
         ("GET", "/v1/audit/streams/taxonomy?limit=1".into(), "", auditors),
         ("GET", "/v1/audit/verify".into(), "", auditors),
+        ("GET", "/v1/exports/evaluations".into(), "", everyone_but_annotators),
+        ("GET", format!("/v1/model-versions/{NONE}/export"), "", everyone_but_annotators),
     ];
+    // The live feed answers an allowed caller with a stream that does not end: only refusals
+    // are checked for it.
+    let feed = "/v1/audit/feed";
+    assert_eq!(app.request("GET", feed, None, &[], None).status, 401);
+    for (role, token) in tokens.iter().filter(|(role, _)| !auditors.contains(role)) {
+        assert_eq!(app.request("GET", feed, Some(token), &[], None).status, 403, "{feed} as {role}");
+    }
+    // Every route the OpenAPI document lists is in the table (or public, or the feed): the
+    // table checks the whole policy, route by route.
+    let document = app.get("/openapi.json", &app.admin).expect(200).json();
+    let public = ["/healthz", "/readyz", "/metrics", feed];
+    for (template, operations) in document["paths"].as_object().unwrap() {
+        for method in operations.as_object().unwrap().keys() {
+            let method = method.to_uppercase();
+            let covered = public.contains(&template.as_str())
+                || table.iter().any(|(m, path, _, _)| *m == method && matches_template(template, path));
+            assert!(covered, "{method} {template} is missing from the role table");
+        }
+    }
     for (method, path, body, allowed) in &table {
         let body = (*method == "POST").then_some(body.as_bytes());
         let anonymous = app.request(method, path, None, &[], body);

@@ -107,8 +107,13 @@ impl Server {
 
     /// Like [`start_with`](Self::start_with), with extra `thitl serve` arguments (`--no-jobs`).
     pub fn start_with_args(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::start_at(data, "127.0.0.1:0", args, env)
+    }
+
+    /// Like [`start_with_args`](Self::start_with_args), listening on `bind`.
+    pub fn start_at(data: &Path, bind: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(thitl_bin())
-            .args(["serve", "--data", data.to_str().unwrap(), "--bind", "127.0.0.1:0"])
+            .args(["serve", "--data", data.to_str().unwrap(), "--bind", bind])
             .args(args)
             .envs(env.iter().copied())
             .env("THITL_LOG", "info")

@@ -16,18 +16,26 @@ use serde_json::{Value, json};
 use crate::helpers::{Server, TestApp, create_token, thitl_bin};
 
 /// Short, so that the test waits seconds for a takeover, not a minute.
-const LEASE_SECONDS: i64 = 3;
+pub(crate) const LEASE_SECONDS: i64 = 3;
 
 /// A `thitl worker` process; killed when dropped. Its log lines are kept for failure messages.
-struct Worker {
-    child: Child,
+pub(crate) struct Worker {
+    pub(crate) child: Child,
     log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Worker {
     fn start(data: &std::path::Path, name: &str) -> Worker {
+        Self::spawn(&["--data", data.to_str().unwrap(), "--name", name], &[])
+    }
+
+    /// `thitl worker ARGS --device cpu` with a [`LEASE_SECONDS`] lease and `env`.
+    pub(crate) fn spawn(args: &[&str], env: &[(&str, &str)]) -> Worker {
         let mut child = Command::new(thitl_bin())
-            .args(["worker", "--data", data.to_str().unwrap(), "--name", name, "--device", "cpu"])
+            .arg("worker")
+            .args(args)
+            .args(["--device", "cpu"])
+            .envs(env.iter().copied())
             .env("THITL_JOB_LEASE_SECONDS", LEASE_SECONDS.to_string())
             .env("THITL_LOG", "info")
             .env("NO_COLOR", "1")
@@ -45,7 +53,7 @@ impl Worker {
         Worker { child, log }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
 }
@@ -58,7 +66,12 @@ impl Drop for Worker {
 }
 
 /// Polls `check` every 50 ms until it returns a value, for at most `seconds`.
-fn wait_for<T>(what: &str, seconds: u64, logs: &dyn Fn() -> String, mut check: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn wait_for<T>(
+    what: &str,
+    seconds: u64,
+    logs: &dyn Fn() -> String,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     loop {
         if let Some(value) = check() {
@@ -69,7 +82,7 @@ fn wait_for<T>(what: &str, seconds: u64, logs: &dyn Fn() -> String, mut check: i
     }
 }
 
-fn time(event: &Value) -> DateTime<Utc> {
+pub(crate) fn time(event: &Value) -> DateTime<Utc> {
     event["recorded_at"].as_str().unwrap().parse().unwrap()
 }
 
@@ -210,7 +223,7 @@ fn workers_share_the_jobs_and_take_over_a_killed_workers_job_after_its_lease() {
 }
 
 /// How many images `events` recorded before `start`.
-fn indices_before(events: &[Value], start: &Value) -> u64 {
+pub(crate) fn indices_before(events: &[Value], start: &Value) -> u64 {
     events.iter().take_while(|e| e["version"] != start["version"]).filter(|e| e["type"] == "ImageGenerated").count()
         as u64
 }

@@ -151,7 +151,7 @@ pub struct StoredBlob {
     pub created: bool,
 }
 
-/// Store bytes (an image, weights) under their SHA-256 (operator). The body is the raw bytes,
+/// Store bytes (an image, weights, an adapter) under their SHA-256 (operator, curator, worker). The body is the raw bytes,
 /// at most the server's body limit; storing the same bytes again changes nothing, so a retry is
 /// always safe.
 #[utoipa::path(post, path = "/v1/blobs", tag = "images",
@@ -161,7 +161,7 @@ pub struct StoredBlob {
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(principal = %principal.name, bytes = body.len()))]
 pub async fn upload(state: web::Data<AppState>, principal: Principal, body: Bytes) -> Result<HttpResponse, ApiError> {
-    principal.require(Action::Operate)?;
+    principal.require(Action::UploadBlob)?;
     if body.is_empty() {
         return Err(ApiError::unprocessable("the body is empty: send the blob's bytes"));
     }

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod exports;
 mod health;
 pub mod images;
+pub mod jobs;
 pub mod model_export;
 pub mod openapi;
 pub mod pages;
@@ -137,6 +138,18 @@ pub fn configure(config: &mut web::ServiceConfig) {
                     web::scope("/fine-tunes")
                         .service(at("").post(work::request_fine_tune).get(work::list_fine_tunes).done())
                         .service(at("/{id}").get(work::fine_tune).done()),
+                )
+                .service(
+                    web::scope("/jobs")
+                        .service(at("/lease").post(jobs::lease).done())
+                        .service(at("/generations/{id}/renew").post(jobs::renew_generation).done())
+                        .service(at("/generations/{id}/images").post(jobs::record_image).done())
+                        .service(at("/generations/{id}/complete").post(jobs::complete_generation).done())
+                        .service(at("/generations/{id}/fail").post(jobs::fail_generation).done())
+                        .service(at("/fine-tunes/{id}/renew").post(jobs::renew_fine_tune).done())
+                        .service(at("/fine-tunes/{id}/progress").post(jobs::record_progress).done())
+                        .service(at("/fine-tunes/{id}/complete").post(jobs::complete_fine_tune).done())
+                        .service(at("/fine-tunes/{id}/fail").post(jobs::fail_fine_tune).done()),
                 )
                 .service(
                     web::scope("/campaigns")

@@ -13,7 +13,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{associations, audit, exports, health, images, model_export, pages, rounds, support, tokens, work};
+use super::{associations, audit, exports, health, images, jobs, model_export, pages, rounds, support, tokens, work};
 use crate::problem;
 
 #[derive(OpenApi)]
@@ -34,6 +34,8 @@ use crate::problem;
         work::request_generation, work::list_generations, work::generation,
         work::request_fine_tune, work::list_fine_tunes, work::fine_tune,
         work::start_campaign, work::list_campaigns, work::campaign, work::conclude_campaign,
+        jobs::lease, jobs::renew_generation, jobs::record_image, jobs::complete_generation, jobs::fail_generation,
+        jobs::renew_fine_tune, jobs::record_progress, jobs::complete_fine_tune, jobs::fail_fine_tune,
         exports::export,
         audit::events, audit::stream_history, audit::verify, audit::feed,
     ),
@@ -45,6 +47,8 @@ use crate::problem;
         rounds::SubmitAnnotation, rounds::WithdrawAnnotation, rounds::CloseRound, rounds::Reinstate, rounds::Adjudicate,
         work::RegisterBaseModel, work::CreatePromptSet, work::AddPrompts, work::PromptText, work::PromptReview,
         work::RequestGeneration, work::RequestFineTune, work::StartCampaign, work::ConcludeCampaign,
+        jobs::LeaseJob, jobs::RenewLease, jobs::RecordJobImage, jobs::RecordJobProgress, jobs::WorkerOnly,
+        jobs::CompleteFineTuneJob, jobs::FailJob,
         projections::ImageRecord, images::StoredBlob, images::BlobBytes,
     )),
     modifiers(&BearerAuth),
@@ -271,6 +275,17 @@ const LINKS: &[(&str, &[Link])] = &[
 /// What the derive cannot say: the exact shape of the headers and path ids every route reads,
 /// the enumerations of the request bodies, and the links between operations.
 fn exact(doc: &mut Value) {
+    // Bodies whose every field is optional: an empty body reads as `{}` (`support::parse_json`).
+    for pointer in [
+        "/paths/~1v1~1jobs~1lease/post/requestBody",
+        "/paths/~1v1~1jobs~1generations~1{id}~1renew/post/requestBody",
+        "/paths/~1v1~1jobs~1generations~1{id}~1complete/post/requestBody",
+        "/paths/~1v1~1jobs~1fine-tunes~1{id}~1renew/post/requestBody",
+    ] {
+        if let Some(body) = doc.pointer_mut(pointer) {
+            body["required"] = json!(false);
+        }
+    }
     if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
         for operation in paths.values_mut().filter_map(Value::as_object_mut).flat_map(|item| item.values_mut()) {
             let Some(parameters) = operation.get_mut("parameters").and_then(Value::as_array_mut) else { continue };

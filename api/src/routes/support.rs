@@ -23,6 +23,13 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
 /// 422, with serde's words for what and where. An empty body reads as `{}`.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let body = if body.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { body };
+    // Every body is an object: serde would also read a struct from an array of its fields.
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+        return Err(ApiError::unprocessable(
+            "the JSON body does not fit this endpoint: invalid type: it must be an object ({…}) with its fields",
+        ));
+    }
     serde_json::from_slice(body).map_err(|error| {
         use serde_json::error::Category;
         match error.classify() {
@@ -172,7 +179,9 @@ where
                 ));
             }
             Begin::InProgress => {
-                return Err(ApiError::conflict(
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    crate::problem::KEY_IN_USE,
                     "the first request with this Idempotency-Key has not finished, or the server stopped while running it; \
                      look for its events in the audit log before retrying with a new key",
                 ));
