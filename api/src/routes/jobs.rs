@@ -190,45 +190,48 @@ fn require_blob(state: &AppState, hash: &BlobHash, what: &str) -> Result<(), Api
     }
 }
 
-/// One worker command on generation job `id`.
-async fn generation_command<B: serde::de::DeserializeOwned + Send + 'static>(
-    state: web::Data<AppState>,
-    principal: Principal,
-    request: HttpRequest,
-    body: Bytes,
-    id: String,
-    created: bool,
-    command: impl FnOnce(&AppState, String, B) -> Result<GenerationCommand, ApiError> + Send + 'static,
-) -> Result<HttpResponse, ApiError> {
-    let id: GenerationId = parse_id("generation", &id)?;
-    let (caller, data) = (principal.clone(), state.clone());
-    run_command(state, principal, request, body, Action::Work, created, move |bus, context, expected, input: B| {
-        let command = command(&data, caller.name.clone(), input)?;
-        let outcome = bus
-            .execute::<Generation>(&id.stream(), expected, context, command)
-            .map_err(|e| crate::routes::support::named(e, "generation", id))?;
-        Ok(Done::new(outcome))
-    })
-    .await
+/// The two kinds of job a worker records on, by the path they are named in.
+trait JobKind: Aggregate + 'static {
+    /// `generation` or `fine-tune`, for errors.
+    const ENTITY_NAME: &'static str;
+    /// The job's stream, from the id in the path (404 for one that is not an id).
+    fn stream_of(id: &str) -> Result<(String, String), ApiError>;
 }
 
-/// One worker command on fine-tune job `id`.
-async fn fine_tune_command<B: serde::de::DeserializeOwned + Send + 'static>(
+impl JobKind for Generation {
+    const ENTITY_NAME: &'static str = "generation";
+    fn stream_of(id: &str) -> Result<(String, String), ApiError> {
+        let id: GenerationId = parse_id(Self::ENTITY_NAME, id)?;
+        Ok((id.stream(), id.to_string()))
+    }
+}
+
+impl JobKind for FineTune {
+    const ENTITY_NAME: &'static str = "fine-tune";
+    fn stream_of(id: &str) -> Result<(String, String), ApiError> {
+        let id: FineTuneId = parse_id(Self::ENTITY_NAME, id)?;
+        Ok((id.stream(), id.to_string()))
+    }
+}
+
+/// One worker command on job `id` of kind `A`: `command` makes it from the body and the
+/// caller's token name.
+async fn job_command<A: JobKind, B: serde::de::DeserializeOwned + Send + 'static>(
     state: web::Data<AppState>,
     principal: Principal,
     request: HttpRequest,
     body: Bytes,
     id: String,
     created: bool,
-    command: impl FnOnce(&AppState, String, B) -> Result<FineTuneCommand, ApiError> + Send + 'static,
+    command: impl FnOnce(&AppState, String, B) -> Result<A::Command, ApiError> + Send + 'static,
 ) -> Result<HttpResponse, ApiError> {
-    let id: FineTuneId = parse_id("fine-tune", &id)?;
+    let (stream, id) = A::stream_of(&id)?;
     let (caller, data) = (principal.clone(), state.clone());
     run_command(state, principal, request, body, Action::Work, created, move |bus, context, expected, input: B| {
         let command = command(&data, caller.name.clone(), input)?;
         let outcome = bus
-            .execute::<FineTune>(&id.stream(), expected, context, command)
-            .map_err(|e| crate::routes::support::named(e, "fine-tune", id))?;
+            .execute::<A>(&stream, expected, context, command)
+            .map_err(|e| crate::routes::support::named(e, A::ENTITY_NAME, id))?;
         Ok(Done::new(outcome))
     })
     .await
@@ -257,13 +260,21 @@ pub async fn renew_generation(
     path: web::Path<String>,
     body: Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    generation_command(state, principal, request, body, path.into_inner(), false, |_, token, input: RenewLease| {
-        Ok(GenerationCommand::Renew {
-            worker: named_holder(&token, input.name.as_deref())?,
-            now: Utc::now(),
-            lease_seconds: lease_seconds(input.lease_seconds)?,
-        })
-    })
+    job_command::<Generation, _>(
+        state,
+        principal,
+        request,
+        body,
+        path.into_inner(),
+        false,
+        |_, token, input: RenewLease| {
+            Ok(GenerationCommand::Renew {
+                worker: named_holder(&token, input.name.as_deref())?,
+                now: Utc::now(),
+                lease_seconds: lease_seconds(input.lease_seconds)?,
+            })
+        },
+    )
     .await
 }
 
@@ -279,7 +290,7 @@ pub async fn record_image(
     path: web::Path<String>,
     body: Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    generation_command(
+    job_command::<Generation, _>(
         state,
         principal,
         request,
@@ -311,9 +322,17 @@ pub async fn complete_generation(
     path: web::Path<String>,
     body: Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    generation_command(state, principal, request, body, path.into_inner(), false, |_, token, input: WorkerOnly| {
-        Ok(GenerationCommand::Complete { worker: named_holder(&token, input.name.as_deref())? })
-    })
+    job_command::<Generation, _>(
+        state,
+        principal,
+        request,
+        body,
+        path.into_inner(),
+        false,
+        |_, token, input: WorkerOnly| {
+            Ok(GenerationCommand::Complete { worker: named_holder(&token, input.name.as_deref())? })
+        },
+    )
     .await
 }
 
@@ -329,9 +348,17 @@ pub async fn fail_generation(
     path: web::Path<String>,
     body: Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    generation_command(state, principal, request, body, path.into_inner(), false, |_, token, input: FailJob| {
-        Ok(GenerationCommand::Fail { worker: named_holder(&token, input.name.as_deref())?, reason: input.reason })
-    })
+    job_command::<Generation, _>(
+        state,
+        principal,
+        request,
+        body,
+        path.into_inner(),
+        false,
+        |_, token, input: FailJob| {
+            Ok(GenerationCommand::Fail { worker: named_holder(&token, input.name.as_deref())?, reason: input.reason })
+        },
+    )
     .await
 }
 
@@ -347,13 +374,21 @@ pub async fn renew_fine_tune(
     path: web::Path<String>,
     body: Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    fine_tune_command(state, principal, request, body, path.into_inner(), false, |_, token, input: RenewLease| {
-        Ok(FineTuneCommand::Renew {
-            worker: named_holder(&token, input.name.as_deref())?,
-            now: Utc::now(),
-            lease_seconds: lease_seconds(input.lease_seconds)?,
-        })
-    })
+    job_command::<FineTune, _>(
+        state,
+        principal,
+        request,
+        body,
+        path.into_inner(),
+        false,
+        |_, token, input: RenewLease| {
+            Ok(FineTuneCommand::Renew {
+                worker: named_holder(&token, input.name.as_deref())?,
+                now: Utc::now(),
+                lease_seconds: lease_seconds(input.lease_seconds)?,
+            })
+        },
+    )
     .await
 }
 
@@ -369,13 +404,21 @@ pub async fn record_progress(
     path: web::Path<String>,
     body: Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    fine_tune_command(state, principal, request, body, path.into_inner(), true, |_, token, input: RecordJobProgress| {
-        Ok(FineTuneCommand::RecordProgress {
-            worker: named_holder(&token, input.name.as_deref())?,
-            step: input.step,
-            loss: input.loss,
-        })
-    })
+    job_command::<FineTune, _>(
+        state,
+        principal,
+        request,
+        body,
+        path.into_inner(),
+        true,
+        |_, token, input: RecordJobProgress| {
+            Ok(FineTuneCommand::RecordProgress {
+                worker: named_holder(&token, input.name.as_deref())?,
+                step: input.step,
+                loss: input.loss,
+            })
+        },
+    )
     .await
 }
 
@@ -391,7 +434,7 @@ pub async fn complete_fine_tune(
     path: web::Path<String>,
     body: Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    fine_tune_command(
+    job_command::<FineTune, _>(
         state,
         principal,
         request,
@@ -422,7 +465,7 @@ pub async fn fail_fine_tune(
     path: web::Path<String>,
     body: Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    fine_tune_command(state, principal, request, body, path.into_inner(), false, |_, token, input: FailJob| {
+    job_command::<FineTune, _>(state, principal, request, body, path.into_inner(), false, |_, token, input: FailJob| {
         Ok(FineTuneCommand::Fail { worker: named_holder(&token, input.name.as_deref())?, reason: input.reason })
     })
     .await
