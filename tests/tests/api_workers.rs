@@ -114,3 +114,45 @@ fn a_worker_leases_a_job_and_records_on_it_alone() {
     // No job left.
     assert_eq!(lease(&app, &gpu_a, json!({}))["job"], Value::Null);
 }
+
+/// Every file under `dir`, recursively.
+fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        match entry.file_type().unwrap().is_dir() {
+            true => found.extend(files(&entry.path())),
+            false => found.push(entry.path()),
+        }
+    }
+    found
+}
+
+/// An upload cut off mid-way (a worker's connection lost) stores nothing: no blob under its hash,
+/// no partial file; the whole upload afterwards is a new blob.
+#[test]
+fn an_upload_cut_off_mid_way_leaves_no_blob() {
+    use std::io::Write;
+    let app = spawn_app();
+    let worker = app.token("worker", "gpu");
+    let blobs = app.dir.path().join("blobs");
+    let before = files(&blobs);
+    let bytes: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let mut stream = std::net::TcpStream::connect(&app.address).unwrap();
+    write!(
+        stream,
+        "POST /v1/blobs HTTP/1.1\r\nHost: thitl\r\nAuthorization: Bearer {worker}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        bytes.len()
+    )
+    .unwrap();
+    stream.write_all(&bytes[..bytes.len() / 2]).unwrap();
+    stream.flush().unwrap();
+    stream.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(stream);
+    // The server is still answering, and it kept nothing of the half.
+    app.get("/v1/me", &worker).expect(200);
+    assert_eq!(files(&blobs), before, "a cut-off upload left a file");
+    let whole = app.upload(&worker, &bytes);
+    whole.expect(201);
+    assert_eq!(whole.json()["created"], true, "the blob was there before its whole upload");
+}
