@@ -504,7 +504,8 @@ impl ExportCursor {
             round.map_or(Value::Null, |r| json!(r.kind)),
             json!(item_id),
             json!(item.and_then(|(association, _)| *association)),
-            item.map_or(Value::Null, |(_, models)| {
+            // A gold picture or a team's own image names no model: null, not an empty text.
+            item.filter(|(_, models)| !models.is_empty()).map_or(Value::Null, |(_, models)| {
                 json!(models.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(" "))
             }),
             json!(annotator),
