@@ -157,13 +157,28 @@ pub struct StoredBlob {
 #[utoipa::path(post, path = "/v1/blobs", tag = "images",
     request_body(content = BlobBytes, content_type = "application/octet-stream", description = "the bytes"),
     responses((status = 201, description = "stored", body = StoredBlob), (status = 200, description = "already stored", body = StoredBlob),
-        (status = "4XX", description = "413 over the body limit; 422 an empty body", body = Problem, content_type = "application/problem+json")),
+        (status = "4XX", description = "400 a body shorter than its Content-Length (a cut-off upload: nothing is stored); 413 over the body limit; 422 an empty body", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(principal = %principal.name, bytes = body.len()))]
-pub async fn upload(state: web::Data<AppState>, principal: Principal, body: Bytes) -> Result<HttpResponse, ApiError> {
+pub async fn upload(
+    state: web::Data<AppState>,
+    principal: Principal,
+    request: HttpRequest,
+    body: Bytes,
+) -> Result<HttpResponse, ApiError> {
     principal.require(Action::UploadBlob)?;
     if body.is_empty() {
         return Err(ApiError::unprocessable("the body is empty: send the blob's bytes"));
+    }
+    // A connection closed mid-way can end a body early: store only what the sender announced.
+    let announced = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(announced) = announced
+        && announced != body.len() as u64
+    {
+        return Err(ApiError::bad_request(format!(
+            "the upload was cut off: {} of the {announced} bytes announced arrived; nothing was stored",
+            body.len()
+        )));
     }
     let blobs = state.blobs.clone();
     let stored = web::block(move || blobs.put(&body)).await.map_err(ApiError::blocking)?.map_err(blob_error)?;
