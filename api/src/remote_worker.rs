@@ -29,10 +29,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use app::blobs::{BlobError, BlobReport, BlobStore, LocalBlobStore, PutOutcome, blob_hash};
-use app::workers::{
-    FineTuneRun, GenerationRun, Job, JobHost, JobRef, LeasedJob, ModelRecord, Models, Worker, WorkerError,
-    work_fine_tune, work_generation,
-};
+use app::workers::{JobHost, JobRef, LeasedJob, ModelRecord, Models, Worker, WorkerError, work_job};
 use domain::values::BlobHash;
 use domain::{FineTuneId, GenerationId, ModelVersionId};
 
@@ -419,35 +416,8 @@ pub fn run(settings: RemoteWorkerSettings, stop: Arc<AtomicBool>) -> anyhow::Res
             }
         };
         let worker = Worker { name: holder, lease_seconds: host.lease_seconds };
-        let job = leased.job.reference();
-        tracing::info!(%job, worker = %worker.name, until = %leased.lease_until, "leased");
-        let outcome = match &leased.job {
-            Job::Generation(generation) => {
-                let mut last_logged = 0;
-                work_generation(&host, &models, generation, &worker, &mut |done, total| {
-                    if done == total || done >= last_logged + 64 {
-                        last_logged = done;
-                        tracing::info!(%job, "images {done}/{total}");
-                    }
-                })
-                .map(|GenerationRun { images, already_done }| format!("{images} images ({already_done} made before)"))
-            }
-            Job::FineTune(fine_tune) => {
-                let mut last_logged = 0;
-                work_fine_tune(&host, &models, fine_tune, &worker, &mut |step, steps, loss| {
-                    if step == steps || step >= last_logged + 50 {
-                        last_logged = step;
-                        tracing::info!(%job, "step {step}/{steps}, loss {loss:.4}");
-                    }
-                })
-                .map(|FineTuneRun { adapter, final_loss, .. }| format!("adapter {adapter}, final loss {final_loss:.4}"))
-            }
-        };
-        match outcome {
-            Ok(what) => tracing::info!(%job, "completed: {what}"),
-            Err(error) if error.is_other_workers() => tracing::info!(%job, %error, "the job is another worker's now"),
-            Err(error) => tracing::error!(%job, %error, "the job failed"),
-        }
+        tracing::info!(job = %leased.job.reference(), worker = %worker.name, until = %leased.lease_until, "leased");
+        work_job(&host, &models, &leased.job, &worker);
     }
     tracing::info!("worker stopped");
     Ok(())

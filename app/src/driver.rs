@@ -27,8 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use domain::campaign::Stage;
-use domain::generation::JobStatus;
-use domain::{CampaignId, FineTune, FineTuneId, Generation, GenerationId};
+use domain::{CampaignId, FineTuneId, GenerationId};
 
 use crate::blobs::BlobStore;
 use crate::campaigns::{CampaignRunner, Step};
@@ -36,7 +35,7 @@ use crate::commands::CommandBus;
 use crate::ports::{ModelFamily, QualityRater};
 use crate::prompts::PromptGenerator;
 use crate::runner::ProjectionRunner;
-use crate::workers::{Models, Worker, claimable, run_fine_tune, run_generation};
+use crate::workers::{LocalJobs, Models, Worker, lease_next_job, work_job};
 
 /// How long the driver sleeps when nothing changes.
 const IDLE_WAIT: Duration = Duration::from_secs(2);
@@ -128,7 +127,7 @@ fn drive(parts: DriverParts, stop: &AtomicBool) {
         };
         // The lists below come from the read models: let them see what is in the store.
         projections.wait_for(head, IDLE_WAIT);
-        let (campaigns, generations, fine_tunes) = projections.read(|p| {
+        let (campaigns, (generations, fine_tunes)) = projections.read(|p| {
             let campaigns: Vec<CampaignId> = p
                 .catalog
                 .campaigns
@@ -136,12 +135,7 @@ fn drive(parts: DriverParts, stop: &AtomicBool) {
                 .filter(|c| !matches!(c.stage, Stage::Completed | Stage::Failed))
                 .map(|c| c.id)
                 .collect();
-            let pending = |status: JobStatus| matches!(status, JobStatus::Requested | JobStatus::Running);
-            let generations: Vec<GenerationId> =
-                p.catalog.generations.values().filter(|g| pending(g.status)).map(|g| g.id).collect();
-            let fine_tunes: Vec<FineTuneId> =
-                p.catalog.fine_tunes.values().filter(|f| pending(f.status)).map(|f| f.id).collect();
-            (campaigns, generations, fine_tunes)
+            (campaigns, p.catalog.pending_jobs())
         });
         for id in runner.as_ref().map_or(&[][..], |_| &campaigns[..]) {
             let Some(runner) = runner.as_mut() else { break };
@@ -175,8 +169,8 @@ fn drive(parts: DriverParts, stop: &AtomicBool) {
     tracing::info!("campaign driver stopped");
 }
 
-/// Runs the first job of `generations`, then of `fine_tunes`, that this worker may claim;
-/// false when there was none.
+/// Claims the first job of `generations`, then of `fine_tunes`, that this worker may take, and
+/// works it to its end; false when there was none.
 fn run_one_job(
     bus: &CommandBus,
     models: &Models,
@@ -185,46 +179,15 @@ fn run_one_job(
     generations: &[GenerationId],
     fine_tunes: &[FineTuneId],
 ) -> bool {
-    for id in
-        claimable::<Generation, _>(bus, worker, generations, |id| id.stream(), |job| (job.status, job.lease.clone()))
-    {
-        let mut last_logged = 0;
-        let outcome = run_generation(bus, models, blobs, id, worker, &mut |done, total| {
-            if done == total || done >= last_logged + 64 {
-                last_logged = done;
-                tracing::info!(generation = %id, "images {done}/{total}");
-            }
-        });
-        match outcome {
-            Ok(run) => {
-                tracing::info!(generation = %id, images = run.images, resumed_with = run.already_done, "generation completed")
-            }
-            Err(error) if error.is_other_workers() => {
-                tracing::info!(generation = %id, %error, "the job is another worker's");
-                continue;
-            }
-            Err(error) => tracing::error!(generation = %id, %error, "generation failed"),
+    match lease_next_job(bus, worker, &worker.context(), generations, fine_tunes) {
+        Ok(Some((leased, _))) => {
+            work_job(&LocalJobs { bus, blobs }, models, &leased.job, worker);
+            true
         }
-        return true;
-    }
-    for id in claimable::<FineTune, _>(bus, worker, fine_tunes, |id| id.stream(), |job| (job.status, job.lease.clone()))
-    {
-        let mut last_logged = 0;
-        let outcome = run_fine_tune(bus, models, blobs, id, worker, &mut |step, steps, loss| {
-            if step == steps || step >= last_logged + 50 {
-                last_logged = step;
-                tracing::info!(fine_tune = %id, "step {step}/{steps}, loss {loss:.4}");
-            }
-        });
-        match outcome {
-            Ok(_) => tracing::info!(fine_tune = %id, "fine-tune completed"),
-            Err(error) if error.is_other_workers() => {
-                tracing::info!(fine_tune = %id, %error, "the job is another worker's");
-                continue;
-            }
-            Err(error) => tracing::error!(fine_tune = %id, %error, "fine-tune failed"),
+        Ok(None) => false,
+        Err(error) => {
+            tracing::error!(%error, "cannot claim a job; trying again on the next change");
+            false
         }
-        return true;
     }
-    false
 }

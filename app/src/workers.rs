@@ -132,7 +132,8 @@ impl Worker {
         if per_process { format!("{role}@{host}-{}", std::process::id()) } else { format!("{role}@{host}") }
     }
 
-    fn context(&self) -> CommandContext {
+    /// The actor of the records this worker makes in this process's log.
+    pub fn context(&self) -> CommandContext {
         CommandContext::new(Actor::new(&self.name, Role::System))
     }
 }
@@ -477,7 +478,7 @@ pub fn lease_next_job(
 /// Those of `ids` whose stream (read now, not the read model) says they still need running and
 /// are not held by another worker's unexpired lease. (`Start` checks the lease again: this only
 /// spares the log a refused claim.)
-pub fn claimable<A: domain::aggregate::Aggregate + 'static, Id: Copy>(
+fn claimable<A: domain::aggregate::Aggregate + 'static, Id: Copy>(
     bus: &CommandBus,
     worker: &Worker,
     ids: &[Id],
@@ -723,6 +724,43 @@ fn fail_unless_taken_over<T>(host: &dyn JobHost, job: JobRef, worker: &Worker, r
         && let Err(failed) = host.fail(job, worker, &error.to_string())
     {
         tracing::error!(%job, error = %failed, "could not record the job's failure");
+    }
+}
+
+/// Works `job`, which `worker` holds on `host`, to its end, logging its progress (every 64
+/// images, every 50 steps) and how it ended: what `thitl serve`'s driver and `thitl worker`, on a
+/// store or over HTTPS, do with each job they claim. A failure is recorded on the job by
+/// [`work_generation`] or [`work_fine_tune`]; a job another worker took over is left to it.
+pub fn work_job(host: &dyn JobHost, models: &Models, job: &Job, worker: &Worker) {
+    let reference = job.reference();
+    let outcome = match job {
+        Job::Generation(generation) => {
+            let mut last_logged = 0;
+            work_generation(host, models, generation, worker, &mut |done, total| {
+                if done == total || done >= last_logged + 64 {
+                    last_logged = done;
+                    tracing::info!(job = %reference, "images {done}/{total}");
+                }
+            })
+            .map(|run| format!("{} images ({} made before)", run.images, run.already_done))
+        }
+        Job::FineTune(fine_tune) => {
+            let mut last_logged = 0;
+            work_fine_tune(host, models, fine_tune, worker, &mut |step, steps, loss| {
+                if step == steps || step >= last_logged + 50 {
+                    last_logged = step;
+                    tracing::info!(job = %reference, "step {step}/{steps}, loss {loss:.4}");
+                }
+            })
+            .map(|run| format!("adapter {}, final loss {:.4}", run.adapter, run.final_loss))
+        }
+    };
+    match outcome {
+        Ok(what) => tracing::info!(job = %reference, "completed: {what}"),
+        Err(error) if error.is_other_workers() => {
+            tracing::info!(job = %reference, %error, "the job is another worker's now")
+        }
+        Err(error) => tracing::error!(job = %reference, %error, "the job failed"),
     }
 }
 

@@ -91,6 +91,17 @@ pub struct Catalog {
     pub fine_tunes: BTreeMap<FineTuneId, FineTuneView>,
 }
 
+impl Catalog {
+    /// Generation and fine-tune jobs still requested or running, oldest first (ids are UUIDv7):
+    /// the jobs a worker may look at.
+    pub fn pending_jobs(&self) -> (Vec<GenerationId>, Vec<FineTuneId>) {
+        let pending = |status: JobStatus| matches!(status, JobStatus::Requested | JobStatus::Running);
+        let generations = self.generations.values().filter(|g| pending(g.status)).map(|g| g.id).collect();
+        let fine_tunes = self.fine_tunes.values().filter(|f| pending(f.status)).map(|f| f.id).collect();
+        (generations, fine_tunes)
+    }
+}
+
 impl Projection for Catalog {
     const NAME: &'static str = "catalog";
 

@@ -24,7 +24,7 @@ use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
 use chrono::Utc;
 use domain::fine_tune::FineTuneCommand;
-use domain::generation::{GenerationCommand, JobStatus};
+use domain::generation::GenerationCommand;
 use domain::values::{BlobHash, Name, Sentence};
 use domain::*;
 use serde::Deserialize;
@@ -85,14 +85,7 @@ pub async fn lease(
     body: Bytes,
 ) -> Result<HttpResponse, ApiError> {
     principal.require(Action::Work)?;
-    let (generations, fine_tunes) = state.projections.read(|p| {
-        let pending = |status: JobStatus| matches!(status, JobStatus::Requested | JobStatus::Running);
-        let generations: Vec<GenerationId> =
-            p.catalog.generations.values().filter(|g| pending(g.status)).map(|g| g.id).collect();
-        let fine_tunes: Vec<FineTuneId> =
-            p.catalog.fine_tunes.values().filter(|f| pending(f.status)).map(|f| f.id).collect();
-        (generations, fine_tunes)
-    });
+    let (generations, fine_tunes) = state.projections.read(|p| p.catalog.pending_jobs());
     let caller = principal.clone();
     run_command(state, principal, request, body, Action::Work, false, move |bus, context, _, input: LeaseJob| {
         let worker = app::workers::Worker {
