@@ -443,7 +443,6 @@ fn remote_worker(
             stop.store(true, Ordering::SeqCst);
             actix_web::rt::spawn(async {
                 stop_signal().await;
-                stop_signal().await;
                 tracing::warn!("abandoning the job in progress");
                 std::process::exit(130);
             });
