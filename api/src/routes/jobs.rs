@@ -32,7 +32,7 @@ use utoipa::ToSchema;
 
 use crate::auth::{Action, Principal};
 use crate::problem::{ApiError, Problem};
-use crate::routes::support::{CommandAnswer, Done, parse_id, run_command};
+use crate::routes::support::{CommandAnswer, Done, head_position, parse_id, run_command, wait_for};
 use crate::state::AppState;
 use app::workers::{WorkerError, lease_next_job};
 
@@ -85,6 +85,8 @@ pub async fn lease(
     body: Bytes,
 ) -> Result<HttpResponse, ApiError> {
     principal.require(Action::Work)?;
+    // The list comes from the read models: let them see every job requested before this call.
+    wait_for(&state, Some(head_position(&state).await?)).await?;
     let (generations, fine_tunes) = state.projections.read(|p| p.catalog.pending_jobs());
     let caller = principal.clone();
     run_command(state, principal, request, body, Action::Work, false, move |bus, context, _, input: LeaseJob| {
