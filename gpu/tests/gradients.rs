@@ -118,14 +118,16 @@ fn text_pooling_and_mse() {
     let ids: Vec<u32> = vec![1, 2, 0, 2, 0, 0, 0, 0, 5, 5, 3, 0];
     let table = random(&mut rng, vocabulary * width);
     let w = random(&mut rng, batch * width);
-    let pool = |table: &[f64]| {
-        let mut out = vec![0.0; batch * width];
-        cpu::embed_mean(&ids, max_tokens, table, width, &mut out);
-        out
-    };
-    let mut dtable = vec![0.0; vocabulary * width];
-    cpu::embed_mean_backward(&ids, max_tokens, &w, width, &mut dtable);
-    check("embed mean", &table, &dtable, |t| dot(&pool(t), &w));
+    for pooling in [cpu::TextPooling::Mean, cpu::TextPooling::Sum] {
+        let pool = |table: &[f64]| {
+            let mut out = vec![0.0; batch * width];
+            cpu::embed_pool(&ids, max_tokens, table, width, pooling, &mut out);
+            out
+        };
+        let mut dtable = vec![0.0; vocabulary * width];
+        cpu::embed_pool_backward(&ids, max_tokens, &w, width, pooling, &mut dtable);
+        check(&format!("embed {pooling:?}"), &table, &dtable, |t| dot(&pool(t), &w));
+    }
 
     let prediction = random(&mut rng, 7);
     let target = random(&mut rng, 7);

@@ -8,7 +8,7 @@ use common::{Rng, assert_close, context};
 use gpu::cpu::{self, AdamW, Chunk, DdimStep, Patches};
 use gpu::kernels::adaln::AdaLn;
 use gpu::kernels::elementwise::Elementwise;
-use gpu::kernels::embed::{TextEmbedding, timestep_embedding};
+use gpu::kernels::embed::{TextEmbedding, TextPooling, timestep_embedding};
 use gpu::kernels::noise::{NoiseStream, upload_table};
 use gpu::kernels::{adamw, patchify, reduce, rows};
 
@@ -192,27 +192,41 @@ fn text_pooling_and_timestep_embedding() {
     let table = rng.vec(vocabulary * width);
     let dpooled = rng.vec(batch * width);
     let dtable0 = rng.vec(vocabulary * width);
-    let mut pooled = vec![0.0; batch * width];
-    cpu::embed_mean(&ids, max_tokens, &table, width, &mut pooled);
-    let mut dtable = dtable0.clone();
-    cpu::embed_mean_backward(&ids, max_tokens, &dpooled, width, &mut dtable);
-
-    let shapes = TextEmbedding { batch, max_tokens, width, vocabulary };
     let ids_b = context.storage_buffer_with(&ids);
-    let (table_b, dp_b, pooled_b, dt_b) =
-        (upload(&table), upload(&dpooled), context.storage_buffer(batch * width), upload(&dtable0));
+    for pooling in [TextPooling::Mean, TextPooling::Sum] {
+        let mut pooled = vec![0.0; batch * width];
+        cpu::embed_pool(&ids, max_tokens, &table, width, pooling, &mut pooled);
+        let mut dtable = dtable0.clone();
+        cpu::embed_pool_backward(&ids, max_tokens, &dpooled, width, pooling, &mut dtable);
+        let shapes = TextEmbedding { batch, max_tokens, width, vocabulary, pooling };
+        let (table_b, dp_b, pooled_b, dt_b) =
+            (upload(&table), upload(&dpooled), context.storage_buffer(batch * width), upload(&dtable0));
+        let mut recorder = context.recorder();
+        shapes.pool(&mut recorder, &ids_b, &table_b, &pooled_b);
+        shapes.pool_backward(&mut recorder, &ids_b, &dp_b, &dt_b);
+        recorder.submit();
+        assert_close(&download(&pooled_b, batch * width), &pooled, 1e-4, &format!("embed {pooling:?}"));
+        assert_close(&download(&dt_b, vocabulary * width), &dtable, 1e-4, &format!("embed {pooling:?} backward"));
+    }
+    // The sum of a sample's real embeddings, by hand: sample 2 holds token 3 twice.
+    let mut summed = vec![0.0; batch * width];
+    cpu::embed_pool(&ids, max_tokens, &table, width, TextPooling::Sum, &mut summed);
+    let mut expected: Vec<f32> = vec![0.0; width];
+    for &id in ids[2 * max_tokens..3 * max_tokens].iter().filter(|id| **id != 0) {
+        for (e, t) in expected.iter_mut().zip(&table[id as usize * width..][..width]) {
+            *e += t;
+        }
+    }
+    assert_close(&summed[2 * width..3 * width], &expected, 1e-6, "sum by hand");
+    assert!(summed[width..2 * width].iter().all(|v| *v == 0.0), "no real token: zeros");
     let timesteps = [0.0f32, 1.0, 17.5, 999.0, 480.25];
     let t_width = 38;
     let mut embedding = vec![0.0; timesteps.len() * t_width];
     cpu::timestep_embedding(&timesteps, t_width, &mut embedding);
     let (t_b, e_b) = (upload(&timesteps), context.storage_buffer(embedding.len()));
     let mut recorder = context.recorder();
-    shapes.mean(&mut recorder, &ids_b, &table_b, &pooled_b);
-    shapes.mean_backward(&mut recorder, &ids_b, &dp_b, &dt_b);
     timestep_embedding(&mut recorder, &t_b, &e_b, timesteps.len(), t_width);
     recorder.submit();
-    assert_close(&download(&pooled_b, batch * width), &pooled, 1e-4, "embed mean");
-    assert_close(&download(&dt_b, vocabulary * width), &dtable, 1e-4, "embed mean backward");
     // cos/sin of arguments up to 999 rad: both sides round t·f to f32 identically, the GPU reduces
     // by 2π in two parts; what remains is the GPU's sin/cos error (≤ 2^-11 absolute allowed by
     // Vulkan, ~1e-6 seen), so this one is compared with an absolute 1e-4.

@@ -8,8 +8,8 @@ use gpu::GpuError;
 use gpu::cpu::AdamW;
 use gpu::device::{CpuDevice, Device, WgpuDevice};
 use gpu::model::{
-    Dit, DitConfig, HostAdapter, HostWeights, LoraConfig, LoraTarget, LossWeighting, SampleOptions, TrainBatch,
-    TrainMode,
+    Dit, DitConfig, HostAdapter, HostWeights, LoraConfig, LoraTarget, LossWeighting, SampleOptions, TextPooling,
+    TrainBatch, TrainMode,
 };
 
 fn wgpu_device() -> WgpuDevice {
@@ -72,7 +72,12 @@ fn forward_on_wgpu_matches_cpu_with_and_without_lora() {
 
 #[test]
 fn training_step_on_wgpu_matches_cpu() {
-    let config = DitConfig::tiny();
+    for pooling in [TextPooling::Mean, TextPooling::Sum] {
+        training_step_matches_on_both_backends(DitConfig { text_pooling: pooling, ..DitConfig::tiny() });
+    }
+}
+
+fn training_step_matches_on_both_backends(config: DitConfig) {
     let weights = HostWeights::randomized(&config, 4, 0.3);
     let adapter = trained_adapter(&config, 5);
     let data = batch(&config, 2, 6);
@@ -125,7 +130,20 @@ fn training_step_on_wgpu_matches_cpu() {
 /// loss, in f64 on the CPU reference.
 #[test]
 fn whole_model_gradients_match_finite_differences_in_f64() {
-    let config = DitConfig { depth: 1, image_size: 4, width: 8, heads: 2, frequency_dim: 8, ..DitConfig::tiny() };
+    for pooling in [TextPooling::Mean, TextPooling::Sum] {
+        gradients_match_finite_differences(DitConfig {
+            depth: 1,
+            image_size: 4,
+            width: 8,
+            heads: 2,
+            frequency_dim: 8,
+            text_pooling: pooling,
+            ..DitConfig::tiny()
+        });
+    }
+}
+
+fn gradients_match_finite_differences(config: DitConfig) {
     let weights = HostWeights::randomized(&config, 8, 0.4);
     let adapter = trained_adapter(&config, 9);
     let data = batch(&config, 2, 10);

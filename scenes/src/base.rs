@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use gpu::cpu::AdamW;
 use gpu::engine::EngineError;
 use gpu::model::{
-    DitConfig, HostAdapter, HostWeights, LossWeighting, SampleOptions, TrainBatch, TrainMode, WeightsError,
+    DitConfig, HostAdapter, HostWeights, LossWeighting, SampleOptions, TextPooling, TrainBatch, TrainMode, WeightsError,
 };
 use gpu::{Backend, Engine, GpuError};
 use serde::{Deserialize, Serialize};
@@ -86,6 +86,10 @@ pub struct ModelShape {
     pub vocabulary: usize,
     /// Width of the sinusoidal timestep embedding.
     pub frequency_dim: usize,
+    /// How a prompt's token embeddings are pooled: `mean` (the shipped model; absent in
+    /// configurations written before it existed) or `sum`.
+    #[serde(default)]
+    pub text_pooling: TextPooling,
 }
 
 impl ModelShape {
@@ -102,6 +106,7 @@ impl ModelShape {
             vocabulary: self.vocabulary,
             max_tokens: MAX_TOKENS,
             frequency_dim: self.frequency_dim,
+            text_pooling: self.text_pooling,
         }
     }
 
@@ -214,6 +219,7 @@ impl Default for BaseConfig {
                 mlp_ratio: 4,
                 vocabulary: 64,
                 frequency_dim: 128,
+                text_pooling: TextPooling::Mean,
             },
             batch_size: 64,
             steps: 16_000,
@@ -247,6 +253,7 @@ impl BaseConfig {
                 mlp_ratio: 2,
                 vocabulary: 64,
                 frequency_dim: 32,
+                text_pooling: TextPooling::Mean,
             },
             batch_size: 8,
             steps: 50,

@@ -492,13 +492,32 @@ pub fn gated_residual_backward<T: Real>(
     }
 }
 
-/// Token id 0 is padding; pooling averages the embeddings of the other ids.
+/// Token id 0 is padding; pooling combines the embeddings of the other ids.
 pub const PAD_TOKEN: u32 = 0;
 
-/// Mean over the real (non-padding) tokens of each sample's embeddings: `ids` is
+/// How a prompt's token embeddings become one vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TextPooling {
+    /// Their mean: every extra word dilutes the others' share (what the first models used).
+    #[default]
+    Mean,
+    /// Their sum: a word whose embedding the model learns to be zero changes nothing, so words
+    /// that carry no meaning ("a photo of") need not shift what the others say.
+    Sum,
+}
+
+/// Pools the real (non-padding) tokens of each sample's embeddings by `pooling`: `ids` is
 /// `[batch, max_tokens]`, `table` `[vocabulary, width]`, `out` `[batch, width]`. A sample with no
 /// real token gets zeros.
-pub fn embed_mean<T: Real>(ids: &[u32], max_tokens: usize, table: &[T], width: usize, out: &mut [T]) {
+pub fn embed_pool<T: Real>(
+    ids: &[u32],
+    max_tokens: usize,
+    table: &[T],
+    width: usize,
+    pooling: TextPooling,
+    out: &mut [T],
+) {
     for (sample, pooled) in ids.chunks(max_tokens).zip(out.chunks_mut(width)) {
         pooled.fill(T::of(0.0));
         let real = sample.iter().filter(|id| **id != PAD_TOKEN).count();
@@ -507,7 +526,7 @@ pub fn embed_mean<T: Real>(ids: &[u32], max_tokens: usize, table: &[T], width: u
                 *p += e;
             }
         }
-        if real > 0 {
+        if real > 0 && pooling == TextPooling::Mean {
             for p in pooled.iter_mut() {
                 *p /= T::of(real as f64);
             }
@@ -515,13 +534,22 @@ pub fn embed_mean<T: Real>(ids: &[u32], max_tokens: usize, table: &[T], width: u
     }
 }
 
-/// Backward of [`embed_mean`]: adds each sample's gradient / count into the rows of its ids.
-pub fn embed_mean_backward<T: Real>(ids: &[u32], max_tokens: usize, dpooled: &[T], width: usize, dtable: &mut [T]) {
+/// Backward of [`embed_pool`]: adds each sample's gradient (divided by its count of real tokens
+/// for [`TextPooling::Mean`]) into the rows of its ids.
+pub fn embed_pool_backward<T: Real>(
+    ids: &[u32],
+    max_tokens: usize,
+    dpooled: &[T],
+    width: usize,
+    pooling: TextPooling,
+    dtable: &mut [T],
+) {
     for (sample, grad) in ids.chunks(max_tokens).zip(dpooled.chunks(width)) {
         let real = sample.iter().filter(|id| **id != PAD_TOKEN).count();
+        let divisor = if pooling == TextPooling::Mean { real as f64 } else { 1.0 };
         for &id in sample.iter().filter(|id| **id != PAD_TOKEN) {
             for (t, &g) in dtable[id as usize * width..][..width].iter_mut().zip(grad) {
-                *t += g / T::of(real as f64);
+                *t += g / T::of(divisor);
             }
         }
     }

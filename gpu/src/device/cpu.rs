@@ -354,23 +354,24 @@ impl<T: Real + Send + Sync> Device for CpuDevice<T> {
             },
         );
     }
-    fn embed_mean(&self, shape: TextEmbedding, ids: &Self::Ids, table: &Self::Buffer, pooled: &Self::Buffer) {
-        cpu::embed_mean(
+    fn embed_pool(&self, shape: TextEmbedding, ids: &Self::Ids, table: &Self::Buffer, pooled: &Self::Buffer) {
+        cpu::embed_pool(
             ids,
             shape.max_tokens,
             &read(table),
             shape.width,
+            shape.pooling,
             &mut write(pooled)[..shape.batch * shape.width],
         );
     }
-    fn embed_mean_backward(
+    fn embed_pool_backward(
         &self,
         shape: TextEmbedding,
         ids: &Self::Ids,
         dpooled: &Self::Buffer,
         dtable: &Self::Buffer,
     ) {
-        cpu::embed_mean_backward(ids, shape.max_tokens, &read(dpooled), shape.width, &mut write(dtable));
+        cpu::embed_pool_backward(ids, shape.max_tokens, &read(dpooled), shape.width, shape.pooling, &mut write(dtable));
     }
     fn timestep_embedding(&self, timesteps: &Self::Buffer, out: &Self::Buffer, batch: usize, width: usize) {
         let steps = to_f32(&read(timesteps)[..batch]);

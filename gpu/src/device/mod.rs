@@ -126,10 +126,10 @@ pub trait Device {
         dy: &Self::Buffer,
         dmodulation: &Self::Buffer,
     );
-    /// See [`crate::cpu::embed_mean`].
-    fn embed_mean(&self, shape: TextEmbedding, ids: &Self::Ids, table: &Self::Buffer, pooled: &Self::Buffer);
-    /// See [`crate::cpu::embed_mean_backward`].
-    fn embed_mean_backward(&self, shape: TextEmbedding, ids: &Self::Ids, dpooled: &Self::Buffer, dtable: &Self::Buffer);
+    /// See [`crate::cpu::embed_pool`].
+    fn embed_pool(&self, shape: TextEmbedding, ids: &Self::Ids, table: &Self::Buffer, pooled: &Self::Buffer);
+    /// See [`crate::cpu::embed_pool_backward`].
+    fn embed_pool_backward(&self, shape: TextEmbedding, ids: &Self::Ids, dpooled: &Self::Buffer, dtable: &Self::Buffer);
     /// See [`crate::cpu::timestep_embedding`].
     fn timestep_embedding(&self, timesteps: &Self::Buffer, out: &Self::Buffer, batch: usize, width: usize);
     /// See [`crate::cpu::patchify`].

@@ -350,17 +350,17 @@ impl Device for WgpuDevice {
     ) {
         self.record(|recorder| shape.gated_residual_backward(recorder, y, modulation, gate, dx, dy, dmodulation));
     }
-    fn embed_mean(&self, shape: TextEmbedding, ids: &Self::Ids, table: &Self::Buffer, pooled: &Self::Buffer) {
-        self.record(|recorder| shape.mean(recorder, ids, table, pooled));
+    fn embed_pool(&self, shape: TextEmbedding, ids: &Self::Ids, table: &Self::Buffer, pooled: &Self::Buffer) {
+        self.record(|recorder| shape.pool(recorder, ids, table, pooled));
     }
-    fn embed_mean_backward(
+    fn embed_pool_backward(
         &self,
         shape: TextEmbedding,
         ids: &Self::Ids,
         dpooled: &Self::Buffer,
         dtable: &Self::Buffer,
     ) {
-        self.record(|recorder| shape.mean_backward(recorder, ids, dpooled, dtable));
+        self.record(|recorder| shape.pool_backward(recorder, ids, dpooled, dtable));
     }
     fn timestep_embedding(&self, timesteps: &Self::Buffer, out: &Self::Buffer, batch: usize, width: usize) {
         self.record(|recorder| embed::timestep_embedding(recorder, timesteps, out, batch, width));

@@ -2,6 +2,7 @@
 
 use super::{R, W, launch_1d, word};
 use crate::context::Recorder;
+pub use crate::cpu::TextPooling;
 
 const SOURCE: &str = include_str!("embed.wgsl");
 
@@ -17,6 +18,8 @@ pub struct TextEmbedding {
     pub width: usize,
     /// Rows of the table.
     pub vocabulary: usize,
+    /// Mean or sum of the real tokens' embeddings.
+    pub pooling: TextPooling,
 }
 
 impl TextEmbedding {
@@ -26,18 +29,22 @@ impl TextEmbedding {
         super::require(per_sample, len, "pooled embeddings");
     }
 
-    fn params(&self) -> [u32; 4] {
-        [word(self.batch), word(self.max_tokens), word(self.width), word(self.vocabulary)]
+    fn params(&self) -> [u32; 8] {
+        let pooling = match self.pooling {
+            TextPooling::Mean => 0,
+            TextPooling::Sum => 1,
+        };
+        [word(self.batch), word(self.max_tokens), word(self.width), word(self.vocabulary), pooling, 0, 0, 0]
     }
 
-    /// `pooled[b] = mean of table[id] over the real ids of sample b` (zeros if none).
-    pub fn mean(&self, recorder: &mut Recorder<'_>, ids: &wgpu::Buffer, table: &wgpu::Buffer, pooled: &wgpu::Buffer) {
+    /// `pooled[b] = mean (or sum) of table[id] over the real ids of sample b` (zeros if none).
+    pub fn pool(&self, recorder: &mut Recorder<'_>, ids: &wgpu::Buffer, table: &wgpu::Buffer, pooled: &wgpu::Buffer) {
         self.check(ids, table, pooled, self.batch * self.width);
         launch_1d(
             recorder,
             "embed",
             SOURCE,
-            "embed_mean",
+            "embed_pool",
             &[R, R, W],
             &self.params(),
             &[ids, table, pooled],
@@ -45,8 +52,8 @@ impl TextEmbedding {
         );
     }
 
-    /// Backward of [`TextEmbedding::mean`]: adds into `dtable`.
-    pub fn mean_backward(
+    /// Backward of [`TextEmbedding::pool`]: adds into `dtable`.
+    pub fn pool_backward(
         &self,
         recorder: &mut Recorder<'_>,
         ids: &wgpu::Buffer,
@@ -58,7 +65,7 @@ impl TextEmbedding {
             recorder,
             "embed",
             SOURCE,
-            "embed_mean_backward",
+            "embed_pool_backward",
             &[R, R, W],
             &self.params(),
             &[ids, dpooled, dtable],

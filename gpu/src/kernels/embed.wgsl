@@ -1,9 +1,11 @@
-// Embeddings: text tokens pooled by a mean over real tokens (id 0 is padding) and its backward,
-// and the sinusoidal timestep embedding.
+// Embeddings: text tokens pooled by a mean or a sum over real tokens (id 0 is padding) and its
+// backward, and the sinusoidal timestep embedding.
 // Bindings: ids (u32, read), in1 (read), out0 (read-write).
 
 struct Params {
     batch: u32, max_tokens: u32, width: u32, vocabulary: u32,
+    // 0: mean, 1: sum.
+    pooling: u32, pad0: u32, pad1: u32, pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -21,9 +23,14 @@ fn real_tokens(b: u32) -> u32 {
     return count;
 }
 
+// What a sample's sum is divided by: its real tokens for a mean, 1 for a sum.
+fn divisor(b: u32) -> f32 {
+    return select(f32(real_tokens(b)), 1.0, p.pooling == 1u);
+}
+
 // One invocation per (b, d). in1 = table [vocabulary, width]; out0 = pooled [batch, width].
 @compute @workgroup_size(256, 1, 1)
-fn embed_mean(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+fn embed_pool(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let i = flat(id, groups);
     if (i >= p.batch * p.width) { return; }
     let b = i / p.width;
@@ -34,13 +41,13 @@ fn embed_mean(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgro
         if (token != 0u && token < p.vocabulary) { sum += in1[token * p.width + d]; }
     }
     let count = real_tokens(b);
-    out0[i] = select(0.0, sum / f32(count), count > 0u);
+    out0[i] = select(0.0, sum / divisor(b), count > 0u);
 }
 
 // One invocation per (v, d) so that no two invocations add into the same value. in1 = dpooled;
 // out0 = dtable (+=).
 @compute @workgroup_size(256, 1, 1)
-fn embed_mean_backward(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+fn embed_pool_backward(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let i = flat(id, groups);
     if (i >= p.vocabulary * p.width) { return; }
     let v = i / p.width;
@@ -53,7 +60,7 @@ fn embed_mean_backward(@builtin(global_invocation_id) id: vec3<u32>, @builtin(nu
             if (ids[b * p.max_tokens + l] == v) { hits++; }
         }
         if (hits > 0u) {
-            sum += f32(hits) * in1[b * p.width + d] / f32(real_tokens(b));
+            sum += f32(hits) * in1[b * p.width + d] / divisor(b);
         }
     }
     out0[i] += sum;

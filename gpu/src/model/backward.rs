@@ -279,9 +279,15 @@ impl<D: Device> Dit<D> {
         let dpooled = device.zeros(batch * d);
         self.linear_backward(device, self.y_mlp[0], batch, &cache.pooled, &dy_pre, Some(&dpooled), None, &ones);
         if let Some(dtable) = self.grad(self.embedding) {
-            let shape = TextEmbedding { batch, max_tokens: config.max_tokens, width: d, vocabulary: config.vocabulary };
+            let shape = TextEmbedding {
+                batch,
+                max_tokens: config.max_tokens,
+                width: d,
+                vocabulary: config.vocabulary,
+                pooling: config.text_pooling,
+            };
             device.clear(dtable, config.vocabulary * d);
-            device.embed_mean_backward(shape, &cache.ids, &dpooled, dtable);
+            device.embed_pool_backward(shape, &cache.ids, &dpooled, dtable);
         }
         if let Some(dnull) = self.grad(self.null_text) {
             device.matmul(&Matmul::new(1, d, batch, false, false), &cache.null_mask, &dpooled, None, dnull);

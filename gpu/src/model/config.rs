@@ -1,6 +1,7 @@
 //! The shape of a DiT and of a LoRA adapter, and the fixed DDPM noise schedule.
 
 use crate::cpu::Patches;
+pub use crate::cpu::TextPooling;
 
 /// The shape of a DiT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +26,8 @@ pub struct DitConfig {
     pub max_tokens: usize,
     /// Width of the sinusoidal timestep embedding.
     pub frequency_dim: usize,
+    /// How the prompt's token embeddings are pooled.
+    pub text_pooling: TextPooling,
 }
 
 impl DitConfig {
@@ -41,6 +44,7 @@ impl DitConfig {
             vocabulary: 12,
             max_tokens: 4,
             frequency_dim: 16,
+            text_pooling: TextPooling::Mean,
         }
     }
 
@@ -58,6 +62,7 @@ impl DitConfig {
             vocabulary: 512,
             max_tokens: 16,
             frequency_dim: 256,
+            text_pooling: TextPooling::Mean,
         }
     }
 
@@ -74,6 +79,7 @@ impl DitConfig {
             vocabulary: 512,
             max_tokens: 16,
             frequency_dim: 256,
+            text_pooling: TextPooling::Mean,
         }
     }
 

@@ -204,11 +204,17 @@ impl<D: Device> Dit<D> {
         self.linear_forward(device, self.t_mlp[0], batch, &t_freq, &t_hidden, Activation::Silu, None);
         let c = device.zeros(batch * d);
         self.linear_forward(device, self.t_mlp[1], batch, &t_hidden, &c, Activation::None, None);
-        // Text: mean of token embeddings, or the learned null text for an empty prompt → MLP.
-        let shape = TextEmbedding { batch, max_tokens: config.max_tokens, width: d, vocabulary: config.vocabulary };
+        // Text: mean (or sum) of token embeddings, or the learned null text for an empty prompt → MLP.
+        let shape = TextEmbedding {
+            batch,
+            max_tokens: config.max_tokens,
+            width: d,
+            vocabulary: config.vocabulary,
+            pooling: config.text_pooling,
+        };
         let device_ids = device.upload_ids(ids);
         let pooled = device.zeros(batch * d);
-        device.embed_mean(shape, &device_ids, self.value(self.embedding), &pooled);
+        device.embed_pool(shape, &device_ids, self.value(self.embedding), &pooled);
         let mask: Vec<f32> =
             ids.chunks(config.max_tokens).map(|s| if s.iter().all(|id| *id == 0) { 1.0 } else { 0.0 }).collect();
         let null_mask = device.upload(&mask);

@@ -12,7 +12,7 @@ mod weights;
 
 use std::collections::BTreeMap;
 
-pub use config::{DitConfig, LoraConfig, LoraTarget, alpha_bars};
+pub use config::{DitConfig, LoraConfig, LoraTarget, TextPooling, alpha_bars};
 pub use forward::position_embedding;
 pub use sample::{SampleOptions, eta_stream};
 pub use train::{LossWeighting, TrainBatch, TrainMode};
