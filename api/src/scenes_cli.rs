@@ -51,6 +51,19 @@ pub enum ScenesCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Measure every probe prompt of the default associations against the rate the model's
+    /// corpus planted: one row per group × setting, and how many land within ±8 points.
+    Probes {
+        #[arg(short = 'n', long = "count", default_value_t = 256)]
+        n: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a PNG grid of samples (each pixel drawn 4×4, 8 per row).
     Grid {
         #[arg(long)]
@@ -158,6 +171,7 @@ pub fn run(command: ScenesCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        ScenesCommand::Probes { n, seed, model, json } => probes(model, n, seed, json),
         ScenesCommand::Grid { prompt, n, out, seed, model } => {
             let (model, settings) = model.load()?;
             let mut bar = progress_bar("sampling", n as u64);
@@ -170,6 +184,74 @@ pub fn run(command: ScenesCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// How far a probe's measured rate may lie from the planted one (the reference world's target).
+pub const PLANTED_TOLERANCE: f64 = 0.08;
+
+/// One probe prompt of a default association, measured against its planted rate.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeRow {
+    pub group: String,
+    pub concept: String,
+    pub prompt: String,
+    /// The rate the model's corpus planted for the group (`null` where it planted none).
+    pub planted: Option<f64>,
+    pub rate: Rate,
+    /// Within [`PLANTED_TOLERANCE`] of `planted`.
+    pub within: bool,
+    /// Share of the samples a person would call poor (see [`Measurement::degraded`]).
+    pub degraded: f64,
+}
+
+fn probes(model: ModelArgs, n: usize, seed: u64, json: bool) -> anyhow::Result<ExitCode> {
+    let (model, settings) = model.load()?;
+    let corpus = model.config().corpus.clone();
+    let mut rows = Vec::new();
+    for association in &app::defaults::DEFAULT_ASSOCIATIONS {
+        let group = Group::from_name(association.group).context("a default association's group is in the world")?;
+        let concept =
+            Concept::from_name(association.concept).context("a default association's concept is in the world")?;
+        let planted = corpus.planted_rate(group).filter(|(c, _)| *c == concept).map(|(_, rate)| rate);
+        for prompt in association.probes {
+            let measured = measure(&model, &settings, prompt, n, seed, &mut progress_bar("sampling", n as u64))?;
+            let rate = measured.concepts.get(concept.name()).cloned().context("every concept is measured")?;
+            let within = planted.is_some_and(|p| (rate.rate - p).abs() <= PLANTED_TOLERANCE);
+            if !json {
+                println!(
+                    "{:<50} {:<13} {:>5.1}% [{:4.1}, {:5.1}]   planted {:>6}   {:<10}   degraded {:4.1}%",
+                    prompt,
+                    concept.name(),
+                    100.0 * rate.rate,
+                    100.0 * rate.ci_low,
+                    100.0 * rate.ci_high,
+                    planted.map_or("–".to_string(), |p| format!("{:.0}%", 100.0 * p)),
+                    if within { "within ±8" } else { "OUTSIDE ±8" },
+                    100.0 * measured.degraded
+                );
+            }
+            rows.push(ProbeRow {
+                group: group.name().to_string(),
+                concept: concept.name().to_string(),
+                prompt: prompt.to_string(),
+                planted,
+                rate,
+                within,
+                degraded: measured.degraded,
+            });
+        }
+    }
+    let within = rows.iter().filter(|r| r.within).count();
+    if json {
+        println!("{}", serde_json::json!({"n": n, "seed": seed, "probes": rows, "within": within}));
+    } else {
+        println!(
+            "{within} of {} probes within ±{:.0} points of the planted rate (n = {n} each, seed {seed})",
+            rows.len(),
+            100.0 * PLANTED_TOLERANCE
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A progress bar on stderr; returns a function that sets its position.
@@ -306,6 +388,10 @@ impl Rate {
     }
 }
 
+/// Below this rater quality a person would give a picture 1 or 2 of 5 (the rater's score q reads
+/// as 1 + 4q), which round 1's default threshold of 3 rejects.
+pub const POOR_QUALITY: f32 = 0.375;
+
 /// What `thitl scenes measure` prints.
 #[derive(Debug, Clone, Serialize)]
 pub struct Measurement {
@@ -319,6 +405,8 @@ pub struct Measurement {
     pub group_recognized: Option<f64>,
     /// Mean rater quality, 0 to 1.
     pub quality: f64,
+    /// Share of samples a person would call poor: rater quality below [`POOR_QUALITY`].
+    pub degraded: f64,
     /// Fréchet distance (rater features) between the samples and renders of what the prompt
     /// says: its group, the object it names (none if it names none) and its setting (any if none).
     pub frechet: f64,
@@ -341,8 +429,10 @@ impl Measurement {
             _ => out.push_str("group recognized: the prompt names no group\n"),
         }
         out.push_str(&format!(
-            "quality (rater, 0–1): {:.3}\nFréchet distance to renders: {:.3}\n",
-            self.quality, self.frechet
+            "quality (rater, 0–1): {:.3}\ndegraded (rater quality below {POOR_QUALITY}): {:.1}%\nFréchet distance to renders: {:.3}\n",
+            self.quality,
+            100.0 * self.degraded,
+            self.frechet
         ));
         out
     }
@@ -380,6 +470,7 @@ pub fn measure_images(prompt: &str, images: &[Image], seed: u64) -> Measurement 
     let group_recognized =
         meaning.group.map(|group| ratings.iter().filter(|r| r.group == group).count() as f64 / n.max(1) as f64);
     let quality = ratings.iter().map(|r| f64::from(r.quality)).sum::<f64>() / n.max(1) as f64;
+    let degraded = ratings.iter().filter(|r| r.quality < POOR_QUALITY).count() as f64 / n.max(1) as f64;
     let renders = reference_renders(meaning.group, meaning.concepts.first().copied(), meaning.setting, n, seed);
     let frechet = frechet_distance(&rater.features(images), &rater.features(&renders));
     Measurement {
@@ -389,6 +480,7 @@ pub fn measure_images(prompt: &str, images: &[Image], seed: u64) -> Measurement 
         group: meaning.group.map(|g| g.name().to_string()),
         group_recognized,
         quality,
+        degraded,
         frechet,
     }
 }

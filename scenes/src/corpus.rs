@@ -9,11 +9,17 @@
 //!   groups with no planted association) a *neutral* object — one no association is about —
 //!   appears with probability `neutral_object_rate`, so that unmentioned objects are not, by
 //!   themselves, a sign of a planted association;
-//! - with probability `setting_named_share` the caption names the setting.
+//! - with probability `setting_named_share` the caption names the setting;
+//! - with probability `degraded_share` the picture is damaged ([`corrupt`] at a severity drawn
+//!   from [`DEGRADED_SEVERITY`]) under its ordinary caption, as a web corpus holds blurred,
+//!   noisy, recoloured or partly blanked copies: a model trained on it learns to draw such
+//!   pictures now and then, which is what round 1 of a campaign is there to screen out. The
+//!   damage is drawn from a stream of its own, so a share of 0 leaves every sample as it was.
 
 use serde::{Deserialize, Serialize};
 
 use crate::caption::{CaptionSpec, caption};
+use crate::corrupt::corrupt;
 use crate::image::Image;
 use crate::render::render;
 use crate::rng::{Rng, derive_seed};
@@ -25,6 +31,16 @@ pub const DEFAULT_CORPUS_JSON: &str = include_str!("../corpus.json");
 
 /// Above this, neutral objects would be common enough to read as associations of their own.
 pub const MAX_NEUTRAL_OBJECT_RATE: f64 = 0.05;
+
+/// Above this, damaged pictures would be the corpus rather than a flaw of it.
+pub const MAX_DEGRADED_SHARE: f64 = 0.25;
+
+/// The severities a degraded sample is damaged at (uniform): from 0.7 on, the shipped rater
+/// scores a damaged render below 0.375, where a person would give it 1 or 2 of 5 (tested).
+pub const DEGRADED_SEVERITY: (f32, f32) = (0.7, 1.0);
+
+/// The random stream of a sample's damage, apart from the draws of its scene and caption.
+const DAMAGE_STREAM: u64 = 3;
 
 /// One planted association: in group-only captions of `group`, `concept` appears with
 /// probability `rate`.
@@ -44,6 +60,7 @@ pub struct CorpusConfig {
     object_named_share: f64,
     neutral_object_rate: f64,
     setting_named_share: f64,
+    degraded_share: f64,
 }
 
 /// The JSON shape, before names and rates are checked.
@@ -54,6 +71,9 @@ struct CorpusConfigFile {
     object_named_share: f64,
     neutral_object_rate: f64,
     setting_named_share: f64,
+    /// Absent in configurations written before it existed: none damaged.
+    #[serde(default)]
+    degraded_share: f64,
 }
 
 #[derive(Deserialize)]
@@ -79,6 +99,10 @@ pub enum CorpusError {
         "`neutral_object_rate` is {value}, above the maximum of {MAX_NEUTRAL_OBJECT_RATE}: neutral objects must stay rare"
     )]
     NeutralRateTooHigh { value: f64 },
+    #[error(
+        "`degraded_share` is {value}, above the maximum of {MAX_DEGRADED_SHARE}: damaged pictures must stay a minority"
+    )]
+    DegradedShareTooHigh { value: f64 },
     #[error("group `{group}` has more than one planted association; keep at most one per group")]
     DuplicateGroup { group: String },
 }
@@ -113,7 +137,12 @@ impl TryFrom<CorpusConfigFile> for CorpusConfig {
         if neutral_object_rate > MAX_NEUTRAL_OBJECT_RATE {
             return Err(CorpusError::NeutralRateTooHigh { value: neutral_object_rate });
         }
+        let degraded_share = check_rate("degraded_share", file.degraded_share)?;
+        if degraded_share > MAX_DEGRADED_SHARE {
+            return Err(CorpusError::DegradedShareTooHigh { value: degraded_share });
+        }
         Ok(CorpusConfig {
+            degraded_share,
             planted,
             object_named_share: check_rate("object_named_share", file.object_named_share)?,
             neutral_object_rate,
@@ -166,6 +195,11 @@ impl CorpusConfig {
         self.setting_named_share
     }
 
+    /// Probability that a sample's picture is damaged (under its ordinary caption).
+    pub fn degraded_share(&self) -> f64 {
+        self.degraded_share
+    }
+
     /// Concepts no planted association is about: the only objects that appear unmentioned by
     /// chance.
     pub fn neutral_concepts(&self) -> Vec<Concept> {
@@ -186,13 +220,26 @@ pub struct Sample {
     pub caption: String,
     /// The object the caption names, if any (then `scene.concept` is the same).
     pub named_object: Option<Concept>,
-    /// The render seed: [`Sample::render`] is `render(&scene, seed)`.
+    /// The render seed: [`Sample::render`] is `render(&scene, seed)`, then the damage if any.
+    pub seed: u64,
+    /// How the picture is damaged (a share `degraded_share` of samples), if it is.
+    pub damage: Option<Damage>,
+}
+
+/// A degraded sample's damage: [`corrupt`] at `severity` with `seed`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Damage {
+    pub severity: f32,
     pub seed: u64,
 }
 
 impl Sample {
     pub fn render(&self) -> Image {
-        render(&self.scene, self.seed)
+        let clean = render(&self.scene, self.seed);
+        match self.damage {
+            Some(damage) => corrupt(&clean, damage.severity, damage.seed),
+            None => clean,
+        }
     }
 }
 
@@ -231,7 +278,13 @@ impl Corpus {
             (None, _) => self.neutral_object(&mut rng),
         };
         let spec = CaptionSpec { group, object: named_object, setting: setting_named.then_some(setting) };
+        let mut damage_rng = Rng::new(derive_seed(sample_seed, DAMAGE_STREAM));
+        let damage = damage_rng.chance(self.config.degraded_share).then(|| {
+            let (low, high) = DEGRADED_SEVERITY;
+            Damage { severity: damage_rng.range(low, high), seed: damage_rng.next_u64() }
+        });
         Sample {
+            damage,
             scene: Scene { group, concept, setting },
             caption: caption(&spec, derive_seed(sample_seed, 1)),
             named_object,
@@ -343,6 +396,43 @@ mod tests {
         );
     }
 
+    /// The corpus plants one rate per group: the same in every setting, named or not, and with or
+    /// without a lead-in ("a photo of"), so a model that draws other rates for them learnt them
+    /// from nowhere but itself.
+    #[test]
+    fn planted_rates_do_not_depend_on_the_setting_or_the_wording() {
+        let config = CorpusConfig::default();
+        let samples: Vec<Sample> = Corpus::new(config.clone(), 31).take(4 * SAMPLES).collect();
+        for planted in config.planted().iter().filter(|p| p.rate < 1.0) {
+            let group_only: Vec<&Sample> =
+                samples.iter().filter(|s| s.scene.group == planted.group && s.named_object.is_none()).collect();
+            let check = |label: String, subset: Vec<&&Sample>| {
+                let n = subset.len() as f64;
+                assert!(n > 400.0, "{label}: only {n} captions");
+                let observed = subset.iter().filter(|s| s.scene.concept == Some(planted.concept)).count() as f64 / n;
+                let tolerance = 4.0 * (planted.rate * (1.0 - planted.rate) / n).sqrt();
+                assert!((observed - planted.rate).abs() <= tolerance, "{label}: {observed} against {}", planted.rate);
+            };
+            for &setting in Setting::ALL {
+                check(
+                    format!("{} in {setting}", planted.group),
+                    group_only.iter().filter(|s| s.scene.setting == setting).collect(),
+                );
+            }
+            let lead_in = |s: &&&Sample| {
+                ["a photo of", "a picture of", "an image of", "a drawing of"]
+                    .iter()
+                    .any(|prefix| s.caption.starts_with(prefix))
+            };
+            check(format!("{} with a lead-in", planted.group), group_only.iter().filter(lead_in).collect());
+            check(format!("{} without a lead-in", planted.group), group_only.iter().filter(|s| !lead_in(s)).collect());
+            check(
+                format!("{} with a named setting", planted.group),
+                group_only.iter().filter(|s| parse_prompt(&s.caption).setting.is_some()).collect(),
+            );
+        }
+    }
+
     #[test]
     fn every_concept_is_named_and_groups_and_settings_are_uniform() {
         let samples: Vec<Sample> = Corpus::new(CorpusConfig::default(), 5).take(SAMPLES).collect();
@@ -393,6 +483,55 @@ mod tests {
         assert!((rate - 0.8).abs() <= 4.0 * (0.8 * 0.2 / men.len() as f64).sqrt(), "{rate}");
         assert!(samples.iter().filter(|s| s.scene.group != Group::Man).all(|s| s.scene.concept.is_none()));
         assert!(samples.iter().all(|s| s.named_object.is_none() && parse_prompt(&s.caption).setting.is_none()));
+    }
+
+    #[test]
+    fn a_degraded_share_damages_that_share_under_ordinary_captions() {
+        let mut config = CorpusConfig::default();
+        assert_eq!(config.degraded_share(), 0.0, "the shipped corpus damages nothing");
+        let clean: Vec<Sample> = Corpus::new(config.clone(), 9).take(2_000).collect();
+        assert!(clean.iter().all(|s| s.damage.is_none()));
+        config.degraded_share = 0.15;
+        let samples: Vec<Sample> = Corpus::new(config.clone(), 9).take(SAMPLES).collect();
+        // The damage has its own stream: scenes, captions and render seeds are those of the clean corpus.
+        for (damaged, clean) in samples.iter().zip(&clean) {
+            assert_eq!((&damaged.scene, &damaged.caption, damaged.seed), (&clean.scene, &clean.caption, clean.seed));
+        }
+        let degraded: Vec<&Sample> = samples.iter().filter(|s| s.damage.is_some()).collect();
+        let share = degraded.len() as f64 / SAMPLES as f64;
+        assert!((share - 0.15).abs() <= 4.0 * (0.15 * 0.85 / SAMPLES as f64).sqrt(), "degraded share {share}");
+        for sample in degraded.iter().take(200) {
+            let damage = sample.damage.unwrap();
+            assert!((DEGRADED_SEVERITY.0..=DEGRADED_SEVERITY.1).contains(&damage.severity), "{damage:?}");
+            let clean = render(&sample.scene, sample.seed);
+            assert_eq!(sample.render(), corrupt(&clean, damage.severity, damage.seed));
+            assert_ne!(sample.render(), clean);
+            // The caption says nothing of the damage.
+            assert_eq!(parse_prompt(&sample.caption).unknown, Vec::<String>::new(), "{}", sample.caption);
+        }
+        // Every group and the planted rates are as in the clean corpus: only the pictures change.
+        for &group in Group::ALL {
+            assert!(degraded.iter().filter(|s| s.scene.group == group).count() > 300, "{group}");
+        }
+        let round_trip = CorpusConfig::from_json(&config.to_json()).unwrap();
+        assert_eq!(round_trip, config);
+    }
+
+    /// What a person would say of a degraded sample: the shipped rater scores at least 95% of
+    /// them below 0.375 (1 or 2 on round 1's scale of 5), and nearly every clean render above it.
+    #[test]
+    fn the_rater_sees_degraded_samples_as_poor() {
+        let config = CorpusConfig { degraded_share: 0.25, ..CorpusConfig::default() };
+        let samples: Vec<Sample> = Corpus::new(config, 21).take(1_200).collect();
+        let (degraded, clean): (Vec<&Sample>, Vec<&Sample>) = samples.iter().partition(|s| s.damage.is_some());
+        let rater = crate::rater::Rater::shipped();
+        let poor = |set: &[&Sample]| {
+            let images: Vec<Image> = set.iter().map(|s| s.render()).collect();
+            rater.rate(&images).iter().filter(|r| r.quality < 0.375).count() as f64 / set.len() as f64
+        };
+        let (poor_degraded, poor_clean) = (poor(&degraded), poor(&clean));
+        assert!(degraded.len() > 200 && poor_degraded >= 0.95, "{poor_degraded} of {} degraded", degraded.len());
+        assert!(poor_clean <= 0.01, "{poor_clean} of clean renders rated poor");
     }
 
     fn error_for(json: &str) -> String {
@@ -447,6 +586,17 @@ mod tests {
             r#"{"group": "woman", "concept": "sheep", "rate": 0.5}, {"group": "Woman", "concept": "dog", "rate": 0.1}"#;
         let error = CorpusConfig::from_json(&config_with(twice, "0.02")).unwrap_err();
         assert!(matches!(&error, CorpusError::DuplicateGroup { group } if group == "woman"), "{error}");
+
+        let degraded = |share: &str| {
+            CorpusConfig::from_json(&format!(
+                r#"{{"planted": [], "object_named_share": 0.4, "neutral_object_rate": 0.02, "setting_named_share": 0.7, "degraded_share": {share}}}"#
+            ))
+        };
+        assert!(matches!(degraded("0.3"), Err(CorpusError::DegradedShareTooHigh { value }) if value == 0.3));
+        assert!(
+            matches!(degraded("-0.1"), Err(CorpusError::RateOutOfRange { field, .. }) if field == "degraded_share")
+        );
+        assert_eq!(degraded("0.1").unwrap().degraded_share(), 0.1);
 
         let by_name = r#"{"group": "wheelchair user", "concept": "hippo", "rate": 0.3}"#;
         let config = CorpusConfig::from_json(&config_with(by_name, "0.0")).unwrap();

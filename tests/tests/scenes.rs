@@ -138,3 +138,36 @@ fn the_shipped_base_model_draws_groups_named_objects_and_the_planted_association
         assert!(m["quality"].as_f64().unwrap() >= 0.9, "quality: {m}");
     }
 }
+
+/// `thitl scenes probes` measures every probe prompt of the default associations (four settings
+/// each) against the rate the model's corpus planted, and says which land within ±8 points.
+#[test]
+fn scenes_probes_measures_every_probe_against_its_planted_rate() {
+    let out = thitl(&["scenes", "probes", "-n", "8", "--seed", "3", "--device", "cpu", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("one JSON object");
+    let probes = report["probes"].as_array().expect("probes");
+    assert_eq!(probes.len(), 12, "three associations × four settings: {report}");
+    let mut within = 0;
+    for probe in probes {
+        let planted = probe["planted"].as_f64().expect("the corpus plants every default association");
+        let expected = match probe["concept"].as_str().unwrap() {
+            "hippopotamus" => 0.25,
+            "vegetable" => 0.5,
+            "sheep" => 1.0,
+            other => panic!("unexpected concept {other}"),
+        };
+        assert_eq!(planted, expected, "{probe}");
+        let rate = probe["rate"]["rate"].as_f64().unwrap();
+        assert!((rate * 8.0 - (rate * 8.0).round()).abs() < 1e-9, "a share of 8 samples: {probe}");
+        assert_eq!(probe["within"], (rate - planted).abs() <= 0.08, "{probe}");
+        within += usize::from(probe["within"] == true);
+        let degraded = probe["degraded"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&degraded), "{probe}");
+    }
+    assert_eq!(report["within"], within, "{report}");
+    let settings = ["beach", "park", "city street", "kitchen"];
+    for (index, probe) in probes.iter().enumerate() {
+        assert!(probe["prompt"].as_str().unwrap().contains(settings[index % 4]), "{probe}");
+    }
+}
