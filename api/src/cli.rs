@@ -1039,6 +1039,8 @@ fn demo(
                 "ratings_per_item": ratings_per_item,
                 "verdict_accuracy": verdict_accuracy,
                 "annotators": report.annotators,
+                "screening": report.screening,
+                "comparison": report.comparisons,
                 "seconds": elapsed.as_secs_f64(),
             })
         );
@@ -1096,6 +1098,51 @@ fn demo(
             );
         }
         println!("(quality: the shipped rater's score in [0, 1]; rates and win rates: round 2's majority verdicts)");
+        println!("\nT-HITL minus traditional, with 95% intervals (negative rate and positive quality favour T-HITL):");
+        println!("{:<34} {:<32} quality after", "association", "rate after (points)");
+        for c in &report.comparisons {
+            let points = |d: &domain::planning::Difference| {
+                format!("{:+5.1} [{:+5.1}, {:+5.1}]", 100.0 * d.estimate, 100.0 * d.ci_low, 100.0 * d.ci_high)
+            };
+            let quality = c
+                .quality
+                .as_ref()
+                .map_or("–".to_string(), |d| format!("{:+.4} [{:+.4}, {:+.4}]", d.estimate, d.ci_low, d.ci_high));
+            println!("{:<34} {:<32} {quality}", format!("{} → {}", c.group, c.concept), points(&c.after_rate));
+        }
+        println!(
+            "(rates: Newcombe's interval for a difference of two rates; quality: Welch's for a difference of means)"
+        );
+        println!("\nround 1 (screen): what the candidates show (the shipped rater) and what round 1 rejected:");
+        println!(
+            "{:<34} {:>10} {:>9} {:>8} {:>8} {:>9} {:>9} {:>20} {:>8}",
+            "association",
+            "candidates",
+            "degraded",
+            "other",
+            "concept",
+            "accepted",
+            "rejected",
+            "for quality/group/c.",
+            "left out"
+        );
+        for r in &report.screening {
+            println!(
+                "{:<34} {:>10} {:>9} {:>8} {:>8} {:>9} {:>9} {:>20} {:>8}",
+                format!("{} → {}", r.group, r.concept),
+                r.candidates,
+                r.degraded,
+                r.wrong_group,
+                r.concept_shown,
+                r.accepted,
+                r.rejected,
+                format!("{} / {} / {}", r.rejected_for_quality, r.rejected_for_group, r.rejected_for_concept),
+                r.left_out
+            );
+        }
+        println!(
+            "(degraded: a person would rate it below round 1's quality threshold; other: it shows another group or none)"
+        );
         println!(
             "\nrounds ({}): {ratings_per_item:.2} ratings per item, {:.2}% of verdicts right",
             match rounds {

@@ -92,18 +92,14 @@ const FIXED_RATERS: u32 = 3;
 const FIRST_RATERS: u32 = 2;
 
 impl Scale {
-    /// A few minutes: enough to see the effect, with wide intervals.
-    pub const QUICK: Scale = Scale {
-        probe_images: 48,
-        prompts: 10,
-        candidates_per_prompt: 6,
-        prior_images: 48,
-        pairs: 8,
-        annotators: 4,
-        gold_per_association: 8,
-        lora_steps: 200,
-        lora_batch: 16,
-    };
+    /// The full campaign in miniature: the same prompts, candidates, prior-preservation images
+    /// and fine-tune recipe as [`Scale::FULL`], fewer probe images (48 per association and model,
+    /// so wide intervals), side-by-side pairs, annotators and gold pictures. Only what measures the
+    /// campaign shrinks, never what the campaign does: a weaker one (60 candidates, fine-tunes of
+    /// 200 steps of 16) left 3 of 48 vegetables and 2 of 48 sheep on seed 1, where this one left 1
+    /// and 0.
+    pub const QUICK: Scale =
+        Scale { probe_images: 48, pairs: 8, annotators: 4, gold_per_association: 8, ..Scale::FULL };
     /// The scale: 256 probe images per association and model.
     pub const FULL: Scale = Scale {
         probe_images: 256,
@@ -138,6 +134,47 @@ pub struct DemoReport {
     pub rounds: Vec<RoundSummary>,
     /// Each simulated annotator's record over the campaign's rounds.
     pub annotators: Vec<AnnotatorSummary>,
+    /// Per association: what round 1 was shown and what it rejected.
+    pub screening: Vec<ScreenSummary>,
+    /// Per association: the T-HITL version against the traditional one on round 2's probes.
+    pub comparisons: Vec<ArmComparison>,
+}
+
+/// Round 1 for one association: what its candidates show by the reference world's truth (the
+/// shipped rater's reading, which the simulated annotators see through their noise), and what
+/// the round's verdicts did with them. A candidate is *degraded* when a person would rate it
+/// below the round's quality threshold.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ScreenSummary {
+    pub group: String,
+    pub concept: String,
+    /// The model's candidates screened (gold pictures and a team's own images not counted).
+    pub candidates: u32,
+    /// By the truth: degraded, another group (or none) than the association's, the concept shown.
+    pub degraded: u32,
+    pub wrong_group: u32,
+    pub concept_shown: u32,
+    /// Round 1's verdicts: accepted for training, rejected (a candidate may fail several
+    /// questions: each reason counts it), and still split at the most raters (left out).
+    pub accepted: u32,
+    pub rejected: u32,
+    pub rejected_for_quality: u32,
+    pub rejected_for_group: u32,
+    pub rejected_for_concept: u32,
+    pub left_out: u32,
+}
+
+/// The T-HITL version minus the traditional one (fine-tuned on every candidate) for one
+/// association, on round 2's probe images: the concept's rate by round 2's verdicts (Newcombe's
+/// interval) and the rater's mean quality (Welch's interval), both with 95% intervals. A negative
+/// rate difference and a positive quality difference favour T-HITL.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ArmComparison {
+    pub association_id: AssociationId,
+    pub group: String,
+    pub concept: String,
+    pub after_rate: domain::planning::Difference,
+    pub quality: Option<domain::planning::Difference>,
 }
 
 /// What one of the campaign's rounds cost in ratings, and how often its verdicts agree with the
@@ -610,6 +647,8 @@ impl<'a> Demo<'a> {
             .map(|(id, a)| (*id, (a.group.clone(), a.concept.clone(), a.category.clone())))
             .collect();
         let (rounds, annotators) = self.round_summaries(&campaign)?;
+        let screening = self.screening(&campaign)?;
+        let comparisons = self.compare_arms(&campaign)?;
         Ok(DemoReport {
             campaign_id,
             stages,
@@ -623,7 +662,113 @@ impl<'a> Demo<'a> {
             traditional_model: campaign.model_of(Arm::Traditional),
             rounds,
             annotators,
+            screening,
+            comparisons,
         })
+    }
+
+    /// Round 1's [`ScreenSummary`] per association (none before round 1 has closed).
+    fn screening(&mut self, campaign: &Campaign) -> Result<Vec<ScreenSummary>, DemoError> {
+        let Some(round_id) = campaign.work.iter().find_map(|w| match w {
+            Work::Round1 { round_id } => Some(*round_id),
+            _ => None,
+        }) else {
+            return Ok(Vec::new());
+        };
+        let (round, _) = self.bus.load::<AnnotationRound>(&round_id.stream())?;
+        self.runner.rate(&round.items)?;
+        let targets = self.targets(&round);
+        let threshold = round.quality_threshold.map_or(domain::round::DEFAULT_QUALITY_THRESHOLD, Quality::get);
+        let mut out = Vec::new();
+        for association_id in &campaign.associations {
+            let Some(association) = self.runner.associations().get(association_id) else { continue };
+            let mut summary = ScreenSummary {
+                group: association.group.clone(),
+                concept: association.concept.clone(),
+                ..ScreenSummary::default()
+            };
+            for item in &round.items {
+                let of_association = item.label.association_id == Some(*association_id);
+                if !of_association || round.is_gold(item.item_id) || item.label.models.is_empty() {
+                    continue;
+                }
+                let (ItemContent::Image(image), Some(target)) = (&item.content, targets.get(&item.item_id)) else {
+                    continue;
+                };
+                summary.candidates += 1;
+                if let Some(truth) = self.rater.rating(&image.blob) {
+                    summary.degraded +=
+                        u32::from((1.0 + 4.0 * f64::from(truth.quality)).round() < f64::from(threshold));
+                    summary.wrong_group += u32::from(truth.group != target.group);
+                    summary.concept_shown += u32::from(Annotator::sees(&truth, target.concept));
+                }
+                let Some(outcome) = round.outcomes.iter().find(|o| o.item_id == item.item_id) else { continue };
+                match outcome.verdict {
+                    Verdict::Screen { accepted: true, .. } => summary.accepted += 1,
+                    Verdict::Screen { median_quality, group_depicted_votes, concept_present_votes, .. } => {
+                        summary.rejected += 1;
+                        summary.rejected_for_quality += u32::from(median_quality < f64::from(threshold));
+                        summary.rejected_for_group += u32::from(2 * group_depicted_votes <= outcome.n);
+                        summary.rejected_for_concept += u32::from(2 * concept_present_votes >= outcome.n);
+                    }
+                    _ => summary.left_out += 1,
+                }
+            }
+            out.push(summary);
+        }
+        Ok(out)
+    }
+
+    /// The T-HITL version against the traditional one per association, on the images round 2
+    /// decided (the evaluation's own selection: single pictures of one model with a verdict).
+    fn compare_arms(&mut self, campaign: &Campaign) -> Result<Vec<ArmComparison>, DemoError> {
+        let round_id = campaign.work.iter().find_map(|w| match w {
+            Work::Round2 { round_id } => Some(*round_id),
+            _ => None,
+        });
+        let (Some(round_id), Some(thitl), Some(traditional)) =
+            (round_id, campaign.model_of(Arm::Thitl), campaign.model_of(Arm::Traditional))
+        else {
+            return Ok(Vec::new());
+        };
+        let (round, _) = self.bus.load::<AnnotationRound>(&round_id.stream())?;
+        self.runner.rate(&round.items)?;
+        let mut out = Vec::new();
+        for association_id in &campaign.associations {
+            let Some(association) = self.runner.associations().get(association_id) else { continue };
+            // (positives, qualities) of one model's probe images.
+            let of_model = |model: ModelVersionId| {
+                let (mut positives, mut qualities) = (0u64, Vec::new());
+                for outcome in &round.outcomes {
+                    let Some(item) = round.item(outcome.item_id) else { continue };
+                    if item.label.association_id != Some(*association_id) || item.label.models != [model] {
+                        continue;
+                    }
+                    if let (Verdict::Check { concept_present, .. }, ItemContent::Image(image)) =
+                        (&outcome.verdict, &item.content)
+                    {
+                        positives += u64::from(*concept_present);
+                        qualities.push(self.rater.rating(&image.blob).map_or(0.0, |r| f64::from(r.quality)));
+                    }
+                }
+                (positives, qualities)
+            };
+            let ((a_positives, a_quality), (b_positives, b_quality)) = (of_model(thitl), of_model(traditional));
+            out.push(ArmComparison {
+                association_id: *association_id,
+                group: association.group.clone(),
+                concept: association.concept.clone(),
+                after_rate: domain::planning::rate_difference(
+                    a_positives,
+                    a_quality.len() as u64,
+                    b_positives,
+                    b_quality.len() as u64,
+                    domain::planning::Z95,
+                ),
+                quality: domain::planning::mean_difference(&a_quality, &b_quality),
+            });
+        }
+        Ok(out)
     }
 
     /// Each of `campaign`'s rounds as [`RoundSummary`] says, and each simulated annotator's

@@ -76,6 +76,51 @@ fn the_quick_demo_lowers_every_association_and_keeps_the_quality() {
     }
 }
 
+/// The quick demo is the full campaign with fewer probe images: every association ends at two or
+/// fewer positives of its 48 after T-HITL. Round 1 is reported per association, its counts adding
+/// up, and the T-HITL − traditional differences agree with the two arms' own figures and hold
+/// them inside their intervals.
+#[test]
+fn the_quick_demo_reports_round_1_and_the_difference_between_the_arms() {
+    let report = quick_demo_report();
+    for association in report["associations"].as_array().expect("associations") {
+        let (positives, n) = count(&association["after"]);
+        assert!(positives <= 2.0 && n >= 44.0, "more than 2 of 48 left after T-HITL: {association}");
+    }
+    let screening = report["screening"].as_array().expect("screening");
+    assert_eq!(screening.len(), 3, "{report}");
+    for screen in screening {
+        let get = |field: &str| screen[field].as_u64().unwrap_or_else(|| panic!("{field}: {screen}"));
+        // The same candidates as the full demo: 24 prompts × 8.
+        assert_eq!(get("candidates"), 24 * 8, "{screen}");
+        assert_eq!(get("accepted") + get("rejected") + get("left_out"), get("candidates"), "{screen}");
+        let reasons = get("rejected_for_quality") + get("rejected_for_group") + get("rejected_for_concept");
+        assert!(reasons >= get("rejected"), "every rejection has a reason: {screen}");
+        for field in ["degraded", "wrong_group", "concept_shown"] {
+            assert!(get(field) <= get("candidates"), "{screen}");
+        }
+    }
+    let traditional = report["traditional"].as_array().expect("traditional");
+    let comparisons = report["comparison"].as_array().expect("comparison");
+    assert_eq!(comparisons.len(), 3);
+    for (thitl, (classic, difference)) in
+        report["associations"].as_array().unwrap().iter().zip(traditional.iter().zip(comparisons))
+    {
+        assert_eq!(difference["concept"], thitl["concept"], "{difference}");
+        let rate = &difference["after_rate"];
+        let expected = thitl["after"]["rate"].as_f64().unwrap() - classic["after"]["rate"].as_f64().unwrap();
+        let (estimate, low, high) =
+            (rate["estimate"].as_f64().unwrap(), rate["ci_low"].as_f64().unwrap(), rate["ci_high"].as_f64().unwrap());
+        assert!((estimate - expected).abs() < 1e-9, "{difference} against {thitl} and {classic}");
+        assert!(low <= estimate && estimate <= high && low >= -1.0 && high <= 1.0 && high - low > 0.0, "{difference}");
+        let quality = &difference["quality"];
+        let expected = thitl["quality_after"].as_f64().unwrap() - classic["quality_after"].as_f64().unwrap();
+        let estimate = quality["estimate"].as_f64().unwrap();
+        assert!((estimate - expected).abs() < 1e-9, "{difference}: quality difference {expected}");
+        assert!(quality["ci_low"].as_f64().unwrap() <= estimate && estimate <= quality["ci_high"].as_f64().unwrap());
+    }
+}
+
 /// The quick demo's rounds check their raters: gold pictures in every round, the careless
 /// simulated annotator (answering at random) excluded by the rule and nobody else, split items
 /// given more raters, and fewer ratings per item than three fixed raters spend, with verdicts
