@@ -9,7 +9,6 @@ use crate::cpu::Chunk;
 use crate::device::Device;
 use crate::kernels::adaln::AdaLn;
 use crate::kernels::elementwise::Elementwise;
-use crate::kernels::embed::TextEmbedding;
 use crate::kernels::matmul::{Activation, Matmul};
 
 impl<D: Device> Dit<D> {
@@ -279,13 +278,7 @@ impl<D: Device> Dit<D> {
         let dpooled = device.zeros(batch * d);
         self.linear_backward(device, self.y_mlp[0], batch, &cache.pooled, &dy_pre, Some(&dpooled), None, &ones);
         if let Some(dtable) = self.grad(self.embedding) {
-            let shape = TextEmbedding {
-                batch,
-                max_tokens: config.max_tokens,
-                width: d,
-                vocabulary: config.vocabulary,
-                pooling: config.text_pooling,
-            };
+            let shape = config.text_embedding(batch);
             device.clear(dtable, config.vocabulary * d);
             device.embed_pool_backward(shape, &cache.ids, &dpooled, dtable);
         }

@@ -99,6 +99,16 @@ impl DitConfig {
     pub fn hidden(&self) -> usize {
         self.width * self.mlp_ratio
     }
+    /// The text embedding's shapes for `batch` prompts.
+    pub fn text_embedding(&self, batch: usize) -> crate::kernels::embed::TextEmbedding {
+        crate::kernels::embed::TextEmbedding {
+            batch,
+            max_tokens: self.max_tokens,
+            width: self.width,
+            vocabulary: self.vocabulary,
+            pooling: self.text_pooling,
+        }
+    }
     /// Width of one head.
     pub fn head_dim(&self) -> usize {
         self.width / self.heads

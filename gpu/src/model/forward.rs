@@ -11,7 +11,6 @@ use crate::cpu::Chunk;
 use crate::device::Device;
 use crate::kernels::adaln::AdaLn;
 use crate::kernels::elementwise::Elementwise;
-use crate::kernels::embed::TextEmbedding;
 use crate::kernels::matmul::{Activation, Layout, Matmul};
 
 /// The fixed 2-D sin-cos position embedding of DiT, `[tokens, width]`: for token (row i,
@@ -205,13 +204,7 @@ impl<D: Device> Dit<D> {
         let c = device.zeros(batch * d);
         self.linear_forward(device, self.t_mlp[1], batch, &t_hidden, &c, Activation::None, None);
         // Text: mean (or sum) of token embeddings, or the learned null text for an empty prompt → MLP.
-        let shape = TextEmbedding {
-            batch,
-            max_tokens: config.max_tokens,
-            width: d,
-            vocabulary: config.vocabulary,
-            pooling: config.text_pooling,
-        };
+        let shape = config.text_embedding(batch);
         let device_ids = device.upload_ids(ids);
         let pooled = device.zeros(batch * d);
         device.embed_pool(shape, &device_ids, self.value(self.embedding), &pooled);
