@@ -41,28 +41,14 @@ pub enum ScenesCommand {
     Measure {
         #[arg(long)]
         prompt: String,
-        #[arg(short = 'n', long = "count", default_value_t = 256)]
-        n: usize,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
         #[command(flatten)]
-        model: ModelArgs,
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
+        sampling: MeasureArgs,
     },
     /// Measure every probe prompt of the default associations against the rate the model's
     /// corpus planted: one row per group × setting, and how many land within ±8 points.
     Probes {
-        #[arg(short = 'n', long = "count", default_value_t = 256)]
-        n: usize,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
         #[command(flatten)]
-        model: ModelArgs,
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
+        sampling: MeasureArgs,
     },
     /// Write a PNG grid of samples (each pixel drawn 4×4, 8 per row).
     Grid {
@@ -77,6 +63,21 @@ pub enum ScenesCommand {
         #[command(flatten)]
         model: ModelArgs,
     },
+}
+
+/// How `scenes measure` and `scenes probes` sample and report.
+#[derive(clap::Args, Clone)]
+pub struct MeasureArgs {
+    /// Samples per prompt.
+    #[arg(short = 'n', long = "count", default_value_t = 256)]
+    n: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args, Clone)]
@@ -161,7 +162,7 @@ pub fn run(command: ScenesCommand) -> anyhow::Result<ExitCode> {
         ScenesCommand::TrainBase { out, seed, steps, config, resume, device } => {
             train_base(&out, seed, steps, config, resume, &device)
         }
-        ScenesCommand::Measure { prompt, n, seed, model, json } => {
+        ScenesCommand::Measure { prompt, sampling: MeasureArgs { n, seed, model, json } } => {
             let (model, settings) = model.load()?;
             let measurement = measure(&model, &settings, &prompt, n, seed, &mut progress_bar("sampling", n as u64))?;
             if json {
@@ -171,7 +172,7 @@ pub fn run(command: ScenesCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        ScenesCommand::Probes { n, seed, model, json } => probes(model, n, seed, json),
+        ScenesCommand::Probes { sampling: MeasureArgs { n, seed, model, json } } => probes(model, n, seed, json),
         ScenesCommand::Grid { prompt, n, out, seed, model } => {
             let (model, settings) = model.load()?;
             let mut bar = progress_bar("sampling", n as u64);
