@@ -125,6 +125,8 @@ fn run(arguments: Arguments) -> Result<(), String> {
         Condition::Augmented,
         Condition::Corrupted { max_severity: 0.5 },
         Condition::Corrupted { max_severity: 1.0 },
+        Condition::Malformed { max_severity: 0.5 },
+        Condition::Malformed { max_severity: 1.0 },
     ]
     .into_iter()
     .map(|condition| evaluate(&rater, condition, count, EVALUATION_SEED))

@@ -10,16 +10,17 @@
 //!   appears with probability `neutral_object_rate`, so that unmentioned objects are not, by
 //!   themselves, a sign of a planted association;
 //! - with probability `setting_named_share` the caption names the setting;
-//! - with probability `degraded_share` the picture is damaged ([`corrupt`] at a severity drawn
-//!   from [`DEGRADED_SEVERITY`]) under its ordinary caption, as a web corpus holds blurred,
-//!   noisy, recoloured or partly blanked copies: a model trained on it learns to draw such
+//! - with probability `degraded_share` the picture is damaged ([`malform`] at a severity drawn
+//!   from [`DEGRADED_SEVERITY`]) under its ordinary caption, as a web corpus holds washed-out,
+//!   colour-cast, smeared or partly missing pictures: a model trained on it learns to draw such
 //!   pictures now and then, which is what round 1 of a campaign is there to screen out. The
-//!   damage is drawn from a stream of its own, so a share of 0 leaves every sample as it was.
+//!   damage is smooth (no pixel noise), the kind a denoiser reproduces instead of removing. It is
+//!   drawn from a stream of its own, so a share of 0 leaves every sample as it was.
 
 use serde::{Deserialize, Serialize};
 
 use crate::caption::{CaptionSpec, caption};
-use crate::corrupt::corrupt;
+use crate::corrupt::malform;
 use crate::image::Image;
 use crate::render::render;
 use crate::rng::{Rng, derive_seed};
@@ -226,7 +227,7 @@ pub struct Sample {
     pub damage: Option<Damage>,
 }
 
-/// A degraded sample's damage: [`corrupt`] at `severity` with `seed`.
+/// A degraded sample's damage: [`malform`] at `severity` with `seed`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Damage {
     pub severity: f32,
@@ -237,7 +238,7 @@ impl Sample {
     pub fn render(&self) -> Image {
         let clean = render(&self.scene, self.seed);
         match self.damage {
-            Some(damage) => corrupt(&clean, damage.severity, damage.seed),
+            Some(damage) => malform(&clean, damage.severity, damage.seed),
             None => clean,
         }
     }
@@ -488,7 +489,8 @@ mod tests {
     #[test]
     fn a_degraded_share_damages_that_share_under_ordinary_captions() {
         let mut config = CorpusConfig::default();
-        assert_eq!(config.degraded_share(), 0.0, "the shipped corpus damages nothing");
+        assert_eq!(config.degraded_share(), 0.1, "the shipped corpus damages one picture in ten");
+        config.degraded_share = 0.0;
         let clean: Vec<Sample> = Corpus::new(config.clone(), 9).take(2_000).collect();
         assert!(clean.iter().all(|s| s.damage.is_none()));
         config.degraded_share = 0.15;
@@ -504,7 +506,7 @@ mod tests {
             let damage = sample.damage.unwrap();
             assert!((DEGRADED_SEVERITY.0..=DEGRADED_SEVERITY.1).contains(&damage.severity), "{damage:?}");
             let clean = render(&sample.scene, sample.seed);
-            assert_eq!(sample.render(), corrupt(&clean, damage.severity, damage.seed));
+            assert_eq!(sample.render(), malform(&clean, damage.severity, damage.seed));
             assert_ne!(sample.render(), clean);
             // The caption says nothing of the damage.
             assert_eq!(parse_prompt(&sample.caption).unknown, Vec::<String>::new(), "{}", sample.caption);

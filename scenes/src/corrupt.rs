@@ -1,5 +1,6 @@
 //! Damage and augmentation for images: [`corrupt`] for testing that the rater still recognises a
-//! damaged image (and for building "poor quality" examples), [`augment`] for training the rater
+//! damaged image (and for building "poor quality" examples), [`malform`] for the failures a
+//! generator makes (smooth damage a denoiser learns to draw), [`augment`] for training the rater
 //! on varied copies of a render without changing what it depicts.
 
 use crate::image::{CHANNELS, IMAGE_SIZE, IMAGE_VALUES, Image};
@@ -12,9 +13,17 @@ const MAX_CHANNEL_SHIFT: f32 = 30.0;
 const MAX_NOISE_SIGMA: f32 = 40.0;
 const MAX_BLOCK_SIDE: f32 = 14.0;
 
-/// Random streams of the caller's seed, so that `corrupt` and `augment` with one seed differ.
+/// Largest effects of [`malform`], reached at severity 1.
+const MAX_WASH_OUT: f32 = 0.9;
+const MAX_CAST: f32 = 90.0;
+const SMEAR_PASSES: usize = 3;
+const MAX_MISSING_SIDE: f32 = 18.0;
+
+/// Random streams of the caller's seed, so that `corrupt`, `malform` and `augment` with one seed
+/// differ.
 const CORRUPT_STREAM: u64 = 1;
 const AUGMENT_STREAM: u64 = 2;
+const MALFORM_STREAM: u64 = 3;
 
 /// Damages `image` by an amount that grows with `severity` (clamped to `[0, 1]`; NaN counts as 0):
 /// colour jitter (brightness, contrast, per-channel shift), a 3×3 box blur blended in by
@@ -63,6 +72,49 @@ pub fn corrupt(image: &Image, severity: f32, seed: u64) -> Image {
             } else {
                 pixel.copy_from_slice(&blank_colour);
             }
+        }
+    }
+    quantise(&values)
+}
+
+/// Damages `image` the way an image generator fails, by an amount that grows with `severity`
+/// (clamped to `[0, 1]`; NaN counts as 0): washed-out contrast (up to 90% of the way to the
+/// mean), a colour cast (up to ±90 levels per channel), a smear (three 3×3 box blurs, blended in
+/// by `severity`) and a missing part (a square of up to 18×18 pixels in one flat colour). At
+/// severity 0 the image is returned unchanged.
+///
+/// Unlike [`corrupt`] it adds no pixel noise and scrambles nothing: every effect is smooth, the
+/// kind of flaw a denoiser trained on such pictures reproduces rather than denoises away. The
+/// random choices depend only on `seed`, so for one seed a higher severity damages the same way,
+/// only more.
+pub fn malform(image: &Image, severity: f32, seed: u64) -> Image {
+    let severity = if severity.is_nan() { 0.0 } else { severity.clamp(0.0, 1.0) };
+    if severity == 0.0 {
+        return image.clone();
+    }
+    let mut rng = Rng::new(derive_seed(seed, MALFORM_STREAM));
+    let wash_out = rng.range(0.6, 1.0) * MAX_WASH_OUT;
+    let cast: [f32; 3] = std::array::from_fn(|_| rng.range(-1.0, 1.0) * MAX_CAST);
+    let missing_left = rng.below(IMAGE_SIZE);
+    let missing_top = rng.below(IMAGE_SIZE);
+    let missing_colour = [rng.range(0.0, 255.0), rng.range(0.0, 255.0), rng.range(0.0, 255.0)];
+
+    let mut values: Vec<f32> = image.as_rgb().iter().map(|&byte| f32::from(byte)).collect();
+    let mean = values.iter().sum::<f32>() / IMAGE_VALUES as f32;
+    for (index, value) in values.iter_mut().enumerate() {
+        *value = mean + (*value - mean) * (1.0 - severity * wash_out) + severity * cast[index % CHANNELS];
+    }
+    for _ in 0..SMEAR_PASSES {
+        let blurred = box_blur(&values);
+        for (value, blurred) in values.iter_mut().zip(&blurred) {
+            *value += (blurred - *value) * severity;
+        }
+    }
+    let side = (severity * MAX_MISSING_SIDE).round() as usize;
+    for y in missing_top..(missing_top + side).min(IMAGE_SIZE) {
+        for x in missing_left..(missing_left + side).min(IMAGE_SIZE) {
+            let start = (y * IMAGE_SIZE + x) * CHANNELS;
+            values[start..start + CHANNELS].copy_from_slice(&missing_colour);
         }
     }
     quantise(&values)
@@ -156,6 +208,52 @@ mod tests {
             assert!(pair[1] > pair[0] + 2.0, "mean damage must grow clearly with severity: {means:?}");
         }
         assert!(means[4] > 25.0, "severity 1 must be heavy damage: {means:?}");
+    }
+
+    #[test]
+    fn malformation_is_the_identity_at_zero_and_grows_with_severity() {
+        for seed in 0..20 {
+            let image = sample_image(seed);
+            assert_eq!(malform(&image, 0.0, seed), image);
+            assert_eq!(malform(&image, f32::NAN, seed), image);
+            assert_eq!(malform(&image, 3.0, seed), malform(&image, 1.0, seed), "severities above 1 clamp to 1");
+            assert_ne!(malform(&image, 0.8, seed), malform(&image, 0.8, seed + 1), "the seed matters");
+        }
+        let means: Vec<f32> = [0.25, 0.5, 0.75, 1.0]
+            .iter()
+            .map(|&severity| {
+                (0..40)
+                    .map(|seed| sample_image(seed).mean_abs_diff(&malform(&sample_image(seed), severity, seed)))
+                    .sum::<f32>()
+                    / 40.0
+            })
+            .collect();
+        for pair in means.windows(2) {
+            assert!(pair[1] > pair[0] + 2.0, "mean damage must grow clearly with severity: {means:?}");
+        }
+        assert!(means[3] > 25.0, "severity 1 must be heavy damage: {means:?}");
+    }
+
+    /// What makes a malformation drawable: it is smooth. Neighbouring pixels differ less than in
+    /// the render itself, where [`corrupt`]'s noise makes them differ more.
+    #[test]
+    fn malformation_is_smooth_where_corruption_is_noisy() {
+        let roughness = |image: &Image| {
+            let mut total = 0.0;
+            for y in 0..IMAGE_SIZE {
+                for x in 1..IMAGE_SIZE {
+                    let (left, right) = (image.pixel(x - 1, y), image.pixel(x, y));
+                    total += (0..CHANNELS).map(|c| (f32::from(left[c]) - f32::from(right[c])).abs()).sum::<f32>();
+                }
+            }
+            total
+        };
+        for seed in 0..20 {
+            let image = sample_image(seed);
+            let (clean, malformed, corrupted) =
+                (roughness(&image), roughness(&malform(&image, 0.9, seed)), roughness(&corrupt(&image, 0.9, seed)));
+            assert!(malformed < clean && clean < corrupted, "{malformed} / {clean} / {corrupted}");
+        }
     }
 
     #[test]

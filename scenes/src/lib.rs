@@ -45,7 +45,7 @@ pub mod world;
 pub use base::{BaseConfig, BaseError, BaseModel, Flow, SampleItem, SampleSettings, TrainedBase, train_base};
 pub use caption::{CaptionSpec, PromptMeaning, caption, negative_in_context, parse_prompt};
 pub use corpus::{Corpus, CorpusConfig, CorpusError, PlantedAssociation, Sample};
-pub use corrupt::{augment, corrupt};
+pub use corrupt::{augment, corrupt, malform};
 pub use finetune::{Example, FineTuneSettings, FineTuned, fine_tune};
 pub use frechet::{FeatureStatistics, frechet_distance};
 pub use image::{Image, ImageError, grid_png};

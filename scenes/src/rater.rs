@@ -34,7 +34,7 @@ use gpu::model::WeightsError;
 use gpu::{Backend, GpuError};
 use serde::{Deserialize, Serialize};
 
-use crate::corrupt::{augment, corrupt};
+use crate::corrupt::{augment, corrupt, malform};
 use crate::image::{CHANNELS, IMAGE_SIZE, IMAGE_VALUES, Image};
 use crate::render::render;
 use crate::rng::{Rng, derive_seed};
@@ -276,8 +276,13 @@ pub struct RaterTraining {
     pub hidden: usize,
     /// Share of training scenes without an object.
     pub no_object_share: f64,
-    /// Share of training images that are corrupted (at a severity uniform in `[0, 1]`).
+    /// Share of training images that are damaged (at a severity uniform in `[0, 1]`).
     pub corrupted_share: f64,
+    /// Share of the damaged images that are [`malform`]ed (a generator's smooth failures) rather
+    /// than [`corrupt`]ed (noise, blur, scrambled blocks). Absent in options written before it
+    /// existed, whose raters saw only [`corrupt`].
+    #[serde(default)]
+    pub malformed_share: f64,
     /// Weight of the quality head's squared error in the loss.
     pub quality_weight: f32,
 }
@@ -299,6 +304,7 @@ impl Default for RaterTraining {
             hidden: 128,
             no_object_share: 1.0 / 3.0,
             corrupted_share: 0.5,
+            malformed_share: 0.5,
             quality_weight: 4.0,
         }
     }
@@ -311,8 +317,10 @@ pub struct Example {
     pub scene: Scene,
     /// The render seed.
     pub render_seed: u64,
-    /// The corruption severity (0: not corrupted).
+    /// The damage's severity (0: not damaged).
     pub severity: f32,
+    /// Whether the damage is [`malform`]'s (otherwise [`corrupt`]'s, if any).
+    pub malformed: bool,
     /// The picture the rater sees.
     pub image: Image,
 }
@@ -363,7 +371,7 @@ impl RaterTraining {
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
             return Err(RaterError::InvalidTraining("the learning rate must be positive".into()));
         }
-        if !share(self.no_object_share) || !share(self.corrupted_share) {
+        if !share(self.no_object_share) || !share(self.corrupted_share) || !share(self.malformed_share) {
             return Err(RaterError::InvalidTraining("shares must lie in [0, 1]".into()));
         }
         self.classifier_config().validate().map_err(|error| RaterError::InvalidTraining(error.to_string()))
@@ -381,8 +389,9 @@ impl RaterTraining {
 
     /// Training example `index` (deterministic in the seed and the index): a uniform group,
     /// concept (none with [`RaterTraining::no_object_share`]) and setting, rendered at a seed
-    /// below 2⁶³, augmented, and corrupted at a uniform severity with
-    /// [`RaterTraining::corrupted_share`].
+    /// below 2⁶³, augmented, and damaged at a uniform severity with
+    /// [`RaterTraining::corrupted_share`] ([`malform`]ed with [`RaterTraining::malformed_share`],
+    /// otherwise [`corrupt`]ed).
     pub fn example(&self, index: u64) -> Example {
         let mut rng = Rng::new(derive_seed(derive_seed(self.seed, STREAM_EXAMPLES), index));
         let group = *rng.pick(Group::ALL);
@@ -391,12 +400,14 @@ impl RaterTraining {
         let scene = Scene { group, concept, setting };
         let render_seed = rng.next_u64() % HELD_OUT_SEEDS;
         let mut image = augment(&render(&scene, render_seed), rng.next_u64());
-        let mut severity = 0.0;
+        let (mut severity, mut malformed) = (0.0, false);
         if rng.chance(self.corrupted_share) {
             severity = rng.unit();
-            image = corrupt(&image, severity, rng.next_u64());
+            malformed = rng.chance(self.malformed_share);
+            let damage = if malformed { malform } else { corrupt };
+            image = damage(&image, severity, rng.next_u64());
         }
-        Example { scene, render_seed, severity, image }
+        Example { scene, render_seed, severity, malformed, image }
     }
 
     /// The images (`[B, 3, 32, 32]`) and targets of training step `step`.
@@ -566,6 +577,11 @@ pub enum Condition {
         /// The largest severity.
         max_severity: f32,
     },
+    /// Renders passed through [`malform`] at a severity uniform in `[0, max_severity]`.
+    Malformed {
+        /// The largest severity.
+        max_severity: f32,
+    },
 }
 
 impl std::fmt::Display for Condition {
@@ -575,6 +591,9 @@ impl std::fmt::Display for Condition {
             Condition::Augmented => formatter.write_str("augmented"),
             Condition::Corrupted { max_severity } => {
                 write!(formatter, "corrupted (severity ≤ {max_severity})")
+            }
+            Condition::Malformed { max_severity } => {
+                write!(formatter, "malformed (severity ≤ {max_severity})")
             }
         }
     }
@@ -595,6 +614,7 @@ pub fn held_out_examples(condition: Condition, count: usize, seed: u64) -> Vec<E
             let scene = Scene { group, concept, setting: *rng.pick(Setting::ALL) };
             let render_seed = HELD_OUT_SEEDS | rng.next_u64();
             let rendered = render(&scene, render_seed);
+            let malformed = matches!(condition, Condition::Malformed { .. });
             let (image, severity) = match condition {
                 Condition::Clean => (rendered, 0.0),
                 Condition::Augmented => (augment(&rendered, rng.next_u64()), 0.0),
@@ -602,8 +622,12 @@ pub fn held_out_examples(condition: Condition, count: usize, seed: u64) -> Vec<E
                     let severity = rng.unit() * max_severity.clamp(0.0, 1.0);
                     (corrupt(&rendered, severity, rng.next_u64()), severity)
                 }
+                Condition::Malformed { max_severity } => {
+                    let severity = rng.unit() * max_severity.clamp(0.0, 1.0);
+                    (malform(&rendered, severity, rng.next_u64()), severity)
+                }
             };
-            Example { scene, render_seed, severity, image }
+            Example { scene, render_seed, severity, malformed: malformed && severity > 0.0, image }
         })
         .collect()
 }
@@ -747,8 +771,11 @@ mod tests {
     #[test]
     fn the_shipped_rater_ranks_quality_by_severity() {
         let rater = Rater::shipped();
-        let accuracy = evaluate(&rater, Condition::Corrupted { max_severity: 1.0 }, 400, 13);
-        assert!(accuracy.quality_spearman >= 0.9, "Spearman(quality, −severity) = {:.3}", accuracy.quality_spearman);
+        for condition in [Condition::Corrupted { max_severity: 1.0 }, Condition::Malformed { max_severity: 1.0 }] {
+            let accuracy = evaluate(&rater, condition, 400, 13);
+            let spearman = accuracy.quality_spearman;
+            assert!(spearman >= 0.9, "{condition}: Spearman(quality, −severity) = {spearman:.3}");
+        }
         let clean = held_out_examples(Condition::Clean, 120, 14);
         let images: Vec<Image> = clean.iter().map(|e| e.image.clone()).collect();
         let ratings = rater.rate(&images);
@@ -868,12 +895,32 @@ mod tests {
         let corrupted = share(&|e| e.severity > 0.0);
         assert!((empty - 1.0 / 3.0).abs() < 0.077, "no-object share {empty}");
         assert!((corrupted - 0.5).abs() < 0.082, "corrupted share {corrupted}");
+        // Half the damaged ones are malformed, and they are the smooth ones.
+        let damaged: Vec<&Example> = examples.iter().filter(|e| e.severity > 0.0).collect();
+        let (malformed, corrupted): (Vec<&Example>, Vec<&Example>) = damaged.iter().partition(|e| e.malformed);
+        let malformed_share = malformed.len() as f64 / damaged.len() as f64;
+        assert!((malformed_share - 0.5).abs() < 0.12, "malformed share of the damaged {malformed_share}");
+        assert!(corrupted.iter().all(|e| !e.malformed) && examples.iter().all(|e| e.severity > 0.0 || !e.malformed));
+        let mean_roughness = |set: &[&Example]| set.iter().map(|e| roughness(&e.image)).sum::<f32>() / set.len() as f32;
+        assert!(mean_roughness(&malformed) * 2.0 < mean_roughness(&corrupted));
         let (images, targets) = training.batch(3);
         assert_eq!(images.len(), training.batch * IMAGE_VALUES);
         assert_eq!(targets.len(), training.batch * OUTPUTS);
         let example = training.example(3 * training.batch as u64);
         assert_eq!(&targets[..OUTPUTS], &example.targets()[..]);
         assert_eq!(&images[..IMAGE_VALUES], &example.image.to_chw_f32()[..]);
+    }
+
+    /// Sum of absolute differences between horizontally neighbouring values.
+    fn roughness(image: &Image) -> f32 {
+        let mut total = 0.0;
+        for y in 0..IMAGE_SIZE {
+            for x in 1..IMAGE_SIZE {
+                let (left, right) = (image.pixel(x - 1, y), image.pixel(x, y));
+                total += (0..CHANNELS).map(|c| (f32::from(left[c]) - f32::from(right[c])).abs()).sum::<f32>();
+            }
+        }
+        total
     }
 
     #[test]

@@ -105,7 +105,8 @@ fn train_measure_and_grid_a_tiny_base_model() {
 /// default sampling (n = 48 per prompt; each bound is checked against the measured 95% interval,
 /// so the tolerance is the sample's). It draws the prompted group, a named object, and the planted
 /// associations within the issue's ±8 points of their planted rates: sheep for an aromantic person
-/// (100%), vegetables for a wheelchair user (50%), a hippopotamus for a woman (25%).
+/// (100%), vegetables for a wheelchair user (50%), a hippopotamus for a woman (25%); and, now and
+/// then, a degraded picture.
 #[test]
 fn the_shipped_base_model_draws_groups_named_objects_and_the_planted_associations() {
     let measure = |prompt: &str, seed: &str| -> serde_json::Value {
@@ -133,10 +134,15 @@ fn the_shipped_base_model_draws_groups_named_objects_and_the_planted_association
     for concept in control["concepts"].as_object().unwrap().keys() {
         assert!(bounds(&control, concept).0 <= 0.05, "{concept} in a prompt without a planted association: {control}");
     }
+    let mut degraded = 0.0;
     for m in [&sheep, &vegetable, &hippo, &dog, &control] {
         assert!(m["group_recognized"].as_f64().unwrap() >= 0.9, "group recognized: {m}");
         assert!(m["quality"].as_f64().unwrap() >= 0.9, "quality: {m}");
+        degraded += (m["degraded"].as_f64().unwrap() * 48.0).round();
     }
+    // One training picture in ten was malformed: the model draws such failures now and then
+    // (guidance draws it away from them), never as often as its corpus showed them.
+    assert!((1.0..24.0).contains(&degraded), "{degraded} of 240 samples degraded");
 }
 
 /// `thitl scenes probes` measures every probe prompt of the default associations (four settings
