@@ -170,6 +170,20 @@ fn quantise(values: &[f32]) -> Image {
     Image::from_array(rgb)
 }
 
+/// Sum of absolute differences between horizontally neighbouring values: how much pixel-level
+/// texture (noise) an image has.
+#[cfg(test)]
+pub(crate) fn roughness(image: &Image) -> f32 {
+    let mut total = 0.0;
+    for y in 0..IMAGE_SIZE {
+        for x in 1..IMAGE_SIZE {
+            let (left, right) = (image.pixel(x - 1, y), image.pixel(x, y));
+            total += (0..CHANNELS).map(|c| (f32::from(left[c]) - f32::from(right[c])).abs()).sum::<f32>();
+        }
+    }
+    total
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,16 +252,6 @@ mod tests {
     /// the render itself, where [`corrupt`]'s noise makes them differ more.
     #[test]
     fn malformation_is_smooth_where_corruption_is_noisy() {
-        let roughness = |image: &Image| {
-            let mut total = 0.0;
-            for y in 0..IMAGE_SIZE {
-                for x in 1..IMAGE_SIZE {
-                    let (left, right) = (image.pixel(x - 1, y), image.pixel(x, y));
-                    total += (0..CHANNELS).map(|c| (f32::from(left[c]) - f32::from(right[c])).abs()).sum::<f32>();
-                }
-            }
-            total
-        };
         for seed in 0..20 {
             let image = sample_image(seed);
             let (clean, malformed, corrupted) =

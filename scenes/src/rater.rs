@@ -733,6 +733,7 @@ fn pearson(a: &[f64], b: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::corrupt::roughness;
     use crate::frechet::frechet_distance;
 
     /// The lower end of the 95% Wilson score interval of a share.
@@ -909,18 +910,6 @@ mod tests {
         let example = training.example(3 * training.batch as u64);
         assert_eq!(&targets[..OUTPUTS], &example.targets()[..]);
         assert_eq!(&images[..IMAGE_VALUES], &example.image.to_chw_f32()[..]);
-    }
-
-    /// Sum of absolute differences between horizontally neighbouring values.
-    fn roughness(image: &Image) -> f32 {
-        let mut total = 0.0;
-        for y in 0..IMAGE_SIZE {
-            for x in 1..IMAGE_SIZE {
-                let (left, right) = (image.pixel(x - 1, y), image.pixel(x, y));
-                total += (0..CHANNELS).map(|c| (f32::from(left[c]) - f32::from(right[c])).abs()).sum::<f32>();
-            }
-        }
-        total
     }
 
     #[test]
