@@ -1115,33 +1115,37 @@ fn demo(
         );
         println!("\nround 1 (screen): what the candidates show (the shipped rater) and what round 1 rejected:");
         println!(
-            "{:<34} {:>10} {:>9} {:>8} {:>8} {:>9} {:>9} {:>20} {:>8}",
+            "{:<34} {:>10} {:>9} {:>8} {:>8} {:>9} {:>14} {:>9} {:>20} {:>8}",
             "association",
             "candidates",
             "degraded",
             "other",
             "concept",
             "accepted",
+            "degraded kept",
             "rejected",
             "for quality/group/c.",
             "left out"
         );
         for r in &report.screening {
             println!(
-                "{:<34} {:>10} {:>9} {:>8} {:>8} {:>9} {:>9} {:>20} {:>8}",
+                "{:<34} {:>10} {:>9} {:>8} {:>8} {:>9} {:>14} {:>9} {:>20} {:>8}",
                 format!("{} → {}", r.group, r.concept),
                 r.candidates,
                 r.degraded,
                 r.wrong_group,
                 r.concept_shown,
                 r.accepted,
+                r.degraded_accepted,
                 r.rejected,
                 format!("{} / {} / {}", r.rejected_for_quality, r.rejected_for_group, r.rejected_for_concept),
                 r.left_out
             );
         }
         println!(
-            "(degraded: a person would rate it below round 1's quality threshold; other: it shows another group or none)"
+            "(degraded: a person would rate it below round 1's quality threshold; degraded kept: degraded and accepted \
+             for the T-HITL fine-tune, where the traditional arm trains on every candidate; other: it shows another group \
+             or none)"
         );
         println!(
             "\nrounds ({}): {ratings_per_item:.2} ratings per item, {:.2}% of verdicts right",

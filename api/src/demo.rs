@@ -157,6 +157,9 @@ pub struct ScreenSummary {
     /// Round 1's verdicts: accepted for training, rejected (a candidate may fail several
     /// questions: each reason counts it), and still split at the most raters (left out).
     pub accepted: u32,
+    /// Degraded candidates (by the truth) that round 1 nevertheless accepted for training: what
+    /// of the model's failures reaches the T-HITL fine-tune. The traditional arm trains on all.
+    pub degraded_accepted: u32,
     pub rejected: u32,
     pub rejected_for_quality: u32,
     pub rejected_for_group: u32,
@@ -696,15 +699,19 @@ impl<'a> Demo<'a> {
                     continue;
                 };
                 summary.candidates += 1;
+                let mut degraded = false;
                 if let Some(truth) = self.rater.rating(&image.blob) {
-                    summary.degraded +=
-                        u32::from((1.0 + 4.0 * f64::from(truth.quality)).round() < f64::from(threshold));
+                    degraded = (1.0 + 4.0 * f64::from(truth.quality)).round() < f64::from(threshold);
+                    summary.degraded += u32::from(degraded);
                     summary.wrong_group += u32::from(truth.group != target.group);
                     summary.concept_shown += u32::from(Annotator::sees(&truth, target.concept));
                 }
                 let Some(outcome) = round.outcomes.iter().find(|o| o.item_id == item.item_id) else { continue };
                 match outcome.verdict {
-                    Verdict::Screen { accepted: true, .. } => summary.accepted += 1,
+                    Verdict::Screen { accepted: true, .. } => {
+                        summary.accepted += 1;
+                        summary.degraded_accepted += u32::from(degraded);
+                    }
                     Verdict::Screen { median_quality, group_depicted_votes, concept_present_votes, .. } => {
                         summary.rejected += 1;
                         summary.rejected_for_quality += u32::from(median_quality < f64::from(threshold));

@@ -89,6 +89,7 @@ fn the_quick_demo_reports_round_1_and_the_difference_between_the_arms() {
     }
     let screening = report["screening"].as_array().expect("screening");
     assert_eq!(screening.len(), 3, "{report}");
+    let (mut degraded, mut degraded_kept) = (0, 0);
     for screen in screening {
         let get = |field: &str| screen[field].as_u64().unwrap_or_else(|| panic!("{field}: {screen}"));
         // The same candidates as the full demo: 24 prompts × 8.
@@ -99,7 +100,14 @@ fn the_quick_demo_reports_round_1_and_the_difference_between_the_arms() {
         for field in ["degraded", "wrong_group", "concept_shown"] {
             assert!(get(field) <= get("candidates"), "{screen}");
         }
+        assert!(get("degraded_accepted") <= get("degraded").min(get("accepted")), "{screen}");
+        degraded += get("degraded");
+        degraded_kept += get("degraded_accepted");
     }
+    // The base model fails now and then as its corpus taught it (one picture in ten malformed),
+    // and round 1 is what keeps those failures out of the T-HITL fine-tune.
+    assert!(degraded >= 6, "{degraded} of 576 candidates degraded: the model no longer draws failures");
+    assert!(degraded_kept * 10 <= degraded, "round 1 let {degraded_kept} of {degraded} degraded candidates through");
     let traditional = report["traditional"].as_array().expect("traditional");
     let comparisons = report["comparison"].as_array().expect("comparison");
     assert_eq!(comparisons.len(), 3);
