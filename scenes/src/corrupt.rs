@@ -55,23 +55,16 @@ pub fn corrupt(image: &Image, severity: f32, seed: u64) -> Image {
         let gain = 1.0 + severity * contrast;
         *value = mean + (*value - mean) * gain + severity * (brightness + channel_shift[index % CHANNELS]);
     }
-    let blurred = box_blur(&values);
-    for (value, blurred) in values.iter_mut().zip(&blurred) {
-        *value += (blurred - *value) * severity;
-    }
+    blend_box_blur(&mut values, severity);
     for (value, noise) in values.iter_mut().zip(&noise) {
         *value += noise * severity;
     }
-    let side = (severity * MAX_BLOCK_SIDE).round() as usize;
-    for y in block_top..(block_top + side).min(IMAGE_SIZE) {
-        for x in block_left..(block_left + side).min(IMAGE_SIZE) {
-            let start = (y * IMAGE_SIZE + x) * CHANNELS;
-            let pixel = &mut values[start..start + CHANNELS];
-            if scramble {
-                pixel.copy_from_slice(&scramble_values[start..start + CHANNELS]);
-            } else {
-                pixel.copy_from_slice(&blank_colour);
-            }
+    for start in square(block_left, block_top, (severity * MAX_BLOCK_SIDE).round() as usize) {
+        let pixel = &mut values[start..start + CHANNELS];
+        if scramble {
+            pixel.copy_from_slice(&scramble_values[start..start + CHANNELS]);
+        } else {
+            pixel.copy_from_slice(&blank_colour);
         }
     }
     quantise(&values)
@@ -105,17 +98,10 @@ pub fn malform(image: &Image, severity: f32, seed: u64) -> Image {
         *value = mean + (*value - mean) * (1.0 - severity * wash_out) + severity * cast[index % CHANNELS];
     }
     for _ in 0..SMEAR_PASSES {
-        let blurred = box_blur(&values);
-        for (value, blurred) in values.iter_mut().zip(&blurred) {
-            *value += (blurred - *value) * severity;
-        }
+        blend_box_blur(&mut values, severity);
     }
-    let side = (severity * MAX_MISSING_SIDE).round() as usize;
-    for y in missing_top..(missing_top + side).min(IMAGE_SIZE) {
-        for x in missing_left..(missing_left + side).min(IMAGE_SIZE) {
-            let start = (y * IMAGE_SIZE + x) * CHANNELS;
-            values[start..start + CHANNELS].copy_from_slice(&missing_colour);
-        }
+    for start in square(missing_left, missing_top, (severity * MAX_MISSING_SIDE).round() as usize) {
+        values[start..start + CHANNELS].copy_from_slice(&missing_colour);
     }
     quantise(&values)
 }
@@ -139,6 +125,21 @@ pub fn augment(image: &Image, seed: u64) -> Image {
         }
     }
     quantise(&values)
+}
+
+/// Moves every value `amount` of the way to its [`box_blur`].
+fn blend_box_blur(values: &mut [f32], amount: f32) {
+    let blurred = box_blur(values);
+    for (value, blurred) in values.iter_mut().zip(&blurred) {
+        *value += (blurred - *value) * amount;
+    }
+}
+
+/// The offsets of the first value of each pixel of the `side`×`side` square whose top-left
+/// pixel is (`left`, `top`), clipped at the image's right and bottom edges.
+fn square(left: usize, top: usize, side: usize) -> impl Iterator<Item = usize> {
+    (top..(top + side).min(IMAGE_SIZE))
+        .flat_map(move |y| (left..(left + side).min(IMAGE_SIZE)).map(move |x| (y * IMAGE_SIZE + x) * CHANNELS))
 }
 
 /// Mean of each pixel's 3×3 neighbourhood (clipped at the borders), per channel.
