@@ -264,6 +264,11 @@ impl Annotator {
         rating.concepts[concept.index()] > 0.5
     }
 
+    /// Whether a careful person, without noise, would rate the picture below `threshold` (1–5).
+    fn rates_below(rating: &Rating, threshold: u8) -> bool {
+        (1.0 + 4.0 * f64::from(rating.quality)).round() < f64::from(threshold)
+    }
+
     /// An answer chosen at random among those the task allows.
     fn guess(&mut self, kind: RoundKind, pair: bool) -> Answer {
         let quality = Quality::new(1 + (self.rng.uniform() * 5.0).min(4.0) as u8)
@@ -701,7 +706,7 @@ impl<'a> Demo<'a> {
                 summary.candidates += 1;
                 let mut degraded = false;
                 if let Some(truth) = self.rater.rating(&image.blob) {
-                    degraded = (1.0 + 4.0 * f64::from(truth.quality)).round() < f64::from(threshold);
+                    degraded = Annotator::rates_below(&truth, threshold);
                     summary.degraded += u32::from(degraded);
                     summary.wrong_group += u32::from(truth.group != target.group);
                     summary.concept_shown += u32::from(Annotator::sees(&truth, target.concept));
@@ -842,7 +847,7 @@ impl<'a> Demo<'a> {
                         *concept_present == sees
                     }
                     Verdict::Screen { accepted, .. } => {
-                        let good = (1.0 + 4.0 * f64::from(truth.quality)).round() >= f64::from(threshold);
+                        let good = !Annotator::rates_below(&truth, threshold);
                         *accepted == (truth.group == target.group && !sees && good)
                     }
                     Verdict::Compare { .. } | Verdict::Undecided => continue,
