@@ -1,6 +1,10 @@
 //! Backgrounds: bands and gradients with a few marks, each setting with its own colour families
 //! (beach: blue sea over sand; park: green grass; street: buildings over grey road; kitchen:
-//! cream wall over a checkered floor).
+//! cream wall over a floor of white and tan tiles). The partially planted concepts stand out from
+//! every ground, pixel by pixel and on average (tested): until 2026-12-07 the kitchen's floor was
+//! white and lavender-grey, and the base model drew the lavender-grey hippopotamus in 36% of its
+//! kitchens against 17–23% elsewhere (planted: 25%); white and navy tiles, whose average is the
+//! hippopotamus's colour, made it 54%.
 
 use super::canvas::{Canvas, Rgb, blend, shade, tone};
 use crate::rng::Rng;
@@ -117,14 +121,14 @@ fn kitchen(canvas: &mut Canvas, rng: &mut Rng) {
         canvas.rect(x as f32, (worktop + 1) as f32, (x + 1) as f32, floor_top as f32, tone(cupboard, -50));
     }
     let light_tile = shade(rng, [226, 226, 222], 6);
-    let dark_tile = shade(rng, [112, 130, 160], 10);
+    let tan_tile = shade(rng, [214, 176, 120], 10);
     let tile = rng.int_between(3, 4);
     let phase = rng.int_between(0, tile - 1);
     for y in floor_top..32 {
         for x in 0..32 {
             let checker = ((x + phase) / tile + (y - floor_top) / tile) % 2 == 0;
             let depth = (y - floor_top) as f32 / (32 - floor_top) as f32;
-            let base = if checker { light_tile } else { dark_tile };
+            let base = if checker { light_tile } else { tan_tile };
             canvas.put(x, y, blend(base, tone(base, -25), depth));
         }
     }
