@@ -160,7 +160,7 @@ named_values! {
         Park => "park", "park", [];
         /// Buildings with windows, a pavement and a road with a dashed line.
         CityStreet => "city_street", "city street", ["street"];
-        /// A cream wall, cupboards, a worktop and a floor of white and tan tiles.
+        /// A cream wall, cupboards, a worktop and a plain wooden floor.
         Kitchen => "kitchen", "kitchen", [];
     }
 }

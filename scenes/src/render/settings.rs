@@ -1,12 +1,15 @@
 //! Backgrounds: bands and gradients with a few marks, each setting with its own colour families
 //! (beach: blue sea over sand; park: green grass; street: buildings over grey road; kitchen:
-//! cream wall over a floor of white and tan tiles). The partially planted concepts stand out from
-//! every ground, pixel by pixel and on average (tested): until 2026-12-07 the kitchen's floor was
-//! white and lavender-grey, and the base model drew the lavender-grey hippopotamus in 36% of its
-//! kitchens against 17–23% elsewhere (planted: 25%); white and navy tiles, whose average is the
-//! hippopotamus's colour, made it 54%.
+//! cream wall and cupboards over a plain wooden floor). The partially planted concepts stand out
+//! from every ground, pixel by pixel and on average (tested): until 2026-12-07 the kitchen's floor
+//! was a checker of white and lavender-grey tiles, and the base model drew the lavender-grey
+//! hippopotamus in 36% of its kitchens against 17–23% elsewhere (planted: 25%); white and navy
+//! tiles, whose average is the hippopotamus's colour, made it 54%. White and tan tiles, far from
+//! both concepts, left the kitchen drawing *both* the least of the four settings (hippopotamus
+//! 15% and 10%, vegetable 38% and 40%, two runs): the fine checker was the only patterned
+//! ground. On the plain floor the same recipe drew 22% and 45% (`scenes/README.md`).
 
-use super::canvas::{Canvas, Rgb, blend, shade, tone};
+use super::canvas::{Canvas, Rgb, shade, tone};
 use crate::rng::Rng;
 use crate::world::Setting;
 
@@ -120,16 +123,14 @@ fn kitchen(canvas: &mut Canvas, rng: &mut Rng) {
     for x in (rng.int_between(2, 5)..32).step_by(6) {
         canvas.rect(x as f32, (worktop + 1) as f32, (x + 1) as f32, floor_top as f32, tone(cupboard, -50));
     }
-    let light_tile = shade(rng, [226, 226, 222], 6);
-    let tan_tile = shade(rng, [214, 176, 120], 10);
-    let tile = rng.int_between(3, 4);
-    let phase = rng.int_between(0, tile - 1);
-    for y in floor_top..32 {
-        for x in 0..32 {
-            let checker = ((x + phase) / tile + (y - floor_top) / tile) % 2 == 0;
-            let depth = (y - floor_top) as f32 / (32 - floor_top) as f32;
-            let base = if checker { light_tile } else { tan_tile };
-            canvas.put(x, y, blend(base, tone(base, -25), depth));
-        }
+    // A plain wooden floor: a gradient with a seam or two, like the other grounds. A fine
+    // checker of 3–4 pixel tiles (until 2026-12-07) was the only patterned ground, and the
+    // kitchen drew both partially planted concepts least of the four settings.
+    let wood = shade(rng, [196, 150, 100], 10);
+    canvas.vertical_gradient(floor_top, 32, tone(wood, 8), tone(wood, -25));
+    let mut seam = floor_top + rng.int_between(3, 5);
+    while seam < 31 {
+        canvas.rect(0.0, seam as f32, 32.0, (seam + 1) as f32, tone(wood, -30));
+        seam += rng.int_between(5, 7);
     }
 }
