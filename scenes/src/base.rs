@@ -20,9 +20,9 @@
 //!   hippopotamuses, more vegetables, and fewer degraded pictures); with fresh noise at every step
 //!   the sampler covers the modes, and on the twelve probe prompts 1.25 put eleven planted rates
 //!   within ±8 points of the corpus's (1: seven, 1.5: eight) on the weights that chose it, put
-//!   ten (1: nine) on a later model, and puts eleven on the shipped ones (`scenes/README.md`),
-//!   while keeping groups and named objects. At 3 the picture dissolves into the group's colours. Measure a new
-//!   model at several settings before changing it.
+//!   ten (1: nine) on a later model, and puts eleven (1: eight) on the shipped ones
+//!   (`scenes/README.md`), while keeping groups and named objects. At 3 the picture dissolves
+//!   into the group's colours. Measure a new model at several settings before changing it.
 //! - This module does no IO: weights, configurations and checkpoints go in and out as bytes and
 //!   JSON, and the caller stores them.
 
