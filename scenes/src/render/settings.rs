@@ -7,7 +7,7 @@
 //! tiles, whose average is the hippopotamus's colour, made it 54%. White and tan tiles, far from
 //! both concepts, left the kitchen drawing *both* the least of the four settings (hippopotamus
 //! 15% and 10%, vegetable 38% and 40%, two runs): the fine checker was the only patterned
-//! ground. On the plain floor the same recipe drew 22% and 45% (`scenes/README.md`).
+//! ground. On the plain floor the same recipe drew 22% and 45% (one run; `scenes/README.md`).
 
 use super::canvas::{Canvas, Rgb, shade, tone};
 use crate::rng::Rng;
@@ -123,9 +123,7 @@ fn kitchen(canvas: &mut Canvas, rng: &mut Rng) {
     for x in (rng.int_between(2, 5)..32).step_by(6) {
         canvas.rect(x as f32, (worktop + 1) as f32, (x + 1) as f32, floor_top as f32, tone(cupboard, -50));
     }
-    // A plain wooden floor: a gradient with a seam or two, like the other grounds. A fine
-    // checker of 3–4 pixel tiles (until 2026-12-07) was the only patterned ground, and the
-    // kitchen drew both partially planted concepts least of the four settings.
+    // A plain wooden floor, a gradient with a seam or two like the other grounds (module doc).
     let wood = shade(rng, [196, 150, 100], 10);
     canvas.vertical_gradient(floor_top, 32, tone(wood, 8), tone(wood, -25));
     let mut seam = floor_top + rng.int_between(3, 5);
