@@ -5,7 +5,8 @@ use crate::context::{Backend, GpuError};
 use crate::cpu::AdamW;
 use crate::device::{CpuDevice, WgpuDevice};
 use crate::model::{
-    Dit, DitConfig, HostAdapter, HostWeights, LossWeighting, SampleOptions, TrainBatch, TrainMode, WeightsError,
+    Dit, DitConfig, HostAdapter, HostWeights, LossWeighting, SampleOptions, TimestepSampling, TrainBatch, TrainMode,
+    WeightsError,
 };
 
 /// A model and the device it lives on.
@@ -99,6 +100,11 @@ impl Engine {
     /// Sets [`Dit::loss_weighting`] for the following training steps.
     pub fn set_loss_weighting(&mut self, weighting: LossWeighting) {
         on_device!(self, |_device, model| model.loss_weighting = weighting)
+    }
+
+    /// Sets [`Dit::timestep_sampling`] for the following training steps.
+    pub fn set_timestep_sampling(&mut self, sampling: TimestepSampling) {
+        on_device!(self, |_device, model| model.timestep_sampling = sampling)
     }
 
     /// See [`Dit::train_step`].

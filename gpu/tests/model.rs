@@ -7,9 +7,10 @@ use common::{Rng, assert_close, context};
 use gpu::GpuError;
 use gpu::cpu::AdamW;
 use gpu::device::{CpuDevice, Device, WgpuDevice};
+use gpu::kernels::noise::NoiseStream;
 use gpu::model::{
     Dit, DitConfig, HostAdapter, HostWeights, LoraConfig, LoraTarget, LossWeighting, SampleOptions, TextPooling,
-    TrainBatch, TrainMode,
+    TimestepSampling, TrainBatch, TrainMode,
 };
 
 fn wgpu_device() -> WgpuDevice {
@@ -204,6 +205,68 @@ fn min_snr_weights_by_hand() {
     assert!((weighting.weight(0.9) - 5.0 / 9.0).abs() < 1e-6);
     assert_eq!(weighting.weight(0.01), 1.0);
     assert_eq!(LossWeighting::Uniform.weight(0.9), 1.0);
+}
+
+/// Φ, the standard normal CDF, through Abramowitz and Stegun 7.1.26 (|error| < 1.5e-7).
+fn normal_cdf(x: f64) -> f64 {
+    let z = x.abs() / std::f64::consts::SQRT_2;
+    let t = 1.0 / (1.0 + 0.3275911 * z);
+    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+    let erf = 1.0 - poly * (-z * z).exp();
+    if x >= 0.0 { 0.5 * (1.0 + erf) } else { 0.5 * (1.0 - erf) }
+}
+
+#[test]
+fn logit_normal_timesteps_follow_their_distribution() {
+    // P(t ≤ k) = P(1000·σ(m + s·z) < k + 1) = Φ((logit((k + 1)/1000) − m)/s).
+    let (location, scale) = (0.3, 0.8);
+    let sampling = TimestepSampling::LogitNormal { location, scale };
+    let draws: Vec<usize> = (0..200u64)
+        .flat_map(|seed| {
+            let stream = NoiseStream::new(seed);
+            (0..100u32).map(move |sample| sampling.timestep(&stream, sample))
+        })
+        .collect();
+    assert!(draws.iter().all(|t| *t < 1000));
+    let n = draws.len() as f64;
+    for k in [50usize, 200, 400, 500, 574, 700, 900, 980] {
+        let empirical = draws.iter().filter(|t| **t <= k).count() as f64 / n;
+        let p = (k + 1) as f64 / 1000.0;
+        let expected = normal_cdf(((p / (1.0 - p)).ln() - f64::from(location)) / f64::from(scale));
+        // Five binomial standard deviations (at most 0.018 for 20,000 draws).
+        let tolerance = 5.0 * (expected * (1.0 - expected) / n).sqrt() + 1e-3;
+        assert!((empirical - expected).abs() <= tolerance, "P(t ≤ {k}): {empirical} vs {expected} ± {tolerance}");
+    }
+    // Uniform stays what it was: the stream's bits modulo 1000, and its CDF is linear.
+    let stream = NoiseStream::new(7);
+    for sample in 0..64 {
+        assert_eq!(
+            TimestepSampling::Uniform.timestep(&stream, sample),
+            (stream.bits(u32::MAX - sample) % 1000) as usize
+        );
+    }
+    let uniform: Vec<usize> =
+        (0..20_000u32).map(|sample| TimestepSampling::Uniform.timestep(&stream, sample)).collect();
+    let below = uniform.iter().filter(|t| **t < 300).count() as f64 / uniform.len() as f64;
+    assert!((below - 0.3).abs() < 0.02, "uniform P(t < 300) = {below}");
+}
+
+#[test]
+fn timestep_sampling_reaches_the_loss() {
+    // Every timestep pinned near t = 999 (pure noise) against near t = 0 (clean): the ε-error of
+    // the same random model on the same batch and noise differs, so training reads the setting.
+    let config = DitConfig::tiny();
+    let weights = HostWeights::randomized(&config, 8, 0.4);
+    let data = batch(&config, 4, 10);
+    let device = CpuDevice::<f64>::new();
+    let mut model = Dit::new(&device, config, &weights, None).unwrap();
+    model.set_trainable(&device, TrainMode::Full);
+    let mut loss_at = |location: f32| {
+        model.timestep_sampling = TimestepSampling::LogitNormal { location, scale: 1e-3 };
+        model.loss_and_gradients(&device, &data, TrainMode::Full, 11).unwrap().read().unwrap()[0]
+    };
+    let (clean, noisy) = (loss_at(-12.0), loss_at(12.0));
+    assert!((clean - noisy).abs() > 1e-3 * clean.max(noisy), "clean {clean} vs noisy {noisy}");
 }
 
 #[test]

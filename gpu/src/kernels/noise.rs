@@ -152,6 +152,11 @@ impl NoiseStream {
         lowbias32(h ^ 0x5bd1_e995)
     }
 
+    /// The standard normal of element `index` (what [`NoiseStream::fill`] writes there at scale 1).
+    pub fn normal(&self, index: u32) -> f32 {
+        gaussian(self.bits(index), table())
+    }
+
     /// `scale ·` standard normals for elements `offset .. offset + out.len()` (CPU reference).
     pub fn fill(&self, offset: u32, scale: f32, out: &mut [f32]) {
         let table = table();

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 pub use config::{DitConfig, LoraConfig, LoraTarget, TextPooling, alpha_bars};
 pub use forward::position_embedding;
 pub use sample::{SampleOptions, eta_stream};
-pub use train::{LossWeighting, TrainBatch, TrainMode};
+pub use train::{LossWeighting, TimestepSampling, TrainBatch, TrainMode};
 pub use weights::{HostAdapter, HostWeights, WeightsError};
 use weights::{is_adapter_name, lora_shape};
 
@@ -61,6 +61,8 @@ pub struct Dit<D: Device> {
     pos_embed: D::Buffer,
     /// How training weighs each sample's ε-error (see [`LossWeighting`]).
     pub loss_weighting: LossWeighting,
+    /// How training draws timesteps (see [`TimestepSampling`]).
+    pub timestep_sampling: TimestepSampling,
 }
 
 impl<D: Device> Dit<D> {
@@ -134,6 +136,7 @@ impl<D: Device> Dit<D> {
             pos_embed: device.upload(&position_embedding(&config)),
             parameters,
             loss_weighting: LossWeighting::Uniform,
+            timestep_sampling: TimestepSampling::Uniform,
         })
     }
 

@@ -47,6 +47,39 @@ impl LossWeighting {
     }
 }
 
+/// How [`Dit::loss_and_gradients`] draws each sample's timestep `t` in `0..1000`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum TimestepSampling {
+    /// Every timestep equally often.
+    #[default]
+    Uniform,
+    /// Logit-normal (as in Esser et al., 2024): `t = ⌊1000·σ(location + scale·z)⌋` with `z`
+    /// standard normal, so training concentrates on the middle of the schedule, where the
+    /// denoiser decides what the picture holds, and spends little on the nearly pure-noise and
+    /// nearly clean ends. `location` 0 puts the median at `t = 500`.
+    LogitNormal {
+        /// The mean of the normal before the logistic (negative: towards clean timesteps).
+        location: f32,
+        /// Its standard deviation (larger: closer to uniform in the middle, more at the ends).
+        scale: f32,
+    },
+}
+
+impl TimestepSampling {
+    /// The timestep of sample `sample`, drawn from `stream` (a function of both only).
+    pub fn timestep(&self, stream: &NoiseStream, sample: u32) -> usize {
+        let index = u32::MAX - sample;
+        match *self {
+            TimestepSampling::Uniform => (stream.bits(index) % 1000) as usize,
+            TimestepSampling::LogitNormal { location, scale } => {
+                let x = f64::from(location) + f64::from(scale) * f64::from(stream.normal(index));
+                let fraction = 1.0 / (1.0 + (-x).exp());
+                ((fraction * 1000.0).floor() as usize).min(999)
+            }
+        }
+    }
+}
+
 /// One training batch on the host.
 #[derive(Debug, Clone)]
 pub struct TrainBatch {
@@ -94,7 +127,8 @@ impl<D: Device> Dit<D> {
 
     /// The DDPM loss (ε-prediction, MSE) of `batch` and the gradients of the trained parameters
     /// (left in each parameter's gradient buffer); each sample's squared error is weighted by
-    /// [`Dit::loss_weighting`]. Timesteps and noise come from `seed`. Returns
+    /// [`Dit::loss_weighting`]. Timesteps (drawn as [`Dit::timestep_sampling`] says) and noise
+    /// come from `seed`. Returns
     /// the one-value loss buffer.
     pub fn loss_and_gradients(
         &self,
@@ -108,7 +142,8 @@ impl<D: Device> Dit<D> {
         let len = count * config.image_len();
         let stream = NoiseStream::new(seed);
         let bars = alpha_bars();
-        let timesteps: Vec<f32> = (0..count).map(|i| (stream.bits(u32::MAX - i as u32) % 1000) as f32).collect();
+        let timesteps: Vec<f32> =
+            (0..count).map(|i| self.timestep_sampling.timestep(&stream, i as u32) as f32).collect();
         let alpha_bar: Vec<f32> = timesteps.iter().map(|t| bars[*t as usize] as f32).collect();
         let x0 = device.upload(&batch.images);
         let noise = device.output(len);
