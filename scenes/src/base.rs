@@ -158,33 +158,6 @@ impl Default for SampleSettings {
     }
 }
 
-/// How the base model's training draws timesteps (the serialisable twin of
-/// [`TimestepSampling`]).
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Timesteps {
-    /// Every timestep equally often.
-    #[default]
-    Uniform,
-    /// `t = ⌊1000·σ(location + scale·z)⌋`, `z` standard normal: most samples in the middle of
-    /// the schedule (see [`TimestepSampling::LogitNormal`]).
-    LogitNormal {
-        /// The normal's mean (0: median at `t = 500`).
-        location: f32,
-        /// The normal's standard deviation.
-        scale: f32,
-    },
-}
-
-impl From<Timesteps> for TimestepSampling {
-    fn from(timesteps: Timesteps) -> Self {
-        match timesteps {
-            Timesteps::Uniform => TimestepSampling::Uniform,
-            Timesteps::LogitNormal { location, scale } => TimestepSampling::LogitNormal { location, scale },
-        }
-    }
-}
-
 /// Everything that defines a training run of the base model. [`BaseConfig::default`] is the
 /// shipped recipe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -226,7 +199,7 @@ pub struct BaseConfig {
     /// How training draws timesteps. Absent from configurations written before it existed,
     /// which trained on uniform timesteps.
     #[serde(default)]
-    pub timesteps: Timesteps,
+    pub timesteps: TimestepSampling,
     /// Decay of an exponential moving average of the weights, which is what the run returns
     /// (`None`: the last step's weights). The decay warms up as `min(decay, (1+s)/(10+s))`.
     #[serde(default)]
@@ -273,7 +246,7 @@ impl Default for BaseConfig {
             checkpoint_every: 250,
             final_loss_window: 300,
             min_snr_gamma: Some(5.0),
-            timesteps: Timesteps::Uniform,
+            timesteps: TimestepSampling::Uniform,
             ema_decay: Some(0.9995),
             sampling: SampleSettings::default(),
         }
@@ -341,7 +314,7 @@ impl BaseConfig {
         if self.min_snr_gamma.is_some_and(|gamma| !(gamma.is_finite() && gamma > 0.0)) {
             return bad("min_snr_gamma must be positive");
         }
-        if let Timesteps::LogitNormal { location, scale } = self.timesteps
+        if let TimestepSampling::LogitNormal { location, scale } = self.timesteps
             && !(location.is_finite() && scale.is_finite() && scale > 0.0)
         {
             return bad("logit-normal timesteps need a finite location and a positive, finite scale");
@@ -658,7 +631,7 @@ pub fn train_base(
     if let Some(gamma) = config.min_snr_gamma {
         engine.set_loss_weighting(LossWeighting::MinSnr { gamma });
     }
-    engine.set_timestep_sampling(config.timesteps.into());
+    engine.set_timestep_sampling(config.timesteps);
     let corpus = config.corpus_stream();
     let step_noise = derive_seed(config.seed, STREAM_STEP_NOISE);
     let window = config.final_loss_window.max(1);
@@ -1038,8 +1011,10 @@ mod tests {
         let error = BaseConfig::from_json(r#"{"model": 1}"#).expect_err("not a config");
         assert!(matches!(error, BaseError::InvalidConfig(_)));
         for scale in [0.0, -1.0, f32::NAN] {
-            let bad =
-                BaseConfig { timesteps: Timesteps::LogitNormal { location: 0.0, scale }, ..BaseConfig::default() };
+            let bad = BaseConfig {
+                timesteps: TimestepSampling::LogitNormal { location: 0.0, scale },
+                ..BaseConfig::default()
+            };
             let error = bad.check().expect_err("no spread");
             assert!(error.to_string().contains("logit-normal"), "{error}");
         }
@@ -1052,15 +1027,11 @@ mod tests {
         assert_eq!(json["timesteps"], serde_json::json!({"kind": "uniform"}));
         json.as_object_mut().unwrap().remove("timesteps");
         let older = BaseConfig::from_json(&json.to_string()).expect("an older configuration");
-        assert_eq!(older.timesteps, Timesteps::Uniform);
-        assert_eq!(TimestepSampling::from(older.timesteps), TimestepSampling::Uniform);
+        assert_eq!(older.timesteps, TimestepSampling::Uniform);
         // The logit-normal recipe as a configuration file gives it.
         json["timesteps"] = serde_json::json!({"kind": "logit_normal", "location": 0.0, "scale": 1.0});
         let logit_normal = BaseConfig::from_json(&json.to_string()).expect("a logit-normal configuration");
-        assert_eq!(
-            TimestepSampling::from(logit_normal.timesteps),
-            TimestepSampling::LogitNormal { location: 0.0, scale: 1.0 }
-        );
+        assert_eq!(logit_normal.timesteps, TimestepSampling::LogitNormal { location: 0.0, scale: 1.0 });
         json["timesteps"] = serde_json::json!({"kind": "logit_normal", "location": 0.0});
         assert!(BaseConfig::from_json(&json.to_string()).is_err(), "a missing scale is refused");
     }

@@ -47,8 +47,10 @@ impl LossWeighting {
     }
 }
 
-/// How [`Dit::loss_and_gradients`] draws each sample's timestep `t` in `0..1000`.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+/// How [`Dit::loss_and_gradients`] draws each sample's timestep `t` in `0..1000`. Serialised
+/// as `{"kind": "uniform"}` or `{"kind": "logit_normal", "location": …, "scale": …}`.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum TimestepSampling {
     /// Every timestep equally often.
     #[default]
