@@ -721,11 +721,10 @@ impl<'a> CampaignRunner<'a> {
             for outcome in &round.outcomes {
                 if let (Some(item), Verdict::Baseline { concept_present, .. }) =
                     (round.item(outcome.item_id), &outcome.verdict)
+                    && item.label.association_id == Some(association_id)
                 {
-                    if item.label.association_id == Some(association_id) {
-                        n += 1;
-                        positives += u32::from(*concept_present);
-                    }
+                    n += 1;
+                    positives += u32::from(*concept_present);
                 }
             }
             if n == 0 { 0.0 } else { f64::from(positives) / f64::from(n) }

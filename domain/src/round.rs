@@ -977,15 +977,15 @@ fn check_controls(
             ));
         }
     }
-    if let Some(overlap) = controls.overlap {
-        if !(raters_per_item..=MAX_RATERS_PER_ITEM).contains(&overlap.max_raters) || overlap.margin == 0 {
-            return Err(DomainError::invalid(
-                "overlap",
-                format!(
-                    "needs max_raters from raters_per_item ({raters_per_item}) to {MAX_RATERS_PER_ITEM} and a margin of at least 1"
-                ),
-            ));
-        }
+    if let Some(overlap) = controls.overlap
+        && (!(raters_per_item..=MAX_RATERS_PER_ITEM).contains(&overlap.max_raters) || overlap.margin == 0)
+    {
+        return Err(DomainError::invalid(
+            "overlap",
+            format!(
+                "needs max_raters from raters_per_item ({raters_per_item}) to {MAX_RATERS_PER_ITEM} and a margin of at least 1"
+            ),
+        ));
     }
     Ok(())
 }

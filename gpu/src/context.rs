@@ -120,14 +120,15 @@ impl Backend {
         }
     }
 
-    /// A one-line description: `cpu (AVX2 + FMA, N threads)` (or `cpu (matrixmultiply, N
-    /// threads)` on processors without them) or `wgpu: ADAPTER (BACKEND, TYPE, DRIVER)`.
+    /// A one-line description: `cpu (AVX-512, N threads)` or `cpu (AVX2 + FMA, N threads)`
+    /// (the gemm's kernel; `cpu (matrixmultiply, N threads)` on processors without either) or
+    /// `wgpu: ADAPTER (BACKEND, TYPE, DRIVER)`.
     pub fn describe(&self) -> String {
         match self {
-            Backend::Cpu if crate::gemm::has_avx2_fma() => {
-                format!("cpu (AVX2 + FMA, {} threads)", crate::cpu::parallelism())
+            Backend::Cpu => {
+                let kernel = crate::gemm::Kernel::best().map_or("matrixmultiply", crate::gemm::Kernel::name);
+                format!("cpu ({kernel}, {} threads)", crate::cpu::parallelism())
             }
-            Backend::Cpu => format!("cpu (matrixmultiply, {} threads)", crate::cpu::parallelism()),
             Backend::Wgpu(context) => format!("wgpu: {}", context.describe()),
         }
     }
@@ -314,15 +315,15 @@ impl GpuContext {
     /// Writes the driver's pipeline cache to `$THITL_PIPELINE_CACHE_DIR` (if that is set and the
     /// adapter has a pipeline cache), so the next process compiles the kernels faster.
     pub fn save_pipeline_cache(&self) -> std::io::Result<()> {
-        if let (Some(cache), Some(path)) = (&self.pipeline_cache, pipeline_cache_path(&self.info)) {
-            if let Some(data) = cache.get_data() {
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)?;
-                }
-                let temporary = path.with_extension("tmp");
-                std::fs::write(&temporary, data)?;
-                std::fs::rename(temporary, path)?;
+        if let (Some(cache), Some(path)) = (&self.pipeline_cache, pipeline_cache_path(&self.info))
+            && let Some(data) = cache.get_data()
+        {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
             }
+            let temporary = path.with_extension("tmp");
+            std::fs::write(&temporary, data)?;
+            std::fs::rename(temporary, path)?;
         }
         Ok(())
     }

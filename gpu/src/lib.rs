@@ -39,7 +39,8 @@
 //! - The model is written once, generically over [`device::Device`]; the wgpu and CPU paths differ
 //!   only in their kernels, and each kernel has a test against its reference. The CPU backend is
 //!   the oracle and also the fallback where no GPU exists (f32 matmuls through [`gemm`], a
-//!   blocked AVX2 kernel, where the processor has AVX2 and FMA, else through `matrixmultiply`;
+//!   blocked kernel on AVX-512 or AVX2 + FMA, where the processor has them, else through
+//!   `matrixmultiply`;
 //!   both with threads; the backend's split operations run on worker threads kept for the
 //!   process).
 //! - One matmul kernel family serves every product: operands are (offset, row stride, column

@@ -359,11 +359,19 @@ fn cpu_backend_sums_rows_for_one_row_products_like_the_definition() {
 
 #[test]
 fn cpu_gemm_agrees_with_the_definition_on_awkward_shapes() {
-    // The CPU backend's f32 product (its own blocked AVX2 kernel where the processor has AVX2
-    // and FMA, else matrixmultiply): edge tiles in m and n, K across several packed blocks,
-    // every operand layout, a padded C, alpha, beta 0 over garbage (NaN must not leak) and
-    // beta 1, with and without a bias per column; the larger shapes are split over threads by
-    // rows and by columns, the small ones read their operands in place.
+    // The CPU backend's f32 product on every kernel this processor runs (its own blocked kernels:
+    // 6×16 tiles on AVX2 + FMA, 12×32 on AVX-512; matrixmultiply everywhere): edge tiles in m and
+    // n, K across several packed blocks, every operand layout, a padded C, alpha, beta 0 over
+    // garbage (NaN must not leak) and beta 1, with and without a bias per column; the larger
+    // shapes are split over threads by rows and by columns, the small ones read their operands in
+    // place; odd and even numbers of 16-column panels (the wide tile pairs them). The two blocked
+    // kernels must give the same bits.
+    use gpu::gemm::Kernel;
+    let kernels: Vec<Option<Kernel>> = [Some(Kernel::Avx512), Some(Kernel::Avx2), None]
+        .into_iter()
+        .filter(|k| k.is_none_or(Kernel::available))
+        .collect();
+    eprintln!("kernels here: {kernels:?}");
     let mut rng = Rng::new(29);
     for (m, k, n) in [
         (1, 1, 1),
@@ -372,6 +380,7 @@ fn cpu_gemm_agrees_with_the_definition_on_awkward_shapes() {
         (300, 513, 70),
         (40, 4096, 100),
         (130, 257, 16),
+        (50, 600, 96),
         // Small products read A (and a B with contiguous rows of whole tiles) in place.
         (64, 32, 64),
         (11, 40, 48),
@@ -385,61 +394,71 @@ fn cpu_gemm_agrees_with_the_definition_on_awkward_shapes() {
             let bias = rng.vec(n);
             for (beta, with_bias) in [(0.0f32, false), (1.0, false), (0.0, true), (1.0, true)] {
                 let before: Vec<f32> = if beta == 0.0 { vec![f32::NAN; m * rsc] } else { rng.vec(m * rsc) };
-                let mut c = before.clone();
-                // SAFETY: the strides address only the vectors' elements; bias has n values.
-                let added = unsafe {
-                    gpu::gemm::sgemm_bias(
-                        m,
-                        k,
-                        n,
-                        0.7,
-                        a.as_ptr(),
-                        rsa as isize,
-                        csa as isize,
-                        b.as_ptr(),
-                        rsb as isize,
-                        csb as isize,
-                        beta,
-                        c.as_mut_ptr(),
-                        rsc as isize,
-                        1,
-                        with_bias.then_some(&bias[..]),
-                    )
-                };
-                // Where the bias was not added while writing C (matrixmultiply), add it here.
-                if with_bias && !added {
+                let mut blocked: Vec<(Kernel, Vec<f32>)> = Vec::new();
+                for &kernel in &kernels {
+                    let mut c = before.clone();
+                    // SAFETY: the strides address only the vectors' elements; bias has n values;
+                    // the kernel is available.
+                    let added = unsafe {
+                        gpu::gemm::sgemm_bias_on(
+                            kernel,
+                            m,
+                            k,
+                            n,
+                            0.7,
+                            a.as_ptr(),
+                            rsa as isize,
+                            csa as isize,
+                            b.as_ptr(),
+                            rsb as isize,
+                            csb as isize,
+                            beta,
+                            c.as_mut_ptr(),
+                            rsc as isize,
+                            1,
+                            with_bias.then_some(&bias[..]),
+                        )
+                    };
+                    // Where the bias was not added while writing C (matrixmultiply), add it here.
+                    if with_bias && !added {
+                        for i in 0..m {
+                            for j in 0..n {
+                                c[i * rsc + j] += bias[j];
+                            }
+                        }
+                    }
+                    let case = format!("{kernel:?} {m}×{k}×{n} ta {transpose_a} tb {transpose_b} beta {beta}");
                     for i in 0..m {
                         for j in 0..n {
-                            c[i * rsc + j] += bias[j];
+                            let (mut exact, mut scale) = (0.0f64, 0.0f64);
+                            for p in 0..k {
+                                let term = a[i * rsa + p * csa] as f64 * b[p * rsb + j * csb] as f64;
+                                exact += term;
+                                scale += term.abs();
+                            }
+                            let mut want = 0.7 * exact;
+                            if beta != 0.0 {
+                                want += before[i * rsc + j] as f64;
+                            }
+                            if with_bias {
+                                want += bias[j] as f64;
+                            }
+                            let got = c[i * rsc + j] as f64;
+                            assert!((got - want).abs() <= 1e-5 * scale + 1e-6, "{case} at ({i},{j}): {got} vs {want}");
                         }
+                        // The padding of each row of C stays as it was.
+                        for j in n..rsc {
+                            let (got, was) = (c[i * rsc + j], before[i * rsc + j]);
+                            assert!(got.to_bits() == was.to_bits(), "{case}: padding changed at ({i},{j})");
+                        }
+                    }
+                    if let Some(kernel) = kernel {
+                        blocked.push((kernel, c));
                     }
                 }
-                for i in 0..m {
-                    for j in 0..n {
-                        let (mut exact, mut scale) = (0.0f64, 0.0f64);
-                        for p in 0..k {
-                            let term = a[i * rsa + p * csa] as f64 * b[p * rsb + j * csb] as f64;
-                            exact += term;
-                            scale += term.abs();
-                        }
-                        let mut want = 0.7 * exact;
-                        if beta != 0.0 {
-                            want += before[i * rsc + j] as f64;
-                        }
-                        if with_bias {
-                            want += bias[j] as f64;
-                        }
-                        let got = c[i * rsc + j] as f64;
-                        assert!(
-                            (got - want).abs() <= 1e-5 * scale + 1e-6,
-                            "{m}×{k}×{n} ta {transpose_a} tb {transpose_b} beta {beta} at ({i},{j}): {got} vs {want}"
-                        );
-                    }
-                    // The padding of each row of C stays as it was.
-                    for j in n..rsc {
-                        let (got, was) = (c[i * rsc + j], before[i * rsc + j]);
-                        assert!(got.to_bits() == was.to_bits(), "padding changed at ({i},{j})");
-                    }
+                if let [(wide, first), (narrow, second)] = &blocked[..] {
+                    let differ = first.iter().zip(second).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+                    assert_eq!(differ, 0, "{wide:?} and {narrow:?} differ in {differ} values ({m}×{k}×{n})");
                 }
             }
         }

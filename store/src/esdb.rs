@@ -768,10 +768,10 @@ fn replay_windows(
         .iter()
         .enumerate()
         .find_map(|(index, event)| known.get(&event.metadata.event_id).map(|stored| (index as u64, stored.version)));
-    if let Some((index, version)) = found {
-        if let Some(start) = version.checked_sub(index).filter(|&start| start >= 1) {
-            starts.push(start);
-        }
+    if let Some((index, version)) = found
+        && let Some(start) = version.checked_sub(index).filter(|&start| start >= 1)
+    {
+        starts.push(start);
     }
     starts.retain(|&start| start < lowest_read);
     starts.sort_unstable();

@@ -277,13 +277,13 @@ fn append_group(connection: &mut Connection, group: &[Arc<AppendRequest>]) -> Ve
             outcomes.push(outcome);
         }
     }
-    if outcomes.iter().any(Result::is_ok) {
-        if let Err(error) = transaction.commit() {
-            let error = backend(error);
-            for outcome in &mut outcomes {
-                if outcome.is_ok() {
-                    *outcome = Err(error.clone());
-                }
+    if outcomes.iter().any(Result::is_ok)
+        && let Err(error) = transaction.commit()
+    {
+        let error = backend(error);
+        for outcome in &mut outcomes {
+            if outcome.is_ok() {
+                *outcome = Err(error.clone());
             }
         }
     }

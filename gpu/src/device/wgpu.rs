@@ -173,10 +173,10 @@ struct PooledInner {
 
 impl Drop for PooledInner {
     fn drop(&mut self) {
-        if let Some(buffer) = self.buffer.take() {
-            if let Ok(mut pool) = self.pool.lock() {
-                pool.entry(self.len).or_default().push(buffer);
-            }
+        if let Some(buffer) = self.buffer.take()
+            && let Ok(mut pool) = self.pool.lock()
+        {
+            pool.entry(self.len).or_default().push(buffer);
         }
     }
 }
