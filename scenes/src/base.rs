@@ -212,7 +212,9 @@ impl Default for BaseConfig {
     /// The shipped recipe: `DitConfig::small()`'s shape (patch 4, width 128, depth 4) with a
     /// 64-row token table whose embeddings a prompt sums, 15,000 steps of 64 images (960,000
     /// renders, one in ten damaged) at a peak learning rate of 4e-3, Min-SNR-5 loss weighting,
-    /// and an exponential moving average of the weights (decay 0.9995) as the result. About 7
+    /// and an exponential moving average of the weights (decay 0.9995) as the result (its warm-up,
+    /// decay (1 + s)/(10 + s) at step s, stays the lower until step 17,990, so in this recipe it
+    /// is what applies: an average over about the last 1,700 steps). About 7
     /// minutes on one H100 (wgpu), under an hour on a 2-core CPU (`scenes/weights/README.md`).
     /// At equal samples seen, the higher rate and the wider, deeper model both gave lower losses
     /// than 1e-3 or width 96 and depth 3; 4,500 steps (which fit in 40 minutes on the CPU) drew
