@@ -198,11 +198,7 @@ pub fn run_with_progress(options: &BenchOptions, progress: &mut dyn FnMut(&str))
     }
     if options.cpu {
         // Every product this processor runs, timed in turn (side by side in one run).
-        let kernels: Vec<Option<Kernel>> = [Some(Kernel::Avx512), Some(Kernel::Avx2)]
-            .into_iter()
-            .filter(|k| k.is_some_and(Kernel::available))
-            .chain([None])
-            .collect();
+        let kernels = Kernel::choices();
         for &size in &options.cpu_sizes {
             let seconds = time_cpu_matmuls(size, options.repeats.min(5), &kernels);
             for (kernel, seconds) in kernels.iter().zip(seconds) {

@@ -4,9 +4,10 @@
 //! product.
 //!
 //! Where the processor also has AVX-512, a 12×32 register tile of 512-bit vectors reads two
-//! neighbouring 16-column panels of B at once (the same packing of B; A in panels of 12 rows). Every value of C is the same
-//! chain of fused multiply-adds in the same order as on the 6×16 tile, so the two kernels give
-//! the same bits (tested); the wide one does twice the arithmetic per instruction.
+//! neighbouring 16-column panels of B at once (the same packing of B; A in panels of 12 rows).
+//! Every value of C is the same chain of fused multiply-adds in the same order as on the 6×16
+//! tile, so the two kernels give the same bits (tested); the wide one does twice the arithmetic
+//! per instruction.
 //!
 //! Why not `matrixmultiply` everywhere: on the training products of the base model (C of
 //! 4096×128 to 4096×512, or weight gradients with K = 4096) its 8×8 kernel and its packing
@@ -41,7 +42,9 @@ impl Kernel {
     /// Whether this processor can run the kernel.
     pub fn available(self) -> bool {
         #[cfg(target_arch = "x86_64")]
-        return has_avx2_fma() && (self == Kernel::Avx2 || std::arch::is_x86_feature_detected!("avx512f"));
+        return std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && (self == Kernel::Avx2 || std::arch::is_x86_feature_detected!("avx512f"));
         #[cfg(not(target_arch = "x86_64"))]
         return false;
     }
@@ -49,6 +52,15 @@ impl Kernel {
     /// The widest kernel this processor runs, if any (none: `matrixmultiply` runs products).
     pub fn best() -> Option<Kernel> {
         [Kernel::Avx512, Kernel::Avx2].into_iter().find(|kernel| kernel.available())
+    }
+
+    /// Every product this processor runs, for [`sgemm_bias_on`]: the available kernels, widest
+    /// first, then `None` (`matrixmultiply`, everywhere).
+    pub fn choices() -> Vec<Option<Kernel>> {
+        [Some(Kernel::Avx512), Some(Kernel::Avx2), None]
+            .into_iter()
+            .filter(|k| k.is_none_or(Kernel::available))
+            .collect()
     }
 
     /// How descriptions name it: `AVX2 + FMA` or `AVX-512`.
@@ -141,14 +153,6 @@ pub unsafe fn sgemm_bias_on(
     // SAFETY: forwarded from the caller.
     unsafe { matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) };
     bias.is_none()
-}
-
-/// Whether the AVX2 product can run here.
-pub fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
-    #[cfg(not(target_arch = "x86_64"))]
-    return false;
 }
 
 /// A strided matrix operand (the pointer kept as an address so that parts can go to threads).
@@ -554,28 +558,18 @@ unsafe fn tile(
             _mm256_storeu_ps(row.as_mut_ptr().add(8), _mm256_mul_ps(alpha_v, sum[1]));
         }
     }
-    for (i, row) in buffer.iter().enumerate().take(rows) {
-        for (j, &value) in row.iter().enumerate().take(cols) {
-            // SAFETY: (i, j) is inside C.
-            unsafe {
-                let at = c.offset(i as isize * rsc).add(j);
-                let mut result = if beta != 0.0 { beta.mul_add(*at, value) } else { value };
-                if let Some(bias) = bias {
-                    result += *bias.add(j);
-                }
-                *at = result;
-            }
-        }
-    }
+    // SAFETY: the corner is inside C, a bias has `cols` values (the caller's contract).
+    unsafe { write_corner(&buffer, c, rsc, rows, cols, beta, bias) };
 }
 
-/// [`tile`] on a 12×32 tile of 512-bit vectors (a's first `rows` ≤ 12 rows): B's 32 values of step p are the 16 of panel `b`
-/// and the 16 at `b_next` (the next panel, read with b's stride along p). Each value of C is the
-/// same chain of fused multiply-adds as [`tile`] computes, then the same scaling, so the results
-/// are bit-identical to two [`tile`] calls.
+/// [`tile`] on a 12×32 tile of 512-bit vectors (a's first `rows` ≤ 12 rows): B's 32 values of
+/// step p are the 16 of panel `b` and the 16 at `b_next` (the next panel, read with b's stride
+/// along p). Each value of C is the same chain of fused multiply-adds as [`tile`] computes, then
+/// the same scaling, so the results are bit-identical to [`tile`]'s.
 ///
 /// # Safety
-/// As [`tile`] with `rows` ≤ WIDE_MR, `cols` ≤ 2·NR, both panels readable for kc steps, and AVX-512F present.
+/// As [`tile`] with `rows` ≤ WIDE_MR, `cols` ≤ 2·NR, both panels readable for kc steps, and
+/// AVX-512F present.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
@@ -640,6 +634,27 @@ unsafe fn wide_tile(
             _mm512_storeu_ps(row.as_mut_ptr().add(NR), _mm512_mul_ps(alpha_v, sum[1]));
         }
     }
+    // SAFETY: the corner is inside C, a bias has `cols` values (the caller's contract).
+    unsafe { write_corner(&buffer, c, rsc, rows, cols, beta, bias) };
+}
+
+/// An edge tile's last step, shared by both kernels so that they give the same bits: the
+/// `rows × cols` corner of `buffer` (alpha·A·B) into C as `beta·c + value` (fused), then
+/// `+ bias[j]`; with beta 0, C is not read.
+///
+/// # Safety
+/// The `rows × cols` values at c (row stride `rsc`) are in C; a bias has `cols` values.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn write_corner<const W: usize>(
+    buffer: &[[f32; W]],
+    c: *mut f32,
+    rsc: isize,
+    rows: usize,
+    cols: usize,
+    beta: f32,
+    bias: Option<*const f32>,
+) {
     for (i, row) in buffer.iter().enumerate().take(rows) {
         for (j, &value) in row.iter().enumerate().take(cols) {
             // SAFETY: (i, j) is inside C.

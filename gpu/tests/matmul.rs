@@ -367,10 +367,7 @@ fn cpu_gemm_agrees_with_the_definition_on_awkward_shapes() {
     // place; odd and even numbers of 16-column panels (the wide tile pairs them). The two blocked
     // kernels must give the same bits.
     use gpu::gemm::Kernel;
-    let kernels: Vec<Option<Kernel>> = [Some(Kernel::Avx512), Some(Kernel::Avx2), None]
-        .into_iter()
-        .filter(|k| k.is_none_or(Kernel::available))
-        .collect();
+    let kernels = Kernel::choices();
     eprintln!("kernels here: {kernels:?}");
     let mut rng = Rng::new(29);
     for (m, k, n) in [
